@@ -1,0 +1,171 @@
+// FF train-step throughput against the same backend's bare matMul.
+//
+//   npm run bench                         every backend that loads here, default shapes
+//   npm run bench -- --backend wasm --batch 100 --shapes 784x2000
+//
+// A step does two matrix products of 2*B*in*out multiply-adds each (forward and weight
+// gradient), so its "achieved GFLOP/s" is 4*2B*in*out / step time. The reference is a bare
+// [2B,in] x [in,out] matMul timed the same way; the issue's target is step >= 80% of it.
+import * as tf from '@tensorflow/tfjs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { initBackend, type BackendChoice } from '../src/backend/backend.js';
+import { FFLayer } from '../src/core/ff-layer.js';
+import { DEFAULT_OPTIMIZER } from '../src/core/optimizer.js';
+
+interface Row {
+  backend: string;
+  shape: string;
+  batch: number;
+  stepMs: number;
+  samplesPerSec: number;
+  stepGflops: number;
+  matmulGflops: number;
+}
+
+function timeIt(fn: () => void, minMs: number): number {
+  fn(); // warm-up: kernels compiled, buffers allocated
+  fn();
+  let reps = 0;
+  const t0 = performance.now();
+  do {
+    fn();
+    reps++;
+  } while (performance.now() - t0 < minMs);
+  return (performance.now() - t0) / reps;
+}
+
+function benchShape(
+  backend: string,
+  inDim: number,
+  outDim: number,
+  batch: number,
+  minMs: number,
+): Row {
+  const rows = 2 * batch;
+  const layer = new FFLayer(
+    { inDim, outDim, goodness: 'mean', negate: false, threshold: 1, normEps: 1e-8, seed: 1 },
+    DEFAULT_OPTIMIZER,
+  );
+  const x = tf.randomUniform([rows, inDim], 0, 1, 'float32', 2) as tf.Tensor2D;
+  const stepMs = timeIt(() => {
+    const { h, stats } = layer.trainStep(x, batch, 1e-3);
+    stats.dataSync(); // the trainer reads the stats every step: part of the cost
+    h.dataSync(); // and the activations go to the next layer
+    h.dispose();
+    stats.dispose();
+  }, minMs);
+  const w = layer.weight;
+  const mmMs = timeIt(() => {
+    const y = tf.matMul(x, w);
+    y.dataSync();
+    y.dispose();
+  }, minMs);
+  layer.dispose();
+  x.dispose();
+  const flop = 2 * rows * inDim * outDim;
+  return {
+    backend,
+    shape: `${inDim}-${outDim}`,
+    batch,
+    stepMs,
+    samplesPerSec: (batch / stepMs) * 1000,
+    stepGflops: (2 * flop) / stepMs / 1e6,
+    matmulGflops: flop / mmMs / 1e6,
+  };
+}
+
+function printTable(rows: Row[]): void {
+  const head = [
+    'backend',
+    'layer',
+    'batch',
+    'step ms',
+    'samples/s',
+    'step GFLOP/s',
+    'matMul GFLOP/s',
+    'step/matMul',
+  ];
+  const body = rows.map((r) => [
+    r.backend,
+    r.shape,
+    String(r.batch),
+    r.stepMs.toFixed(1),
+    r.samplesPerSec.toFixed(0),
+    r.stepGflops.toFixed(1),
+    r.matmulGflops.toFixed(1),
+    `${((100 * r.stepGflops) / r.matmulGflops).toFixed(0)}%`,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
+  console.log(line(head));
+  for (const b of body) console.log(line(b));
+}
+
+async function main(): Promise<void> {
+  const argv = await yargs(hideBin(process.argv))
+    .option('backend', { type: 'string', describe: 'one backend (default: every one that loads)' })
+    .option('shapes', {
+      type: 'string',
+      default: '784x2000,2000x2000',
+      describe: 'comma-separated INxOUT',
+    })
+    .option('batch', {
+      type: 'string',
+      default: '100,1000',
+      describe: 'comma-separated batch sizes (pos rows)',
+    })
+    .option('min-ms', {
+      type: 'number',
+      default: 2000,
+      describe: 'time each measurement at least this long',
+    })
+    .option('json', { type: 'boolean', default: false })
+    .strict()
+    .parse();
+  if (!argv.backend) {
+    // One backend per process: run a child per backend, each printing JSON rows.
+    const all: Row[] = [];
+    for (const b of ['tensorflow', 'wasm', 'cpu']) {
+      // Pure JS is ~30x slower: keep its run short.
+      const slow = b === 'cpu';
+      const args = [
+        fileURLToPath(import.meta.url),
+        '--backend',
+        b,
+        '--json',
+        '--shapes',
+        argv.shapes,
+      ];
+      args.push('--batch', slow ? argv.batch.split(',')[0]! : argv.batch);
+      args.push('--min-ms', String(slow ? 500 : argv['min-ms']));
+      const child = spawnSync(process.execPath, args, { encoding: 'utf8' });
+      if (child.status !== 0) {
+        console.log(
+          `${b}: not available (${(child.stderr.trim().split('\n').pop() ?? '').slice(0, 160)})`,
+        );
+        continue;
+      }
+      all.push(...(JSON.parse(child.stdout.trim().split('\n').pop()!) as Row[]));
+    }
+    printTable(all);
+    return;
+  }
+  const info = await initBackend(argv.backend as BackendChoice);
+  const rows: Row[] = [];
+  for (const shape of argv.shapes.split(',')) {
+    const [i, o] = shape.split('x').map(Number);
+    for (const batch of argv.batch.split(',').map(Number)) {
+      rows.push(benchShape(info.name, i!, o!, batch, argv['min-ms']));
+    }
+  }
+  if (argv.json) console.log(JSON.stringify(rows));
+  else printTable(rows);
+}
+
+main().catch((err: unknown) => {
+  console.error(err instanceof Error ? err.message : err);
+  process.exit(1);
+});

@@ -1,0 +1,236 @@
+// Picks the TensorFlow.js backend once per process.
+//
+// The native packages (@tensorflow/tfjs-node-gpu, @tensorflow/tfjs-node) are optional
+// dependencies: their install downloads libtensorflow, which fails without a network, so
+// `auto` probes them and falls back to wasm (XNNPACK + SIMD) and finally to pure JS.
+// A backend that was asked for by name and cannot load is an error, never a fallback.
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { setWasmPaths, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
+
+export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+
+export interface BackendInfo {
+  name: BackendName;
+  /** npm package that provides the kernels. */
+  package: string;
+  device: 'gpu' | 'cpu';
+  /** Compute threads the backend uses (native backends manage their own pool: 0 = unknown). */
+  threads: number;
+  simd: boolean;
+  /** Largest tensor memory the backend can address, or Infinity. */
+  memoryLimitBytes: number;
+}
+
+export class BackendError extends Error {
+  readonly code: string;
+  readonly backend: string;
+  constructor(code: string, backend: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'BackendError';
+    this.code = code;
+    this.backend = backend;
+  }
+}
+
+export interface BackendOptions {
+  /** GPU index for tfjs-node-gpu (sets CUDA_VISIBLE_DEVICES before the library loads). */
+  device?: number;
+  log?: (line: string) => void;
+}
+
+// wasm32 addresses 4 GiB; the emscripten heap cannot grow past it and tfjs 4.22 corrupts
+// tensors silently when an allocation runs over, so callers check their working set first.
+const WASM_MEMORY_LIMIT = 4 * 1024 ** 3;
+
+let active: BackendInfo | undefined;
+
+/** The backend chosen by initBackend, or an error if none was chosen yet. */
+export function activeBackend(): BackendInfo {
+  if (!active) throw new BackendError('BACKEND_NOT_READY', 'none', 'initBackend() was not called');
+  return active;
+}
+
+/** Chooses and initialises the backend. Calling it again with the same choice is a no-op. */
+export async function initBackend(
+  choice: BackendChoice,
+  options: BackendOptions = {},
+): Promise<BackendInfo> {
+  if (!(BACKEND_CHOICES as readonly string[]).includes(choice)) {
+    throw new BackendError(
+      'BACKEND_UNKNOWN',
+      String(choice),
+      `backend must be one of ${BACKEND_CHOICES.join(', ')}; got "${String(choice)}"`,
+    );
+  }
+  if (active && (choice === 'auto' || choice === active.name)) return active;
+  if (active) {
+    throw new BackendError(
+      'BACKEND_ALREADY_SET',
+      choice,
+      `backend "${active.name}" is already active in this process; cannot switch to "${choice}"`,
+    );
+  }
+  const log = options.log ?? (() => {});
+  let info: BackendInfo;
+  if (choice === 'auto') {
+    const failures: string[] = [];
+    let got: BackendInfo | undefined;
+    for (const attempt of [loadTensorflowGpu, loadTensorflowCpu, loadWasm, loadCpu]) {
+      try {
+        got = await attempt(options);
+        break;
+      } catch (err) {
+        failures.push((err as Error).message);
+      }
+    }
+    if (!got) {
+      throw new BackendError(
+        'BACKEND_UNAVAILABLE',
+        'auto',
+        `no backend could load:\n  ${failures.join('\n  ')}`,
+      );
+    }
+    if (failures.length > 0)
+      log(`backend auto: skipped ${failures.map((f) => f.split(':')[0]).join(', ')}`);
+    info = got;
+  } else if (choice === 'tensorflow') {
+    try {
+      info = await loadTensorflowGpu(options);
+    } catch (gpuErr) {
+      try {
+        info = await loadTensorflowCpu(options);
+      } catch (cpuErr) {
+        throw new BackendError(
+          'BACKEND_UNAVAILABLE',
+          'tensorflow',
+          'backend "tensorflow" needs @tensorflow/tfjs-node-gpu or @tensorflow/tfjs-node, and neither loads ' +
+            `(${(gpuErr as Error).message}; ${(cpuErr as Error).message}). Their install downloads libtensorflow: ` +
+            'run `npm install @tensorflow/tfjs-node` on a machine with network access, or use --backend wasm.',
+        );
+      }
+    }
+  } else if (choice === 'wasm') {
+    info = await loadWasm(options);
+  } else {
+    info = await loadCpu(options);
+  }
+  active = info;
+  log(
+    `backend ${info.name} (${info.package}, ${info.device}` +
+      (info.name === 'wasm'
+        ? `, simd ${info.simd ? 'on' : 'off'}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`
+        : '') +
+      ')',
+  );
+  return info;
+}
+
+async function importOptional(pkg: string): Promise<void> {
+  try {
+    await import(pkg);
+  } catch (err) {
+    throw new BackendError(
+      'BACKEND_UNAVAILABLE',
+      'tensorflow',
+      `${pkg}: ${(err as Error).message.split('\n')[0]}`,
+      {
+        cause: err,
+      },
+    );
+  }
+}
+
+async function useBackend(name: string, pkg: string): Promise<void> {
+  // tf.setBackend resolves false (and tfjs logs) instead of throwing when initialisation fails.
+  const ok = await tf.setBackend(name);
+  await tf.ready();
+  if (!ok || tf.getBackend() !== name) {
+    throw new BackendError(
+      'BACKEND_UNAVAILABLE',
+      name,
+      `${pkg}: backend "${name}" failed to initialise`,
+    );
+  }
+}
+
+async function loadTensorflowGpu(options: BackendOptions): Promise<BackendInfo> {
+  if (options.device !== undefined) process.env.CUDA_VISIBLE_DEVICES = String(options.device);
+  await importOptional('@tensorflow/tfjs-node-gpu');
+  await useBackend('tensorflow', '@tensorflow/tfjs-node-gpu');
+  return {
+    name: 'tensorflow',
+    package: '@tensorflow/tfjs-node-gpu',
+    device: 'gpu',
+    threads: 0,
+    simd: true,
+    memoryLimitBytes: Infinity,
+  };
+}
+
+async function loadTensorflowCpu(_options: BackendOptions): Promise<BackendInfo> {
+  await importOptional('@tensorflow/tfjs-node');
+  await useBackend('tensorflow', '@tensorflow/tfjs-node');
+  return {
+    name: 'tensorflow',
+    package: '@tensorflow/tfjs-node',
+    device: 'cpu',
+    threads: 0,
+    simd: true,
+    memoryLimitBytes: Infinity,
+  };
+}
+
+async function loadWasm(_options: BackendOptions): Promise<BackendInfo> {
+  const pkg = '@tensorflow/tfjs-backend-wasm';
+  // In Node the .wasm binaries must be given as file paths; the default is a URL relative to
+  // the page, which does not exist here.
+  const require = createRequire(import.meta.url);
+  setWasmPaths(path.join(path.dirname(require.resolve(`${pkg}/package.json`)), 'dist') + path.sep);
+  const simd = (await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT')) as boolean;
+  if (!simd) {
+    throw new BackendError(
+      'BACKEND_UNAVAILABLE',
+      'wasm',
+      `${pkg}: this Node.js has no WebAssembly SIMD; use --backend cpu`,
+    );
+  }
+  await useBackend('wasm', pkg);
+  return {
+    name: 'wasm',
+    package: pkg,
+    device: 'cpu',
+    threads: getThreadsCount(),
+    simd,
+    memoryLimitBytes: WASM_MEMORY_LIMIT,
+  };
+}
+
+async function loadCpu(_options: BackendOptions): Promise<BackendInfo> {
+  await useBackend('cpu', '@tensorflow/tfjs-backend-cpu');
+  return {
+    name: 'cpu',
+    package: '@tensorflow/tfjs-backend-cpu',
+    device: 'cpu',
+    threads: 1,
+    simd: false,
+    memoryLimitBytes: Infinity,
+  };
+}
+
+/** Throws a clear error when a working set would not fit the backend's address space. */
+export function checkMemoryBudget(bytes: number, what: string): void {
+  const limit = activeBackend().memoryLimitBytes;
+  // Headroom: tfjs allocates temporaries and the heap is fragmented.
+  if (bytes > limit * 0.75) {
+    throw new BackendError(
+      'BACKEND_OUT_OF_MEMORY',
+      activeBackend().name,
+      `${what} needs about ${(bytes / 1024 ** 3).toFixed(2)} GiB, more than the ${activeBackend().name} backend can ` +
+        `safely address (${(limit / 1024 ** 3).toFixed(0)} GiB); reduce the batch size or layer width`,
+    );
+  }
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env node
+// ffx-coordinator: feeds data, drives epochs, aggregates goodness into predictions.
+//   ffx-coordinator train --local --config config/fashion-mnist-fast.json
+//   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/backend.js';
+import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
+import { FFNetwork } from '../core/ff-network.js';
+import { DATASET_NAMES } from '../data/datasets.js';
+import { classNames } from '../data/class-names.js';
+import { evaluate, loadCheckpoint, prepareData, trainLocal } from '../coordinator/local-trainer.js';
+import { ConsoleReporter, formatEval, formatSeconds } from '../coordinator/reporter.js';
+import { runMain } from './run-main.js';
+
+interface CommonArgs {
+  config?: string;
+  backend: string;
+  set: string[];
+  dataset?: string;
+  'data-dir'?: string;
+  layers?: string;
+  seed?: number;
+  quiet: boolean;
+  local: boolean;
+}
+
+function commonOptions<T>(y: Argv<T>) {
+  return y
+    .option('config', { alias: 'c', type: 'string', describe: 'run config (JSON); see config/' })
+    .option('local', {
+      type: 'boolean',
+      default: false,
+      describe: 'run every layer in this process (no stages)',
+    })
+    .option('backend', {
+      choices: BACKEND_CHOICES,
+      default: 'auto' as const,
+      describe: 'TensorFlow.js backend',
+    })
+    .option('dataset', { choices: DATASET_NAMES, describe: 'dataset (overrides data.dataset)' })
+    .option('data-dir', { type: 'string', describe: 'directory searched first for the IDX files' })
+    .option('layers', {
+      type: 'string',
+      describe: 'widths from input to last layer, e.g. 784,1000,1000',
+    })
+    .option('seed', { type: 'number', describe: 'run seed (overrides seed)' })
+    .option('set', {
+      type: 'string',
+      array: true,
+      default: [] as string[],
+      describe: 'override any config key: --set train.epochs=3',
+    })
+    .option('quiet', {
+      alias: 'q',
+      type: 'boolean',
+      default: false,
+      describe: 'print only results and errors',
+    });
+}
+
+function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, unknown> {
+  const o: Record<string, unknown> = parseSetOverrides(a.set);
+  const section = (k: string) =>
+    (o[k] = (o[k] as Record<string, unknown> | undefined) ?? {}) as Record<string, unknown>;
+  if (a.dataset) section('data').dataset = a.dataset;
+  if (a['data-dir']) section('data').dataDir = a['data-dir'];
+  if (a.layers) section('model').layers = a.layers.split(',').map((w) => Number(w.trim()));
+  if (a.seed !== undefined) o.seed = a.seed;
+  if (a.epochs !== undefined) section('train').epochs = a.epochs;
+  if (a['batch-size'] !== undefined) section('train').batchSize = a['batch-size'];
+  if (a.lr !== undefined) section('optimizer').lr = a.lr;
+  if (a.out !== undefined) section('output').dir = a.out;
+  return o;
+}
+
+function requireLocal(a: CommonArgs, command: string): void {
+  if (!a.local) {
+    throw new UsageError(
+      `${command} without --local needs running ffx-stage workers; the distributed pipeline is not in this build yet. ` +
+        `Use: ffx-coordinator ${command} --local --config FILE`,
+    );
+  }
+}
+
+export class UsageError extends Error {
+  readonly code = 'USAGE';
+}
+
+async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
+  requireLocal(a, 'train');
+  const cfg = await loadConfig(a.config, overridesFrom(a));
+  const reporter = new ConsoleReporter({ quiet: a.quiet });
+  await initBackend(a.backend as BackendChoice, { log: (l) => reporter.log(l) });
+  const result = await trainLocal(cfg, { reporter, resume: a.resume as string | undefined });
+  console.log(formatEval(result.final, classNames(cfg.data.dataset)));
+  console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
+}
+
+async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
+  requireLocal(a, 'eval');
+  const cfg: RunConfig = await loadConfig(a.config, overridesFrom(a));
+  const reporter = new ConsoleReporter({ quiet: a.quiet });
+  await initBackend(a.backend as BackendChoice, { log: (l) => reporter.log(l) });
+  const data = await prepareData(cfg, (l) => reporter.log(l));
+  const net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
+  try {
+    await loadCheckpoint(net, a.weights as string);
+    const split = a.split === 'train' ? data.train : data.test;
+    const result = evaluate(net, split, data.dim, cfg);
+    console.log(
+      formatEval(result, classNames(cfg.data.dataset)).replace(
+        'test accuracy',
+        `${String(a.split)} accuracy`,
+      ),
+    );
+    if (a.json) console.log(JSON.stringify({ split: a.split, ...result }));
+  } finally {
+    net.dispose();
+  }
+}
+
+export function buildCli(argv: string[]) {
+  return yargs(argv)
+    .scriptName('ffx-coordinator')
+    .env('FFX')
+    .command(
+      'train',
+      'train a network (every layer in this process with --local)',
+      (y) =>
+        commonOptions(y)
+          .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
+          .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
+          .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
+          .option('out', {
+            alias: 'o',
+            type: 'string',
+            describe: 'output directory (overrides output.dir)',
+          })
+          .option('resume', { type: 'string', describe: 'continue from a checkpoint .safetensors' })
+          .example(
+            '$0 train --local --config config/fashion-mnist-fast.json',
+            'train on Fashion-MNIST (~10 min on 2 cores)',
+          )
+          .example(
+            '$0 train --local --config config/demo.json --epochs 1',
+            'a quick run on the shipped sample',
+          ),
+      (a) => train(a as unknown as CommonArgs & Record<string, unknown>),
+    )
+    .command(
+      'eval',
+      'evaluate saved weights: accuracy, per-layer-set accuracy, confusion matrix',
+      (y) =>
+        commonOptions(y)
+          .option('weights', {
+            alias: 'w',
+            type: 'string',
+            demandOption: true,
+            describe: 'model.safetensors or a checkpoint',
+          })
+          .option('split', {
+            choices: ['test', 'train'] as const,
+            default: 'test' as const,
+            describe: 'which split to evaluate',
+          })
+          .option('json', {
+            type: 'boolean',
+            default: false,
+            describe: 'also print the result as JSON',
+          }),
+      (a) => evalCommand(a as unknown as CommonArgs & Record<string, unknown>),
+    )
+    .demandCommand(1, 'name a command: train or eval')
+    .strict()
+    .help()
+    .epilog(
+      'Flags can also come from the environment as FFX_<FLAG> (e.g. FFX_BACKEND=wasm, FFX_DATA_DIR=/data). ' +
+        'Precedence: flags > environment > config file > defaults.',
+    );
+}
+
+runMain(() => buildCli(hideBin(process.argv)).parseAsync());

@@ -1,0 +1,301 @@
+// The run configuration: one source of truth for the model, optimizer, data and schedule.
+// Precedence: command-line flags > FFX_* environment (via the CLI) > config file > defaults.
+import { readFile } from 'node:fs/promises';
+import { OPTIMIZER_TYPES, type OptimizerConfig } from '../core/optimizer.js';
+import { GOODNESS_TYPES, type GoodnessType } from '../core/ff-layer.js';
+import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
+
+export interface RunConfig {
+  name: string;
+  seed: number;
+  data: {
+    dataset: DatasetName;
+    /** Directory searched first for the IDX files. */
+    dataDir?: string;
+    /** 'unit' scales pixels to [0,1]; 'standard' also subtracts the mean and divides by the std. */
+    scale: 'unit' | 'standard';
+    /** Use only the first N training / test examples (0 = all). */
+    trainLimit: number;
+    testLimit: number;
+  };
+  model: {
+    /** Widths from the input to the last layer, e.g. [784, 1000, 1000]. */
+    layers: number[];
+    goodness: GoodnessType;
+    negate: boolean;
+    threshold: number;
+    normEps: number;
+    /** Value written into the label pixel of the overlay. */
+    overlayValue: number;
+  };
+  optimizer: OptimizerConfig;
+  train: {
+    epochs: number;
+    batchSize: number;
+    /** Fraction of training at the end over which the learning rate decays linearly to 0. */
+    cooldown: number;
+    /** Evaluate on the test split every N epochs (0 = only at the end). */
+    evalEvery: number;
+  };
+  eval: {
+    /** Images per evaluation batch (each becomes 10 overlaid rows). */
+    batchSize: number;
+    /** Leave the first layer out of the goodness sum, as Hinton does. */
+    skipFirst: boolean;
+  };
+  output: {
+    /** Directory for weights, checkpoints and the metrics log. */
+    dir: string;
+    /** Write a checkpoint every N epochs (0 = only the final weights). */
+    checkpointEvery: number;
+  };
+}
+
+export const DEFAULT_CONFIG: RunConfig = {
+  name: 'ffx',
+  seed: 1,
+  data: { dataset: 'fashion-mnist', scale: 'unit', trainLimit: 0, testLimit: 0 },
+  model: {
+    layers: [784, 1000, 1000],
+    goodness: 'mean',
+    negate: false,
+    threshold: 1,
+    normEps: 1e-8,
+    overlayValue: 1,
+  },
+  optimizer: {
+    type: 'adam',
+    lr: 0.001,
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    momentum: 0.9,
+    weightDecay: 0,
+  },
+  train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1 },
+  eval: { batchSize: 1000, skipFirst: false },
+  output: { dir: 'runs/ffx', checkpointEvery: 0 },
+};
+
+export class ConfigError extends Error {
+  readonly code: string;
+  /** Dotted path of the offending key, e.g. "train.batchSize". */
+  readonly key: string;
+  readonly value: unknown;
+  constructor(code: string, key: string, value: unknown, message: string) {
+    super(message);
+    this.name = 'ConfigError';
+    this.code = code;
+    this.key = key;
+    this.value = value;
+  }
+}
+
+type Rule = (key: string, v: unknown) => void;
+
+const fail = (key: string, v: unknown, what: string): never => {
+  throw new ConfigError(
+    'CONFIG_INVALID',
+    key,
+    v,
+    `${key} must be ${what}; got ${JSON.stringify(v)}`,
+  );
+};
+const int =
+  (min: number): Rule =>
+  (k, v) => {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
+      fail(k, v, `an integer >= ${min}`);
+  };
+const num =
+  (min: number, max = Infinity, minExclusive = false): Rule =>
+  (k, v) => {
+    if (
+      typeof v !== 'number' ||
+      !Number.isFinite(v) ||
+      v < min ||
+      v > max ||
+      (minExclusive && v === min)
+    ) {
+      fail(
+        k,
+        v,
+        `a number ${minExclusive ? '>' : '>='} ${min}${max < Infinity ? ` and <= ${max}` : ''}`,
+      );
+    }
+  };
+const oneOf =
+  (values: readonly string[]): Rule =>
+  (k, v) => {
+    if (typeof v !== 'string' || !values.includes(v)) fail(k, v, `one of ${values.join(', ')}`);
+  };
+const bool: Rule = (k, v) => {
+  if (typeof v !== 'boolean') fail(k, v, 'true or false');
+};
+const str: Rule = (k, v) => {
+  if (typeof v !== 'string' || v.length === 0) fail(k, v, 'a non-empty string');
+};
+const widths: Rule = (k, v) => {
+  if (!Array.isArray(v) || v.length < 2 || !v.every((w) => Number.isInteger(w) && w > 0)) {
+    fail(k, v, 'a list of at least two positive integers (input width, then one per layer)');
+  }
+};
+
+const SCHEMA: Record<string, Record<string, Rule>> = {
+  '': { name: str, seed: int(0) },
+  data: {
+    dataset: oneOf(DATASET_NAMES),
+    dataDir: str,
+    scale: oneOf(['unit', 'standard']),
+    trainLimit: int(0),
+    testLimit: int(0),
+  },
+  model: {
+    layers: widths,
+    goodness: oneOf(GOODNESS_TYPES),
+    negate: bool,
+    threshold: num(-Infinity),
+    normEps: num(0, Infinity, true),
+    overlayValue: num(0, Infinity, true),
+  },
+  optimizer: {
+    type: oneOf(OPTIMIZER_TYPES),
+    lr: num(0, Infinity, true),
+    beta1: num(0, 1),
+    beta2: num(0, 1),
+    eps: num(0, Infinity, true),
+    momentum: num(0, 1),
+    weightDecay: num(0),
+  },
+  train: { epochs: int(1), batchSize: int(1), cooldown: num(0, 1), evalEvery: int(0) },
+  eval: { batchSize: int(1), skipFirst: bool },
+  output: { dir: str, checkpointEvery: int(0) },
+};
+
+/** Checks every key against the schema; unknown keys are errors (they are usually typos). */
+export function validateConfig(raw: unknown): RunConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    fail('config', raw, 'an object');
+  const obj = raw as Record<string, unknown>;
+  for (const [key, value] of Object.entries(obj)) {
+    const section = SCHEMA[key];
+    if (section && key !== '') {
+      if (typeof value !== 'object' || value === null || Array.isArray(value))
+        fail(key, value, 'an object');
+      for (const [sub, v] of Object.entries(value as Record<string, unknown>)) {
+        const rule = section[sub];
+        if (!rule) throw unknownKey(`${key}.${sub}`, v, Object.keys(section));
+        rule(`${key}.${sub}`, v);
+      }
+    } else {
+      const rule = SCHEMA['']![key];
+      if (!rule)
+        throw unknownKey(key, value, [
+          ...Object.keys(SCHEMA['']!),
+          ...Object.keys(SCHEMA).filter(Boolean),
+        ]);
+      rule(key, value);
+    }
+  }
+  const cfg = obj as unknown as RunConfig;
+  if (cfg.eval.skipFirst && cfg.model.layers.length < 3) {
+    fail('eval.skipFirst', true, 'false when the model has a single layer');
+  }
+  return cfg;
+}
+
+function unknownKey(key: string, value: unknown, known: string[]): ConfigError {
+  return new ConfigError(
+    'CONFIG_UNKNOWN_KEY',
+    key,
+    value,
+    `unknown config key "${key}" (known here: ${known.join(', ')})`,
+  );
+}
+
+/** Deep merge of plain objects; arrays and scalars from `over` replace those in `base`. */
+export function mergeConfig<T>(base: T, over: unknown): T {
+  if (typeof over !== 'object' || over === null || Array.isArray(over)) return over as T;
+  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    const b = out[k];
+    out[k] = typeof b === 'object' && b !== null && !Array.isArray(b) ? mergeConfig(b, v) : v;
+  }
+  return out as T;
+}
+
+/** Reads a JSON config file, fills defaults, applies overrides, validates the result. */
+export async function loadConfig(
+  file: string | undefined,
+  overrides: unknown = {},
+): Promise<RunConfig> {
+  let fromFile: unknown = {};
+  if (file) {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(
+        'CONFIG_NOT_FOUND',
+        'config',
+        file,
+        `cannot read config file ${file}: ${(err as Error).message}`,
+      );
+    }
+    try {
+      fromFile = JSON.parse(text);
+    } catch (err) {
+      throw new ConfigError(
+        'CONFIG_NOT_JSON',
+        'config',
+        file,
+        `config file ${file} is not valid JSON: ${(err as Error).message}`,
+      );
+    }
+    // Check the file alone first so its errors are reported against the file's own keys.
+    validatePartial(fromFile, file);
+  }
+  return validateConfig(mergeConfig(mergeConfig(DEFAULT_CONFIG, fromFile), overrides));
+}
+
+function validatePartial(partial: unknown, file: string): void {
+  try {
+    validateConfig(mergeConfig(DEFAULT_CONFIG, partial));
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      throw new ConfigError(err.code, err.key, err.value, `${file}: ${err.message}`);
+    }
+    throw err;
+  }
+}
+
+/** Parses `key.path=value` overrides (value as JSON when it parses, else a string). */
+export function parseSetOverrides(items: readonly string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const item of items) {
+    const eq = item.indexOf('=');
+    if (eq <= 0)
+      throw new ConfigError(
+        'CONFIG_BAD_SET',
+        'set',
+        item,
+        `--set expects key.path=value; got "${item}"`,
+      );
+    const path = item.slice(0, eq).split('.');
+    const text = item.slice(eq + 1);
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      value = text;
+    }
+    let node = out;
+    for (const part of path.slice(0, -1)) {
+      node[part] = (node[part] as Record<string, unknown> | undefined) ?? {};
+      node = node[part] as Record<string, unknown>;
+    }
+    node[path[path.length - 1]!] = value;
+  }
+  return out;
+}

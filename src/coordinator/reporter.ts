@@ -1,0 +1,122 @@
+// What a training run tells its user: a live progress line on a TTY, periodic plain lines
+// elsewhere (CI logs, files), or nothing but errors with `quiet`.
+import type { EpochRecord } from './local-trainer.js';
+import type { EvalResult } from '../core/predict.js';
+import { formatConfusion } from '../core/predict.js';
+
+export interface Reporter {
+  log(line: string): void;
+  startEpoch(epoch: number, epochs: number, batches: number): void;
+  /** After each batch: batches done this epoch, samples done this epoch, loss per layer. */
+  batch(done: number, samples: number, losses: number[]): void;
+  endEpoch(record: EpochRecord): void;
+}
+
+export interface ConsoleReporterOptions {
+  out?: NodeJS.WritableStream & { isTTY?: boolean };
+  quiet?: boolean;
+  /** Force the TTY progress bar on or off (default: on when `out` is a TTY and CI is unset). */
+  tty?: boolean;
+}
+
+export class ConsoleReporter implements Reporter {
+  private readonly out: NodeJS.WritableStream;
+  private readonly quiet: boolean;
+  private readonly tty: boolean;
+  private epoch = 0;
+  private epochs = 0;
+  private batches = 0;
+  private t0 = 0;
+  private lastDraw = 0;
+  private nextPlain = 0;
+
+  constructor(opts: ConsoleReporterOptions = {}) {
+    const out = opts.out ?? process.stderr;
+    this.out = out;
+    this.quiet = opts.quiet ?? false;
+    this.tty = opts.tty ?? (Boolean((out as { isTTY?: boolean }).isTTY) && !process.env.CI);
+  }
+
+  log(line: string): void {
+    if (this.quiet) return;
+    this.clearLine();
+    this.out.write(`${line}\n`);
+  }
+
+  startEpoch(epoch: number, epochs: number, batches: number): void {
+    this.epoch = epoch;
+    this.epochs = epochs;
+    this.batches = batches;
+    this.t0 = performance.now();
+    this.lastDraw = 0;
+    this.nextPlain = 0.25;
+  }
+
+  batch(done: number, samples: number, losses: number[]): void {
+    if (this.quiet) return;
+    const now = performance.now();
+    const frac = done / this.batches;
+    const rate = samples / ((now - this.t0) / 1000);
+    const eta = ((now - this.t0) / 1000) * (1 / frac - 1);
+    const loss = losses.map((l) => l.toFixed(3)).join(' ');
+    if (this.tty) {
+      if (now - this.lastDraw < 100 && done < this.batches) return; // ~10 redraws a second
+      this.lastDraw = now;
+      const width = 24;
+      const filled = Math.round(frac * width);
+      const bar =
+        '='.repeat(filled) +
+        (filled < width ? '>' : '') +
+        ' '.repeat(Math.max(0, width - filled - 1));
+      this.out.write(
+        `\repoch ${this.epoch}/${this.epochs} [${bar}] ${done}/${this.batches} ${rate.toFixed(0)} samples/s ` +
+          `ETA ${formatSeconds(eta)} loss ${loss}\x1b[K`,
+      );
+    } else if (frac >= this.nextPlain && done < this.batches) {
+      // Plain logs: a line at each quarter of an epoch.
+      this.nextPlain += 0.25;
+      this.out.write(
+        `epoch ${this.epoch}/${this.epochs} ${(frac * 100).toFixed(0)}% ${rate.toFixed(0)} samples/s ETA ${formatSeconds(eta)} loss ${loss}\n`,
+      );
+    }
+  }
+
+  endEpoch(r: EpochRecord): void {
+    if (this.quiet) return;
+    this.clearLine();
+    const layers = r.layers
+      .map(
+        (s, i) =>
+          `L${i + 1} loss ${s.loss.toFixed(4)} g+ ${s.goodnessPos.toFixed(3)} g- ${s.goodnessNeg.toFixed(3)}`,
+      )
+      .join(' | ');
+    let line = `epoch ${r.epoch}/${this.epochs} ${r.seconds.toFixed(1)}s ${r.samplesPerSec.toFixed(0)} samples/s lr ${r.lr.toExponential(2)} | ${layers}`;
+    if (r.eval) line += ` | test acc ${pct(r.eval.accuracy)} (${r.eval.rule})`;
+    this.out.write(`${line}\n`);
+  }
+
+  private clearLine(): void {
+    if (this.tty) this.out.write('\r\x1b[K');
+  }
+}
+
+export function pct(x: number): string {
+  return `${(100 * x).toFixed(2)}%`;
+}
+
+export function formatSeconds(s: number): string {
+  if (!Number.isFinite(s)) return '?';
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, '0')}s` : `${s.toFixed(0)}s`;
+}
+
+/** The evaluation summary printed at the end of a run or by `ffx-coordinator eval`. */
+export function formatEval(r: EvalResult, classNames?: readonly string[]): string {
+  const sets = r.perLayerSet.map((s) => `${s.name} ${pct(s.accuracy)}`).join(', ');
+  return [
+    `test accuracy ${pct(r.accuracy)} (${r.count} images, goodness summed over ${r.rule})`,
+    `per layer set: ${sets}`,
+    'confusion matrix (rows: true label, columns: predicted):',
+    formatConfusion(r.confusion, classNames),
+  ].join('\n');
+}

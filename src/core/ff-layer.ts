@@ -1,0 +1,209 @@
+// One Forward-Forward layer: length-normalise, linear + ReLU, goodness, local loss.
+//
+// For a batch X = [pos; neg] (2B x in) and sign s = +1 (pos) / -1 (neg):
+//   Xn = X / (rms(X)_row + eps),  Z = Xn W + b,  H = relu(Z)
+//   g  = mean(H^2, 1)            (or sum; `negate` flips it so positives aim low)
+//   L  = mean(softplus(-s (g - theta)))
+// The gradient is local and closed-form, so a step is two matrix products:
+//   dL/dg = -s sigmoid(-s (g - theta)) / 2B,  dL/dZ = dL/dg * dg/dH (= 2H/k, zero where Z<=0)
+//   dW = Xn^T dL/dZ,  db = colsum(dL/dZ).
+// The activations handed to the next layer are this step's H, computed *before* the update:
+// the pipeline sends them as soon as the forward pass is done, and the single-process
+// reference does the same, so both are the same computation.
+import * as tf from '@tensorflow/tfjs';
+import { ownedVariable } from './host-memory.js';
+import type { NamedTensor } from './safetensors.js';
+import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
+
+export const GOODNESS_TYPES = ['mean', 'sum'] as const;
+export type GoodnessType = (typeof GOODNESS_TYPES)[number];
+
+export interface LayerConfig {
+  inDim: number;
+  outDim: number;
+  /** Mean (default) or sum of squared activities. */
+  goodness: GoodnessType;
+  /** Positive data aims for goodness below the threshold instead of above. */
+  negate: boolean;
+  threshold: number;
+  /** Added to the row norm before dividing (keeps all-zero rows finite). */
+  normEps: number;
+  /** Seed of the weight initialisation. */
+  seed: number;
+}
+
+export interface StepStats {
+  loss: number;
+  /** Mean goodness of the positive and negative rows (before the update). */
+  goodnessPos: number;
+  goodnessNeg: number;
+}
+
+export class FFLayer {
+  readonly config: LayerConfig;
+  readonly weight: tf.Variable<tf.Rank.R2>;
+  readonly bias: tf.Variable<tf.Rank.R1>;
+  readonly optimizer: LayerOptimizer;
+  // The sign column (+1 pos rows, -1 neg rows), built once per batch size.
+  private readonly signs = new Map<number, tf.Tensor1D>();
+
+  constructor(config: LayerConfig, optimizer: OptimizerConfig) {
+    this.config = config;
+    // Kaiming-uniform-like init, as torch.nn.Linear does: U(-1/sqrt(in), 1/sqrt(in)).
+    const bound = 1 / Math.sqrt(config.inDim);
+    this.weight = ownedVariable(
+      tf.randomUniform([config.inDim, config.outDim], -bound, bound, 'float32', config.seed),
+      true,
+    );
+    this.bias = ownedVariable(
+      tf.randomUniform([config.outDim], -bound, bound, 'float32', config.seed + 1),
+      true,
+    );
+    this.optimizer = new LayerOptimizer(optimizer, [this.weight, this.bias]);
+  }
+
+  /** H = relu(normalise(x) W + b), no gradient bookkeeping. */
+  forward(x: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => this.activations(this.normalise(x)));
+  }
+
+  /** Goodness of each row of H. */
+  goodness(h: tf.Tensor2D): tf.Tensor1D {
+    return tf.tidy(() => {
+      const sq = tf.square(h);
+      const g = this.config.goodness === 'mean' ? tf.mean(sq, 1) : tf.sum(sq, 1);
+      return (this.config.negate ? tf.neg(g) : g) as tf.Tensor1D;
+    });
+  }
+
+  /**
+   * One training step on x = [pos; neg] (2*nPos rows). Returns H of this step (owned by the
+   * caller) and a [3] tensor of loss, mean pos goodness, mean neg goodness.
+   */
+  trainStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
+    if (x.shape[0] !== 2 * nPos || x.shape[1] !== this.config.inDim) {
+      throw new Error(
+        `trainStep: expected [${2 * nPos}, ${this.config.inDim}], got [${x.shape.join(', ')}]`,
+      );
+    }
+    return tf.tidy(() => {
+      const s = this.signsFor(nPos);
+      const dgScale = this.dgScale();
+      const xn = this.normalise(x);
+      const h = this.activations(xn);
+      const g = this.goodness(h);
+      // t > 0 when the row is on the right side of the threshold.
+      const t = tf.mul(s, tf.sub(g, this.config.threshold));
+      const loss = tf.mean(tf.softplus(tf.neg(t)));
+      // dL/dg * dg/dH = -s sigmoid(-t)/2B * (+-2/k) * H; fold the scalars into the column.
+      const col = tf.mul(tf.mul(s, tf.sigmoid(tf.neg(t))), -dgScale / (2 * nPos));
+      const dz = tf.mul(h, tf.reshape(col, [2 * nPos, 1]));
+      // Transpose then multiply: matMul's transpose flags are ~13x slower on wasm.
+      const dw = tf.matMul(tf.transpose(xn), dz);
+      const db = tf.sum(dz, 0);
+      const stats = tf.stack([loss, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
+      this.optimizer.apply(
+        new Map<tf.Variable, tf.Tensor>([
+          [this.weight, dw],
+          [this.bias, db],
+        ]),
+        lr,
+      );
+      return { h: tf.keep(h), stats: tf.keep(stats) as tf.Tensor1D };
+    });
+  }
+
+  /** The loss of a batch as a differentiable function of the variables (for autograd checks). */
+  lossOf(x: tf.Tensor2D, nPos: number): tf.Scalar {
+    return tf.tidy(() => {
+      const s = this.signsFor(nPos);
+      const g = this.goodness(this.activations(this.normalise(x)));
+      return tf.mean(tf.softplus(tf.neg(tf.mul(s, tf.sub(g, this.config.threshold))))) as tf.Scalar;
+    });
+  }
+
+  /**
+   * The layer's state as named float32 arrays (copies): `<prefix>.weight` [in, out] (the layer
+   * computes x W + b), `<prefix>.bias` [out], and with `withOptimizer` the optimizer's slots
+   * (`<prefix>.weight.m`, ...). The optimizer's step count goes in metadata by the caller.
+   */
+  exportState(prefix: string, withOptimizer: boolean): Map<string, NamedTensor> {
+    const out = new Map<string, NamedTensor>();
+    const names = new Map<tf.Variable, string>([
+      [this.weight, `${prefix}.weight`],
+      [this.bias, `${prefix}.bias`],
+    ]);
+    for (const [v, name] of names)
+      out.set(name, { shape: [...v.shape], data: v.dataSync() as Float32Array });
+    if (withOptimizer) {
+      for (const [name, t] of this.optimizer.state(names))
+        out.set(name, { shape: [...t.shape], data: t.dataSync() as Float32Array });
+    }
+    return out;
+  }
+
+  /** Loads what exportState wrote; optimizer slots are loaded when present. */
+  importState(prefix: string, tensors: Map<string, NamedTensor>): void {
+    const names = new Map<tf.Variable, string>([
+      [this.weight, `${prefix}.weight`],
+      [this.bias, `${prefix}.bias`],
+    ]);
+    const targets = new Map<string, tf.Variable>();
+    for (const [v, name] of names) targets.set(name, v);
+    for (const [name, t] of this.optimizer.state(names)) targets.set(name, t);
+    for (const [name, v] of targets) {
+      const t = tensors.get(name);
+      if (!t) {
+        if (v === this.weight || v === this.bias)
+          throw new Error(`weights have no tensor "${name}"`);
+        continue;
+      }
+      if (t.shape.join('x') !== v.shape.join('x')) {
+        throw new Error(
+          `tensor "${name}" is [${t.shape.join(', ')}], layer expects [${v.shape.join(', ')}]`,
+        );
+      }
+      tf.tidy(() => v.assign(tf.tensor(t.data, v.shape)));
+    }
+  }
+
+  dispose(): void {
+    this.weight.dispose();
+    this.bias.dispose();
+    this.optimizer.dispose();
+    for (const s of this.signs.values()) s.dispose();
+    this.signs.clear();
+  }
+
+  private normalise(x: tf.Tensor2D): tf.Tensor2D {
+    // Root-mean-square rather than unit length (as in Hinton's reference code): every input
+    // element stays O(1) whatever the width, so the same init and threshold suit every layer.
+    const rms = tf.sqrt(tf.mean(tf.square(x), 1, true));
+    return tf.div(x, tf.add(rms, this.config.normEps));
+  }
+
+  private activations(xn: tf.Tensor2D): tf.Tensor2D {
+    return tf.fused.matMul({
+      a: xn,
+      b: this.weight,
+      bias: this.bias,
+      activation: 'relu',
+    }) as tf.Tensor2D;
+  }
+
+  /** dg/dH = dgScale * H. */
+  private dgScale(): number {
+    const k = this.config.goodness === 'mean' ? this.config.outDim : 1;
+    return ((this.config.negate ? -1 : 1) * 2) / k;
+  }
+
+  private signsFor(nPos: number): tf.Tensor1D {
+    let s = this.signs.get(nPos);
+    if (!s) {
+      s = tf.tidy(() => tf.concat([tf.ones([nPos]), tf.fill([nPos], -1)]) as tf.Tensor1D);
+      tf.keep(s);
+      this.signs.set(nPos, s);
+    }
+    return s;
+  }
+}

@@ -1,0 +1,254 @@
+import { DataError } from './errors.js';
+import { Rng } from './rng.js';
+
+/** Labels are 0..9 and are written one-hot into the first NUM_CLASSES pixels of each row. */
+export const NUM_CLASSES = 10;
+
+export type PixelScale = 'unit' | 'standard';
+
+export interface PixelStats {
+  mean: number;
+  std: number;
+}
+
+export interface ScaledImages extends PixelStats {
+  data: Float32Array;
+}
+
+function fail(message: string): never {
+  throw new DataError('BAD_ARGUMENT', message);
+}
+
+function checkCount(name: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0)
+    fail(`${name} must be a non-negative integer, got ${value}`);
+}
+
+function checkRows(name: string, arr: ArrayLike<number>, rows: number, dim: number): void {
+  if (arr.length < rows * dim) {
+    fail(`${name} has ${arr.length} values, needs ${rows} rows x ${dim} = ${rows * dim}`);
+  }
+}
+
+function checkDim(dim: number): void {
+  if (!Number.isInteger(dim) || dim < NUM_CLASSES) {
+    fail(
+      `dim must be an integer >= ${NUM_CLASSES} (the label overlay needs that many pixels), got ${dim}`,
+    );
+  }
+}
+
+/**
+ * Bytes to floats for the first count*dim pixels: 'unit' is x/255 (mean 0, std 1 reported);
+ * 'standard' is (x/255 - mean)/std. Pass the training set's `stats` when scaling a test set,
+ * so both go through the same transform.
+ */
+export function toFloat(
+  images: Uint8Array,
+  count: number,
+  dim: number,
+  scale: PixelScale = 'unit',
+  stats?: PixelStats,
+): ScaledImages {
+  checkCount('count', count);
+  checkCount('dim', dim);
+  checkRows('images', images, count, dim);
+  const pixels = images.subarray(0, count * dim);
+  let mean = 0;
+  let std = 1;
+  if (scale === 'standard') {
+    if (stats) {
+      ({ mean, std } = stats);
+    } else {
+      // A 256-bin histogram gives exact sums (no float drift over 47M pixels) in one pass.
+      const hist = new Float64Array(256);
+      for (let i = 0; i < pixels.length; i++) hist[pixels[i]!]!++;
+      let sum = 0;
+      let sumSq = 0;
+      for (let v = 0; v < 256; v++) {
+        sum += hist[v]! * v;
+        sumSq += hist[v]! * v * v;
+      }
+      const n = Math.max(pixels.length, 1);
+      mean = sum / n / 255;
+      std = Math.sqrt(Math.max(sumSq / n / (255 * 255) - mean * mean, 0)) || 1;
+    }
+  } else if (scale !== 'unit') {
+    fail(`scale must be 'unit' or 'standard', got '${String(scale)}'`);
+  }
+  const lut = new Float32Array(256);
+  for (let v = 0; v < 256; v++) lut[v] = (v / 255 - mean) / std;
+  const data = new Float32Array(pixels.length);
+  for (let i = 0; i < pixels.length; i++) data[i] = lut[pixels[i]!]!;
+  return { data, mean, std };
+}
+
+function checkLabel(label: number | undefined, row: number): number {
+  if (label === undefined || !Number.isInteger(label) || label < 0 || label >= NUM_CLASSES) {
+    fail(`label of row ${row} must be an integer in 0..${NUM_CLASSES - 1}, got ${label}`);
+  }
+  return label;
+}
+
+/** Hinton's overlay: the first NUM_CLASSES pixels become a one-hot of `label`. */
+function writeOneHot(out: Float32Array, offset: number, label: number, onValue: number): void {
+  out.fill(0, offset, offset + NUM_CLASSES);
+  out[offset + label] = onValue;
+}
+
+/**
+ * Copies src rows rowStart..rowStart+count-1 to out rows outRowOffset.. and overlays the label:
+ * row i gets labels[i] (labels are indexed from 0 for the first copied row, not by rowStart).
+ */
+export function overlayLabels(
+  src: Float32Array,
+  rowStart: number,
+  count: number,
+  dim: number,
+  labels: ArrayLike<number>,
+  out: Float32Array,
+  outRowOffset = 0,
+  onValue = 1,
+): Float32Array {
+  checkDim(dim);
+  checkRows('src', src, rowStart + count, dim);
+  checkRows('out', out, outRowOffset + count, dim);
+  if (labels.length < count) fail(`labels has ${labels.length} values, needs ${count}`);
+  out.set(src.subarray(rowStart * dim, (rowStart + count) * dim), outRowOffset * dim);
+  for (let i = 0; i < count; i++) {
+    writeOneHot(out, (outRowOffset + i) * dim, checkLabel(labels[i], i), onValue);
+  }
+  return out;
+}
+
+/**
+ * For evaluation: out is [NUM_CLASSES * count, dim], label-major. Row c*count + i is src row
+ * rowStart+i with label c overlaid, so out.subarray(c*count*dim, (c+1)*count*dim) is the whole
+ * batch under hypothesis c.
+ */
+export function overlayAllLabels(
+  src: Float32Array,
+  rowStart: number,
+  count: number,
+  dim: number,
+  out: Float32Array,
+  onValue = 1,
+): Float32Array {
+  checkDim(dim);
+  checkRows('src', src, rowStart + count, dim);
+  checkRows('out', out, NUM_CLASSES * count, dim);
+  const rows = src.subarray(rowStart * dim, (rowStart + count) * dim);
+  for (let c = 0; c < NUM_CLASSES; c++) {
+    out.set(rows, c * count * dim);
+    for (let i = 0; i < count; i++) writeOneHot(out, (c * count + i) * dim, c, onValue);
+  }
+  return out;
+}
+
+/** For each true label, a wrong label drawn uniformly from the other NUM_CLASSES - 1. */
+export function sampleNegativeLabels(
+  labels: ArrayLike<number>,
+  rng: Rng,
+  out: Uint8Array = new Uint8Array(labels.length),
+): Uint8Array {
+  if (out.length < labels.length) fail(`out has ${out.length} values, needs ${labels.length}`);
+  for (let i = 0; i < labels.length; i++) {
+    // Adding 1..9 modulo 10 can never land back on the true label.
+    out[i] = (checkLabel(labels[i], i) + 1 + rng.int(NUM_CLASSES - 1)) % NUM_CLASSES;
+  }
+  return out;
+}
+
+export interface BatchSamplerOptions {
+  /** count*dim pixels, already scaled (see toFloat). */
+  images: Float32Array;
+  labels: Uint8Array;
+  count: number;
+  dim: number;
+  batchSize: number;
+  seed: number;
+  shuffle: boolean;
+  /** Skip the last batch when it would be smaller than batchSize. */
+  dropLast: boolean;
+  onValue?: number;
+}
+
+export interface Batch {
+  index: number;
+  size: number;
+  /** [2*size, dim]: positive rows first, then negative rows; the layout the trainer sends. */
+  x: Float32Array;
+  /** Views of x. */
+  pos: Float32Array;
+  neg: Float32Array;
+  labels: Uint8Array;
+  negLabels: Uint8Array;
+}
+
+/**
+ * Yields FF training batches. Order and negative labels depend only on (seed, epochIndex),
+ * so a rerun, or another process given the same seed, produces identical batches.
+ */
+export class BatchSampler {
+  readonly count: number;
+  readonly dim: number;
+  readonly batchSize: number;
+  readonly batchesPerEpoch: number;
+  private readonly opts: BatchSamplerOptions;
+
+  constructor(opts: BatchSamplerOptions) {
+    const { count, dim, batchSize, seed } = opts;
+    checkCount('options.count', count);
+    checkDim(dim);
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      fail(`options.batchSize must be a positive integer, got ${batchSize}`);
+    }
+    if (!Number.isSafeInteger(seed)) fail(`options.seed must be an integer, got ${seed}`);
+    checkRows('options.images', opts.images, count, dim);
+    if (opts.labels.length < count) {
+      fail(`options.labels has ${opts.labels.length} values, needs ${count}`);
+    }
+    for (let i = 0; i < count; i++) checkLabel(opts.labels[i], i);
+    this.opts = opts;
+    this.count = count;
+    this.dim = dim;
+    this.batchSize = batchSize;
+    this.batchesPerEpoch = opts.dropLast
+      ? Math.floor(count / batchSize)
+      : Math.ceil(count / batchSize);
+  }
+
+  *epoch(epochIndex: number): Generator<Batch, void, undefined> {
+    const { images, labels, dim, shuffle, onValue = 1 } = this.opts;
+    const rng = Rng.derive(this.opts.seed, epochIndex);
+    const order = shuffle ? rng.permutation(this.count) : null;
+    for (let index = 0; index < this.batchesPerEpoch; index++) {
+      const start = index * this.batchSize;
+      const size = Math.min(this.batchSize, this.count - start);
+      // Fresh arrays per batch: the consumer may still be sending the previous one.
+      const x = new Float32Array(2 * size * dim);
+      const batchLabels = new Uint8Array(size);
+      for (let i = 0; i < size; i++) {
+        const row = order ? order[start + i]! : start + i;
+        const image = images.subarray(row * dim, (row + 1) * dim);
+        x.set(image, i * dim);
+        x.set(image, (size + i) * dim);
+        batchLabels[i] = labels[row]!;
+      }
+      const negLabels = sampleNegativeLabels(batchLabels, rng);
+      for (let i = 0; i < size; i++) {
+        writeOneHot(x, i * dim, batchLabels[i]!, onValue);
+        writeOneHot(x, (size + i) * dim, negLabels[i]!, onValue);
+      }
+      yield {
+        index,
+        size,
+        x,
+        pos: x.subarray(0, size * dim),
+        neg: x.subarray(size * dim),
+        labels: batchLabels,
+        negLabels,
+      };
+    }
+  }
+}

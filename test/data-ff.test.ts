@@ -1,0 +1,222 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { isDataError } from '../src/data/errors.js';
+import {
+  BatchSampler,
+  NUM_CLASSES,
+  overlayAllLabels,
+  overlayLabels,
+  sampleNegativeLabels,
+  toFloat,
+  type Batch,
+  type BatchSamplerOptions,
+} from '../src/data/ff-data.js';
+import { Rng } from '../src/data/rng.js';
+
+const DIM = 16;
+
+/** Row r is r*100 + column, so any misplaced value is recognisable. */
+function rowsOf(count: number, dim = DIM): Float32Array {
+  const a = new Float32Array(count * dim);
+  for (let r = 0; r < count; r++) for (let c = 0; c < dim; c++) a[r * dim + c] = r * 100 + c;
+  return a;
+}
+
+function row(a: Float32Array, r: number, dim = DIM): number[] {
+  return Array.from(a.subarray(r * dim, (r + 1) * dim));
+}
+
+/** Asserts out row `r` is src row `srcRow` with a one-hot of `label` in the first 10 pixels. */
+function assertOverlaid(
+  out: Float32Array,
+  r: number,
+  src: Float32Array,
+  srcRow: number,
+  label: number,
+  on = 1,
+) {
+  const got = row(out, r);
+  const head = new Array<number>(NUM_CLASSES).fill(0);
+  head[label] = on;
+  assert.deepEqual(got.slice(0, NUM_CLASSES), head, `row ${r} label ${label}`);
+  assert.deepEqual(got.slice(NUM_CLASSES), row(src, srcRow).slice(NUM_CLASSES), `row ${r} pixels`);
+}
+
+describe('toFloat', () => {
+  const bytes = new Uint8Array([0, 51, 102, 255, 9, 9]);
+
+  it("'unit' divides by 255", () => {
+    const { data, mean, std } = toFloat(bytes, 2, 2);
+    assert.deepEqual(Array.from(data), [0, 0.2, 0.4, 1].map(Math.fround));
+    assert.deepEqual([mean, std], [0, 1]);
+  });
+
+  it("'standard' uses the mean and std of the given pixels, or the stats passed in", () => {
+    // Pixels /255: 0, .2, .4, 1 -> mean .4, variance (.16 + .04 + 0 + .36)/4 = .14.
+    const { data, mean, std } = toFloat(bytes, 2, 2, 'standard');
+    assert.ok(Math.abs(mean - 0.4) < 1e-12);
+    assert.ok(Math.abs(std - Math.sqrt(0.14)) < 1e-12);
+    const s = Math.sqrt(0.14);
+    Array.from(data).forEach((v, i) =>
+      assert.ok(Math.abs(v - [-0.4, -0.2, 0, 0.6][i]! / s) < 1e-6),
+    );
+    const test = toFloat(new Uint8Array([102]), 1, 1, 'standard', { mean, std });
+    assert.ok(Math.abs(test.data[0]!) < 1e-6, 'same transform as the training set');
+  });
+});
+
+describe('overlayLabels', () => {
+  it('writes exactly one onValue in the first 10 pixels and copies the rest', () => {
+    const src = rowsOf(5);
+    const out = new Float32Array(6 * DIM).fill(-1);
+    overlayLabels(src, 1, 3, DIM, [9, 0, 4], out, 2, 0.5);
+    assert.deepEqual(row(out, 0), new Array(DIM).fill(-1), 'rows before outRowOffset untouched');
+    assert.deepEqual(row(out, 1), new Array(DIM).fill(-1));
+    assertOverlaid(out, 2, src, 1, 9, 0.5);
+    assertOverlaid(out, 3, src, 2, 0, 0.5);
+    assertOverlaid(out, 4, src, 3, 4, 0.5);
+    assert.deepEqual(row(out, 5), new Array(DIM).fill(-1), 'rows after untouched');
+    assert.deepEqual(src, rowsOf(5), 'src untouched');
+  });
+
+  it('rejects bad labels and short arrays', () => {
+    const src = rowsOf(2);
+    const out = new Float32Array(2 * DIM);
+    const bad = (e: unknown) => isDataError(e, 'BAD_ARGUMENT');
+    assert.throws(() => overlayLabels(src, 0, 2, DIM, [1, 10], out), bad);
+    assert.throws(() => overlayLabels(src, 0, 2, DIM, [1], out), bad);
+    assert.throws(() => overlayLabels(src, 1, 2, DIM, [1, 2], out), bad);
+    assert.throws(() => overlayLabels(src, 0, 2, 8, [1, 2], out), bad, 'dim < 10');
+  });
+});
+
+describe('overlayAllLabels', () => {
+  it('is label-major: row c*count + i is image i with label c', () => {
+    const src = rowsOf(4);
+    const count = 3;
+    const out = overlayAllLabels(src, 1, count, DIM, new Float32Array(NUM_CLASSES * count * DIM));
+    for (let c = 0; c < NUM_CLASSES; c++) {
+      for (let i = 0; i < count; i++) assertOverlaid(out, c * count + i, src, 1 + i, c);
+    }
+  });
+});
+
+describe('sampleNegativeLabels', () => {
+  it('never returns the true label and covers all 9 wrong ones about evenly', () => {
+    const rng = new Rng(5);
+    const labels = Uint8Array.from({ length: 90_000 }, (_, i) => i % 10);
+    const neg = sampleNegativeLabels(labels, rng);
+    const seen = Array.from({ length: 10 }, () => new Array<number>(10).fill(0));
+    neg.forEach((n, i) => {
+      assert.notEqual(n, labels[i]);
+      seen[labels[i]!]![n]!++;
+    });
+    // Each true label: 9,000 draws over 9 wrong labels, 1,000 expected each, sd ~31.
+    for (let t = 0; t < 10; t++) {
+      for (let n = 0; n < 10; n++) {
+        if (n === t) assert.equal(seen[t]![n], 0);
+        else assert.ok(Math.abs(seen[t]![n]! - 1000) < 160, `true ${t} -> ${n}: ${seen[t]![n]}`);
+      }
+    }
+  });
+
+  it('writes into out when given', () => {
+    const out = new Uint8Array(3);
+    assert.equal(sampleNegativeLabels([0, 1, 2], new Rng(1), out), out);
+  });
+});
+
+describe('BatchSampler', () => {
+  const count = 23;
+  const images = rowsOf(count);
+  const labels = Uint8Array.from({ length: count }, (_, i) => (i * 7) % 10);
+  const opts = (over: Partial<BatchSamplerOptions> = {}): BatchSamplerOptions => ({
+    images,
+    labels,
+    count,
+    dim: DIM,
+    batchSize: 5,
+    seed: 1234,
+    shuffle: true,
+    dropLast: false,
+    ...over,
+  });
+  const rowsIn = (b: Batch): number[] =>
+    Array.from({ length: b.size }, (_, i) =>
+      Math.round((b.pos[i * DIM + NUM_CLASSES]! - NUM_CLASSES) / 100),
+    );
+  const epochRows = (s: BatchSampler, e: number): number[] => [...s.epoch(e)].flatMap(rowsIn);
+
+  it('yields pos rows then neg rows in x, with pos/neg as views', () => {
+    for (const b of new BatchSampler(opts()).epoch(0)) {
+      assert.equal(b.x.length, 2 * b.size * DIM);
+      assert.equal(b.pos.buffer, b.x.buffer);
+      assert.equal(b.neg.buffer, b.x.buffer);
+      assert.equal(b.neg.byteOffset, b.size * DIM * 4);
+      rowsIn(b).forEach((r, i) => {
+        assert.equal(b.labels[i], labels[r]);
+        assert.notEqual(b.negLabels[i], b.labels[i]);
+        assertOverlaid(b.x, i, images, r, b.labels[i]!);
+        assertOverlaid(b.x, b.size + i, images, r, b.negLabels[i]!);
+      });
+    }
+  });
+
+  it('visits every example exactly once per epoch', () => {
+    const s = new BatchSampler(opts());
+    assert.equal(s.batchesPerEpoch, 5);
+    const sizes = [...s.epoch(3)].map((b) => b.size);
+    assert.deepEqual(sizes, [5, 5, 5, 5, 3]);
+    assert.deepEqual(
+      epochRows(s, 3).sort((a, b) => a - b),
+      Array.from({ length: count }, (_, i) => i),
+    );
+  });
+
+  it('is a pure function of (seed, epoch)', () => {
+    const a = [...new BatchSampler(opts()).epoch(2)];
+    const b = [...new BatchSampler(opts()).epoch(2)];
+    assert.deepEqual(a, b, 'same seed and epoch: identical batches');
+    const s = new BatchSampler(opts());
+    assert.notDeepEqual(epochRows(s, 2), epochRows(s, 3), 'another epoch: another order');
+    assert.notDeepEqual(epochRows(s, 2), epochRows(new BatchSampler(opts({ seed: 99 })), 2));
+  });
+
+  it('keeps the data order when shuffle is off, still with fresh negatives per epoch', () => {
+    const s = new BatchSampler(opts({ shuffle: false }));
+    assert.deepEqual(
+      epochRows(s, 0),
+      Array.from({ length: count }, (_, i) => i),
+    );
+    const neg = (e: number) => [...s.epoch(e)].flatMap((b) => Array.from(b.negLabels));
+    assert.notDeepEqual(neg(0), neg(1));
+  });
+
+  it('drops the short last batch with dropLast', () => {
+    const s = new BatchSampler(opts({ dropLast: true }));
+    assert.equal(s.batchesPerEpoch, 4);
+    const batches = [...s.epoch(0)];
+    assert.deepEqual(
+      batches.map((b) => [b.index, b.size]),
+      [
+        [0, 5],
+        [1, 5],
+        [2, 5],
+        [3, 5],
+      ],
+    );
+    assert.equal(new Set(batches.flatMap(rowsIn)).size, 20);
+  });
+
+  it('rejects bad options, naming the field', () => {
+    const check = (over: Partial<BatchSamplerOptions>, field: string) =>
+      assert.throws(
+        () => new BatchSampler(opts(over)),
+        (e: unknown) => isDataError(e, 'BAD_ARGUMENT') && e.message.includes(field),
+      );
+    check({ batchSize: 0 }, 'options.batchSize');
+    check({ count: 24 }, 'options.images');
+    check({ labels: labels.subarray(1) }, 'options.labels');
+    check({ labels: Uint8Array.from(labels, (l, i) => (i === 4 ? 12 : l)) }, 'label of row 4');
+  });
+});
