@@ -7,7 +7,9 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
+import { availableParallelism } from 'node:os';
 import { setWasmPaths, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
+import { initWasmThreaded } from './wasm-threads.js';
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -39,6 +41,11 @@ export class BackendError extends Error {
 export interface BackendOptions {
   /** GPU index for tfjs-node-gpu (sets CUDA_VISIBLE_DEVICES before the library loads). */
   device?: number;
+  /**
+   * Compute threads for wasm (default: every core). A pipeline stage that shares a machine
+   * with other stages sets its share, e.g. 1.
+   */
+  threads?: number;
   log?: (line: string) => void;
 }
 
@@ -184,8 +191,18 @@ async function loadTensorflowCpu(_options: BackendOptions): Promise<BackendInfo>
   };
 }
 
-async function loadWasm(_options: BackendOptions): Promise<BackendInfo> {
+const MAX_WASM_THREADS = 8; // emscripten's pre-spawned pthread pool
+
+async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
   const pkg = '@tensorflow/tfjs-backend-wasm';
+  const threads = options.threads ?? Math.min(availableParallelism(), MAX_WASM_THREADS);
+  if (!Number.isInteger(threads) || threads < 1 || threads > MAX_WASM_THREADS) {
+    throw new BackendError(
+      'BACKEND_BAD_THREADS',
+      'wasm',
+      `threads must be an integer from 1 to ${MAX_WASM_THREADS}; got ${threads}`,
+    );
+  }
   // In Node the .wasm binaries must be given as file paths; the default is a URL relative to
   // the page, which does not exist here.
   const require = createRequire(import.meta.url);
@@ -198,7 +215,21 @@ async function loadWasm(_options: BackendOptions): Promise<BackendInfo> {
       `${pkg}: this Node.js has no WebAssembly SIMD; use --backend cpu`,
     );
   }
-  await useBackend('wasm', pkg);
+  if (threads > 1) {
+    // tfjs turns threads off in Node; wasm-threads.ts works around the reasons why.
+    try {
+      await initWasmThreaded(threads);
+    } catch (err) {
+      throw new BackendError(
+        'BACKEND_UNAVAILABLE',
+        'wasm',
+        `${pkg}: starting ${threads} threads failed (${(err as Error).message}); try --threads 1`,
+        { cause: err },
+      );
+    }
+  } else {
+    await useBackend('wasm', pkg);
+  }
   return {
     name: 'wasm',
     package: pkg,

@@ -16,6 +16,7 @@ import { runMain } from './run-main.js';
 interface CommonArgs {
   config?: string;
   backend: string;
+  threads?: number;
   set: string[];
   dataset?: string;
   'data-dir'?: string;
@@ -37,6 +38,10 @@ function commonOptions<T>(y: Argv<T>) {
       choices: BACKEND_CHOICES,
       default: 'auto' as const,
       describe: 'TensorFlow.js backend',
+    })
+    .option('threads', {
+      type: 'number',
+      describe: 'wasm backend compute threads (default: every core)',
     })
     .option('dataset', { choices: DATASET_NAMES, describe: 'dataset (overrides data.dataset)' })
     .option('data-dir', { type: 'string', describe: 'directory searched first for the IDX files' })
@@ -91,7 +96,10 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   requireLocal(a, 'train');
   const cfg = await loadConfig(a.config, overridesFrom(a));
   const reporter = new ConsoleReporter({ quiet: a.quiet });
-  await initBackend(a.backend as BackendChoice, { log: (l) => reporter.log(l) });
+  await initBackend(a.backend as BackendChoice, {
+    threads: a.threads,
+    log: (l) => reporter.log(l),
+  });
   const result = await trainLocal(cfg, { reporter, resume: a.resume as string | undefined });
   console.log(formatEval(result.final, classNames(cfg.data.dataset)));
   console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
@@ -101,7 +109,10 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   requireLocal(a, 'eval');
   const cfg: RunConfig = await loadConfig(a.config, overridesFrom(a));
   const reporter = new ConsoleReporter({ quiet: a.quiet });
-  await initBackend(a.backend as BackendChoice, { log: (l) => reporter.log(l) });
+  await initBackend(a.backend as BackendChoice, {
+    threads: a.threads,
+    log: (l) => reporter.log(l),
+  });
   const data = await prepareData(cfg, (l) => reporter.log(l));
   const net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
   try {

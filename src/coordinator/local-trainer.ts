@@ -224,7 +224,8 @@ export async function saveCheckpoint(
     epoch: String(epoch),
     optimizerSteps: JSON.stringify(net.layers.map((l) => l.optimizer.step)),
     config: JSON.stringify(cfg),
-    layout: 'layers.<i>.weight is [in, out]; a layer computes relu(normalise(x) @ weight + bias)',
+    layout:
+      'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
   };
   await writeFile(file, encodeSafetensors(net.exportState(true), metadata));
 }

@@ -1,12 +1,15 @@
 // One Forward-Forward layer: length-normalise, linear + ReLU, goodness, local loss.
 //
 // For a batch X = [pos; neg] (2B x in) and sign s = +1 (pos) / -1 (neg):
-//   Xn = X / (rms(X)_row + eps),  Z = Xn W + b,  H = relu(Z)
+//   Xn = X / (rms(X)_row + eps),  Z = Xn W^T + b,  H = relu(Z)     (W is [out, in])
 //   g  = mean(H^2, 1)            (or sum; `negate` flips it so positives aim low)
 //   L  = mean(softplus(-s (g - theta)))
 // The gradient is local and closed-form, so a step is two matrix products:
 //   dL/dg = -s sigmoid(-s (g - theta)) / 2B,  dL/dZ = dL/dg * dg/dH (= 2H/k, zero where Z<=0)
-//   dW = Xn^T dL/dZ,  db = colsum(dL/dZ).
+//   dW = dL/dZ^T Xn,  db = colsum(dL/dZ).
+// Both products are computed transposed, Z^T = W Xn^T and dW = dZ^T Xn, so that the big
+// operand (W) is never the one XNNPACK repacks: on wasm, repacking a changed 2000x2000 weight
+// costs as much as a third of the product itself, and the small batch operand is cheap to pack.
 // The activations handed to the next layer are this step's H, computed *before* the update:
 // the pipeline sends them as soon as the forward pass is done, and the single-process
 // reference does the same, so both are the same computation.
@@ -52,7 +55,7 @@ export class FFLayer {
     // Kaiming-uniform-like init, as torch.nn.Linear does: U(-1/sqrt(in), 1/sqrt(in)).
     const bound = 1 / Math.sqrt(config.inDim);
     this.weight = ownedVariable(
-      tf.randomUniform([config.inDim, config.outDim], -bound, bound, 'float32', config.seed),
+      tf.randomUniform([config.outDim, config.inDim], -bound, bound, 'float32', config.seed),
       true,
     );
     this.bias = ownedVariable(
@@ -62,9 +65,9 @@ export class FFLayer {
     this.optimizer = new LayerOptimizer(optimizer, [this.weight, this.bias]);
   }
 
-  /** H = relu(normalise(x) W + b), no gradient bookkeeping. */
+  /** H = relu(normalise(x) W^T + b), no gradient bookkeeping. */
   forward(x: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => this.activations(this.normalise(x)));
+    return tf.tidy(() => tf.transpose(this.activationsT(this.normalise(x))));
   }
 
   /** Goodness of each row of H. */
@@ -87,20 +90,20 @@ export class FFLayer {
       );
     }
     return tf.tidy(() => {
+      const rows = 2 * nPos;
       const s = this.signsFor(nPos);
-      const dgScale = this.dgScale();
       const xn = this.normalise(x);
-      const h = this.activations(xn);
+      const hT = this.activationsT(xn); // [out, rows]
+      const h = tf.transpose(hT); // [rows, out]: what the next layer gets
       const g = this.goodness(h);
       // t > 0 when the row is on the right side of the threshold.
       const t = tf.mul(s, tf.sub(g, this.config.threshold));
       const loss = tf.mean(tf.softplus(tf.neg(t)));
       // dL/dg * dg/dH = -s sigmoid(-t)/2B * (+-2/k) * H; fold the scalars into the column.
-      const col = tf.mul(tf.mul(s, tf.sigmoid(tf.neg(t))), -dgScale / (2 * nPos));
-      const dz = tf.mul(h, tf.reshape(col, [2 * nPos, 1]));
-      // Transpose then multiply: matMul's transpose flags are ~13x slower on wasm.
-      const dw = tf.matMul(tf.transpose(xn), dz);
-      const db = tf.sum(dz, 0);
+      const col = tf.mul(tf.mul(s, tf.sigmoid(tf.neg(t))), -this.dgScale() / rows);
+      const dzT = tf.mul(hT, tf.reshape(col, [1, rows]));
+      const dw = tf.matMul(dzT, xn);
+      const db = tf.sum(dzT, 1);
       const stats = tf.stack([loss, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       this.optimizer.apply(
         new Map<tf.Variable, tf.Tensor>([
@@ -117,14 +120,14 @@ export class FFLayer {
   lossOf(x: tf.Tensor2D, nPos: number): tf.Scalar {
     return tf.tidy(() => {
       const s = this.signsFor(nPos);
-      const g = this.goodness(this.activations(this.normalise(x)));
+      const g = this.goodness(tf.transpose(this.activationsT(this.normalise(x))));
       return tf.mean(tf.softplus(tf.neg(tf.mul(s, tf.sub(g, this.config.threshold))))) as tf.Scalar;
     });
   }
 
   /**
-   * The layer's state as named float32 arrays (copies): `<prefix>.weight` [in, out] (the layer
-   * computes x W + b), `<prefix>.bias` [out], and with `withOptimizer` the optimizer's slots
+   * The layer's state as named float32 arrays (copies): `<prefix>.weight` [out, in] (the
+   * layer computes x W^T + b, as torch.nn.Linear), `<prefix>.bias` [out], and with `withOptimizer` the optimizer's slots
    * (`<prefix>.weight.m`, ...). The optimizer's step count goes in metadata by the caller.
    */
   exportState(prefix: string, withOptimizer: boolean): Map<string, NamedTensor> {
@@ -182,13 +185,14 @@ export class FFLayer {
     return tf.div(x, tf.add(rms, this.config.normEps));
   }
 
-  private activations(xn: tf.Tensor2D): tf.Tensor2D {
-    return tf.fused.matMul({
-      a: xn,
-      b: this.weight,
-      bias: this.bias,
-      activation: 'relu',
-    }) as tf.Tensor2D;
+  /** H^T = relu(W Xn^T + b), [out, rows]. */
+  private activationsT(xn: tf.Tensor2D): tf.Tensor2D {
+    // Transpose then multiply: matMul's transpose flags are ~13x slower on wasm.
+    const bias = tf.reshape(this.bias, [this.config.outDim, 1]);
+    const hT = tf.fused.matMul({ a: this.weight, b: tf.transpose(xn), bias, activation: 'relu' });
+    // The reshape shares the bias's storage; release it so the optimizer may update in place.
+    bias.dispose();
+    return hT as tf.Tensor2D;
   }
 
   /** dg/dH = dgScale * H. */

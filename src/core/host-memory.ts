@@ -1,8 +1,9 @@
 // Zero-copy access to tensor storage on backends that keep it in JS-visible memory.
 //
 // wasm keeps every tensor in the module's heap and pure-JS cpu in typed arrays, so an
-// elementwise update (the optimizer) can run as one fused JS loop over the storage instead of
-// a dozen tfjs ops that each stream the whole weight matrix through memory.
+// elementwise update (the optimizer) can run as one fused pass over the storage (a SIMD
+// kernel on wasm, a JS loop on cpu) instead of a dozen tfjs ops that each stream the whole
+// weight matrix through memory.
 import * as tf from '@tensorflow/tfjs';
 
 interface WasmBackendInternals {
@@ -11,6 +12,9 @@ interface WasmBackendInternals {
   };
   wasm: {
     HEAPU8: Uint8Array;
+    /** The heap: `wasmMemory` on the threaded build, `asm.memory` on the plain one. */
+    wasmMemory?: WebAssembly.Memory;
+    asm?: { memory?: WebAssembly.Memory };
     tfjs: {
       disposeData(id: number): void;
       registerTensor(id: number, size: number, memoryOffset: number): void;
@@ -43,6 +47,25 @@ export function hostView(t: tf.Tensor, exclusive = false): Float32Array | null {
     return d.values;
   }
   return null;
+}
+
+/**
+ * Byte offset of a float32 tensor's storage in the wasm backend's heap (null on other backends,
+ * or with `exclusive` when the storage is shared with another tensor).
+ */
+export function wasmHeapOffset(t: tf.Tensor, exclusive = false): number | null {
+  if (t.dtype !== 'float32' || tf.getBackend() !== 'wasm') return null;
+  const d = (tf.backend() as unknown as WasmBackendInternals).dataIdMap.get(t.dataId);
+  if (!d || (exclusive && d.refCount !== 1)) return null;
+  return d.memoryOffset;
+}
+
+/** The wasm backend's heap, for kernels that work on tensors in place. */
+export function wasmHeap(): WebAssembly.Memory | null {
+  if (tf.getBackend() !== 'wasm') return null;
+  const w = (tf.backend() as unknown as WasmBackendInternals).wasm;
+  const memory = w.wasmMemory ?? w.asm?.memory;
+  return memory instanceof WebAssembly.Memory ? memory : null;
 }
 
 /**

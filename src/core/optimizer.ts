@@ -4,7 +4,8 @@
 // variable names in a global registry; a layer that moves between processes needs its
 // state as plain named tensors it can export and import, so the update is written here.
 import * as tf from '@tensorflow/tfjs';
-import { hostView, hostWritten, ownedVariable } from './host-memory.js';
+import { hostView, hostWritten, ownedVariable, wasmHeapOffset } from './host-memory.js';
+import { optimizerKernels } from './wasm-kernels.js';
 
 export const OPTIMIZER_TYPES = ['adam', 'adamw', 'sgd'] as const;
 export type OptimizerType = (typeof OPTIMIZER_TYPES)[number];
@@ -121,11 +122,35 @@ export class LayerOptimizer {
     const vv = s[1] ? hostView(s[1], true) : null;
     if (!pv || !gv || !mv || (c.type !== 'sgd' && !vv)) return false;
     const n = pv.length;
+    const l2 = c.type === 'adamw' ? 0 : decay;
+    const shrink = c.type === 'adamw' ? 1 - lr * decay : 1;
+    // On wasm the SIMD kernel takes the multiple-of-4 prefix; the JS loops below do the rest
+    // (and everything on the cpu backend).
+    const kernels = optimizerKernels();
+    let start = 0;
+    if (kernels) {
+      const at = (t: tf.Tensor) => wasmHeapOffset(t)!;
+      start = n - (n % 4);
+      if (c.type === 'sgd') kernels.sgd(at(p), at(g), at(s[0]!), start, c.momentum, lr, l2);
+      else
+        kernels.adam(
+          at(p),
+          at(g),
+          at(s[0]!),
+          at(s[1]!),
+          start,
+          c.beta1,
+          c.beta2,
+          stepSize,
+          epsHat,
+          l2,
+          shrink,
+        );
+    }
     if (c.type === 'sgd') {
       const mu = c.momentum;
-      for (let i = 0; i < n; i++) {
-        const gi = gv[i]! + decay * pv[i]!;
-        const mi = mu * mv[i]! + gi;
+      for (let i = start; i < n; i++) {
+        const mi = mu * mv[i]! + gv[i]! + l2 * pv[i]!;
         mv[i] = mi;
         pv[i] = pv[i]! - lr * mi;
       }
@@ -133,10 +158,8 @@ export class LayerOptimizer {
     }
     const b1 = c.beta1;
     const b2 = c.beta2;
-    const l2 = c.type === 'adam' ? decay : 0;
-    const shrink = c.type === 'adamw' ? 1 - lr * decay : 1;
     const w = vv!;
-    for (let i = 0; i < n; i++) {
+    for (let i = start; i < n; i++) {
       const pi = pv[i]!;
       const gi = gv[i]! + l2 * pi;
       const mi = b1 * mv[i]! + (1 - b1) * gi;

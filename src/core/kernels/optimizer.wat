@@ -1,0 +1,82 @@
+;; Fused optimizer updates over tensors that live in the tfjs wasm backend's own memory.
+;;
+;; The module imports that memory (scripts/build-kernels.mjs emits one build for the plain heap
+;; and one for the threaded backend's shared heap) and updates parameters, gradients and
+;; optimizer slots in place, 4 floats per instruction: one pass over memory instead of the dozen
+;; that a chain of tfjs ops takes, and ~3x faster than the same loop in JS.
+;;
+;; Pointers are byte offsets into the heap; n counts floats and must be a multiple of 4 (the
+;; caller does the remainder). Per element, with g' = g + l2 * p:
+;;   adam: m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  p = p shrink - step m / (sqrt(v) + eps)
+;;   sgd:  m = mu m + g';  p = p - lr m
+(module
+  (import "env" "memory" (memory 1 MEMORY_LIMITS))
+
+  (func (export "adam")
+    (param $p i32) (param $g i32) (param $m i32) (param $v i32) (param $n i32)
+    (param $b1 f32) (param $b2 f32) (param $step f32) (param $eps f32) (param $l2 f32) (param $shrink f32)
+    (local $i i32) (local $end i32)
+    (local $vb1 v128) (local $vb1c v128) (local $vb2 v128) (local $vb2c v128)
+    (local $vstep v128) (local $veps v128) (local $vl2 v128) (local $vshrink v128)
+    (local $pi v128) (local $gi v128) (local $mi v128) (local $vi v128)
+    (local.set $vb1 (f32x4.splat (local.get $b1)))
+    (local.set $vb1c (f32x4.splat (f32.sub (f32.const 1) (local.get $b1))))
+    (local.set $vb2 (f32x4.splat (local.get $b2)))
+    (local.set $vb2c (f32x4.splat (f32.sub (f32.const 1) (local.get $b2))))
+    (local.set $vstep (f32x4.splat (local.get $step)))
+    (local.set $veps (f32x4.splat (local.get $eps)))
+    (local.set $vl2 (f32x4.splat (local.get $l2)))
+    (local.set $vshrink (f32x4.splat (local.get $shrink)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $pi (v128.load align=4 (i32.add (local.get $p) (local.get $i))))
+        (local.set $gi
+          (f32x4.add
+            (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
+            (f32x4.mul (local.get $vl2) (local.get $pi))))
+        (local.set $mi
+          (f32x4.add
+            (f32x4.mul (local.get $vb1) (v128.load align=4 (i32.add (local.get $m) (local.get $i))))
+            (f32x4.mul (local.get $vb1c) (local.get $gi))))
+        (local.set $vi
+          (f32x4.add
+            (f32x4.mul (local.get $vb2) (v128.load align=4 (i32.add (local.get $v) (local.get $i))))
+            (f32x4.mul (local.get $vb2c) (f32x4.mul (local.get $gi) (local.get $gi)))))
+        (v128.store align=4 (i32.add (local.get $m) (local.get $i)) (local.get $mi))
+        (v128.store align=4 (i32.add (local.get $v) (local.get $i)) (local.get $vi))
+        (v128.store align=4 (i32.add (local.get $p) (local.get $i))
+          (f32x4.sub
+            (f32x4.mul (local.get $pi) (local.get $vshrink))
+            (f32x4.div
+              (f32x4.mul (local.get $vstep) (local.get $mi))
+              (f32x4.add (f32x4.sqrt (local.get $vi)) (local.get $veps)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $next))))
+
+  (func (export "sgd")
+    (param $p i32) (param $g i32) (param $m i32) (param $n i32)
+    (param $mu f32) (param $lr f32) (param $l2 f32)
+    (local $i i32) (local $end i32)
+    (local $vmu v128) (local $vlr v128) (local $vl2 v128) (local $pi v128) (local $mi v128)
+    (local.set $vmu (f32x4.splat (local.get $mu)))
+    (local.set $vlr (f32x4.splat (local.get $lr)))
+    (local.set $vl2 (f32x4.splat (local.get $l2)))
+    (local.set $end (i32.shl (local.get $n) (i32.const 2)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
+        (local.set $pi (v128.load align=4 (i32.add (local.get $p) (local.get $i))))
+        (local.set $mi
+          (f32x4.add
+            (f32x4.mul (local.get $vmu) (v128.load align=4 (i32.add (local.get $m) (local.get $i))))
+            (f32x4.add
+              (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.mul (local.get $vl2) (local.get $pi)))))
+        (v128.store align=4 (i32.add (local.get $m) (local.get $i)) (local.get $mi))
+        (v128.store align=4 (i32.add (local.get $p) (local.get $i))
+          (f32x4.sub (local.get $pi) (f32x4.mul (local.get $vlr) (local.get $mi))))
+        (local.set $i (i32.add (local.get $i) (i32.const 16)))
+        (br $next))))
+)
