@@ -9,9 +9,17 @@ import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.
 import { FFNetwork } from '../core/ff-network.js';
 import { DATASET_NAMES } from '../data/datasets.js';
 import { classNames } from '../data/class-names.js';
-import { evaluate, loadCheckpoint, prepareData, trainLocal } from '../coordinator/local-trainer.js';
+import {
+  checkpointConfig,
+  evaluate,
+  loadCheckpoint,
+  prepareData,
+  trainLocal,
+} from '../coordinator/local-trainer.js';
+import { trainDistributed } from '../coordinator/distributed-trainer.js';
 import { ConsoleReporter, formatEval, formatSeconds } from '../coordinator/reporter.js';
 import { runMain } from './run-main.js';
+import { UsageError } from './usage-error.js';
 
 interface CommonArgs {
   config?: string;
@@ -82,32 +90,42 @@ function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, 
 function requireLocal(a: CommonArgs, command: string): void {
   if (!a.local) {
     throw new UsageError(
-      `${command} without --local needs running ffx-stage workers; the distributed pipeline is not in this build yet. ` +
-        `Use: ffx-coordinator ${command} --local --config FILE`,
+      `${command} without --local (evaluating the weights running stages hold) is not in this build yet; ` +
+        `evaluate the weights a run saved: ffx-coordinator ${command} --local --weights FILE`,
     );
   }
 }
 
-export class UsageError extends Error {
-  readonly code = 'USAGE';
-}
-
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
-  requireLocal(a, 'train');
   const cfg = await loadConfig(a.config, overridesFrom(a));
   const reporter = new ConsoleReporter({ quiet: a.quiet });
-  await initBackend(a.backend as BackendChoice, {
-    threads: a.threads,
-    log: (l) => reporter.log(l),
-  });
-  const result = await trainLocal(cfg, { reporter, resume: a.resume as string | undefined });
+  let result;
+  if (a.local) {
+    await initBackend(a.backend as BackendChoice, {
+      threads: a.threads,
+      log: (l) => reporter.log(l),
+    });
+    result = await trainLocal(cfg, { reporter, resume: a.resume as string | undefined });
+  } else {
+    if (a.resume) throw new UsageError('--resume works with --local only in this build');
+    // The stages do the tensor math; the coordinator needs no backend.
+    result = await trainDistributed(cfg, {
+      reporter,
+      bind: a.bind as string,
+      advertiseHost: a.advertise as string | undefined,
+      registerTimeoutMs: (a['register-timeout'] as number) * 1000,
+      heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,
+    });
+  }
   console.log(formatEval(result.final, classNames(cfg.data.dataset)));
   console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
 }
 
 async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
   requireLocal(a, 'eval');
-  const cfg: RunConfig = await loadConfig(a.config, overridesFrom(a));
+  // The checkpoint's own config is the base, so the data is scaled as it was in training.
+  const saved = await checkpointConfig(a.weights as string);
+  const cfg: RunConfig = await loadConfig(a.config, overridesFrom(a), saved);
   const reporter = new ConsoleReporter({ quiet: a.quiet });
   await initBackend(a.backend as BackendChoice, {
     threads: a.threads,
@@ -132,63 +150,93 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
 }
 
 export function buildCli(argv: string[]) {
-  return yargs(argv)
-    .scriptName('ffx-coordinator')
-    .env('FFX')
-    .command(
-      'train',
-      'train a network (every layer in this process with --local)',
-      (y) =>
-        commonOptions(y)
-          .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
-          .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
-          .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
-          .option('out', {
-            alias: 'o',
-            type: 'string',
-            describe: 'output directory (overrides output.dir)',
-          })
-          .option('resume', { type: 'string', describe: 'continue from a checkpoint .safetensors' })
-          .example(
-            '$0 train --local --config config/fashion-mnist-fast.json',
-            'train on Fashion-MNIST (~10 min on 2 cores)',
-          )
-          .example(
-            '$0 train --local --config config/demo.json --epochs 1',
-            'a quick run on the shipped sample',
-          ),
-      (a) => train(a as unknown as CommonArgs & Record<string, unknown>),
-    )
-    .command(
-      'eval',
-      'evaluate saved weights: accuracy, per-layer-set accuracy, confusion matrix',
-      (y) =>
-        commonOptions(y)
-          .option('weights', {
-            alias: 'w',
-            type: 'string',
-            demandOption: true,
-            describe: 'model.safetensors or a checkpoint',
-          })
-          .option('split', {
-            choices: ['test', 'train'] as const,
-            default: 'test' as const,
-            describe: 'which split to evaluate',
-          })
-          .option('json', {
-            type: 'boolean',
-            default: false,
-            describe: 'also print the result as JSON',
-          }),
-      (a) => evalCommand(a as unknown as CommonArgs & Record<string, unknown>),
-    )
-    .demandCommand(1, 'name a command: train or eval')
-    .strict()
-    .help()
-    .epilog(
-      'Flags can also come from the environment as FFX_<FLAG> (e.g. FFX_BACKEND=wasm, FFX_DATA_DIR=/data). ' +
-        'Precedence: flags > environment > config file > defaults.',
-    );
+  return (
+    yargs(argv)
+      .scriptName('ffx-coordinator')
+      .env('FFX')
+      .command(
+        'train',
+        'train a network: across ffx-stage workers, or every layer in this process with --local',
+        (y) =>
+          commonOptions(y)
+            .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
+            .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
+            .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
+            .option('out', {
+              alias: 'o',
+              type: 'string',
+              describe: 'output directory (overrides output.dir)',
+            })
+            .option('bind', {
+              type: 'string',
+              default: 'tcp://127.0.0.1:5555',
+              describe:
+                'control endpoint stages connect to (distributed runs; tcp://0.0.0.0:PORT for other hosts)',
+            })
+            .option('advertise', {
+              type: 'string',
+              describe: 'host name stages use to reach this coordinator',
+            })
+            .option('register-timeout', {
+              type: 'number',
+              default: 120,
+              describe: 'seconds to wait for every stage to register',
+            })
+            .option('heartbeat-timeout', {
+              type: 'number',
+              default: 10,
+              describe: 'seconds of silence after which a stage counts as failed',
+            })
+            .option('resume', {
+              type: 'string',
+              describe: 'continue from a checkpoint .safetensors',
+            })
+            .example(
+              '$0 train --local --config config/fashion-mnist-fast.json',
+              'train on Fashion-MNIST (~10 min on 2 cores)',
+            )
+            .example(
+              '$0 train --local --config config/demo.json --epochs 1',
+              'a quick run on the shipped sample',
+            ),
+        (a) => train(a as unknown as CommonArgs & Record<string, unknown>),
+      )
+      .command(
+        'eval',
+        'evaluate saved weights: accuracy, per-layer-set accuracy, confusion matrix',
+        (y) =>
+          commonOptions(y)
+            .option('weights', {
+              alias: 'w',
+              type: 'string',
+              demandOption: true,
+              describe:
+                'model.safetensors or a checkpoint (its stored config is the base; --config and flags override it)',
+            })
+            .option('split', {
+              choices: ['test', 'train'] as const,
+              default: 'test' as const,
+              describe: 'which split to evaluate',
+            })
+            .option('json', {
+              type: 'boolean',
+              default: false,
+              describe: 'also print the result as JSON',
+            }),
+        (a) => evalCommand(a as unknown as CommonArgs & Record<string, unknown>),
+      )
+      .demandCommand(1, 'name a command: train or eval')
+      .strict()
+      // Errors go to runMain (exit codes, messages), not yargs's usage dump.
+      .fail((msg, err) => {
+        throw err ?? new UsageError(msg);
+      })
+      .help()
+      .epilog(
+        'Flags can also come from the environment as FFX_<FLAG> (e.g. FFX_BACKEND=wasm, FFX_DATA_DIR=/data). ' +
+          'Precedence: flags > environment > config file > defaults.',
+      )
+  );
 }
 
 runMain(() => buildCli(hideBin(process.argv)).parseAsync());

@@ -13,18 +13,23 @@ const USER_ERROR_NAMES = new Set([
 ]);
 
 export function runMain(main: () => Promise<unknown>): void {
-  main().then(
-    () => {
-      process.exitCode = process.exitCode ?? 0;
-    },
-    (err: unknown) => {
-      const e = err instanceof Error ? err : new Error(String(err));
-      const known = USER_ERROR_NAMES.has(e.name) || USER_ERROR_NAMES.has(e.constructor.name);
-      const code = (e as { code?: unknown }).code;
-      process.stderr.write(`error${typeof code === 'string' ? ` [${code}]` : ''}: ${e.message}\n`);
-      if (!known || process.env.FFX_DEBUG) process.stderr.write(`${e.stack ?? ''}\n`);
-      process.exitCode =
-        e.name === 'ConfigError' || e.constructor.name === 'UsageError' ? EXIT_USAGE : 1;
-    },
-  );
+  // yargs with .fail() throws synchronously: start inside a promise so both paths land here.
+  Promise.resolve()
+    .then(main)
+    .then(
+      () => {
+        process.exitCode = process.exitCode ?? 0;
+      },
+      (err: unknown) => {
+        const e = err instanceof Error ? err : new Error(String(err));
+        const known = USER_ERROR_NAMES.has(e.name) || USER_ERROR_NAMES.has(e.constructor.name);
+        const code = (e as { code?: unknown }).code;
+        process.stderr.write(
+          `error${typeof code === 'string' ? ` [${code}]` : ''}: ${e.message}\n`,
+        );
+        if (!known || process.env.FFX_DEBUG) process.stderr.write(`${e.stack ?? ''}\n`);
+        process.exitCode =
+          e.name === 'ConfigError' || e.constructor.name === 'UsageError' ? EXIT_USAGE : 1;
+      },
+    );
 }

@@ -197,6 +197,9 @@ export function validateConfig(raw: unknown): RunConfig {
       rule(key, value);
     }
   }
+  for (const section of Object.keys(SCHEMA).filter(Boolean)) {
+    if (!(section in obj)) fail(section, undefined, 'present (a section of the config)');
+  }
   const cfg = obj as unknown as RunConfig;
   if (cfg.eval.skipFirst && cfg.model.layers.length < 3) {
     fail('eval.skipFirst', true, 'false when the model has a single layer');
@@ -219,16 +222,23 @@ export function mergeConfig<T>(base: T, over: unknown): T {
   const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
   for (const [k, v] of Object.entries(over)) {
     if (v === undefined) continue;
+    if (k === '__proto__' || k === 'constructor' || k === 'prototype') {
+      throw new ConfigError('CONFIG_UNKNOWN_KEY', k, v, `unknown config key "${k}"`);
+    }
     const b = out[k];
     out[k] = typeof b === 'object' && b !== null && !Array.isArray(b) ? mergeConfig(b, v) : v;
   }
   return out as T;
 }
 
-/** Reads a JSON config file, fills defaults, applies overrides, validates the result. */
+/**
+ * Reads a JSON config file over `base` (the defaults, or a checkpoint's config), applies
+ * overrides, validates the result.
+ */
 export async function loadConfig(
   file: string | undefined,
   overrides: unknown = {},
+  base: RunConfig = DEFAULT_CONFIG,
 ): Promise<RunConfig> {
   let fromFile: unknown = {};
   if (file) {
@@ -254,14 +264,17 @@ export async function loadConfig(
       );
     }
     // Check the file alone first so its errors are reported against the file's own keys.
-    validatePartial(fromFile, file);
+    validatePartial(base, fromFile, file);
   }
-  return validateConfig(mergeConfig(mergeConfig(DEFAULT_CONFIG, fromFile), overrides));
+  // A fresh copy: callers may change their config without touching the defaults.
+  return validateConfig(
+    structuredClone(mergeConfig(mergeConfig(DEFAULT_CONFIG, fromFile), overrides)),
+  );
 }
 
-function validatePartial(partial: unknown, file: string): void {
+function validatePartial(base: RunConfig, partial: unknown, file: string): void {
   try {
-    validateConfig(mergeConfig(DEFAULT_CONFIG, partial));
+    validateConfig(mergeConfig(base, partial));
   } catch (err) {
     if (err instanceof ConfigError) {
       throw new ConfigError(err.code, err.key, err.value, `${file}: ${err.message}`);
@@ -283,6 +296,16 @@ export function parseSetOverrides(items: readonly string[]): Record<string, unkn
         `--set expects key.path=value; got "${item}"`,
       );
     const path = item.slice(0, eq).split('.');
+    if (
+      path.some((p) => p === '__proto__' || p === 'constructor' || p === 'prototype' || p === '')
+    ) {
+      throw new ConfigError(
+        'CONFIG_BAD_SET',
+        'set',
+        item,
+        `--set key "${item.slice(0, eq)}" is not a config key`,
+      );
+    }
     const text = item.slice(eq + 1);
     let value: unknown;
     try {

@@ -7,8 +7,8 @@ import type { StepStats } from '../core/ff-layer.js';
 import { FFNetwork } from '../core/ff-network.js';
 import { learningRateAt } from '../core/optimizer.js';
 import { EvalAccumulator, type EvalResult } from '../core/predict.js';
-import { decodeSafetensors, encodeSafetensors } from '../core/safetensors.js';
-import type { RunConfig } from '../config/config.js';
+import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
+import { validateConfig, type RunConfig } from '../config/config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { BatchSampler, NUM_CLASSES, overlayAllLabels, toFloat } from '../data/ff-data.js';
 import type { Reporter } from './reporter.js';
@@ -219,15 +219,33 @@ export async function saveCheckpoint(
   epoch: number,
   file: string,
 ): Promise<void> {
+  const steps = net.layers.map((l) => l.optimizer.step);
+  await writeCheckpoint(file, net.exportState(true), steps, cfg, epoch);
+}
+
+/** The checkpoint file format, shared by the local and the distributed trainer. */
+export async function writeCheckpoint(
+  file: string,
+  tensors: Map<string, NamedTensor>,
+  optimizerSteps: number[],
+  cfg: RunConfig,
+  epoch: number,
+): Promise<void> {
   const metadata = {
     format: CHECKPOINT_FORMAT,
     epoch: String(epoch),
-    optimizerSteps: JSON.stringify(net.layers.map((l) => l.optimizer.step)),
+    optimizerSteps: JSON.stringify(optimizerSteps),
     config: JSON.stringify(cfg),
     layout:
       'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
   };
-  await writeFile(file, encodeSafetensors(net.exportState(true), metadata));
+  await writeFile(file, encodeSafetensors(tensors, metadata));
+}
+
+/** The run config stored in a checkpoint's metadata (validated), or undefined if it has none. */
+export async function checkpointConfig(file: string): Promise<RunConfig | undefined> {
+  const { metadata } = decodeSafetensors(await readFile(file), file);
+  return metadata.config ? validateConfig(JSON.parse(metadata.config)) : undefined;
 }
 
 /** Loads weights (and optimizer state when present); returns the epoch the file was saved at. */

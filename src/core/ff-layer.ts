@@ -188,8 +188,10 @@ export class FFLayer {
   /** H^T = relu(W Xn^T + b), [out, rows]. */
   private activationsT(xn: tf.Tensor2D): tf.Tensor2D {
     // Transpose then multiply: matMul's transpose flags are ~13x slower on wasm.
+    // Not tf.fused.matMul: its wasm kernel reads the bias's stored rank-1 shape through the
+    // reshape and adds it along the wrong axis.
     const bias = tf.reshape(this.bias, [this.config.outDim, 1]);
-    const hT = tf.fused.matMul({ a: this.weight, b: tf.transpose(xn), bias, activation: 'relu' });
+    const hT = tf.relu(tf.add(tf.matMul(this.weight, tf.transpose(xn)), bias));
     // The reshape shares the bias's storage; release it so the optimizer may update in place.
     bias.dispose();
     return hT as tf.Tensor2D;

@@ -94,10 +94,9 @@ function argmax(a: Float64Array): number {
 export function formatConfusion(confusion: number[][], classNames?: readonly string[]): string {
   const names = classNames ?? confusion.map((_, i) => String(i));
   const w = Math.max(5, ...confusion.flat().map((n) => String(n).length + 1));
-  const nw = Math.max(...names.map((n) => n.length));
-  const lines = [
-    `${'true\\pred'.padEnd(nw)} ${confusion.map((_, i) => String(i).padStart(w)).join('')}`,
-  ];
+  const corner = 'true\\pred';
+  const nw = Math.max(corner.length, ...names.map((n) => n.length));
+  const lines = [`${corner.padEnd(nw)} ${confusion.map((_, i) => String(i).padStart(w)).join('')}`];
   confusion.forEach((row, i) =>
     lines.push(`${names[i]!.padEnd(nw)} ${row.map((n) => String(n).padStart(w)).join('')}`),
   );

@@ -55,7 +55,8 @@ export function encodeSafetensors(
   headerBytes.copy(out, 8);
   let at = 8 + headerBytes.length;
   for (const t of tensors.values()) {
-    // Explicit little-endian bytes: the platform's order does not matter to the file.
+    // Raw bytes in the machine's order: safetensors is little-endian, as is every platform
+    // Node.js ships for.
     const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
     out.set(bytes, at);
     at += bytes.length;
@@ -79,7 +80,7 @@ export function decodeSafetensors(
       source,
       `header length ${n} runs past the end of the file (${buf.length} bytes)`,
     );
-  let header: Record<string, unknown>;
+  let header: unknown;
   try {
     header = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, n).toString('utf8')) as Record<
       string,
@@ -90,27 +91,47 @@ export function decodeSafetensors(
   }
   const dataStart = 8 + n;
   const tensors = new Map<string, NamedTensor>();
-  const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
+    throw new SafetensorsError(source, 'header is not a JSON object');
+  }
+  const metadata = ((header as Record<string, unknown>).__metadata__ ?? {}) as Record<
+    string,
+    string
+  >;
   for (const [name, raw] of Object.entries(header)) {
     if (name === '__metadata__') continue;
-    const e = raw as HeaderEntry;
-    if (e.dtype !== 'F32')
+    const e = raw as Partial<HeaderEntry> | null;
+    const dims = e?.shape;
+    const offsets = e?.data_offsets;
+    if (
+      !Array.isArray(dims) ||
+      !dims.every((d) => Number.isInteger(d) && d >= 0) ||
+      !Array.isArray(offsets) ||
+      offsets.length !== 2 ||
+      !offsets.every((o) => Number.isInteger(o))
+    ) {
       throw new SafetensorsError(
         source,
-        `tensor "${name}" has dtype ${e.dtype}; only F32 is supported`,
+        `tensor "${name}" needs integer "shape" and "data_offsets" [begin, end]`,
       );
-    const [begin, end] = e.data_offsets;
-    const count = e.shape.reduce((a, b) => a * b, 1);
-    if (end - begin !== count * 4 || dataStart + end > buf.length) {
+    }
+    if (e!.dtype !== 'F32')
       throw new SafetensorsError(
         source,
-        `tensor "${name}" [${e.shape.join(', ')}] has bad data_offsets [${begin}, ${end}]`,
+        `tensor "${name}" has dtype ${e!.dtype}; only F32 is supported`,
+      );
+    const [begin, end] = offsets as [number, number];
+    const count = dims.reduce((a, b) => a * b, 1);
+    if (begin < 0 || end - begin !== count * 4 || dataStart + end > buf.length) {
+      throw new SafetensorsError(
+        source,
+        `tensor "${name}" [${dims.join(', ')}] has bad data_offsets [${begin}, ${end}]`,
       );
     }
     // Copy: the source buffer's alignment is not guaranteed to suit a Float32Array view.
     const data = new Float32Array(count);
     new Uint8Array(data.buffer).set(buf.subarray(dataStart + begin, dataStart + end));
-    tensors.set(name, { shape: e.shape, data });
+    tensors.set(name, { shape: dims, data });
   }
   return { tensors, metadata };
 }

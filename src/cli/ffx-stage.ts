@@ -1,0 +1,99 @@
+#!/usr/bin/env node
+// ffx-stage: one FF layer of a distributed run, in its own process (one per GPU or node).
+//   ffx-stage --layer 1 --coordinator tcp://10.0.0.1:5555
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/backend.js';
+import { Stage } from '../stage/stage.js';
+import { runMain } from './run-main.js';
+import { UsageError } from './usage-error.js';
+
+export function buildCli(argv: string[]) {
+  return yargs(argv)
+    .scriptName('ffx-stage')
+    .usage(
+      '$0 --layer N --coordinator tcp://HOST:PORT [options]\n\nServe one FF layer of a distributed run.',
+    )
+    .env('FFX')
+    .option('layer', {
+      alias: 'l',
+      type: 'number',
+      demandOption: true,
+      describe: 'which layer this stage trains (1-based)',
+    })
+    .option('coordinator', {
+      alias: 'c',
+      type: 'string',
+      demandOption: true,
+      describe: "coordinator's control endpoint",
+    })
+    .option('listen', {
+      type: 'string',
+      default: 'tcp://0.0.0.0:*',
+      describe: 'where to bind the inbound data socket (* = any free port)',
+    })
+    .option('advertise', {
+      type: 'string',
+      describe: 'endpoint the upstream stage should connect to (default: the bound one)',
+    })
+    .option('backend', {
+      choices: BACKEND_CHOICES,
+      default: 'auto' as const,
+      describe: 'TensorFlow.js backend',
+    })
+    .option('device', {
+      type: 'number',
+      describe: 'GPU index for tfjs-node-gpu (CUDA_VISIBLE_DEVICES)',
+    })
+    .option('threads', {
+      type: 'number',
+      describe: 'wasm backend compute threads (default: every core)',
+    })
+    .option('heartbeat-ms', {
+      type: 'number',
+      default: 1000,
+      describe: 'heartbeat interval to the coordinator',
+    })
+    .example('$0 --layer 2 --coordinator tcp://10.0.0.1:5555', 'serve layer 2')
+    .epilog(
+      'Flags can also come from the environment as FFX_<FLAG>, e.g. FFX_LAYER=2 FFX_COORDINATOR=tcp://...',
+    )
+    .strict()
+    .fail((msg, err) => {
+      throw err ?? new UsageError(msg);
+    })
+    .help();
+}
+
+async function main(): Promise<void> {
+  const a = await buildCli(hideBin(process.argv)).parseAsync();
+  if (!Number.isInteger(a.layer) || a.layer < 1)
+    throw new UsageError(`--layer must be a positive integer; got ${a.layer}`);
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const backend = await initBackend(a.backend as BackendChoice, {
+    device: a.device,
+    threads: a.threads,
+    log,
+  });
+  const stage = new Stage({
+    layer: a.layer,
+    coordinator: a.coordinator,
+    listen: a.listen,
+    advertise: a.advertise,
+    backend,
+    log,
+    heartbeatMs: a['heartbeat-ms'],
+  });
+  const onSignal = () => void stage.close();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    await stage.start();
+    await stage.serve();
+    log(`layer ${a.layer}: stopped`);
+  } finally {
+    await stage.close();
+  }
+}
+
+runMain(main);

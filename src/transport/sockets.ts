@@ -1,0 +1,103 @@
+// Socket helpers. The stable side binds and the moving side connects: a stage binds its inbound
+// PULL and the upstream PUSH connects to it, so the upstream's queue survives a restart.
+import { createServer } from 'node:net';
+import { Pull, Push, type MessageLike, type Socket } from 'zeromq';
+
+/**
+ * Messages queued per peer on each side of a data connection. Small on purpose: a slow stage
+ * must throttle its upstream (send() stays pending) instead of letting queues grow in memory.
+ */
+export const DATA_HWM = 4;
+
+/**
+ * How long close() may keep flushing queued messages, e.g. the final stop marker, in the
+ * background. Short, because a peer that is gone would otherwise hold process exit forever.
+ */
+export const DATA_LINGER_MS = 1000;
+
+export interface DataSocketOptions {
+  highWaterMark?: number;
+  lingerMs?: number;
+}
+
+/** Binds to an ephemeral TCP port on `host` and returns the concrete endpoint to advertise. */
+export async function bindAny(socket: Socket, host = '127.0.0.1'): Promise<string> {
+  await socket.bind(`tcp://${host}:*`);
+  const endpoint = socket.lastEndpoint;
+  if (endpoint === null) throw new Error(`bound tcp://${host}:* but zeromq reports no endpoint`);
+  // Binding to 0.0.0.0 gives tcp://0.0.0.0:port, which a peer cannot connect to: the caller
+  // must then advertise its own host name.
+  return endpoint;
+}
+
+/** A PUSH for the data path; connects to `endpoint` when given. */
+export function dataPush(endpoint?: string, options: DataSocketOptions = {}): Push {
+  const push = new Push({
+    sendHighWaterMark: options.highWaterMark ?? DATA_HWM,
+    linger: options.lingerMs ?? DATA_LINGER_MS,
+  });
+  if (endpoint !== undefined) push.connect(endpoint);
+  return push;
+}
+
+/** A PULL for the data path, not yet bound (see bindAny). */
+export function dataPull(options: DataSocketOptions = {}): Pull {
+  return new Pull({
+    receiveHighWaterMark: options.highWaterMark ?? DATA_HWM,
+    linger: options.lingerMs ?? DATA_LINGER_MS,
+  });
+}
+
+/** Closes every socket given; never throws, so it is safe in `finally` and cleanup paths. */
+export function closeAll(...sockets: (Socket | null | undefined)[]): void {
+  for (const s of sockets) {
+    try {
+      s?.close();
+    } catch {
+      // Already closed or mid-teardown: nothing left to release.
+    }
+  }
+}
+
+/** A free TCP port on `host` right now (another process may take it before it is used). */
+export function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, host, () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => (port > 0 ? resolve(port) : reject(new Error('no port assigned'))));
+    });
+  });
+}
+
+interface Sendable {
+  send(message: MessageLike | MessageLike[]): Promise<void>;
+}
+
+/**
+ * Queues sends on one socket in order. zeromq allows a single pending send() per socket and
+ * rejects a second with EBUSY; control and result sockets are written from several places (a
+ * heartbeat timer, the message handler), so they go through one of these. Not for the data path:
+ * this queue is unbounded, and data must feel the high-water mark directly.
+ */
+export class SerialSender {
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(private readonly socket: Sendable) {}
+
+  /** Resolves when this message is queued in zeromq; rejects with the socket's error. */
+  send(message: MessageLike | MessageLike[]): Promise<void> {
+    const sent = this.tail.then(() => this.socket.send(message));
+    // A failed send is reported to its caller only; later sends still go out.
+    this.tail = sent.catch(() => undefined);
+    return sent;
+  }
+
+  /** Resolves once everything sent so far has been handed to zeromq (or failed). */
+  idle(): Promise<void> {
+    return this.tail;
+  }
+}

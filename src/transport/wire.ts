@@ -1,0 +1,605 @@
+// The wire format. Data messages are multipart: frame 0 is a small msgpack header, frames 1..n
+// are the raw little-endian float32 bytes of each tensor (every Node target is little-endian).
+// Control and result messages are one msgpack frame each. Everything received is validated
+// here, so a stage or coordinator only ever sees well-formed messages or a ProtocolError.
+import { Packr } from 'msgpackr';
+import { ProtocolError } from './errors.js';
+
+export const PROTOCOL_VERSION = 1;
+
+// Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+// ---------------------------------------------------------------------------------------------
+// Data plane
+// ---------------------------------------------------------------------------------------------
+
+export const DATA_KINDS = ['train', 'eval', 'marker'] as const;
+export type DataKind = (typeof DATA_KINDS)[number];
+
+export const MARKER_OPS = ['epoch-end', 'eval-end', 'checkpoint', 'weights', 'stop'] as const;
+export type MarkerOp = (typeof MARKER_OPS)[number];
+
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+}
+
+interface HeaderBase {
+  v: number;
+  run: string;
+  epoch: number;
+  seq: number;
+  tensors: TensorSpec[];
+}
+
+/** Tensor 'x' (first) is [2 * nPos, d]: the positive rows, then the negative rows. */
+export interface TrainHeader extends HeaderBase {
+  kind: 'train';
+  nPos: number;
+  /** Learning rate for this step, when the coordinator schedules it. */
+  lr?: number;
+}
+
+/** Tensor 'x' (first) is [10 * images, d], label-major: image i with label c is row c * images + i. */
+export interface EvalHeader extends HeaderBase {
+  kind: 'eval';
+  images: number;
+  split?: string;
+}
+
+/** In-band control that must stay ordered with the data; carries no tensors. */
+export interface MarkerHeader extends HeaderBase {
+  kind: 'marker';
+  op: MarkerOp;
+  id: number;
+}
+
+export type DataHeader = TrainHeader | EvalHeader | MarkerHeader;
+
+/** A header as a sender writes it: `v` is filled in by encodeData (a forwarded header may keep it). */
+export type DataHeaderInit = WithOptionalV<DataHeader>;
+// Distributes over the union, so `kind` still narrows the kind-specific fields.
+type WithOptionalV<H> = H extends unknown ? Omit<H, 'v'> & { v?: number } : never;
+
+export interface DataMessage {
+  header: DataHeader;
+  /** In the order of header.tensors. */
+  tensors: Float32Array[];
+}
+
+export interface DecodeExpect {
+  /** The input width this stage accepts: x.shape[1] must equal it. */
+  width?: number;
+  /** Scan every tensor for NaN and +-Infinity (one read pass, no copy). */
+  checkFinite?: boolean;
+}
+
+/**
+ * Frames for one data message. The tensor frames are views on the arrays' memory, not copies,
+ * and zeromq sends frames over 128 bytes from that memory after send() has resolved: the sender
+ * hands the arrays over and must not write to them afterwards.
+ */
+export function encodeData(init: DataHeaderInit, tensors: readonly Float32Array[]): Buffer[] {
+  // The receiver's rules, applied at the sender too: a bad message fails where it was made.
+  const header = checkDataHeader({ ...init, v: PROTOCOL_VERSION });
+  checkFrameCount(header, tensors.length);
+  header.tensors.forEach((spec, i) => {
+    const t = tensors[i]!;
+    const n = elementCount(spec.shape);
+    if (t.length !== n) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `tensor '${spec.name}' shape ${fmtShape(spec.shape)} needs ${n} values, array ${i} has ${t.length}`,
+      );
+    }
+  });
+  return [packr.pack(header), ...tensors.map(bytesOf)];
+}
+
+export function decodeData(frames: readonly Uint8Array[], expect: DecodeExpect = {}): DataMessage {
+  const [head, ...body] = frames;
+  if (head === undefined) throw new ProtocolError('BAD_FRAMES', 'data message has no frames');
+  const header = checkDataHeader(unpackMap(head, 'data header (frame 0)'));
+  checkFrameCount(header, body.length);
+  const tensors = header.tensors.map((spec, i) => {
+    const frame = body[i]!;
+    const bytes = elementCount(spec.shape) * 4;
+    if (frame.byteLength !== bytes) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `tensor '${spec.name}' shape ${fmtShape(spec.shape)} needs ${bytes} bytes, ` +
+          `frame ${i + 1} has ${frame.byteLength}`,
+      );
+    }
+    return float32View(frame);
+  });
+  const x = header.tensors[0];
+  if (expect.width !== undefined && x !== undefined && x.shape[1] !== expect.width) {
+    throw new ProtocolError(
+      'BAD_WIDTH',
+      `tensor '${x.name}' shape ${fmtShape(x.shape)} has width ${x.shape[1]}, ` +
+        `this stage expects ${expect.width}`,
+    );
+  }
+  if (expect.checkFinite) {
+    header.tensors.forEach((spec, i) => checkFinite(spec, tensors[i]!));
+  }
+  return { header, tensors };
+}
+
+function checkDataHeader(h: Obj): DataHeader {
+  if (h.v !== PROTOCOL_VERSION) {
+    throw new ProtocolError(
+      'BAD_VERSION',
+      `header.v is ${show(h.v)}, this build speaks protocol version ${PROTOCOL_VERSION}`,
+    );
+  }
+  if (!DATA_KINDS.includes(h.kind as DataKind)) {
+    throw new ProtocolError(
+      'BAD_KIND',
+      `header.kind must be one of ${DATA_KINDS.join(', ')}; got ${show(h.kind)}`,
+    );
+  }
+  check(h, 'header', 'run', 'string');
+  check(h, 'header', 'epoch', 'uint');
+  check(h, 'header', 'seq', 'uint');
+  const tensors = checkTensorSpecs(h.tensors);
+  const header = h as unknown as DataHeader;
+
+  if (header.kind === 'marker') {
+    check(h, 'header', 'op', MARKER_OPS);
+    check(h, 'header', 'id', 'uint');
+    if (tensors.length !== 0) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `a marker carries no tensors; header.tensors lists ${tensors.length}`,
+      );
+    }
+    return header;
+  }
+  let rows: number;
+  if (header.kind === 'train') {
+    check(h, 'header', 'nPos', 'posint');
+    if (h.lr !== undefined) check(h, 'header', 'lr', 'finite');
+    rows = 2 * header.nPos;
+  } else {
+    check(h, 'header', 'images', 'posint');
+    if (h.split !== undefined) check(h, 'header', 'split', 'string');
+    rows = 10 * header.images;
+  }
+  const x = tensors[0];
+  if (x === undefined || x.name !== 'x' || x.shape.length !== 2) {
+    throw new ProtocolError(
+      'BAD_SHAPE',
+      `a ${header.kind} message starts with a rank-2 tensor 'x'; got ` +
+        (x === undefined ? 'no tensors' : `'${x.name}' ${fmtShape(x.shape)}`),
+    );
+  }
+  if (x.shape[0] !== rows) {
+    const why =
+      header.kind === 'train'
+        ? `2 * nPos = 2 * ${header.nPos}`
+        : `10 * images = 10 * ${header.images}`;
+    throw new ProtocolError(
+      'BAD_SHAPE',
+      `tensor 'x' shape ${fmtShape(x.shape)} must have ${why} = ${rows} rows`,
+    );
+  }
+  return header;
+}
+
+function checkTensorSpecs(value: unknown): TensorSpec[] {
+  if (!Array.isArray(value)) {
+    throw new ProtocolError('BAD_HEADER', `header.tensors must be an array; got ${show(value)}`);
+  }
+  const names = new Set<string>();
+  value.forEach((spec: unknown, i) => {
+    const where = `header.tensors[${i}]`;
+    if (!isPlainObject(spec)) {
+      throw new ProtocolError('BAD_HEADER', `${where} must be a map; got ${show(spec)}`);
+    }
+    check(spec, where, 'name', 'string');
+    const name = spec.name as string;
+    if (names.has(name)) {
+      throw new ProtocolError('BAD_HEADER', `${where}.name ${show(name)} is used twice`);
+    }
+    names.add(name);
+    checkShape(spec.shape, `tensor '${name}'`);
+  });
+  return value as TensorSpec[];
+}
+
+function checkShape(shape: unknown, what: string): asserts shape is number[] {
+  if (!Array.isArray(shape) || !shape.every(isUint)) {
+    throw new ProtocolError(
+      'BAD_SHAPE',
+      `${what} shape must be an array of integers >= 0; got ${show(shape)}`,
+    );
+  }
+  if (!Number.isSafeInteger(elementCount(shape) * 4)) {
+    throw new ProtocolError('BAD_SHAPE', `${what} shape ${fmtShape(shape)} is too large`);
+  }
+}
+
+function checkFrameCount(header: DataHeader, frames: number): void {
+  if (frames !== header.tensors.length) {
+    const names = header.tensors.map((t) => `'${t.name}'`).join(', ');
+    throw new ProtocolError(
+      'BAD_SHAPE',
+      `header.tensors lists ${header.tensors.length} tensor(s) [${names}], ` +
+        `the message has ${frames} tensor frame(s)`,
+    );
+  }
+}
+
+function checkFinite(spec: TensorSpec, t: Float32Array): void {
+  for (let i = 0; i < t.length; i++) {
+    if (!Number.isFinite(t[i]!)) {
+      const cols = spec.shape.length === 2 ? spec.shape[1]! : 0;
+      const at = cols > 0 ? `row ${Math.floor(i / cols)}, column ${i % cols}` : `index ${i}`;
+      throw new ProtocolError('NON_FINITE', `tensor '${spec.name}' has ${t[i]} at ${at}`);
+    }
+  }
+}
+
+/**
+ * float32 values on a frame's bytes without a per-element copy: a view when the frame is
+ * 4-byte aligned in its ArrayBuffer (zeromq's own frames are), otherwise one bulk copy, because
+ * a Float32Array cannot start at an unaligned offset.
+ */
+function float32View(bytes: Uint8Array): Float32Array {
+  const n = bytes.byteLength >>> 2;
+  if (bytes.byteOffset % 4 === 0) return new Float32Array(bytes.buffer, bytes.byteOffset, n);
+  const out = new Float32Array(n);
+  new Uint8Array(out.buffer).set(bytes.subarray(0, n * 4));
+  return out;
+}
+
+function bytesOf(t: Float32Array): Buffer {
+  return Buffer.from(t.buffer, t.byteOffset, t.byteLength);
+}
+
+function elementCount(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+const fmtShape = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
+
+// ---------------------------------------------------------------------------------------------
+// Control and results: one msgpack frame each
+// ---------------------------------------------------------------------------------------------
+
+// No envelope version here: hello.version carries it, so a coordinator can still decode a hello
+// from a stage of another version and answer it with an 'error' instead of dropping it.
+
+/** Stage -> coordinator: registration. */
+export interface HelloMessage {
+  type: 'hello';
+  layer: number;
+  version: number;
+  backend: string;
+  /** Where this stage's inbound PULL listens; the upstream connects to it. */
+  endpoint: string;
+  pid: number;
+  host: string;
+}
+
+/** Coordinator -> stage: the run's single source of hyper-parameters. */
+export interface ConfigMessage {
+  type: 'config';
+  run: string;
+  layer: number;
+  numLayers: number;
+  model: unknown;
+  optimizer: unknown;
+  seed: number;
+  /** Downstream stage's endpoint; null for the last stage. */
+  next: string | null;
+  /** Coordinator's results PULL endpoint. */
+  results: string;
+}
+
+export interface ReadyMessage {
+  type: 'ready';
+  layer: number;
+}
+
+export interface HeartbeatMessage {
+  type: 'heartbeat';
+  layer: number;
+  /** Sender's clock, ms since the epoch. */
+  t: number;
+}
+
+export interface StopMessage {
+  type: 'stop';
+  reason: string;
+}
+
+export interface ErrorMessage {
+  type: 'error';
+  layer: number;
+  code: string;
+  message: string;
+}
+
+/** Per train step. Numbers may be NaN: a diverging layer must still be reported. */
+export interface StatsMessage {
+  type: 'stats';
+  layer: number;
+  epoch: number;
+  seq: number;
+  loss: number;
+  goodnessPos: number;
+  goodnessNeg: number;
+  stepMs: number;
+  waitMs: number;
+}
+
+/** Per eval batch: goodness of every overlaid row, [10 * images] label-major like the input. */
+export interface GoodnessMessage {
+  type: 'goodness';
+  layer: number;
+  epoch: number;
+  seq: number;
+  images: number;
+  g: Float32Array;
+}
+
+/** The last stage saw a marker: everything before it has passed every stage. */
+export interface AckMessage {
+  type: 'ack';
+  layer: number;
+  op: MarkerOp;
+  id: number;
+  epoch: number;
+}
+
+/** A stage skipped a malformed message. */
+export interface RejectedMessage {
+  type: 'rejected';
+  layer: number;
+  code: string;
+  reason: string;
+}
+
+export interface WeightsTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** A stage's parameters (and optimizer state) in answer to a 'weights' marker. */
+export interface WeightsMessage {
+  type: 'weights';
+  layer: number;
+  epoch: number;
+  optimizerStep: number;
+  tensors: Record<string, WeightsTensor>;
+}
+
+export type ResultMessage =
+  StatsMessage | GoodnessMessage | AckMessage | RejectedMessage | WeightsMessage;
+
+export type ControlMessage =
+  | HelloMessage
+  | ConfigMessage
+  | ReadyMessage
+  | HeartbeatMessage
+  | StopMessage
+  | ErrorMessage
+  | ResultMessage;
+
+export type ControlType = ControlMessage['type'];
+
+type Rule =
+  'string' | 'uint' | 'posint' | 'int' | 'number' | 'finite' | 'present' | readonly string[];
+// 'f32' and 'tensors' carry float32 data, moved as msgpack bin (see encodeControl).
+type FieldRule = Rule | 'string|null' | 'f32' | 'tensors';
+
+const CONTROL_FIELDS = {
+  hello: {
+    layer: 'uint',
+    version: 'uint',
+    backend: 'string',
+    endpoint: 'string',
+    pid: 'uint',
+    host: 'string',
+  },
+  config: {
+    run: 'string',
+    layer: 'uint',
+    numLayers: 'posint',
+    model: 'present',
+    optimizer: 'present',
+    seed: 'int',
+    next: 'string|null',
+    results: 'string',
+  },
+  ready: { layer: 'uint' },
+  heartbeat: { layer: 'uint', t: 'finite' },
+  stop: { reason: 'string' },
+  error: { layer: 'uint', code: 'string', message: 'string' },
+  stats: {
+    layer: 'uint',
+    epoch: 'uint',
+    seq: 'uint',
+    loss: 'number',
+    goodnessPos: 'number',
+    goodnessNeg: 'number',
+    stepMs: 'number',
+    waitMs: 'number',
+  },
+  goodness: { layer: 'uint', epoch: 'uint', seq: 'uint', images: 'posint', g: 'f32' },
+  ack: { layer: 'uint', op: MARKER_OPS, id: 'uint', epoch: 'uint' },
+  rejected: { layer: 'uint', code: 'string', reason: 'string' },
+  weights: { layer: 'uint', epoch: 'uint', optimizerStep: 'uint', tensors: 'tensors' },
+} as const satisfies {
+  [T in ControlType]: Record<
+    Exclude<keyof Extract<ControlMessage, { type: T }>, 'type'>,
+    FieldRule
+  >;
+};
+
+const CONTROL_TYPES = Object.keys(CONTROL_FIELDS) as ControlType[];
+
+/**
+ * One frame. Float32Arrays travel as msgpack bin holding their raw bytes: msgpackr 1.12 packs a
+ * bare Float32Array element by element into bytes (1.5 becomes 0x01) unless `moreTypes` is on,
+ * and bin is readable by any msgpack library.
+ */
+export function encodeControl(msg: ControlMessage): Buffer {
+  const obj = checkControl(msg as unknown as Obj, 'encode');
+  return packr.pack(obj);
+}
+
+export function decodeControl(frame: Uint8Array): ControlMessage {
+  return checkControl(unpackMap(frame, 'control message'), 'decode') as unknown as ControlMessage;
+}
+
+/** Validates a control message; returns a shallow copy with float32 fields converted for `dir`. */
+function checkControl(msg: Obj, dir: 'encode' | 'decode'): Obj {
+  const type = msg.type as ControlType;
+  if (!CONTROL_TYPES.includes(type)) {
+    throw new ProtocolError(
+      'BAD_KIND',
+      `control message type must be one of ${CONTROL_TYPES.join(', ')}; got ${show(msg.type)}`,
+    );
+  }
+  const out: Obj = { ...msg };
+  for (const [key, rule] of Object.entries(CONTROL_FIELDS[type]) as [string, FieldRule][]) {
+    if (rule === 'f32') {
+      out[key] = convertF32(msg[key], `${type}.${key}`, dir);
+    } else if (rule === 'tensors') {
+      out[key] = convertTensors(msg[key], `${type}.${key}`, dir);
+    } else if (rule === 'string|null') {
+      if (msg[key] !== null) check(msg, type, key, 'string');
+    } else {
+      check(msg, type, key, rule);
+    }
+  }
+  if (type === 'goodness') {
+    const g = out.g as Uint8Array | Float32Array;
+    const n = g.byteLength / 4;
+    const rows = 10 * (msg.images as number);
+    if (n !== rows) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `goodness.g has ${n} values, 10 * images = 10 * ${show(msg.images)} = ${rows} needed`,
+      );
+    }
+  }
+  return out;
+}
+
+function convertF32(v: unknown, where: string, dir: 'encode' | 'decode'): Buffer | Float32Array {
+  if (dir === 'encode') {
+    if (!(v instanceof Float32Array)) {
+      throw new ProtocolError('BAD_HEADER', `${where} must be a Float32Array; got ${show(v)}`);
+    }
+    return bytesOf(v);
+  }
+  if (!(v instanceof Uint8Array) || v.byteLength % 4 !== 0) {
+    throw new ProtocolError(
+      'BAD_HEADER',
+      `${where} must be binary float32 data (a multiple of 4 bytes); got ${show(v)}`,
+    );
+  }
+  return float32View(v);
+}
+
+function convertTensors(v: unknown, where: string, dir: 'encode' | 'decode'): Obj {
+  if (!isPlainObject(v)) {
+    throw new ProtocolError('BAD_HEADER', `${where} must be a map of tensors; got ${show(v)}`);
+  }
+  const out: Obj = {};
+  for (const [name, t] of Object.entries(v)) {
+    const at = `${where}[${JSON.stringify(name)}]`;
+    if (!isPlainObject(t)) {
+      throw new ProtocolError('BAD_HEADER', `${at} must be {shape, data}; got ${show(t)}`);
+    }
+    checkShape(t.shape, at);
+    const data = convertF32(t.data, `${at}.data`, dir);
+    const n = elementCount(t.shape);
+    if (data.byteLength !== n * 4) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `${at} shape ${fmtShape(t.shape)} needs ${n} values, data has ${data.byteLength / 4}`,
+      );
+    }
+    out[name] = { shape: t.shape, data };
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared validation
+// ---------------------------------------------------------------------------------------------
+
+type Obj = Record<string, unknown>;
+
+function unpackMap(bytes: Uint8Array, what: string): Obj {
+  let value: unknown;
+  try {
+    value = packr.unpack(bytes);
+  } catch (err) {
+    throw new ProtocolError(
+      'BAD_FRAMES',
+      `${what} is not msgpack (${bytes.byteLength} bytes): ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  // Plain objects only: msgpackr turns some random bytes into extension values (Date, C1Type).
+  if (!isPlainObject(value)) {
+    throw new ProtocolError('BAD_FRAMES', `${what} must be a msgpack map; got ${show(value)}`);
+  }
+  return value;
+}
+
+function isPlainObject(v: unknown): v is Obj {
+  if (typeof v !== 'object' || v === null) return false;
+  const proto: unknown = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+const isUint = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+const RULES: Record<Exclude<Rule, readonly string[]>, [(v: unknown) => boolean, string]> = {
+  string: [(v) => typeof v === 'string', 'a string'],
+  uint: [isUint, 'an integer >= 0'],
+  posint: [(v) => isUint(v) && v > 0, 'an integer >= 1'],
+  int: [(v) => Number.isSafeInteger(v), 'an integer'],
+  number: [(v) => typeof v === 'number', 'a number'],
+  finite: [(v) => Number.isFinite(v), 'a finite number'],
+  present: [(v) => v !== undefined, 'present'],
+};
+
+function check(obj: Obj, where: string, key: string, rule: Rule): void {
+  const v = obj[key];
+  const [ok, what] =
+    typeof rule === 'string'
+      ? RULES[rule]
+      : [(x: unknown) => rule.includes(x as string), `one of ${rule.join(', ')}`];
+  if (!ok(v)) {
+    const got = v === undefined && !(key in obj) ? 'nothing (missing)' : show(v);
+    throw new ProtocolError('BAD_HEADER', `${where}.${key} must be ${what}; got ${got}`);
+  }
+}
+
+/** A short, readable rendering of a bad value for an error message. */
+function show(v: unknown): string {
+  let s: string;
+  if (typeof v === 'string') s = JSON.stringify(v);
+  else if (typeof v === 'number' || typeof v === 'bigint' || v === undefined) s = String(v);
+  else if (ArrayBuffer.isView(v)) s = `${v.constructor.name}(${v.byteLength} bytes)`;
+  else if (typeof v === 'object' && v !== null && !isPlainObject(v) && !Array.isArray(v)) {
+    s = v.constructor?.name ?? 'object';
+  } else {
+    try {
+      s = JSON.stringify(v) ?? String(v);
+    } catch {
+      s = String(v);
+    }
+  }
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}

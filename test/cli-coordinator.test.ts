@@ -1,0 +1,268 @@
+// ffx-coordinator as a user runs it: spawned processes (each with a timeout, killed in cleanup),
+// asserting exit codes, messages, the files a run writes, and an accuracy bound.
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { decodeSafetensors } from '../src/core/safetensors.js';
+import { freePort } from '../src/transport/sockets.js';
+import type { EvalResult } from '../src/core/predict.js';
+import { killAll, ROOT, runNode, type RunResult } from './helpers/spawn.js';
+
+const CLI = join(ROOT, 'dist', 'src', 'cli', 'ffx-coordinator.js');
+
+function cli(args: string[], timeoutMs = 20_000): Promise<RunResult> {
+  return runNode([CLI, ...args], { timeoutMs });
+}
+
+function assertNotTimedOut(r: RunResult): void {
+  assert.equal(r.timedOut, false, `timed out\n${r.stdout}\n${r.stderr}`);
+}
+
+let dir: string;
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'ffx-cli-'));
+});
+after(async () => {
+  killAll();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('ffx-coordinator help', () => {
+  it('--help exits 0 and lists the commands', async () => {
+    const r = await cli(['--help']);
+    assertNotTimedOut(r);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /ffx-coordinator train\s/);
+    assert.match(r.stdout, /ffx-coordinator eval\s/);
+    assert.match(r.stdout, /FFX_<FLAG>/, 'the epilog explains the environment');
+  });
+
+  it('train --help exits 0 and lists every flag', async () => {
+    const r = await cli(['train', '--help']);
+    assert.equal(r.code, 0, r.stderr);
+    for (const flag of [
+      '--config',
+      '--local',
+      '--backend',
+      '--dataset',
+      '--data-dir',
+      '--layers',
+      '--seed',
+      '--set',
+      '--quiet',
+      '--epochs',
+      '--batch-size',
+      '--lr',
+      '--out',
+      '--resume',
+      // Listed once the CLI has the wasm threads option.
+      '--threads',
+    ]) {
+      assert.match(r.stdout, new RegExp(`\\s${flag}\\s`), flag);
+    }
+  });
+
+  it('eval --help exits 0 and lists its own flags', async () => {
+    const r = await cli(['eval', '--help']);
+    assert.equal(r.code, 0, r.stderr);
+    for (const flag of ['--weights', '--split', '--json', '--backend', '--set']) {
+      assert.match(r.stdout, new RegExp(`\\s${flag}\\s`), flag);
+    }
+  });
+
+  it('no command exits non-zero and asks for one', async () => {
+    const r = await cli([]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /name a command: train or eval/);
+  });
+});
+
+describe('ffx-coordinator usage and config errors', () => {
+  it('a bad config key exits non-zero with a message naming the key', async () => {
+    const r = await cli(['train', '--local', '--set', 'train.batchsize=5']);
+    assertNotTimedOut(r);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /unknown config key "train\.batchsize"/);
+  });
+
+  it('a bad key in a config file names the file and the key', async () => {
+    const file = join(dir, 'typo.json');
+    await writeFile(file, JSON.stringify({ optimizer: { learningRate: 0.1 } }));
+    const r = await cli(['train', '--local', '--config', file]);
+    assert.notEqual(r.code, 0);
+    assert.ok(r.stderr.includes(`${file}: unknown config key "optimizer.learningRate"`), r.stderr);
+  });
+
+  it('distributed train with no stages fails after the register timeout, naming the layers', async () => {
+    const port = await freePort();
+    const r = await cli([
+      'train',
+      '--dataset',
+      'fashion-mnist-sample',
+      '--layers',
+      '784,20,20,20',
+      '--bind',
+      `tcp://127.0.0.1:${port}`,
+      '--register-timeout',
+      '1',
+    ]);
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      /^error \[CLUSTER_MISSING_STAGES\]: no hello from layer 1, 2, 3 within 1s/m,
+    );
+    assert.match(r.stderr, /ffx-stage --layer N --coordinator tcp:\/\/127\.0\.0\.1:\d+/);
+  });
+
+  // run-main.ts promises: ConfigError and UsageError exit 2, printed as one
+  // "error [CODE]: message" line, no usage text, no stack trace.
+  it('a bad config key exits 2 with "error [CONFIG_UNKNOWN_KEY]"', async () => {
+    const r = await cli(['train', '--local', '--set', 'train.batchsize=5']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^error \[CONFIG_UNKNOWN_KEY\]: unknown config key "train\.batchsize"/m);
+    assert.doesNotMatch(r.stderr, /Options:|\n\s+at /, 'no usage dump, no stack');
+  });
+
+  it('eval without --local exits 2 with "error [USAGE]"', async () => {
+    const r = await cli(['eval', '--weights', 'model.safetensors']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^error \[USAGE\]: eval without --local/m);
+  });
+});
+
+describe('ffx-coordinator train --local, then eval', () => {
+  // The shipped sample (8,000 train, 2,000 test), 784-200-200, two epochs: ~7 s on 2 cores.
+  // The settings of config/demo.json scaled to width 200 (sum goodness, threshold = width,
+  // label pixel 10, Adam 0.003) reach 76-77% with seeds 1-4 on wasm and cpu; the defaults
+  // (mean goodness, label pixel 1) barely learn in a run this short. 60% (chance is 10%) is a
+  // bound a working trainer clears with room.
+  const out = () => join(dir, 'run');
+  const common = [
+    '--local',
+    '--dataset',
+    'fashion-mnist-sample',
+    '--backend',
+    'wasm',
+    '--layers',
+    '784,200,200',
+    '--set',
+    'model.goodness=sum',
+    '--set',
+    'model.threshold=200',
+    '--set',
+    'model.overlayValue=10',
+  ];
+  let trained: RunResult | undefined;
+  let accuracyLine = '';
+
+  it('trains, prints a test accuracy well above chance, and writes its files', async () => {
+    trained = await cli(
+      ['train', ...common, '--epochs', '2', '--lr', '0.003', '--out', out()],
+      120_000,
+    );
+    assertNotTimedOut(trained);
+    assert.equal(trained.code, 0, trained.stderr);
+    const m = /^test accuracy (\d+\.\d\d)% \(2000 images, goodness summed over all\)$/m.exec(
+      trained.stdout,
+    );
+    assert.ok(m, `no accuracy line in:\n${trained.stdout}`);
+    accuracyLine = m[0];
+    const accuracy = Number(m[1]) / 100;
+    assert.ok(accuracy > 0.6, `test accuracy ${accuracy}`);
+    assert.match(trained.stdout, /weights: .*model\.safetensors/);
+    // Progress and the backend go to stderr, results to stdout.
+    assert.match(trained.stderr, /^backend wasm /m);
+    assert.match(trained.stderr, /^epoch 2\/2 /m);
+
+    // metrics.jsonl: one JSON record per epoch, the layer-1 loss falling, interim evals.
+    const lines = (await readFile(join(out(), 'metrics.jsonl'), 'utf8')).trimEnd().split('\n');
+    assert.equal(lines.length, 2);
+    const records = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    records.forEach((r, i) => {
+      assert.equal(r.epoch, i + 1);
+      assert.equal((r.layers as unknown[]).length, 2);
+      assert.ok((r.samplesPerSec as number) > 0);
+    });
+    const loss = (r: Record<string, unknown>) => (r.layers as { loss: number }[])[0]!.loss;
+    assert.ok(
+      loss(records[1]!) < loss(records[0]!),
+      `layer-1 loss ${loss(records[0]!)} -> ${loss(records[1]!)}`,
+    );
+    assert.ok(records[0]!.eval, 'evalEvery 1: an interim evaluation');
+    assert.equal(records[1]!.eval, undefined, 'the last epoch is evaluated once, in eval.json');
+
+    // eval.json: the result printed above.
+    const evalJson = JSON.parse(await readFile(join(out(), 'eval.json'), 'utf8')) as EvalResult;
+    assert.equal(evalJson.count, 2000);
+    assert.equal((100 * evalJson.accuracy).toFixed(2), m[1]);
+    assert.equal(
+      evalJson.confusion.flat().reduce((a, b) => a + b, 0),
+      2000,
+    );
+
+    // model.safetensors: weights, Adam slots and the checkpoint metadata.
+    const { tensors, metadata } = decodeSafetensors(
+      await readFile(join(out(), 'model.safetensors')),
+    );
+    for (const l of [0, 1]) {
+      for (const s of ['weight', 'weight.m', 'weight.v', 'bias', 'bias.m', 'bias.v']) {
+        assert.ok(tensors.has(`layers.${l}.${s}`), `layers.${l}.${s}`);
+      }
+    }
+    assert.deepEqual(
+      [...tensors.get('layers.0.weight')!.shape].sort((a, b) => a - b),
+      [200, 784],
+    );
+    assert.deepEqual(tensors.get('layers.1.bias')!.shape, [200]);
+    assert.equal(metadata.format, 'ffx-checkpoint-v1');
+    assert.equal(metadata.epoch, '2');
+    assert.equal(metadata.optimizerSteps, '[160,160]', '2 epochs x 80 batches of 100');
+    // The resolved config rides along: --set values included.
+    const saved = JSON.parse(metadata.config!) as {
+      model: { goodness: string; threshold: number; overlayValue: number };
+    };
+    assert.deepEqual(
+      [saved.model.goodness, saved.model.threshold, saved.model.overlayValue],
+      ['sum', 200, 10],
+    );
+  });
+
+  it('eval --weights reproduces exactly the same accuracy and confusion matrix', async () => {
+    assert.ok(trained?.code === 0, 'needs the training run above');
+    const r = await cli(
+      ['eval', ...common, '--weights', join(out(), 'model.safetensors'), '--json', '-q'],
+      60_000,
+    );
+    assertNotTimedOut(r);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(
+      r.stdout.split('\n').includes(accuracyLine),
+      `"${accuracyLine}" not in:\n${r.stdout}`,
+    );
+    const jsonLine = r.stdout.split('\n').find((l) => l.startsWith('{'));
+    assert.ok(jsonLine, 'no JSON line');
+    const { split, ...result } = JSON.parse(jsonLine) as EvalResult & { split: string };
+    assert.equal(split, 'test');
+    const evalJson = JSON.parse(await readFile(join(out(), 'eval.json'), 'utf8')) as EvalResult;
+    assert.deepEqual(result, evalJson);
+  });
+
+  it('eval with weights of another shape fails and names the tensor', async () => {
+    assert.ok(trained?.code === 0, 'needs the training run above');
+    const r = await cli([
+      'eval',
+      ...common.map((a) => (a === '784,200,200' ? '784,100,200' : a)),
+      '--weights',
+      join(out(), 'model.safetensors'),
+      '-q',
+    ]);
+    assertNotTimedOut(r);
+    assert.notEqual(r.code, 0);
+    assert.match(
+      r.stderr,
+      /tensor "layers\.0\.weight" is \[\d+, \d+\], layer expects \[\d+, \d+\]/,
+    );
+  });
+});

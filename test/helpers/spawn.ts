@@ -1,0 +1,72 @@
+// Child Node processes for tests: each has a timeout, and every one still running is killed by
+// killAll() (call it in an `after` hook).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The package root (this file is dist/test/helpers/spawn.js once built). */
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  /** True when the timeout killed the process. */
+  timedOut: boolean;
+}
+
+export interface RunOptions {
+  timeoutMs: number;
+  cwd?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+const running = new Set<ChildProcess>();
+
+/** Runs `node ...args` to completion (or the timeout, which kills it with SIGKILL). */
+export function runNode(args: string[], opts: RunOptions): Promise<RunResult> {
+  return new Promise((resolveRun, reject) => {
+    // No FFX_* from the caller's environment (the CLI reads flags from it); CI=1: the
+    // coordinator prints plain lines, not a TTY progress bar.
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('FFX_')) env[k] = v;
+    env.CI = '1';
+    const child = spawn(process.execPath, args, {
+      cwd: opts.cwd ?? ROOT,
+      env: { ...env, ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    running.add(child);
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, opts.timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      running.delete(child);
+      reject(err);
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      running.delete(child);
+      resolveRun({ code, signal, stdout, stderr, timedOut });
+    });
+  });
+}
+
+/** Runs an ES module given as source text (`node --input-type=module -e`). */
+export function runModule(source: string, opts: RunOptions): Promise<RunResult> {
+  return runNode(['--input-type=module', '-e', source], opts);
+}
+
+/** Kills every child started here that has not exited yet. */
+export function killAll(): void {
+  for (const child of running) child.kill('SIGKILL');
+  running.clear();
+}
