@@ -2,12 +2,11 @@
 // ffx-coordinator: feeds data, drives epochs, aggregates goodness into predictions.
 //   ffx-coordinator train --local --config config/fashion-mnist-fast.json
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
-import yargs, { type Argv } from 'yargs';
+import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/backend.js';
-import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
+import { initBackend, type BackendChoice } from '../backend/backend.js';
+import { loadConfig, type RunConfig } from '../config/config.js';
 import { FFNetwork } from '../core/ff-network.js';
-import { DATASET_NAMES } from '../data/datasets.js';
 import { classNames } from '../data/class-names.js';
 import {
   checkpointConfig,
@@ -19,73 +18,8 @@ import {
 import { trainDistributed } from '../coordinator/distributed-trainer.js';
 import { ConsoleReporter, formatEval, formatSeconds } from '../coordinator/reporter.js';
 import { runMain } from './run-main.js';
+import { commonOptions, overridesFrom, trainOptions, type CommonArgs } from './run-options.js';
 import { UsageError } from './usage-error.js';
-
-interface CommonArgs {
-  config?: string;
-  backend: string;
-  threads?: number;
-  set: string[];
-  dataset?: string;
-  'data-dir'?: string;
-  layers?: string;
-  seed?: number;
-  quiet: boolean;
-  local: boolean;
-}
-
-function commonOptions<T>(y: Argv<T>) {
-  return y
-    .option('config', { alias: 'c', type: 'string', describe: 'run config (JSON); see config/' })
-    .option('local', {
-      type: 'boolean',
-      default: false,
-      describe: 'run every layer in this process (no stages)',
-    })
-    .option('backend', {
-      choices: BACKEND_CHOICES,
-      default: 'auto' as const,
-      describe: 'TensorFlow.js backend',
-    })
-    .option('threads', {
-      type: 'number',
-      describe: 'wasm backend compute threads (default: every core)',
-    })
-    .option('dataset', { choices: DATASET_NAMES, describe: 'dataset (overrides data.dataset)' })
-    .option('data-dir', { type: 'string', describe: 'directory searched first for the IDX files' })
-    .option('layers', {
-      type: 'string',
-      describe: 'widths from input to last layer, e.g. 784,1000,1000',
-    })
-    .option('seed', { type: 'number', describe: 'run seed (overrides seed)' })
-    .option('set', {
-      type: 'string',
-      array: true,
-      default: [] as string[],
-      describe: 'override any config key: --set train.epochs=3',
-    })
-    .option('quiet', {
-      alias: 'q',
-      type: 'boolean',
-      default: false,
-      describe: 'print only results and errors',
-    });
-}
-
-function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, unknown> {
-  const o: Record<string, unknown> = parseSetOverrides(a.set);
-  const section = (k: string) =>
-    (o[k] = (o[k] as Record<string, unknown> | undefined) ?? {}) as Record<string, unknown>;
-  if (a.dataset) section('data').dataset = a.dataset;
-  if (a['data-dir']) section('data').dataDir = a['data-dir'];
-  if (a.layers) section('model').layers = a.layers.split(',').map((w) => Number(w.trim()));
-  if (a.seed !== undefined) o.seed = a.seed;
-  if (a.epochs !== undefined) section('train').epochs = a.epochs;
-  if (a['batch-size'] !== undefined) section('train').batchSize = a['batch-size'];
-  if (a.lr !== undefined) section('optimizer').lr = a.lr;
-  if (a.out !== undefined) section('output').dir = a.out;
-  return o;
-}
 
 function requireLocal(a: CommonArgs, command: string): void {
   if (!a.local) {
@@ -158,39 +92,7 @@ export function buildCli(argv: string[]) {
         'train',
         'train a network: across ffx-stage workers, or every layer in this process with --local',
         (y) =>
-          commonOptions(y)
-            .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
-            .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
-            .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
-            .option('out', {
-              alias: 'o',
-              type: 'string',
-              describe: 'output directory (overrides output.dir)',
-            })
-            .option('bind', {
-              type: 'string',
-              default: 'tcp://127.0.0.1:5555',
-              describe:
-                'control endpoint stages connect to (distributed runs; tcp://0.0.0.0:PORT for other hosts)',
-            })
-            .option('advertise', {
-              type: 'string',
-              describe: 'host name stages use to reach this coordinator',
-            })
-            .option('register-timeout', {
-              type: 'number',
-              default: 120,
-              describe: 'seconds to wait for every stage to register',
-            })
-            .option('heartbeat-timeout', {
-              type: 'number',
-              default: 10,
-              describe: 'seconds of silence after which a stage counts as failed',
-            })
-            .option('resume', {
-              type: 'string',
-              describe: 'continue from a checkpoint .safetensors',
-            })
+          trainOptions(commonOptions(y))
             .example(
               '$0 train --local --config config/fashion-mnist-fast.json',
               'train on Fashion-MNIST (~10 min on 2 cores)',

@@ -15,6 +15,7 @@ export function buildCli(argv: string[]) {
       '$0 --layer N --coordinator tcp://HOST:PORT [options]\n\nServe one FF layer of a distributed run.',
     )
     .env('FFX')
+    .config('config', 'a JSON file of these flags, e.g. {"coordinator": "tcp://10.0.0.1:5555"}')
     .option('layer', {
       alias: 'l',
       type: 'number',

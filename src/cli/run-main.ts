@@ -10,6 +10,10 @@ const USER_ERROR_NAMES = new Set([
   'BackendError',
   'SafetensorsError',
   'UsageError',
+  'ClusterError',
+  'StageError',
+  'ProtocolError',
+  'LaunchError',
 ]);
 
 export function runMain(main: () => Promise<unknown>): void {

@@ -1,7 +1,7 @@
 // The distributed trainer: the same schedule as the local trainer (same batches, negatives and
 // learning rates, from the same seed), but every layer trains in its own ffx-stage process.
 // The coordinator only feeds the first stage and aggregates what stages report.
-import { mkdir, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { StepStats } from '../core/ff-layer.js';
@@ -9,10 +9,12 @@ import { learningRateAt } from '../core/optimizer.js';
 import { EvalAccumulator, type EvalResult } from '../core/predict.js';
 import type { NamedTensor } from '../core/safetensors.js';
 import type { RunConfig } from '../config/config.js';
-import { BatchSampler, NUM_CLASSES, overlayAllLabels } from '../data/ff-data.js';
+import { NUM_CLASSES, overlayAllLabels } from '../data/ff-data.js';
 import { Cluster, ClusterError, type ClusterOptions } from './cluster.js';
 import {
   prepareData,
+  prepareOutput,
+  trainSampler,
   writeCheckpoint,
   type EpochRecord,
   type TrainResult,
@@ -38,22 +40,9 @@ export async function trainDistributed(
   try {
     await cluster.start(cfg);
     const { batchSize, epochs } = cfg.train;
-    const sampler = new BatchSampler({
-      images: data.train.images,
-      labels: data.train.labels,
-      count: data.train.count,
-      dim: data.dim,
-      batchSize,
-      seed: cfg.seed,
-      shuffle: true,
-      dropLast: false,
-      onValue: cfg.model.overlayValue,
-    });
+    const sampler = trainSampler(cfg, data);
     const totalSteps = epochs * sampler.batchesPerEpoch;
-    await mkdir(cfg.output.dir, { recursive: true });
-    await writeFile(join(cfg.output.dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-    const metricsFile = join(cfg.output.dir, 'metrics.jsonl');
-    await writeFile(metricsFile, '');
+    const metricsFile = await prepareOutput(cfg, true);
     reporter.log(
       `run ${run}: model ${cfg.model.layers.join('-')} on ${numLayers} stages, ${epochs} epochs x ` +
         `${sampler.batchesPerEpoch} batches of ${batchSize}`,
@@ -69,6 +58,11 @@ export async function trainDistributed(
         goodnessNeg: 0,
       }));
       const sizes: number[] = [];
+      const times = Array.from({ length: numLayers }, () => ({
+        stepMs: 0,
+        waitMs: 0,
+        transportMs: 0,
+      }));
       let reports = 0;
       let lastDone = 0;
       let samplesDone = 0;
@@ -93,6 +87,10 @@ export async function trainDistributed(
         acc.goodnessPos += msg.goodnessPos * size;
         acc.goodnessNeg += msg.goodnessNeg * size;
         lastLosses[msg.layer - 1] = msg.loss;
+        const t = times[msg.layer - 1]!;
+        t.stepMs += msg.stepMs;
+        t.waitMs += msg.waitMs;
+        t.transportMs += msg.transportMs;
         reports++;
         if (msg.layer === numLayers) {
           // Progress as the last stage sees it: that batch has passed the whole pipeline.
@@ -143,6 +141,11 @@ export async function trainDistributed(
           loss: s.loss / samples,
           goodnessPos: s.goodnessPos / samples,
           goodnessNeg: s.goodnessNeg / samples,
+        })),
+        stages: times.map((t) => ({
+          stepSeconds: t.stepMs / 1000,
+          waitSeconds: t.waitMs / 1000,
+          transportSeconds: t.transportMs / 1000,
         })),
       };
       const last = epoch === epochs - 1;

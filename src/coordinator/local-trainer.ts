@@ -53,6 +53,33 @@ export async function prepareData(
   };
 }
 
+/**
+ * The training batches of a run: order and negatives depend on the seed alone, so the local
+ * and the distributed trainer (and a resumed run) see the same batches.
+ */
+export function trainSampler(cfg: RunConfig, data: PreparedData): BatchSampler {
+  return new BatchSampler({
+    images: data.train.images,
+    labels: data.train.labels,
+    count: data.train.count,
+    dim: data.dim,
+    batchSize: cfg.train.batchSize,
+    seed: cfg.seed,
+    shuffle: true,
+    dropLast: false,
+    onValue: cfg.model.overlayValue,
+  });
+}
+
+/** Creates the output directory with the resolved config; returns the metrics log's path. */
+export async function prepareOutput(cfg: RunConfig, fresh: boolean): Promise<string> {
+  await mkdir(cfg.output.dir, { recursive: true });
+  await writeFile(join(cfg.output.dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+  const metricsFile = join(cfg.output.dir, 'metrics.jsonl');
+  if (fresh) await writeFile(metricsFile, '');
+  return metricsFile;
+}
+
 /** Accuracy of the network on a split: overlay each label, sum goodness, argmax. */
 export function evaluate(
   net: FFNetwork,
@@ -83,6 +110,8 @@ export interface EpochRecord {
   samplesPerSec: number;
   lr: number;
   layers: StepStats[];
+  /** Distributed runs: per stage, time computing, idle waiting for input, and in transport. */
+  stages?: { stepSeconds: number; waitSeconds: number; transportSeconds: number }[];
   eval?: EvalResult;
 }
 
@@ -119,22 +148,9 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
       firstEpoch = await loadCheckpoint(net, opts.resume);
       reporter.log(`resumed from ${opts.resume} after epoch ${firstEpoch}`);
     }
-    const sampler = new BatchSampler({
-      images: data.train.images,
-      labels: data.train.labels,
-      count: data.train.count,
-      dim: data.dim,
-      batchSize,
-      seed: cfg.seed,
-      shuffle: true,
-      dropLast: false,
-      onValue: cfg.model.overlayValue,
-    });
+    const sampler = trainSampler(cfg, data);
     const totalSteps = epochs * sampler.batchesPerEpoch;
-    await mkdir(cfg.output.dir, { recursive: true });
-    await writeFile(join(cfg.output.dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-    const metricsFile = join(cfg.output.dir, 'metrics.jsonl');
-    if (firstEpoch === 0) await writeFile(metricsFile, '');
+    const metricsFile = await prepareOutput(cfg, firstEpoch === 0);
     reporter.log(
       `model ${cfg.model.layers.join('-')}, ${epochs} epochs x ${sampler.batchesPerEpoch} batches of ${batchSize}, ` +
         `${cfg.optimizer.type} lr ${cfg.optimizer.lr}, seed ${cfg.seed}`,

@@ -146,13 +146,19 @@ export class Stage {
     try {
       while (!this.stopped) {
         let frames: Buffer[];
+        const t0 = performance.now();
         try {
           frames = await this.inbound.receive();
         } catch (err) {
           if (this.stopped) break;
           throw err;
         }
-        await this.handle(frames);
+        try {
+          await this.handle(frames, performance.now() - t0);
+        } catch (err) {
+          if (this.stopped) break; // a send cut short by a stop
+          throw err;
+        }
       }
     } finally {
       this.stopped = true;
@@ -171,14 +177,16 @@ export class Stage {
       if (msg.type === 'stop') {
         this.opts.log(`layer ${this.opts.layer}: coordinator says stop (${msg.reason})`);
         this.stopped = true;
-        this.inbound.close();
+        // Also unblocks a send waiting on a downstream stage that may be gone.
+        closeAll(this.inbound, this.downstream);
       }
     }
   }
 
-  private async handle(frames: Buffer[]): Promise<void> {
+  private async handle(frames: Buffer[], waitMs: number): Promise<void> {
     const layer = this.layer!;
     let msg: ReturnType<typeof decodeData>;
+    const tDecode = performance.now();
     try {
       msg = decodeData(frames, { width: layer.config.inDim, checkFinite: true });
     } catch (err) {
@@ -199,6 +207,7 @@ export class Stage {
       return;
     }
     const { header, tensors } = msg;
+    const decodeMs = performance.now() - tDecode;
     if (header.kind === 'marker') {
       await this.forward(header, []);
       if (!this.downstream) {
@@ -228,7 +237,9 @@ export class Stage {
       const [loss, goodnessPos, goodnessNeg] = stats.dataSync();
       tf.dispose([h, stats]);
       const stepMs = performance.now() - t0;
+      const tSend = performance.now();
       await this.forward(header, [out]);
+      const transportMs = decodeMs + performance.now() - tSend;
       await this.resultsOut.send(
         encodeControl({
           type: 'stats',
@@ -239,7 +250,8 @@ export class Stage {
           goodnessPos: goodnessPos!,
           goodnessNeg: goodnessNeg!,
           stepMs,
-          waitMs: 0,
+          waitMs,
+          transportMs,
         }),
       );
       return;

@@ -333,8 +333,12 @@ export interface StatsMessage {
   loss: number;
   goodnessPos: number;
   goodnessNeg: number;
+  /** Compute time of the step. */
   stepMs: number;
+  /** Time the stage sat idle waiting for this message (the pipeline's bubble). */
   waitMs: number;
+  /** Time spent decoding this message and encoding and sending the activations on. */
+  transportMs: number;
 }
 
 /** Per eval batch: goodness of every overlaid row, [10 * images] label-major like the input. */
@@ -429,6 +433,7 @@ const CONTROL_FIELDS = {
     goodnessNeg: 'number',
     stepMs: 'number',
     waitMs: 'number',
+    transportMs: 'number',
   },
   goodness: { layer: 'uint', epoch: 'uint', seq: 'uint', images: 'posint', g: 'f32' },
   ack: { layer: 'uint', op: MARKER_OPS, id: 'uint', epoch: 'uint' },

@@ -24,29 +24,38 @@ export interface RunOptions {
 
 const running = new Set<ChildProcess>();
 
-/** Runs `node ...args` to completion (or the timeout, which kills it with SIGKILL). */
-export function runNode(args: string[], opts: RunOptions): Promise<RunResult> {
-  return new Promise((resolveRun, reject) => {
-    // No FFX_* from the caller's environment (the CLI reads flags from it); CI=1: the
-    // coordinator prints plain lines, not a TTY progress bar.
-    const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('FFX_')) env[k] = v;
-    env.CI = '1';
-    const child = spawn(process.execPath, args, {
-      cwd: opts.cwd ?? ROOT,
-      env: { ...env, ...opts.env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    running.add(child);
-    let stdout = '';
-    let stderr = '';
-    let timedOut = false;
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, opts.timeoutMs);
+export interface Started {
+  child: ChildProcess;
+  /** Settles when the process has exited (or was killed by the timeout). */
+  result: Promise<RunResult>;
+  /** Output so far. */
+  stdout(): string;
+  stderr(): string;
+}
+
+/** Starts `node ...args`; the timeout kills it with SIGKILL. */
+export function startNode(args: string[], opts: RunOptions): Started {
+  // No FFX_* from the caller's environment (the CLI reads flags from it); CI=1: the
+  // coordinator prints plain lines, not a TTY progress bar.
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('FFX_')) env[k] = v;
+  env.CI = '1';
+  const child = spawn(process.execPath, args, {
+    cwd: opts.cwd ?? ROOT,
+    env: { ...env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  let stdout = '';
+  let stderr = '';
+  let timedOut = false;
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGKILL');
+  }, opts.timeoutMs);
+  const result = new Promise<RunResult>((resolveRun, reject) => {
     child.on('error', (err) => {
       clearTimeout(timer);
       running.delete(child);
@@ -58,6 +67,28 @@ export function runNode(args: string[], opts: RunOptions): Promise<RunResult> {
       resolveRun({ code, signal, stdout, stderr, timedOut });
     });
   });
+  return { child, result, stdout: () => stdout, stderr: () => stderr };
+}
+
+/** Runs `node ...args` to completion (or the timeout, which kills it with SIGKILL). */
+export function runNode(args: string[], opts: RunOptions): Promise<RunResult> {
+  return startNode(args, opts).result;
+}
+
+/** Resolves once `text()` matches `pattern` (polled), rejects after `timeoutMs`. */
+export async function waitForOutput(
+  text: () => string,
+  pattern: RegExp,
+  timeoutMs: number,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!pattern.test(text())) {
+    if (Date.now() > deadline)
+      throw new Error(
+        `no output matching ${pattern} within ${timeoutMs} ms:\n${text().slice(-2000)}`,
+      );
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** Runs an ES module given as source text (`node --input-type=module -e`). */

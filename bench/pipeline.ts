@@ -1,0 +1,110 @@
+// Is the pipelining real? Trains the same network on the same data once in the single-process
+// reference and once as a pipeline of one ffx-stage per layer (ffx-launch), every process
+// limited to one compute thread, and prints samples/s of both, their ratio, and the
+// transport's share of a stage's step (decode + encode + send, over compute + those).
+//
+//   npm run bench:pipeline
+//   npm run bench:pipeline -- --layers 784,1000,1000 --images 20000 --batch 1000
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import type { EpochRecord } from '../src/coordinator/local-trainer.js';
+
+const cli = (name: string) => fileURLToPath(new URL(`../src/cli/${name}.js`, import.meta.url));
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+async function main(): Promise<void> {
+  const a = await yargs(hideBin(process.argv))
+    .option('layers', { type: 'string', default: '784,1000,1000' })
+    .option('dataset', { type: 'string', default: 'fashion-mnist' })
+    .option('images', { type: 'number', default: 20000, describe: 'training images (one epoch)' })
+    .option('batch', {
+      type: 'string',
+      default: '100,1000',
+      describe: 'comma-separated batch sizes',
+    })
+    .strict()
+    .parse();
+  const dir = await mkdtemp(join(tmpdir(), 'ffx-bench-pipeline-'));
+  const rows: string[][] = [];
+  try {
+    for (const batch of a.batch.split(',')) {
+      const common = [
+        '--config',
+        join(root, 'config', 'fashion-mnist-fast.json'),
+        '--dataset',
+        a.dataset,
+        '--layers',
+        a.layers,
+        '--batch-size',
+        batch,
+        '--epochs',
+        '1',
+        '--set',
+        `data.trainLimit=${a.images}`,
+        '--set',
+        'data.testLimit=1000',
+        '--set',
+        'train.evalEvery=0',
+        '--set',
+        'train.cooldown=0',
+        '--backend',
+        'wasm',
+        '--quiet',
+      ];
+      const run = async (name: string, args: string[]): Promise<EpochRecord> => {
+        const out = join(dir, `${name}-${batch}`);
+        const r = spawnSync(process.execPath, [...args, ...common, '--out', out], {
+          encoding: 'utf8',
+        });
+        if (r.status !== 0) throw new Error(`${name} run failed:\n${r.stderr.slice(-3000)}`);
+        const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
+        return JSON.parse(lines[lines.length - 1]!) as EpochRecord;
+      };
+      const local = await run('local', [
+        cli('ffx-coordinator'),
+        'train',
+        '--local',
+        '--threads',
+        '1',
+      ]);
+      const piped = await run('pipeline', [cli('ffx-launch'), '--stage-threads', '1']);
+      const share = (piped.stages ?? []).map(
+        (s) => `${((100 * s.transportSeconds) / (s.stepSeconds + s.transportSeconds)).toFixed(1)}%`,
+      );
+      const idle = (piped.stages ?? []).map((s) => `${s.waitSeconds.toFixed(1)}s`);
+      rows.push([
+        batch,
+        local.samplesPerSec.toFixed(0),
+        piped.samplesPerSec.toFixed(0),
+        (piped.samplesPerSec / local.samplesPerSec).toFixed(2),
+        share.join(' / '),
+        idle.join(' / '),
+      ]);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  const head = [
+    'batch',
+    'local samples/s',
+    'pipeline samples/s',
+    'ratio',
+    'transport share per stage',
+    'stage idle',
+  ];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
+  console.log(`${a.layers} on ${a.images} ${a.dataset} images, 1 thread per process`);
+  console.log(line(head));
+  for (const r of rows) console.log(line(r));
+}
+
+main().catch((err: unknown) => {
+  console.error(err instanceof Error ? err.message : err);
+  process.exit(1);
+});

@@ -1,0 +1,109 @@
+// Options shared by ffx-coordinator and the ffx-launch launcher (which parses the same command
+// line to learn the run's shape and passes it on to the coordinator).
+import type { Argv } from 'yargs';
+import { BACKEND_CHOICES } from '../backend/backend.js';
+import { parseSetOverrides } from '../config/config.js';
+import { DATASET_NAMES } from '../data/datasets.js';
+
+export interface CommonArgs {
+  config?: string;
+  backend: string;
+  threads?: number;
+  set: string[];
+  dataset?: string;
+  'data-dir'?: string;
+  layers?: string;
+  seed?: number;
+  quiet: boolean;
+  local: boolean;
+}
+
+export function commonOptions<T>(y: Argv<T>) {
+  return y
+    .option('config', { alias: 'c', type: 'string', describe: 'run config (JSON); see config/' })
+    .option('local', {
+      type: 'boolean',
+      default: false,
+      describe: 'run every layer in this process (no stages)',
+    })
+    .option('backend', {
+      choices: BACKEND_CHOICES,
+      default: 'auto' as const,
+      describe: 'TensorFlow.js backend',
+    })
+    .option('threads', {
+      type: 'number',
+      describe: 'wasm backend compute threads (default: every core)',
+    })
+    .option('dataset', { choices: DATASET_NAMES, describe: 'dataset (overrides data.dataset)' })
+    .option('data-dir', { type: 'string', describe: 'directory searched first for the IDX files' })
+    .option('layers', {
+      type: 'string',
+      describe: 'widths from input to last layer, e.g. 784,1000,1000',
+    })
+    .option('seed', { type: 'number', describe: 'run seed (overrides seed)' })
+    .option('set', {
+      type: 'string',
+      array: true,
+      default: [] as string[],
+      describe: 'override any config key: --set train.epochs=3',
+    })
+    .option('quiet', {
+      alias: 'q',
+      type: 'boolean',
+      default: false,
+      describe: 'print only results and errors',
+    });
+}
+
+export function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, unknown> {
+  const o: Record<string, unknown> = parseSetOverrides(a.set);
+  const section = (k: string) =>
+    (o[k] = (o[k] as Record<string, unknown> | undefined) ?? {}) as Record<string, unknown>;
+  if (a.dataset) section('data').dataset = a.dataset;
+  if (a['data-dir']) section('data').dataDir = a['data-dir'];
+  if (a.layers) section('model').layers = a.layers.split(',').map((w) => Number(w.trim()));
+  if (a.seed !== undefined) o.seed = a.seed;
+  if (a.epochs !== undefined) section('train').epochs = a.epochs;
+  if (a['batch-size'] !== undefined) section('train').batchSize = a['batch-size'];
+  if (a.lr !== undefined) section('optimizer').lr = a.lr;
+  if (a.out !== undefined) section('output').dir = a.out;
+  return o;
+}
+
+/** Options of `train` (the launcher's too). */
+export function trainOptions<T>(y: Argv<T>) {
+  return y
+    .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
+    .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
+    .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
+    .option('out', {
+      alias: 'o',
+      type: 'string',
+      describe: 'output directory (overrides output.dir)',
+    })
+    .option('bind', {
+      type: 'string',
+      default: 'tcp://127.0.0.1:5555',
+      describe:
+        'control endpoint stages connect to (distributed runs; tcp://0.0.0.0:PORT for other hosts)',
+    })
+    .option('advertise', {
+      type: 'string',
+      describe: 'host name stages use to reach this coordinator',
+    })
+    .option('register-timeout', {
+      type: 'number',
+      default: 120,
+      describe: 'seconds to wait for every stage to register',
+    })
+    .option('heartbeat-timeout', {
+      type: 'number',
+      default: 10,
+      describe: 'seconds of silence after which a stage counts as failed',
+    })
+    .option('resume', {
+      type: 'string',
+      describe: 'continue from a checkpoint .safetensors',
+    });
+}

@@ -1,0 +1,111 @@
+// The central test of the pipeline: a 3-stage run over tcp on 127.0.0.1 (separate OS
+// processes, started by ffx-launch) reproduces the single-process reference with the same
+// config and seed: the same weights after an epoch and the same test predictions.
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { EvalResult } from '../src/core/predict.js';
+import { decodeSafetensors } from '../src/core/safetensors.js';
+import { killAll, ROOT, runNode } from './helpers/spawn.js';
+
+const CLI = join(ROOT, 'dist', 'src', 'cli');
+
+// A real data slice: 2,000 training and 500 test images of the shipped Fashion-MNIST sample,
+// 784-64-48-32 (three stages), one epoch. Both runs use one wasm thread per process, so the
+// matrix products are computed in the same order.
+const RUN = [
+  '--config',
+  join(ROOT, 'config', 'demo.json'),
+  '--layers',
+  '784,64,48,32',
+  '--set',
+  'model.threshold=50',
+  '--set',
+  'data.trainLimit=2000',
+  '--set',
+  'data.testLimit=500',
+  '--set',
+  'train.evalEvery=0',
+  '--epochs',
+  '1',
+  '--quiet',
+];
+
+describe('3-stage pipeline vs single-process reference', () => {
+  let dir = '';
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ffx-equiv-'));
+  });
+  after(async () => {
+    killAll();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('produces the same weights (max |diff| <= 1e-5) and the same predictions', async () => {
+    const local = await runNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        '--local',
+        '--backend',
+        'wasm',
+        '--threads',
+        '1',
+        ...RUN,
+        '--out',
+        join(dir, 'local'),
+      ],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(local.code, 0, local.stderr);
+    const piped = await runNode(
+      [
+        join(CLI, 'ffx-launch.js'),
+        '--backend',
+        'wasm',
+        '--stage-threads',
+        '1',
+        ...RUN,
+        '--out',
+        join(dir, 'piped'),
+      ],
+      { timeoutMs: 90_000 },
+    );
+    assert.equal(piped.code, 0, piped.stderr);
+    // Three stage processes really ran and each served its own layer.
+    for (const layer of [1, 2, 3])
+      assert.match(piped.stderr, new RegExp(`\\[stage ${layer}\\] layer ${layer}/3: `));
+
+    const read = async (run: string) =>
+      decodeSafetensors(await readFile(join(dir, run, 'model.safetensors')), run).tensors;
+    const a = await read('local');
+    const b = await read('piped');
+    assert.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
+    let worst = 0;
+    for (const [name, t] of a) {
+      const u = b.get(name)!;
+      assert.deepEqual(u.shape, t.shape, name);
+      for (let i = 0; i < t.data.length; i++)
+        worst = Math.max(worst, Math.abs(t.data[i]! - u.data[i]!));
+    }
+    assert.ok(worst <= 1e-5, `max |diff| ${worst}`);
+    // Training did move the weights: the comparison is not between two initialisations.
+    const steps = JSON.parse(
+      decodeSafetensors(await readFile(join(dir, 'piped', 'model.safetensors'))).metadata
+        .optimizerSteps!,
+    ) as number[];
+    assert.deepEqual(steps, [20, 20, 20], '2,000 images / batch 100 = 20 steps per layer');
+
+    const evalOf = async (run: string) =>
+      JSON.parse(await readFile(join(dir, run, 'eval.json'), 'utf8')) as EvalResult;
+    const ea = await evalOf('local');
+    const eb = await evalOf('piped');
+    assert.equal(ea.count, 500);
+    assert.deepEqual(eb.confusion, ea.confusion);
+    assert.deepEqual(eb.perLayerSet, ea.perLayerSet);
+    // A tiny net after one epoch on 2,000 images: not good, but learning (chance is 10%).
+    assert.ok(ea.accuracy > 0.2, `accuracy ${ea.accuracy} after one epoch on 2,000 images`);
+  });
+});

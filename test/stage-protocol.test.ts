@@ -1,0 +1,228 @@
+// A real ffx-stage process driven by a scripted coordinator: it registers, takes its config,
+// rejects each kind of malformed message with a reason (and keeps serving), trains on a valid
+// one, acknowledges markers, and exits on a stop marker.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { join } from 'node:path';
+import { pack } from 'msgpackr';
+import { Pull, Router, type Push } from 'zeromq';
+import { closeAll, bindAny, dataPush } from '../src/transport/sockets.js';
+import {
+  PROTOCOL_VERSION,
+  decodeControl,
+  encodeControl,
+  encodeData,
+  type ControlMessage,
+} from '../src/transport/wire.js';
+import { killAll, ROOT, startNode, type Started } from './helpers/spawn.js';
+
+const IN = 20;
+
+/** A header the encoder would refuse to write (it validates), packed directly. */
+const rawHeader = (header: Record<string, unknown>): Buffer => pack(header);
+const OUT = 8;
+
+describe('ffx-stage protocol', () => {
+  const router = new Router();
+  const results = new Pull();
+  let feed: Push;
+  let stage: Started;
+
+  async function nextResult(): Promise<ControlMessage> {
+    const [frame] = await results.receive();
+    return decodeControl(frame!);
+  }
+
+  before(async () => {
+    const control = await bindAny(router);
+    const resultsEndpoint = await bindAny(results);
+    stage = startNode(
+      [
+        join(ROOT, 'dist', 'src', 'cli', 'ffx-stage.js'),
+        '--layer',
+        '1',
+        '--coordinator',
+        control,
+        '--listen',
+        'tcp://127.0.0.1:*',
+        '--backend',
+        'cpu',
+        '--heartbeat-ms',
+        '200',
+      ],
+      { timeoutMs: 60_000 },
+    );
+    let hello: ControlMessage;
+    let identity: Buffer;
+    for (;;) {
+      const [id, frame] = await router.receive();
+      hello = decodeControl(frame!);
+      identity = id!;
+      if (hello.type === 'hello') break;
+    }
+    assert.equal(hello.type === 'hello' && hello.layer, 1);
+    assert.equal(hello.type === 'hello' && hello.version, PROTOCOL_VERSION);
+    await router.send([
+      identity,
+      encodeControl({
+        type: 'config',
+        run: 'test',
+        layer: 1,
+        numLayers: 1,
+        model: { layers: [IN, OUT], goodness: 'sum', negate: false, threshold: 2, normEps: 1e-8 },
+        optimizer: {
+          type: 'adam',
+          lr: 0.01,
+          beta1: 0.9,
+          beta2: 0.999,
+          eps: 1e-8,
+          momentum: 0.9,
+          weightDecay: 0,
+        },
+        seed: 3,
+        next: null,
+        results: resultsEndpoint,
+      }),
+    ]);
+    for (;;) {
+      const [, frame] = await router.receive();
+      if (decodeControl(frame!).type === 'ready') break;
+    }
+    feed = dataPush(hello.type === 'hello' ? hello.endpoint : '');
+  });
+
+  after(() => {
+    closeAll(feed, results, router);
+    killAll();
+  });
+
+  const good = (seq: number) => {
+    const x = new Float32Array(2 * 3 * IN).map((_, i) => ((i * 7) % 13) / 13);
+    return encodeData(
+      {
+        kind: 'train',
+        run: 'test',
+        epoch: 0,
+        seq,
+        nPos: 3,
+        lr: 0.01,
+        tensors: [{ name: 'x', shape: [6, IN] }],
+      },
+      [x],
+    );
+  };
+
+  const cases: [string, () => Buffer[], string][] = [
+    ['random bytes', () => [Buffer.from([0xc1, 0xff, 0x00, 0x13, 0x37])], 'BAD_FRAMES'],
+    [
+      'wrong version',
+      () => {
+        const f = good(1);
+        return [
+          rawHeader({
+            v: 99,
+            kind: 'train',
+            run: 'test',
+            epoch: 0,
+            seq: 1,
+            nPos: 3,
+            tensors: [{ name: 'x', shape: [6, IN] }],
+          }),
+          f[1]!,
+        ];
+      },
+      'BAD_VERSION',
+    ],
+    [
+      'unknown kind',
+      () => [
+        rawHeader({
+          v: PROTOCOL_VERSION,
+          kind: 'gossip',
+          run: 'test',
+          epoch: 0,
+          seq: 1,
+          tensors: [],
+        }),
+      ],
+      'BAD_KIND',
+    ],
+    [
+      'truncated tensor frame',
+      () => {
+        const f = good(1);
+        return [f[0]!, f[1]!.subarray(0, f[1]!.length - 4)];
+      },
+      'BAD_SHAPE',
+    ],
+    ['missing tensor frame', () => [good(1)[0]!], 'BAD_SHAPE'],
+    [
+      'wrong input width',
+      () =>
+        encodeData(
+          {
+            kind: 'train',
+            run: 'test',
+            epoch: 0,
+            seq: 1,
+            nPos: 3,
+            tensors: [{ name: 'x', shape: [6, IN + 1] }],
+          },
+          [new Float32Array(6 * (IN + 1))],
+        ),
+      'BAD_WIDTH',
+    ],
+    [
+      'non-finite input',
+      () =>
+        encodeData(
+          {
+            kind: 'train',
+            run: 'test',
+            epoch: 0,
+            seq: 1,
+            nPos: 3,
+            tensors: [{ name: 'x', shape: [6, IN] }],
+          },
+          [new Float32Array(6 * IN).fill(NaN)],
+        ),
+      'NON_FINITE',
+    ],
+  ];
+
+  for (const [name, frames, code] of cases) {
+    it(`rejects ${name} with ${code} and keeps serving`, async () => {
+      await feed.send(frames());
+      const r = await nextResult();
+      assert.equal(r.type, 'rejected');
+      assert.equal(r.type === 'rejected' && r.code, code);
+      assert.equal(r.type === 'rejected' && r.layer, 1);
+      // Still alive and serving: a valid step is trained and reported.
+      await feed.send(good(7));
+      const s = await nextResult();
+      assert.equal(s.type, 'stats');
+      assert.ok(s.type === 'stats' && Number.isFinite(s.loss) && s.seq === 7);
+    });
+  }
+
+  it('acknowledges a marker as the last stage and exits 0 on stop', async () => {
+    await feed.send(
+      encodeData(
+        { kind: 'marker', run: 'test', epoch: 0, seq: 0, op: 'epoch-end', id: 5, tensors: [] },
+        [],
+      ),
+    );
+    const ack = await nextResult();
+    assert.deepEqual(ack.type === 'ack' && [ack.op, ack.id], ['epoch-end', 5]);
+    await feed.send(
+      encodeData(
+        { kind: 'marker', run: 'test', epoch: 0, seq: 0, op: 'stop', id: 6, tensors: [] },
+        [],
+      ),
+    );
+    const r = await stage.result;
+    assert.equal(r.code, 0, r.stderr);
+    // Each rejection reason was logged once, with the reason.
+    assert.match(r.stderr, /rejected a message \(BAD_WIDTH\)/);
+  });
+});
