@@ -128,7 +128,7 @@ describe('ffx-coordinator usage and config errors', () => {
   it('eval without --local exits 2 with "error [USAGE]"', async () => {
     const r = await cli(['eval', '--weights', 'model.safetensors']);
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /^error \[USAGE\]: eval without --local/m);
+    assert.match(r.stderr, /^error \[USAGE\]: --weights goes with --local/m);
   });
 });
 

@@ -48,6 +48,7 @@ describe('distributed run failures', () => {
         control,
         '--heartbeat-timeout',
         '2',
+        '--stop-stages',
         '--out',
         join(dir, 'killed'),
       ],
@@ -84,7 +85,7 @@ describe('distributed run failures', () => {
     );
     // 2 s heartbeat timeout, checked every 0.5 s: well under 10 s even on a loaded machine.
     assert.ok(seconds < 10, `coordinator took ${seconds}s to notice`);
-    // The surviving stage was told to stop and exits on its own.
+    // With --stop-stages the surviving stage is told to exit, and does.
     const s1 = await stages[0]!.result;
     assert.equal(s1.timedOut, false);
     assert.match(s1.stderr, /coordinator says stop/);

@@ -82,6 +82,7 @@ describe('ffx-stage protocol', () => {
         seed: 3,
         next: null,
         results: resultsEndpoint,
+        mode: 'train',
       }),
     ]);
     for (;;) {

@@ -142,6 +142,7 @@ describe('DEALER -> ROUTER control', () => {
         seed: 1,
         next: 'tcp://127.0.0.1:7002',
         results: 'tcp://127.0.0.1:7003',
+        mode: 'train',
       }),
     ]);
     const [reply] = await dealer.receive();

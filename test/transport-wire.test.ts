@@ -400,6 +400,7 @@ describe('control and result messages', () => {
       seed: 7,
       next: 'tcp://10.0.0.3:6000',
       results: 'tcp://10.0.0.1:5556',
+      mode: 'train',
     },
     {
       type: 'config',
@@ -411,6 +412,7 @@ describe('control and result messages', () => {
       seed: -3,
       next: null,
       results: 'tcp://10.0.0.1:5556',
+      mode: 'train',
     },
     { type: 'ready', layer: 1 },
     { type: 'heartbeat', layer: 1, t: 1732800000123 },
@@ -538,6 +540,7 @@ describe('control and result messages', () => {
           seed: 1,
           next: 5 as unknown as string,
           results: 'tcp://x:1',
+          mode: 'train',
         }),
       rejects('BAD_HEADER', 'config.next'),
     );

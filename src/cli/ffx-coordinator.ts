@@ -15,20 +15,18 @@ import {
   prepareData,
   trainLocal,
 } from '../coordinator/local-trainer.js';
-import { trainDistributed } from '../coordinator/distributed-trainer.js';
+import { evalDistributed, trainDistributed } from '../coordinator/distributed-trainer.js';
+import type { EvalResult } from '../core/predict.js';
 import { ConsoleReporter, formatEval, formatSeconds } from '../coordinator/reporter.js';
 import { runMain } from './run-main.js';
-import { commonOptions, overridesFrom, trainOptions, type CommonArgs } from './run-options.js';
+import {
+  clusterOptions,
+  commonOptions,
+  overridesFrom,
+  trainOptions,
+  type CommonArgs,
+} from './run-options.js';
 import { UsageError } from './usage-error.js';
-
-function requireLocal(a: CommonArgs, command: string): void {
-  if (!a.local) {
-    throw new UsageError(
-      `${command} without --local (evaluating the weights running stages hold) is not in this build yet; ` +
-        `evaluate the weights a run saved: ffx-coordinator ${command} --local --weights FILE`,
-    );
-  }
-}
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const cfg = await loadConfig(a.config, overridesFrom(a));
@@ -45,10 +43,7 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
     // The stages do the tensor math; the coordinator needs no backend.
     result = await trainDistributed(cfg, {
       reporter,
-      bind: a.bind as string,
-      advertiseHost: a.advertise as string | undefined,
-      registerTimeoutMs: (a['register-timeout'] as number) * 1000,
-      heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,
+      ...clusterArgs(a),
     });
   }
   console.log(formatEval(result.final, classNames(cfg.data.dataset)));
@@ -56,31 +51,48 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
 }
 
 async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
-  requireLocal(a, 'eval');
-  // The checkpoint's own config is the base, so the data is scaled as it was in training.
-  const saved = await checkpointConfig(a.weights as string);
-  const cfg: RunConfig = await loadConfig(a.config, overridesFrom(a), saved);
+  const split = a.split as 'test' | 'train';
   const reporter = new ConsoleReporter({ quiet: a.quiet });
-  await initBackend(a.backend as BackendChoice, {
-    threads: a.threads,
-    log: (l) => reporter.log(l),
-  });
-  const data = await prepareData(cfg, (l) => reporter.log(l));
-  const net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
-  try {
-    await loadCheckpoint(net, a.weights as string);
-    const split = a.split === 'train' ? data.train : data.test;
-    const result = evaluate(net, split, data.dim, cfg);
-    console.log(
-      formatEval(result, classNames(cfg.data.dataset)).replace(
-        'test accuracy',
-        `${String(a.split)} accuracy`,
-      ),
-    );
-    if (a.json) console.log(JSON.stringify({ split: a.split, ...result }));
-  } finally {
-    net.dispose();
+  let cfg: RunConfig;
+  let result: EvalResult;
+  if (!a.local) {
+    // The layers the running stages hold; the config says what the model looks like.
+    if (a.weights)
+      throw new UsageError("--weights goes with --local; without it, eval uses the stages' layers");
+    cfg = await loadConfig(a.config, overridesFrom(a));
+    result = await evalDistributed(cfg, split, { reporter, ...clusterArgs(a) });
+  } else {
+    if (!a.weights) throw new UsageError('eval --local needs --weights FILE');
+    // The checkpoint's own config is the base, so the data is scaled as it was in training.
+    const saved = await checkpointConfig(a.weights as string);
+    cfg = await loadConfig(a.config, overridesFrom(a), saved);
+    await initBackend(a.backend as BackendChoice, {
+      threads: a.threads,
+      log: (l) => reporter.log(l),
+    });
+    const data = await prepareData(cfg, (l) => reporter.log(l));
+    const net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
+    try {
+      await loadCheckpoint(net, a.weights as string);
+      result = evaluate(net, data[split], data.dim, cfg);
+    } finally {
+      net.dispose();
+    }
   }
+  console.log(
+    formatEval(result, classNames(cfg.data.dataset)).replace('test accuracy', `${split} accuracy`),
+  );
+  if (a.json) console.log(JSON.stringify({ split, ...result }));
+}
+
+function clusterArgs(a: Record<string, unknown>) {
+  return {
+    bind: a.bind as string,
+    advertiseHost: a.advertise as string | undefined,
+    registerTimeoutMs: (a['register-timeout'] as number) * 1000,
+    heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,
+    stopStages: a['stop-stages'] as boolean,
+  };
 }
 
 export function buildCli(argv: string[]) {
@@ -105,15 +117,15 @@ export function buildCli(argv: string[]) {
       )
       .command(
         'eval',
-        'evaluate saved weights: accuracy, per-layer-set accuracy, confusion matrix',
+        'evaluate the layers running stages hold (or saved weights with --local): accuracy, ' +
+          'per-layer-set accuracy, confusion matrix',
         (y) =>
-          commonOptions(y)
+          clusterOptions(commonOptions(y))
             .option('weights', {
               alias: 'w',
               type: 'string',
-              demandOption: true,
               describe:
-                'model.safetensors or a checkpoint (its stored config is the base; --config and flags override it)',
+                'with --local: model.safetensors or a checkpoint (its stored config is the base; --config and flags override it)',
             })
             .option('split', {
               choices: ['test', 'train'] as const,

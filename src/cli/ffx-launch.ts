@@ -91,7 +91,14 @@ async function main(): Promise<void> {
     );
     children.push({ name, proc, exited });
   };
-  start('coordinator', './ffx-coordinator.js', ['train', ...forwarded, '--bind', control]);
+  // The stages are this launcher's: they leave with the run.
+  start('coordinator', './ffx-coordinator.js', [
+    'train',
+    ...forwarded,
+    '--bind',
+    control,
+    '--stop-stages',
+  ]);
   for (let layer = 1; layer <= layers; layer++) {
     start(`stage ${layer}`, './ffx-stage.js', [
       '--layer',

@@ -89,8 +89,7 @@ async function main(): Promise<void> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    await stage.start();
-    await stage.serve();
+    await stage.run();
     log(`layer ${a.layer}: stopped`);
   } finally {
     await stage.close();

@@ -71,17 +71,9 @@ export function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<s
   return o;
 }
 
-/** Options of `train` (the launcher's too). */
-export function trainOptions<T>(y: Argv<T>) {
+/** How the coordinator meets its stages (distributed train and eval). */
+export function clusterOptions<T>(y: Argv<T>) {
   return y
-    .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
-    .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
-    .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
-    .option('out', {
-      alias: 'o',
-      type: 'string',
-      describe: 'output directory (overrides output.dir)',
-    })
     .option('bind', {
       type: 'string',
       default: 'tcp://127.0.0.1:5555',
@@ -101,6 +93,24 @@ export function trainOptions<T>(y: Argv<T>) {
       type: 'number',
       default: 10,
       describe: 'seconds of silence after which a stage counts as failed',
+    })
+    .option('stop-stages', {
+      type: 'boolean',
+      default: false,
+      describe: 'make the stages exit at the end (default: they wait for the next coordinator)',
+    });
+}
+
+/** Options of `train` (the launcher's too). */
+export function trainOptions<T>(y: Argv<T>) {
+  return clusterOptions(y)
+    .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
+    .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
+    .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
+    .option('out', {
+      alias: 'o',
+      type: 'string',
+      describe: 'output directory (overrides output.dir)',
     })
     .option('resume', {
       type: 'string',

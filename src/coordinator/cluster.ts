@@ -72,7 +72,7 @@ export class Cluster {
   }
 
   /** Binds, waits for all stages, sends them the run's config; resolves when all are ready. */
-  async start(cfg: RunConfig): Promise<void> {
+  async start(cfg: RunConfig, mode: 'train' | 'eval' = 'train'): Promise<void> {
     const { opts } = this;
     await this.router.bind(opts.bind);
     const controlEndpoint = this.router.lastEndpoint ?? opts.bind;
@@ -113,6 +113,7 @@ export class Cluster {
           seed: cfg.seed,
           next,
           results: resultsEndpoint,
+          mode,
         }),
       ]);
     }
@@ -324,12 +325,14 @@ export class Cluster {
     }
   }
 
-  /** Tells every stage to stop (used when the run fails); best effort. */
-  async stopAll(reason: string): Promise<void> {
+  /**
+   * After a failure, tells every stage to exit (`stop`) or to drop the run and wait for the
+   * next coordinator (`abort`); best effort.
+   */
+  async stopAll(reason: string, exit: boolean): Promise<void> {
     for (const s of this.stages.values()) {
-      await this.routerOut
-        .send([s.identity, encodeControl({ type: 'stop', reason })])
-        .catch(() => {});
+      const msg = encodeControl({ type: exit ? 'stop' : 'abort', reason });
+      await this.routerOut.send([s.identity, msg]).catch(() => {});
     }
   }
 

@@ -23,6 +23,8 @@ import type { Reporter } from './reporter.js';
 
 export interface DistributedOptions extends Omit<ClusterOptions, 'log'> {
   reporter: Reporter;
+  /** End the run with `stop` (stages exit) instead of `end` (stages wait for the next run). */
+  stopStages: boolean;
 }
 
 export async function trainDistributed(
@@ -164,13 +166,10 @@ export async function trainDistributed(
     const weightsFile = join(cfg.output.dir, 'model.safetensors');
     await collectWeights(cluster, run, cfg, epochs, weightsFile, ++markerId);
     await writeFile(join(cfg.output.dir, 'eval.json'), JSON.stringify(final, null, 2) + '\n');
-    await cluster.send(
-      { kind: 'marker', run, epoch: epochs, seq: 0, op: 'stop', id: ++markerId, tensors: [] },
-      [],
-    );
+    await finishRun(cluster, run, epochs, opts.stopStages, ++markerId);
     return { epochs: records, final, weightsFile, seconds: (performance.now() - started) / 1000 };
   } catch (err) {
-    await cluster.stopAll((err as Error).message);
+    await cluster.stopAll((err as Error).message, opts.stopStages);
     throw err;
   } finally {
     cluster.close();
@@ -265,4 +264,54 @@ async function collectWeights(
     [...tensors.entries()].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true })),
   );
   await writeCheckpoint(file, ordered, steps, cfg, epoch);
+}
+
+/**
+ * Ends a run in band: `end` keeps the stages (and their layers) for the next coordinator,
+ * `stop` makes them exit. Waits for the last stage's ack, so the marker has passed every stage.
+ */
+export async function finishRun(
+  cluster: Cluster,
+  run: string,
+  epoch: number,
+  stop: boolean,
+  id: number,
+): Promise<void> {
+  let acked = false;
+  const unsubscribe = cluster.subscribe((msg) => {
+    if (msg.type === 'ack' && msg.id === id) acked = true;
+  });
+  try {
+    await cluster.send(
+      { kind: 'marker', run, epoch, seq: 0, op: stop ? 'stop' : 'end', id, tensors: [] },
+      [],
+    );
+    await cluster.until(() => acked);
+  } finally {
+    unsubscribe();
+  }
+}
+
+/** `ffx-coordinator eval` on running stages: the layers they hold, on a split of the data. */
+export async function evalDistributed(
+  cfg: RunConfig,
+  split: 'test' | 'train',
+  opts: DistributedOptions,
+): Promise<EvalResult> {
+  const { reporter } = opts;
+  const data = await prepareData(cfg, (l) => reporter.log(l));
+  const numLayers = cfg.model.layers.length - 1;
+  const run = randomUUID().slice(0, 8);
+  const cluster = new Cluster(numLayers, run, { ...opts, log: (l) => reporter.log(l) });
+  try {
+    await cluster.start(cfg, 'eval');
+    const result = await evaluateDistributed(cluster, run, data[split], data.dim, cfg, 0);
+    await finishRun(cluster, run, 0, opts.stopStages, 1);
+    return result;
+  } catch (err) {
+    await cluster.stopAll((err as Error).message, opts.stopStages);
+    throw err;
+  } finally {
+    cluster.close();
+  }
 }

@@ -49,135 +49,207 @@ export class StageError extends Error {
 export class Stage {
   readonly opts: StageOptions;
   private readonly control = new Dealer({ linger: 0 });
+  // The receive timeout lets serve() notice an abort while no data arrives.
   private readonly inbound: Pull = dataPull();
   private downstream: Push | null = null;
-  private readonly results = new Push({ linger: 1000 });
+  private results = new Push({ linger: 1000 });
   private readonly controlOut = new SerialSender(this.control);
-  private readonly resultsOut = new SerialSender(this.results);
+  private resultsOut = new SerialSender(this.results);
   private layer: FFLayer | null = null;
   private config: ConfigMessage | null = null;
   private heartbeat: NodeJS.Timeout | null = null;
   private readonly rejectedCodes = new Set<string>();
-  private stopped = false;
+  /** Set by a marker or the coordinator: how the current run ended. */
+  private ending: 'end' | 'stop' | null = null;
+  private closed = false;
+  private configWaiter: ((msg: ConfigMessage | Error) => void) | null = null;
 
   constructor(opts: StageOptions) {
     this.opts = opts;
   }
 
-  /** The endpoint upstream connects to; valid after start(). */
+  /** The endpoint upstream connects to; valid after the first register(). */
   endpoint = '';
 
-  /** Binds, registers with the coordinator, and builds the layer from the config it sends. */
-  async start(): Promise<ConfigMessage> {
-    const { opts } = this;
-    await this.inbound.bind(opts.listen);
-    const bound = this.inbound.lastEndpoint ?? opts.listen;
-    this.endpoint = opts.advertise ?? bound.replace('0.0.0.0', hostname());
-    this.control.connect(opts.coordinator);
-    await this.controlOut.send(
-      encodeControl({
-        type: 'hello',
-        layer: opts.layer,
-        version: PROTOCOL_VERSION,
-        backend: opts.backend.name,
-        endpoint: this.endpoint,
-        pid: process.pid,
-        host: hostname(),
-      }),
-    );
-    opts.log(
-      `layer ${opts.layer}: listening on ${this.endpoint}, hello sent to ${opts.coordinator}`,
-    );
-    const config = await this.awaitConfig(opts.configTimeoutMs ?? 120_000);
-    this.config = config;
-    this.layer = buildLayer(
-      config.model as ModelConfig,
-      config.optimizer as OptimizerConfig,
-      config.seed,
-      opts.layer - 1,
-    );
-    if (config.next) {
-      this.downstream = dataPush();
-      this.downstream.connect(config.next);
+  /**
+   * Serves runs until one ends with `stop`: register, take the config, serve until the
+   * run's end marker, then wait for the next coordinator with the layer kept in memory (so
+   * `ffx-coordinator eval` can evaluate what the stage holds).
+   */
+  async run(): Promise<void> {
+    let timeoutMs = this.opts.configTimeoutMs ?? 120_000;
+    for (;;) {
+      await this.register(timeoutMs);
+      const ending = await this.serve();
+      if (ending === 'stop' || this.closed) return;
+      this.opts.log(
+        `layer ${this.opts.layer}: run over; keeping the layer, waiting for the next coordinator`,
+      );
+      timeoutMs = Infinity; // a server now: wait as long as it takes
     }
-    this.results.connect(config.results);
-    this.heartbeat = setInterval(() => {
-      this.controlOut
-        .send(encodeControl({ type: 'heartbeat', layer: opts.layer, t: Date.now() }))
-        .catch(() => {});
-    }, opts.heartbeatMs ?? 1000);
+  }
+
+  /** Says hello (again every 2 s until answered), then sets up the run the config describes. */
+  async register(timeoutMs: number): Promise<ConfigMessage> {
+    const { opts } = this;
+    if (!this.endpoint) {
+      await this.inbound.bind(opts.listen);
+      const bound = this.inbound.lastEndpoint ?? opts.listen;
+      this.endpoint = opts.advertise ?? bound.replace('0.0.0.0', hostname());
+      this.control.connect(opts.coordinator);
+      void this.controlLoop();
+      this.heartbeat = setInterval(() => {
+        this.controlOut
+          .send(encodeControl({ type: 'heartbeat', layer: opts.layer, t: Date.now() }))
+          .catch(() => {});
+      }, opts.heartbeatMs ?? 1000);
+      opts.log(
+        `layer ${opts.layer}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`,
+      );
+    }
+    const hello = encodeControl({
+      type: 'hello',
+      layer: opts.layer,
+      version: PROTOCOL_VERSION,
+      backend: opts.backend.name,
+      endpoint: this.endpoint,
+      pid: process.pid,
+      host: hostname(),
+    });
+    let config: ConfigMessage;
+    for (;;) {
+      config = await new Promise<ConfigMessage>((resolve, reject) => {
+        const again = setInterval(() => void this.controlOut.send(hello).catch(() => {}), 2000);
+        const timer =
+          timeoutMs < Infinity
+            ? setTimeout(
+                () =>
+                  this.configWaiter?.(
+                    new StageError(
+                      'STAGE_NO_CONFIG',
+                      `no config from the coordinator at ${opts.coordinator} within ${timeoutMs / 1000}s`,
+                    ),
+                  ),
+                timeoutMs,
+              )
+            : undefined;
+        this.configWaiter = (msg) => {
+          clearInterval(again);
+          clearTimeout(timer);
+          this.configWaiter = null;
+          if (msg instanceof Error) reject(msg);
+          else resolve(msg);
+        };
+        void this.controlOut.send(hello).catch(() => {});
+      });
+      try {
+        this.setUp(config);
+        break;
+      } catch (err) {
+        if (!(err instanceof StageError)) throw err;
+        // This coordinator cannot use this stage; say why, and stay available.
+        opts.log(err.message);
+        await this.controlOut.send(
+          encodeControl({ type: 'error', layer: opts.layer, code: err.code, message: err.message }),
+        );
+      }
+    }
     await this.controlOut.send(encodeControl({ type: 'ready', layer: opts.layer }));
-    const { inDim, outDim } = this.layer.config;
+    const { inDim, outDim } = this.layer!.config;
     opts.log(
-      `layer ${opts.layer}/${config.numLayers}: ${inDim}-${outDim}, run ${config.run}, ` +
+      `layer ${opts.layer}/${config.numLayers}: ${inDim}-${outDim}, run ${config.run} (${config.mode}), ` +
         `downstream ${config.next ?? '(last stage)'}, results ${config.results}`,
     );
     return config;
   }
 
-  private async awaitConfig(timeoutMs: number): Promise<ConfigMessage> {
-    const timer = setTimeout(() => this.control.close(), timeoutMs);
-    try {
-      for (;;) {
-        const [frame] = await this.control.receive();
-        const msg = decodeControl(frame!);
-        if (msg.type === 'config') return msg;
-        if (msg.type === 'stop')
-          throw new StageError('STAGE_STOPPED', `coordinator stopped the run: ${msg.reason}`);
-        if (msg.type === 'error') throw new StageError(msg.code, msg.message);
-      }
-    } catch (err) {
-      if (this.control.closed) {
+  private setUp(config: ConfigMessage): void {
+    const index = this.opts.layer - 1;
+    if (config.mode === 'eval') {
+      const widths = (config.model as ModelConfig).layers;
+      const held = this.layer?.config;
+      if (!held || held.inDim !== widths[index] || held.outDim !== widths[index + 1]) {
+        const has = held ? `${held.inDim}-${held.outDim}` : 'no trained layer';
         throw new StageError(
-          'STAGE_NO_CONFIG',
-          `no config from the coordinator at ${this.opts.coordinator} within ${timeoutMs / 1000}s`,
+          'STAGE_NO_WEIGHTS',
+          `layer ${this.opts.layer}: asked to evaluate ${widths[index]}-${widths[index + 1]}, but this stage holds ${has}`,
         );
       }
-      throw err;
-    } finally {
-      clearTimeout(timer);
+    } else {
+      this.layer?.dispose();
+      this.layer = buildLayer(
+        config.model as ModelConfig,
+        config.optimizer as OptimizerConfig,
+        config.seed,
+        index,
+      );
     }
+    this.config = config;
+    this.ending = null;
+    closeAll(this.downstream, this.results);
+    this.downstream = null;
+    if (config.next) this.downstream = dataPush(config.next);
+    this.results = new Push({ linger: 1000 });
+    this.resultsOut = new SerialSender(this.results);
+    this.results.connect(config.results);
   }
 
-  /** Serves data until a stop marker passes through or the coordinator says stop. */
-  async serve(): Promise<void> {
-    // Ends when close() closes the control socket.
-    void this.watchControl();
-    try {
-      while (!this.stopped) {
-        let frames: Buffer[];
-        const t0 = performance.now();
-        try {
-          frames = await this.inbound.receive();
-        } catch (err) {
-          if (this.stopped) break;
-          throw err;
-        }
-        try {
-          await this.handle(frames, performance.now() - t0);
-        } catch (err) {
-          if (this.stopped) break; // a send cut short by a stop
-          throw err;
-        }
+  /** Serves data until the run's end marker passes, or the coordinator says stop. */
+  async serve(): Promise<'end' | 'stop'> {
+    this.inbound.receiveTimeout = 500;
+    while (!this.ending && !this.closed) {
+      let frames: Buffer[];
+      const t0 = performance.now();
+      try {
+        frames = await this.inbound.receive();
+      } catch (err) {
+        if (this.ending || this.closed) break;
+        if ((err as { code?: string }).code === 'EAGAIN') continue; // the receive timeout
+        throw err;
       }
-    } finally {
-      this.stopped = true;
+      try {
+        await this.handle(frames, performance.now() - t0);
+      } catch (err) {
+        if (this.ending || this.closed) break; // a send cut short by a stop
+        throw err;
+      }
     }
+    return this.ending ?? 'stop';
   }
 
-  private async watchControl(): Promise<void> {
-    while (!this.stopped) {
+  private async controlLoop(): Promise<void> {
+    while (!this.closed) {
       let frame: Buffer | undefined;
       try {
         [frame] = await this.control.receive();
       } catch {
         return; // closed
       }
-      const msg = decodeControl(frame!);
-      if (msg.type === 'stop') {
+      let msg;
+      try {
+        msg = decodeControl(frame!);
+      } catch (err) {
+        if (!isProtocolError(err)) throw err;
+        this.opts.log(`layer ${this.opts.layer}: ignored a bad control message (${err.code})`);
+        continue;
+      }
+      if (msg.type === 'config') {
+        this.configWaiter?.(msg);
+      } else if (msg.type === 'error') {
+        this.configWaiter?.(new StageError(msg.code, msg.message));
+      } else if (msg.type === 'abort') {
+        this.opts.log(`layer ${this.opts.layer}: coordinator aborted the run (${msg.reason})`);
+        this.ending = 'end';
+        // Unblocks a send waiting on a downstream stage that may be gone.
+        closeAll(this.downstream);
+        this.downstream = null;
+      } else if (msg.type === 'stop') {
         this.opts.log(`layer ${this.opts.layer}: coordinator says stop (${msg.reason})`);
-        this.stopped = true;
-        // Also unblocks a send waiting on a downstream stage that may be gone.
+        this.ending = 'stop';
+        this.configWaiter?.(
+          new StageError('STAGE_STOPPED', `coordinator stopped the run: ${msg.reason}`),
+        );
+        // Unblocks a receive, and a send waiting on a downstream stage that may be gone.
         closeAll(this.inbound, this.downstream);
       }
     }
@@ -191,23 +263,19 @@ export class Stage {
       msg = decodeData(frames, { width: layer.config.inDim, checkFinite: true });
     } catch (err) {
       if (!isProtocolError(err)) throw err;
-      // Counted and reported, logged once per reason; the stage keeps serving.
-      if (!this.rejectedCodes.has(err.code)) {
-        this.rejectedCodes.add(err.code);
-        this.opts.log(`layer ${this.opts.layer}: rejected a message (${err.code}): ${err.message}`);
-      }
-      await this.resultsOut.send(
-        encodeControl({
-          type: 'rejected',
-          layer: this.opts.layer,
-          code: err.code,
-          reason: err.message,
-        }),
-      );
+      await this.reject(err.code, err.message);
       return;
     }
     const { header, tensors } = msg;
     const decodeMs = performance.now() - tDecode;
+    if (header.run !== this.config!.run) {
+      // Left over from an aborted run: not this run's data.
+      await this.reject(
+        'BAD_RUN',
+        `message of run ${header.run}, this stage serves run ${this.config!.run}`,
+      );
+      return;
+    }
     if (header.kind === 'marker') {
       await this.forward(header, []);
       if (!this.downstream) {
@@ -222,7 +290,7 @@ export class Stage {
         );
       }
       if (header.op === 'weights') await this.sendWeights(header.epoch);
-      if (header.op === 'stop') this.stopped = true;
+      if (header.op === 'end' || header.op === 'stop') this.ending = header.op;
       return;
     }
     const x = tensors[0]!;
@@ -277,6 +345,17 @@ export class Stage {
     );
   }
 
+  /** Counted and reported to the coordinator, logged once per reason; the stage keeps serving. */
+  private async reject(code: string, reason: string): Promise<void> {
+    if (!this.rejectedCodes.has(code)) {
+      this.rejectedCodes.add(code);
+      this.opts.log(`layer ${this.opts.layer}: rejected a message (${code}): ${reason}`);
+    }
+    await this.resultsOut.send(
+      encodeControl({ type: 'rejected', layer: this.opts.layer, code, reason }),
+    );
+  }
+
   /** Sends the message on with this stage's activations as its tensor. */
   private async forward(header: DataHeader, tensors: Float32Array[]): Promise<void> {
     if (!this.downstream) return;
@@ -304,7 +383,7 @@ export class Stage {
   }
 
   async close(): Promise<void> {
-    this.stopped = true;
+    this.closed = true;
     if (this.heartbeat) clearInterval(this.heartbeat);
     await this.resultsOut.idle();
     closeAll(this.inbound, this.downstream, this.results, this.control);

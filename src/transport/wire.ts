@@ -17,7 +17,15 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 export const DATA_KINDS = ['train', 'eval', 'marker'] as const;
 export type DataKind = (typeof DATA_KINDS)[number];
 
-export const MARKER_OPS = ['epoch-end', 'eval-end', 'checkpoint', 'weights', 'stop'] as const;
+/** `end`: the run is over, the stage waits for the next coordinator; `stop`: the stage exits. */
+export const MARKER_OPS = [
+  'epoch-end',
+  'eval-end',
+  'checkpoint',
+  'weights',
+  'end',
+  'stop',
+] as const;
 export type MarkerOp = (typeof MARKER_OPS)[number];
 
 export interface TensorSpec {
@@ -298,6 +306,8 @@ export interface ConfigMessage {
   next: string | null;
   /** Coordinator's results PULL endpoint. */
   results: string;
+  /** 'train' builds a fresh layer; 'eval' keeps the layer the stage holds (an error if none). */
+  mode: 'train' | 'eval';
 }
 
 export interface ReadyMessage {
@@ -312,6 +322,13 @@ export interface HeartbeatMessage {
   t: number;
 }
 
+/** Coordinator -> stage: the run failed; drop it and wait for the next coordinator. */
+export interface AbortMessage {
+  type: 'abort';
+  reason: string;
+}
+
+/** Coordinator -> stage: exit. */
 export interface StopMessage {
   type: 'stop';
   reason: string;
@@ -391,6 +408,7 @@ export type ControlMessage =
   | ReadyMessage
   | HeartbeatMessage
   | StopMessage
+  | AbortMessage
   | ErrorMessage
   | ResultMessage;
 
@@ -419,10 +437,12 @@ const CONTROL_FIELDS = {
     seed: 'int',
     next: 'string|null',
     results: 'string',
+    mode: ['train', 'eval'],
   },
   ready: { layer: 'uint' },
   heartbeat: { layer: 'uint', t: 'finite' },
   stop: { reason: 'string' },
+  abort: { reason: 'string' },
   error: { layer: 'uint', code: 'string', message: 'string' },
   stats: {
     layer: 'uint',
