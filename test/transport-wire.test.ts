@@ -417,7 +417,7 @@ describe('control and result messages', () => {
     { type: 'ready', layer: 1 },
     { type: 'heartbeat', layer: 1, t: 1732800000123 },
     { type: 'stop', reason: 'done' },
-    { type: 'error', layer: 2, code: 'BAD_VERSION', message: 'stage speaks 2' },
+    { type: 'error', run: 'r1', layer: 2, code: 'BAD_VERSION', message: 'stage speaks 2' },
     {
       type: 'stats',
       layer: 1,

@@ -259,6 +259,7 @@ export class Cluster {
             identity,
             encodeControl({
               type: 'error',
+              run: this.run,
               layer: msg.layer,
               code: 'STAGE_REFUSED',
               message: problem,
@@ -276,7 +277,7 @@ export class Cluster {
           s.lastSeen = Date.now();
           if (msg.type === 'ready') s.ready = true;
         }
-      } else if (msg.type === 'error') {
+      } else if (msg.type === 'error' && msg.run === this.run) {
         this.fail(new ClusterError(msg.code, `layer ${msg.layer}: ${msg.message}`, [msg.layer]));
       }
       for (const check of this.controlChecks) check();
@@ -317,8 +318,13 @@ export class Cluster {
       const s = this.stages.get(msg.layer);
       if (s) s.lastSeen = Date.now(); // a busy stage's results count as signs of life
       if (msg.type === 'rejected') {
-        this.opts.log(
-          `coordinator: layer ${msg.layer} rejected a message (${msg.code}): ${msg.reason}`,
+        // A batch that a stage refused never completes: fail now rather than wait forever.
+        this.fail(
+          new ClusterError(
+            'CLUSTER_MESSAGE_REJECTED',
+            `layer ${msg.layer} rejected a message (${msg.code}): ${msg.reason}`,
+            [msg.layer],
+          ),
         );
       }
       for (const fn of this.listeners) fn(msg as ResultMessage);

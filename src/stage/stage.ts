@@ -150,7 +150,13 @@ export class Stage {
         // This coordinator cannot use this stage; say why, and stay available.
         opts.log(err.message);
         await this.controlOut.send(
-          encodeControl({ type: 'error', layer: opts.layer, code: err.code, message: err.message }),
+          encodeControl({
+            type: 'error',
+            run: config.run,
+            layer: opts.layer,
+            code: err.code,
+            message: err.message,
+          }),
         );
       }
     }

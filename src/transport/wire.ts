@@ -336,6 +336,8 @@ export interface StopMessage {
 
 export interface ErrorMessage {
   type: 'error';
+  /** The run the error concerns: a stage's error can reach a later coordinator. */
+  run: string;
   layer: number;
   code: string;
   message: string;
@@ -443,7 +445,7 @@ const CONTROL_FIELDS = {
   heartbeat: { layer: 'uint', t: 'finite' },
   stop: { reason: 'string' },
   abort: { reason: 'string' },
-  error: { layer: 'uint', code: 'string', message: 'string' },
+  error: { run: 'string', layer: 'uint', code: 'string', message: 'string' },
   stats: {
     layer: 'uint',
     epoch: 'uint',

@@ -1,0 +1,295 @@
+// Every ffx_* metric, in one table: names, types, help and label names live here, and the
+// classes that record them read this table, so METRIC_NAMES (which dashboards are checked
+// against) cannot drift from what a scrape exposes. Conventions (prometheus.io/docs/practices/
+// naming): prefix ffx_, base units (_seconds, _bytes), counters end in _total, and every label
+// has a small bounded set of values, listed below.
+import { PROTOCOL_ERROR_CODES } from '../transport/errors.js';
+import { DATA_KINDS, type ControlType } from '../transport/wire.js';
+
+export type MetricType = 'counter' | 'gauge' | 'histogram';
+
+export interface MetricSpec {
+  readonly name: string;
+  readonly type: MetricType;
+  readonly help: string;
+  readonly labelNames: readonly string[];
+  readonly buckets?: readonly number[];
+}
+
+export const PHASES = ['train', 'eval'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export const POLARITIES = ['pos', 'neg'] as const;
+export type Polarity = (typeof POLARITIES)[number];
+
+const CONTROL_KINDS = [
+  'hello',
+  'config',
+  'ready',
+  'heartbeat',
+  'stop',
+  'abort',
+  'error',
+  'stats',
+  'goodness',
+  'ack',
+  'rejected',
+  'weights',
+] as const satisfies readonly ControlType[];
+
+/** The `kind` label: data kinds, control/result types, `invalid` (undecodable), `other`. */
+export const MESSAGE_KINDS = [...DATA_KINDS, ...CONTROL_KINDS, 'invalid', 'other'] as const;
+export type MessageKind = (typeof MESSAGE_KINDS)[number];
+
+/**
+ * The `reason` label of rejected messages: the protocol error codes, BAD_RUN (a stage's
+ * message of another run, see stage.ts), and OTHER for any code not listed here, so a peer
+ * cannot grow the label set.
+ */
+export const REJECT_REASONS = [...PROTOCOL_ERROR_CODES, 'BAD_RUN', 'OTHER'] as const;
+export type RejectReason = (typeof REJECT_REASONS)[number];
+
+/** The bounded `kind` label for a message kind or control type. */
+export function messageKind(kind: string): MessageKind {
+  return (MESSAGE_KINDS as readonly string[]).includes(kind) ? (kind as MessageKind) : 'other';
+}
+
+/** The bounded `reason` label for a protocol error code. */
+export function rejectReason(code: string): RejectReason {
+  return (REJECT_REASONS as readonly string[]).includes(code) ? (code as RejectReason) : 'OTHER';
+}
+
+/** A stage's step: 1 ms (a small layer on a GPU) .. 30 s (a wide layer, big batch, pure JS). */
+export const STEP_BUCKETS = [
+  0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+] as const;
+
+/** An epoch: a second (a toy run) .. two hours. */
+export const EPOCH_BUCKETS = [
+  1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200,
+] as const;
+
+export const BUILD_INFO = {
+  name: 'ffx_build_info',
+  type: 'gauge',
+  help: 'Always 1; labels say which ffx, Node.js and tensor backend this process runs.',
+  labelNames: ['version', 'node', 'backend'],
+} as const satisfies MetricSpec;
+
+export const STAGE = {
+  batches: {
+    name: 'ffx_stage_batches_total',
+    type: 'counter',
+    help: 'Batches this stage has processed.',
+    labelNames: ['phase'],
+  },
+  samples: {
+    name: 'ffx_stage_samples_total',
+    type: 'counter',
+    help: 'Samples this stage has processed: positive samples (train), test images (eval).',
+    labelNames: ['phase'],
+  },
+  stepDuration: {
+    name: 'ffx_stage_step_duration_seconds',
+    type: 'histogram',
+    help: 'Compute time of one batch (forward, loss and update for train).',
+    labelNames: ['phase'],
+    buckets: STEP_BUCKETS,
+  },
+  inputWait: {
+    name: 'ffx_stage_input_wait_seconds_total',
+    type: 'counter',
+    help: 'Time idle waiting for input: the pipeline bubble.',
+    labelNames: [],
+  },
+  sendBlocked: {
+    name: 'ffx_stage_send_blocked_seconds_total',
+    type: 'counter',
+    help: 'Time blocked sending downstream: backpressure from the next stage.',
+    labelNames: [],
+  },
+  transport: {
+    name: 'ffx_stage_transport_seconds_total',
+    type: 'counter',
+    help: 'Time decoding and encoding messages.',
+    labelNames: [],
+  },
+  messagesReceived: {
+    name: 'ffx_stage_messages_received_total',
+    type: 'counter',
+    help: 'Messages received, by kind.',
+    labelNames: ['kind'],
+  },
+  messagesSent: {
+    name: 'ffx_stage_messages_sent_total',
+    type: 'counter',
+    help: 'Messages sent, by kind.',
+    labelNames: ['kind'],
+  },
+  bytesReceived: {
+    name: 'ffx_stage_bytes_received_total',
+    type: 'counter',
+    help: 'Bytes received (all frames of a message).',
+    labelNames: [],
+  },
+  bytesSent: {
+    name: 'ffx_stage_bytes_sent_total',
+    type: 'counter',
+    help: 'Bytes sent (all frames of a message).',
+    labelNames: [],
+  },
+  rejected: {
+    name: 'ffx_stage_rejected_messages_total',
+    type: 'counter',
+    help: 'Messages rejected, by protocol error code.',
+    labelNames: ['reason'],
+  },
+  loss: {
+    name: 'ffx_stage_loss',
+    type: 'gauge',
+    help: 'Loss of the last training batch (NaN if it was not finite).',
+    labelNames: [],
+  },
+  goodness: {
+    name: 'ffx_stage_goodness',
+    type: 'gauge',
+    help: 'Mean goodness of the last training batch, for positive and negative samples.',
+    labelNames: ['polarity'],
+  },
+  nonfiniteLoss: {
+    name: 'ffx_stage_nonfinite_loss_total',
+    type: 'counter',
+    help: 'Training batches whose loss was NaN or infinite.',
+    labelNames: [],
+  },
+  lastBatch: {
+    name: 'ffx_stage_last_batch_timestamp_seconds',
+    type: 'gauge',
+    help: 'Unix time of the last batch processed (train or eval).',
+    labelNames: [],
+  },
+  queueDepth: {
+    name: 'ffx_stage_inbound_queue_depth',
+    type: 'gauge',
+    help: 'Messages received but not yet handled, at scrape time.',
+    labelNames: [],
+  },
+  epoch: {
+    name: 'ffx_stage_epoch',
+    type: 'gauge',
+    help: 'Epoch (1-based) of the last batch processed.',
+    labelNames: [],
+  },
+} as const satisfies Record<string, MetricSpec>;
+
+export const COORDINATOR = {
+  stagesExpected: {
+    name: 'ffx_coordinator_stages_expected',
+    type: 'gauge',
+    help: 'Stages the run needs (one per layer).',
+    labelNames: [],
+  },
+  stagesRegistered: {
+    name: 'ffx_coordinator_stages_registered',
+    type: 'gauge',
+    help: 'Stages that have said hello.',
+    labelNames: [],
+  },
+  stagesUp: {
+    name: 'ffx_coordinator_stages_up',
+    type: 'gauge',
+    help: 'Registered stages heard from within the heartbeat timeout.',
+    labelNames: [],
+  },
+  epoch: {
+    name: 'ffx_coordinator_epoch',
+    type: 'gauge',
+    help: 'Epoch (1-based) in progress.',
+    labelNames: [],
+  },
+  progress: {
+    name: 'ffx_coordinator_progress_ratio',
+    type: 'gauge',
+    help: 'Fraction of the run done, 0..1.',
+    labelNames: [],
+  },
+  batchesSent: {
+    name: 'ffx_coordinator_batches_sent_total',
+    type: 'counter',
+    help: 'Training batches sent to the first stage.',
+    labelNames: [],
+  },
+  samples: {
+    name: 'ffx_coordinator_samples_total',
+    type: 'counter',
+    help: 'Positive training samples sent to the first stage.',
+    labelNames: [],
+  },
+  learningRate: {
+    name: 'ffx_coordinator_learning_rate',
+    type: 'gauge',
+    help: 'Learning rate at the end of the last epoch.',
+    labelNames: [],
+  },
+  evalAccuracy: {
+    name: 'ffx_coordinator_eval_accuracy',
+    type: 'gauge',
+    help: 'Test accuracy of the last evaluation, by layer set (all, skip-first, layerN).',
+    labelNames: ['set'],
+  },
+  layerLoss: {
+    name: 'ffx_coordinator_layer_loss',
+    type: 'gauge',
+    help: 'Mean loss of a layer over the last epoch.',
+    labelNames: ['layer'],
+  },
+  layerGoodness: {
+    name: 'ffx_coordinator_layer_goodness',
+    type: 'gauge',
+    help: 'Mean goodness of a layer over the last epoch, for positive and negative samples.',
+    labelNames: ['layer', 'polarity'],
+  },
+  stageLost: {
+    name: 'ffx_coordinator_stage_lost_total',
+    type: 'counter',
+    help: 'Stages that stopped answering (no heartbeat within the timeout).',
+    labelNames: ['layer'],
+  },
+  rejected: {
+    name: 'ffx_coordinator_rejected_messages_total',
+    type: 'counter',
+    help: 'Messages that stages reported rejecting, by layer and protocol error code.',
+    labelNames: ['layer', 'reason'],
+  },
+  lastBatch: {
+    name: 'ffx_coordinator_last_batch_timestamp_seconds',
+    type: 'gauge',
+    help: 'Unix time the last training batch was sent.',
+    labelNames: [],
+  },
+  epochDuration: {
+    name: 'ffx_coordinator_epoch_duration_seconds',
+    type: 'histogram',
+    help: 'Wall time of one epoch (training, without evaluation).',
+    labelNames: [],
+    buckets: EPOCH_BUCKETS,
+  },
+} as const satisfies Record<string, MetricSpec>;
+
+/** Every ffx_* metric family this module defines, with its type. */
+export const METRIC_SPECS: readonly MetricSpec[] = [
+  BUILD_INFO,
+  ...Object.values(STAGE),
+  ...Object.values(COORDINATOR),
+];
+
+/** Every ffx_* metric family name (histograms by base name, without _bucket/_sum/_count). */
+export const METRIC_NAMES: readonly string[] = METRIC_SPECS.map((s) => s.name);
+
+/**
+ * Every series name a scrape can contain for ffx_* metrics: histograms expose _bucket, _sum and
+ * _count. A PromQL expression may name any of these.
+ */
+export const METRIC_SERIES_NAMES: readonly string[] = METRIC_SPECS.flatMap((s) =>
+  s.type === 'histogram' ? [`${s.name}_bucket`, `${s.name}_sum`, `${s.name}_count`] : [s.name],
+);

@@ -1,0 +1,47 @@
+// Prometheus metrics for ffx: one registry per process (createRegistry), what a stage and the
+// coordinator record (StageMetrics, CoordinatorMetrics), and the scrape endpoint
+// (MetricsServer). The metric catalog, with every name, is in catalog.ts.
+export {
+  MetricsError,
+  isMetricsError,
+  METRICS_ERROR_CODES,
+  type MetricsErrorCode,
+} from './errors.js';
+export {
+  METRIC_NAMES,
+  METRIC_SERIES_NAMES,
+  METRIC_SPECS,
+  MESSAGE_KINDS,
+  REJECT_REASONS,
+  PHASES,
+  POLARITIES,
+  STEP_BUCKETS,
+  EPOCH_BUCKETS,
+  type MetricSpec,
+  type MetricType,
+  type MessageKind,
+  type RejectReason,
+  type Phase,
+  type Polarity,
+} from './catalog.js';
+export {
+  createRegistry,
+  registryInfo,
+  type BuildInfo,
+  type RegistryInfo,
+  type Role,
+} from './registry.js';
+export {
+  StageMetrics,
+  type StageMetricsOptions,
+  type StepEvent,
+  type TrainStepEvent,
+} from './stage-metrics.js';
+export {
+  CoordinatorMetrics,
+  type CoordinatorMetricsOptions,
+  type EpochRecordLike,
+  type EvalResultLike,
+  type StagesSnapshot,
+} from './coordinator-metrics.js';
+export { MetricsServer, type MetricsServerOptions } from './metrics-server.js';

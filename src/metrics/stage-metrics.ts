@@ -1,0 +1,193 @@
+// What one pipeline stage records: work done, where its time goes (compute, the pipeline
+// bubble, backpressure, transport), traffic, rejections, and the last batch's loss and goodness.
+// The stage calls plain methods with plain numbers; nothing here throws on a value or keeps a
+// timer, and the queue depth is read at scrape time from a callback.
+import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import {
+  PHASES,
+  POLARITIES,
+  REJECT_REASONS,
+  STAGE,
+  messageKind,
+  rejectReason,
+  type Phase,
+} from './catalog.js';
+import { MetricsError } from './errors.js';
+import {
+  add,
+  counter,
+  gauge,
+  histogram,
+  isLayer,
+  observe,
+  registryInfo,
+  sample,
+  set,
+} from './registry.js';
+
+/** One batch through this stage; every time in seconds, every field a plain number. */
+export interface StepEvent {
+  /** Positive samples (train: header.nPos) or test images (eval: header.images). */
+  samples: number;
+  /** Compute time of the step (tensor work, including reading results back). */
+  stepSeconds: number;
+  /**
+   * Idle time waiting for this batch to arrive (the pipeline bubble). Count each wait once:
+   * here, or through onInputWait, not both.
+   */
+  waitSeconds?: number;
+  /** Time decoding the input and encoding the output. */
+  transportSeconds?: number;
+  /** Time blocked in send, waiting for the downstream stage (backpressure). */
+  sendSeconds?: number;
+  /** 1-based epoch of the batch (the wire header's epoch + 1). */
+  epoch?: number;
+}
+
+export interface TrainStepEvent extends StepEvent {
+  loss: number;
+  goodnessPos: number;
+  goodnessNeg: number;
+}
+
+export interface StageMetricsOptions {
+  /** Unix time in seconds (tests pass a fixed clock). */
+  now?: () => number;
+}
+
+export class StageMetrics {
+  readonly layer: number;
+  private readonly now: () => number;
+  private queueDepthSource: () => number = () => 0;
+
+  private readonly batches: Counter<'phase'>;
+  private readonly samples: Counter<'phase'>;
+  private readonly stepDuration: Histogram<'phase'>;
+  private readonly inputWait: Counter<never>;
+  private readonly sendBlocked: Counter<never>;
+  private readonly transport: Counter<never>;
+  private readonly messagesReceived: Counter<'kind'>;
+  private readonly messagesSent: Counter<'kind'>;
+  private readonly bytesReceived: Counter<never>;
+  private readonly bytesSent: Counter<never>;
+  private readonly rejected: Counter<'reason'>;
+  private readonly loss: Gauge<never>;
+  private readonly goodness: Gauge<'polarity'>;
+  private readonly nonfiniteLoss: Counter<never>;
+  private readonly lastBatch: Gauge<never>;
+  private readonly epoch: Gauge<never>;
+
+  /**
+   * Registers the stage metrics on `registry`, which should come from
+   * `createRegistry('stage', { layer: String(layer) })`: its default labels put `layer` on
+   * every series. A registry made for another layer, or for the coordinator, is refused.
+   */
+  constructor(registry: Registry, layer: number, opts: StageMetricsOptions = {}) {
+    if (!isLayer(layer)) {
+      throw new MetricsError(
+        'METRICS_BAD_LAYER',
+        `stage metrics layer must be a positive integer; got ${layer}`,
+        layer,
+      );
+    }
+    const info = registryInfo(registry);
+    if (info && (info.role !== 'stage' || info.labels.layer !== String(layer))) {
+      throw new MetricsError(
+        'METRICS_BAD_LAYER',
+        `stage metrics for layer ${layer} need a registry made by createRegistry('stage', { layer: '${layer}' }); ` +
+          `got one for role ${info.role}, layer ${info.labels.layer ?? '(none)'}`,
+        layer,
+      );
+    }
+    this.layer = layer;
+    this.now = opts.now ?? (() => Date.now() / 1000);
+
+    this.batches = counter(registry, STAGE.batches);
+    this.samples = counter(registry, STAGE.samples);
+    this.stepDuration = histogram(registry, STAGE.stepDuration);
+    this.inputWait = counter(registry, STAGE.inputWait);
+    this.sendBlocked = counter(registry, STAGE.sendBlocked);
+    this.transport = counter(registry, STAGE.transport);
+    this.messagesReceived = counter(registry, STAGE.messagesReceived);
+    this.messagesSent = counter(registry, STAGE.messagesSent);
+    this.bytesReceived = counter(registry, STAGE.bytesReceived);
+    this.bytesSent = counter(registry, STAGE.bytesSent);
+    this.rejected = counter(registry, STAGE.rejected);
+    this.loss = gauge(registry, STAGE.loss);
+    this.goodness = gauge(registry, STAGE.goodness);
+    this.nonfiniteLoss = counter(registry, STAGE.nonfiniteLoss);
+    this.lastBatch = gauge(registry, STAGE.lastBatch);
+    // Point in time: read from the stage's callback at each scrape.
+    const depth = () => sample(this.queueDepthSource);
+    gauge(registry, STAGE.queueDepth, function () {
+      this.set(depth());
+    });
+    this.epoch = gauge(registry, STAGE.epoch);
+
+    // Series that exist from the start, so rate() and "is it zero?" panels work before the
+    // first batch or the first rejection.
+    for (const phase of PHASES) {
+      this.batches.inc({ phase }, 0);
+      this.samples.inc({ phase }, 0);
+      this.stepDuration.zero({ phase });
+    }
+    for (const reason of REJECT_REASONS) this.rejected.inc({ reason }, 0);
+    this.loss.set(NaN); // no batch yet
+    for (const polarity of POLARITIES) this.goodness.set({ polarity }, NaN);
+  }
+
+  /** A training batch done: counts, times, and this batch's loss and goodness. */
+  onTrainStep(e: TrainStepEvent): void {
+    this.step('train', e);
+    if (!Number.isFinite(e.loss)) this.nonfiniteLoss.inc();
+    set(this.loss, {}, Number.isFinite(e.loss) ? e.loss : NaN);
+    set(this.goodness, { polarity: 'pos' }, e.goodnessPos);
+    set(this.goodness, { polarity: 'neg' }, e.goodnessNeg);
+  }
+
+  /** An evaluation batch done. */
+  onEval(e: StepEvent): void {
+    this.step('eval', e);
+  }
+
+  /** Idle time not followed by a step: receive timeouts, waits for markers or bad messages. */
+  onInputWait(seconds: number): void {
+    add(this.inputWait, {}, seconds);
+  }
+
+  /** A message received (before it is decoded: use kind 'invalid' if it does not decode). */
+  onReceived(kind: string, bytes: number): void {
+    add(this.messagesReceived, { kind: messageKind(kind) }, 1);
+    add(this.bytesReceived, {}, bytes);
+  }
+
+  /** A message sent: downstream (train/eval/marker) or to the coordinator (stats, ...). */
+  onSent(kind: string, bytes: number): void {
+    add(this.messagesSent, { kind: messageKind(kind) }, 1);
+    add(this.bytesSent, {}, bytes);
+  }
+
+  /** A message rejected with a protocol error code; unknown codes count as OTHER. */
+  onRejected(code: string): void {
+    add(this.rejected, { reason: rejectReason(code) }, 1);
+  }
+
+  /**
+   * Where `ffx_stage_inbound_queue_depth` comes from: called at every scrape (default 0). A
+   * source that throws reads as NaN, without failing the scrape.
+   */
+  setInboundQueueDepth(source: () => number): void {
+    this.queueDepthSource = source;
+  }
+
+  private step(phase: Phase, e: StepEvent): void {
+    add(this.batches, { phase }, 1);
+    add(this.samples, { phase }, e.samples);
+    observe(this.stepDuration, { phase }, e.stepSeconds);
+    add(this.inputWait, {}, e.waitSeconds ?? 0);
+    add(this.transport, {}, e.transportSeconds ?? 0);
+    add(this.sendBlocked, {}, e.sendSeconds ?? 0);
+    set(this.lastBatch, {}, this.now());
+    if (e.epoch !== undefined) set(this.epoch, {}, e.epoch);
+  }
+}
