@@ -1,7 +1,8 @@
 // Is the pipelining real? Trains the same network on the same data once in the single-process
 // reference and once as a pipeline of one ffx-stage per layer (ffx-launch), every process
 // limited to one compute thread, and prints samples/s of both, their ratio, and the
-// transport's share of a stage's step (decode + encode + send, over compute + those).
+// transport's share of a stage's step (decode + encode, over compute + those), and how long each
+// stage sat idle (waiting for input) or blocked (waiting for room downstream).
 //
 //   npm run bench:pipeline
 //   npm run bench:pipeline -- --layers 784,1000,1000 --images 20000 --batch 1000
@@ -13,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import type { EpochRecord } from '../src/coordinator/local-trainer.js';
+import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
 
 const cli = (name: string) => fileURLToPath(new URL(`../src/cli/${name}.js`, import.meta.url));
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -21,7 +23,7 @@ async function main(): Promise<void> {
   const a = await yargs(hideBin(process.argv))
     .option('layers', { type: 'string', default: '784,1000,1000' })
     .option('dataset', { type: 'string', default: 'fashion-mnist' })
-    .option('images', { type: 'number', default: 20000, describe: 'training images (one epoch)' })
+    .option('images', { type: 'number', default: 60000, describe: 'training images (one epoch)' })
     .option('batch', {
       type: 'string',
       default: '100,1000',
@@ -58,8 +60,10 @@ async function main(): Promise<void> {
       ];
       const run = async (name: string, args: string[]): Promise<EpochRecord> => {
         const out = join(dir, `${name}-${batch}`);
+        // Both runs under the allocator settings ffx-launch gives its children.
         const r = spawnSync(process.execPath, [...args, ...common, '--out', out], {
           encoding: 'utf8',
+          env: { ...PIPELINE_MALLOC_ENV, ...process.env },
         });
         if (r.status !== 0) throw new Error(`${name} run failed:\n${r.stderr.slice(-3000)}`);
         const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
@@ -77,6 +81,7 @@ async function main(): Promise<void> {
         (s) => `${((100 * s.transportSeconds) / (s.stepSeconds + s.transportSeconds)).toFixed(1)}%`,
       );
       const idle = (piped.stages ?? []).map((s) => `${s.waitSeconds.toFixed(1)}s`);
+      const blocked = (piped.stages ?? []).map((s) => `${s.blockedSeconds.toFixed(1)}s`);
       rows.push([
         batch,
         local.samplesPerSec.toFixed(0),
@@ -84,6 +89,7 @@ async function main(): Promise<void> {
         (piped.samplesPerSec / local.samplesPerSec).toFixed(2),
         share.join(' / '),
         idle.join(' / '),
+        blocked.join(' / '),
       ]);
     }
   } finally {
@@ -96,6 +102,7 @@ async function main(): Promise<void> {
     'ratio',
     'transport share per stage',
     'stage idle',
+    'stage blocked on send',
   ];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');

@@ -429,6 +429,7 @@ describe('control and result messages', () => {
       stepMs: 3.25,
       waitMs: 0,
       transportMs: 0.5,
+      blockedMs: 0.25,
     },
     { type: 'ack', layer: 2, op: 'epoch-end', id: 3, epoch: 0 },
     { type: 'rejected', layer: 1, code: 'BAD_WIDTH', reason: 'width 500, expects 784' },

@@ -14,6 +14,7 @@ import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
 import { commonOptions, overridesFrom, trainOptions, type CommonArgs } from './run-options.js';
 import { UsageError } from './usage-error.js';
+import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 
@@ -80,6 +81,7 @@ async function main(): Promise<void> {
   const start = (name: string, script: string, args: string[]) => {
     const proc = spawn(process.execPath, [here(script), ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...PIPELINE_MALLOC_ENV, ...process.env },
     });
     for (const stream of [proc.stdout, proc.stderr]) {
       createInterface({ input: stream! }).on('line', (line) => {

@@ -64,6 +64,7 @@ export async function trainDistributed(
         stepMs: 0,
         waitMs: 0,
         transportMs: 0,
+        blockedMs: 0,
       }));
       let reports = 0;
       let lastDone = 0;
@@ -93,6 +94,7 @@ export async function trainDistributed(
         t.stepMs += msg.stepMs;
         t.waitMs += msg.waitMs;
         t.transportMs += msg.transportMs;
+        t.blockedMs += msg.blockedMs;
         reports++;
         if (msg.layer === numLayers) {
           // Progress as the last stage sees it: that batch has passed the whole pipeline.
@@ -148,6 +150,7 @@ export async function trainDistributed(
           stepSeconds: t.stepMs / 1000,
           waitSeconds: t.waitMs / 1000,
           transportSeconds: t.transportMs / 1000,
+          blockedSeconds: t.blockedMs / 1000,
         })),
       };
       const last = epoch === epochs - 1;

@@ -110,8 +110,16 @@ export interface EpochRecord {
   samplesPerSec: number;
   lr: number;
   layers: StepStats[];
-  /** Distributed runs: per stage, time computing, idle waiting for input, and in transport. */
-  stages?: { stepSeconds: number; waitSeconds: number; transportSeconds: number }[];
+  /**
+   * Distributed runs, per stage: time computing, idle waiting for input (bubble), decoding and
+   * encoding messages (transport), and waiting for room downstream (backpressure).
+   */
+  stages?: {
+    stepSeconds: number;
+    waitSeconds: number;
+    transportSeconds: number;
+    blockedSeconds: number;
+  }[];
   eval?: EvalResult;
 }
 

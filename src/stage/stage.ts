@@ -311,9 +311,8 @@ export class Stage {
       const [loss, goodnessPos, goodnessNeg] = stats.dataSync();
       tf.dispose([h, stats]);
       const stepMs = performance.now() - t0;
-      const tSend = performance.now();
-      await this.forward(header, [out]);
-      const transportMs = decodeMs + performance.now() - tSend;
+      const { encodeMs, blockedMs } = await this.forward(header, [out]);
+      const transportMs = decodeMs + encodeMs;
       await this.resultsOut.send(
         encodeControl({
           type: 'stats',
@@ -326,6 +325,7 @@ export class Stage {
           stepMs,
           waitMs,
           transportMs,
+          blockedMs,
         }),
       );
       return;
@@ -363,13 +363,21 @@ export class Stage {
   }
 
   /** Sends the message on with this stage's activations as its tensor. */
-  private async forward(header: DataHeader, tensors: Float32Array[]): Promise<void> {
-    if (!this.downstream) return;
+  private async forward(
+    header: DataHeader,
+    tensors: Float32Array[],
+  ): Promise<{ encodeMs: number; blockedMs: number }> {
+    if (!this.downstream) return { encodeMs: 0, blockedMs: 0 };
+    const t0 = performance.now();
     const outDim = this.layer!.config.outDim;
     const shaped = header.tensors
       .slice(0, tensors.length)
       .map((t) => ({ name: t.name, shape: [t.shape[0]!, outDim] }));
-    await this.downstream.send(encodeData({ ...header, tensors: shaped }, tensors));
+    const frames = encodeData({ ...header, tensors: shaped }, tensors);
+    const t1 = performance.now();
+    // Resolves once zeromq has queued the message: waits only while the next stage's queue is full.
+    await this.downstream.send(frames);
+    return { encodeMs: t1 - t0, blockedMs: performance.now() - t1 };
   }
 
   private async sendWeights(epoch: number): Promise<void> {

@@ -356,8 +356,10 @@ export interface StatsMessage {
   stepMs: number;
   /** Time the stage sat idle waiting for this message (the pipeline's bubble). */
   waitMs: number;
-  /** Time spent decoding this message and encoding and sending the activations on. */
+  /** Time spent decoding this message and encoding the activations. */
   transportMs: number;
+  /** Time the send downstream waited for room (backpressure from a slower next stage). */
+  blockedMs: number;
 }
 
 /** Per eval batch: goodness of every overlaid row, [10 * images] label-major like the input. */
@@ -456,6 +458,7 @@ const CONTROL_FIELDS = {
     stepMs: 'number',
     waitMs: 'number',
     transportMs: 'number',
+    blockedMs: 'number',
   },
   goodness: { layer: 'uint', epoch: 'uint', seq: 'uint', images: 'posint', g: 'f32' },
   ack: { layer: 'uint', op: MARKER_OPS, id: 'uint', epoch: 'uint' },
