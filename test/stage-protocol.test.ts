@@ -206,6 +206,33 @@ describe('ffx-stage protocol', () => {
     });
   }
 
+  it('counts what it served and rejected on its /metrics endpoint', async () => {
+    const url = /metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(stage.stderr())?.[1];
+    assert.ok(url, stage.stderr());
+    const text = await (await fetch(url)).text();
+    const value = (series: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+      assert.ok(line, `no ${series} in\n${text}`);
+      return Number(line.split(' ')[1]);
+    };
+    // Each malformed case once (two of them are BAD_SHAPE); one valid train step after each.
+    const expected = new Map<string, number>();
+    for (const [, , code] of cases) expected.set(code, (expected.get(code) ?? 0) + 1);
+    for (const [code, n] of expected) {
+      const series = `ffx_stage_rejected_messages_total{reason="${code}",role="stage",layer="1"}`;
+      assert.equal(value(series), n, code);
+    }
+    assert.equal(
+      value('ffx_stage_batches_total{phase="train",role="stage",layer="1"}'),
+      cases.length,
+    );
+    assert.equal(
+      value('ffx_stage_samples_total{phase="train",role="stage",layer="1"}'),
+      3 * cases.length,
+    );
+    assert.ok(Number.isFinite(value('ffx_stage_loss{role="stage",layer="1"}')));
+  });
+
   it('acknowledges a marker as the last stage and exits 0 on stop', async () => {
     await feed.send(
       encodeData(

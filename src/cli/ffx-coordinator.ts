@@ -20,6 +20,12 @@ import type { EvalResult } from '../core/predict.js';
 import { ConsoleReporter, formatEval, formatSeconds } from '../coordinator/reporter.js';
 import { runMain } from './run-main.js';
 import {
+  CoordinatorMetrics,
+  DEFAULT_METRICS_PORT,
+  MetricsServer,
+  createRegistry,
+} from '../metrics/metrics.js';
+import {
   clusterOptions,
   commonOptions,
   overridesFrom,
@@ -31,23 +37,45 @@ import { UsageError } from './usage-error.js';
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const cfg = await loadConfig(a.config, overridesFrom(a));
   const reporter = new ConsoleReporter({ quiet: a.quiet });
-  let result;
+  if (a.resume && !a.local) throw new UsageError('--resume works with --local only in this build');
+  let backend = 'none'; // distributed: the stages do the tensor math
   if (a.local) {
-    await initBackend(a.backend as BackendChoice, {
-      threads: a.threads,
-      log: (l) => reporter.log(l),
-    });
-    result = await trainLocal(cfg, { reporter, resume: a.resume as string | undefined });
-  } else {
-    if (a.resume) throw new UsageError('--resume works with --local only in this build');
-    // The stages do the tensor math; the coordinator needs no backend.
-    result = await trainDistributed(cfg, {
-      reporter,
-      ...clusterArgs(a),
-    });
+    backend = (
+      await initBackend(a.backend as BackendChoice, {
+        threads: a.threads,
+        log: (l) => reporter.log(l),
+      })
+    ).name;
   }
-  console.log(formatEval(result.final, classNames(cfg.data.dataset)));
-  console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
+  const exporter = await startMetrics(a, cfg, backend, reporter);
+  try {
+    const metrics = exporter?.metrics;
+    const result = a.local
+      ? await trainLocal(cfg, { reporter, metrics, resume: a.resume as string | undefined })
+      : await trainDistributed(cfg, { reporter, metrics, ...clusterArgs(a) });
+    console.log(formatEval(result.final, classNames(cfg.data.dataset)));
+    console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
+  } finally {
+    await exporter?.server.close();
+  }
+}
+
+/** The coordinator's /metrics endpoint, unless --no-metrics. */
+async function startMetrics(
+  a: Record<string, unknown>,
+  cfg: RunConfig,
+  backend: string,
+  reporter: ConsoleReporter,
+): Promise<{ metrics: CoordinatorMetrics; server: MetricsServer } | undefined> {
+  if (!a.metrics) return undefined;
+  const registry = createRegistry('coordinator', {}, { backend });
+  const metrics = new CoordinatorMetrics(registry, { numLayers: cfg.model.layers.length - 1 });
+  const server = await MetricsServer.start(registry, {
+    host: a['metrics-host'] as string,
+    port: (a['metrics-port'] as number | undefined) ?? DEFAULT_METRICS_PORT,
+  });
+  reporter.log(`coordinator: metrics on ${server.address}`);
+  return { metrics, server };
 }
 
 async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
@@ -60,7 +88,17 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
     if (a.weights)
       throw new UsageError("--weights goes with --local; without it, eval uses the stages' layers");
     cfg = await loadConfig(a.config, overridesFrom(a));
-    result = await evalDistributed(cfg, split, { reporter, ...clusterArgs(a) });
+    const exporter = await startMetrics(a, cfg, 'none', reporter);
+    try {
+      result = await evalDistributed(cfg, split, {
+        reporter,
+        metrics: exporter?.metrics,
+        ...clusterArgs(a),
+      });
+      exporter?.metrics.onEval(result);
+    } finally {
+      await exporter?.server.close();
+    }
   } else {
     if (!a.weights) throw new UsageError('eval --local needs --weights FILE');
     // The checkpoint's own config is the base, so the data is scaled as it was in training.

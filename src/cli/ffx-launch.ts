@@ -67,7 +67,14 @@ async function main(): Promise<void> {
   );
 
   // The coordinator gets the user's flags minus the launcher's own.
-  const own = new Set(['--stage-threads', '--grace', '--threads', '--backend']);
+  const own = new Set([
+    '--stage-threads',
+    '--grace',
+    '--threads',
+    '--backend',
+    '--metrics-port',
+    '--metrics-host',
+  ]);
   const forwarded: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!.split('=')[0]!;
@@ -94,12 +101,21 @@ async function main(): Promise<void> {
     children.push({ name, proc, exited });
   };
   // The stages are this launcher's: they leave with the run.
+  // Every process on a free loopback port of its own: no clash with anything else running.
+  const metricsPorts: number[] = [];
+  const metricsArgs = async (): Promise<string[]> => {
+    if (!a.metrics) return ['--no-metrics'];
+    const port = await freePort();
+    metricsPorts.push(port);
+    return ['--metrics-host', '127.0.0.1', '--metrics-port', String(port)];
+  };
   start('coordinator', './ffx-coordinator.js', [
     'train',
     ...forwarded,
     '--bind',
     control,
     '--stop-stages',
+    ...(await metricsArgs()),
   ]);
   for (let layer = 1; layer <= layers; layer++) {
     start(`stage ${layer}`, './ffx-stage.js', [
@@ -113,7 +129,14 @@ async function main(): Promise<void> {
       String(a.backend),
       '--threads',
       String(threads),
+      ...(await metricsArgs()),
     ]);
+  }
+  if (metricsPorts.length > 0) {
+    process.stderr.write(
+      `ffx-launch: metrics at ${metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`).join(' ')} ` +
+        '(coordinator, then stage 1..L)\n',
+    );
   }
 
   let interrupted = false;

@@ -5,6 +5,12 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/backend.js';
 import { Stage } from '../stage/stage.js';
+import {
+  DEFAULT_METRICS_PORT,
+  MetricsServer,
+  StageMetrics,
+  createRegistry,
+} from '../metrics/metrics.js';
 import { runMain } from './run-main.js';
 import { UsageError } from './usage-error.js';
 
@@ -50,6 +56,20 @@ export function buildCli(argv: string[]) {
       type: 'number',
       describe: 'wasm backend compute threads (default: every core)',
     })
+    .option('metrics', {
+      type: 'boolean',
+      default: true,
+      describe: 'serve Prometheus metrics (--no-metrics to turn off)',
+    })
+    .option('metrics-host', {
+      type: 'string',
+      default: '0.0.0.0',
+      describe: 'interface of the /metrics endpoint',
+    })
+    .option('metrics-port', {
+      type: 'number',
+      describe: `port of the /metrics endpoint (default ${DEFAULT_METRICS_PORT} + layer; 0 = any free port)`,
+    })
     .option('heartbeat-ms', {
       type: 'number',
       default: 1000,
@@ -76,6 +96,15 @@ async function main(): Promise<void> {
     threads: a.threads,
     log,
   });
+  let metrics: StageMetrics | undefined;
+  let server: MetricsServer | undefined;
+  if (a.metrics) {
+    const registry = createRegistry('stage', { layer: String(a.layer) }, { backend: backend.name });
+    metrics = new StageMetrics(registry, a.layer);
+    const port = a['metrics-port'] ?? DEFAULT_METRICS_PORT + a.layer;
+    server = await MetricsServer.start(registry, { host: a['metrics-host'], port });
+    log(`layer ${a.layer}: metrics on ${server.address}`);
+  }
   const stage = new Stage({
     layer: a.layer,
     coordinator: a.coordinator,
@@ -84,6 +113,7 @@ async function main(): Promise<void> {
     backend,
     log,
     heartbeatMs: a['heartbeat-ms'],
+    metrics,
   });
   const onSignal = () => void stage.close();
   process.once('SIGINT', onSignal);
@@ -93,6 +123,7 @@ async function main(): Promise<void> {
     log(`layer ${a.layer}: stopped`);
   } finally {
     await stage.close();
+    await server?.close();
   }
 }
 

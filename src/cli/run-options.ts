@@ -48,6 +48,20 @@ export function commonOptions<T>(y: Argv<T>) {
       default: [] as string[],
       describe: 'override any config key: --set train.epochs=3',
     })
+    .option('metrics', {
+      type: 'boolean',
+      default: true,
+      describe: 'serve Prometheus metrics (--no-metrics to turn off)',
+    })
+    .option('metrics-host', {
+      type: 'string',
+      default: '0.0.0.0',
+      describe: 'interface of the /metrics endpoint',
+    })
+    .option('metrics-port', {
+      type: 'number',
+      describe: 'port of the /metrics endpoint (default 9464; 0 = any free port)',
+    })
     .option('quiet', {
       alias: 'q',
       type: 'boolean',

@@ -4,6 +4,7 @@
 import { hostname } from 'node:os';
 import { Pull, Router } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
+import type { CoordinatorMetrics } from '../metrics/metrics.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
   PROTOCOL_VERSION,
@@ -39,6 +40,7 @@ export interface ClusterOptions {
   /** A stage silent for this long (no heartbeat, no result) has failed. */
   heartbeatTimeoutMs: number;
   log: (line: string) => void;
+  metrics?: CoordinatorMetrics;
 }
 
 interface StageInfo {
@@ -74,6 +76,13 @@ export class Cluster {
   /** Binds, waits for all stages, sends them the run's config; resolves when all are ready. */
   async start(cfg: RunConfig, mode: 'train' | 'eval' = 'train'): Promise<void> {
     const { opts } = this;
+    opts.metrics?.setStagesSource(() => ({
+      expected: this.numLayers,
+      registered: this.stages.size,
+      up: [...this.stages.values()].filter(
+        (s) => Date.now() - s.lastSeen <= opts.heartbeatTimeoutMs,
+      ).length,
+    }));
     await this.router.bind(opts.bind);
     const controlEndpoint = this.router.lastEndpoint ?? opts.bind;
     const host = opts.advertiseHost ?? hostOf(controlEndpoint);
@@ -222,6 +231,7 @@ export class Cluster {
     const now = Date.now();
     for (const [layer, s] of this.stages) {
       if (now - s.lastSeen > this.opts.heartbeatTimeoutMs) {
+        if (!this.failure) this.opts.metrics?.onStageLost(layer);
         this.fail(
           new ClusterError(
             'CLUSTER_STAGE_LOST',
@@ -318,6 +328,7 @@ export class Cluster {
       const s = this.stages.get(msg.layer);
       if (s) s.lastSeen = Date.now(); // a busy stage's results count as signs of life
       if (msg.type === 'rejected') {
+        this.opts.metrics?.onRejected(msg.layer, msg.code);
         // A batch that a stage refused never completes: fail now rather than wait forever.
         this.fail(
           new ClusterError(

@@ -101,6 +101,10 @@ export async function trainDistributed(
           lastDone++;
           samplesDone += size;
           reporter.batch(lastDone, samplesDone, lastLosses);
+          opts.metrics?.onProgress(
+            epoch + 1,
+            (epoch * sampler.batchesPerEpoch + lastDone) / totalSteps,
+          );
         }
       });
       try {
@@ -123,6 +127,7 @@ export async function trainDistributed(
             },
             [batch.x],
           );
+          opts.metrics?.onBatchSent(batch.size);
         }
         await cluster.send(
           { kind: 'marker', run, epoch, seq: 0, op: 'epoch-end', id: ++markerId, tensors: [] },
@@ -158,11 +163,13 @@ export async function trainDistributed(
         record.eval = await evaluateDistributed(cluster, run, data.test, data.dim, cfg, epoch);
       }
       reporter.endEpoch(record);
+      opts.metrics?.onEpoch(record);
       records.push(record);
       await writeFile(metricsFile, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
     }
     const t0 = performance.now();
     const final = await evaluateDistributed(cluster, run, data.test, data.dim, cfg, epochs);
+    opts.metrics?.onEval(final);
     reporter.log(
       `evaluated ${final.count} test images in ${((performance.now() - t0) / 1000).toFixed(1)}s`,
     );

@@ -12,6 +12,7 @@ import { validateConfig, type RunConfig } from '../config/config.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { BatchSampler, NUM_CLASSES, overlayAllLabels, toFloat } from '../data/ff-data.js';
 import type { Reporter } from './reporter.js';
+import type { CoordinatorMetrics } from '../metrics/metrics.js';
 
 export interface PreparedData {
   dataset: Dataset;
@@ -132,6 +133,7 @@ export interface TrainResult {
 
 export interface TrainOptions {
   reporter: Reporter;
+  metrics?: CoordinatorMetrics;
   /** A checkpoint to resume from (weights, optimizer state and epoch). */
   resume?: string;
 }
@@ -187,6 +189,8 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
           acc.goodnessNeg += s.goodnessNeg * batch.size;
         });
         samples += batch.size;
+        opts.metrics?.onBatchSent(batch.size);
+        opts.metrics?.onProgress(epoch + 1, (step + 1) / totalSteps);
         reporter.batch(
           batch.index + 1,
           samples,
@@ -210,6 +214,7 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
         record.eval = evaluate(net, data.test, data.dim, cfg);
       }
       reporter.endEpoch(record);
+      opts.metrics?.onEpoch(record);
       records.push(record);
       await appendFile(metricsFile, JSON.stringify(record) + '\n');
       if (
@@ -224,6 +229,7 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
     }
     const t0 = performance.now();
     const final = evaluate(net, data.test, data.dim, cfg);
+    opts.metrics?.onEval(final);
     reporter.log(
       `evaluated ${final.count} test images in ${((performance.now() - t0) / 1000).toFixed(1)}s`,
     );

@@ -5,6 +5,9 @@ import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { MetricsError } from './errors.js';
 
+/** The coordinator's /metrics port; stage N uses this + N. */
+export const DEFAULT_METRICS_PORT = 9464;
+
 export interface MetricsServerOptions {
   /** Interface to listen on (default 127.0.0.1; 0.0.0.0 for a scraper on another host). */
   host?: string;

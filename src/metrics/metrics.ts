@@ -44,4 +44,8 @@ export {
   type EvalResultLike,
   type StagesSnapshot,
 } from './coordinator-metrics.js';
-export { MetricsServer, type MetricsServerOptions } from './metrics-server.js';
+export {
+  DEFAULT_METRICS_PORT,
+  MetricsServer,
+  type MetricsServerOptions,
+} from './metrics-server.js';

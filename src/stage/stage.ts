@@ -20,6 +20,7 @@ import {
   type DataHeader,
 } from '../transport/wire.js';
 import { SerialSender, closeAll, dataPull, dataPush } from '../transport/sockets.js';
+import type { StageMetrics } from '../metrics/metrics.js';
 
 export interface StageOptions {
   /** 1-based layer index. */
@@ -35,6 +36,8 @@ export interface StageOptions {
   heartbeatMs?: number;
   /** Give up when the coordinator sends no config within this long. */
   configTimeoutMs?: number;
+  /** Prometheus metrics of this stage, when it exposes them. */
+  metrics?: StageMetrics;
 }
 
 export class StageError extends Error {
@@ -210,7 +213,11 @@ export class Stage {
         frames = await this.inbound.receive();
       } catch (err) {
         if (this.ending || this.closed) break;
-        if ((err as { code?: string }).code === 'EAGAIN') continue; // the receive timeout
+        if ((err as { code?: string }).code === 'EAGAIN') {
+          // The receive timeout: idle time, the pipeline's bubble.
+          this.opts.metrics?.onInputWait((performance.now() - t0) / 1000);
+          continue;
+        }
         throw err;
       }
       try {
@@ -263,17 +270,25 @@ export class Stage {
 
   private async handle(frames: Buffer[], waitMs: number): Promise<void> {
     const layer = this.layer!;
+    const metrics = this.opts.metrics;
+    const bytes = frames.reduce((n, f) => n + f.length, 0);
     let msg: ReturnType<typeof decodeData>;
     const tDecode = performance.now();
     try {
       msg = decodeData(frames, { width: layer.config.inDim, checkFinite: true });
     } catch (err) {
       if (!isProtocolError(err)) throw err;
+      metrics?.onReceived('invalid', bytes);
+      metrics?.onInputWait(waitMs / 1000);
       await this.reject(err.code, err.message);
       return;
     }
     const { header, tensors } = msg;
     const decodeMs = performance.now() - tDecode;
+    metrics?.onReceived(header.kind, bytes);
+    if (header.kind === 'marker' || header.run !== this.config!.run) {
+      metrics?.onInputWait(waitMs / 1000);
+    }
     if (header.run !== this.config!.run) {
       // Left over from an aborted run: not this run's data.
       await this.reject(
@@ -328,9 +343,21 @@ export class Stage {
           blockedMs,
         }),
       );
+      metrics?.onTrainStep({
+        samples: header.nPos,
+        stepSeconds: stepMs / 1000,
+        waitSeconds: waitMs / 1000,
+        transportSeconds: transportMs / 1000,
+        sendSeconds: blockedMs / 1000,
+        epoch: header.epoch + 1,
+        loss: loss!,
+        goodnessPos: goodnessPos!,
+        goodnessNeg: goodnessNeg!,
+      });
       return;
     }
     // eval: goodness of every overlaid row to the coordinator, activations downstream.
+    const t0 = performance.now();
     const input = tf.tensor2d(x, [rows, layer.config.inDim]);
     const h = layer.forward(input);
     input.dispose();
@@ -338,7 +365,16 @@ export class Stage {
     const goodness = g.dataSync() as Float32Array;
     const out = this.downstream ? (h.dataSync() as Float32Array) : null;
     tf.dispose([h, g]);
-    if (out) await this.forward(header, [out]);
+    const stepMs = performance.now() - t0;
+    const sent = out ? await this.forward(header, [out]) : { encodeMs: 0, blockedMs: 0 };
+    metrics?.onEval({
+      samples: header.images,
+      stepSeconds: stepMs / 1000,
+      waitSeconds: waitMs / 1000,
+      transportSeconds: (decodeMs + sent.encodeMs) / 1000,
+      sendSeconds: sent.blockedMs / 1000,
+      epoch: header.epoch + 1,
+    });
     await this.resultsOut.send(
       encodeControl({
         type: 'goodness',
@@ -353,6 +389,7 @@ export class Stage {
 
   /** Counted and reported to the coordinator, logged once per reason; the stage keeps serving. */
   private async reject(code: string, reason: string): Promise<void> {
+    this.opts.metrics?.onRejected(code);
     if (!this.rejectedCodes.has(code)) {
       this.rejectedCodes.add(code);
       this.opts.log(`layer ${this.opts.layer}: rejected a message (${code}): ${reason}`);
@@ -374,6 +411,10 @@ export class Stage {
       .slice(0, tensors.length)
       .map((t) => ({ name: t.name, shape: [t.shape[0]!, outDim] }));
     const frames = encodeData({ ...header, tensors: shaped }, tensors);
+    this.opts.metrics?.onSent(
+      header.kind,
+      frames.reduce((n, f) => n + f.length, 0),
+    );
     const t1 = performance.now();
     // Resolves once zeromq has queued the message: waits only while the next stage's queue is full.
     await this.downstream.send(frames);

@@ -35,11 +35,14 @@ export interface Started {
 
 /** Starts `node ...args`; the timeout kills it with SIGKILL. */
 export function startNode(args: string[], opts: RunOptions): Started {
-  // No FFX_* from the caller's environment (the CLI reads flags from it); CI=1: the
+  // No FFX_* from the caller's environment (the CLI reads flags from it) but ours; CI=1: the
   // coordinator prints plain lines, not a TTY progress bar.
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('FFX_')) env[k] = v;
   env.CI = '1';
+  // Metrics endpoints on free loopback ports: tests never clash over 9464+.
+  env.FFX_METRICS_PORT = '0';
+  env.FFX_METRICS_HOST = '127.0.0.1';
   const child = spawn(process.execPath, args, {
     cwd: opts.cwd ?? ROOT,
     env: { ...env, ...opts.env },
