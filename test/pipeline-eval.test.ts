@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { EvalResult } from '../src/core/predict.js';
+import { decodeSafetensors } from '../src/core/safetensors.js';
 import { freePort } from '../src/transport/sockets.js';
 import { killAll, ROOT, runNode, startNode, type Started } from './helpers/spawn.js';
 
@@ -83,9 +84,22 @@ describe('eval of the layers running stages hold', () => {
 
   it("train, then eval on the running stages gives the training run's final result", async () => {
     const out = join(dir, 'run');
-    const t = await coordinator(['train', '--epochs', '1', '--out', out]);
+    const t = await coordinator([
+      'train',
+      '--epochs',
+      '2',
+      '--set',
+      'output.checkpointEvery=1',
+      '--out',
+      out,
+    ]);
     assert.equal(t.code, 0, t.stderr);
     const trained = JSON.parse(await readFile(join(out, 'eval.json'), 'utf8')) as EvalResult;
+    // The mid-run checkpoint holds both layers as they were after epoch 1 (10 steps each).
+    const ckpt = decodeSafetensors(await readFile(join(out, 'checkpoint-epoch1.safetensors')));
+    assert.equal(ckpt.metadata.epoch, '1');
+    assert.deepEqual(JSON.parse(ckpt.metadata.optimizerSteps!), [10, 10]);
+    assert.deepEqual(ckpt.tensors.get('layers.1.weight')!.shape, [64, 64]);
     const e = await coordinator(['eval', '--json']);
     assert.equal(e.code, 0, e.stderr);
     const evaluated = JSON.parse(e.stdout.trim().split('\n').pop()!) as EvalResult & {

@@ -166,6 +166,13 @@ export async function trainDistributed(
       opts.metrics?.onEpoch(record);
       records.push(record);
       await writeFile(metricsFile, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+      const every = cfg.output.checkpointEvery;
+      if (!last && every > 0 && (epoch + 1) % every === 0) {
+        // In band: every stage exports its layer after this epoch's last batch.
+        const file = join(cfg.output.dir, `checkpoint-epoch${epoch + 1}.safetensors`);
+        await collectWeights(cluster, run, cfg, epoch + 1, file, ++markerId);
+        reporter.log(`checkpoint ${file}`);
+      }
     }
     const t0 = performance.now();
     const final = await evaluateDistributed(cluster, run, data.test, data.dim, cfg, epochs);
