@@ -266,3 +266,38 @@ describe('ffx-coordinator train --local, then eval', () => {
     );
   });
 });
+
+describe('ffx-coordinator train --json', () => {
+  it('writes only JSON lines on stdout: the events of the run, then the result', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ffx-json-'));
+    try {
+      const r = await cli(
+        ['train', '--local', '--config', join(ROOT, 'config', 'demo.json'), '--epochs', '2'].concat(
+          ['--set', 'data.trainLimit=800', '--set', 'data.testLimit=200', '--json', '--out', dir],
+        ),
+        60_000,
+      );
+      assertNotTimedOut(r);
+      assert.equal(r.code, 0, r.stderr);
+      const events = r.stdout
+        .trim()
+        .split('\n')
+        .map(
+          (l) =>
+            JSON.parse(l) as { event: string; epoch?: number; accuracy?: number; count?: number },
+        );
+      const kinds = events.map((e) => e.event);
+      assert.deepEqual(
+        kinds.filter((k) => k === 'epoch-start' || k === 'epoch'),
+        ['epoch-start', 'epoch', 'epoch-start', 'epoch'],
+      );
+      assert.ok(kinds.includes('progress') && kinds.includes('log'));
+      const result = events[events.length - 1]!;
+      assert.equal(result.event, 'result');
+      assert.equal(result.count, 200);
+      assert.ok(result.accuracy! > 0.1 && result.accuracy! <= 1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -17,7 +17,13 @@ import {
 } from '../coordinator/local-trainer.js';
 import { evalDistributed, trainDistributed } from '../coordinator/distributed-trainer.js';
 import type { EvalResult } from '../core/predict.js';
-import { ConsoleReporter, formatEval, formatSeconds } from '../coordinator/reporter.js';
+import {
+  ConsoleReporter,
+  JsonReporter,
+  formatEval,
+  formatSeconds,
+  type Reporter,
+} from '../coordinator/reporter.js';
 import { runMain } from './run-main.js';
 import {
   CoordinatorMetrics,
@@ -36,7 +42,7 @@ import { UsageError } from './usage-error.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const cfg = await loadConfig(a.config, overridesFrom(a));
-  const reporter = new ConsoleReporter({ quiet: a.quiet });
+  const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
   if (a.resume && !a.local) throw new UsageError('--resume works with --local only in this build');
   let backend = 'none'; // distributed: the stages do the tensor math
   if (a.local) {
@@ -53,8 +59,16 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
     const result = a.local
       ? await trainLocal(cfg, { reporter, metrics, resume: a.resume as string | undefined })
       : await trainDistributed(cfg, { reporter, metrics, ...clusterArgs(a) });
-    console.log(formatEval(result.final, classNames(cfg.data.dataset)));
-    console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
+    if (reporter instanceof JsonReporter) {
+      reporter.emit('result', {
+        ...result.final,
+        seconds: result.seconds,
+        weightsFile: result.weightsFile,
+      });
+    } else {
+      console.log(formatEval(result.final, classNames(cfg.data.dataset)));
+      console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
+    }
   } finally {
     await exporter?.server.close();
   }
@@ -65,7 +79,7 @@ async function startMetrics(
   a: Record<string, unknown>,
   cfg: RunConfig,
   backend: string,
-  reporter: ConsoleReporter,
+  reporter: Reporter,
 ): Promise<{ metrics: CoordinatorMetrics; server: MetricsServer } | undefined> {
   if (!a.metrics) return undefined;
   const registry = createRegistry('coordinator', {}, { backend });

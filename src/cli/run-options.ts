@@ -118,6 +118,12 @@ export function clusterOptions<T>(y: Argv<T>) {
 /** Options of `train` (the launcher's too). */
 export function trainOptions<T>(y: Argv<T>) {
   return clusterOptions(y)
+    .option('json', {
+      type: 'boolean',
+      default: false,
+      describe:
+        'JSON lines on stdout (events: log, epoch-start, progress, epoch, result) instead of text',
+    })
     .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
     .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
     .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })

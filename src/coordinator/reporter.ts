@@ -120,3 +120,52 @@ export function formatEval(r: EvalResult, classNames?: readonly string[]): strin
     formatConfusion(r.confusion, classNames),
   ].join('\n');
 }
+
+/** JSON lines for machines (`--json`): one object per event, `event` names it. */
+export class JsonReporter implements Reporter {
+  private readonly out: NodeJS.WritableStream;
+  private epoch = 0;
+  private batches = 0;
+  private t0 = 0;
+  private nextReport = 0;
+
+  constructor(out: NodeJS.WritableStream = process.stdout) {
+    this.out = out;
+  }
+
+  emit(event: string, fields: Record<string, unknown>): void {
+    this.out.write(`${JSON.stringify({ time: new Date().toISOString(), event, ...fields })}\n`);
+  }
+
+  log(message: string): void {
+    this.emit('log', { message });
+  }
+
+  startEpoch(epoch: number, epochs: number, batches: number): void {
+    this.epoch = epoch;
+    this.batches = batches;
+    this.t0 = performance.now();
+    this.nextReport = 0.25;
+    this.emit('epoch-start', { epoch, epochs, batches });
+  }
+
+  batch(done: number, samples: number, losses: number[]): void {
+    const frac = done / this.batches;
+    if (frac < this.nextReport || done === this.batches) return;
+    this.nextReport += 0.25;
+    const seconds = (performance.now() - this.t0) / 1000;
+    this.emit('progress', {
+      epoch: this.epoch,
+      batches: done,
+      of: this.batches,
+      samplesPerSec: samples / seconds,
+      etaSeconds: seconds * (1 / frac - 1),
+      // NaN is not JSON: a diverged layer reads null.
+      losses: losses.map((l) => (Number.isFinite(l) ? l : null)),
+    });
+  }
+
+  endEpoch(record: EpochRecord): void {
+    this.emit('epoch', { ...record });
+  }
+}
