@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import type { EvalResult } from '../src/core/predict.js';
 import { decodeSafetensors } from '../src/core/safetensors.js';
 import { freePort } from '../src/transport/sockets.js';
-import { killAll, ROOT, runNode, startNode, type Started } from './helpers/spawn.js';
+import { killAll, ROOT, runNode, startStage, type Started } from './helpers/spawn.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 const MODEL = [
@@ -49,24 +49,7 @@ describe('eval of the layers running stages hold', () => {
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'ffx-eval-'));
     control = `tcp://127.0.0.1:${await freePort()}`;
-    stages = [1, 2].map((layer) =>
-      startNode(
-        [
-          join(CLI, 'ffx-stage.js'),
-          '--layer',
-          String(layer),
-          '--coordinator',
-          control,
-          '--listen',
-          'tcp://127.0.0.1:*',
-          '--backend',
-          'wasm',
-          '--threads',
-          '1',
-        ],
-        { timeoutMs: 90_000 },
-      ),
-    );
+    stages = [1, 2].map((layer) => startStage(layer, control, 90_000));
   });
   after(async () => {
     killAll();

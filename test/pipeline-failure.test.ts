@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { freePort } from '../src/transport/sockets.js';
-import { killAll, ROOT, runNode, startNode, waitForOutput } from './helpers/spawn.js';
+import { killAll, ROOT, runNode, startNode, startStage, waitForOutput } from './helpers/spawn.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -54,24 +54,7 @@ describe('distributed run failures', () => {
       ],
       { timeoutMs: 60_000 },
     );
-    const stages = [1, 2].map((layer) =>
-      startNode(
-        [
-          join(CLI, 'ffx-stage.js'),
-          '--layer',
-          String(layer),
-          '--coordinator',
-          control,
-          '--listen',
-          'tcp://127.0.0.1:*',
-          '--backend',
-          'wasm',
-          '--threads',
-          '1',
-        ],
-        { timeoutMs: 60_000 },
-      ),
-    );
+    const stages = [1, 2].map((layer) => startStage(layer, control, 60_000));
     // Training is under way once the coordinator reports progress.
     await waitForOutput(coordinator.stderr, /epoch 1\/50 25%/, 30_000);
     const killedAt = Date.now();

@@ -12,10 +12,11 @@ import {
   createRegistry,
 } from '../metrics/metrics.js';
 import { runMain } from './run-main.js';
+import { metricsOptions } from './run-options.js';
 import { UsageError } from './usage-error.js';
 
 export function buildCli(argv: string[]) {
-  return yargs(argv)
+  return metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`)
     .scriptName('ffx-stage')
     .usage(
       '$0 --layer N --coordinator tcp://HOST:PORT [options]\n\nServe one FF layer of a distributed run.',
@@ -55,20 +56,6 @@ export function buildCli(argv: string[]) {
     .option('threads', {
       type: 'number',
       describe: 'wasm backend compute threads (default: every core)',
-    })
-    .option('metrics', {
-      type: 'boolean',
-      default: true,
-      describe: 'serve Prometheus metrics (--no-metrics to turn off)',
-    })
-    .option('metrics-host', {
-      type: 'string',
-      default: '0.0.0.0',
-      describe: 'interface of the /metrics endpoint',
-    })
-    .option('metrics-port', {
-      type: 'number',
-      describe: `port of the /metrics endpoint (default ${DEFAULT_METRICS_PORT} + layer; 0 = any free port)`,
     })
     .option('heartbeat-ms', {
       type: 'number',

@@ -19,7 +19,7 @@ export interface CommonArgs {
 }
 
 export function commonOptions<T>(y: Argv<T>) {
-  return y
+  return metricsOptions(y, 'default 9464')
     .option('config', { alias: 'c', type: 'string', describe: 'run config (JSON); see config/' })
     .option('local', {
       type: 'boolean',
@@ -47,20 +47,6 @@ export function commonOptions<T>(y: Argv<T>) {
       array: true,
       default: [] as string[],
       describe: 'override any config key: --set train.epochs=3',
-    })
-    .option('metrics', {
-      type: 'boolean',
-      default: true,
-      describe: 'serve Prometheus metrics (--no-metrics to turn off)',
-    })
-    .option('metrics-host', {
-      type: 'string',
-      default: '0.0.0.0',
-      describe: 'interface of the /metrics endpoint',
-    })
-    .option('metrics-port', {
-      type: 'number',
-      describe: 'port of the /metrics endpoint (default 9464; 0 = any free port)',
     })
     .option('quiet', {
       alias: 'q',
@@ -135,5 +121,24 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('resume', {
       type: 'string',
       describe: 'continue from a checkpoint .safetensors',
+    });
+}
+
+/** The /metrics endpoint of a process (`port` says what the default port is). */
+export function metricsOptions<T>(y: Argv<T>, port: string) {
+  return y
+    .option('metrics', {
+      type: 'boolean',
+      default: true,
+      describe: 'serve Prometheus metrics (--no-metrics to turn off)',
+    })
+    .option('metrics-host', {
+      type: 'string',
+      default: '0.0.0.0',
+      describe: 'interface of the /metrics endpoint',
+    })
+    .option('metrics-port', {
+      type: 'number',
+      describe: `port of the /metrics endpoint (${port}; 0 = any free port)`,
     });
 }

@@ -104,3 +104,17 @@ export function killAll(): void {
   for (const child of running) child.kill('SIGKILL');
   running.clear();
 }
+
+/** Starts `ffx-stage --layer N` on a free loopback port, wasm with one thread. */
+export function startStage(layer: number, coordinator: string, timeoutMs: number): Started {
+  const args = [
+    '--layer',
+    String(layer),
+    '--coordinator',
+    coordinator,
+    '--listen',
+    'tcp://127.0.0.1:*',
+  ];
+  args.push('--backend', 'wasm', '--threads', '1');
+  return startNode([resolve(ROOT, 'dist', 'src', 'cli', 'ffx-stage.js'), ...args], { timeoutMs });
+}
