@@ -327,6 +327,14 @@ describe('deploy/docker', () => {
       grafana.find((m) => m.dst === '/var/lib/grafana/dashboards')?.src,
       join(ROOT, 'grafana', 'dashboards'),
     );
+    // What Grafana is given exists: the datasource, the dashboard provider, the dashboard.
+    for (const f of [
+      'provisioning/datasources/prometheus.yaml',
+      'provisioning/dashboards/ffx.yaml',
+      'dashboards/ffx.json',
+    ]) {
+      assert.ok(existsSync(join(ROOT, 'grafana', f)), f);
+    }
   });
 
   it('gives each GPU stage an NVIDIA GPU in compose.gpu.yaml', () => {
