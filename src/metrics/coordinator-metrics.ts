@@ -4,6 +4,7 @@
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { layerSets, type EvalResult } from '../core/predict.js';
 import { COORDINATOR, rejectReason } from './catalog.js';
+import { REJECT_REASONS } from './catalog.js';
 import { MetricsError } from './errors.js';
 import {
   add,
@@ -114,8 +115,10 @@ export class CoordinatorMetrics {
     this.lastBatch = gauge(registry, COORDINATOR.lastBatch);
     this.epochDuration = histogram(registry, COORDINATOR.epochDuration);
 
+    // Every known series from the start, so rate() and the dashboard have data before an event.
     for (let layer = 1; layer <= numLayers; layer++) {
       this.stageLost.inc({ layer: String(layer) }, 0);
+      for (const reason of REJECT_REASONS) this.rejected.inc({ layer: String(layer), reason }, 0);
     }
   }
 

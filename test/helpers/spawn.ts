@@ -35,6 +35,11 @@ export interface Started {
 
 /** Starts `node ...args`; the timeout kills it with SIGKILL. */
 export function startNode(args: string[], opts: RunOptions): Started {
+  return startCommand(process.execPath, args, opts);
+}
+
+/** Starts any program, tracked like startNode (timeout, killAll). */
+export function startCommand(command: string, args: string[], opts: RunOptions): Started {
   // No FFX_* from the caller's environment (the CLI reads flags from it) but ours; CI=1: the
   // coordinator prints plain lines, not a TTY progress bar.
   const env: NodeJS.ProcessEnv = {};
@@ -43,7 +48,7 @@ export function startNode(args: string[], opts: RunOptions): Started {
   // Metrics endpoints on free loopback ports: tests never clash over 9464+.
   env.FFX_METRICS_PORT = '0';
   env.FFX_METRICS_HOST = '127.0.0.1';
-  const child = spawn(process.execPath, args, {
+  const child = spawn(command, args, {
     cwd: opts.cwd ?? ROOT,
     env: { ...env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -106,7 +111,12 @@ export function killAll(): void {
 }
 
 /** Starts `ffx-stage --layer N` on a free loopback port, wasm with one thread. */
-export function startStage(layer: number, coordinator: string, timeoutMs: number): Started {
+export function startStage(
+  layer: number,
+  coordinator: string,
+  timeoutMs: number,
+  extra: string[] = [],
+): Started {
   const args = [
     '--layer',
     String(layer),
@@ -115,6 +125,6 @@ export function startStage(layer: number, coordinator: string, timeoutMs: number
     '--listen',
     'tcp://127.0.0.1:*',
   ];
-  args.push('--backend', 'wasm', '--threads', '1');
+  args.push('--backend', 'wasm', '--threads', '1', ...extra);
   return startNode([resolve(ROOT, 'dist', 'src', 'cli', 'ffx-stage.js'), ...args], { timeoutMs });
 }
