@@ -3,8 +3,7 @@
 // are bounded by the run's number of layers; stage counts are read at scrape time.
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { layerSets, type EvalResult } from '../core/predict.js';
-import { COORDINATOR, rejectReason } from './catalog.js';
-import { REJECT_REASONS } from './catalog.js';
+import { COORDINATOR, REJECT_REASONS, rejectReason } from './catalog.js';
 import { MetricsError } from './errors.js';
 import {
   add,
