@@ -49,6 +49,9 @@ export class StageError extends Error {
   }
 }
 
+/** Messages a stage pulls ahead of the one it is handling. */
+const PREFETCH = 2;
+
 export class Stage {
   readonly opts: StageOptions;
   private readonly control = new Dealer({ linger: 0 });
@@ -66,9 +69,17 @@ export class Stage {
   private ending: 'end' | 'stop' | null = null;
   private closed = false;
   private configWaiter: ((msg: ConfigMessage | Error) => void) | null = null;
+  // Messages received but not yet handled (see readLoop).
+  private readonly pending: Buffer[][] = [];
+  private readerWaiter: (() => void) | null = null;
+  private consumerWaiter: (() => void) | null = null;
+  private readerDone = false;
+  private reading = false;
+  private readError: Error | null = null;
 
   constructor(opts: StageOptions) {
     this.opts = opts;
+    opts.metrics?.setInboundQueueDepth(() => this.pending.length);
   }
 
   /** The endpoint upstream connects to; valid after the first register(). */
@@ -206,28 +217,81 @@ export class Stage {
   /** Serves data until the run's end marker passes, or the coordinator says stop. */
   async serve(): Promise<'end' | 'stop'> {
     this.inbound.receiveTimeout = 500;
-    while (!this.ending && !this.closed) {
+    this.readerDone = false;
+    this.reading = true;
+    const reader = this.readLoop();
+    try {
+      while (!this.ending && !this.closed) {
+        const t0 = performance.now();
+        const frames = await this.nextMessage();
+        if (!frames) break;
+        try {
+          await this.handle(frames, performance.now() - t0);
+        } catch (err) {
+          if (this.ending || this.closed) break; // a send cut short by a stop
+          throw err;
+        }
+      }
+    } finally {
+      // The reader must be gone before the next run's reader starts (one receive at a time).
+      this.reading = false;
+      this.wakeReader();
+      await reader;
+    }
+    if (this.readError) throw this.readError;
+    return this.ending ?? 'stop';
+  }
+
+  /**
+   * Pulls messages into a small queue while the handler computes or sends, so the next batch is
+   * decoded-ready when the step ends; its length is the stage's inbound queue depth. What the
+   * queue holds when a run ends belongs to the next run and stays for it.
+   */
+  private async readLoop(): Promise<void> {
+    while (this.reading && !this.ending && !this.closed) {
+      if (this.pending.length >= PREFETCH) {
+        await new Promise<void>((r) => (this.readerWaiter = r));
+        continue;
+      }
       let frames: Buffer[];
-      const t0 = performance.now();
       try {
         frames = await this.inbound.receive();
       } catch (err) {
         if (this.ending || this.closed) break;
-        if ((err as { code?: string }).code === 'EAGAIN') {
-          // The receive timeout: idle time, the pipeline's bubble.
-          this.opts.metrics?.onInputWait((performance.now() - t0) / 1000);
-          continue;
-        }
-        throw err;
+        if ((err as { code?: string }).code === 'EAGAIN') continue; // the receive timeout: check flags
+        this.readError = err as Error;
+        break;
       }
-      try {
-        await this.handle(frames, performance.now() - t0);
-      } catch (err) {
-        if (this.ending || this.closed) break; // a send cut short by a stop
-        throw err;
-      }
+      this.pending.push(frames);
+      this.wakeConsumer();
     }
-    return this.ending ?? 'stop';
+    this.readerDone = true;
+    this.wakeConsumer();
+  }
+
+  /** The next queued message, or null when the run ends; waiting here is the pipeline bubble. */
+  private async nextMessage(): Promise<Buffer[] | null> {
+    for (;;) {
+      const frames = this.pending.shift();
+      if (frames) {
+        this.wakeReader();
+        return frames;
+      }
+      if (this.readerDone || this.ending || this.closed) return null;
+      await new Promise<void>((r) => (this.consumerWaiter = r));
+    }
+  }
+
+  private wakeConsumer(): void {
+    const w = this.consumerWaiter;
+    this.consumerWaiter = null;
+    w?.();
+  }
+
+  private wakeReader(): void {
+    const w = this.readerWaiter;
+    this.readerWaiter = null;
+    w?.();
   }
 
   private async controlLoop(): Promise<void> {
