@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { decodeSafetensors } from '../src/core/safetensors.js';
 import { freePort } from '../src/transport/sockets.js';
 import type { EvalResult } from '../src/core/predict.js';
+import type { RunConfig } from '../src/config/config.js';
 import { killAll, ROOT, runNode, type RunResult } from './helpers/spawn.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'ffx-coordinator.js');
@@ -296,6 +297,48 @@ describe('ffx-coordinator train --json', () => {
       assert.equal(result.event, 'result');
       assert.equal(result.count, 200);
       assert.ok(result.accuracy! > 0.1 && result.accuracy! <= 1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('configuration precedence: flags > FFX_* environment > config file > defaults', () => {
+  it('resolves seed and epochs from each source in that order', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ffx-prec-'));
+    try {
+      // config/demo.json sets sum goodness and 5 epochs; the defaults are mean and 10.
+      const run = async (name: string, args: string[], env: Record<string, string>) => {
+        const out = join(dir, name);
+        const common = [
+          'train',
+          '--local',
+          '--config',
+          join(ROOT, 'config', 'demo.json'),
+          '--quiet',
+        ];
+        const limits = [
+          '--set',
+          'data.trainLimit=200',
+          '--set',
+          'data.testLimit=100',
+          '--out',
+          out,
+        ];
+        const r = await runNode([CLI, ...common, ...limits, ...args], { timeoutMs: 60_000, env });
+        assert.equal(r.code, 0, r.stderr);
+        return JSON.parse(await readFile(join(out, 'config.json'), 'utf8')) as RunConfig;
+      };
+      const fileOnly = await run('file', ['--epochs', '1'], {});
+      assert.equal(fileOnly.model.goodness, 'sum', 'the file beats the defaults');
+      assert.equal(fileOnly.seed, 1);
+      const fromEnv = await run('env', [], { FFX_SEED: '7', FFX_EPOCHS: '1' });
+      assert.equal(fromEnv.seed, 7, 'the environment beats the file');
+      assert.equal(fromEnv.train.epochs, 1);
+      assert.equal(fromEnv.model.goodness, 'sum');
+      const flagWins = await run('flag', ['--seed', '9'], { FFX_SEED: '7', FFX_EPOCHS: '1' });
+      assert.equal(flagWins.seed, 9, 'a flag beats the environment');
+      assert.equal(flagWins.train.epochs, 1);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
