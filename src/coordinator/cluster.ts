@@ -63,7 +63,7 @@ export class Cluster {
   private readonly listeners = new Set<Listener>();
   private watchdog: NodeJS.Timeout | null = null;
   private failure: ClusterError | null = null;
-  private failureWaiters: ((err: ClusterError) => void)[] = [];
+  private readonly failureWaiters = new Set<(err: ClusterError) => void>();
   private closed = false;
   private readonly opts: ClusterOptions;
 
@@ -200,14 +200,17 @@ export class Cluster {
   private readonly controlChecks = new Set<() => void>();
 
   /** Rejects with the cluster's failure if one happens before `p` settles. */
-  private guard<T>(p: Promise<T>): Promise<T> {
-    if (this.failure) return Promise.reject(this.failure);
-    return Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        this.failureWaiters.push(reject);
-      }),
-    ]);
+  private async guard<T>(p: Promise<T>): Promise<T> {
+    if (this.failure) throw this.failure;
+    let reject: (err: ClusterError) => void = () => {};
+    const failed = new Promise<never>((_, r) => (reject = r));
+    this.failureWaiters.add(reject);
+    try {
+      return await Promise.race([p, failed]);
+    } finally {
+      // One waiter per pending call, not one per call ever made.
+      this.failureWaiters.delete(reject);
+    }
   }
 
   /** Fails the run: every pending wait rejects with `err`. */
@@ -218,7 +221,8 @@ export class Cluster {
   private fail(err: ClusterError): void {
     if (this.failure) return;
     this.failure = err;
-    for (const w of this.failureWaiters.splice(0)) w(err);
+    for (const w of this.failureWaiters) w(err);
+    this.failureWaiters.clear();
   }
 
   private missing(): number[] {
