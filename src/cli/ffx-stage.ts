@@ -64,7 +64,8 @@ export function buildCli(argv: string[]) {
     })
     .example('$0 --layer 2 --coordinator tcp://10.0.0.1:5555', 'serve layer 2')
     .epilog(
-      'Flags can also come from the environment as FFX_<FLAG>, e.g. FFX_LAYER=2 FFX_COORDINATOR=tcp://...',
+      'Flags can also come from the environment as FFX_<FLAG> (FFX_LAYER=2 FFX_COORDINATOR=tcp://...) ' +
+        'or from a --config JSON file. Precedence: flags > environment > file.',
     )
     .strict()
     .fail((msg, err) => {
