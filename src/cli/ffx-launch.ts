@@ -28,10 +28,8 @@ async function main(): Promise<void> {
   const argv = hideBin(process.argv);
   const a = (await trainOptions(commonOptions(yargs(argv)))
     .scriptName('ffx-launch')
-    .usage(
-      '$0 --config FILE [ffx-coordinator train flags]\n\n' +
-        'Run a distributed training on this machine: one ffx-stage per layer and a coordinator.',
-    )
+    .usage('$0 --config FILE [ffx-coordinator train flags]')
+    .usage('Run a distributed training on this machine: one ffx-stage per layer and a coordinator.')
     .option('stage-threads', {
       type: 'number',
       describe: 'wasm threads per stage (default: cores / layers, at least 1)',

@@ -18,9 +18,8 @@ import { UsageError } from './usage-error.js';
 export function buildCli(argv: string[]) {
   return metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`)
     .scriptName('ffx-stage')
-    .usage(
-      '$0 --layer N --coordinator tcp://HOST:PORT [options]\n\nServe one FF layer of a distributed run.',
-    )
+    .usage('$0 --layer N --coordinator tcp://HOST:PORT [options]')
+    .usage('Serve one FF layer of a distributed run.')
     .env('FFX')
     .config('config', 'a JSON file of these flags, e.g. {"coordinator": "tcp://10.0.0.1:5555"}')
     .option('layer', {
