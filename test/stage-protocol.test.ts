@@ -113,6 +113,20 @@ describe('ffx-stage protocol', () => {
     );
   };
 
+  /** A train message of 3 positive + 3 negative rows of `width`, every value `fill`. */
+  const train = (width: number, fill: number) =>
+    encodeData(
+      {
+        kind: 'train',
+        run: 'test',
+        epoch: 0,
+        seq: 1,
+        nPos: 3,
+        tensors: [{ name: 'x', shape: [6, width] }],
+      },
+      [new Float32Array(6 * width).fill(fill)],
+    );
+
   const cases: [string, () => Buffer[], string][] = [
     ['random bytes', () => [Buffer.from([0xc1, 0xff, 0x00, 0x13, 0x37])], 'BAD_FRAMES'],
     [
@@ -157,38 +171,8 @@ describe('ffx-stage protocol', () => {
       'BAD_SHAPE',
     ],
     ['missing tensor frame', () => [good(1)[0]!], 'BAD_SHAPE'],
-    [
-      'wrong input width',
-      () =>
-        encodeData(
-          {
-            kind: 'train',
-            run: 'test',
-            epoch: 0,
-            seq: 1,
-            nPos: 3,
-            tensors: [{ name: 'x', shape: [6, IN + 1] }],
-          },
-          [new Float32Array(6 * (IN + 1))],
-        ),
-      'BAD_WIDTH',
-    ],
-    [
-      'non-finite input',
-      () =>
-        encodeData(
-          {
-            kind: 'train',
-            run: 'test',
-            epoch: 0,
-            seq: 1,
-            nPos: 3,
-            tensors: [{ name: 'x', shape: [6, IN] }],
-          },
-          [new Float32Array(6 * IN).fill(NaN)],
-        ),
-      'NON_FINITE',
-    ],
+    ['wrong input width', () => train(IN + 1, 0), 'BAD_WIDTH'],
+    ['non-finite input', () => train(IN, NaN), 'NON_FINITE'],
   ];
 
   for (const [name, frames, code] of cases) {

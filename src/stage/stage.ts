@@ -49,6 +49,9 @@ export class StageError extends Error {
   }
 }
 
+/** Timing of a forward that did not happen (the last stage). */
+const NOT_SENT = { encodeMs: 0, blockedMs: 0 } as const;
+
 /** Messages a stage pulls ahead of the one it is handling. */
 const PREFETCH = 2;
 
@@ -386,11 +389,12 @@ export class Stage {
       const lr = header.lr ?? (this.config!.optimizer as OptimizerConfig).lr;
       const { h, stats } = layer.trainStep(input, header.nPos, lr);
       input.dispose();
-      const out = h.dataSync() as Float32Array;
+      // The last stage has nowhere to send its activations: no copy out of the backend.
+      const out = this.downstream ? (h.dataSync() as Float32Array) : null;
       const [loss, goodnessPos, goodnessNeg] = stats.dataSync();
       tf.dispose([h, stats]);
       const stepMs = performance.now() - t0;
-      const { encodeMs, blockedMs } = await this.forward(header, [out]);
+      const { encodeMs, blockedMs } = out ? await this.forward(header, [out]) : NOT_SENT;
       const transportMs = decodeMs + encodeMs;
       await this.resultsOut.send(
         encodeControl({
@@ -430,7 +434,7 @@ export class Stage {
     const out = this.downstream ? (h.dataSync() as Float32Array) : null;
     tf.dispose([h, g]);
     const stepMs = performance.now() - t0;
-    const sent = out ? await this.forward(header, [out]) : { encodeMs: 0, blockedMs: 0 };
+    const sent = out ? await this.forward(header, [out]) : NOT_SENT;
     metrics?.onEval({
       samples: header.images,
       stepSeconds: stepMs / 1000,
@@ -468,7 +472,7 @@ export class Stage {
     header: DataHeader,
     tensors: Float32Array[],
   ): Promise<{ encodeMs: number; blockedMs: number }> {
-    if (!this.downstream) return { encodeMs: 0, blockedMs: 0 };
+    if (!this.downstream) return NOT_SENT;
     const t0 = performance.now();
     const outDim = this.layer!.config.outDim;
     const shaped = header.tensors
