@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/backend/backend.js';
-import { FFLayer, type GoodnessType, type LayerConfig } from '../src/core/ff-layer.js';
+import { activeRows, FFLayer, type GoodnessType, type LayerConfig } from '../src/core/ff-layer.js';
 import { DEFAULT_OPTIMIZER, type OptimizerConfig } from '../src/core/optimizer.js';
 import type { NamedTensor } from '../src/core/safetensors.js';
 import { Rng } from '../src/data/rng.js';
@@ -220,6 +220,83 @@ describe('FFLayer closed-form gradient', () => {
     const x = tf.zeros([2 * N_POS + 1, IN]) as tf.Tensor2D;
     try {
       assert.throws(() => layer.trainStep(x, N_POS, 1), /expected \[10, 12\], got \[11, 12\]/);
+    } finally {
+      x.dispose();
+      layer.dispose();
+    }
+  });
+});
+
+describe('FFLayer saturated rows', () => {
+  it('activeRows keeps the rows whose weight is within float32 reach of the largest', () => {
+    assert.equal(activeRows([0.5, 1e-3, 1]), null, 'all count: no gather');
+    assert.equal(activeRows([1, Number.NaN, 0]), null, 'a NaN batch keeps every row');
+    // 2^-24 = 5.96e-8 of the largest: 5e-8 falls below it, 7e-8 does not.
+    assert.deepEqual(Array.from(activeRows([1, 5e-8, 7e-8, 0])!), [0, 2]);
+    // Below the absolute floor nothing counts, however the rows compare with each other.
+    assert.deepEqual(Array.from(activeRows([1e-31, 2e-31])!), []);
+    assert.deepEqual(Array.from(activeRows([0, 0])!), []);
+  });
+
+  it('a step that skips saturated rows still equals autograd', () => {
+    // Threshold -25 with sum goodness: every positive row has t = g + 25 > 25, so its weight
+    // sigmoid(-t) < 1.4e-11 is skipped; every negative row has weight ~1 and is kept.
+    const layer = new FFLayer(layerConfig({ goodness: 'sum', threshold: -25 }), PLAIN_SGD);
+    const x = tf.tensor2d(batch(17), [2 * N_POS, IN]);
+    try {
+      const g = tf.tidy(() => layer.goodness(layer.forward(x)));
+      const weights = Array.from(
+        g.dataSync(),
+        (v, r) => 1 / (1 + Math.exp((r < N_POS ? 1 : -1) * (v + 25))),
+      );
+      g.dispose();
+      const active = activeRows(weights);
+      assert.deepEqual(Array.from(active!), [5, 6, 7, 8, 9], 'the negative rows only');
+      assert.ok(
+        weights.slice(0, N_POS).every((w) => w > 0),
+        'skipped terms are not exact zeros',
+      );
+
+      const { grads } = tf.variableGrads(() => layer.lossOf(x, N_POS), [layer.weight, layer.bias]);
+      const autoW = grads[layer.weight.name]!.dataSync();
+      const autoB = grads[layer.bias.name]!.dataSync();
+      tf.dispose(Object.values(grads));
+      const before = params(layer);
+      step(layer, x, 1);
+      const after = params(layer);
+      assert.ok(maxAbs(autoW) > 1e-3, `autograd dW too small: ${maxAbs(autoW)}`);
+      const dW = before.w.map((w, i) => w - after.w[i]!);
+      const dB = before.b.map((b, i) => b - after.b[i]!);
+      assert.ok(maxAbsDiff(dW, autoW) < 1e-5 * Math.max(1, maxAbs(autoW)), 'dW');
+      assert.ok(maxAbsDiff(dB, autoB) < 1e-5 * Math.max(1, maxAbs(autoB)), 'db');
+    } finally {
+      x.dispose();
+      layer.dispose();
+    }
+  });
+
+  it('with every row saturated the gradient is zero and the optimizer still steps', () => {
+    // W = 10 everywhere, b = 0: positive rows of ones have g = OUT * (10 IN)^2 = 100800, negative
+    // rows of zeros g = 0; at threshold 50000 both sides sit ~5e4 past it (weights exactly 0).
+    // SGD's L2 term alone moves the weights: W <- W - lr * decay * W.
+    const sgd = optimizer({ type: 'sgd', lr: 1, momentum: 0, weightDecay: 0.1 });
+    const layer = new FFLayer(layerConfig({ goodness: 'sum', threshold: 50000 }), sgd);
+    const xs = new Float32Array(2 * N_POS * IN).fill(1, 0, N_POS * IN);
+    const x = tf.tensor2d(xs, [2 * N_POS, IN]);
+    try {
+      layer.importState(
+        'l',
+        new Map([
+          ['l.weight', { shape: [OUT, IN], data: new Float32Array(OUT * IN).fill(10) }],
+          ['l.bias', { shape: [OUT], data: new Float32Array(OUT) }],
+        ]),
+      );
+      const [loss, gPos, gNeg] = step(layer, x, 1);
+      assert.equal(loss, 0);
+      assert.ok(Math.abs(gPos! - 100800) < 1, `g+ ${gPos}`);
+      assert.equal(gNeg, 0);
+      const { w } = params(layer);
+      assert.ok(maxAbsDiff(w, new Float32Array(OUT * IN).fill(9)) < 1e-5, `W ${w[0]}`);
     } finally {
       x.dispose();
       layer.dispose();

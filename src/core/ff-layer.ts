@@ -10,6 +10,8 @@
 // Both products are computed transposed, Z^T = W Xn^T and dW = dZ^T Xn, so that the big
 // operand (W) is never the one XNNPACK repacks: on wasm, repacking a changed 2000x2000 weight
 // costs as much as a third of the product itself, and the small batch operand is cheap to pack.
+// Rows far past the threshold (sigmoid(-t) below float32 resolution of the batch's largest
+// weight) are left out of the weight-gradient product: see activeRows.
 // The activations handed to the next layer are this step's H, computed *before* the update:
 // the pipeline sends them as soon as the forward pass is done, and the single-process
 // reference does the same, so both are the same computation.
@@ -40,6 +42,36 @@ export interface StepStats {
   /** Mean goodness of the positive and negative rows (before the update). */
   goodnessPos: number;
   goodnessNeg: number;
+}
+
+/**
+ * A row whose loss weight sigmoid(-t) is below this fraction of the batch's largest one adds
+ * less to the gradient than float32 rounding of the sum does (2^-24 is float32's unit roundoff),
+ * and one below SATURATED_FLOOR is zero for every purpose (Adam's eps is 1e-8).
+ */
+const SATURATED_RELATIVE = 2 ** -24;
+const SATURATED_FLOOR = 1e-30;
+
+/**
+ * The rows of a batch whose gradient terms count, or null when all of them do. On well-trained
+ * layers most rows are far past the threshold (t of tens to hundreds with sum goodness, so
+ * sigmoid(-t) < 1e-20); skipping them saves most of the weight-gradient product, and the
+ * subnormal products their terms would make, which cost x86 a microcode assist each.
+ */
+export function activeRows(weight: ArrayLike<number>): Int32Array | null {
+  let max = 0;
+  for (let r = 0; r < weight.length; r++) {
+    const w = weight[r]!;
+    if (Number.isNaN(w)) return null; // a diverged batch keeps its NaN gradient, as without this
+    if (w > max) max = w;
+  }
+  const cutoff = Math.max(max * SATURATED_RELATIVE, SATURATED_FLOOR);
+  let n = 0;
+  for (let r = 0; r < weight.length; r++) if (weight[r]! >= cutoff) n++;
+  if (n === weight.length) return null;
+  const active = new Int32Array(n);
+  for (let r = 0, i = 0; r < weight.length; r++) if (weight[r]! >= cutoff) active[i++] = r;
+  return active;
 }
 
 export class FFLayer {
@@ -100,10 +132,9 @@ export class FFLayer {
       const t = tf.mul(s, tf.sub(g, this.config.threshold));
       const loss = tf.mean(tf.softplus(tf.neg(t)));
       // dL/dg * dg/dH = -s sigmoid(-t)/2B * (+-2/k) * H; fold the scalars into the column.
-      const col = tf.mul(tf.mul(s, tf.sigmoid(tf.neg(t))), -this.dgScale() / rows);
-      const dzT = tf.mul(hT, tf.reshape(col, [1, rows]));
-      const dw = tf.matMul(dzT, xn);
-      const db = tf.sum(dzT, 1);
+      const weight = tf.sigmoid(tf.neg(t));
+      const col = tf.mul(tf.mul(s, weight), -this.dgScale() / rows) as tf.Tensor1D;
+      const { dw, db } = this.gradient(hT, col, xn, activeRows(weight.dataSync()));
       const stats = tf.stack([loss, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       this.optimizer.apply(
         new Map<tf.Variable, tf.Tensor>([
@@ -195,6 +226,30 @@ export class FFLayer {
     // The reshape shares the bias's storage; release it so the optimizer may update in place.
     bias.dispose();
     return hT as tf.Tensor2D;
+  }
+
+  /**
+   * dW = dZ^T Xn and db = colsum(dZ^T), dZ^T = H^T * col, over the rows in `active` only
+   * (null: all of them). The other rows' terms are too small to change the sums.
+   */
+  private gradient(
+    hT: tf.Tensor2D,
+    col: tf.Tensor1D,
+    xn: tf.Tensor2D,
+    active: Int32Array | null,
+  ): { dw: tf.Tensor2D; db: tf.Tensor1D } {
+    if (active && active.length === 0) {
+      // Every row saturated: a zero gradient, and the optimizer still takes its step.
+      return { dw: tf.zerosLike(this.weight), db: tf.zerosLike(this.bias) };
+    }
+    if (active) {
+      const idx = tf.tensor1d(active, 'int32');
+      hT = tf.gather(hT, idx, 1);
+      col = tf.gather(col, idx);
+      xn = tf.gather(xn, idx);
+    }
+    const dzT = tf.mul(hT, tf.reshape(col, [1, col.shape[0]]));
+    return { dw: tf.matMul(dzT, xn), db: tf.sum(dzT, 1) };
   }
 
   /** dg/dH = dgScale * H. */
