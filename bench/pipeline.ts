@@ -1,11 +1,14 @@
 // Is the pipelining real? Trains the same network on the same data once in the single-process
 // reference and once as a pipeline of one ffx-stage per layer (ffx-launch), every process
-// limited to one compute thread, and prints samples/s of both, their ratio, and the
-// transport's share of a stage's step (decode + encode, over compute + those), and how long each
-// stage sat idle (waiting for input) or blocked (waiting for room downstream).
+// limited to one compute thread, and prints samples/s of both and their ratio (the median of
+// --repeat runs of each, alternated, since a shared VM's speed drifts by 10% or more), the
+// ideal ratio (the local epoch's time over its slowest layer's: what a pipeline with no
+// overhead would reach), the efficiency (ratio / ideal), the transport's share of a stage's
+// step (decode + encode, over compute + those), and how long each stage sat idle (waiting for
+// input) or blocked (waiting for room downstream).
 //
 //   npm run bench:pipeline
-//   npm run bench:pipeline -- --layers 784,1000,1000 --images 20000 --batch 1000
+//   npm run bench:pipeline -- --layers 784,1000,784 --images 20000 --batch 1000 --repeat 1
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -29,6 +32,12 @@ async function main(): Promise<void> {
       default: '100,1000',
       describe: 'comma-separated batch sizes',
     })
+    .option('repeat', {
+      type: 'number',
+      default: 3,
+      describe: 'runs of each mode per batch size (the median counts)',
+    })
+    .check((v) => (Number.isInteger(v.repeat) && v.repeat >= 1) || '--repeat must be 1 or more')
     .strict()
     .parse();
   const dir = await mkdtemp(join(tmpdir(), 'ffx-bench-pipeline-'));
@@ -69,14 +78,23 @@ async function main(): Promise<void> {
         const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
         return JSON.parse(lines[lines.length - 1]!) as EpochRecord;
       };
-      const local = await run('local', [
-        cli('ffx-coordinator'),
-        'train',
-        '--local',
-        '--threads',
-        '1',
-      ]);
-      const piped = await run('pipeline', [cli('ffx-launch'), '--stage-threads', '1']);
+      const runs: { local: EpochRecord; piped: EpochRecord }[] = [];
+      for (let i = 0; i < a.repeat; i++) {
+        const local = await run(`local-${i}`, [
+          cli('ffx-coordinator'),
+          'train',
+          '--local',
+          '--threads',
+          '1',
+        ]);
+        const piped = await run(`pipeline-${i}`, [cli('ffx-launch'), '--stage-threads', '1']);
+        runs.push({ local, piped });
+      }
+      const local = median(runs.map((r) => r.local));
+      const piped = median(runs.map((r) => r.piped));
+      const ratio = piped.samplesPerSec / local.samplesPerSec;
+      const slowest = Math.max(...(local.stages ?? []).map((s) => s.stepSeconds));
+      const ideal = local.seconds / slowest;
       const share = (piped.stages ?? []).map(
         (s) => `${((100 * s.transportSeconds) / (s.stepSeconds + s.transportSeconds)).toFixed(1)}%`,
       );
@@ -86,7 +104,9 @@ async function main(): Promise<void> {
         batch,
         local.samplesPerSec.toFixed(0),
         piped.samplesPerSec.toFixed(0),
-        (piped.samplesPerSec / local.samplesPerSec).toFixed(2),
+        ratio.toFixed(2),
+        ideal.toFixed(2),
+        `${((100 * ratio) / ideal).toFixed(0)}%`,
         share.join(' / '),
         idle.join(' / '),
         blocked.join(' / '),
@@ -100,15 +120,25 @@ async function main(): Promise<void> {
     'local samples/s',
     'pipeline samples/s',
     'ratio',
+    'ideal',
+    'efficiency',
     'transport share per stage',
     'stage idle',
     'stage blocked on send',
   ];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
-  console.log(`${a.layers} on ${a.images} ${a.dataset} images, 1 thread per process`);
+  console.log(
+    `${a.layers} on ${a.images} ${a.dataset} images, 1 thread per process, median of ${a.repeat} runs`,
+  );
   console.log(line(head));
   for (const r of rows) console.log(line(r));
+}
+
+/** The run with the median samples/s. */
+function median(records: EpochRecord[]): EpochRecord {
+  const sorted = [...records].sort((x, y) => x.samplesPerSec - y.samplesPerSec);
+  return sorted[Math.floor((sorted.length - 1) / 2)]!;
 }
 
 main().catch((err: unknown) => {

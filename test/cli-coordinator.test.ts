@@ -185,6 +185,14 @@ describe('ffx-coordinator train --local, then eval', () => {
       assert.equal(r.epoch, i + 1);
       assert.equal((r.layers as unknown[]).length, 2);
       assert.ok((r.samplesPerSec as number) > 0);
+      // Each layer's compute time: parts of the epoch's, which also covers the data.
+      const steps = (r.stages as { stepSeconds: number }[]).map((s) => s.stepSeconds);
+      assert.equal(steps.length, 2);
+      assert.ok(
+        steps.every((t) => t > 0),
+        `step seconds ${steps}`,
+      );
+      assert.ok(steps[0]! + steps[1]! < (r.seconds as number), `${steps} vs ${r.seconds}`);
     });
     const loss = (r: Record<string, unknown>) => (r.layers as { loss: number }[])[0]!.loss;
     assert.ok(
@@ -263,8 +271,9 @@ describe('ffx-coordinator train --local, then eval', () => {
     assert.notEqual(r.code, 0);
     assert.match(
       r.stderr,
-      /tensor "layers\.0\.weight" is \[\d+, \d+\], layer expects \[\d+, \d+\]/,
+      /^error \[CHECKPOINT_MISMATCH\]: .*model\.safetensors: tensor "layers\.0\.weight" is \[200, 784\], model 784-100-200 needs \[100, 784\]$/m,
     );
+    assert.doesNotMatch(r.stderr, /\n\s+at /, 'a user error: no stack trace');
   });
 });
 

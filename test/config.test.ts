@@ -188,6 +188,22 @@ describe('loadConfig', () => {
     assert.equal(cfg.train.cooldown, DEFAULT_CONFIG.train.cooldown);
   });
 
+  it("starts from a given base (a checkpoint's config) instead of the defaults", async () => {
+    const base: RunConfig = {
+      ...DEFAULT_CONFIG,
+      seed: 42,
+      model: { ...DEFAULT_CONFIG.model, layers: [784, 64, 32] },
+      train: { ...DEFAULT_CONFIG.train, epochs: 5 },
+    };
+    const file = await configFile('over-base.json', { train: { epochs: 8 } });
+    const cfg = await loadConfig(file, { optimizer: { lr: 0.5 } }, base);
+    assert.deepEqual(cfg.model.layers, [784, 64, 32], 'from the base');
+    assert.equal(cfg.seed, 42, 'from the base');
+    assert.equal(cfg.train.epochs, 8, 'the file wins over the base');
+    assert.equal(cfg.optimizer.lr, 0.5, 'overrides win over both');
+    assert.deepEqual((await loadConfig(undefined, {}, base)).model.layers, [784, 64, 32]);
+  });
+
   it('reports a bad key in the file against the file', async () => {
     const file = await configFile('typo.json', { optimizer: { learningRate: 0.1 } });
     await assert.rejects(loadConfig(file), (err: unknown) => {

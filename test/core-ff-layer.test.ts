@@ -5,7 +5,8 @@ import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/backend/backend.js';
 import { activeRows, FFLayer, type GoodnessType, type LayerConfig } from '../src/core/ff-layer.js';
-import { DEFAULT_OPTIMIZER, type OptimizerConfig } from '../src/core/optimizer.js';
+import { DEFAULT_OPTIMIZER, LayerOptimizer, type OptimizerConfig } from '../src/core/optimizer.js';
+import { ownedVariable } from '../src/core/host-memory.js';
 import type { NamedTensor } from '../src/core/safetensors.js';
 import { Rng } from '../src/data/rng.js';
 
@@ -411,6 +412,39 @@ describe('LayerOptimizer in-place path', () => {
     } finally {
       x.dispose();
       layer.dispose();
+    }
+  });
+
+  it('flushes what would turn subnormal to zero, in the SIMD kernel and the JS tail alike', () => {
+    // 7 values: the wasm kernel takes the first 4, the JS loop the last 3; both halves hold a
+    // flushed gradient (1e-20 < 1e-16) with a decaying m (0.9 * 1e-31 < 1e-30), a slot that
+    // stays (0.9 * 2e-30), and a NaN, which must pass.
+    const p = ownedVariable(tf.ones([7]), true);
+    const opt = new LayerOptimizer(optimizer({ type: 'adam', lr: 0.01 }), [p]);
+    const [m, v] = [...opt.state(new Map([[p, 'p']])).values()];
+    tf.tidy(() => m!.assign(tf.tensor1d([1e-31, 0, 2e-30, 0, 1e-31, 2e-30, 0])));
+    const g = tf.tensor1d([1e-20, 1e-3, 0, NaN, 1e-20, 0, NaN]);
+    try {
+      tf.tidy(() => opt.apply(new Map([[p, g]]), 0.01));
+      const mv = m!.dataSync();
+      const vv = v!.dataSync();
+      assert.deepEqual(
+        Array.from(mv, (x, i) => (i === 1 || i === 2 || i === 5 ? x > 0 : x)),
+        [0, true, true, NaN, 0, true, NaN],
+      );
+      assert.ok(Math.abs(mv[1]! - 1e-4) < 1e-9 && Math.abs(mv[2]! - 1.8e-30) < 1e-35, `m ${mv}`);
+      assert.deepEqual(
+        Array.from(vv, (x, i) => (i === 1 ? x > 0 : x)),
+        [0, true, 0, NaN, 0, 0, NaN],
+      );
+      // Slots at zero leave their weights alone; the real gradient moved its weight.
+      const pv = p.dataSync();
+      assert.deepEqual([pv[0], pv[2], pv[4], pv[5]], [1, 1, 1, 1]);
+      assert.ok(pv[1]! < 1, `p[1] ${pv[1]}`);
+    } finally {
+      g.dispose();
+      opt.dispose();
+      p.dispose();
     }
   });
 

@@ -83,6 +83,8 @@ describe('ffx-stage protocol', () => {
         next: null,
         results: resultsEndpoint,
         mode: 'train',
+        state: {},
+        optimizerStep: 0,
       }),
     ]);
     for (;;) {

@@ -143,6 +143,8 @@ describe('DEALER -> ROUTER control', () => {
         next: 'tcp://127.0.0.1:7002',
         results: 'tcp://127.0.0.1:7003',
         mode: 'train',
+        state: {},
+        optimizerStep: 0,
       }),
     ]);
     const [reply] = await dealer.receive();

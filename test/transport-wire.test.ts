@@ -213,8 +213,12 @@ describe('malformed data messages are rejected with a code and the field named',
 
   it('wrong version', () => {
     const { header, x } = validTrainRaw();
-    const frames = rawFrames({ ...header, v: 2 }, new Uint8Array(x.buffer));
-    assert.throws(() => decodeData(frames), rejects('BAD_VERSION', 'header.v', '2', '1'));
+    const other = PROTOCOL_VERSION + 1;
+    const frames = rawFrames({ ...header, v: other }, new Uint8Array(x.buffer));
+    assert.throws(
+      () => decodeData(frames),
+      rejects('BAD_VERSION', 'header.v', String(other), String(PROTOCOL_VERSION)),
+    );
   });
 
   it('missing version', () => {
@@ -315,7 +319,7 @@ describe('malformed data messages are rejected with a code and the field named',
   it('eval rows other than 10 * images', () => {
     const x = ramp(20, 4);
     const header = {
-      v: 1,
+      v: PROTOCOL_VERSION,
       kind: 'eval',
       run: 'r',
       epoch: 0,
@@ -330,7 +334,15 @@ describe('malformed data messages are rejected with a code and the field named',
   });
 
   it('a marker with tensors or a bad op', () => {
-    const marker = { v: 1, kind: 'marker', run: 'r', epoch: 0, seq: 0, op: 'stop', id: 1 };
+    const marker = {
+      v: PROTOCOL_VERSION,
+      kind: 'marker',
+      run: 'r',
+      epoch: 0,
+      seq: 0,
+      op: 'stop',
+      id: 1,
+    };
     assert.throws(
       () =>
         decodeData(
@@ -401,6 +413,11 @@ describe('control and result messages', () => {
       next: 'tcp://10.0.0.3:6000',
       results: 'tcp://10.0.0.1:5556',
       mode: 'train',
+      state: {
+        'layers.0.weight': { shape: [2, 3], data: new Float32Array([1, -2, 3.5, 0, 1e-30, -7]) },
+        'layers.0.bias': { shape: [2], data: new Float32Array([0.25, -0.5]) },
+      },
+      optimizerStep: 1200,
     },
     {
       type: 'config',
@@ -413,6 +430,8 @@ describe('control and result messages', () => {
       next: null,
       results: 'tcp://10.0.0.1:5556',
       mode: 'train',
+      state: {},
+      optimizerStep: 0,
     },
     { type: 'ready', layer: 1 },
     { type: 'heartbeat', layer: 1, t: 1732800000123 },
@@ -542,6 +561,8 @@ describe('control and result messages', () => {
           next: 5 as unknown as string,
           results: 'tcp://x:1',
           mode: 'train',
+          state: {},
+          optimizerStep: 0,
         }),
       rejects('BAD_HEADER', 'config.next'),
     );

@@ -8,13 +8,8 @@ import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { loadConfig, type RunConfig } from '../config/config.js';
 import { FFNetwork } from '../core/ff-network.js';
 import { classNames } from '../data/class-names.js';
-import {
-  checkpointConfig,
-  evaluate,
-  loadCheckpoint,
-  prepareData,
-  trainLocal,
-} from '../coordinator/local-trainer.js';
+import { checkpointConfig, loadCheckpoint } from '../coordinator/checkpoint.js';
+import { evaluate, prepareData, trainLocal } from '../coordinator/local-trainer.js';
 import { evalDistributed, trainDistributed } from '../coordinator/distributed-trainer.js';
 import type { EvalResult } from '../core/predict.js';
 import {
@@ -41,9 +36,11 @@ import {
 import { UsageError } from './usage-error.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
-  const cfg = await loadConfig(a.config, overridesFrom(a));
+  const resume = a.resume as string | undefined;
+  // Resuming, the checkpoint's own config is the base: the same model, data and schedule.
+  const saved = resume ? await checkpointConfig(resume) : undefined;
+  const cfg = await loadConfig(a.config, overridesFrom(a), saved);
   const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
-  if (a.resume && !a.local) throw new UsageError('--resume works with --local only in this build');
   let backend = 'none'; // distributed: the stages do the tensor math
   if (a.local) {
     backend = (
@@ -57,8 +54,8 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   try {
     const metrics = exporter?.metrics;
     const result = a.local
-      ? await trainLocal(cfg, { reporter, metrics, resume: a.resume as string | undefined })
-      : await trainDistributed(cfg, { reporter, metrics, ...clusterArgs(a) });
+      ? await trainLocal(cfg, { reporter, metrics, resume })
+      : await trainDistributed(cfg, { reporter, metrics, resume, ...clusterArgs(a) });
     if (reporter instanceof JsonReporter) {
       reporter.emit('result', {
         ...result.final,
@@ -125,7 +122,7 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
     const data = await prepareData(cfg, (l) => reporter.log(l));
     const net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
     try {
-      await loadCheckpoint(net, a.weights as string);
+      await loadCheckpoint(net, a.weights as string, cfg.model);
       result = evaluate(net, data[split], data.dim, cfg);
     } finally {
       net.dispose();

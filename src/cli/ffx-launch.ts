@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { loadConfig } from '../config/config.js';
+import { checkpointConfig } from '../coordinator/checkpoint.js';
 import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
 import { commonOptions, overridesFrom, trainOptions, type CommonArgs } from './run-options.js';
@@ -52,7 +53,9 @@ async function main(): Promise<void> {
     );
   if (a.bind && argv.some((x) => x.startsWith('--bind')))
     throw new UsageError('ffx-launch picks --bind itself');
-  const cfg = await loadConfig(a.config, overridesFrom(a));
+  // As ffx-coordinator does: resuming, the checkpoint's config is the base.
+  const saved = a.resume ? await checkpointConfig(a.resume as string) : undefined;
+  const cfg = await loadConfig(a.config, overridesFrom(a), saved);
   const layers = cfg.model.layers.length - 1;
   const threads =
     (a['stage-threads'] as number | undefined) ??

@@ -9,6 +9,7 @@ const USER_ERROR_NAMES = new Set([
   'DataError',
   'BackendError',
   'SafetensorsError',
+  'CheckpointError',
   'UsageError',
   'ClusterError',
   'StageError',

@@ -120,7 +120,8 @@ export function trainOptions<T>(y: Argv<T>) {
     })
     .option('resume', {
       type: 'string',
-      describe: 'continue from a checkpoint .safetensors',
+      describe:
+        'continue from a checkpoint .safetensors (its config is the base; flags still override)',
     });
 }
 

@@ -267,9 +267,7 @@ export async function loadConfig(
     validatePartial(base, fromFile, file);
   }
   // A fresh copy: callers may change their config without touching the defaults.
-  return validateConfig(
-    structuredClone(mergeConfig(mergeConfig(DEFAULT_CONFIG, fromFile), overrides)),
-  );
+  return validateConfig(structuredClone(mergeConfig(mergeConfig(base, fromFile), overrides)));
 }
 
 function validatePartial(base: RunConfig, partial: unknown, file: string): void {

@@ -4,6 +4,8 @@
 import { hostname } from 'node:os';
 import { Pull, Router } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
+import type { NamedTensor } from '../core/safetensors.js';
+import type { ResumeState } from './checkpoint.js';
 import type { CoordinatorMetrics } from '../metrics/metrics.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
@@ -73,8 +75,15 @@ export class Cluster {
     this.opts = opts;
   }
 
-  /** Binds, waits for all stages, sends them the run's config; resolves when all are ready. */
-  async start(cfg: RunConfig, mode: 'train' | 'eval' = 'train'): Promise<void> {
+  /**
+   * Binds, waits for all stages, sends them the run's config (and, resuming, each its layer's
+   * part of the checkpoint); resolves when all are ready.
+   */
+  async start(
+    cfg: RunConfig,
+    mode: 'train' | 'eval' = 'train',
+    resume?: ResumeState,
+  ): Promise<void> {
     const { opts } = this;
     opts.metrics?.setStagesSource(() => ({
       expected: this.numLayers,
@@ -123,6 +132,8 @@ export class Cluster {
           next,
           results: resultsEndpoint,
           mode,
+          state: resume ? layerTensors(resume.tensors, layer - 1) : {},
+          optimizerStep: resume?.optimizerSteps[layer - 1] ?? 0,
         }),
       ]);
     }
@@ -368,4 +379,15 @@ function hostOf(endpoint: string): string {
   const m = /^tcp:\/\/([^:]+|\[[^\]]+\]):/.exec(endpoint);
   const host = m?.[1] ?? '127.0.0.1';
   return host === '0.0.0.0' || host === '*' ? hostname() : host;
+}
+
+/** The tensors of layer `index` (0-based) in a checkpoint, under their checkpoint names. */
+function layerTensors(
+  tensors: Map<string, NamedTensor>,
+  index: number,
+): Record<string, NamedTensor> {
+  const prefix = `layers.${index}.`;
+  const out: Record<string, NamedTensor> = {};
+  for (const [name, t] of tensors) if (name.startsWith(prefix)) out[name] = t;
+  return out;
 }

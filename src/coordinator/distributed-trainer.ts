@@ -1,7 +1,7 @@
 // The distributed trainer: the same schedule as the local trainer (same batches, negatives and
 // learning rates, from the same seed), but every layer trains in its own ffx-stage process.
 // The coordinator only feeds the first stage and aggregates what stages report.
-import { writeFile } from 'node:fs/promises';
+import { appendFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { StepStats } from '../core/ff-layer.js';
@@ -10,12 +10,12 @@ import { EvalAccumulator, type EvalResult } from '../core/predict.js';
 import type { NamedTensor } from '../core/safetensors.js';
 import type { RunConfig } from '../config/config.js';
 import { NUM_CLASSES, overlayAllLabels } from '../data/ff-data.js';
+import { readCheckpoint, writeCheckpoint } from './checkpoint.js';
 import { Cluster, ClusterError, type ClusterOptions } from './cluster.js';
 import {
   prepareData,
   prepareOutput,
   trainSampler,
-  writeCheckpoint,
   type EpochRecord,
   type TrainResult,
 } from './local-trainer.js';
@@ -25,6 +25,8 @@ export interface DistributedOptions extends Omit<ClusterOptions, 'log'> {
   reporter: Reporter;
   /** End the run with `stop` (stages exit) instead of `end` (stages wait for the next run). */
   stopStages: boolean;
+  /** A checkpoint to resume from (weights, optimizer state and epoch), local or distributed. */
+  resume?: string;
 }
 
 export async function trainDistributed(
@@ -37,14 +39,17 @@ export async function trainDistributed(
     `data ${data.dataset.name} from ${data.dataset.source}: ${data.train.count} train, ${data.test.count} test`,
   );
   const numLayers = cfg.model.layers.length - 1;
+  const resume = opts.resume ? await readCheckpoint(opts.resume, cfg.model) : undefined;
   const run = randomUUID().slice(0, 8);
   const cluster = new Cluster(numLayers, run, { ...opts, log: (l) => reporter.log(l) });
   try {
-    await cluster.start(cfg);
+    await cluster.start(cfg, 'train', resume);
+    const firstEpoch = resume?.epoch ?? 0;
+    if (resume) reporter.log(`resumed from ${opts.resume} after epoch ${firstEpoch}`);
     const { batchSize, epochs } = cfg.train;
     const sampler = trainSampler(cfg, data);
     const totalSteps = epochs * sampler.batchesPerEpoch;
-    const metricsFile = await prepareOutput(cfg, true);
+    const metricsFile = await prepareOutput(cfg, firstEpoch === 0);
     reporter.log(
       `run ${run}: model ${cfg.model.layers.join('-')} on ${numLayers} stages, ${epochs} epochs x ` +
         `${sampler.batchesPerEpoch} batches of ${batchSize}`,
@@ -52,7 +57,7 @@ export async function trainDistributed(
     const started = performance.now();
     const records: EpochRecord[] = [];
     let markerId = 0;
-    for (let epoch = 0; epoch < epochs; epoch++) {
+    for (let epoch = firstEpoch; epoch < epochs; epoch++) {
       const t0 = performance.now();
       const sums = Array.from({ length: numLayers }, () => ({
         loss: 0,
@@ -165,7 +170,7 @@ export async function trainDistributed(
       reporter.endEpoch(record);
       opts.metrics?.onEpoch(record);
       records.push(record);
-      await writeFile(metricsFile, records.map((r) => JSON.stringify(r)).join('\n') + '\n');
+      await appendFile(metricsFile, JSON.stringify(record) + '\n');
       const every = cfg.output.checkpointEvery;
       if (!last && every > 0 && (epoch + 1) % every === 0) {
         // In band: every stage exports its layer after this epoch's last batch.

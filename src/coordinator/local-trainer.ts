@@ -1,14 +1,14 @@
 // The single-process trainer: every layer, batch by batch, in this process. It is both the
 // quick way to train on one machine and the reference a distributed run must reproduce.
-import { mkdir, readFile, writeFile, appendFile } from 'node:fs/promises';
+import { mkdir, writeFile, appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkMemoryBudget } from '../backend/backend.js';
 import type { StepStats } from '../core/ff-layer.js';
 import { FFNetwork } from '../core/ff-network.js';
 import { learningRateAt } from '../core/optimizer.js';
 import { EvalAccumulator, type EvalResult } from '../core/predict.js';
-import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
-import { validateConfig, type RunConfig } from '../config/config.js';
+import type { RunConfig } from '../config/config.js';
+import { loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { BatchSampler, NUM_CLASSES, overlayAllLabels, toFloat } from '../data/ff-data.js';
 import type { Reporter } from './reporter.js';
@@ -112,8 +112,9 @@ export interface EpochRecord {
   lr: number;
   layers: StepStats[];
   /**
-   * Distributed runs, per stage: time computing, idle waiting for input (bubble), decoding and
-   * encoding messages (transport), and waiting for room downstream (backpressure).
+   * Per stage (layer): time computing, idle waiting for input (bubble), decoding and encoding
+   * messages (transport), and waiting for room downstream (backpressure). A local run has only
+   * the computing time, per layer.
    */
   stages?: {
     stepSeconds: number;
@@ -138,8 +139,6 @@ export interface TrainOptions {
   resume?: string;
 }
 
-const CHECKPOINT_FORMAT = 'ffx-checkpoint-v1';
-
 export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<TrainResult> {
   const { reporter } = opts;
   const data = await prepareData(cfg, (l) => reporter.log(l));
@@ -155,7 +154,7 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
   try {
     let firstEpoch = 0;
     if (opts.resume) {
-      firstEpoch = await loadCheckpoint(net, opts.resume);
+      firstEpoch = await loadCheckpoint(net, opts.resume, cfg.model);
       reporter.log(`resumed from ${opts.resume} after epoch ${firstEpoch}`);
     }
     const sampler = trainSampler(cfg, data);
@@ -169,7 +168,7 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
     const records: EpochRecord[] = [];
     for (let epoch = firstEpoch; epoch < epochs; epoch++) {
       const t0 = performance.now();
-      const sums = net.layers.map(() => ({ loss: 0, goodnessPos: 0, goodnessNeg: 0 }));
+      const sums = net.layers.map(() => ({ loss: 0, goodnessPos: 0, goodnessNeg: 0, seconds: 0 }));
       let samples = 0;
       let lr = cfg.optimizer.lr;
       reporter.startEpoch(epoch + 1, epochs, sampler.batchesPerEpoch);
@@ -187,6 +186,7 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
           acc.loss += s.loss * batch.size;
           acc.goodnessPos += s.goodnessPos * batch.size;
           acc.goodnessNeg += s.goodnessNeg * batch.size;
+          acc.seconds += s.seconds;
         });
         samples += batch.size;
         opts.metrics?.onBatchSent(batch.size);
@@ -207,6 +207,12 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
           loss: s.loss / samples,
           goodnessPos: s.goodnessPos / samples,
           goodnessNeg: s.goodnessNeg / samples,
+        })),
+        stages: sums.map((s) => ({
+          stepSeconds: s.seconds,
+          waitSeconds: 0,
+          transportSeconds: 0,
+          blockedSeconds: 0,
         })),
       };
       const last = epoch === epochs - 1;
@@ -240,49 +246,4 @@ export async function trainLocal(cfg: RunConfig, opts: TrainOptions): Promise<Tr
   } finally {
     net.dispose();
   }
-}
-
-/** Weights plus optimizer state and the epoch reached, as safetensors with metadata. */
-export async function saveCheckpoint(
-  net: FFNetwork,
-  cfg: RunConfig,
-  epoch: number,
-  file: string,
-): Promise<void> {
-  const steps = net.layers.map((l) => l.optimizer.step);
-  await writeCheckpoint(file, net.exportState(true), steps, cfg, epoch);
-}
-
-/** The checkpoint file format, shared by the local and the distributed trainer. */
-export async function writeCheckpoint(
-  file: string,
-  tensors: Map<string, NamedTensor>,
-  optimizerSteps: number[],
-  cfg: RunConfig,
-  epoch: number,
-): Promise<void> {
-  const metadata = {
-    format: CHECKPOINT_FORMAT,
-    epoch: String(epoch),
-    optimizerSteps: JSON.stringify(optimizerSteps),
-    config: JSON.stringify(cfg),
-    layout:
-      'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
-  };
-  await writeFile(file, encodeSafetensors(tensors, metadata));
-}
-
-/** The run config stored in a checkpoint's metadata (validated), or undefined if it has none. */
-export async function checkpointConfig(file: string): Promise<RunConfig | undefined> {
-  const { metadata } = decodeSafetensors(await readFile(file), file);
-  return metadata.config ? validateConfig(JSON.parse(metadata.config)) : undefined;
-}
-
-/** Loads weights (and optimizer state when present); returns the epoch the file was saved at. */
-export async function loadCheckpoint(net: FFNetwork, file: string): Promise<number> {
-  const { tensors, metadata } = decodeSafetensors(await readFile(file), file);
-  net.importState(tensors);
-  const steps = metadata.optimizerSteps ? (JSON.parse(metadata.optimizerSteps) as number[]) : [];
-  net.layers.forEach((l, i) => (l.optimizer.step = steps[i] ?? 0));
-  return Number(metadata.epoch ?? 0);
 }

@@ -55,19 +55,28 @@ export class FFNetwork {
     this.layers = model.layers.slice(1).map((_, i) => buildLayer(model, optimizer, seed, i));
   }
 
-  /** Trains every layer on one batch x = [pos; neg] (2*nPos rows); returns stats per layer. */
-  trainBatch(x: Float32Array, nPos: number, lr: number): StepStats[] {
+  /**
+   * Trains every layer on one batch x = [pos; neg] (2*nPos rows); returns stats per layer, with
+   * the seconds each layer's step took.
+   */
+  trainBatch(x: Float32Array, nPos: number, lr: number): (StepStats & { seconds: number })[] {
     const inDim = this.layers[0]!.config.inDim;
     let input = tf.tensor2d(x, [2 * nPos, inDim]);
-    const stats: StepStats[] = [];
+    const stats: (StepStats & { seconds: number })[] = [];
     try {
       for (const layer of this.layers) {
+        const t0 = performance.now();
         const step = layer.trainStep(input, nPos, lr);
         input.dispose();
         input = step.h;
         const [loss, goodnessPos, goodnessNeg] = step.stats.dataSync();
         step.stats.dispose();
-        stats.push({ loss: loss!, goodnessPos: goodnessPos!, goodnessNeg: goodnessNeg! });
+        stats.push({
+          loss: loss!,
+          goodnessPos: goodnessPos!,
+          goodnessNeg: goodnessNeg!,
+          seconds: (performance.now() - t0) / 1000,
+        });
       }
     } finally {
       input.dispose();

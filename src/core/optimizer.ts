@@ -34,6 +34,18 @@ export const DEFAULT_OPTIMIZER: OptimizerConfig = {
   weightDecay: 0,
 };
 
+/**
+ * The fused update flushes gradients below FLUSH_GRAD and slots below FLUSH_SLOT to zero, as
+ * the SIMD kernel does (see kernels/optimizer.wat: subnormals cost x86 a microcode assist each,
+ * and values this small cannot move a float32 weight).
+ */
+const FLUSH_GRAD = 1e-16;
+const FLUSH_SLOT = 1e-30;
+
+function flush(x: number, tiny: number): number {
+  return Math.abs(x) < tiny ? 0 : x;
+}
+
 export class LayerOptimizer {
   readonly config: OptimizerConfig;
   /** Number of updates applied so far (Adam's bias correction needs it). */
@@ -150,7 +162,7 @@ export class LayerOptimizer {
     if (c.type === 'sgd') {
       const mu = c.momentum;
       for (let i = start; i < n; i++) {
-        const mi = mu * mv[i]! + gv[i]! + l2 * pv[i]!;
+        const mi = flush(mu * mv[i]! + flush(gv[i]! + l2 * pv[i]!, FLUSH_GRAD), FLUSH_SLOT);
         mv[i] = mi;
         pv[i] = pv[i]! - lr * mi;
       }
@@ -161,9 +173,9 @@ export class LayerOptimizer {
     const w = vv!;
     for (let i = start; i < n; i++) {
       const pi = pv[i]!;
-      const gi = gv[i]! + l2 * pi;
-      const mi = b1 * mv[i]! + (1 - b1) * gi;
-      const vi = b2 * w[i]! + (1 - b2) * gi * gi;
+      const gi = flush(gv[i]! + l2 * pi, FLUSH_GRAD);
+      const mi = flush(b1 * mv[i]! + (1 - b1) * gi, FLUSH_SLOT);
+      const vi = flush(b2 * w[i]! + (1 - b2) * gi * gi, FLUSH_SLOT);
       mv[i] = mi;
       w[i] = vi;
       pv[i] = pi * shrink - (stepSize * mi) / (Math.sqrt(vi) + epsHat);

@@ -200,12 +200,27 @@ export class Stage {
       }
     } else {
       this.layer?.dispose();
-      this.layer = buildLayer(
+      this.layer = null;
+      const layer = buildLayer(
         config.model as ModelConfig,
         config.optimizer as OptimizerConfig,
         config.seed,
         index,
       );
+      if (Object.keys(config.state).length > 0) {
+        // Resuming: the checkpoint's weights and optimizer state replace the fresh ones.
+        try {
+          layer.importState(`layers.${index}`, new Map(Object.entries(config.state)));
+        } catch (err) {
+          layer.dispose();
+          throw new StageError(
+            'STAGE_BAD_STATE',
+            `layer ${this.opts.layer}: cannot resume: ${(err as Error).message}`,
+          );
+        }
+        layer.optimizer.step = config.optimizerStep;
+      }
+      this.layer = layer;
     }
     this.config = config;
     this.ending = null;

@@ -5,7 +5,7 @@
 import { Packr } from 'msgpackr';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -308,6 +308,13 @@ export interface ConfigMessage {
   results: string;
   /** 'train' builds a fresh layer; 'eval' keeps the layer the stage holds (an error if none). */
   mode: 'train' | 'eval';
+  /**
+   * 'train' resuming from a checkpoint: the layer's tensors as the checkpoint names them
+   * (`layers.<i>.weight`, `.bias`, and the optimizer's slots) and its optimizer step count.
+   * Empty for a fresh layer.
+   */
+  state: Record<string, WeightsTensor>;
+  optimizerStep: number;
 }
 
 export interface ReadyMessage {
@@ -442,6 +449,8 @@ const CONTROL_FIELDS = {
     next: 'string|null',
     results: 'string',
     mode: ['train', 'eval'],
+    state: 'tensors',
+    optimizerStep: 'uint',
   },
   ready: { layer: 'uint' },
   heartbeat: { layer: 'uint', t: 'finite' },

@@ -9,8 +9,19 @@
 ;; caller does the remainder). Per element, with g' = g + l2 * p:
 ;;   adam: m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  p = p shrink - step m / (sqrt(v) + eps)
 ;;   sgd:  m = mu m + g';  p = p - lr m
+;;
+;; Flush to zero: |g'| < 1e-16 and slots under 1e-30 become 0 (NaN passes). wasm has no FTZ
+;; mode, and x86 takes a ~100-cycle microcode assist for every subnormal operand or result. A
+;; slot whose gradient stays 0 (a unit every row of a batch saturates) decays geometrically
+;; through the subnormals for hundreds of steps; late in a run most of m sat there and the
+;; update ran several times slower. Values this small cannot move a float32 weight: Adam
+;; divides by sqrt(v) + eps with eps ~1e-8, and g'^2 (1-b2) stays normal above 1e-16.
 (module
   (import "env" "memory" (memory 1 MEMORY_LIMITS))
+
+  ;; x with the lanes where |x| < tiny set to 0 (NaN compares false and passes).
+  (func $flush (param $x v128) (param $tiny v128) (result v128)
+    (v128.andnot (local.get $x) (f32x4.lt (f32x4.abs (local.get $x)) (local.get $tiny))))
 
   (func (export "adam")
     (param $p i32) (param $g i32) (param $m i32) (param $v i32) (param $n i32)
@@ -19,6 +30,9 @@
     (local $vb1 v128) (local $vb1c v128) (local $vb2 v128) (local $vb2c v128)
     (local $vstep v128) (local $veps v128) (local $vl2 v128) (local $vshrink v128)
     (local $pi v128) (local $gi v128) (local $mi v128) (local $vi v128)
+    (local $vtinyg v128) (local $vtiny v128)
+    (local.set $vtinyg (f32x4.splat (f32.const 1e-16)))
+    (local.set $vtiny (f32x4.splat (f32.const 1e-30)))
     (local.set $vb1 (f32x4.splat (local.get $b1)))
     (local.set $vb1c (f32x4.splat (f32.sub (f32.const 1) (local.get $b1))))
     (local.set $vb2 (f32x4.splat (local.get $b2)))
@@ -33,17 +47,23 @@
         (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
         (local.set $pi (v128.load align=4 (i32.add (local.get $p) (local.get $i))))
         (local.set $gi
-          (f32x4.add
-            (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
-            (f32x4.mul (local.get $vl2) (local.get $pi))))
+          (call $flush
+            (f32x4.add
+              (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
+              (f32x4.mul (local.get $vl2) (local.get $pi)))
+            (local.get $vtinyg)))
         (local.set $mi
-          (f32x4.add
-            (f32x4.mul (local.get $vb1) (v128.load align=4 (i32.add (local.get $m) (local.get $i))))
-            (f32x4.mul (local.get $vb1c) (local.get $gi))))
+          (call $flush
+            (f32x4.add
+              (f32x4.mul (local.get $vb1) (v128.load align=4 (i32.add (local.get $m) (local.get $i))))
+              (f32x4.mul (local.get $vb1c) (local.get $gi)))
+            (local.get $vtiny)))
         (local.set $vi
-          (f32x4.add
-            (f32x4.mul (local.get $vb2) (v128.load align=4 (i32.add (local.get $v) (local.get $i))))
-            (f32x4.mul (local.get $vb2c) (f32x4.mul (local.get $gi) (local.get $gi)))))
+          (call $flush
+            (f32x4.add
+              (f32x4.mul (local.get $vb2) (v128.load align=4 (i32.add (local.get $v) (local.get $i))))
+              (f32x4.mul (local.get $vb2c) (f32x4.mul (local.get $gi) (local.get $gi))))
+            (local.get $vtiny)))
         (v128.store align=4 (i32.add (local.get $m) (local.get $i)) (local.get $mi))
         (v128.store align=4 (i32.add (local.get $v) (local.get $i)) (local.get $vi))
         (v128.store align=4 (i32.add (local.get $p) (local.get $i))
@@ -60,6 +80,9 @@
     (param $mu f32) (param $lr f32) (param $l2 f32)
     (local $i i32) (local $end i32)
     (local $vmu v128) (local $vlr v128) (local $vl2 v128) (local $pi v128) (local $mi v128)
+    (local $vtinyg v128) (local $vtiny v128)
+    (local.set $vtinyg (f32x4.splat (f32.const 1e-16)))
+    (local.set $vtiny (f32x4.splat (f32.const 1e-30)))
     (local.set $vmu (f32x4.splat (local.get $mu)))
     (local.set $vlr (f32x4.splat (local.get $lr)))
     (local.set $vl2 (f32x4.splat (local.get $l2)))
@@ -69,11 +92,15 @@
         (br_if $done (i32.ge_u (local.get $i) (local.get $end)))
         (local.set $pi (v128.load align=4 (i32.add (local.get $p) (local.get $i))))
         (local.set $mi
-          (f32x4.add
-            (f32x4.mul (local.get $vmu) (v128.load align=4 (i32.add (local.get $m) (local.get $i))))
+          (call $flush
             (f32x4.add
-              (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
-              (f32x4.mul (local.get $vl2) (local.get $pi)))))
+              (f32x4.mul (local.get $vmu) (v128.load align=4 (i32.add (local.get $m) (local.get $i))))
+              (call $flush
+                (f32x4.add
+                  (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
+                  (f32x4.mul (local.get $vl2) (local.get $pi)))
+                (local.get $vtinyg)))
+            (local.get $vtiny)))
         (v128.store align=4 (i32.add (local.get $m) (local.get $i)) (local.get $mi))
         (v128.store align=4 (i32.add (local.get $p) (local.get $i))
           (f32x4.sub (local.get $pi) (f32x4.mul (local.get $vlr) (local.get $mi))))

@@ -1,0 +1,138 @@
+// Resuming a distributed run: a 2-stage run interrupted after epoch 1 and resumed from its
+// checkpoint ends with exactly the weights, optimizer state and predictions of the run that
+// went straight through; the local trainer resumes from the same file to the same result; and
+// a checkpoint that does not fit the model is refused, naming the tensor.
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { EvalResult } from '../src/core/predict.js';
+import { decodeSafetensors } from '../src/core/safetensors.js';
+import { killAll, ROOT, runNode } from './helpers/spawn.js';
+
+const CLI = join(ROOT, 'dist', 'src', 'cli');
+
+// 1,000 images of the shipped sample in batches of 100: 10 optimizer steps per epoch.
+const RUN = [
+  '--config',
+  join(ROOT, 'config', 'demo.json'),
+  '--layers',
+  '784,64,32',
+  '--set',
+  'model.threshold=50',
+  '--set',
+  'data.trainLimit=1000',
+  '--set',
+  'data.testLimit=300',
+  '--set',
+  'train.evalEvery=0',
+  '--set',
+  'output.checkpointEvery=1',
+  '--epochs',
+  '2',
+  '--quiet',
+];
+const LAUNCH = [join(CLI, 'ffx-launch.js'), '--backend', 'wasm', '--stage-threads', '1'];
+
+describe('resuming a distributed run', () => {
+  let dir = '';
+  const path = (...p: string[]) => join(dir, ...p);
+  const checkpoint = () => path('full', 'checkpoint-epoch1.safetensors');
+  const read = async (run: string) =>
+    decodeSafetensors(await readFile(path(run, 'model.safetensors')), run);
+  const evalOf = async (run: string) =>
+    JSON.parse(await readFile(path(run, 'eval.json'), 'utf8')) as EvalResult;
+
+  /** Largest |a - b| over every tensor (weights and optimizer slots); the names must match. */
+  async function maxDiff(a: string, b: string): Promise<number> {
+    const ta = (await read(a)).tensors;
+    const tb = (await read(b)).tensors;
+    assert.deepEqual([...tb.keys()].sort(), [...ta.keys()].sort());
+    let worst = 0;
+    for (const [name, t] of ta) {
+      const u = tb.get(name)!;
+      assert.deepEqual(u.shape, t.shape, name);
+      for (let i = 0; i < t.data.length; i++)
+        worst = Math.max(worst, Math.abs(t.data[i]! - u.data[i]!));
+    }
+    return worst;
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ffx-resume-'));
+    const full = await runNode([...LAUNCH, ...RUN, '--out', path('full')], { timeoutMs: 90_000 });
+    assert.equal(full.code, 0, full.stderr);
+  });
+  after(async () => {
+    killAll();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('continues from the checkpoint to the same weights and predictions', async () => {
+    // No --config: the checkpoint's own config is the base.
+    const resumed = await runNode([...LAUNCH, '--resume', checkpoint(), '--out', path('resumed')], {
+      timeoutMs: 90_000,
+    });
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.match(resumed.stderr, /resumed from .*checkpoint-epoch1\.safetensors after epoch 1/);
+    assert.match(resumed.stderr, /\[stage 2\] layer 2\/2: 64-32, /);
+
+    assert.equal(await maxDiff('full', 'resumed'), 0);
+    const steps = (run: string) =>
+      read(run).then((f) => JSON.parse(f.metadata.optimizerSteps!) as number[]);
+    assert.deepEqual(await steps('resumed'), [20, 20]);
+    assert.deepEqual(await steps('full'), [20, 20]);
+    // Only the epoch it trained is in its metrics.
+    const lines = (await readFile(path('resumed', 'metrics.jsonl'), 'utf8')).trim().split('\n');
+    assert.deepEqual(
+      lines.map((l) => (JSON.parse(l) as { epoch: number }).epoch),
+      [2],
+    );
+    const [a, b] = [await evalOf('full'), await evalOf('resumed')];
+    assert.equal(a.count, 300);
+    assert.deepEqual(b.confusion, a.confusion);
+    // The checkpoint is not the end state: resuming had work to do.
+    const ck = decodeSafetensors(await readFile(checkpoint())).tensors.get('layers.0.weight')!;
+    const end = (await read('full')).tensors.get('layers.0.weight')!;
+    assert.ok(
+      ck.data.some((v, i) => v !== end.data[i]),
+      'epoch 2 changed the weights',
+    );
+  });
+
+  it('the local trainer resumes from the distributed checkpoint to the same result', async () => {
+    const local = await runNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        '--local',
+        '--backend',
+        'wasm',
+        '--threads',
+        '1',
+        '--resume',
+        checkpoint(),
+        '--quiet',
+        '--out',
+        path('local'),
+      ],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(local.code, 0, local.stderr);
+    assert.ok((await maxDiff('full', 'local')) <= 1e-5);
+    assert.deepEqual((await evalOf('local')).confusion, (await evalOf('full')).confusion);
+  });
+
+  it('refuses a checkpoint that does not fit the model, naming the tensor', async () => {
+    const wrong = await runNode(
+      [...LAUNCH, '--resume', checkpoint(), '--layers', '784,64,16', '--out', path('wrong')],
+      { timeoutMs: 60_000 },
+    );
+    assert.notEqual(wrong.code, 0);
+    assert.match(
+      wrong.stderr,
+      /tensor "layers\.1\.weight" is \[32, 64\], model 784-64-16 needs \[16, 64\]/,
+    );
+  });
+});
