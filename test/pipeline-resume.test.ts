@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import type { EvalResult } from '../src/core/predict.js';
 import { decodeSafetensors } from '../src/core/safetensors.js';
 import { killAll, ROOT, runNode } from './helpers/spawn.js';
+import { maxWeightDiff } from './helpers/weights.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -44,20 +45,8 @@ describe('resuming a distributed run', () => {
   const evalOf = async (run: string) =>
     JSON.parse(await readFile(path(run, 'eval.json'), 'utf8')) as EvalResult;
 
-  /** Largest |a - b| over every tensor (weights and optimizer slots); the names must match. */
-  async function maxDiff(a: string, b: string): Promise<number> {
-    const ta = (await read(a)).tensors;
-    const tb = (await read(b)).tensors;
-    assert.deepEqual([...tb.keys()].sort(), [...ta.keys()].sort());
-    let worst = 0;
-    for (const [name, t] of ta) {
-      const u = tb.get(name)!;
-      assert.deepEqual(u.shape, t.shape, name);
-      for (let i = 0; i < t.data.length; i++)
-        worst = Math.max(worst, Math.abs(t.data[i]! - u.data[i]!));
-    }
-    return worst;
-  }
+  const maxDiff = (a: string, b: string) =>
+    maxWeightDiff(path(a, 'model.safetensors'), path(b, 'model.safetensors'));
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'ffx-resume-'));

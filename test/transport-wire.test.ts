@@ -376,6 +376,25 @@ describe('malformed data messages are rejected with a code and the field named',
       );
       assert.doesNotThrow(() => decodeData(frames));
     }
+    // Every position counts: each of the fast check's four lanes, and the tail past them
+    // (2 x 7 = 14 values: 12 in lanes, 2 after).
+    for (const [at, where] of [
+      [0, 'row 0, column 0'],
+      [6, 'row 0, column 6'],
+      [11, 'row 1, column 4'],
+      [13, 'row 1, column 6'],
+    ] as const) {
+      const x = ramp(2, 7);
+      x[at] = Infinity;
+      assert.throws(
+        () => decodeData(encodeData(trainHeader(1, 7), [x]), { checkFinite: true }),
+        rejects('NON_FINITE', where),
+      );
+    }
+    const huge = ramp(2, 7).fill(3.4e38);
+    assert.doesNotThrow(() =>
+      decodeData(encodeData(trainHeader(1, 7), [huge]), { checkFinite: true }),
+    );
   });
 
   it('encodeData refuses to build a bad message', () => {
