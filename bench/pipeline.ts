@@ -14,8 +14,7 @@ import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
+import { hideBin, yargs } from '../src/cli/yargs.js';
 import type { EpochRecord } from '../src/coordinator/local-trainer.js';
 import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
 

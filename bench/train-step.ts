@@ -12,8 +12,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
+import { hideBin, yargs } from '../src/cli/yargs.js';
 import { initBackend, type BackendChoice } from '../src/backend/backend.js';
 import { FFLayer } from '../src/core/ff-layer.js';
 import { hostWritten } from '../src/core/host-memory.js';

@@ -43,6 +43,8 @@ describe('ffx-coordinator help', () => {
   it('train --help exits 0 and lists every flag', async () => {
     const r = await cli(['train', '--help']);
     assert.equal(r.code, 0, r.stderr);
+    // Wrapped at spaces (yargs's ESM build would cut "fail" / "ed" at column 80).
+    assert.match(r.stdout, /a stage counts as\s+failed/);
     for (const flag of [
       '--config',
       '--local',
@@ -56,6 +58,7 @@ describe('ffx-coordinator help', () => {
       '--epochs',
       '--batch-size',
       '--lr',
+      '--eval-every',
       '--out',
       '--resume',
       // Listed once the CLI has the wasm threads option.
@@ -345,9 +348,14 @@ describe('configuration precedence: flags > FFX_* environment > config file > de
       assert.equal(fromEnv.seed, 7, 'the environment beats the file');
       assert.equal(fromEnv.train.epochs, 1);
       assert.equal(fromEnv.model.goodness, 'sum');
-      const flagWins = await run('flag', ['--seed', '9'], { FFX_SEED: '7', FFX_EPOCHS: '1' });
+      const flagWins = await run('flag', ['--seed', '9', '--eval-every', '0'], {
+        FFX_SEED: '7',
+        FFX_EPOCHS: '1',
+      });
       assert.equal(flagWins.seed, 9, 'a flag beats the environment');
       assert.equal(flagWins.train.epochs, 1);
+      assert.equal(fileOnly.train.evalEvery, 1);
+      assert.equal(flagWins.train.evalEvery, 0, '--eval-every beats the file');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

@@ -2,8 +2,7 @@
 // ffx-coordinator: feeds data, drives epochs, aggregates goodness into predictions.
 //   ffx-coordinator train --local --config config/fashion-mnist-fast.json
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
+import { hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { loadConfig, type RunConfig } from '../config/config.js';
 import { FFNetwork } from '../core/ff-network.js';

@@ -1,8 +1,7 @@
 #!/usr/bin/env node
 // ffx-stage: one FF layer of a distributed run, in its own process (one per GPU or node).
 //   ffx-stage --layer 1 --coordinator tcp://10.0.0.1:5555
-import yargs from 'yargs';
-import { hideBin } from 'yargs/helpers';
+import { hideBin, yargs } from './yargs.js';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/backend.js';
 import { Stage } from '../stage/stage.js';
 import {

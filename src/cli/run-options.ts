@@ -67,6 +67,7 @@ export function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<s
   if (a.epochs !== undefined) section('train').epochs = a.epochs;
   if (a['batch-size'] !== undefined) section('train').batchSize = a['batch-size'];
   if (a.lr !== undefined) section('optimizer').lr = a.lr;
+  if (a['eval-every'] !== undefined) section('train').evalEvery = a['eval-every'];
   if (a.out !== undefined) section('output').dir = a.out;
   return o;
 }
@@ -113,6 +114,10 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('epochs', { type: 'number', describe: 'overrides train.epochs' })
     .option('batch-size', { type: 'number', describe: 'overrides train.batchSize' })
     .option('lr', { type: 'number', describe: 'overrides optimizer.lr' })
+    .option('eval-every', {
+      type: 'number',
+      describe: 'evaluate every N epochs (0: at the end)',
+    })
     .option('out', {
       alias: 'o',
       type: 'string',
@@ -120,8 +125,7 @@ export function trainOptions<T>(y: Argv<T>) {
     })
     .option('resume', {
       type: 'string',
-      describe:
-        'continue from a checkpoint .safetensors (its config is the base; flags still override)',
+      describe: 'continue from a checkpoint .safetensors',
     });
 }
 
