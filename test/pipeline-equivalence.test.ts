@@ -64,6 +64,8 @@ describe('3-stage pipeline vs single-process reference', () => {
     const piped = await runNode(
       [
         join(CLI, 'ffx-launch.js'),
+        '--transport',
+        'tcp',
         '--backend',
         'wasm',
         '--stage-threads',
@@ -76,8 +78,13 @@ describe('3-stage pipeline vs single-process reference', () => {
     );
     assert.equal(piped.code, 0, piped.stderr);
     // Three stage processes really ran and each served its own layer.
-    for (const layer of [1, 2, 3])
+    for (const layer of [1, 2, 3]) {
       assert.match(piped.stderr, new RegExp(`\\[stage ${layer}\\] layer ${layer}/3: `));
+      assert.match(
+        piped.stderr,
+        new RegExp(`\\[stage ${layer}\\] layer ${layer}: listening on tcp://127\\.0\\.0\\.1:\\d+`),
+      );
+    }
 
     const worst = await maxWeightDiff(
       join(dir, 'local', 'model.safetensors'),

@@ -3,7 +3,7 @@
 // went straight through; the local trainer resumes from the same file to the same result; and
 // a checkpoint that does not fit the model is refused, naming the tensor.
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -66,6 +66,10 @@ describe('resuming a distributed run', () => {
     assert.equal(resumed.code, 0, resumed.stderr);
     assert.match(resumed.stderr, /resumed from .*checkpoint-epoch1\.safetensors after epoch 1/);
     assert.match(resumed.stderr, /\[stage 2\] layer 2\/2: 64-32, /);
+    // ffx-launch's default data links are Unix sockets in a directory of its own, gone after.
+    const ipc = /\[stage 1\] layer 1: listening on ipc:\/\/(\S+)\/stage-1,/.exec(resumed.stderr);
+    assert.ok(ipc, 'stage 1 listens on an ipc endpoint');
+    await assert.rejects(stat(ipc[1]!), { code: 'ENOENT' });
 
     assert.equal(await maxDiff('full', 'resumed'), 0);
     const steps = (run: string) =>
