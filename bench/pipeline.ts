@@ -31,6 +31,11 @@ async function main(): Promise<void> {
       default: '100,1000',
       describe: 'comma-separated batch sizes',
     })
+    .option('transport', {
+      choices: ['ipc', 'tcp'],
+      default: 'ipc',
+      describe: "the pipeline's data links (ffx-launch --transport)",
+    })
     .option('repeat', {
       type: 'number',
       default: 3,
@@ -86,7 +91,13 @@ async function main(): Promise<void> {
           '--threads',
           '1',
         ]);
-        const piped = await run(`pipeline-${i}`, [cli('ffx-launch'), '--stage-threads', '1']);
+        const piped = await run(`pipeline-${i}`, [
+          cli('ffx-launch'),
+          '--stage-threads',
+          '1',
+          '--transport',
+          a.transport,
+        ]);
         runs.push({ local, piped });
       }
       const local = median(runs.map((r) => r.local));
@@ -128,7 +139,8 @@ async function main(): Promise<void> {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(
-    `${a.layers} on ${a.images} ${a.dataset} images, 1 thread per process, median of ${a.repeat} runs`,
+    `${a.layers} on ${a.images} ${a.dataset} images, 1 thread per process, data over ` +
+      `${a.transport}, median of ${a.repeat} runs`,
   );
   console.log(line(head));
   for (const r of rows) console.log(line(r));

@@ -132,9 +132,9 @@ export class FFLayer {
       const t = tf.mul(s, tf.sub(g, this.config.threshold));
       const loss = tf.mean(tf.softplus(tf.neg(t)));
       // dL/dg * dg/dH = -s sigmoid(-t)/2B * (+-2/k) * H; fold the scalars into the column.
-      const weight = tf.sigmoid(tf.neg(t));
-      const col = tf.mul(tf.mul(s, weight), -this.dgScale() / rows) as tf.Tensor1D;
-      const { dw, db } = this.gradient(hT, col, xn, activeRows(weight.dataSync()));
+      const rowWeight = tf.sigmoid(tf.neg(t));
+      const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() / rows) as tf.Tensor1D;
+      const { dw, db } = this.gradient(hT, col, xn, activeRows(rowWeight.dataSync()));
       const stats = tf.stack([loss, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       this.optimizer.apply(
         new Map<tf.Variable, tf.Tensor>([
