@@ -4,10 +4,10 @@
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
 import { hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
-import { loadConfig, type RunConfig } from '../config/config.js';
+import type { RunConfig } from '../config/config.js';
 import { FFNetwork } from '../core/ff-network.js';
 import { classNames } from '../data/class-names.js';
-import { checkpointConfig, loadCheckpoint } from '../coordinator/checkpoint.js';
+import { loadCheckpoint } from '../coordinator/checkpoint.js';
 import { evaluate, prepareData, trainLocal } from '../coordinator/local-trainer.js';
 import { evalDistributed, trainDistributed } from '../coordinator/distributed-trainer.js';
 import type { EvalResult } from '../core/predict.js';
@@ -28,7 +28,7 @@ import {
 import {
   clusterOptions,
   commonOptions,
-  overridesFrom,
+  runConfig,
   trainOptions,
   type CommonArgs,
 } from './run-options.js';
@@ -36,9 +36,7 @@ import { UsageError } from './usage-error.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const resume = a.resume as string | undefined;
-  // Resuming, the checkpoint's own config is the base: the same model, data and schedule.
-  const saved = resume ? await checkpointConfig(resume) : undefined;
-  const cfg = await loadConfig(a.config, overridesFrom(a), saved);
+  const cfg = await runConfig(a, resume);
   const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
   let backend = 'none'; // distributed: the stages do the tensor math
   if (a.local) {
@@ -97,7 +95,7 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
     // The layers the running stages hold; the config says what the model looks like.
     if (a.weights)
       throw new UsageError("--weights goes with --local; without it, eval uses the stages' layers");
-    cfg = await loadConfig(a.config, overridesFrom(a));
+    cfg = await runConfig(a);
     const exporter = await startMetrics(a, cfg, 'none', reporter);
     try {
       result = await evalDistributed(cfg, split, {
@@ -111,9 +109,7 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
     }
   } else {
     if (!a.weights) throw new UsageError('eval --local needs --weights FILE');
-    // The checkpoint's own config is the base, so the data is scaled as it was in training.
-    const saved = await checkpointConfig(a.weights as string);
-    cfg = await loadConfig(a.config, overridesFrom(a), saved);
+    cfg = await runConfig(a, a.weights as string);
     await initBackend(a.backend as BackendChoice, {
       threads: a.threads,
       log: (l) => reporter.log(l),

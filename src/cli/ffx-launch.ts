@@ -10,11 +10,9 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from './yargs.js';
-import { loadConfig } from '../config/config.js';
-import { checkpointConfig } from '../coordinator/checkpoint.js';
 import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
-import { commonOptions, overridesFrom, trainOptions, type CommonArgs } from './run-options.js';
+import { commonOptions, runConfig, trainOptions, type CommonArgs } from './run-options.js';
 import { UsageError } from './usage-error.js';
 import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
 
@@ -59,9 +57,7 @@ async function main(): Promise<void> {
     );
   if (a.bind && argv.some((x) => x.startsWith('--bind')))
     throw new UsageError('ffx-launch picks --bind itself');
-  // As ffx-coordinator does: resuming, the checkpoint's config is the base.
-  const saved = a.resume ? await checkpointConfig(a.resume as string) : undefined;
-  const cfg = await loadConfig(a.config, overridesFrom(a), saved);
+  const cfg = await runConfig(a, a.resume as string | undefined);
   const layers = cfg.model.layers.length - 1;
   const threads =
     (a['stage-threads'] as number | undefined) ??

@@ -2,7 +2,8 @@
 // line to learn the run's shape and passes it on to the coordinator).
 import type { Argv } from 'yargs';
 import { BACKEND_CHOICES } from '../backend/backend.js';
-import { parseSetOverrides } from '../config/config.js';
+import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
+import { checkpointConfig } from '../coordinator/checkpoint.js';
 import { DATASET_NAMES } from '../data/datasets.js';
 
 export interface CommonArgs {
@@ -70,6 +71,18 @@ export function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<s
   if (a['eval-every'] !== undefined) section('train').evalEvery = a['eval-every'];
   if (a.out !== undefined) section('output').dir = a.out;
   return o;
+}
+
+/**
+ * The run's config: `--config` and the flags over the defaults, or, given a checkpoint (resume,
+ * eval --weights), over the config saved in it: the same model, data scaling and schedule.
+ */
+export async function runConfig(
+  a: CommonArgs & Record<string, unknown>,
+  checkpoint?: string,
+): Promise<RunConfig> {
+  const saved = checkpoint ? await checkpointConfig(checkpoint) : undefined;
+  return loadConfig(a.config, overridesFrom(a), saved);
 }
 
 /** How the coordinator meets its stages (distributed train and eval). */
