@@ -57,7 +57,7 @@ export function commonOptions<T>(y: Argv<T>) {
     });
 }
 
-export function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, unknown> {
+function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, unknown> {
   const o: Record<string, unknown> = parseSetOverrides(a.set);
   const section = (k: string) =>
     (o[k] = (o[k] as Record<string, unknown> | undefined) ?? {}) as Record<string, unknown>;
