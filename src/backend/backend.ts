@@ -10,6 +10,7 @@ import * as tf from '@tensorflow/tfjs';
 import { availableParallelism } from 'node:os';
 import { setWasmPaths, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { initWasmThreaded } from './wasm-threads.js';
+import { FfxError, type ErrorCode } from '../errors.js';
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -27,13 +28,15 @@ export interface BackendInfo {
   memoryLimitBytes: number;
 }
 
-export class BackendError extends Error {
-  readonly code: string;
+export class BackendError extends FfxError<ErrorCode<'backend'>> {
   readonly backend: string;
-  constructor(code: string, backend: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'BackendError';
-    this.code = code;
+  constructor(
+    code: ErrorCode<'backend'>,
+    backend: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(code, message, options);
     this.backend = backend;
   }
 }

@@ -32,7 +32,7 @@ import {
   trainOptions,
   type CommonArgs,
 } from './run-options.js';
-import { UsageError } from './usage-error.js';
+import { UsageError } from '../errors.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const resume = a.resume as string | undefined;

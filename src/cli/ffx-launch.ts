@@ -13,7 +13,7 @@ import { hideBin, yargs } from './yargs.js';
 import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
 import { commonOptions, runConfig, trainOptions, type CommonArgs } from './run-options.js';
-import { UsageError } from './usage-error.js';
+import { FfxError, UsageError } from '../errors.js';
 import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
@@ -189,11 +189,9 @@ async function main(): Promise<void> {
   else if (failed) throw new LaunchError(failed);
 }
 
-export class LaunchError extends Error {
-  readonly code = 'LAUNCH_FAILED';
+export class LaunchError extends FfxError<'LAUNCH_FAILED'> {
   constructor(message: string) {
-    super(message);
-    this.name = 'LaunchError';
+    super('LAUNCH_FAILED', message);
   }
 }
 

@@ -12,7 +12,7 @@ import {
 } from '../metrics/metrics.js';
 import { runMain } from './run-main.js';
 import { metricsOptions } from './run-options.js';
-import { UsageError } from './usage-error.js';
+import { UsageError } from '../errors.js';
 
 export function buildCli(argv: string[]) {
   return metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`)

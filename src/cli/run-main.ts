@@ -1,21 +1,19 @@
-// The one place that turns errors into exit codes: library code throws typed errors with a
-// `code`; the user sees their message (and a stack only for unexpected ones, or with FFX_DEBUG).
+// The one place that turns errors into exit codes. Library code throws FfxErrors with a stable
+// `code`; the user sees one line, `error [CODE]: message`, and a stack trace only with
+// --verbose, or for an error that is not an FfxError (a bug, which is worth the stack).
+import { InterruptedError, USAGE_CODES, isFfxError } from '../errors.js';
+import { isVerbose } from '../log.js';
+import { constants } from 'node:os';
 
 /** Exit status for a usage or configuration problem, as opposed to a failure while running. */
 export const EXIT_USAGE = 2;
 
-const USER_ERROR_NAMES = new Set([
-  'ConfigError',
-  'DataError',
-  'BackendError',
-  'SafetensorsError',
-  'CheckpointError',
-  'UsageError',
-  'ClusterError',
-  'StageError',
-  'ProtocolError',
-  'LaunchError',
-]);
+/** The exit status for an error: 2 for usage, 128 + signal for an interruption, else 1. */
+export function exitStatus(err: unknown): number {
+  if (err instanceof InterruptedError) return 128 + (constants.signals[err.signal] ?? 0);
+  if (isFfxError(err)) return USAGE_CODES.has(err.code) ? EXIT_USAGE : 1;
+  return 1;
+}
 
 export function runMain(main: () => Promise<unknown>): void {
   // yargs with .fail() throws synchronously: start inside a promise so both paths land here.
@@ -27,14 +25,10 @@ export function runMain(main: () => Promise<unknown>): void {
       },
       (err: unknown) => {
         const e = err instanceof Error ? err : new Error(String(err));
-        const known = USER_ERROR_NAMES.has(e.name) || USER_ERROR_NAMES.has(e.constructor.name);
-        const code = (e as { code?: unknown }).code;
-        process.stderr.write(
-          `error${typeof code === 'string' ? ` [${code}]` : ''}: ${e.message}\n`,
-        );
-        if (!known || process.env.FFX_DEBUG) process.stderr.write(`${e.stack ?? ''}\n`);
-        process.exitCode =
-          e.name === 'ConfigError' || e.constructor.name === 'UsageError' ? EXIT_USAGE : 1;
+        const known = isFfxError(e);
+        process.stderr.write(`error${known ? ` [${e.code}]` : ''}: ${e.message}\n`);
+        if (!known || isVerbose()) process.stderr.write(`${e.stack ?? ''}\n`);
+        process.exitCode = exitStatus(e);
       },
     );
 }

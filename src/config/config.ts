@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { OPTIMIZER_TYPES, type OptimizerConfig } from '../core/optimizer.js';
 import { GOODNESS_TYPES, type GoodnessType } from '../core/ff-layer.js';
 import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
+import { FfxError, type ErrorCode } from '../errors.js';
 
 export interface RunConfig {
   name: string;
@@ -77,15 +78,12 @@ export const DEFAULT_CONFIG: RunConfig = {
   output: { dir: 'runs/ffx', checkpointEvery: 0 },
 };
 
-export class ConfigError extends Error {
-  readonly code: string;
+export class ConfigError extends FfxError<ErrorCode<'config'>> {
   /** Dotted path of the offending key, e.g. "train.batchSize". */
   readonly key: string;
   readonly value: unknown;
-  constructor(code: string, key: string, value: unknown, message: string) {
-    super(message);
-    this.name = 'ConfigError';
-    this.code = code;
+  constructor(code: ErrorCode<'config'>, key: string, value: unknown, message: string) {
+    super(code, message);
     this.key = key;
     this.value = value;
   }

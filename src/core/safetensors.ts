@@ -2,18 +2,17 @@
 //   8-byte little-endian header length N, N bytes of JSON header, then the raw tensor bytes.
 //   header = { "__metadata__": { string: string }, name: { dtype: "F32", shape, data_offsets } }
 // Python reads the files ffx writes with `safetensors.numpy.load_file(path)`.
+import { FfxError } from '../errors.js';
 
 export interface NamedTensor {
   shape: number[];
   data: Float32Array;
 }
 
-export class SafetensorsError extends Error {
-  readonly code = 'SAFETENSORS_INVALID';
+export class SafetensorsError extends FfxError<'SAFETENSORS_INVALID'> {
   readonly source: string;
   constructor(source: string, message: string) {
-    super(`${source}: ${message}`);
-    this.name = 'SafetensorsError';
+    super('SAFETENSORS_INVALID', `${source}: ${message}`);
     this.source = source;
   }
 }

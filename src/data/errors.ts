@@ -1,29 +1,14 @@
-/** Stable codes: callers (the CLI, tests) branch on these, never on message text. */
-export type DataErrorCode =
-  | 'IDX_BAD_MAGIC'
-  | 'IDX_UNSUPPORTED_TYPE'
-  | 'IDX_BAD_DIMS'
-  | 'IDX_TRUNCATED'
-  | 'IDX_TRAILING_BYTES'
-  | 'IDX_BAD_GZIP'
-  | 'IDX_COUNT_MISMATCH'
-  | 'DATASET_BAD_SHAPE'
-  | 'DATASET_BAD_LABEL'
-  | 'DATASET_NOT_FOUND'
-  | 'DATASET_CHECKSUM'
-  | 'DATASET_DOWNLOAD'
-  | 'DATASET_UNKNOWN'
-  | 'BAD_ARGUMENT';
+import { FfxError, type ErrorCode } from '../errors.js';
 
-export class DataError extends Error {
-  override readonly name = 'DataError';
-  readonly code: DataErrorCode;
+/** Stable codes: callers (the CLI, tests) branch on these, never on message text. */
+export type DataErrorCode = ErrorCode<'data'>;
+
+export class DataError extends FfxError<DataErrorCode> {
   /** The file the problem is in, when there is one. */
   readonly file?: string;
 
   constructor(code: DataErrorCode, message: string, file?: string, options?: ErrorOptions) {
-    super(message, options);
-    this.code = code;
+    super(code, message, options);
     if (file !== undefined) this.file = file;
   }
 }

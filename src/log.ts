@@ -1,0 +1,46 @@
+// The process's diagnostic log: one line per event. A CLI points it at its output (stderr, or a
+// reporter that keeps a progress bar intact) and turns debug lines on with --verbose; library
+// code below the CLIs (core, backend, stage) writes here instead of printing.
+
+export type LogLevel = 'debug' | 'info' | 'warn';
+
+export interface LogOptions {
+  /** Where lines go (default: stderr). */
+  sink?: (line: string) => void;
+  /** Print debug lines too. */
+  verbose?: boolean;
+}
+
+let sink: (line: string) => void = (line) => process.stderr.write(`${line}\n`);
+let verbose = false;
+const warned = new Set<string>();
+
+/** Sets where lines go and whether debug lines are printed; returns the previous settings. */
+export function configureLog(opts: LogOptions): Required<LogOptions> {
+  const before = { sink, verbose };
+  if (opts.sink) sink = opts.sink;
+  if (opts.verbose !== undefined) verbose = opts.verbose;
+  return before;
+}
+
+export function isVerbose(): boolean {
+  return verbose;
+}
+
+export const log = {
+  debug(line: string): void {
+    if (verbose) sink(`debug: ${line}`);
+  },
+  info(line: string): void {
+    sink(line);
+  },
+  warn(line: string): void {
+    sink(`warning: ${line}`);
+  },
+  /** A warning printed once per process for `key` (a fallback that would repeat every step). */
+  warnOnce(key: string, line: string): void {
+    if (warned.has(key)) return;
+    warned.add(key);
+    sink(`warning: ${line}`);
+  },
+};
