@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from '../src/cli/yargs.js';
-import type { EpochRecord } from '../src/coordinator/local-trainer.js';
+import type { EpochRecord } from '../src/coordinator/epoch-record.js';
 import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
 
 const cli = (name: string) => fileURLToPath(new URL(`../src/cli/${name}.js`, import.meta.url));

@@ -15,7 +15,7 @@ import {
   isMetricsError,
   type MetricsErrorCode,
   type TrainStepEvent,
-} from '../src/metrics/metrics.js';
+} from '../src/metrics/index.js';
 import { ROOT } from './helpers/spawn.js';
 
 // ---------------------------------------------------------------------------------------------

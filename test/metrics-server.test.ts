@@ -8,7 +8,7 @@ import {
   createRegistry,
   isMetricsError,
   type MetricsErrorCode,
-} from '../src/metrics/metrics.js';
+} from '../src/metrics/index.js';
 
 interface Reply {
   status: number;

@@ -4,13 +4,13 @@
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
 import { hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
+import { readCheckpoint } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
-import { FFNetwork } from '../core/ff-network.js';
 import { classNames } from '../data/class-names.js';
-import { loadCheckpoint } from '../coordinator/checkpoint.js';
-import { evaluate, prepareData, trainLocal } from '../coordinator/local-trainer.js';
-import { evalDistributed, trainDistributed } from '../coordinator/distributed-trainer.js';
-import type { EvalResult } from '../core/predict.js';
+import { evaluateSplit, train as trainRun } from '../coordinator/driver.js';
+import type { Executor } from '../coordinator/executor.js';
+import { LocalExecutor } from '../coordinator/local-executor.js';
+import { PipelineExecutor, type PipelineOptions } from '../coordinator/pipeline-executor.js';
 import {
   ConsoleReporter,
   JsonReporter,
@@ -24,7 +24,7 @@ import {
   DEFAULT_METRICS_PORT,
   MetricsServer,
   createRegistry,
-} from '../metrics/metrics.js';
+} from '../metrics/index.js';
 import {
   clusterOptions,
   commonOptions,
@@ -32,12 +32,14 @@ import {
   trainOptions,
   type CommonArgs,
 } from './run-options.js';
-import { UsageError } from '../errors.js';
+import { InterruptedError, UsageError } from '../errors.js';
+import { configureLog } from '../log.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const resume = a.resume as string | undefined;
   const cfg = await runConfig(a, resume);
   const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
+  configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
   let backend = 'none'; // distributed: the stages do the tensor math
   if (a.local) {
     backend = (
@@ -48,11 +50,12 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
     ).name;
   }
   const exporter = await startMetrics(a, cfg, backend, reporter);
+  const metrics = exporter?.metrics;
+  const executor: Executor = a.local
+    ? new LocalExecutor(cfg)
+    : new PipelineExecutor(cfg, pipelineOptions(a, 'train', reporter, metrics));
   try {
-    const metrics = exporter?.metrics;
-    const result = a.local
-      ? await trainLocal(cfg, { reporter, metrics, resume })
-      : await trainDistributed(cfg, { reporter, metrics, resume, ...clusterArgs(a) });
+    const result = await trainRun(cfg, executor, { reporter, metrics, resume });
     if (reporter instanceof JsonReporter) {
       reporter.emit('result', {
         ...result.final,
@@ -89,39 +92,36 @@ async function startMetrics(
 async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const split = a.split as 'test' | 'train';
   const reporter = new ConsoleReporter({ quiet: a.quiet });
-  let cfg: RunConfig;
-  let result: EvalResult;
-  if (!a.local) {
-    // The layers the running stages hold; the config says what the model looks like.
-    if (a.weights)
-      throw new UsageError("--weights goes with --local; without it, eval uses the stages' layers");
-    cfg = await runConfig(a);
-    const exporter = await startMetrics(a, cfg, 'none', reporter);
-    try {
-      result = await evalDistributed(cfg, split, {
-        reporter,
-        metrics: exporter?.metrics,
-        ...clusterArgs(a),
-      });
-      exporter?.metrics.onEval(result);
-    } finally {
-      await exporter?.server.close();
+  configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
+  const weights = a.weights as string | undefined;
+  if (a.local && !weights) throw new UsageError('eval --local needs --weights FILE');
+  // Without --local: the layers the running stages hold; the config says what the model is.
+  if (!a.local && weights)
+    throw new UsageError("--weights goes with --local; without it, eval uses the stages' layers");
+  const cfg = await runConfig(a, weights);
+  let backend = 'none';
+  if (a.local) {
+    backend = (
+      await initBackend(a.backend as BackendChoice, {
+        threads: a.threads,
+        log: (l) => reporter.log(l),
+      })
+    ).name;
+  }
+  const exporter = await startMetrics(a, cfg, backend, reporter);
+  let result;
+  try {
+    const metrics = exporter?.metrics;
+    if (a.local) {
+      const { state } = await readCheckpoint(weights!, cfg.model);
+      result = await evaluateSplit(cfg, new LocalExecutor(cfg), split, { reporter, state });
+    } else {
+      const executor = new PipelineExecutor(cfg, pipelineOptions(a, 'eval', reporter, metrics));
+      result = await evaluateSplit(cfg, executor, split, { reporter });
     }
-  } else {
-    if (!a.weights) throw new UsageError('eval --local needs --weights FILE');
-    cfg = await runConfig(a, a.weights as string);
-    await initBackend(a.backend as BackendChoice, {
-      threads: a.threads,
-      log: (l) => reporter.log(l),
-    });
-    const data = await prepareData(cfg, (l) => reporter.log(l));
-    const net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
-    try {
-      await loadCheckpoint(net, a.weights as string, cfg.model);
-      result = evaluate(net, data[split], data.dim, cfg);
-    } finally {
-      net.dispose();
-    }
+    metrics?.onEval(result);
+  } finally {
+    await exporter?.server.close();
   }
   console.log(
     formatEval(result, classNames(cfg.data.dataset)).replace('test accuracy', `${split} accuracy`),
@@ -129,13 +129,33 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   if (a.json) console.log(JSON.stringify({ split, ...result }));
 }
 
-function clusterArgs(a: Record<string, unknown>) {
+/**
+ * How the coordinator meets its stages. SIGINT or SIGTERM aborts the run: the stages are told
+ * to drop it (and wait for the next coordinator) before this process exits.
+ */
+function pipelineOptions(
+  a: Record<string, unknown>,
+  mode: 'train' | 'eval',
+  reporter: Reporter,
+  metrics: CoordinatorMetrics | undefined,
+): PipelineOptions {
+  const interrupt = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    reporter.log(`coordinator: ${signal}, aborting the run`);
+    interrupt.abort(new InterruptedError(signal));
+  };
+  // Once: a second Ctrl-C ends the process at once.
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   return {
+    mode,
     bind: a.bind as string,
     advertiseHost: a.advertise as string | undefined,
     registerTimeoutMs: (a['register-timeout'] as number) * 1000,
     heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,
     stopStages: a['stop-stages'] as boolean,
+    log: (l) => reporter.log(l),
+    metrics,
+    signal: interrupt.signal,
   };
 }
 

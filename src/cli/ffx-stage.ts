@@ -9,7 +9,7 @@ import {
   MetricsServer,
   StageMetrics,
   createRegistry,
-} from '../metrics/metrics.js';
+} from '../metrics/index.js';
 import { runMain } from './run-main.js';
 import { metricsOptions } from './run-options.js';
 import { UsageError } from '../errors.js';

@@ -3,7 +3,7 @@
 import type { Argv } from 'yargs';
 import { BACKEND_CHOICES } from '../backend/backend.js';
 import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
-import { checkpointConfig } from '../coordinator/checkpoint.js';
+import { checkpointConfig } from '../checkpoint/checkpoint-file.js';
 import { DATASET_NAMES } from '../data/datasets.js';
 
 export interface CommonArgs {
@@ -16,6 +16,7 @@ export interface CommonArgs {
   layers?: string;
   seed?: number;
   quiet: boolean;
+  verbose: boolean;
   local: boolean;
 }
 
@@ -54,7 +55,8 @@ export function commonOptions<T>(y: Argv<T>) {
       type: 'boolean',
       default: false,
       describe: 'print only results and errors',
-    });
+    })
+    .option('verbose', verboseOption);
 }
 
 function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, unknown> {
@@ -141,6 +143,13 @@ export function trainOptions<T>(y: Argv<T>) {
       describe: 'continue from a checkpoint .safetensors',
     });
 }
+
+/** --verbose: debug lines (e.g. a stage's state changes), and stack traces with errors. */
+export const verboseOption = {
+  type: 'boolean',
+  default: false,
+  describe: 'print debug lines, and a stack trace with an error',
+} as const;
 
 /** The /metrics endpoint of a process (`port` says what the default port is). */
 export function metricsOptions<T>(y: Argv<T>, port: string) {

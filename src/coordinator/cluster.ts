@@ -4,9 +4,10 @@
 import { hostname } from 'node:os';
 import { Pull, Router } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
-import type { NamedTensor } from '../core/safetensors.js';
-import type { ResumeState } from './checkpoint.js';
-import type { CoordinatorMetrics } from '../metrics/metrics.js';
+import type { ModelState } from '../checkpoint/checkpoint-file.js';
+import { layerTensors } from '../core/ff-network.js';
+import { FfxError, isErrorCode, type ErrorCode } from '../errors.js';
+import type { CoordinatorMetrics } from '../metrics/index.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
   PROTOCOL_VERSION,
@@ -20,14 +21,11 @@ import {
 import { SerialSender, closeAll, dataPush } from '../transport/sockets.js';
 import type { Push } from 'zeromq';
 
-export class ClusterError extends Error {
-  readonly code: string;
+export class ClusterError extends FfxError {
   /** 1-based layers concerned, when the error is about particular stages. */
   readonly layers: number[];
-  constructor(code: string, message: string, layers: number[] = []) {
-    super(message);
-    this.name = 'ClusterError';
-    this.code = code;
+  constructor(code: ErrorCode, message: string, layers: number[] = []) {
+    super(code, message);
     this.layers = layers;
   }
 }
@@ -43,6 +41,8 @@ export interface ClusterOptions {
   heartbeatTimeoutMs: number;
   log: (line: string) => void;
   metrics?: CoordinatorMetrics;
+  /** Aborting it fails the run with its reason (e.g. on SIGINT): every wait rejects at once. */
+  signal?: AbortSignal;
 }
 
 interface StageInfo {
@@ -64,8 +64,9 @@ export class Cluster {
   private feed: Push | null = null;
   private readonly listeners = new Set<Listener>();
   private watchdog: NodeJS.Timeout | null = null;
-  private failure: ClusterError | null = null;
-  private readonly failureWaiters = new Set<(err: ClusterError) => void>();
+  private failure: Error | null = null;
+  private readonly failureWaiters = new Set<(err: Error) => void>();
+  private readonly onAbort = () => this.fail(this.opts.signal!.reason as Error);
   private closed = false;
   private readonly opts: ClusterOptions;
 
@@ -73,17 +74,15 @@ export class Cluster {
     this.numLayers = numLayers;
     this.run = run;
     this.opts = opts;
+    opts.signal?.addEventListener('abort', this.onAbort, { once: true });
+    if (opts.signal?.aborted) this.onAbort();
   }
 
   /**
    * Binds, waits for all stages, sends them the run's config (and, resuming, each its layer's
    * part of the checkpoint); resolves when all are ready.
    */
-  async start(
-    cfg: RunConfig,
-    mode: 'train' | 'eval' = 'train',
-    resume?: ResumeState,
-  ): Promise<void> {
+  async start(cfg: RunConfig, mode: 'train' | 'eval', state?: ModelState): Promise<void> {
     const { opts } = this;
     opts.metrics?.setStagesSource(() => ({
       expected: this.numLayers,
@@ -105,17 +104,16 @@ export class Cluster {
     void this.controlLoop();
     void this.resultsLoop();
 
-    await this.until(
-      () => this.stages.size === this.numLayers,
-      opts.registerTimeoutMs,
-      () =>
+    await this.until(() => this.stages.size === this.numLayers, {
+      ms: opts.registerTimeoutMs,
+      error: () =>
         new ClusterError(
           'CLUSTER_MISSING_STAGES',
           `no hello from layer ${this.missing().join(', ')} within ${opts.registerTimeoutMs / 1000}s ` +
             `(start them with: ffx-stage --layer N --coordinator ${controlEndpoint.replace('0.0.0.0', hostname())})`,
           this.missing(),
         ),
-    );
+    });
     for (let layer = 1; layer <= this.numLayers; layer++) {
       const st = this.stages.get(layer)!;
       const next = layer < this.numLayers ? this.stages.get(layer + 1)!.hello.endpoint : null;
@@ -132,15 +130,14 @@ export class Cluster {
           next,
           results: resultsEndpoint,
           mode,
-          state: resume ? layerTensors(resume.tensors, layer - 1) : {},
-          optimizerStep: resume?.optimizerSteps[layer - 1] ?? 0,
+          state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
+          optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
         }),
       ]);
     }
-    await this.until(
-      () => [...this.stages.values()].every((s) => s.ready),
-      opts.registerTimeoutMs,
-      () => {
+    await this.until(() => [...this.stages.values()].every((s) => s.ready), {
+      ms: opts.registerTimeoutMs,
+      error: () => {
         const notReady = [...this.stages.entries()].filter(([, s]) => !s.ready).map(([l]) => l);
         return new ClusterError(
           'CLUSTER_NOT_READY',
@@ -148,7 +145,7 @@ export class Cluster {
           notReady,
         );
       },
-    );
+    });
     this.feed = dataPush();
     this.feed.connect(this.stages.get(1)!.hello.endpoint);
     this.watchdog = setInterval(
@@ -173,12 +170,11 @@ export class Cluster {
     return () => this.listeners.delete(fn);
   }
 
-  /** Resolves once `done()` is true (checked after each result), or rejects if a stage fails. */
-  async until(
-    done: () => boolean,
-    timeoutMs = Infinity,
-    onTimeout?: () => ClusterError,
-  ): Promise<void> {
+  /**
+   * Resolves once `done()` is true (checked after each message), or rejects if the run fails,
+   * or with `timeout.error()` after `timeout.ms`.
+   */
+  async until(done: () => boolean, timeout?: { ms: number; error: () => Error }): Promise<void> {
     if (done()) return;
     let unsubscribe = () => {};
     let timer: NodeJS.Timeout | undefined;
@@ -193,12 +189,7 @@ export class Cluster {
         unsubscribeResults();
         this.controlChecks.delete(check);
       };
-      if (timeoutMs < Infinity) {
-        timer = setTimeout(
-          () => reject(onTimeout ? onTimeout() : new ClusterError('CLUSTER_TIMEOUT', 'timed out')),
-          timeoutMs,
-        );
-      }
+      if (timeout) timer = setTimeout(() => reject(timeout.error()), timeout.ms);
     });
     try {
       await this.guard(wait);
@@ -213,7 +204,7 @@ export class Cluster {
   /** Rejects with the cluster's failure if one happens before `p` settles. */
   private async guard<T>(p: Promise<T>): Promise<T> {
     if (this.failure) throw this.failure;
-    let reject: (err: ClusterError) => void = () => {};
+    let reject: (err: Error) => void = () => {};
     const failed = new Promise<never>((_, r) => (reject = r));
     this.failureWaiters.add(reject);
     try {
@@ -224,12 +215,8 @@ export class Cluster {
     }
   }
 
-  /** Fails the run: every pending wait rejects with `err`. */
-  abort(err: ClusterError): void {
-    this.fail(err);
-  }
-
-  private fail(err: ClusterError): void {
+  /** Fails the run: every pending wait, and every later one, rejects with `err`. */
+  private fail(err: Error): void {
     if (this.failure) return;
     this.failure = err;
     for (const w of this.failureWaiters) w(err);
@@ -303,7 +290,8 @@ export class Cluster {
           if (msg.type === 'ready') s.ready = true;
         }
       } else if (msg.type === 'error' && msg.run === this.run) {
-        this.fail(new ClusterError(msg.code, `layer ${msg.layer}: ${msg.message}`, [msg.layer]));
+        const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
+        this.fail(new ClusterError(code, `layer ${msg.layer}: ${msg.message}`, [msg.layer]));
       }
       for (const check of this.controlChecks) check();
     }
@@ -353,7 +341,13 @@ export class Cluster {
           ),
         );
       }
-      for (const fn of this.listeners) fn(msg as ResultMessage);
+      for (const fn of this.listeners) {
+        try {
+          fn(msg as ResultMessage);
+        } catch (err) {
+          this.fail(err as Error); // a listener refused the result: the run cannot go on
+        }
+      }
     }
   }
 
@@ -370,6 +364,7 @@ export class Cluster {
 
   close(): void {
     this.closed = true;
+    this.opts.signal?.removeEventListener('abort', this.onAbort);
     if (this.watchdog) clearInterval(this.watchdog);
     closeAll(this.feed, this.results, this.router);
   }
@@ -379,15 +374,4 @@ function hostOf(endpoint: string): string {
   const m = /^tcp:\/\/([^:]+|\[[^\]]+\]):/.exec(endpoint);
   const host = m?.[1] ?? '127.0.0.1';
   return host === '0.0.0.0' || host === '*' ? hostname() : host;
-}
-
-/** The tensors of layer `index` (0-based) in a checkpoint, under their checkpoint names. */
-function layerTensors(
-  tensors: Map<string, NamedTensor>,
-  index: number,
-): Record<string, NamedTensor> {
-  const prefix = `layers.${index}.`;
-  const out: Record<string, NamedTensor> = {};
-  for (const [name, t] of tensors) if (name.startsWith(prefix)) out[name] = t;
-  return out;
 }

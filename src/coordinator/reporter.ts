@@ -1,6 +1,6 @@
 // What a training run tells its user: a live progress line on a TTY, periodic plain lines
 // elsewhere (CI logs, files), or nothing but errors with `quiet`.
-import type { EpochRecord } from './local-trainer.js';
+import type { EpochRecord } from './epoch-record.js';
 import type { EvalResult } from '../core/predict.js';
 import { formatConfusion } from '../core/predict.js';
 

@@ -177,7 +177,7 @@ export class FFLayer {
   }
 
   /** Loads what exportState wrote; optimizer slots are loaded when present. */
-  importState(prefix: string, tensors: Map<string, NamedTensor>): void {
+  importState(prefix: string, tensors: ReadonlyMap<string, NamedTensor>): void {
     const names = new Map<tf.Variable, string>([
       [this.weight, `${prefix}.weight`],
       [this.bias, `${prefix}.bias`],

@@ -15,6 +15,23 @@ export interface ModelConfig {
   normEps: number;
 }
 
+/**
+ * Where layer `index` (0-based) keeps its tensors in a saved model or a checkpoint:
+ * `layers.<index>.weight`, `.bias`, and its optimizer slots (`layers.<index>.weight.m`, ...).
+ */
+export function layerPrefix(index: number): string {
+  return `layers.${index}`;
+}
+
+/** The tensors of layer `index` (0-based) among a model's, under their saved names. */
+export function layerTensors(
+  tensors: ReadonlyMap<string, NamedTensor>,
+  index: number,
+): Map<string, NamedTensor> {
+  const prefix = `${layerPrefix(index)}.`;
+  return new Map([...tensors].filter(([name]) => name.startsWith(prefix)));
+}
+
 /** Initialisation seed of layer `index` (0-based): a stage derives it from the run seed alone. */
 export function layerSeed(runSeed: number, index: number): number {
   return (runSeed * 7919 + index * 104729) % 2147483647;
@@ -107,13 +124,13 @@ export class FFNetwork {
   exportState(withOptimizer: boolean): Map<string, NamedTensor> {
     const out = new Map<string, NamedTensor>();
     this.layers.forEach((l, i) => {
-      for (const [k, v] of l.exportState(`layers.${i}`, withOptimizer)) out.set(k, v);
+      for (const [k, v] of l.exportState(layerPrefix(i), withOptimizer)) out.set(k, v);
     });
     return out;
   }
 
-  importState(tensors: Map<string, NamedTensor>): void {
-    this.layers.forEach((l, i) => l.importState(`layers.${i}`, tensors));
+  importState(tensors: ReadonlyMap<string, NamedTensor>): void {
+    this.layers.forEach((l, i) => l.importState(layerPrefix(i), tensors));
   }
 
   dispose(): void {

@@ -26,7 +26,7 @@ export interface StagesSnapshot {
   up: number;
 }
 
-/** The parts of an EpochRecord (local-trainer.ts) recorded here. */
+/** The parts of an EpochRecord (coordinator/epoch-record.ts) recorded here. */
 export interface EpochRecordLike {
   /** 1-based. */
   epoch: number;

@@ -20,7 +20,7 @@ import {
   type DataHeader,
 } from '../transport/wire.js';
 import { SerialSender, closeAll, dataPull, dataPush } from '../transport/sockets.js';
-import type { StageMetrics } from '../metrics/metrics.js';
+import type { StageMetrics } from '../metrics/index.js';
 
 export interface StageOptions {
   /** 1-based layer index. */

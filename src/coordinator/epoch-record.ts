@@ -1,0 +1,30 @@
+// What a run records about each epoch: one line of metrics.jsonl, one `epoch` event of
+// --json, one Prometheus update. The same record whichever executor ran the layers.
+import type { StepStats } from '../core/ff-layer.js';
+import type { EvalResult } from '../core/predict.js';
+
+/**
+ * Where one layer's time went: computing, idle waiting for input (the pipeline bubble),
+ * decoding and encoding messages (transport), and waiting for room downstream (backpressure).
+ * Layers run in this process only compute.
+ */
+export interface StageTiming {
+  stepSeconds: number;
+  waitSeconds: number;
+  transportSeconds: number;
+  blockedSeconds: number;
+}
+
+export interface EpochRecord {
+  /** 1-based. */
+  epoch: number;
+  seconds: number;
+  samplesPerSec: number;
+  /** Learning rate of the epoch's last batch. */
+  lr: number;
+  /** Per layer, means over the epoch's samples. */
+  layers: StepStats[];
+  /** Per layer, totals over the epoch. */
+  stages: StageTiming[];
+  eval?: EvalResult;
+}

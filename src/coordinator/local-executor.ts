@@ -1,0 +1,86 @@
+// Every layer in this process, batch by batch: the quick way to train on one machine, and the
+// reference a pipeline of stages must reproduce. Layer l trains on the activations layer l-1
+// produced for the same batch in the same step, exactly as stage l receives them.
+import { checkMemoryBudget } from '../backend/backend.js';
+import type { ModelState } from '../checkpoint/checkpoint-file.js';
+import type { RunConfig } from '../config/config.js';
+import { FFNetwork } from '../core/ff-network.js';
+import { NUM_CLASSES } from '../data/ff-data.js';
+import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
+import type { EvalBatch } from './run-data.js';
+
+export class LocalExecutor implements Executor {
+  readonly numLayers: number;
+  readonly where = 'in this process';
+  private readonly cfg: RunConfig;
+  private net: FFNetwork | null = null;
+  private onTrain: TrainListener = () => {};
+
+  constructor(cfg: RunConfig) {
+    this.cfg = cfg;
+    this.numLayers = cfg.model.layers.length - 1;
+  }
+
+  async start(onTrain: TrainListener, state?: ModelState): Promise<void> {
+    const { cfg } = this;
+    const widest = Math.max(...cfg.model.layers);
+    // A step holds a few [2B, width] activations per layer; an eval batch [10B, width].
+    checkMemoryBudget(
+      2 * cfg.train.batchSize * widest * 4 * 6,
+      `training batch of ${cfg.train.batchSize}`,
+    );
+    checkMemoryBudget(
+      NUM_CLASSES * cfg.eval.batchSize * widest * 4 * 4,
+      `evaluation batch of ${cfg.eval.batchSize} images (${NUM_CLASSES * cfg.eval.batchSize} rows)`,
+    );
+    this.onTrain = onTrain;
+    this.net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
+    if (state) {
+      this.net.importState(state.tensors);
+      this.net.layers.forEach((l, i) => (l.optimizer.step = state.optimizerSteps[i] ?? 0));
+    }
+  }
+
+  async train(batch: TrainBatch, lr: number): Promise<void> {
+    const stats = this.network().trainBatch(batch.x, batch.size, lr);
+    stats.forEach(({ seconds, ...s }, i) =>
+      this.onTrain({
+        layer: i + 1,
+        epoch: batch.epoch,
+        index: batch.index,
+        stats: s,
+        timing: { stepSeconds: seconds, waitSeconds: 0, transportSeconds: 0, blockedSeconds: 0 },
+      }),
+    );
+  }
+
+  /** Every report was delivered during train(). */
+  async drain(): Promise<void> {}
+
+  async evaluate(
+    batches: Iterable<EvalBatch>,
+    _epoch: number,
+    onGoodness: GoodnessListener,
+  ): Promise<void> {
+    const net = this.network();
+    for (const b of batches) onGoodness(b, net.goodness(b.x, NUM_CLASSES * b.images));
+  }
+
+  async exportState(): Promise<ModelState> {
+    const net = this.network();
+    return {
+      tensors: net.exportState(true),
+      optimizerSteps: net.layers.map((l) => l.optimizer.step),
+    };
+  }
+
+  async close(): Promise<void> {
+    this.net?.dispose();
+    this.net = null;
+  }
+
+  private network(): FFNetwork {
+    if (!this.net) throw new Error('LocalExecutor: start() first');
+    return this.net;
+  }
+}

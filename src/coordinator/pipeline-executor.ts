@@ -1,0 +1,182 @@
+// The layers as a pipeline of ffx-stage processes, one per layer. The coordinator feeds the
+// first stage; every stage trains its layer and forwards its activations, so all stages work
+// at once on consecutive batches, and reports to the coordinator (cluster.ts) what it computed.
+import { randomUUID } from 'node:crypto';
+import type { ModelState } from '../checkpoint/checkpoint-file.js';
+import type { RunConfig } from '../config/config.js';
+import { NUM_CLASSES } from '../data/ff-data.js';
+import type { NamedTensor } from '../core/safetensors.js';
+import type { WeightsMessage } from '../transport/wire.js';
+import { Cluster, type ClusterOptions } from './cluster.js';
+import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
+import type { EvalBatch } from './run-data.js';
+
+export interface PipelineOptions extends ClusterOptions {
+  /** 'train' builds fresh layers (or a checkpoint's); 'eval' uses the layers stages hold. */
+  mode: 'train' | 'eval';
+  /** End the run with `stop` (stages exit) instead of `end` (stages wait for the next run). */
+  stopStages: boolean;
+}
+
+export class PipelineExecutor implements Executor {
+  readonly numLayers: number;
+  /** This run's id: every message of the run carries it. */
+  readonly run = randomUUID().slice(0, 8);
+  readonly where: string;
+  private readonly cfg: RunConfig;
+  private readonly opts: PipelineOptions;
+  private readonly cluster: Cluster;
+  private sent = 0;
+  private reported = 0;
+  private markerId = 0;
+
+  constructor(cfg: RunConfig, opts: PipelineOptions) {
+    this.cfg = cfg;
+    this.opts = opts;
+    this.numLayers = cfg.model.layers.length - 1;
+    this.where = `on ${this.numLayers} stages (run ${this.run})`;
+    this.cluster = new Cluster(this.numLayers, this.run, opts);
+  }
+
+  async start(onTrain: TrainListener, state?: ModelState): Promise<void> {
+    this.cluster.subscribe((msg) => {
+      if (msg.type !== 'stats') return;
+      this.reported++;
+      onTrain({
+        layer: msg.layer,
+        epoch: msg.epoch,
+        index: msg.seq,
+        stats: { loss: msg.loss, goodnessPos: msg.goodnessPos, goodnessNeg: msg.goodnessNeg },
+        timing: {
+          stepSeconds: msg.stepMs / 1000,
+          waitSeconds: msg.waitMs / 1000,
+          transportSeconds: msg.transportMs / 1000,
+          blockedSeconds: msg.blockedMs / 1000,
+        },
+      });
+    });
+    await this.cluster.start(this.cfg, this.opts.mode, state);
+  }
+
+  async train(batch: TrainBatch, lr: number): Promise<void> {
+    const rows = 2 * batch.size;
+    await this.cluster.send(
+      {
+        kind: 'train',
+        run: this.run,
+        epoch: batch.epoch,
+        seq: batch.index,
+        nPos: batch.size,
+        lr,
+        tensors: [{ name: 'x', shape: [rows, batch.x.length / rows] }],
+      },
+      [batch.x],
+    );
+    this.sent++;
+  }
+
+  // Every stage's report of every batch, not the last stage's alone: reports from different
+  // stages travel on different connections and may arrive in any order.
+  drain(): Promise<void> {
+    return this.cluster.until(() => this.reported === this.sent * this.numLayers);
+  }
+
+  async evaluate(
+    batches: Iterable<EvalBatch>,
+    epoch: number,
+    onGoodness: GoodnessListener,
+  ): Promise<void> {
+    const pending = new Map<number, { batch: EvalBatch; goodness: Float32Array[]; got: number }>();
+    let sent = 0;
+    let done = 0;
+    const unsubscribe = this.cluster.subscribe((msg) => {
+      if (msg.type !== 'goodness' || msg.epoch !== epoch) return;
+      const p = pending.get(msg.seq);
+      if (!p || p.goodness[msg.layer - 1] !== undefined) return;
+      p.goodness[msg.layer - 1] = msg.g;
+      if (++p.got < this.numLayers) return;
+      pending.delete(msg.seq);
+      done++;
+      onGoodness(p.batch, p.goodness);
+    });
+    try {
+      for (const batch of batches) {
+        pending.set(batch.index, { batch, goodness: [], got: 0 });
+        sent++;
+        const rows = NUM_CLASSES * batch.images;
+        await this.cluster.send(
+          {
+            kind: 'eval',
+            run: this.run,
+            epoch,
+            seq: batch.index,
+            images: batch.images,
+            tensors: [{ name: 'x', shape: [rows, batch.x.length / rows] }],
+          },
+          [batch.x],
+        );
+      }
+      await this.cluster.until(() => done === sent);
+    } finally {
+      unsubscribe();
+    }
+  }
+
+  /** In band: each stage sends its layer once every batch before the marker has passed it. */
+  async exportState(epoch: number): Promise<ModelState> {
+    const parts = new Map<number, WeightsMessage>();
+    const unsubscribe = this.cluster.subscribe((msg) => {
+      if (msg.type === 'weights' && msg.epoch === epoch) parts.set(msg.layer, msg);
+    });
+    try {
+      await this.marker('weights', epoch);
+      await this.cluster.until(() => parts.size === this.numLayers);
+    } finally {
+      unsubscribe();
+    }
+    const tensors = new Map<string, NamedTensor>();
+    const optimizerSteps: number[] = [];
+    for (let layer = 1; layer <= this.numLayers; layer++) {
+      const part = parts.get(layer)!;
+      for (const [name, t] of Object.entries(part.tensors)) tensors.set(name, t);
+      optimizerSteps.push(part.optimizerStep);
+    }
+    return { tensors, optimizerSteps };
+  }
+
+  /**
+   * A run that ended well ends in band: `end` keeps the stages (and their layers) for the next
+   * coordinator, `stop` makes them exit; the last stage's ack says the marker passed them all.
+   * An abandoned run is dropped by every stage at once, out of band.
+   */
+  async close(error?: unknown): Promise<void> {
+    try {
+      if (error === undefined) {
+        const op = this.opts.stopStages ? 'stop' : 'end';
+        let acked = false;
+        const id = this.markerId + 1;
+        const unsubscribe = this.cluster.subscribe((msg) => {
+          if (msg.type === 'ack' && msg.id === id) acked = true;
+        });
+        try {
+          await this.marker(op, 0);
+          await this.cluster.until(() => acked);
+        } finally {
+          unsubscribe();
+        }
+      } else {
+        const reason = error instanceof Error ? error.message : String(error);
+        await this.cluster.stopAll(reason, this.opts.stopStages);
+      }
+    } finally {
+      this.cluster.close();
+    }
+  }
+
+  private marker(op: 'weights' | 'end' | 'stop', epoch: number): Promise<void> {
+    return this.cluster.send(
+      { kind: 'marker', run: this.run, epoch, seq: 0, op, id: ++this.markerId, tensors: [] },
+      [],
+    );
+  }
+}

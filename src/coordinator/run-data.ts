@@ -1,0 +1,94 @@
+// The data of a run: the dataset scaled once, the training batches in the order the seed gives,
+// and the test images as label overlays. Every executor sees exactly these arrays, so a run
+// computes the same thing whichever executor runs its layers.
+import { ConfigError, type RunConfig } from '../config/config.js';
+import { loadDataset, type Dataset } from '../data/datasets.js';
+import { BatchSampler, NUM_CLASSES, overlayAllLabels, toFloat } from '../data/ff-data.js';
+
+export interface Split {
+  images: Float32Array;
+  labels: Uint8Array;
+  count: number;
+}
+
+export interface RunData {
+  dataset: Dataset;
+  /** Pixels per image: the model's input width. */
+  dim: number;
+  train: Split;
+  test: Split;
+}
+
+/** Loads the configured dataset and scales it (test with the training set's statistics). */
+export async function prepareData(cfg: RunConfig, log: (line: string) => void): Promise<RunData> {
+  const dataset = await loadDataset(cfg.data.dataset, { dataDir: cfg.data.dataDir, log });
+  const dim = dataset.train.rows * dataset.train.cols;
+  if (cfg.model.layers[0] !== dim) {
+    throw new ConfigError(
+      'CONFIG_INVALID',
+      'model.layers',
+      cfg.model.layers,
+      `model.layers[0] is ${cfg.model.layers[0]}, but ${dataset.name} images have ${dim} pixels`,
+    );
+  }
+  const limit = (n: number, max: number) => (n > 0 ? Math.min(n, max) : max);
+  const trainCount = limit(cfg.data.trainLimit, dataset.train.count);
+  const testCount = limit(cfg.data.testLimit, dataset.test.count);
+  const train = toFloat(dataset.train.images, trainCount, dim, cfg.data.scale);
+  const test = toFloat(dataset.test.images, testCount, dim, cfg.data.scale, train);
+  return {
+    dataset,
+    dim,
+    train: {
+      images: train.data,
+      labels: dataset.train.labels.subarray(0, trainCount),
+      count: trainCount,
+    },
+    test: {
+      images: test.data,
+      labels: dataset.test.labels.subarray(0, testCount),
+      count: testCount,
+    },
+  };
+}
+
+/**
+ * The training batches of a run: order and negatives depend on the seed and the epoch alone,
+ * so every executor, and a resumed run, sees the same batches.
+ */
+export function trainSampler(cfg: RunConfig, data: RunData): BatchSampler {
+  return new BatchSampler({
+    images: data.train.images,
+    labels: data.train.labels,
+    count: data.train.count,
+    dim: data.dim,
+    batchSize: cfg.train.batchSize,
+    seed: cfg.seed,
+    shuffle: true,
+    dropLast: false,
+    onValue: cfg.model.overlayValue,
+  });
+}
+
+/** One evaluation batch: `images` images, each with every label overlaid. */
+export interface EvalBatch {
+  index: number;
+  images: number;
+  /** [NUM_CLASSES * images, dim], label-major: image i with label c is row c * images + i. */
+  x: Float32Array;
+  labels: Uint8Array;
+}
+
+/**
+ * A split as evaluation batches of `cfg.eval.batchSize` images. Each batch has a buffer of its
+ * own: an executor may still be sending one while the next is made.
+ */
+export function* evalBatches(split: Split, dim: number, cfg: RunConfig): Generator<EvalBatch> {
+  const b = Math.min(cfg.eval.batchSize, split.count);
+  for (let start = 0, index = 0; start < split.count; start += b, index++) {
+    const n = Math.min(b, split.count - start);
+    const x = new Float32Array(NUM_CLASSES * n * dim);
+    overlayAllLabels(split.images, start, n, dim, x, cfg.model.overlayValue);
+    yield { index, images: n, x, labels: split.labels.subarray(start, start + n) };
+  }
+}
