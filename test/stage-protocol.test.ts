@@ -1,6 +1,7 @@
 // A real ffx-stage process driven by a scripted coordinator: it registers, takes its config,
 // rejects each kind of malformed message with a reason (and keeps serving), trains on a valid
-// one, acknowledges markers, and exits on a stop marker.
+// one, answers a weights marker, ends the run on an end marker (acknowledged, then it says
+// hello again), drops the run's leftovers, and exits 0 when told to stop.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { join } from 'node:path';
@@ -27,6 +28,17 @@ describe('ffx-stage protocol', () => {
   const results = new Pull();
   let feed: Push;
   let stage: Started;
+  /** The stage's DEALER, as the router sees it. */
+  let identity: Buffer;
+
+  /** The next control message of `type` from the stage (heartbeats and others skipped). */
+  async function nextControl(type: ControlMessage['type']): Promise<ControlMessage> {
+    for (;;) {
+      const [, frame] = await router.receive();
+      const msg = decodeControl(frame!);
+      if (msg.type === type) return msg;
+    }
+  }
 
   async function nextResult(): Promise<ControlMessage> {
     const [frame] = await results.receive();
@@ -53,7 +65,6 @@ describe('ffx-stage protocol', () => {
       { timeoutMs: 60_000 },
     );
     let hello: ControlMessage;
-    let identity: Buffer;
     for (;;) {
       const [id, frame] = await router.receive();
       hello = decodeControl(frame!);
@@ -69,7 +80,14 @@ describe('ffx-stage protocol', () => {
         run: 'test',
         layer: 1,
         numLayers: 1,
-        model: { layers: [IN, OUT], goodness: 'sum', negate: false, threshold: 2, normEps: 1e-8 },
+        model: {
+          layers: [IN, OUT],
+          goodness: 'sum',
+          negate: false,
+          threshold: 2,
+          normEps: 1e-8,
+          overlayValue: 1,
+        },
         optimizer: {
           type: 'adam',
           lr: 0.01,
@@ -87,10 +105,8 @@ describe('ffx-stage protocol', () => {
         optimizerStep: 0,
       }),
     ]);
-    for (;;) {
-      const [, frame] = await router.receive();
-      if (decodeControl(frame!).type === 'ready') break;
-    }
+    const ready = await nextControl('ready');
+    assert.deepEqual(ready, { type: 'ready', layer: 1, run: 'test' });
     feed = dataPush(hello.type === 'hello' ? hello.endpoint : '');
   });
 
@@ -124,6 +140,7 @@ describe('ffx-stage protocol', () => {
         epoch: 0,
         seq: 1,
         nPos: 3,
+        lr: 0.01,
         tensors: [{ name: 'x', shape: [6, width] }],
       },
       [new Float32Array(6 * width).fill(fill)],
@@ -219,24 +236,67 @@ describe('ffx-stage protocol', () => {
     assert.ok(Number.isFinite(value('ffx_stage_loss{role="stage",layer="1"}')));
   });
 
-  it('acknowledges a marker as the last stage and exits 0 on stop', async () => {
-    await feed.send(
-      encodeData(
-        { kind: 'marker', run: 'test', epoch: 0, seq: 0, op: 'epoch-end', id: 5, tensors: [] },
-        [],
-      ),
-    );
+  const marker = (op: 'weights' | 'end' | 'stop', id: number) =>
+    encodeData({ kind: 'marker', run: 'test', epoch: 0, seq: 0, op, id, tensors: [] }, []);
+
+  it('answers a weights marker with its layer and optimizer state', async () => {
+    await feed.send(marker('weights', 4));
+    const w = await nextResult();
+    assert.ok(w.type === 'weights', w.type);
+    assert.equal(w.run, 'test');
+    // One valid step per malformed case: that many Adam updates.
+    assert.equal(w.optimizerStep, cases.length);
+    assert.deepEqual(Object.keys(w.tensors).sort(), [
+      'layers.0.bias',
+      'layers.0.bias.m',
+      'layers.0.bias.v',
+      'layers.0.weight',
+      'layers.0.weight.m',
+      'layers.0.weight.v',
+    ]);
+    assert.deepEqual(w.tensors['layers.0.weight']!.shape, [OUT, IN]);
+  });
+
+  it('ends the run on an end marker: acknowledged, then hello again, leftovers dropped', async () => {
+    await feed.send(marker('end', 5));
     const ack = await nextResult();
-    assert.deepEqual(ack.type === 'ack' && [ack.op, ack.id], ['epoch-end', 5]);
-    await feed.send(
-      encodeData(
-        { kind: 'marker', run: 'test', epoch: 0, seq: 0, op: 'stop', id: 6, tensors: [] },
-        [],
-      ),
-    );
+    assert.deepEqual(ack, { type: 'ack', layer: 1, run: 'test', op: 'end', id: 5, epoch: 0 });
+    // Between runs it keeps its layer and looks for the next coordinator.
+    const hello = await nextControl('hello');
+    assert.equal(hello.type === 'hello' && hello.layer, 1);
+    // A message of the run that just ended is a leftover: dropped, counted, never answered.
+    await feed.send(good(8));
+    const url = /metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(stage.stderr())?.[1];
+    assert.ok(url);
+    const series = async (name: string) => {
+      for (;;) {
+        const text = await (await fetch(url)).text();
+        const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+        assert.ok(line, `no ${name}`);
+        if (Number(line.split(' ')[1]) > 0) return Number(line.split(' ')[1]);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    assert.equal(await series('ffx_stage_leftover_messages_total{role="stage",layer="1"}'), 1);
+    assert.equal(await series('ffx_stage_state{state="between-runs",role="stage",layer="1"}'), 1);
+  });
+
+  it('exits 0 when the coordinator says stop', async () => {
+    await router.send([identity, encodeControl({ type: 'stop', reason: 'test over' })]);
     const r = await stage.result;
     assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /coordinator says stop \(test over\)/);
     // Each rejection reason was logged once, with the reason.
     assert.match(r.stderr, /rejected a message \(BAD_WIDTH\)/);
+    assert.equal(r.stderr.match(/rejected a message \(BAD_SHAPE\)/g)?.length, 1);
+    // Nothing arrived on the results socket for the leftover.
+    const late = await Promise.race([
+      results.receive().then(
+        () => 'result',
+        () => 'closed',
+      ),
+      new Promise((r) => setTimeout(() => r('none'), 200)),
+    ]);
+    assert.equal(late, 'none');
   });
 });

@@ -45,6 +45,7 @@ function trainFrames(seq: number, nPos: number, d: number): Buffer[] {
       epoch: 0,
       seq,
       nPos,
+      lr: 0.001,
       tensors: [{ name: 'x', shape: [2 * nPos, d] }],
     },
     [x],
@@ -164,13 +165,13 @@ describe('DEALER -> ROUTER control', () => {
 
     // Fired without awaiting, as a heartbeat timer and a message handler would.
     const sends = Array.from({ length: 20 }, (_, i) =>
-      out.send(encodeControl({ type: 'heartbeat', layer: 1, t: i })),
+      out.send(encodeControl({ type: 'heartbeat', layer: i })),
     );
     for (let i = 0; i < 20; i++) {
       const [, frame] = await router.receive();
       const msg = decodeControl(frame!);
       assert.ok(msg.type === 'heartbeat');
-      assert.equal(msg.t, i);
+      assert.equal(msg.layer, i);
     }
     await Promise.all(sends);
     await out.idle();

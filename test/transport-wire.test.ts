@@ -35,6 +35,7 @@ function trainHeader(nPos = 100, d = D): TrainInit {
     epoch: 2,
     seq: 17,
     nPos,
+    lr: 0.001,
     tensors: [{ name: 'x', shape: [2 * nPos, d] }],
   };
 }
@@ -54,6 +55,7 @@ function validTrainRaw(): { header: Record<string, unknown>; x: Float32Array } {
       epoch: 0,
       seq: 3,
       nPos: 4,
+      lr: 0.001,
       tensors: [{ name: 'x', shape: [8, D] }],
     },
     x,
@@ -107,14 +109,20 @@ describe('data round trips', () => {
     assert.equal(tensors[0]!.buffer, x.buffer, 'aligned frame decodes as a view');
   });
 
-  it('train: lr travels when given', () => {
+  it('train: lr travels, and is required', () => {
     const frames = encodeData({ ...trainHeader(2, 3), lr: 0.03 }, [ramp(4, 3)]);
     const { header } = decodeData(frames);
     assert.ok(header.kind === 'train');
     assert.equal(header.lr, 0.03);
+    const noLr: Record<string, unknown> = { ...trainHeader(2, 3) };
+    delete noLr.lr;
+    assert.throws(
+      () => encodeData(noLr as unknown as DataHeaderInit, [ramp(4, 3)]),
+      rejects('BAD_HEADER', 'header.lr', 'missing'),
+    );
   });
 
-  it('eval: [10 * images, d] label-major with split', () => {
+  it('eval: [10 * images, d] label-major', () => {
     const images = 3;
     const x = ramp(10 * images, 5);
     const init: DataHeaderInit = {
@@ -123,7 +131,6 @@ describe('data round trips', () => {
       epoch: 1,
       seq: 0,
       images,
-      split: 'test',
       tensors: [{ name: 'x', shape: [30, 5] }],
     };
     const { header, tensors } = decodeData(encodeData(init, [x]), { width: 5 });
@@ -137,7 +144,7 @@ describe('data round trips', () => {
       run: 'r1',
       epoch: 4,
       seq: 99,
-      op: 'epoch-end',
+      op: 'weights',
       id: 7,
       tensors: [],
     };
@@ -452,13 +459,15 @@ describe('control and result messages', () => {
       state: {},
       optimizerStep: 0,
     },
-    { type: 'ready', layer: 1 },
-    { type: 'heartbeat', layer: 1, t: 1732800000123 },
+    { type: 'ready', layer: 1, run: 'r1' },
+    { type: 'heartbeat', layer: 1 },
     { type: 'stop', reason: 'done' },
+    { type: 'abort', run: 'r1', reason: 'interrupted by SIGINT' },
     { type: 'error', run: 'r1', layer: 2, code: 'BAD_VERSION', message: 'stage speaks 2' },
     {
       type: 'stats',
       layer: 1,
+      run: 'r1',
       epoch: 0,
       seq: 5,
       loss: 0.6931471805599453,
@@ -469,8 +478,8 @@ describe('control and result messages', () => {
       transportMs: 0.5,
       blockedMs: 0.25,
     },
-    { type: 'ack', layer: 2, op: 'epoch-end', id: 3, epoch: 0 },
-    { type: 'rejected', layer: 1, code: 'BAD_WIDTH', reason: 'width 500, expects 784' },
+    { type: 'ack', layer: 2, run: 'r1', op: 'end', id: 3, epoch: 0 },
+    { type: 'rejected', layer: 1, run: 'r1', code: 'BAD_WIDTH', reason: 'width 500, expects 784' },
   ];
 
   for (const msg of messages) {
@@ -480,7 +489,15 @@ describe('control and result messages', () => {
   }
 
   it('goodness: g comes back as a Float32Array with the same bytes', () => {
-    const msg: ControlMessage = { type: 'goodness', layer: 2, epoch: 1, seq: 4, images: 2, g };
+    const msg: ControlMessage = {
+      type: 'goodness',
+      layer: 2,
+      run: 'r1',
+      epoch: 1,
+      seq: 4,
+      images: 2,
+      g,
+    };
     const back = decodeControl(encodeControl(msg));
     assert.ok(back.type === 'goodness');
     assert.ok(back.g instanceof Float32Array);
@@ -493,7 +510,15 @@ describe('control and result messages', () => {
     big.set(g, 3);
     const view = big.subarray(3, 23);
     const back = decodeControl(
-      encodeControl({ type: 'goodness', layer: 1, epoch: 0, seq: 0, images: 2, g: view }),
+      encodeControl({
+        type: 'goodness',
+        layer: 1,
+        run: 'r1',
+        epoch: 0,
+        seq: 0,
+        images: 2,
+        g: view,
+      }),
     );
     assert.ok(back.type === 'goodness');
     assertSameBytes(back.g, g);
@@ -501,12 +526,14 @@ describe('control and result messages', () => {
 
   it('goodness: g must have 10 * images values', () => {
     assert.throws(
-      () => encodeControl({ type: 'goodness', layer: 1, epoch: 0, seq: 0, images: 3, g }),
+      () =>
+        encodeControl({ type: 'goodness', layer: 1, run: 'r1', epoch: 0, seq: 0, images: 3, g }),
       rejects('BAD_SHAPE', 'goodness.g', '20', '30'),
     );
     const frame = pack({
       type: 'goodness',
       layer: 1,
+      run: 'r1',
       epoch: 0,
       seq: 0,
       images: 3,
@@ -516,6 +543,7 @@ describe('control and result messages', () => {
     const odd = pack({
       type: 'goodness',
       layer: 1,
+      run: 'r1',
       epoch: 0,
       seq: 0,
       images: 2,
@@ -530,6 +558,7 @@ describe('control and result messages', () => {
     const msg: ControlMessage = {
       type: 'weights',
       layer: 1,
+      run: 'r1',
       epoch: 3,
       optimizerStep: 600,
       tensors: {
@@ -564,7 +593,7 @@ describe('control and result messages', () => {
       rejects('BAD_HEADER', 'ready.layer', '"1"'),
     );
     assert.throws(
-      () => decodeControl(pack({ type: 'ack', layer: 1, op: 'nope', id: 1, epoch: 0 })),
+      () => decodeControl(pack({ type: 'ack', layer: 1, run: 'r', op: 'nope', id: 1, epoch: 0 })),
       rejects('BAD_HEADER', 'ack.op', '"nope"'),
     );
     assert.throws(

@@ -34,6 +34,7 @@ import {
 } from './run-options.js';
 import { InterruptedError, UsageError } from '../errors.js';
 import { configureLog } from '../log.js';
+import { parseEndpoint } from './endpoint.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const resume = a.resume as string | undefined;
@@ -148,7 +149,7 @@ function pipelineOptions(
   process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   return {
     mode,
-    bind: a.bind as string,
+    bind: parseEndpoint(a.bind as string, '--bind', 'bind'),
     advertiseHost: a.advertise as string | undefined,
     registerTimeoutMs: (a['register-timeout'] as number) * 1000,
     heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,

@@ -11,8 +11,10 @@ import {
   createRegistry,
 } from '../metrics/index.js';
 import { runMain } from './run-main.js';
-import { metricsOptions } from './run-options.js';
+import { metricsOptions, verboseOption } from './run-options.js';
+import { configureLog, log } from '../log.js';
 import { UsageError } from '../errors.js';
+import { parseEndpoint } from './endpoint.js';
 
 export function buildCli(argv: string[]) {
   return metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`)
@@ -60,6 +62,7 @@ export function buildCli(argv: string[]) {
       default: 1000,
       describe: 'heartbeat interval to the coordinator',
     })
+    .option('verbose', verboseOption)
     .example('$0 --layer 2 --coordinator tcp://10.0.0.1:5555', 'serve layer 2')
     .epilog(
       'Flags can also come from the environment as FFX_<FLAG> (FFX_LAYER=2 FFX_COORDINATOR=tcp://...) ' +
@@ -76,11 +79,13 @@ async function main(): Promise<void> {
   const a = await buildCli(hideBin(process.argv)).parseAsync();
   if (!Number.isInteger(a.layer) || a.layer < 1)
     throw new UsageError(`--layer must be a positive integer; got ${a.layer}`);
-  const log = (line: string) => process.stderr.write(`${line}\n`);
+  configureLog({ verbose: a.verbose });
+  const coordinator = parseEndpoint(a.coordinator, '--coordinator', 'connect');
+  const listen = parseEndpoint(a.listen, '--listen', 'bind');
   const backend = await initBackend(a.backend as BackendChoice, {
     device: a.device,
     threads: a.threads,
-    log,
+    log: (l) => log.info(l),
   });
   let metrics: StageMetrics | undefined;
   let server: MetricsServer | undefined;
@@ -89,24 +94,27 @@ async function main(): Promise<void> {
     metrics = new StageMetrics(registry, a.layer);
     const port = a['metrics-port'] ?? DEFAULT_METRICS_PORT + a.layer;
     server = await MetricsServer.start(registry, { host: a['metrics-host'], port });
-    log(`layer ${a.layer}: metrics on ${server.address}`);
+    log.info(`layer ${a.layer}: metrics on ${server.address}`);
   }
   const stage = new Stage({
     layer: a.layer,
-    coordinator: a.coordinator,
-    listen: a.listen,
+    coordinator,
+    listen,
     advertise: a.advertise,
     backend,
-    log,
     heartbeatMs: a['heartbeat-ms'],
     metrics,
   });
-  const onSignal = () => void stage.close();
+  // SIGTERM/SIGINT end the stage from any state, including while it waits for a coordinator.
+  const onSignal = (signal: NodeJS.Signals) => {
+    log.info(`layer ${a.layer}: ${signal}, stopping`);
+    void stage.close();
+  };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
     await stage.run();
-    log(`layer ${a.layer}: stopped`);
+    log.info(`layer ${a.layer}: stopped`);
   } finally {
     await stage.close();
     await server?.close();

@@ -205,6 +205,29 @@ export function validateConfig(raw: unknown): RunConfig {
   return cfg;
 }
 
+/**
+ * Checks one section given whole, with every key present and none unknown: what a stage does
+ * with the model and optimizer its coordinator sends, under the rules of a config file.
+ */
+export function validateSection<K extends 'model' | 'optimizer'>(
+  name: K,
+  value: unknown,
+): RunConfig[K] {
+  const rules = SCHEMA[name]!;
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    fail(name, value, 'an object');
+  const obj = value as Record<string, unknown>;
+  for (const [key, v] of Object.entries(obj)) {
+    const rule = rules[key];
+    if (!rule) throw unknownKey(`${name}.${key}`, v, Object.keys(rules));
+    rule(`${name}.${key}`, v);
+  }
+  for (const key of Object.keys(rules)) {
+    if (!(key in obj)) fail(`${name}.${key}`, undefined, 'present');
+  }
+  return obj as RunConfig[K];
+}
+
 function unknownKey(key: string, value: unknown, known: string[]): ConfigError {
   return new ConfigError(
     'CONFIG_UNKNOWN_KEY',

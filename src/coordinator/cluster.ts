@@ -15,6 +15,7 @@ import {
   encodeControl,
   encodeData,
   type DataHeaderInit,
+  type ControlMessage,
   type HelloMessage,
   type ResultMessage,
 } from '../transport/wire.js';
@@ -287,7 +288,7 @@ export class Cluster {
         const s = this.stages.get(msg.layer);
         if (s) {
           s.lastSeen = Date.now();
-          if (msg.type === 'ready') s.ready = true;
+          if (msg.type === 'ready' && msg.run === this.run) s.ready = true;
         }
       } else if (msg.type === 'error' && msg.run === this.run) {
         const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
@@ -327,9 +328,13 @@ export class Cluster {
         this.opts.log(`coordinator: ignored a bad result (${err.code}): ${err.message}`);
         continue;
       }
-      if (!('layer' in msg)) continue;
-      const s = this.stages.get(msg.layer);
-      if (s) s.lastSeen = Date.now(); // a busy stage's results count as signs of life
+      if (!isResult(msg) || msg.run !== this.run || !this.stages.has(msg.layer)) {
+        this.opts.log(
+          `coordinator: ignored a '${msg.type}' on the results socket, not of this run`,
+        );
+        continue;
+      }
+      this.stages.get(msg.layer)!.lastSeen = Date.now(); // a busy stage's results are signs of life
       if (msg.type === 'rejected') {
         this.opts.metrics?.onRejected(msg.layer, msg.code);
         // A batch that a stage refused never completes: fail now rather than wait forever.
@@ -343,7 +348,7 @@ export class Cluster {
       }
       for (const fn of this.listeners) {
         try {
-          fn(msg as ResultMessage);
+          fn(msg);
         } catch (err) {
           this.fail(err as Error); // a listener refused the result: the run cannot go on
         }
@@ -356,8 +361,10 @@ export class Cluster {
    * next coordinator (`abort`); best effort.
    */
   async stopAll(reason: string, exit: boolean): Promise<void> {
+    const msg = encodeControl(
+      exit ? { type: 'stop', reason } : { type: 'abort', run: this.run, reason },
+    );
     for (const s of this.stages.values()) {
-      const msg = encodeControl({ type: exit ? 'stop' : 'abort', reason });
       await this.routerOut.send([s.identity, msg]).catch(() => {});
     }
   }
@@ -374,4 +381,16 @@ function hostOf(endpoint: string): string {
   const m = /^tcp:\/\/([^:]+|\[[^\]]+\]):/.exec(endpoint);
   const host = m?.[1] ?? '127.0.0.1';
   return host === '0.0.0.0' || host === '*' ? hostname() : host;
+}
+
+const RESULT_TYPES: ReadonlySet<string> = new Set<ResultMessage['type']>([
+  'stats',
+  'goodness',
+  'ack',
+  'rejected',
+  'weights',
+]);
+
+function isResult(msg: ControlMessage): msg is ResultMessage {
+  return RESULT_TYPES.has(msg.type);
 }

@@ -1,8 +1,8 @@
+import { NUM_CLASSES } from './classes.js';
 import { DataError } from './errors.js';
 import { Rng } from './rng.js';
 
-/** Labels are 0..9 and are written one-hot into the first NUM_CLASSES pixels of each row. */
-export const NUM_CLASSES = 10;
+export { NUM_CLASSES };
 
 export type PixelScale = 'unit' | 'standard';
 

@@ -22,6 +22,17 @@ export type Phase = (typeof PHASES)[number];
 export const POLARITIES = ['pos', 'neg'] as const;
 export type Polarity = (typeof POLARITIES)[number];
 
+/** The `state` label: a stage's life (see stage/stage.ts). */
+export const STAGE_STATES = [
+  'waiting',
+  'configured',
+  'training',
+  'evaluating',
+  'between-runs',
+  'closing',
+] as const;
+export type StageState = (typeof STAGE_STATES)[number];
+
 const CONTROL_KINDS = [
   'hello',
   'config',
@@ -172,6 +183,24 @@ export const STAGE = {
     name: 'ffx_stage_inbound_queue_depth',
     type: 'gauge',
     help: 'Messages received but not yet handled, at scrape time.',
+    labelNames: [],
+  },
+  queueBytes: {
+    name: 'ffx_stage_inbound_queue_bytes',
+    type: 'gauge',
+    help: 'Bytes of the messages received but not yet handled, at scrape time.',
+    labelNames: [],
+  },
+  state: {
+    name: 'ffx_stage_state',
+    type: 'gauge',
+    help: 'The stage state: 1 for the current one (waiting, configured, training, evaluating, between-runs, closing), 0 for the others.',
+    labelNames: ['state'],
+  },
+  leftovers: {
+    name: 'ffx_stage_leftover_messages_total',
+    type: 'counter',
+    help: 'Messages of a run this stage had already left (aborted or ended), dropped unread.',
     labelNames: [],
   },
   epoch: {

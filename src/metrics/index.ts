@@ -15,6 +15,7 @@ export {
   REJECT_REASONS,
   PHASES,
   POLARITIES,
+  STAGE_STATES,
   STEP_BUCKETS,
   EPOCH_BUCKETS,
   type MetricSpec,
@@ -23,6 +24,7 @@ export {
   type RejectReason,
   type Phase,
   type Polarity,
+  type StageState,
 } from './catalog.js';
 export {
   createRegistry,

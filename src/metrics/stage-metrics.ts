@@ -8,9 +8,11 @@ import {
   POLARITIES,
   REJECT_REASONS,
   STAGE,
+  STAGE_STATES,
   messageKind,
   rejectReason,
   type Phase,
+  type StageState,
 } from './catalog.js';
 import { MetricsError } from './errors.js';
 import {
@@ -59,6 +61,7 @@ export class StageMetrics {
   readonly layer: number;
   private readonly now: () => number;
   private queueDepthSource: () => number = () => 0;
+  private queueBytesSource: () => number = () => 0;
 
   private readonly batches: Counter<'phase'>;
   private readonly samples: Counter<'phase'>;
@@ -76,6 +79,8 @@ export class StageMetrics {
   private readonly nonfiniteLoss: Counter<never>;
   private readonly lastBatch: Gauge<never>;
   private readonly epoch: Gauge<never>;
+  private readonly state: Gauge<'state'>;
+  private readonly leftovers: Counter<never>;
 
   /**
    * Registers the stage metrics on `registry`, which should come from
@@ -122,7 +127,13 @@ export class StageMetrics {
     gauge(registry, STAGE.queueDepth, function () {
       this.set(depth());
     });
+    const queued = () => sample(this.queueBytesSource);
+    gauge(registry, STAGE.queueBytes, function () {
+      this.set(queued());
+    });
     this.epoch = gauge(registry, STAGE.epoch);
+    this.state = gauge(registry, STAGE.state);
+    this.leftovers = counter(registry, STAGE.leftovers);
 
     // Series that exist from the start, so rate() and "is it zero?" panels work before the
     // first batch or the first rejection.
@@ -132,6 +143,7 @@ export class StageMetrics {
       this.stepDuration.zero({ phase });
     }
     for (const reason of REJECT_REASONS) this.rejected.inc({ reason }, 0);
+    this.setState('waiting');
     this.loss.set(NaN); // no batch yet
     for (const polarity of POLARITIES) this.goodness.set({ polarity }, NaN);
   }
@@ -167,6 +179,16 @@ export class StageMetrics {
     add(this.bytesSent, {}, bytes);
   }
 
+  /** The stage's state now: its series reads 1, every other state's 0. */
+  setState(state: StageState): void {
+    for (const s of STAGE_STATES) this.state.set({ state: s }, s === state ? 1 : 0);
+  }
+
+  /** A message of a run the stage had already left, dropped unread. */
+  onLeftover(): void {
+    add(this.leftovers, {}, 1);
+  }
+
   /** A message rejected with a protocol error code; unknown codes count as OTHER. */
   onRejected(code: string): void {
     add(this.rejected, { reason: rejectReason(code) }, 1);
@@ -178,6 +200,11 @@ export class StageMetrics {
    */
   setInboundQueueDepth(source: () => number): void {
     this.queueDepthSource = source;
+  }
+
+  /** Where `ffx_stage_inbound_queue_bytes` comes from (called at every scrape, default 0). */
+  setInboundQueueBytes(source: () => number): void {
+    this.queueBytesSource = source;
   }
 
   private step(phase: Phase, e: StepEvent): void {

@@ -1,26 +1,51 @@
 // A pipeline stage: one FF layer in its own process. It binds its inbound PULL socket, says
-// hello to the coordinator, receives the run's config and its downstream endpoint, then trains
-// on whatever arrives and forwards this step's detached activations downstream, so that all
-// stages work at once on consecutive batches.
+// hello to the coordinator, takes the run's config and its downstream endpoint, then trains on
+// whatever arrives and forwards this step's detached activations downstream, so that all
+// stages work at once on consecutive batches. After a run it keeps its layer and waits for the
+// next coordinator. The protocol is described in docs/protocol.md.
+//
+// Its life is a small state machine, one state at a time, each change logged (--verbose) and
+// exported as ffx_stage_state{state}:
+//
+//   waiting --config--> configured --train--> training <--> evaluating
+//      ^                   |  (any of these: end marker, or abort)   |
+//      |                   v                                          v
+//      +---------------- between-runs <-------------------------------+
+//   (any state) --stop marker, stop, SIGTERM/SIGINT--> closing
+//
+// Every wait can be cut short: close() ends the inbox, the run's sockets and the timers, so the
+// stage leaves promptly from any state.
 import * as tf from '@tensorflow/tfjs';
 import { hostname } from 'node:os';
-import { Dealer, Pull, Push } from 'zeromq';
+import { Dealer, Push } from 'zeromq';
 import type { BackendInfo } from '../backend/backend.js';
+import { ConfigError, validateSection } from '../config/config.js';
 import type { FFLayer } from '../core/ff-layer.js';
-import { buildLayer, type ModelConfig } from '../core/ff-network.js';
-import type { OptimizerConfig } from '../core/optimizer.js';
+import { buildLayer, layerPrefix } from '../core/ff-network.js';
+import { FfxError, addressError, type ErrorCode } from '../errors.js';
+import { log } from '../log.js';
+import { STAGE_STATES, type StageMetrics, type StageState } from '../metrics/index.js';
 import { isProtocolError } from '../transport/errors.js';
+import { SerialSender, closeAll, dataPull, dataPush } from '../transport/sockets.js';
 import {
   PROTOCOL_VERSION,
+  checkData,
   decodeControl,
   decodeData,
   encodeControl,
   encodeData,
   type ConfigMessage,
+  type ControlMessage,
   type DataHeader,
+  type DataMessage,
+  type EvalHeader,
+  type MarkerHeader,
+  type ResultMessage,
+  type TrainHeader,
 } from '../transport/wire.js';
-import { SerialSender, closeAll, dataPull, dataPush } from '../transport/sockets.js';
-import type { StageMetrics } from '../metrics/index.js';
+import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
+
+export { STAGE_STATES, type StageState };
 
 export interface StageOptions {
   /** 1-based layer index. */
@@ -32,425 +57,496 @@ export interface StageOptions {
   /** Endpoint the upstream should connect to (default: the bound one, 0.0.0.0 -> hostname). */
   advertise?: string;
   backend: BackendInfo;
-  log: (line: string) => void;
   heartbeatMs?: number;
-  /** Give up when the coordinator sends no config within this long. */
+  /** Give up when the first coordinator sends no config within this long. */
   configTimeoutMs?: number;
   /** Prometheus metrics of this stage, when it exposes them. */
   metrics?: StageMetrics;
+  inbox?: InboxLimits;
 }
 
-export class StageError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'StageError';
-    this.code = code;
-  }
-}
+export class StageError extends FfxError<ErrorCode<'stage'>> {}
+
+/** How often a stage without a run says hello again. */
+const HELLO_INTERVAL_MS = 2000;
+/** Runs remembered after they end, so their leftover messages are recognised as such. */
+const PAST_RUNS = 16;
+/** How long the results of an ending run may take to go out before their socket closes. */
+const RESULTS_FLUSH_MS = 1000;
 
 /** Timing of a forward that did not happen (the last stage). */
 const NOT_SENT = { encodeMs: 0, blockedMs: 0 } as const;
 
-/** Messages a stage pulls ahead of the one it is handling. */
-const PREFETCH = 2;
+/** One run this stage serves: its config and the sockets that belong to it. */
+interface Run {
+  readonly config: ConfigMessage;
+  readonly id: string;
+  /** Null for the last stage. */
+  readonly downstream: Push | null;
+  readonly results: Push;
+  readonly resultsOut: SerialSender;
+  /** Ended, aborted or closed: nothing more is sent for it. */
+  over: boolean;
+}
 
 export class Stage {
   readonly opts: StageOptions;
-  private readonly control = new Dealer({ linger: 0 });
-  // The receive timeout lets serve() notice an abort while no data arrives.
-  private readonly inbound: Pull = dataPull();
-  private downstream: Push | null = null;
-  private results = new Push({ linger: 1000 });
-  private readonly controlOut = new SerialSender(this.control);
-  private resultsOut = new SerialSender(this.results);
+  /** The endpoint upstream connects to; set once run() has bound the inbound socket. */
+  endpoint = '';
+  private state: StageState = 'waiting';
   private layer: FFLayer | null = null;
-  private config: ConfigMessage | null = null;
+  private current: Run | null = null;
+  private readonly pastRuns: string[] = [];
+  private readonly inbox: Inbox;
+  private readonly control = new Dealer({ linger: 0 });
+  private readonly controlOut = new SerialSender(this.control);
   private heartbeat: NodeJS.Timeout | null = null;
-  private readonly rejectedCodes = new Set<string>();
-  /** Set by a marker or the coordinator: how the current run ended. */
-  private ending: 'end' | 'stop' | null = null;
-  private closed = false;
-  private configWaiter: ((msg: ConfigMessage | Error) => void) | null = null;
-  // Messages received but not yet handled (see readLoop).
-  private readonly pending: Buffer[][] = [];
-  private readerWaiter: (() => void) | null = null;
-  private consumerWaiter: (() => void) | null = null;
-  private readerDone = false;
-  private reading = false;
-  private readError: Error | null = null;
+  private helloTimer: NodeJS.Timeout | null = null;
+  private configDeadline: NodeJS.Timeout | null = null;
+  private closing = false;
+  private fatal: Error | null = null;
+  private readonly loggedRejections = new Set<string>();
 
   constructor(opts: StageOptions) {
     this.opts = opts;
-    opts.metrics?.setInboundQueueDepth(() => this.pending.length);
+    const inbound = dataPull();
+    this.inbox = new Inbox(inbound, opts.inbox ?? DEFAULT_INBOX_LIMITS);
+    this.bind = inbound.bind(opts.listen).then(() => inbound.lastEndpoint ?? opts.listen);
+    opts.metrics?.setInboundQueueDepth(() => this.inbox.depth);
+    opts.metrics?.setInboundQueueBytes(() => this.inbox.bytes);
+    opts.metrics?.setState(this.state);
   }
 
-  /** The endpoint upstream connects to; valid after the first register(). */
-  endpoint = '';
+  private readonly bind: Promise<string>;
+
+  get layerIndex(): number {
+    return this.opts.layer - 1;
+  }
 
   /**
-   * Serves runs until one ends with `stop`: register, take the config, serve until the
-   * run's end marker, then wait for the next coordinator with the layer kept in memory (so
-   * `ffx-coordinator eval` can evaluate what the stage holds).
+   * Serves runs until a stop (marker, control message, or close()): registers, serves the run
+   * its config describes, and after it waits for the next coordinator with the layer kept (so
+   * `ffx-coordinator eval` can evaluate what the stage holds). Throws what made it give up.
    */
   async run(): Promise<void> {
-    let timeoutMs = this.opts.configTimeoutMs ?? 120_000;
-    for (;;) {
-      await this.register(timeoutMs);
-      const ending = await this.serve();
-      if (ending === 'stop' || this.closed) return;
-      this.opts.log(
-        `layer ${this.opts.layer}: run over; keeping the layer, waiting for the next coordinator`,
-      );
-      timeoutMs = Infinity; // a server now: wait as long as it takes
+    const { opts } = this;
+    try {
+      const bound = await this.bind;
+      this.endpoint = opts.advertise ?? bound.replace('0.0.0.0', hostname());
+    } catch (err) {
+      await this.shutdown();
+      throw addressError(err, opts.listen, `layer ${opts.layer}: cannot listen for data`);
     }
+    this.control.connect(opts.coordinator);
+    void this.controlLoop();
+    this.heartbeat = setInterval(
+      () => this.sendControl({ type: 'heartbeat', layer: opts.layer }),
+      opts.heartbeatMs ?? 1000,
+    );
+    log.info(`layer ${opts.layer}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`);
+    this.register(opts.configTimeoutMs ?? 120_000);
+    try {
+      for (;;) {
+        const t0 = performance.now();
+        const frames = await this.inbox.next();
+        if (!frames) break;
+        await this.dispatch(frames, performance.now() - t0);
+      }
+    } finally {
+      await this.shutdown();
+    }
+    if (this.fatal) throw this.fatal;
   }
 
-  /** Says hello (again every 2 s until answered), then sets up the run the config describes. */
-  async register(timeoutMs: number): Promise<ConfigMessage> {
-    const { opts } = this;
-    if (!this.endpoint) {
-      await this.inbound.bind(opts.listen);
-      const bound = this.inbound.lastEndpoint ?? opts.listen;
-      this.endpoint = opts.advertise ?? bound.replace('0.0.0.0', hostname());
-      this.control.connect(opts.coordinator);
-      void this.controlLoop();
-      this.heartbeat = setInterval(() => {
-        this.controlOut
-          .send(encodeControl({ type: 'heartbeat', layer: opts.layer, t: Date.now() }))
-          .catch(() => {});
-      }, opts.heartbeatMs ?? 1000);
-      opts.log(
-        `layer ${opts.layer}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`,
-      );
-    }
-    const hello = encodeControl({
+  /** Ends the stage from any state; run() then returns. Safe to call more than once. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.enter('closing', 'closing');
+    this.stopRegistering();
+    if (this.current) this.endRun(this.current, 'the stage is closing');
+    await this.inbox.close();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // States
+  // -------------------------------------------------------------------------------------------
+
+  private enter(next: StageState, why: string): void {
+    if (this.state === next) return;
+    log.debug(`layer ${this.opts.layer}: ${this.state} -> ${next} (${why})`);
+    this.state = next;
+    this.opts.metrics?.setState(next);
+  }
+
+  /** Says hello now and every HELLO_INTERVAL_MS until a config arrives. */
+  private register(timeoutMs: number): void {
+    if (this.closing) return;
+    const hello: ControlMessage = {
       type: 'hello',
-      layer: opts.layer,
+      layer: this.opts.layer,
       version: PROTOCOL_VERSION,
-      backend: opts.backend.name,
+      backend: this.opts.backend.name,
       endpoint: this.endpoint,
       pid: process.pid,
       host: hostname(),
-    });
-    let config: ConfigMessage;
-    for (;;) {
-      config = await new Promise<ConfigMessage>((resolve, reject) => {
-        const again = setInterval(() => void this.controlOut.send(hello).catch(() => {}), 2000);
-        const timer =
-          timeoutMs < Infinity
-            ? setTimeout(
-                () =>
-                  this.configWaiter?.(
-                    new StageError(
-                      'STAGE_NO_CONFIG',
-                      `no config from the coordinator at ${opts.coordinator} within ${timeoutMs / 1000}s`,
-                    ),
-                  ),
-                timeoutMs,
-              )
-            : undefined;
-        this.configWaiter = (msg) => {
-          clearInterval(again);
-          clearTimeout(timer);
-          this.configWaiter = null;
-          if (msg instanceof Error) reject(msg);
-          else resolve(msg);
-        };
-        void this.controlOut.send(hello).catch(() => {});
-      });
-      try {
-        this.setUp(config);
-        break;
-      } catch (err) {
-        if (!(err instanceof StageError)) throw err;
-        // This coordinator cannot use this stage; say why, and stay available.
-        opts.log(err.message);
-        await this.controlOut.send(
-          encodeControl({
-            type: 'error',
-            run: config.run,
-            layer: opts.layer,
-            code: err.code,
-            message: err.message,
-          }),
-        );
-      }
-    }
-    await this.controlOut.send(encodeControl({ type: 'ready', layer: opts.layer }));
-    const { inDim, outDim } = this.layer!.config;
-    opts.log(
-      `layer ${opts.layer}/${config.numLayers}: ${inDim}-${outDim}, run ${config.run} (${config.mode}), ` +
-        `downstream ${config.next ?? '(last stage)'}, results ${config.results}`,
-    );
-    return config;
-  }
-
-  private setUp(config: ConfigMessage): void {
-    const index = this.opts.layer - 1;
-    if (config.mode === 'eval') {
-      const widths = (config.model as ModelConfig).layers;
-      const held = this.layer?.config;
-      if (!held || held.inDim !== widths[index] || held.outDim !== widths[index + 1]) {
-        const has = held ? `${held.inDim}-${held.outDim}` : 'no trained layer';
-        throw new StageError(
-          'STAGE_NO_WEIGHTS',
-          `layer ${this.opts.layer}: asked to evaluate ${widths[index]}-${widths[index + 1]}, but this stage holds ${has}`,
-        );
-      }
-    } else {
-      this.layer?.dispose();
-      this.layer = null;
-      const layer = buildLayer(
-        config.model as ModelConfig,
-        config.optimizer as OptimizerConfig,
-        config.seed,
-        index,
+    };
+    this.stopRegistering();
+    this.sendControl(hello);
+    this.helloTimer = setInterval(() => this.sendControl(hello), HELLO_INTERVAL_MS);
+    if (timeoutMs < Infinity) {
+      this.configDeadline = setTimeout(
+        () =>
+          this.fail(
+            new StageError(
+              'STAGE_NO_CONFIG',
+              `no config from the coordinator at ${this.opts.coordinator} within ${timeoutMs / 1000}s`,
+            ),
+          ),
+        timeoutMs,
       );
-      if (Object.keys(config.state).length > 0) {
-        // Resuming: the checkpoint's weights and optimizer state replace the fresh ones.
-        try {
-          layer.importState(`layers.${index}`, new Map(Object.entries(config.state)));
-        } catch (err) {
-          layer.dispose();
-          throw new StageError(
-            'STAGE_BAD_STATE',
-            `layer ${this.opts.layer}: cannot resume: ${(err as Error).message}`,
-          );
-        }
-        layer.optimizer.step = config.optimizerStep;
-      }
-      this.layer = layer;
-    }
-    this.config = config;
-    this.ending = null;
-    closeAll(this.downstream, this.results);
-    this.downstream = null;
-    if (config.next) this.downstream = dataPush(config.next);
-    this.results = new Push({ linger: 1000 });
-    this.resultsOut = new SerialSender(this.results);
-    this.results.connect(config.results);
-  }
-
-  /** Serves data until the run's end marker passes, or the coordinator says stop. */
-  async serve(): Promise<'end' | 'stop'> {
-    this.inbound.receiveTimeout = 500;
-    this.readerDone = false;
-    this.reading = true;
-    const reader = this.readLoop();
-    try {
-      while (!this.ending && !this.closed) {
-        const t0 = performance.now();
-        const frames = await this.nextMessage();
-        if (!frames) break;
-        try {
-          await this.handle(frames, performance.now() - t0);
-        } catch (err) {
-          if (this.ending || this.closed) break; // a send cut short by a stop
-          throw err;
-        }
-      }
-    } finally {
-      // The reader must be gone before the next run's reader starts (one receive at a time).
-      this.reading = false;
-      this.wakeReader();
-      await reader;
-    }
-    if (this.readError) throw this.readError;
-    return this.ending ?? 'stop';
-  }
-
-  /**
-   * Pulls messages into a small queue while the handler computes or sends, so the next batch is
-   * decoded-ready when the step ends; its length is the stage's inbound queue depth. What the
-   * queue holds when a run ends belongs to the next run and stays for it.
-   */
-  private async readLoop(): Promise<void> {
-    while (this.reading && !this.ending && !this.closed) {
-      if (this.pending.length >= PREFETCH) {
-        await new Promise<void>((r) => (this.readerWaiter = r));
-        continue;
-      }
-      let frames: Buffer[];
-      try {
-        frames = await this.inbound.receive();
-      } catch (err) {
-        if (this.ending || this.closed) break;
-        if ((err as { code?: string }).code === 'EAGAIN') continue; // the receive timeout: check flags
-        this.readError = err as Error;
-        break;
-      }
-      this.pending.push(frames);
-      this.wakeConsumer();
-    }
-    this.readerDone = true;
-    this.wakeConsumer();
-  }
-
-  /** The next queued message, or null when the run ends; waiting here is the pipeline bubble. */
-  private async nextMessage(): Promise<Buffer[] | null> {
-    for (;;) {
-      const frames = this.pending.shift();
-      if (frames) {
-        this.wakeReader();
-        return frames;
-      }
-      if (this.readerDone || this.ending || this.closed) return null;
-      await new Promise<void>((r) => (this.consumerWaiter = r));
     }
   }
 
-  private wakeConsumer(): void {
-    const w = this.consumerWaiter;
-    this.consumerWaiter = null;
-    w?.();
+  private stopRegistering(): void {
+    if (this.helloTimer) clearInterval(this.helloTimer);
+    if (this.configDeadline) clearTimeout(this.configDeadline);
+    this.helloTimer = this.configDeadline = null;
   }
 
-  private wakeReader(): void {
-    const w = this.readerWaiter;
-    this.readerWaiter = null;
-    w?.();
+  /** The stage cannot go on: remember why, and close. */
+  private fail(err: Error): void {
+    this.fatal ??= err;
+    void this.close();
   }
+
+  /** A run is over (ended, aborted, or the stage closes): its sockets go, its id is kept. */
+  private endRun(run: Run, why: string): void {
+    if (run.over) return;
+    run.over = true;
+    this.pastRuns.push(run.id);
+    if (this.pastRuns.length > PAST_RUNS) this.pastRuns.shift();
+    if (this.current === run) this.current = null;
+    // Closing the data socket unblocks a send waiting on a downstream stage that may be gone;
+    // what it had queued (e.g. a forwarded end marker) still goes out during its linger.
+    closeAll(run.downstream);
+    void Promise.race([run.resultsOut.idle(), delay(RESULTS_FLUSH_MS)]).then(() =>
+      closeAll(run.results),
+    );
+    if (!this.closing) this.enter('between-runs', why);
+  }
+
+  private async shutdown(): Promise<void> {
+    this.closing = true;
+    this.stopRegistering();
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    const run = this.current;
+    if (run) this.endRun(run, 'the stage is closing');
+    await this.inbox.close();
+    // The last results (e.g. the ack of a stop marker) go out before the sockets close.
+    if (run) await Promise.race([run.resultsOut.idle(), delay(RESULTS_FLUSH_MS)]);
+    closeAll(this.control);
+    this.layer?.dispose();
+    this.layer = null;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Control messages (coordinator -> stage), one handler each
+  // -------------------------------------------------------------------------------------------
 
   private async controlLoop(): Promise<void> {
-    while (!this.closed) {
+    while (!this.closing) {
       let frame: Buffer | undefined;
       try {
         [frame] = await this.control.receive();
       } catch {
         return; // closed
       }
-      let msg;
+      let msg: ControlMessage;
       try {
         msg = decodeControl(frame!);
       } catch (err) {
         if (!isProtocolError(err)) throw err;
-        this.opts.log(`layer ${this.opts.layer}: ignored a bad control message (${err.code})`);
+        this.logRejection(`control:${err.code}`, `ignored a bad control message (${err.code})`);
         continue;
       }
-      if (msg.type === 'config') {
-        this.configWaiter?.(msg);
-      } else if (msg.type === 'error') {
-        this.configWaiter?.(new StageError(msg.code, msg.message));
-      } else if (msg.type === 'abort') {
-        this.opts.log(`layer ${this.opts.layer}: coordinator aborted the run (${msg.reason})`);
-        this.ending = 'end';
-        // Unblocks a send waiting on a downstream stage that may be gone.
-        closeAll(this.downstream);
-        this.downstream = null;
-      } else if (msg.type === 'stop') {
-        this.opts.log(`layer ${this.opts.layer}: coordinator says stop (${msg.reason})`);
-        this.ending = 'stop';
-        this.configWaiter?.(
-          new StageError('STAGE_STOPPED', `coordinator stopped the run: ${msg.reason}`),
-        );
-        // Unblocks a receive, and a send waiting on a downstream stage that may be gone.
-        closeAll(this.inbound, this.downstream);
+      switch (msg.type) {
+        case 'config':
+          this.onConfig(msg);
+          break;
+        case 'abort':
+          this.onAbort(msg.run, msg.reason);
+          break;
+        case 'stop':
+          log.info(`layer ${this.opts.layer}: coordinator says stop (${msg.reason})`);
+          void this.close();
+          break;
+        case 'error':
+          this.onError(msg.code, msg.message);
+          break;
+        default:
+          log.debug(`layer ${this.opts.layer}: ignored a '${msg.type}' control message`);
       }
     }
   }
 
-  private async handle(frames: Buffer[], waitMs: number): Promise<void> {
-    const layer = this.layer!;
+  private onConfig(config: ConfigMessage): void {
+    const { layer } = this.opts;
+    if (this.state !== 'waiting' && this.state !== 'between-runs') {
+      // Hellos go out only while waiting: a config now is a late answer to an old one.
+      log.info(
+        `layer ${layer}: ignored a config for run ${config.run} while serving run ${this.current?.id}`,
+      );
+      return;
+    }
+    let run: Run;
+    try {
+      run = this.setUp(config);
+    } catch (err) {
+      if (!(err instanceof StageError)) throw err;
+      // This coordinator cannot use this stage; say why, and stay available.
+      log.info(err.message);
+      this.sendControl({
+        type: 'error',
+        run: config.run,
+        layer,
+        code: err.code,
+        message: err.message,
+      });
+      return;
+    }
+    this.stopRegistering();
+    this.current = run;
+    this.enter('configured', `config of run ${config.run}`);
+    this.sendControl({ type: 'ready', layer, run: run.id });
+    const { inDim, outDim } = this.layer!.config;
+    log.info(
+      `layer ${layer}/${config.numLayers}: ${inDim}-${outDim}, run ${config.run} (${config.mode}), ` +
+        `downstream ${config.next ?? '(last stage)'}, results ${config.results}`,
+    );
+  }
+
+  private onAbort(runId: string, reason: string): void {
+    const run = this.current;
+    if (!run || run.id !== runId) {
+      log.debug(`layer ${this.opts.layer}: ignored an abort of run ${runId}, not served here`);
+      return;
+    }
+    log.info(`layer ${this.opts.layer}: coordinator aborted run ${runId} (${reason})`);
+    this.endRun(run, `run ${runId} aborted`);
+    this.register(Infinity);
+  }
+
+  /** The coordinator refused this stage (wrong layer, protocol, ...): say so and exit. */
+  private onError(code: string, message: string): void {
+    if (this.state !== 'waiting' && this.state !== 'between-runs') return;
+    this.fail(
+      new StageError('STAGE_REFUSED', `the coordinator refused this stage (${code}): ${message}`),
+    );
+  }
+
+  /** Checks the config against this stage and builds the run it describes. */
+  private setUp(config: ConfigMessage): Run {
+    const { layer } = this.opts;
+    const bad = (message: string) =>
+      new StageError('STAGE_BAD_CONFIG', `layer ${layer}: config of run ${config.run}: ${message}`);
+    if (config.layer !== layer) throw bad(`it is for layer ${config.layer}`);
+    if (config.numLayers < layer) throw bad(`numLayers ${config.numLayers} < this layer`);
+    if ((config.next === null) !== (layer === config.numLayers)) {
+      throw bad(`next is ${config.next} for layer ${layer} of ${config.numLayers}`);
+    }
+    let model, optimizer;
+    try {
+      model = validateSection('model', config.model);
+      optimizer = validateSection('optimizer', config.optimizer);
+    } catch (err) {
+      if (err instanceof ConfigError) throw bad(err.message);
+      throw err;
+    }
+    const index = this.layerIndex;
+    const [inDim, outDim] = [model.layers[index], model.layers[index + 1]];
+    if (inDim === undefined || outDim === undefined) {
+      throw bad(`model.layers ${model.layers.join('-')} has no layer ${layer}`);
+    }
+    if (config.mode === 'eval') {
+      const held = this.layer?.config;
+      if (!held || held.inDim !== inDim || held.outDim !== outDim) {
+        const has = held ? `${held.inDim}-${held.outDim}` : 'no trained layer';
+        throw new StageError(
+          'STAGE_NO_WEIGHTS',
+          `layer ${layer}: asked to evaluate ${inDim}-${outDim}, but this stage holds ${has}`,
+        );
+      }
+    } else {
+      const fresh = buildLayer(model, optimizer, config.seed, index);
+      if (Object.keys(config.state).length > 0) {
+        // Resuming: the checkpoint's weights and optimizer state replace the fresh ones.
+        try {
+          fresh.importState(layerPrefix(index), new Map(Object.entries(config.state)));
+        } catch (err) {
+          fresh.dispose();
+          throw new StageError(
+            'STAGE_BAD_STATE',
+            `layer ${layer}: cannot resume: ${(err as Error).message}`,
+          );
+        }
+        fresh.optimizer.step = config.optimizerStep;
+      }
+      this.layer?.dispose();
+      this.layer = fresh;
+    }
+    const results = new Push({ linger: 1000 });
+    results.connect(config.results);
+    return {
+      config,
+      id: config.run,
+      downstream: config.next ? dataPush(config.next) : null,
+      results,
+      resultsOut: new SerialSender(results),
+      over: false,
+    };
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Data messages (upstream -> stage), one handler per kind
+  // -------------------------------------------------------------------------------------------
+
+  /** Decodes a message, checks it belongs to the run served, and hands it to its handler. */
+  private async dispatch(frames: Buffer[], waitMs: number): Promise<void> {
     const metrics = this.opts.metrics;
     const bytes = frames.reduce((n, f) => n + f.length, 0);
-    let msg: ReturnType<typeof decodeData>;
+    const run = this.current;
     const tDecode = performance.now();
+    let msg: DataMessage;
     try {
-      msg = decodeData(frames, { width: layer.config.inDim, checkFinite: true });
+      msg = decodeData(frames);
+      if (run && msg.header.run === run.id) {
+        checkData(msg, { width: this.layer!.config.inDim, checkFinite: true });
+      }
     } catch (err) {
       if (!isProtocolError(err)) throw err;
       metrics?.onReceived('invalid', bytes);
       metrics?.onInputWait(waitMs / 1000);
-      await this.reject(err.code, err.message);
+      // It may have been one of this run's batches: the coordinator must know.
+      await this.reject(run, err.code, err.message);
       return;
     }
-    const { header, tensors } = msg;
-    const decodeMs = performance.now() - tDecode;
+    const { header } = msg;
     metrics?.onReceived(header.kind, bytes);
-    if (header.kind === 'marker' || header.run !== this.config!.run) {
+    if (!run || header.run !== run.id) {
       metrics?.onInputWait(waitMs / 1000);
-    }
-    if (header.run !== this.config!.run) {
-      // Left over from an aborted run: not this run's data.
-      await this.reject(
-        'BAD_RUN',
-        `message of run ${header.run}, this stage serves run ${this.config!.run}`,
-      );
+      this.foreign(header, run);
       return;
     }
-    if (header.kind === 'marker') {
-      await this.forward(header, []);
-      if (!this.downstream) {
-        await this.resultsOut.send(
-          encodeControl({
-            type: 'ack',
-            layer: this.opts.layer,
-            op: header.op,
-            id: header.id,
-            epoch: header.epoch,
-          }),
-        );
+    const decodeMs = performance.now() - tDecode;
+    try {
+      switch (header.kind) {
+        case 'train':
+          await this.onTrain(run, header, msg.tensors[0]!, waitMs, decodeMs);
+          break;
+        case 'eval':
+          await this.onEval(run, header, msg.tensors[0]!, waitMs, decodeMs);
+          break;
+        case 'marker':
+          metrics?.onInputWait(waitMs / 1000);
+          await this.onMarker(run, header);
+          break;
       }
-      if (header.op === 'weights') await this.sendWeights(header.epoch);
-      if (header.op === 'end' || header.op === 'stop') this.ending = header.op;
+    } catch (err) {
+      if (run.over) return; // a send cut short: the run was aborted or the stage is closing
+      throw err;
+    }
+  }
+
+  /**
+   * A message of another run. Leftovers of a run this stage served (still queued when it was
+   * aborted) are dropped and counted; anything else is rejected here, and not reported: it was
+   * never one of the current run's batches.
+   */
+  private foreign(header: DataHeader, run: Run | null): void {
+    if (this.pastRuns.includes(header.run)) {
+      this.opts.metrics?.onLeftover();
+      log.debug(`layer ${this.opts.layer}: dropped a leftover ${header.kind} of run ${header.run}`);
       return;
     }
-    const x = tensors[0]!;
-    const rows = header.tensors[0]!.shape[0]!;
-    if (header.kind === 'train') {
-      const t0 = performance.now();
-      const input = tf.tensor2d(x, [rows, layer.config.inDim]);
-      const lr = header.lr ?? (this.config!.optimizer as OptimizerConfig).lr;
-      const { h, stats } = layer.trainStep(input, header.nPos, lr);
-      input.dispose();
-      // The last stage has nowhere to send its activations: no copy out of the backend.
-      const out = this.downstream ? (h.dataSync() as Float32Array) : null;
-      const [loss, goodnessPos, goodnessNeg] = stats.dataSync();
-      tf.dispose([h, stats]);
-      const stepMs = performance.now() - t0;
-      const { encodeMs, blockedMs } = out ? await this.forward(header, [out]) : NOT_SENT;
-      const transportMs = decodeMs + encodeMs;
-      await this.resultsOut.send(
-        encodeControl({
-          type: 'stats',
-          layer: this.opts.layer,
-          epoch: header.epoch,
-          seq: header.seq,
-          loss: loss!,
-          goodnessPos: goodnessPos!,
-          goodnessNeg: goodnessNeg!,
-          stepMs,
-          waitMs,
-          transportMs,
-          blockedMs,
-        }),
-      );
-      metrics?.onTrainStep({
-        samples: header.nPos,
-        stepSeconds: stepMs / 1000,
-        waitSeconds: waitMs / 1000,
-        transportSeconds: transportMs / 1000,
-        sendSeconds: blockedMs / 1000,
-        epoch: header.epoch + 1,
-        loss: loss!,
-        goodnessPos: goodnessPos!,
-        goodnessNeg: goodnessNeg!,
-      });
+    const serving = run ? `this stage serves run ${run.id}` : 'this stage serves no run';
+    this.opts.metrics?.onRejected('BAD_RUN');
+    this.logRejection('BAD_RUN', `rejected a message of run ${header.run} (BAD_RUN): ${serving}`);
+  }
+
+  private async onTrain(
+    run: Run,
+    header: TrainHeader,
+    x: Float32Array,
+    waitMs: number,
+    decodeMs: number,
+  ): Promise<void> {
+    if (run.config.mode === 'eval') {
+      this.opts.metrics?.onInputWait(waitMs / 1000);
+      await this.reject(run, 'BAD_KIND', `a train message in run ${run.id}, which only evaluates`);
       return;
     }
-    // eval: goodness of every overlaid row to the coordinator, activations downstream.
+    this.enter('training', `train batch ${header.seq} of epoch ${header.epoch + 1}`);
+    const layer = this.layer!;
     const t0 = performance.now();
-    const input = tf.tensor2d(x, [rows, layer.config.inDim]);
+    const input = tf.tensor2d(x, [2 * header.nPos, layer.config.inDim]);
+    const { h, stats } = layer.trainStep(input, header.nPos, header.lr);
+    input.dispose();
+    // The last stage has nowhere to send its activations: no copy out of the backend.
+    const out = run.downstream ? (h.dataSync() as Float32Array) : null;
+    const [loss, goodnessPos, goodnessNeg] = stats.dataSync() as Float32Array;
+    tf.dispose([h, stats]);
+    const stepMs = performance.now() - t0;
+    const { encodeMs, blockedMs } = out ? await this.forward(run, header, [out]) : NOT_SENT;
+    const transportMs = decodeMs + encodeMs;
+    await this.sendResult(run, {
+      type: 'stats',
+      layer: this.opts.layer,
+      run: run.id,
+      epoch: header.epoch,
+      seq: header.seq,
+      loss: loss!,
+      goodnessPos: goodnessPos!,
+      goodnessNeg: goodnessNeg!,
+      stepMs,
+      waitMs,
+      transportMs,
+      blockedMs,
+    });
+    this.opts.metrics?.onTrainStep({
+      samples: header.nPos,
+      stepSeconds: stepMs / 1000,
+      waitSeconds: waitMs / 1000,
+      transportSeconds: transportMs / 1000,
+      sendSeconds: blockedMs / 1000,
+      epoch: header.epoch + 1,
+      loss: loss!,
+      goodnessPos: goodnessPos!,
+      goodnessNeg: goodnessNeg!,
+    });
+  }
+
+  /** Goodness of every overlaid row to the coordinator, activations downstream. */
+  private async onEval(
+    run: Run,
+    header: EvalHeader,
+    x: Float32Array,
+    waitMs: number,
+    decodeMs: number,
+  ): Promise<void> {
+    this.enter('evaluating', `eval batch ${header.seq}`);
+    const layer = this.layer!;
+    const t0 = performance.now();
+    const input = tf.tensor2d(x, [header.tensors[0]!.shape[0]!, layer.config.inDim]);
     const h = layer.forward(input);
     input.dispose();
     const g = layer.goodness(h);
     const goodness = g.dataSync() as Float32Array;
-    const out = this.downstream ? (h.dataSync() as Float32Array) : null;
+    const out = run.downstream ? (h.dataSync() as Float32Array) : null;
     tf.dispose([h, g]);
     const stepMs = performance.now() - t0;
-    const sent = out ? await this.forward(header, [out]) : NOT_SENT;
-    metrics?.onEval({
+    const sent = out ? await this.forward(run, header, [out]) : NOT_SENT;
+    this.opts.metrics?.onEval({
       samples: header.images,
       stepSeconds: stepMs / 1000,
       waitSeconds: waitMs / 1000,
@@ -458,36 +554,66 @@ export class Stage {
       sendSeconds: sent.blockedMs / 1000,
       epoch: header.epoch + 1,
     });
-    await this.resultsOut.send(
-      encodeControl({
-        type: 'goodness',
-        layer: this.opts.layer,
-        epoch: header.epoch,
-        seq: header.seq,
-        images: header.images,
-        g: goodness,
-      }),
-    );
+    await this.sendResult(run, {
+      type: 'goodness',
+      layer: this.opts.layer,
+      run: run.id,
+      epoch: header.epoch,
+      seq: header.seq,
+      images: header.images,
+      g: goodness,
+    });
   }
 
-  /** Counted and reported to the coordinator, logged once per reason; the stage keeps serving. */
-  private async reject(code: string, reason: string): Promise<void> {
-    this.opts.metrics?.onRejected(code);
-    if (!this.rejectedCodes.has(code)) {
-      this.rejectedCodes.add(code);
-      this.opts.log(`layer ${this.opts.layer}: rejected a message (${code}): ${reason}`);
+  /** Markers pass every stage in order with the data: `weights`, `end`, `stop`. */
+  private async onMarker(run: Run, header: MarkerHeader): Promise<void> {
+    await this.forward(run, header, []);
+    if (header.op === 'weights') {
+      const layer = this.layer!;
+      const tensors = Object.fromEntries(layer.exportState(layerPrefix(this.layerIndex), true));
+      await this.sendResult(run, {
+        type: 'weights',
+        layer: this.opts.layer,
+        run: run.id,
+        epoch: header.epoch,
+        optimizerStep: layer.optimizer.step,
+        tensors,
+      });
+      return;
     }
-    await this.resultsOut.send(
-      encodeControl({ type: 'rejected', layer: this.opts.layer, code, reason }),
+    // end or stop: the last stage's ack tells the coordinator every stage has seen it.
+    if (!run.downstream) {
+      await this.sendResult(run, {
+        type: 'ack',
+        layer: this.opts.layer,
+        run: run.id,
+        op: header.op,
+        id: header.id,
+        epoch: header.epoch,
+      });
+    }
+    if (header.op === 'stop') {
+      await this.close();
+      return;
+    }
+    this.endRun(run, `run ${run.id} ended`);
+    log.info(
+      `layer ${this.opts.layer}: run ${run.id} over; keeping the layer, waiting for the next coordinator`,
     );
+    this.register(Infinity);
   }
+
+  // -------------------------------------------------------------------------------------------
+  // Sending
+  // -------------------------------------------------------------------------------------------
 
   /** Sends the message on with this stage's activations as its tensor. */
   private async forward(
+    run: Run,
     header: DataHeader,
     tensors: Float32Array[],
   ): Promise<{ encodeMs: number; blockedMs: number }> {
-    if (!this.downstream) return NOT_SENT;
+    if (!run.downstream) return NOT_SENT;
     const t0 = performance.now();
     const outDim = this.layer!.config.outDim;
     const shaped = header.tensors
@@ -500,32 +626,49 @@ export class Stage {
     );
     const t1 = performance.now();
     // Resolves once zeromq has queued the message: waits only while the next stage's queue is full.
-    await this.downstream.send(frames);
+    await run.downstream.send(frames);
     return { encodeMs: t1 - t0, blockedMs: performance.now() - t1 };
   }
 
-  private async sendWeights(epoch: number): Promise<void> {
-    const layer = this.layer!;
-    const state = layer.exportState(`layers.${this.opts.layer - 1}`, true);
-    const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
-    for (const [name, t] of state) tensors[name] = t;
-    await this.resultsOut.send(
-      encodeControl({
-        type: 'weights',
-        layer: this.opts.layer,
-        epoch,
-        optimizerStep: layer.optimizer.step,
-        tensors,
-      }),
-    );
+  private async sendResult(run: Run, msg: ResultMessage): Promise<void> {
+    if (run.over) return;
+    await run.resultsOut.send(encodeControl(msg));
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    if (this.heartbeat) clearInterval(this.heartbeat);
-    await this.resultsOut.idle();
-    closeAll(this.inbound, this.downstream, this.results, this.control);
-    this.layer?.dispose();
-    this.layer = null;
+  /** Best effort: a control message that cannot go out is not worth failing for. */
+  private sendControl(msg: ControlMessage): void {
+    this.controlOut.send(encodeControl(msg)).catch(() => {});
   }
+
+  /**
+   * A malformed message, counted and logged once per reason; reported to the coordinator of
+   * the run served (it may have been one of its batches). The stage keeps serving.
+   */
+  private async reject(
+    run: Run | null,
+    code: ErrorCode<'protocol'>,
+    reason: string,
+  ): Promise<void> {
+    this.opts.metrics?.onRejected(code);
+    this.logRejection(code, `rejected a message (${code}): ${reason}`);
+    if (run) {
+      await this.sendResult(run, {
+        type: 'rejected',
+        layer: this.opts.layer,
+        run: run.id,
+        code,
+        reason,
+      });
+    }
+  }
+
+  private logRejection(key: string, line: string): void {
+    if (this.loggedRejections.has(key)) return;
+    this.loggedRejections.add(key);
+    log.info(`layer ${this.opts.layer}: ${line}`);
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
 }

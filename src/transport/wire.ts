@@ -3,9 +3,10 @@
 // Control and result messages are one msgpack frame each. Everything received is validated
 // here, so a stage or coordinator only ever sees well-formed messages or a ProtocolError.
 import { Packr } from 'msgpackr';
+import { NUM_CLASSES } from '../data/classes.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -17,15 +18,11 @@ const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 export const DATA_KINDS = ['train', 'eval', 'marker'] as const;
 export type DataKind = (typeof DATA_KINDS)[number];
 
-/** `end`: the run is over, the stage waits for the next coordinator; `stop`: the stage exits. */
-export const MARKER_OPS = [
-  'epoch-end',
-  'eval-end',
-  'checkpoint',
-  'weights',
-  'end',
-  'stop',
-] as const;
+/**
+ * `weights`: every stage sends its layer's state (a checkpoint, in band); `end`: the run is
+ * over, the stage keeps its layer and waits for the next coordinator; `stop`: the stage exits.
+ */
+export const MARKER_OPS = ['weights', 'end', 'stop'] as const;
 export type MarkerOp = (typeof MARKER_OPS)[number];
 
 export interface TensorSpec {
@@ -45,15 +42,17 @@ interface HeaderBase {
 export interface TrainHeader extends HeaderBase {
   kind: 'train';
   nPos: number;
-  /** Learning rate for this step, when the coordinator schedules it. */
-  lr?: number;
+  /** Learning rate for this step: the schedule is the coordinator's. */
+  lr: number;
 }
 
-/** Tensor 'x' (first) is [10 * images, d], label-major: image i with label c is row c * images + i. */
+/**
+ * Tensor 'x' (first) is [NUM_CLASSES * images, d], label-major: image i with label c is row
+ * c * images + i.
+ */
 export interface EvalHeader extends HeaderBase {
   kind: 'eval';
   images: number;
-  split?: string;
 }
 
 /** In-band control that must stay ordered with the data; carries no tensors. */
@@ -105,6 +104,10 @@ export function encodeData(init: DataHeaderInit, tensors: readonly Float32Array[
   return [packr.pack(header), ...tensors.map(bytesOf)];
 }
 
+/**
+ * Decodes and validates a data message: header fields, shapes against frame sizes, and what
+ * `expect` asks for (see checkData).
+ */
 export function decodeData(frames: readonly Uint8Array[], expect: DecodeExpect = {}): DataMessage {
   const [head, ...body] = frames;
   if (head === undefined) throw new ProtocolError('BAD_FRAMES', 'data message has no frames');
@@ -122,6 +125,17 @@ export function decodeData(frames: readonly Uint8Array[], expect: DecodeExpect =
     }
     return float32View(frame);
   });
+  const msg = { header, tensors };
+  checkData(msg, expect);
+  return msg;
+}
+
+/**
+ * What a receiver checks once it knows the message is for it: the input width, and (one read
+ * pass) that every value is finite.
+ */
+export function checkData(msg: DataMessage, expect: DecodeExpect): void {
+  const { header, tensors } = msg;
   const x = header.tensors[0];
   if (expect.width !== undefined && x !== undefined && x.shape[1] !== expect.width) {
     throw new ProtocolError(
@@ -133,7 +147,6 @@ export function decodeData(frames: readonly Uint8Array[], expect: DecodeExpect =
   if (expect.checkFinite) {
     header.tensors.forEach((spec, i) => checkFinite(spec, tensors[i]!));
   }
-  return { header, tensors };
 }
 
 function checkDataHeader(h: Obj): DataHeader {
@@ -169,12 +182,11 @@ function checkDataHeader(h: Obj): DataHeader {
   let rows: number;
   if (header.kind === 'train') {
     check(h, 'header', 'nPos', 'posint');
-    if (h.lr !== undefined) check(h, 'header', 'lr', 'finite');
+    check(h, 'header', 'lr', 'finite');
     rows = 2 * header.nPos;
   } else {
     check(h, 'header', 'images', 'posint');
-    if (h.split !== undefined) check(h, 'header', 'split', 'string');
-    rows = 10 * header.images;
+    rows = NUM_CLASSES * header.images;
   }
   const x = tensors[0];
   if (x === undefined || x.name !== 'x' || x.shape.length !== 2) {
@@ -188,7 +200,7 @@ function checkDataHeader(h: Obj): DataHeader {
     const why =
       header.kind === 'train'
         ? `2 * nPos = 2 * ${header.nPos}`
-        : `10 * images = 10 * ${header.images}`;
+        : `${NUM_CLASSES} * images = ${NUM_CLASSES} * ${header.images}`;
     throw new ProtocolError(
       'BAD_SHAPE',
       `tensor 'x' shape ${fmtShape(x.shape)} must have ${why} = ${rows} rows`,
@@ -333,21 +345,23 @@ export interface ConfigMessage {
   optimizerStep: number;
 }
 
+/** Stage -> coordinator: the config is applied; data for `run` may come. */
 export interface ReadyMessage {
   type: 'ready';
   layer: number;
+  run: string;
 }
 
+/** Stage -> coordinator, every --heartbeat-ms: this stage is alive. */
 export interface HeartbeatMessage {
   type: 'heartbeat';
   layer: number;
-  /** Sender's clock, ms since the epoch. */
-  t: number;
 }
 
-/** Coordinator -> stage: the run failed; drop it and wait for the next coordinator. */
+/** Coordinator -> stage: `run` is abandoned; drop it and wait for the next coordinator. */
 export interface AbortMessage {
   type: 'abort';
+  run: string;
   reason: string;
 }
 
@@ -370,6 +384,7 @@ export interface ErrorMessage {
 export interface StatsMessage {
   type: 'stats';
   layer: number;
+  run: string;
   epoch: number;
   seq: number;
   loss: number;
@@ -385,29 +400,38 @@ export interface StatsMessage {
   blockedMs: number;
 }
 
-/** Per eval batch: goodness of every overlaid row, [10 * images] label-major like the input. */
+/**
+ * Per eval batch: goodness of every overlaid row, [NUM_CLASSES * images] label-major like the
+ * input.
+ */
 export interface GoodnessMessage {
   type: 'goodness';
   layer: number;
+  run: string;
   epoch: number;
   seq: number;
   images: number;
   g: Float32Array;
 }
 
-/** The last stage saw a marker: everything before it has passed every stage. */
+/** The last stage saw an `end` or `stop` marker: everything before it has passed every stage. */
 export interface AckMessage {
   type: 'ack';
   layer: number;
-  op: MarkerOp;
+  run: string;
+  op: 'end' | 'stop';
   id: number;
   epoch: number;
 }
 
-/** A stage skipped a malformed message. */
+/**
+ * A stage skipped a malformed message, or one naming a run it does not know. `run` is the run
+ * the stage serves: a message that may have been one of its batches.
+ */
 export interface RejectedMessage {
   type: 'rejected';
   layer: number;
+  run: string;
   code: string;
   reason: string;
 }
@@ -421,6 +445,7 @@ export interface WeightsTensor {
 export interface WeightsMessage {
   type: 'weights';
   layer: number;
+  run: string;
   epoch: number;
   optimizerStep: number;
   tensors: Record<string, WeightsTensor>;
@@ -468,13 +493,14 @@ const CONTROL_FIELDS = {
     state: 'tensors',
     optimizerStep: 'uint',
   },
-  ready: { layer: 'uint' },
-  heartbeat: { layer: 'uint', t: 'finite' },
+  ready: { layer: 'uint', run: 'string' },
+  heartbeat: { layer: 'uint' },
   stop: { reason: 'string' },
-  abort: { reason: 'string' },
+  abort: { run: 'string', reason: 'string' },
   error: { run: 'string', layer: 'uint', code: 'string', message: 'string' },
   stats: {
     layer: 'uint',
+    run: 'string',
     epoch: 'uint',
     seq: 'uint',
     loss: 'number',
@@ -485,10 +511,23 @@ const CONTROL_FIELDS = {
     transportMs: 'number',
     blockedMs: 'number',
   },
-  goodness: { layer: 'uint', epoch: 'uint', seq: 'uint', images: 'posint', g: 'f32' },
-  ack: { layer: 'uint', op: MARKER_OPS, id: 'uint', epoch: 'uint' },
-  rejected: { layer: 'uint', code: 'string', reason: 'string' },
-  weights: { layer: 'uint', epoch: 'uint', optimizerStep: 'uint', tensors: 'tensors' },
+  goodness: {
+    layer: 'uint',
+    run: 'string',
+    epoch: 'uint',
+    seq: 'uint',
+    images: 'posint',
+    g: 'f32',
+  },
+  ack: { layer: 'uint', run: 'string', op: ['end', 'stop'], id: 'uint', epoch: 'uint' },
+  rejected: { layer: 'uint', run: 'string', code: 'string', reason: 'string' },
+  weights: {
+    layer: 'uint',
+    run: 'string',
+    epoch: 'uint',
+    optimizerStep: 'uint',
+    tensors: 'tensors',
+  },
 } as const satisfies {
   [T in ControlType]: Record<
     Exclude<keyof Extract<ControlMessage, { type: T }>, 'type'>,
@@ -536,11 +575,11 @@ function checkControl(msg: Obj, dir: 'encode' | 'decode'): Obj {
   if (type === 'goodness') {
     const g = out.g as Uint8Array | Float32Array;
     const n = g.byteLength / 4;
-    const rows = 10 * (msg.images as number);
+    const rows = NUM_CLASSES * (msg.images as number);
     if (n !== rows) {
       throw new ProtocolError(
         'BAD_SHAPE',
-        `goodness.g has ${n} values, 10 * images = 10 * ${show(msg.images)} = ${rows} needed`,
+        `goodness.g has ${n} values, ${NUM_CLASSES} * images = ${NUM_CLASSES} * ${show(msg.images)} = ${rows} needed`,
       );
     }
   }

@@ -1,0 +1,114 @@
+// A stage's inbound queue: messages read from its PULL socket ahead of the one being handled,
+// so the next batch is ready the moment a step ends. It is bounded in messages and in bytes:
+// when either bound is reached it stops reading, the socket's own small queue fills, and
+// ZeroMQ's high-water mark holds the upstream back. Nothing is dropped here.
+import type { Pull } from 'zeromq';
+
+export interface InboxLimits {
+  /** Messages queued ahead of the one being handled. */
+  messages: number;
+  /**
+   * Bytes queued: reading stops once they reach this; a message larger than the bound is
+   * still taken when the queue is empty (so at most bytes + one message are held).
+   */
+  bytes: number;
+}
+
+/** Two messages ahead keep a stage busy; 256 MiB holds two of the largest evaluation batches. */
+export const DEFAULT_INBOX_LIMITS: InboxLimits = { messages: 2, bytes: 256 * 1024 ** 2 };
+
+export class Inbox {
+  private readonly queue: Buffer[][] = [];
+  private queuedBytes = 0;
+  private closed = false;
+  private readError: Error | null = null;
+  private wakeReader: (() => void) | null = null;
+  private wakeConsumer: (() => void) | null = null;
+  private readonly reading: Promise<void>;
+
+  /** Takes over `socket` (bound or connected): reads from it until close(). */
+  constructor(
+    private readonly socket: Pull,
+    private readonly limits: InboxLimits = DEFAULT_INBOX_LIMITS,
+  ) {
+    this.reading = this.readLoop();
+  }
+
+  /** Messages queued, not yet taken by next(). */
+  get depth(): number {
+    return this.queue.length;
+  }
+
+  /** Bytes of the messages queued. */
+  get bytes(): number {
+    return this.queuedBytes;
+  }
+
+  /**
+   * The oldest message, waiting for one if none is queued; null once the inbox is closed.
+   * Throws the socket's error if reading failed.
+   */
+  async next(): Promise<Buffer[] | null> {
+    for (;;) {
+      const frames = this.queue.shift();
+      if (frames) {
+        this.queuedBytes -= size(frames);
+        this.wake('reader');
+        return frames;
+      }
+      if (this.readError) throw this.readError;
+      if (this.closed) return null;
+      await new Promise<void>((r) => (this.wakeConsumer = r));
+    }
+  }
+
+  /** Stops reading and closes the socket; a pending next() resolves null. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.socket.close(); // rejects a pending receive()
+    this.wake('reader');
+    this.wake('consumer');
+    await this.reading;
+  }
+
+  private full(): boolean {
+    return (
+      this.queue.length >= this.limits.messages ||
+      (this.queue.length > 0 && this.queuedBytes >= this.limits.bytes)
+    );
+  }
+
+  private async readLoop(): Promise<void> {
+    while (!this.closed) {
+      if (this.full()) {
+        await new Promise<void>((r) => (this.wakeReader = r));
+        continue;
+      }
+      let frames: Buffer[];
+      try {
+        frames = await this.socket.receive();
+      } catch (err) {
+        if (!this.closed) this.readError = err as Error;
+        break;
+      }
+      this.queue.push(frames);
+      this.queuedBytes += size(frames);
+      this.wake('consumer');
+    }
+    this.wake('consumer');
+  }
+
+  private wake(who: 'reader' | 'consumer'): void {
+    const w = who === 'reader' ? this.wakeReader : this.wakeConsumer;
+    if (who === 'reader') this.wakeReader = null;
+    else this.wakeConsumer = null;
+    w?.();
+  }
+}
+
+function size(frames: Buffer[]): number {
+  let n = 0;
+  for (const f of frames) n += f.length;
+  return n;
+}
