@@ -1,5 +1,7 @@
 // The optimizer kernels of kernels/optimizer.wat, instantiated over the wasm backend's heap.
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { log } from '../log.js';
 import { wasmHeap } from './host-memory.js';
 
 export interface OptimizerKernels {
@@ -61,8 +63,13 @@ export function optimizerKernels(): OptimizerKernels | null {
       }
     }
     kernels = exports as unknown as OptimizerKernels;
-  } catch {
-    kernels = null; // the JS loop in optimizer.ts does the same work, slower
+  } catch (err) {
+    // The JS loop in optimizer.ts does the same work, slower.
+    log.warnOnce(
+      'wasm-kernels:optimizer',
+      `cannot load the SIMD optimizer kernel ${fileURLToPath(url)} (${(err as Error).message}): ` +
+        'the optimizer update runs as a JS loop, ~3x slower (`npm run build` assembles the kernels)',
+    );
   }
   cache = { memory, kernels };
   return kernels;
