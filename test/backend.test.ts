@@ -4,9 +4,11 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { pathToFileURL } from 'node:url';
+import { FAKE_VERSIONS_HOOKS } from './helpers/fake-versions.js';
 import { killAll, ROOT, runModule } from './helpers/spawn.js';
 
 const BACKEND_JS = join(ROOT, 'dist', 'src', 'backend', 'backend.js');
+const LOG_JS = join(ROOT, 'dist', 'src', 'log.js');
 const TIMEOUT_MS = 30_000;
 
 interface ErrorInfo {
@@ -25,21 +27,32 @@ interface Report {
   };
   error?: ErrorInfo;
   logs: string[];
+  /** What the process log (src/log.ts) printed: warnings. */
+  processLog: string[];
   [key: string]: unknown;
 }
 
 /**
  * Runs `body` (ES module statements) in a fresh Node process with `b` = backend.js, `tf` =
  * @tensorflow/tfjs, `log` = a logger collecting into the report, and `out` = extra report
- * fields. A throw from the body is reported as `error`; `err(fn)` captures one from a call.
+ * fields; the process log goes to `out.processLog`. A throw from the body is reported as
+ * `error`; `err(fn)` captures one from a call. `fakes` makes packages look like other releases
+ * to ffx's imports (helpers/fake-versions.ts).
  */
-async function inChild(body: string): Promise<Report> {
+async function inChild(
+  body: string,
+  fakes?: Record<string, Record<string, string>>,
+): Promise<Report> {
   const source = `
+    ${fakes ? `(await import('node:module')).register(${JSON.stringify(FAKE_VERSIONS_HOOKS)}, { data: ${JSON.stringify(fakes)} });` : ''}
     const b = await import(${JSON.stringify(pathToFileURL(BACKEND_JS).href)});
     const tf = await import('@tensorflow/tfjs');
     const logs = [];
     const log = (l) => logs.push(l);
-    const out = { logs };
+    const out = { logs, processLog: [] };
+    (await import(${JSON.stringify(pathToFileURL(LOG_JS).href)})).configureLog({
+      sink: (l) => out.processLog.push(l),
+    });
     const describe = (e) => ({ name: e.name, code: e.code, message: e.message });
     const err = async (fn) => { try { await fn(); return null; } catch (e) { return describe(e); } };
     try {
@@ -207,6 +220,28 @@ describe('initBackend wasm threads', () => {
       assert.equal(r.maxDiff, 0);
     });
   }
+
+  it('another tfjs-backend-wasm release runs 1 thread, with a warning, not a failure', async () => {
+    // wasm-threads.ts patches the 4.22.0 bundle's internals; with any other release ffx runs
+    // the stock single-threaded backend, and says so once.
+    const r = await inChild(
+      `
+        out.info = await b.initBackend('wasm', { threads: 2, log });
+        ${matMulCheck}
+      `,
+      { '@tensorflow/tfjs-backend-wasm': { version_wasm: '4.99.0' } },
+    );
+    assert.equal(r.error, undefined, JSON.stringify(r.error));
+    assert.equal(r.info!.name, 'wasm');
+    assert.equal(r.info!.threads, 1);
+    assert.match(r.logs.join('\n'), /simd on, 1 thread\)/);
+    const warnings = r.processLog.filter((l) => l.includes('thread'));
+    assert.deepEqual(warnings, [
+      "warning: @tensorflow/tfjs-backend-wasm 4.99.0 is not the 4.22.0 that ffx's threaded " +
+        'start is written for: wasm runs 1 thread, not 2',
+    ]);
+    assert.equal(r.maxDiff, 0);
+  });
 
   it('rejects a thread count outside 1..8', async () => {
     const r = await inChild(`

@@ -9,6 +9,13 @@ import { DEFAULT_OPTIMIZER, LayerOptimizer, type OptimizerConfig } from '../src/
 import { ownedVariable } from '../src/core/host-memory.js';
 import type { NamedTensor } from '../src/core/safetensors.js';
 import { Rng } from '../src/data/rng.js';
+import {
+  assertFlushed,
+  assertSameBits,
+  FLUSH_STEPS,
+  forceOps,
+  runFlushScenario,
+} from './helpers/optimizer-paths.js';
 
 const IN = 12;
 const OUT = 7;
@@ -88,9 +95,9 @@ function lossValue(layer: FFLayer, x: tf.Tensor2D, nPos = N_POS): number {
   return v;
 }
 
-/** Makes the optimizer take the tfjs-ops path (the one native and GPU backends use). */
+/** Makes the layer's optimizer take the tfjs-ops path (the one native and GPU backends use). */
 function forceOpsPath(layer: FFLayer): void {
-  (layer.optimizer as unknown as { applyInPlace: () => boolean }).applyInPlace = () => false;
+  forceOps(layer.optimizer);
 }
 
 before(async () => {
@@ -447,6 +454,31 @@ describe('LayerOptimizer in-place path', () => {
       p.dispose();
     }
   });
+
+  const flushCases: { name: string; opt: OptimizerConfig }[] = [
+    { name: 'adam', opt: optimizer({ type: 'adam', lr: 0.01 }) },
+    { name: 'adam + L2', opt: optimizer({ type: 'adam', lr: 0.01, weightDecay: 0.1 }) },
+    { name: 'adamw', opt: optimizer({ type: 'adamw', lr: 0.01, weightDecay: 0.1 }) },
+    {
+      name: 'sgd momentum + L2',
+      opt: optimizer({ type: 'sgd', lr: 0.1, momentum: 0.9, weightDecay: 0.1 }),
+    },
+  ];
+  for (const c of flushCases) {
+    it(`${c.name}: the tfjs-ops path flushes as the fused one does, bit for bit`, () => {
+      // Gradients below and above 1e-16, slots decaying under 1e-30, NaNs, in the kernel's
+      // part and the JS tail (see helpers/optimizer-paths.ts), over several steps. Both paths
+      // round every operation to float32 in the same order, so the bits agree; a path that did
+      // not flush would leave ~1e-31 slots where the other has 0.
+      const fused = runFlushScenario(c.opt, 'fused');
+      const ops = runFlushScenario(c.opt, 'ops');
+      assert.deepEqual(fused.inPlace, Array<boolean>(FLUSH_STEPS).fill(true), 'fused path ran');
+      assert.deepEqual(ops.inPlace, Array<boolean>(FLUSH_STEPS).fill(false), 'ops path ran');
+      const names = c.opt.type === 'sgd' ? ['p', 'momentum'] : ['p', 'm', 'v'];
+      names.forEach((name, i) => assertSameBits(fused.values[i]!, ops.values[i]!, name));
+      assertFlushed(fused, c.opt);
+    });
+  }
 
   it('leaves a tensor that shares the weight storage untouched', () => {
     // hostView(..., exclusive) refuses shared storage: a reshape of the weight (same storage,

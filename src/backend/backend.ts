@@ -8,9 +8,10 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { availableParallelism } from 'node:os';
-import { setWasmPaths, getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
-import { initWasmThreaded } from './wasm-threads.js';
+import { setWasmPaths, getThreadsCount, version_wasm } from '@tensorflow/tfjs-backend-wasm';
+import { initWasmThreaded, WASM_THREADS_VERSION } from './wasm-threads.js';
 import { FfxError, type ErrorCode } from '../errors.js';
+import { log as processLog } from '../log.js';
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -218,7 +219,16 @@ async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
       `${pkg}: this Node.js has no WebAssembly SIMD; use --backend cpu`,
     );
   }
-  if (threads > 1) {
+  // Another tfjs-backend-wasm release may still run, single-threaded: slower, not wrong.
+  const threaded = threads > 1 && version_wasm === WASM_THREADS_VERSION;
+  if (threads > 1 && !threaded) {
+    processLog.warnOnce(
+      'wasm-threads:version',
+      `${pkg} ${version_wasm} is not the ${WASM_THREADS_VERSION} that ffx's threaded start is ` +
+        `written for: wasm runs 1 thread, not ${threads}`,
+    );
+  }
+  if (threaded) {
     // tfjs turns threads off in Node; wasm-threads.ts works around the reasons why.
     try {
       await initWasmThreaded(threads);

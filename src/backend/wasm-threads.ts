@@ -42,14 +42,19 @@ function __spreadArray(to, from) { return to.concat(Array.prototype.slice.call(f
 // all are loaded during init. More threads would need workers created after the patches are gone.
 const POOL_SIZE = 8;
 
+/**
+ * The tfjs-backend-wasm release this is written for: FACTORY_PRELUDE mirrors its node bundle's
+ * rollup-scoped names (re-check on upgrade). Callers check it and fall back to one thread.
+ */
+export const WASM_THREADS_VERSION = '4.22.0';
+
 export async function initWasmThreaded(threads: number): Promise<void> {
   if (!Number.isInteger(threads) || threads < 1 || threads > POOL_SIZE) {
     throw new Error(`initWasmThreaded: threads must be an integer in [1, ${POOL_SIZE}]`);
   }
-  if (version_wasm !== '4.22.0') {
-    // FACTORY_PRELUDE mirrors the 4.22.0 node bundle's rollup-scoped names; re-check on upgrade.
+  if (version_wasm !== WASM_THREADS_VERSION) {
     throw new Error(
-      `initWasmThreaded: written for tfjs-backend-wasm 4.22.0, found ${version_wasm}`,
+      `initWasmThreaded: written for tfjs-backend-wasm ${WASM_THREADS_VERSION}, found ${version_wasm}`,
     );
   }
   // (not tf.findBackend: it would start initializing the backend)

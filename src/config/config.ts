@@ -1,7 +1,7 @@
 // The run configuration: one source of truth for the model, optimizer, data and schedule.
 // Precedence: command-line flags > FFX_* environment (via the CLI) > config file > defaults.
 import { readFile } from 'node:fs/promises';
-import { OPTIMIZER_TYPES, type OptimizerConfig } from '../core/optimizer.js';
+import { DEFAULT_OPTIMIZER, OPTIMIZER_TYPES, type OptimizerConfig } from '../core/optimizer.js';
 import { GOODNESS_TYPES, type GoodnessType } from '../core/ff-layer.js';
 import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
 import { FfxError, type ErrorCode } from '../errors.js';
@@ -64,15 +64,7 @@ export const DEFAULT_CONFIG: RunConfig = {
     normEps: 1e-8,
     overlayValue: 1,
   },
-  optimizer: {
-    type: 'adam',
-    lr: 0.001,
-    beta1: 0.9,
-    beta2: 0.999,
-    eps: 1e-8,
-    momentum: 0.9,
-    weightDecay: 0,
-  },
+  optimizer: { ...DEFAULT_OPTIMIZER },
   train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1 },
   eval: { batchSize: 1000, skipFirst: false },
   output: { dir: 'runs/ffx', checkpointEvery: 0 },

@@ -4,12 +4,24 @@
 // elementwise update (the optimizer) can run as one fused pass over the storage (a SIMD
 // kernel on wasm, a JS loop on cpu) instead of a dozen tfjs ops that each stream the whole
 // weight matrix through memory.
+//
+// These are tfjs internals, not API: each backend's are checked once, by version (the pinned
+// one) and by shape, and where they differ every function here answers null, the optimizer
+// takes the tfjs-ops path, and the log says so once.
 import * as tf from '@tensorflow/tfjs';
+import { version_wasm } from '@tensorflow/tfjs-backend-wasm';
+import { log } from '../log.js';
 
+/** The tfjs release whose backend internals this file reads (package.json pins it). */
+export const PINNED_TFJS_VERSION = '4.22.0';
+
+interface WasmEntry {
+  id: number;
+  memoryOffset: number;
+  refCount: number;
+}
 interface WasmBackendInternals {
-  dataIdMap: {
-    get(id: object): { id: number; memoryOffset: number; refCount: number } | undefined;
-  };
+  dataIdMap: { get(id: object): WasmEntry | undefined };
   wasm: {
     HEAPU8: Uint8Array;
     /** The heap: `wasmMemory` on the threaded build, `asm.memory` on the plain one. */
@@ -21,28 +33,117 @@ interface WasmBackendInternals {
     };
   };
 }
+interface CpuEntry {
+  values?: unknown;
+  refCount: number;
+}
 interface CpuBackendInternals {
-  data: { get(id: object): { values?: unknown; refCount: number } | undefined };
+  data: { get(id: object): CpuEntry | undefined };
+}
+
+const FALLBACK = 'the optimizer update runs as tfjs ops, ~3x slower';
+
+/** Why `b` is not a tfjs 4.22 wasm backend as this file reads it, or null when it is. */
+export function wasmInternalsProblem(b: unknown): string | null {
+  const x = b as Partial<WasmBackendInternals> | null;
+  if (typeof x?.dataIdMap?.get !== 'function') return 'no dataIdMap.get';
+  const w = x.wasm;
+  if (!(w?.HEAPU8 instanceof Uint8Array)) return 'no wasm.HEAPU8';
+  if (!((w.wasmMemory ?? w.asm?.memory) instanceof WebAssembly.Memory)) {
+    return 'no wasm.wasmMemory or wasm.asm.memory';
+  }
+  if (typeof w.tfjs?.registerTensor !== 'function') return 'no wasm.tfjs.registerTensor';
+  if (typeof w.tfjs.disposeData !== 'function') return 'no wasm.tfjs.disposeData';
+  return null;
+}
+
+/** Why `b` is not a tfjs 4.22 cpu backend as this file reads it, or null when it is. */
+export function cpuInternalsProblem(b: unknown): string | null {
+  const x = b as Partial<CpuBackendInternals> | null;
+  return typeof x?.data?.get === 'function' ? null : 'no data.get';
+}
+
+// Per backend instance: its internals, or null where they cannot be used.
+const checked = new WeakMap<object, object | null>();
+
+function internals(
+  name: 'wasm' | 'cpu',
+  versions: Record<string, string>,
+  problemOf: (b: unknown) => string | null,
+): object | null {
+  if (tf.getBackend() !== name) return null;
+  const b = tf.backend();
+  let got = checked.get(b);
+  if (got === undefined) {
+    const stale = Object.entries(versions).filter(([, v]) => v !== PINNED_TFJS_VERSION);
+    const problem =
+      stale.length > 0
+        ? `${stale.map(([pkg, v]) => `${pkg} ${v}`).join(', ')}, not ${PINNED_TFJS_VERSION}`
+        : problemOf(b);
+    if (problem) unusable(name, problem);
+    got = problem ? null : b;
+    checked.set(b, got);
+  }
+  return got;
+}
+
+function unusable(name: string, problem: string): void {
+  log.warnOnce(
+    `host-memory:${name}`,
+    `${name} backend internals are not the ones ffx reads (${problem}): ${FALLBACK}`,
+  );
+}
+
+function wasmBackend(): WasmBackendInternals | null {
+  const versions = {
+    '@tensorflow/tfjs-core': tf.version_core,
+    '@tensorflow/tfjs-backend-wasm': version_wasm,
+  };
+  return internals('wasm', versions, wasmInternalsProblem) as WasmBackendInternals | null;
+}
+
+function cpuBackend(): CpuBackendInternals | null {
+  const versions = {
+    '@tensorflow/tfjs-core': tf.version_core,
+    '@tensorflow/tfjs-backend-cpu': tf.version['tfjs-backend-cpu'],
+  };
+  return internals('cpu', versions, cpuInternalsProblem) as CpuBackendInternals | null;
+}
+
+/** `t`'s storage record on the wasm backend, or null (none, or not of the expected shape). */
+function wasmEntry(b: WasmBackendInternals, t: tf.Tensor): WasmEntry | null {
+  const d = b.dataIdMap.get(t.dataId);
+  if (!d) return null;
+  if (
+    typeof d.id !== 'number' ||
+    typeof d.memoryOffset !== 'number' ||
+    typeof d.refCount !== 'number'
+  ) {
+    unusable('wasm', 'a dataIdMap entry without numeric id, memoryOffset and refCount');
+    checked.set(b, null); // and no more views from this backend
+    return null;
+  }
+  return d;
 }
 
 /**
  * A Float32Array aliasing a float32 tensor's storage, or null where the backend keeps it out of
- * reach (native TensorFlow, GPU). The view is valid only until the next tfjs call: the wasm heap
- * may grow and detach it. With `exclusive`, also null unless the tensor is the storage's only
- * owner, so writing through the view cannot change another tensor.
+ * reach (native TensorFlow, GPU, or internals other than tfjs 4.22's). The view is valid only
+ * until the next tfjs call: the wasm heap may grow and detach it. With `exclusive`, also null
+ * unless the tensor is the storage's only owner, so writing through the view cannot change
+ * another tensor.
  */
 export function hostView(t: tf.Tensor, exclusive = false): Float32Array | null {
   if (t.dtype !== 'float32') return null;
-  const name = tf.getBackend();
-  if (name === 'wasm') {
-    const b = tf.backend() as unknown as WasmBackendInternals;
-    const d = b.dataIdMap.get(t.dataId);
+  const wasm = wasmBackend();
+  if (wasm) {
+    const d = wasmEntry(wasm, t);
     if (!d || (exclusive && d.refCount !== 1)) return null;
-    return new Float32Array(b.wasm.HEAPU8.buffer, d.memoryOffset, t.size);
+    return new Float32Array(wasm.wasm.HEAPU8.buffer, d.memoryOffset, t.size);
   }
-  if (name === 'cpu') {
-    const b = tf.backend() as unknown as CpuBackendInternals;
-    const d = b.data.get(t.dataId);
+  const cpu = cpuBackend();
+  if (cpu) {
+    const d = cpu.data.get(t.dataId);
     if (!d || !(d.values instanceof Float32Array) || (exclusive && d.refCount !== 1)) return null;
     return d.values;
   }
@@ -51,21 +152,21 @@ export function hostView(t: tf.Tensor, exclusive = false): Float32Array | null {
 
 /**
  * Byte offset of a float32 tensor's storage in the wasm backend's heap (null on other backends,
- * or with `exclusive` when the storage is shared with another tensor).
+ * where the internals are not tfjs 4.22's, or with `exclusive` when the storage is shared with
+ * another tensor).
  */
 export function wasmHeapOffset(t: tf.Tensor, exclusive = false): number | null {
-  if (t.dtype !== 'float32' || tf.getBackend() !== 'wasm') return null;
-  const d = (tf.backend() as unknown as WasmBackendInternals).dataIdMap.get(t.dataId);
+  if (t.dtype !== 'float32') return null;
+  const wasm = wasmBackend();
+  const d = wasm && wasmEntry(wasm, t);
   if (!d || (exclusive && d.refCount !== 1)) return null;
   return d.memoryOffset;
 }
 
 /** The wasm backend's heap, for kernels that work on tensors in place. */
 export function wasmHeap(): WebAssembly.Memory | null {
-  if (tf.getBackend() !== 'wasm') return null;
-  const w = (tf.backend() as unknown as WasmBackendInternals).wasm;
-  const memory = w.wasmMemory ?? w.asm?.memory;
-  return memory instanceof WebAssembly.Memory ? memory : null;
+  const w = wasmBackend()?.wasm;
+  return w?.wasmMemory ?? w?.asm?.memory ?? null;
 }
 
 /**
@@ -74,12 +175,13 @@ export function wasmHeap(): WebAssembly.Memory | null {
  * re-registering the id drops those caches (the memory itself is untouched).
  */
 export function hostWritten(t: tf.Tensor): void {
-  if (tf.getBackend() !== 'wasm') return;
-  const b = tf.backend() as unknown as WasmBackendInternals;
-  const d = b.dataIdMap.get(t.dataId);
+  // Where the internals are unusable hostView handed out no view on wasm, so nothing was
+  // written behind XNNPACK's back and there is no cache to drop.
+  const wasm = wasmBackend();
+  const d = wasm && wasmEntry(wasm, t);
   if (!d) return;
-  b.wasm.tfjs.disposeData(d.id);
-  b.wasm.tfjs.registerTensor(d.id, t.size, d.memoryOffset);
+  wasm.wasm.tfjs.disposeData(d.id);
+  wasm.wasm.tfjs.registerTensor(d.id, t.size, d.memoryOffset);
 }
 
 /** tf.variable that owns its storage alone (tf.variable shares the initial tensor's). */

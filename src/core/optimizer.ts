@@ -35,15 +35,47 @@ export const DEFAULT_OPTIMIZER: OptimizerConfig = {
 };
 
 /**
- * The fused update flushes gradients below FLUSH_GRAD and slots below FLUSH_SLOT to zero, as
- * the SIMD kernel does (see kernels/optimizer.wat: subnormals cost x86 a microcode assist each,
- * and values this small cannot move a float32 weight).
+ * Flush to zero: every path of the update (the SIMD kernel, the JS loop, the tfjs ops) sets
+ * g' = g + l2 p below FLUSH_GRAD and the slots (m, v, SGD's momentum) below FLUSH_SLOT to 0;
+ * NaN passes. Subnormals cost x86 a microcode assist each (kernels/optimizer.wat says when they
+ * pile up), and values this small cannot move a float32 weight: Adam divides by sqrt(v) + eps
+ * with eps ~1e-8, and g'^2 (1-b2) stays normal above 1e-16.
  */
 const FLUSH_GRAD = 1e-16;
 const FLUSH_SLOT = 1e-30;
 
+/**
+ * One update's scalars, rounded to float32 once: the kernel, the JS loop and the tfjs ops all
+ * take these, so all three compute the same float32 numbers.
+ */
+interface UpdateScalars {
+  lr: number;
+  /** SGD's momentum. */
+  mu: number;
+  b1: number;
+  /** 1 - b1 (and 1 - b2), rounded once from the float64 difference. */
+  b1c: number;
+  b2: number;
+  b2c: number;
+  /** Adam's bias correction folded into the step size and epsilon. */
+  stepSize: number;
+  epsHat: number;
+  /** L2 penalty added to the gradient (adam, sgd; 0 for adamw). */
+  l2: number;
+  /** AdamW's decoupled decay as a factor on the weight (1 otherwise). */
+  shrink: number;
+  tinyGrad: number;
+  tinySlot: number;
+}
+
+/** |x| < tiny ? 0 : x (NaN compares false and passes). */
 function flush(x: number, tiny: number): number {
   return Math.abs(x) < tiny ? 0 : x;
+}
+
+/** The same flush as tfjs ops (its temporaries belong to the caller's tidy). */
+function flushOps(x: tf.Tensor, tiny: number): tf.Tensor {
+  return tf.where(tf.less(tf.abs(x), tiny), tf.zerosLike(x), x);
 }
 
 export class LayerOptimizer {
@@ -72,45 +104,54 @@ export class LayerOptimizer {
       const s = this.slots.get(p);
       if (!s) throw new Error(`optimizer has no state for variable ${p.name}`);
       const decay = this.config.weightDecay > 0 && p.rank > 1 ? this.config.weightDecay : 0; // never biases
-      if (this.applyInPlace(p, g, s, lr, decay)) {
+      const k = this.updateScalars(lr, decay);
+      if (this.applyInPlace(p, g, s, k)) {
         for (const t of [p, ...s]) hostWritten(t);
       } else {
-        this.applyOps(p, g, s, lr, decay);
+        this.applyOps(p, g, s, k);
       }
     }
   }
 
-  // Adam's bias correction folded into the step size and epsilon: two scalars per step.
-  private adamScalars(lr: number): { stepSize: number; epsHat: number } {
+  private updateScalars(lr: number, decay: number): UpdateScalars {
     const c = this.config;
+    const f = Math.fround;
     const c2 = Math.sqrt(1 - c.beta2 ** this.step);
-    return { stepSize: (lr * c2) / (1 - c.beta1 ** this.step), epsHat: c.eps * c2 };
+    const adamw = c.type === 'adamw';
+    return {
+      lr: f(lr),
+      mu: f(c.momentum),
+      b1: f(c.beta1),
+      b1c: f(1 - c.beta1),
+      b2: f(c.beta2),
+      b2c: f(1 - c.beta2),
+      stepSize: f((lr * c2) / (1 - c.beta1 ** this.step)),
+      epsHat: f(c.eps * c2),
+      l2: adamw ? 0 : f(decay),
+      shrink: adamw ? f(1 - lr * decay) : 1,
+      tinyGrad: f(FLUSH_GRAD),
+      tinySlot: f(FLUSH_SLOT),
+    };
   }
 
-  /** The update as tfjs ops: works on every backend. */
-  private applyOps(
-    p: tf.Variable,
-    g0: tf.Tensor,
-    s: tf.Variable[],
-    lr: number,
-    decay: number,
-  ): void {
-    const c = this.config;
-    if (c.type === 'sgd') {
-      const g = decay ? g0.add(p.mul(decay)) : g0;
+  /**
+   * The update as tfjs ops: works on every backend. The ops and their order are the kernel's,
+   * one float32 rounding each, so this path gives the fused one's numbers bit for bit.
+   */
+  private applyOps(p: tf.Variable, g0: tf.Tensor, s: tf.Variable[], k: UpdateScalars): void {
+    // (With l2 = 0 the kernel adds 0 * p; skipping it differs only where p is not finite.)
+    const g = flushOps(k.l2 ? g0.add(p.mul(k.l2)) : g0, k.tinyGrad);
+    if (this.config.type === 'sgd') {
       const m = s[0]!;
-      m.assign(m.mul(c.momentum).add(g));
-      p.assign(p.sub(m.mul(lr)));
+      m.assign(flushOps(m.mul(k.mu).add(g), k.tinySlot));
+      p.assign(p.sub(m.mul(k.lr)));
       return;
     }
-    const g = decay && c.type === 'adam' ? g0.add(p.mul(decay)) : g0;
     const [m, v] = s as [tf.Variable, tf.Variable];
-    m.assign(m.mul(c.beta1).add(g.mul(1 - c.beta1)));
-    v.assign(v.mul(c.beta2).add(g.square().mul(1 - c.beta2)));
-    const { stepSize, epsHat } = this.adamScalars(lr);
-    let update = m.div(v.sqrt().add(epsHat)).mul(stepSize);
-    if (decay && c.type === 'adamw') update = update.add(p.mul(lr * decay));
-    p.assign(p.sub(update));
+    m.assign(flushOps(m.mul(k.b1).add(g.mul(k.b1c)), k.tinySlot));
+    v.assign(flushOps(v.mul(k.b2).add(g.square().mul(k.b2c)), k.tinySlot));
+    const update = m.mul(k.stepSize).div(v.sqrt().add(k.epsHat));
+    p.assign((k.shrink === 1 ? p : p.mul(k.shrink)).sub(update));
   }
 
   /**
@@ -118,24 +159,16 @@ export class LayerOptimizer {
    * parameters instead of ~12 tfjs ops that each stream them through memory. Returns false
    * where the storage is out of reach or shared, and the caller falls back to applyOps.
    */
-  private applyInPlace(
-    p: tf.Variable,
-    g: tf.Tensor,
-    s: tf.Variable[],
-    lr: number,
-    decay: number,
-  ): boolean {
-    const c = this.config;
+  private applyInPlace(p: tf.Variable, g: tf.Tensor, s: tf.Variable[], k: UpdateScalars): boolean {
+    const sgd = this.config.type === 'sgd';
     // Views are taken last and used at once: no tfjs call may run in between (heap growth).
-    const { stepSize, epsHat } = this.adamScalars(lr);
     const pv = hostView(p, true);
     const gv = hostView(g);
     const mv = hostView(s[0]!, true);
     const vv = s[1] ? hostView(s[1], true) : null;
-    if (!pv || !gv || !mv || (c.type !== 'sgd' && !vv)) return false;
+    if (!pv || !gv || !mv || (!sgd && !vv)) return false;
     const n = pv.length;
-    const l2 = c.type === 'adamw' ? 0 : decay;
-    const shrink = c.type === 'adamw' ? 1 - lr * decay : 1;
+    const { l2, tinyGrad, tinySlot } = k;
     // On wasm the SIMD kernel takes the multiple-of-4 prefix; the JS loops below do the rest
     // (and everything on the cpu backend).
     const kernels = optimizerKernels();
@@ -143,7 +176,7 @@ export class LayerOptimizer {
     if (kernels) {
       const at = (t: tf.Tensor) => wasmHeapOffset(t)!;
       start = n - (n % 4);
-      if (c.type === 'sgd') kernels.sgd(at(p), at(g), at(s[0]!), start, c.momentum, lr, l2);
+      if (sgd) kernels.sgd(at(p), at(g), at(s[0]!), start, k.mu, k.lr, l2, tinyGrad, tinySlot);
       else
         kernels.adam(
           at(p),
@@ -151,34 +184,41 @@ export class LayerOptimizer {
           at(s[0]!),
           at(s[1]!),
           start,
-          c.beta1,
-          c.beta2,
-          stepSize,
-          epsHat,
+          k.b1,
+          k.b1c,
+          k.b2,
+          k.b2c,
+          k.stepSize,
+          k.epsHat,
           l2,
-          shrink,
+          k.shrink,
+          tinyGrad,
+          tinySlot,
         );
     }
-    if (c.type === 'sgd') {
-      const mu = c.momentum;
+    // float32 arithmetic, as the kernel's: every operation rounded (fround), in its order.
+    const f = Math.fround;
+    if (sgd) {
+      const { mu, lr } = k;
       for (let i = start; i < n; i++) {
-        const mi = flush(mu * mv[i]! + flush(gv[i]! + l2 * pv[i]!, FLUSH_GRAD), FLUSH_SLOT);
+        const pi = pv[i]!;
+        const gi = flush(f(gv[i]! + f(l2 * pi)), tinyGrad);
+        const mi = flush(f(f(mu * mv[i]!) + gi), tinySlot);
         mv[i] = mi;
-        pv[i] = pv[i]! - lr * mi;
+        pv[i] = pi - f(lr * mi);
       }
       return true;
     }
-    const b1 = c.beta1;
-    const b2 = c.beta2;
+    const { b1, b1c, b2, b2c, stepSize, epsHat, shrink } = k;
     const w = vv!;
     for (let i = start; i < n; i++) {
       const pi = pv[i]!;
-      const gi = flush(gv[i]! + l2 * pi, FLUSH_GRAD);
-      const mi = flush(b1 * mv[i]! + (1 - b1) * gi, FLUSH_SLOT);
-      const vi = flush(b2 * w[i]! + (1 - b2) * gi * gi, FLUSH_SLOT);
+      const gi = flush(f(gv[i]! + f(l2 * pi)), tinyGrad);
+      const mi = flush(f(f(b1 * mv[i]!) + f(b1c * gi)), tinySlot);
+      const vi = flush(f(f(b2 * w[i]!) + f(b2c * f(gi * gi))), tinySlot);
       mv[i] = mi;
       w[i] = vi;
-      pv[i] = pi * shrink - (stepSize * mi) / (Math.sqrt(vi) + epsHat);
+      pv[i] = f(pi * shrink) - f(f(stepSize * mi) / f(f(Math.sqrt(vi)) + epsHat));
     }
     return true;
   }

@@ -1,9 +1,11 @@
 // The optimizer kernels of kernels/optimizer.wat, instantiated over the wasm backend's heap.
 import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { log } from '../log.js';
 import { wasmHeap } from './host-memory.js';
 
 export interface OptimizerKernels {
-  /** Byte offsets of p, g, m, v; n floats (a multiple of 4). */
+  /** Byte offsets of p, g, m, v; n floats (a multiple of 4); the scalars of optimizer.ts. */
   adam(
     p: number,
     g: number,
@@ -11,14 +13,31 @@ export interface OptimizerKernels {
     v: number,
     n: number,
     b1: number,
+    b1c: number,
     b2: number,
+    b2c: number,
     step: number,
     eps: number,
     l2: number,
     shrink: number,
+    tinyGrad: number,
+    tinySlot: number,
   ): void;
-  sgd(p: number, g: number, m: number, n: number, mu: number, lr: number, l2: number): void;
+  sgd(
+    p: number,
+    g: number,
+    m: number,
+    n: number,
+    mu: number,
+    lr: number,
+    l2: number,
+    tinyGrad: number,
+    tinySlot: number,
+  ): void;
 }
+
+// Parameter counts: a .wasm built from another optimizer.wat would take its arguments shifted.
+const ARITY: Record<keyof OptimizerKernels, number> = { adam: 15, sgd: 9 };
 
 let cache: { memory: WebAssembly.Memory; kernels: OptimizerKernels | null } | undefined;
 
@@ -32,15 +51,25 @@ export function optimizerKernels(): OptimizerKernels | null {
   if (cache?.memory === memory) return cache.kernels;
   const shared =
     typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+  const url = new URL(`./kernels/optimizer${shared ? '-shared' : ''}.wasm`, import.meta.url);
   let kernels: OptimizerKernels | null = null;
   try {
-    const bytes = readFileSync(
-      new URL(`./kernels/optimizer${shared ? '-shared' : ''}.wasm`, import.meta.url),
+    const module = new WebAssembly.Module(readFileSync(url));
+    const exports = new WebAssembly.Instance(module, { env: { memory } }).exports;
+    for (const [name, arity] of Object.entries(ARITY)) {
+      const fn = exports[name];
+      if (typeof fn !== 'function' || fn.length !== arity) {
+        throw new Error(`export ${name} is not a function of ${arity} parameters (a stale build?)`);
+      }
+    }
+    kernels = exports as unknown as OptimizerKernels;
+  } catch (err) {
+    // The JS loop in optimizer.ts does the same work, slower.
+    log.warnOnce(
+      'wasm-kernels:optimizer',
+      `cannot load the SIMD optimizer kernel ${fileURLToPath(url)} (${(err as Error).message}): ` +
+        'the optimizer update runs as a JS loop, ~3x slower (`npm run build` assembles the kernels)',
     );
-    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes), { env: { memory } });
-    kernels = instance.exports as unknown as OptimizerKernels;
-  } catch {
-    kernels = null; // the JS loop in optimizer.ts does the same work, slower
   }
   cache = { memory, kernels };
   return kernels;

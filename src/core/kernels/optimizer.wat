@@ -7,15 +7,17 @@
 ;;
 ;; Pointers are byte offsets into the heap; n counts floats and must be a multiple of 4 (the
 ;; caller does the remainder). Per element, with g' = g + l2 * p:
-;;   adam: m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2;  p = p shrink - step m / (sqrt(v) + eps)
+;;   adam: m = b1 m + b1c g';  v = b2 v + b2c g'^2;  p = p shrink - step m / (sqrt(v) + eps)
 ;;   sgd:  m = mu m + g';  p = p - lr m
+;; Every scalar comes from the caller (optimizer.ts, updateScalars), which uses the same ones
+;; for its JS loop and its tfjs-ops path: all three compute the same float32 numbers.
 ;;
-;; Flush to zero: |g'| < 1e-16 and slots under 1e-30 become 0 (NaN passes). wasm has no FTZ
-;; mode, and x86 takes a ~100-cycle microcode assist for every subnormal operand or result. A
-;; slot whose gradient stays 0 (a unit every row of a batch saturates) decays geometrically
-;; through the subnormals for hundreds of steps; late in a run most of m sat there and the
-;; update ran several times slower. Values this small cannot move a float32 weight: Adam
-;; divides by sqrt(v) + eps with eps ~1e-8, and g'^2 (1-b2) stays normal above 1e-16.
+;; Flush to zero: g' under tiny_g and slots under tiny_s become 0 (NaN passes); the thresholds
+;; are parameters, splatted once per call, and their values live in optimizer.ts (FLUSH_GRAD,
+;; FLUSH_SLOT, and why those). wasm has no FTZ mode, and x86 takes a ~100-cycle microcode
+;; assist for every subnormal operand or result. A slot whose gradient stays 0 (a unit every
+;; row of a batch saturates) decays geometrically through the subnormals for hundreds of steps;
+;; late in a run most of m sat there and the update ran several times slower.
 (module
   (import "env" "memory" (memory 1 MEMORY_LIMITS))
 
@@ -25,18 +27,20 @@
 
   (func (export "adam")
     (param $p i32) (param $g i32) (param $m i32) (param $v i32) (param $n i32)
-    (param $b1 f32) (param $b2 f32) (param $step f32) (param $eps f32) (param $l2 f32) (param $shrink f32)
+    (param $b1 f32) (param $b1c f32) (param $b2 f32) (param $b2c f32)
+    (param $step f32) (param $eps f32) (param $l2 f32) (param $shrink f32)
+    (param $tiny_g f32) (param $tiny_s f32)
     (local $i i32) (local $end i32)
     (local $vb1 v128) (local $vb1c v128) (local $vb2 v128) (local $vb2c v128)
     (local $vstep v128) (local $veps v128) (local $vl2 v128) (local $vshrink v128)
     (local $pi v128) (local $gi v128) (local $mi v128) (local $vi v128)
-    (local $vtinyg v128) (local $vtiny v128)
-    (local.set $vtinyg (f32x4.splat (f32.const 1e-16)))
-    (local.set $vtiny (f32x4.splat (f32.const 1e-30)))
+    (local $vtiny_g v128) (local $vtiny_s v128)
+    (local.set $vtiny_g (f32x4.splat (local.get $tiny_g)))
+    (local.set $vtiny_s (f32x4.splat (local.get $tiny_s)))
     (local.set $vb1 (f32x4.splat (local.get $b1)))
-    (local.set $vb1c (f32x4.splat (f32.sub (f32.const 1) (local.get $b1))))
+    (local.set $vb1c (f32x4.splat (local.get $b1c)))
     (local.set $vb2 (f32x4.splat (local.get $b2)))
-    (local.set $vb2c (f32x4.splat (f32.sub (f32.const 1) (local.get $b2))))
+    (local.set $vb2c (f32x4.splat (local.get $b2c)))
     (local.set $vstep (f32x4.splat (local.get $step)))
     (local.set $veps (f32x4.splat (local.get $eps)))
     (local.set $vl2 (f32x4.splat (local.get $l2)))
@@ -51,19 +55,19 @@
             (f32x4.add
               (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
               (f32x4.mul (local.get $vl2) (local.get $pi)))
-            (local.get $vtinyg)))
+            (local.get $vtiny_g)))
         (local.set $mi
           (call $flush
             (f32x4.add
               (f32x4.mul (local.get $vb1) (v128.load align=4 (i32.add (local.get $m) (local.get $i))))
               (f32x4.mul (local.get $vb1c) (local.get $gi)))
-            (local.get $vtiny)))
+            (local.get $vtiny_s)))
         (local.set $vi
           (call $flush
             (f32x4.add
               (f32x4.mul (local.get $vb2) (v128.load align=4 (i32.add (local.get $v) (local.get $i))))
               (f32x4.mul (local.get $vb2c) (f32x4.mul (local.get $gi) (local.get $gi))))
-            (local.get $vtiny)))
+            (local.get $vtiny_s)))
         (v128.store align=4 (i32.add (local.get $m) (local.get $i)) (local.get $mi))
         (v128.store align=4 (i32.add (local.get $v) (local.get $i)) (local.get $vi))
         (v128.store align=4 (i32.add (local.get $p) (local.get $i))
@@ -77,12 +81,12 @@
 
   (func (export "sgd")
     (param $p i32) (param $g i32) (param $m i32) (param $n i32)
-    (param $mu f32) (param $lr f32) (param $l2 f32)
+    (param $mu f32) (param $lr f32) (param $l2 f32) (param $tiny_g f32) (param $tiny_s f32)
     (local $i i32) (local $end i32)
     (local $vmu v128) (local $vlr v128) (local $vl2 v128) (local $pi v128) (local $mi v128)
-    (local $vtinyg v128) (local $vtiny v128)
-    (local.set $vtinyg (f32x4.splat (f32.const 1e-16)))
-    (local.set $vtiny (f32x4.splat (f32.const 1e-30)))
+    (local $vtiny_g v128) (local $vtiny_s v128)
+    (local.set $vtiny_g (f32x4.splat (local.get $tiny_g)))
+    (local.set $vtiny_s (f32x4.splat (local.get $tiny_s)))
     (local.set $vmu (f32x4.splat (local.get $mu)))
     (local.set $vlr (f32x4.splat (local.get $lr)))
     (local.set $vl2 (f32x4.splat (local.get $l2)))
@@ -99,8 +103,8 @@
                 (f32x4.add
                   (v128.load align=4 (i32.add (local.get $g) (local.get $i)))
                   (f32x4.mul (local.get $vl2) (local.get $pi)))
-                (local.get $vtinyg)))
-            (local.get $vtiny)))
+                (local.get $vtiny_g)))
+            (local.get $vtiny_s)))
         (v128.store align=4 (i32.add (local.get $m) (local.get $i)) (local.get $mi))
         (v128.store align=4 (i32.add (local.get $p) (local.get $i))
           (f32x4.sub (local.get $pi) (f32x4.mul (local.get $vlr) (local.get $mi))))
