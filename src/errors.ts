@@ -158,7 +158,7 @@ export function fileError(err: unknown, path: string, what: string): unknown {
   if (typeof errno !== 'string') return err;
   const reason = (err as Error).message.replace(/^[A-Z]+: /, '');
   if (FILE_NO_SPACE.has(errno)) {
-    return new SystemError('FILE_NO_SPACE', path, errno, `${what}: no space (${reason})`, err);
+    return new SystemError('FILE_NO_SPACE', path, errno, `${what}: ${reason}`, err);
   }
   if (FILE_ACCESS.has(errno)) {
     return new SystemError('FILE_ACCESS', path, errno, `${what}: ${reason}`, err);

@@ -322,20 +322,23 @@ describe('download from a 127.0.0.1 mirror', () => {
     ]);
   });
 
-  it('gives up on a mirror that does not answer within timeoutMs', async () => {
-    const started = Date.now();
-    await assert.rejects(
-      loadDataset('mnist', {
-        cacheDir: freshDir(),
-        systemDirs: [],
-        mirrors: [`${base}/hang/`],
-        timeoutMs: 200,
-        progress: false,
-      }),
-      rejectsWith('DATASET_NOT_FOUND', `${base}/hang/train-images-idx3-ubyte.gz: timed out`),
-    );
-    assert.ok(Date.now() - started < 5000, 'fails fast');
-  });
+  // The message says the 200 ms timeout fired; the test's own limit only guards against a hang.
+  it(
+    'gives up on a mirror that does not answer within timeoutMs',
+    { timeout: 10_000 },
+    async () => {
+      await assert.rejects(
+        loadDataset('mnist', {
+          cacheDir: freshDir(),
+          systemDirs: [],
+          mirrors: [`${base}/hang/`],
+          timeoutMs: 200,
+          progress: false,
+        }),
+        rejectsWith('DATASET_NOT_FOUND', `${base}/hang/train-images-idx3-ubyte.gz: timed out`),
+      );
+    },
+  );
 });
 
 describe('defaultCacheDir', () => {

@@ -37,6 +37,7 @@ import { configureLog } from '../log.js';
 import { parseEndpoint } from './endpoint.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
+  checkBind(a);
   const resume = a.resume as string | undefined;
   const cfg = await runConfig(a, resume);
   const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
@@ -91,6 +92,7 @@ async function startMetrics(
 }
 
 async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
+  checkBind(a);
   const split = a.split as 'test' | 'train';
   const reporter = new ConsoleReporter({ quiet: a.quiet });
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
@@ -130,6 +132,11 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   if (a.json) console.log(JSON.stringify({ split, ...result }));
 }
 
+/** A distributed command's --bind, checked before anything starts. */
+function checkBind(a: Record<string, unknown>): void {
+  if (!a.local) parseEndpoint(a.bind as string, '--bind', 'bind');
+}
+
 /**
  * How the coordinator meets its stages. SIGINT or SIGTERM aborts the run: the stages are told
  * to drop it (and wait for the next coordinator) before this process exits.
@@ -149,7 +156,7 @@ function pipelineOptions(
   process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   return {
     mode,
-    bind: parseEndpoint(a.bind as string, '--bind', 'bind'),
+    bind: a.bind as string,
     advertiseHost: a.advertise as string | undefined,
     registerTimeoutMs: (a['register-timeout'] as number) * 1000,
     heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,

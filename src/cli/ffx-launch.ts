@@ -138,9 +138,13 @@ async function main(): Promise<void> {
       String(a.backend),
       '--threads',
       String(threads),
+      ...(a.verbose ? ['--verbose'] : []),
       ...(await metricsArgs()),
     ]);
   }
+  process.stderr.write(
+    `ffx-launch: started ${children.map((c) => `${c.name} (pid ${c.proc.pid})`).join(', ')}\n`,
+  );
   if (metricsPorts.length > 0) {
     process.stderr.write(
       `ffx-launch: metrics at ${metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`).join(' ')} ` +

@@ -108,7 +108,7 @@ async function main(): Promise<void> {
   // SIGTERM/SIGINT end the stage from any state, including while it waits for a coordinator.
   const onSignal = (signal: NodeJS.Signals) => {
     log.info(`layer ${a.layer}: ${signal}, stopping`);
-    void stage.close();
+    void stage.close(signal);
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);

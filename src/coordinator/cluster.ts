@@ -6,7 +6,7 @@ import { Pull, Router } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import { layerTensors } from '../core/ff-network.js';
-import { FfxError, isErrorCode, type ErrorCode } from '../errors.js';
+import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.js';
 import type { CoordinatorMetrics } from '../metrics/index.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
@@ -92,7 +92,9 @@ export class Cluster {
         (s) => Date.now() - s.lastSeen <= opts.heartbeatTimeoutMs,
       ).length,
     }));
-    await this.router.bind(opts.bind);
+    await this.router.bind(opts.bind).catch((err: unknown) => {
+      throw addressError(err, opts.bind, 'coordinator: cannot bind its control socket');
+    });
     const controlEndpoint = this.router.lastEndpoint ?? opts.bind;
     const host = opts.advertiseHost ?? hostOf(controlEndpoint);
     await this.results.bind(
@@ -261,7 +263,10 @@ export class Cluster {
         msg = decodeControl(frame ?? Buffer.alloc(0));
       } catch (err) {
         if (!isProtocolError(err)) throw err;
-        this.opts.log(`coordinator: ignored a bad control message (${err.code}): ${err.message}`);
+        this.logOnce(
+          `control:${err.code}`,
+          `ignored a bad control message (${err.code}): ${err.message}`,
+        );
         continue;
       }
       if (msg.type === 'hello') {
@@ -298,6 +303,15 @@ export class Cluster {
     }
   }
 
+  private readonly logged = new Set<string>();
+
+  /** Logs a line once per key: junk on a socket must not flood the log. */
+  private logOnce(key: string, line: string): void {
+    if (this.logged.has(key)) return;
+    this.logged.add(key);
+    this.opts.log(`coordinator: ${line} (logged once)`);
+  }
+
   private checkHello(msg: HelloMessage): string | null {
     if (msg.version !== PROTOCOL_VERSION) {
       return `layer ${msg.layer} speaks protocol ${msg.version}, this coordinator ${PROTOCOL_VERSION}`;
@@ -325,12 +339,13 @@ export class Cluster {
         msg = decodeControl(frame!);
       } catch (err) {
         if (!isProtocolError(err)) throw err;
-        this.opts.log(`coordinator: ignored a bad result (${err.code}): ${err.message}`);
+        this.logOnce(`result:${err.code}`, `ignored a bad result (${err.code}): ${err.message}`);
         continue;
       }
       if (!isResult(msg) || msg.run !== this.run || !this.stages.has(msg.layer)) {
-        this.opts.log(
-          `coordinator: ignored a '${msg.type}' on the results socket, not of this run`,
+        this.logOnce(
+          `result:${msg.type}`,
+          `ignored a '${msg.type}' on the results socket, not of this run`,
         );
         continue;
       }

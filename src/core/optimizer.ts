@@ -53,7 +53,10 @@ interface UpdateScalars {
   /** SGD's momentum. */
   mu: number;
   b1: number;
-  /** 1 - b1 (and 1 - b2), rounded once from the float64 difference. */
+  /**
+   * 1 - b1 (and 1 - b2) as float32 subtracts them, 1 - f32(b1): the value the kernel always
+   * used, so moving the subtraction out of it changed no result.
+   */
   b1c: number;
   b2: number;
   b2c: number;
@@ -122,9 +125,9 @@ export class LayerOptimizer {
       lr: f(lr),
       mu: f(c.momentum),
       b1: f(c.beta1),
-      b1c: f(1 - c.beta1),
+      b1c: f(1 - f(c.beta1)),
       b2: f(c.beta2),
-      b2c: f(1 - c.beta2),
+      b2c: f(1 - f(c.beta2)),
       stepSize: f((lr * c2) / (1 - c.beta1 ** this.step)),
       epsHat: f(c.eps * c2),
       l2: adamw ? 0 : f(decay),

@@ -74,6 +74,9 @@ const PAST_RUNS = 16;
 /** How long the results of an ending run may take to go out before their socket closes. */
 const RESULTS_FLUSH_MS = 1000;
 
+/** How long the control socket may keep flushing after close(), e.g. the STAGE_STOPPED error. */
+const CONTROL_LINGER_MS = 500;
+
 /** Timing of a forward that did not happen (the last stage). */
 const NOT_SENT = { encodeMs: 0, blockedMs: 0 } as const;
 
@@ -151,6 +154,9 @@ export class Stage {
         const frames = await this.inbox.next();
         if (!frames) break;
         await this.dispatch(frames, performance.now() - t0);
+        // With messages queued, the loop above never waits on I/O: let the event loop take
+        // control messages (abort, stop), signals and timers between two messages.
+        await new Promise((r) => setImmediate(r));
       }
     } finally {
       await this.shutdown();
@@ -158,13 +164,30 @@ export class Stage {
     if (this.fatal) throw this.fatal;
   }
 
-  /** Ends the stage from any state; run() then returns. Safe to call more than once. */
-  async close(): Promise<void> {
+  /**
+   * Ends the stage from any state; run() then returns. A run it serves is told why (`reason`,
+   * e.g. "SIGTERM"), so its coordinator fails at once instead of waiting for a heartbeat.
+   * Safe to call more than once.
+   */
+  async close(reason = 'closing'): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    this.enter('closing', 'closing');
+    this.enter('closing', reason);
     this.stopRegistering();
-    if (this.current) this.endRun(this.current, 'the stage is closing');
+    const run = this.current;
+    if (run) {
+      this.sendControl({
+        type: 'error',
+        run: run.id,
+        layer: this.opts.layer,
+        code: 'STAGE_STOPPED',
+        message: `the stage stopped (${reason}) during the run`,
+      });
+      // Long enough for that last word to go out; otherwise unsent control messages (hellos
+      // to a coordinator that is not there) must not hold the exit.
+      this.control.linger = CONTROL_LINGER_MS;
+      this.endRun(run, reason);
+    }
     await this.inbox.close();
   }
 
@@ -279,7 +302,9 @@ export class Stage {
           break;
         case 'stop':
           log.info(`layer ${this.opts.layer}: coordinator says stop (${msg.reason})`);
-          void this.close();
+          // The coordinator knows: end the run quietly, then close.
+          if (this.current) this.endRun(this.current, 'the coordinator said stop');
+          void this.close('the coordinator said stop');
           break;
         case 'error':
           this.onError(msg.code, msg.message);
@@ -332,7 +357,10 @@ export class Stage {
       log.debug(`layer ${this.opts.layer}: ignored an abort of run ${runId}, not served here`);
       return;
     }
-    log.info(`layer ${this.opts.layer}: coordinator aborted run ${runId} (${reason})`);
+    log.info(
+      `layer ${this.opts.layer}: coordinator aborted run ${runId} (${reason}); ` +
+        `${this.inbox.depth} message(s) queued`,
+    );
     this.endRun(run, `run ${runId} aborted`);
     this.register(Infinity);
   }
@@ -593,7 +621,8 @@ export class Stage {
       });
     }
     if (header.op === 'stop') {
-      await this.close();
+      this.endRun(run, `run ${run.id} ended with stop`);
+      await this.close('stop marker');
       return;
     }
     this.endRun(run, `run ${run.id} ended`);
