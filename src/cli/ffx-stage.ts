@@ -66,7 +66,9 @@ export function buildCli(argv: string[]) {
     .example('$0 --layer 2 --coordinator tcp://10.0.0.1:5555', 'serve layer 2')
     .epilog(
       'Flags can also come from the environment as FFX_<FLAG> (FFX_LAYER=2 FFX_COORDINATOR=tcp://...) ' +
-        'or from a --config JSON file. Precedence: flags > environment > file.',
+        'or from a --config JSON file. Precedence: flags > environment > file. ' +
+        'After a run the stage keeps its layer and waits for the next coordinator; ' +
+        'SIGTERM or SIGINT stops it in any state. Protocol: docs/protocol.md.',
     )
     .strict()
     .fail((msg, err) => {

@@ -1,3 +1,4 @@
+import { NUM_CLASSES } from './classes.js';
 import type { DatasetName } from './datasets.js';
 
 const FASHION = [
@@ -15,5 +16,5 @@ const FASHION = [
 
 /** Human-readable class names, for confusion matrices. */
 export function classNames(dataset: DatasetName): readonly string[] {
-  return dataset === 'mnist' ? Array.from({ length: 10 }, (_, i) => String(i)) : FASHION;
+  return dataset === 'mnist' ? Array.from({ length: NUM_CLASSES }, (_, i) => String(i)) : FASHION;
 }
