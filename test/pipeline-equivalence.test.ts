@@ -44,7 +44,7 @@ describe('3-stage pipeline vs single-process reference', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('produces the same weights (max |diff| <= 1e-5) and the same predictions', async () => {
+  it('produces the same weights (max |diff| = 0) and the same predictions', async () => {
     const local = await runNode(
       [
         join(CLI, 'ffx-coordinator.js'),
@@ -90,7 +90,8 @@ describe('3-stage pipeline vs single-process reference', () => {
       join(dir, 'local', 'model.safetensors'),
       join(dir, 'piped', 'model.safetensors'),
     );
-    assert.ok(worst <= 1e-5, `max |diff| ${worst}`);
+    // One driver runs both: the same floats in the same order, so not a bit differs.
+    assert.equal(worst, 0, `max |diff| ${worst}`);
     // Training did move the weights: the comparison is not between two initialisations.
     const steps = JSON.parse(
       decodeSafetensors(await readFile(join(dir, 'piped', 'model.safetensors'))).metadata

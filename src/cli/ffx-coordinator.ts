@@ -42,16 +42,7 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const cfg = await runConfig(a, resume);
   const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
-  let backend = 'none'; // distributed: the stages do the tensor math
-  if (a.local) {
-    backend = (
-      await initBackend(a.backend as BackendChoice, {
-        threads: a.threads,
-        log: (l) => reporter.log(l),
-      })
-    ).name;
-  }
-  const exporter = await startMetrics(a, cfg, backend, reporter);
+  const exporter = await startProcess(a, cfg, reporter);
   const metrics = exporter?.metrics;
   const executor: Executor = a.local
     ? new LocalExecutor(cfg)
@@ -73,13 +64,20 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   }
 }
 
-/** The coordinator's /metrics endpoint, unless --no-metrics. */
-async function startMetrics(
-  a: Record<string, unknown>,
+/**
+ * The tensor backend (a local run's: the stages do a distributed run's tensor math) and the
+ * coordinator's /metrics endpoint, unless --no-metrics.
+ */
+async function startProcess(
+  a: CommonArgs & Record<string, unknown>,
   cfg: RunConfig,
-  backend: string,
   reporter: Reporter,
 ): Promise<{ metrics: CoordinatorMetrics; server: MetricsServer } | undefined> {
+  let backend = 'none';
+  if (a.local) {
+    const log = (l: string) => reporter.log(l);
+    backend = (await initBackend(a.backend as BackendChoice, { threads: a.threads, log })).name;
+  }
   if (!a.metrics) return undefined;
   const registry = createRegistry('coordinator', {}, { backend });
   const metrics = new CoordinatorMetrics(registry, { numLayers: cfg.model.layers.length - 1 });
@@ -102,16 +100,7 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   if (!a.local && weights)
     throw new UsageError("--weights goes with --local; without it, eval uses the stages' layers");
   const cfg = await runConfig(a, weights);
-  let backend = 'none';
-  if (a.local) {
-    backend = (
-      await initBackend(a.backend as BackendChoice, {
-        threads: a.threads,
-        log: (l) => reporter.log(l),
-      })
-    ).name;
-  }
-  const exporter = await startMetrics(a, cfg, backend, reporter);
+  const exporter = await startProcess(a, cfg, reporter);
   let result;
   try {
     const metrics = exporter?.metrics;

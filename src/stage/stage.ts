@@ -110,6 +110,9 @@ export class Stage {
   private fatal: Error | null = null;
   private readonly loggedRejections = new Set<string>();
 
+  /** The inbound socket's bound endpoint, once bound. */
+  private readonly bind: Promise<string>;
+
   constructor(opts: StageOptions) {
     this.opts = opts;
     const inbound = dataPull();
@@ -119,8 +122,6 @@ export class Stage {
     opts.metrics?.setInboundQueueBytes(() => this.inbox.bytes);
     opts.metrics?.setState(this.state);
   }
-
-  private readonly bind: Promise<string>;
 
   get layerIndex(): number {
     return this.opts.layer - 1;
@@ -261,13 +262,12 @@ export class Stage {
 
   private async shutdown(): Promise<void> {
     this.closing = true;
+    this.enter('closing', 'shutting down');
     this.stopRegistering();
     if (this.heartbeat) clearInterval(this.heartbeat);
-    const run = this.current;
-    if (run) this.endRun(run, 'the stage is closing');
+    // (endRun lets the run's last results go out before their socket closes.)
+    if (this.current) this.endRun(this.current, 'the stage is closing');
     await this.inbox.close();
-    // The last results (e.g. the ack of a stop marker) go out before the sockets close.
-    if (run) await Promise.race([run.resultsOut.idle(), delay(RESULTS_FLUSH_MS)]);
     closeAll(this.control);
     this.layer?.dispose();
     this.layer = null;
