@@ -13,6 +13,7 @@ import {
   mergeConfig,
   parseSetOverrides,
   validateConfig,
+  validateSection,
   type RunConfig,
 } from '../src/config/config.js';
 
@@ -157,6 +158,34 @@ describe('validateConfig', () => {
       withDefaults({ model: { layers: [784, 100, 100] }, eval: { skipFirst: true } }),
     );
     assert.equal(ok.eval.skipFirst, true);
+  });
+});
+
+describe('validateSection (what a stage checks in its config message)', () => {
+  it('accepts a whole model and optimizer section', () => {
+    assert.deepEqual(validateSection('model', DEFAULT_CONFIG.model), DEFAULT_CONFIG.model);
+    assert.deepEqual(
+      validateSection('optimizer', DEFAULT_CONFIG.optimizer),
+      DEFAULT_CONFIG.optimizer,
+    );
+  });
+
+  it('refuses a missing key, an unknown key and a bad value, naming the key', () => {
+    const noThreshold: Record<string, unknown> = { ...DEFAULT_CONFIG.model };
+    delete noThreshold.threshold;
+    assert.throws(() => validateSection('model', noThreshold), {
+      code: 'CONFIG_INVALID',
+      message: 'model.threshold must be present; got undefined',
+    });
+    assert.throws(() => validateSection('model', { ...DEFAULT_CONFIG.model, depth: 3 }), {
+      code: 'CONFIG_UNKNOWN_KEY',
+      key: 'model.depth',
+    });
+    assert.throws(() => validateSection('optimizer', { ...DEFAULT_CONFIG.optimizer, lr: -1 }), {
+      code: 'CONFIG_INVALID',
+      key: 'optimizer.lr',
+    });
+    assert.throws(() => validateSection('model', null), { code: 'CONFIG_INVALID', key: 'model' });
   });
 });
 
