@@ -37,7 +37,12 @@ export const ERROR_CODES = {
     'BACKEND_NOT_READY',
     'BACKEND_OUT_OF_MEMORY',
   ],
-  checkpoint: ['SAFETENSORS_INVALID', 'CHECKPOINT_MISMATCH'],
+  checkpoint: [
+    'SAFETENSORS_INVALID',
+    'CHECKPOINT_MISMATCH', // does not fit the model
+    'CHECKPOINT_CORRUPT', // a checksum or the metadata is wrong
+    'CHECKPOINT_NOT_FOUND', // --resume latest, and no checkpoint yet
+  ],
   protocol: [
     'BAD_FRAMES', // no frames, header not msgpack, header not a map
     'BAD_VERSION', // header.v is not PROTOCOL_VERSION
@@ -63,7 +68,8 @@ export const ERROR_CODES = {
   cluster: [
     'CLUSTER_MISSING_STAGES',
     'CLUSTER_NOT_READY',
-    'CLUSTER_STAGE_LOST',
+    'CLUSTER_STAGE_LOST', // no heartbeat
+    'CLUSTER_STAGE_STALLED', // heartbeats, but no progress with work outstanding
     'CLUSTER_MESSAGE_REJECTED',
     /** A stage reported an error the coordinator has no code for. */
     'CLUSTER_STAGE_ERROR',

@@ -44,7 +44,7 @@ describe('ffx-coordinator help', () => {
     const r = await cli(['train', '--help']);
     assert.equal(r.code, 0, r.stderr);
     // Wrapped at spaces (yargs's ESM build would cut "fail" / "ed" at column 80).
-    assert.match(r.stdout, /a stage counts as\s+failed/);
+    assert.match(r.stdout, /a stage counts as\s+lost/);
     for (const flag of [
       '--config',
       '--local',
@@ -228,7 +228,11 @@ describe('ffx-coordinator train --local, then eval', () => {
       [200, 784],
     );
     assert.deepEqual(tensors.get('layers.1.bias')!.shape, [200]);
-    assert.equal(metadata.format, 'ffx-checkpoint-v1');
+    assert.equal(metadata.format, 'ffx-checkpoint-v2');
+    // A SHA-256 of every tensor's bytes.
+    const sums = JSON.parse(metadata.sha256!) as Record<string, string>;
+    assert.deepEqual(Object.keys(sums).sort(), [...tensors.keys()].sort());
+    assert.match(sums['layers.0.weight']!, /^[0-9a-f]{64}$/);
     assert.equal(metadata.epoch, '2');
     assert.equal(metadata.optimizerSteps, '[160,160]', '2 epochs x 80 batches of 100');
     // The resolved config rides along: --set values included.

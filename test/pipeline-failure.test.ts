@@ -21,7 +21,7 @@ function alive(pid: number): boolean {
   }
 }
 
-/** The coordinator of a distributed training on `control`, 50 epochs of the demo config. */
+/** The coordinator of a distributed training on `control`, 50 epochs of the demo config, no rollbacks. */
 function longRun(control: string, out: string) {
   return startNode(
     [
@@ -35,6 +35,10 @@ function longRun(control: string, out: string) {
       control,
       '--heartbeat-timeout',
       '2',
+      // No rollbacks: with none, a failed stage fails the run (test/pipeline-recovery.test.ts
+      // has the run go on).
+      '--max-recoveries',
+      '0',
       '--stop-stages',
       '--out',
       out,

@@ -1,21 +1,31 @@
 // The checkpoint file: safetensors holding every layer's weights and optimizer slots, with the
-// epoch reached, the optimizer step per layer and the run config in its metadata. Whatever ran
-// the layers (this process, or a pipeline of stages) writes the same format, and either resumes
-// from the other's files. Tensor names come from layerPrefix (core/ff-network.ts).
-import { readFile, writeFile } from 'node:fs/promises';
+// epoch reached, the optimizer step per layer, the run config and each tensor's SHA-256 in its
+// metadata. Whatever ran the layers (this process, or a pipeline of stages) writes the same
+// format, and either resumes from the other's files. Tensor names come from layerPrefix
+// (core/ff-network.ts).
+//
+// A run's checkpoints live in its output directory: checkpoint-epochN.safetensors, the last
+// `keep` of them, and `latest`, a one-line file naming the newest complete one. Every file is
+// written atomically (atomic-file.ts) and `latest` moves only once its checkpoint is on disk,
+// so a crash or a full disk at any moment leaves the previous checkpoint loadable.
+import { createHash } from 'node:crypto';
+import { readFile, readdir, rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { layerPrefix, type ModelConfig } from '../core/ff-network.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { validateConfig, type RunConfig } from '../config/config.js';
-import { FfxError, withFile } from '../errors.js';
+import { FfxError, isFfxError, withFile, type ErrorCode } from '../errors.js';
+import { writeFileAtomic } from './atomic-file.js';
 
-const CHECKPOINT_FORMAT = 'ffx-checkpoint-v1';
+const FORMAT = 'ffx-checkpoint-v2';
+/** Files of the first format have no checksums; they still load. */
+const FORMATS = ['ffx-checkpoint-v1', FORMAT];
 
-/** A checkpoint that cannot serve the run: it lacks a layer's tensor, or the shapes differ. */
-export class CheckpointError extends FfxError<'CHECKPOINT_MISMATCH'> {
-  constructor(message: string) {
-    super('CHECKPOINT_MISMATCH', message);
-  }
-}
+/** The pointer to the newest complete checkpoint of a run, in its output directory. */
+export const LATEST = 'latest';
+
+/** A checkpoint that cannot serve the run: it is missing, damaged, or does not fit the model. */
+export class CheckpointError extends FfxError<ErrorCode<'checkpoint'>> {}
 
 /** Every layer's tensors (weights, biases, optimizer slots) and optimizer step counts. */
 export interface ModelState {
@@ -31,27 +41,91 @@ export interface Checkpoint {
   epoch: number;
 }
 
-/** Writes `state` with the run config and the epoch reached. */
+/** The name of the checkpoint written after `epoch` epochs. */
+export function checkpointName(epoch: number): string {
+  return `checkpoint-epoch${epoch}.safetensors`;
+}
+
+function sha256(data: Float32Array): string {
+  return createHash('sha256')
+    .update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength))
+    .digest('hex');
+}
+
+/** Writes `state` with the run config and the epoch reached, atomically. */
 export async function writeCheckpoint(
   file: string,
   state: ModelState,
   cfg: RunConfig,
   epoch: number,
 ): Promise<void> {
-  const metadata = {
-    format: CHECKPOINT_FORMAT,
-    epoch: String(epoch),
-    optimizerSteps: JSON.stringify(state.optimizerSteps),
-    config: JSON.stringify(cfg),
-    layout:
-      'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
-  };
   // Layer order, whatever order the layers' parts arrived in.
   const tensors = new Map(
     [...state.tensors].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true })),
   );
-  const bytes = encodeSafetensors(tensors, metadata);
-  await withFile(file, `cannot write checkpoint ${file}`, () => writeFile(file, bytes));
+  const metadata = {
+    format: FORMAT,
+    epoch: String(epoch),
+    optimizerSteps: JSON.stringify(state.optimizerSteps),
+    config: JSON.stringify(cfg),
+    sha256: JSON.stringify(Object.fromEntries([...tensors].map(([n, t]) => [n, sha256(t.data)]))),
+    layout:
+      'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
+  };
+  await writeFileAtomic(file, encodeSafetensors(tensors, metadata), 'checkpoint');
+}
+
+/**
+ * Writes the checkpoint of `epoch` into `dir`, then points `latest` at it, then deletes all but
+ * the newest `keep` checkpoints (0: keep every one). Returns the checkpoint's path.
+ */
+export async function commitCheckpoint(
+  dir: string,
+  state: ModelState,
+  cfg: RunConfig,
+  epoch: number,
+  keep: number,
+  name = checkpointName(epoch),
+): Promise<string> {
+  const file = join(dir, name);
+  await writeCheckpoint(file, state, cfg, epoch);
+  await writeFileAtomic(join(dir, LATEST), `${name}\n`, 'checkpoint pointer');
+  if (keep > 0) {
+    const old = (await readdir(dir))
+      .map((f) => ({ f, epoch: /^checkpoint-epoch(\d+)\.safetensors$/.exec(f)?.[1] }))
+      .filter((c): c is { f: string; epoch: string } => c.epoch !== undefined)
+      .sort((a, b) => Number(b.epoch) - Number(a.epoch))
+      .slice(keep);
+    for (const { f } of old) if (f !== name) await rm(join(dir, f), { force: true });
+  }
+  return file;
+}
+
+/**
+ * The checkpoint `arg` names: a file, or `latest` for the newest complete checkpoint under
+ * `outDir`.
+ */
+export async function resolveCheckpoint(arg: string, outDir: string): Promise<string> {
+  if (arg !== LATEST) return arg;
+  const pointer = join(outDir, LATEST);
+  let name: string;
+  try {
+    name = (await readFile(pointer, 'utf8')).trim();
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ENOENT') {
+      throw new CheckpointError(
+        'CHECKPOINT_NOT_FOUND',
+        `--resume latest: ${outDir} has no complete checkpoint yet (no ${pointer}); ` +
+          'give --out the run directory, or a checkpoint file',
+      );
+    }
+    throw err;
+  }
+  // Only a file of that directory: the pointer cannot send a reader elsewhere.
+  if (name !== basename(name) || name === '' || name.startsWith('.')) {
+    throw new CheckpointError('CHECKPOINT_CORRUPT', `${pointer} holds "${name}", not a file name`);
+  }
+  return join(outDir, name);
 }
 
 async function readFileOf(file: string) {
@@ -62,17 +136,56 @@ async function readFileOf(file: string) {
 /** The run config stored in a checkpoint's metadata (validated), or undefined if it has none. */
 export async function checkpointConfig(file: string): Promise<RunConfig | undefined> {
   const { metadata } = await readFileOf(file);
-  return metadata.config ? validateConfig(JSON.parse(metadata.config)) : undefined;
+  if (!metadata.config) return undefined;
+  try {
+    return validateConfig(JSON.parse(metadata.config));
+  } catch (err) {
+    if (!isFfxError(err) && !(err instanceof SyntaxError)) throw err;
+    throw new CheckpointError(
+      'CHECKPOINT_CORRUPT',
+      `${file}: the config in its metadata is not valid: ${(err as Error).message}`,
+    );
+  }
 }
 
 /**
- * Reads a checkpoint to resume `model` from; throws, naming the file and tensor, when a layer's
- * weight or bias is missing or does not fit the model.
+ * Reads a checkpoint to resume `model` from, for a run of `epochs` epochs. Refuses, naming the
+ * file and what is wrong: a tensor whose bytes do not match their SHA-256, metadata that is not
+ * what ffx writes (the epoch not an integer in 0..epochs, ...), a layer's weight or bias that
+ * is missing or does not fit the model.
  */
-export async function readCheckpoint(file: string, model: ModelConfig): Promise<Checkpoint> {
+export async function readCheckpoint(
+  file: string,
+  model: ModelConfig,
+  epochs: number,
+): Promise<Checkpoint> {
   const { tensors, metadata } = await readFileOf(file);
+  const corrupt = (what: string) => new CheckpointError('CHECKPOINT_CORRUPT', `${file}: ${what}`);
+  if (metadata.format !== undefined && !FORMATS.includes(metadata.format)) {
+    throw corrupt(`format "${metadata.format}" is not one ffx reads (${FORMATS.join(', ')})`);
+  }
+  if (metadata.format === FORMAT) {
+    const sums = parseJson(metadata.sha256, () => corrupt('no sha256 in its metadata'));
+    for (const [name, t] of tensors) {
+      const want = (sums as Record<string, unknown>)[name];
+      if (want !== sha256(t.data)) {
+        throw corrupt(
+          want === undefined
+            ? `tensor "${name}" has no checksum`
+            : `tensor "${name}" does not match its SHA-256: the file is damaged`,
+        );
+      }
+    }
+  }
+  const epoch = Number(metadata.epoch ?? '0');
+  if (!/^\d+$/.test(metadata.epoch ?? '0') || !Number.isSafeInteger(epoch) || epoch > epochs) {
+    throw corrupt(
+      `its epoch "${metadata.epoch}" is not an integer in 0..${epochs} (the run's train.epochs)`,
+    );
+  }
   const widths = model.layers;
-  for (let i = 0; i + 1 < widths.length; i++) {
+  const numLayers = widths.length - 1;
+  for (let i = 0; i < numLayers; i++) {
     const want = [
       [`${layerPrefix(i)}.weight`, [widths[i + 1]!, widths[i]!]],
       [`${layerPrefix(i)}.bias`, [widths[i + 1]!]],
@@ -81,18 +194,38 @@ export async function readCheckpoint(file: string, model: ModelConfig): Promise<
       const got = tensors.get(name)?.shape;
       if (got?.join('x') !== shape.join('x')) {
         throw new CheckpointError(
+          'CHECKPOINT_MISMATCH',
           `${file}: ${got ? `tensor "${name}" is [${got.join(', ')}]` : `no tensor "${name}"`}, ` +
             `model ${widths.join('-')} needs [${shape.join(', ')}]`,
         );
       }
     }
   }
-  const steps = metadata.optimizerSteps ? (JSON.parse(metadata.optimizerSteps) as number[]) : [];
+  let steps: unknown = [];
+  if (metadata.optimizerSteps !== undefined) {
+    steps = parseJson(metadata.optimizerSteps, () => corrupt('optimizerSteps is not JSON'));
+  }
+  const stepsOk =
+    Array.isArray(steps) &&
+    steps.length <= numLayers &&
+    steps.every((s) => Number.isSafeInteger(s) && (s as number) >= 0);
+  if (!stepsOk) {
+    throw corrupt(`optimizerSteps ${metadata.optimizerSteps} is not a list of integers >= 0`);
+  }
   return {
     state: {
       tensors,
-      optimizerSteps: widths.slice(1).map((_, i) => steps[i] ?? 0),
+      optimizerSteps: widths.slice(1).map((_, i) => (steps as number[])[i] ?? 0),
     },
-    epoch: Number(metadata.epoch ?? 0),
+    epoch,
   };
+}
+
+function parseJson(text: string | undefined, error: () => Error): unknown {
+  if (text === undefined) throw error();
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw error();
+  }
 }

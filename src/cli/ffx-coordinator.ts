@@ -28,6 +28,7 @@ import {
 import {
   clusterOptions,
   commonOptions,
+  resumeFile,
   runConfig,
   trainOptions,
   type CommonArgs,
@@ -35,10 +36,11 @@ import {
 import { InterruptedError, UsageError } from '../errors.js';
 import { configureLog } from '../log.js';
 import { parseEndpoint } from './endpoint.js';
+import { watchParent } from './parent-watch.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   checkBind(a);
-  const resume = a.resume as string | undefined;
+  const resume = await resumeFile(a);
   const cfg = await runConfig(a, resume);
   const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
@@ -48,12 +50,19 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
     ? new LocalExecutor(cfg)
     : new PipelineExecutor(cfg, pipelineOptions(a, 'train', reporter, metrics));
   try {
-    const result = await trainRun(cfg, executor, { reporter, metrics, resume });
+    const result = await trainRun(cfg, executor, {
+      reporter,
+      metrics,
+      resume,
+      maxRecoveries: a['max-recoveries'] as number,
+    });
     if (reporter instanceof JsonReporter) {
       reporter.emit('result', {
         ...result.final,
         seconds: result.seconds,
         weightsFile: result.weightsFile,
+        recoveries: result.recoveries,
+        replayed: result.replayed,
       });
     } else {
       console.log(formatEval(result.final, classNames(cfg.data.dataset)));
@@ -105,7 +114,7 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   try {
     const metrics = exporter?.metrics;
     if (a.local) {
-      const { state } = await readCheckpoint(weights!, cfg.model);
+      const { state } = await readCheckpoint(weights!, cfg.model, cfg.train.epochs);
       result = await evaluateSplit(cfg, new LocalExecutor(cfg), split, { reporter, state });
     } else {
       const executor = new PipelineExecutor(cfg, pipelineOptions(a, 'eval', reporter, metrics));
@@ -143,12 +152,16 @@ function pipelineOptions(
   };
   // Once: a second Ctrl-C ends the process at once.
   process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+  // Started by ffx-launch, which is gone: as if hung up on.
+  watchParent(() => onSignal('SIGHUP'));
   return {
     mode,
     bind: a.bind as string,
     advertiseHost: a.advertise as string | undefined,
     registerTimeoutMs: (a['register-timeout'] as number) * 1000,
     heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,
+    progressTimeoutMs: (a['progress-timeout'] as number) * 1000,
+    recoveryTimeoutMs: (a['recovery-timeout'] as number) * 1000,
     stopStages: a['stop-stages'] as boolean,
     log: (l) => reporter.log(l),
     metrics,

@@ -1,27 +1,62 @@
 #!/usr/bin/env node
 // ffx-launch: a whole distributed run on one machine: L ffx-stage processes and an
-// ffx-coordinator, on free loopback ports, their output prefixed per process. Any child's
-// failure, or Ctrl-C, tears everything down; the exit status says whether the run succeeded.
+// ffx-coordinator, on free loopback ports, their output prefixed per process. A child killed by
+// a signal (kill -9, the OOM killer) is started again, up to --max-restarts times: a stage
+// rejoins and the coordinator rolls the run back to its last checkpoint; a coordinator comes
+// back with --resume latest and takes the stages over. Any other failure, or Ctrl-C, tears
+// everything down; the exit status says whether the run succeeded. The children watch the
+// launcher and leave if it dies, even by SIGKILL.
 //   ffx-launch --config config/demo.json [any ffx-coordinator train flag]
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { availableParallelism, tmpdir } from 'node:os';
+import { availableParallelism, constants, tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from './yargs.js';
 import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
-import { commonOptions, runConfig, trainOptions, type CommonArgs } from './run-options.js';
+import {
+  commonOptions,
+  resumeFile,
+  runConfig,
+  trainOptions,
+  type CommonArgs,
+} from './run-options.js';
 import { FfxError, UsageError } from '../errors.js';
 import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
+import { PARENT_ENV } from './parent-watch.js';
+import { LATEST } from '../checkpoint/checkpoint-file.js';
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
 interface Child {
   name: string;
+  script: string;
+  /** The command line; `restart` is true when the child is started again. */
+  args: (restart: boolean) => string[];
   proc: ChildProcess;
-  exited: Promise<number>;
+  exited: Promise<Exit>;
+  restarts: number;
+}
+
+/** A process's exit status as a shell reports it: 128 + the signal's number for a signal. */
+export function exitStatus(e: Exit): number {
+  return e.code ?? 128 + (e.signal ? (constants.signals[e.signal] ?? 0) : 0);
+}
+
+/** "exited with status 1", or "was killed by SIGKILL (status 137)". */
+function describeExit(e: Exit): string {
+  return e.signal
+    ? `was killed by ${e.signal} (status ${exitStatus(e)})`
+    : `exited with status ${e.code}`;
 }
 
 async function main(): Promise<void> {
@@ -44,6 +79,12 @@ async function main(): Promise<void> {
       default: 10,
       describe: 'seconds stages get to exit after the run',
     })
+    .option('max-restarts', {
+      type: 'number',
+      default: 3,
+      describe:
+        'times each process is started again after it is killed by a signal (a stage rejoins; the coordinator resumes from the latest checkpoint)',
+    })
     .env('FFX')
     .strict()
     .fail((msg, err) => {
@@ -57,7 +98,7 @@ async function main(): Promise<void> {
     );
   if (a.bind && argv.some((x) => x.startsWith('--bind')))
     throw new UsageError('ffx-launch picks --bind itself');
-  const cfg = await runConfig(a, a.resume as string | undefined);
+  const cfg = await runConfig(a, await resumeFile(a));
   const layers = cfg.model.layers.length - 1;
   const threads =
     (a['stage-threads'] as number | undefined) ??
@@ -65,10 +106,18 @@ async function main(): Promise<void> {
   const port = await freePort();
   const control = `tcp://127.0.0.1:${port}`;
   // Loopback tcp costs the sending side's ZeroMQ I/O thread ~7% of a core per stage link (the
-  // kernel runs the receiver's network stack on the sender's time); Unix sockets do not.
-  const socketDir = a.transport === 'ipc' ? await mkdtemp(join(tmpdir(), 'ffx-launch-')) : null;
-  const dataEndpoint = (layer: number) =>
-    socketDir ? `ipc://${join(socketDir, `stage-${layer}`)}` : 'tcp://127.0.0.1:*';
+  // kernel runs the receiver's network stack on the sender's time); Unix sockets do not. On
+  // Linux they live in the abstract namespace: no files, nothing left behind whatever happens.
+  const abstract = process.platform === 'linux';
+  const socketDir =
+    a.transport === 'ipc' && !abstract ? await mkdtemp(join(tmpdir(), 'ffx-launch-')) : null;
+  const socketTag = `ffx-launch-${process.pid}-${randomBytes(4).toString('hex')}`;
+  const dataEndpoint = (layer: number) => {
+    if (a.transport !== 'ipc') return 'tcp://127.0.0.1:*';
+    return socketDir
+      ? `ipc://${join(socketDir, `stage-${layer}`)}`
+      : `ipc://@${socketTag}-stage-${layer}`;
+  };
   process.stderr.write(
     `ffx-launch: ${layers} stages (${threads} thread${threads === 1 ? '' : 's'} each) + coordinator on ${control}; ` +
       `data over ${a.transport}; dataset ${cfg.data.dataset}\n`,
@@ -79,6 +128,7 @@ async function main(): Promise<void> {
     '--stage-threads',
     '--transport',
     '--grace',
+    '--max-restarts',
     '--threads',
     '--backend',
     '--metrics-port',
@@ -94,22 +144,22 @@ async function main(): Promise<void> {
     forwarded.push(argv[i]!);
   }
   const children: Child[] = [];
-  const start = (name: string, script: string, args: string[]) => {
-    const proc = spawn(process.execPath, [here(script), ...args], {
+  const spawnChild = (c: Omit<Child, 'proc' | 'exited'>): Child => {
+    const proc = spawn(process.execPath, [here(c.script), ...c.args(c.restarts > 0)], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...PIPELINE_MALLOC_ENV, ...process.env },
+      // The child leaves by itself if this launcher dies, even by SIGKILL (parent-watch.ts).
+      env: { ...PIPELINE_MALLOC_ENV, ...process.env, [PARENT_ENV]: String(process.pid) },
     });
     for (const stream of [proc.stdout, proc.stderr]) {
       createInterface({ input: stream! }).on('line', (line) => {
-        (stream === proc.stdout ? process.stdout : process.stderr).write(`[${name}] ${line}\n`);
+        (stream === proc.stdout ? process.stdout : process.stderr).write(`[${c.name}] ${line}\n`);
       });
     }
-    const exited = new Promise<number>((resolve) =>
-      proc.on('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1))),
+    const exited = new Promise<Exit>((resolve) =>
+      proc.on('exit', (code, signal) => resolve({ code, signal })),
     );
-    children.push({ name, proc, exited });
+    return { ...c, proc, exited };
   };
-  // The stages are this launcher's: they leave with the run.
   // Every process on a free loopback port of its own: no clash with anything else running.
   const metricsPorts: number[] = [];
   const metricsArgs = async (): Promise<string[]> => {
@@ -118,16 +168,27 @@ async function main(): Promise<void> {
     metricsPorts.push(port);
     return ['--metrics-host', '127.0.0.1', '--metrics-port', String(port)];
   };
-  start('coordinator', './ffx-coordinator.js', [
-    'train',
-    ...forwarded,
-    '--bind',
-    control,
-    '--stop-stages',
-    ...(await metricsArgs()),
-  ]);
+  const coordinatorMetrics = await metricsArgs();
+  children.push(
+    spawnChild({
+      name: 'coordinator',
+      script: './ffx-coordinator.js',
+      restarts: 0,
+      // Started again, it resumes from the run's latest checkpoint when there is one.
+      args: (restart) => [
+        'train',
+        ...(restart && existsSync(join(cfg.output.dir, LATEST))
+          ? [...withoutFlag(forwarded, '--resume'), '--resume', LATEST]
+          : forwarded),
+        '--bind',
+        control,
+        '--stop-stages',
+        ...coordinatorMetrics,
+      ],
+    }),
+  );
   for (let layer = 1; layer <= layers; layer++) {
-    start(`stage ${layer}`, './ffx-stage.js', [
+    const stageArgs = [
       '--layer',
       String(layer),
       '--coordinator',
@@ -140,11 +201,18 @@ async function main(): Promise<void> {
       String(threads),
       ...(a.verbose ? ['--verbose'] : []),
       ...(await metricsArgs()),
-    ]);
+    ];
+    children.push(
+      spawnChild({
+        name: `stage ${layer}`,
+        script: './ffx-stage.js',
+        restarts: 0,
+        args: () => stageArgs,
+      }),
+    );
   }
-  process.stderr.write(
-    `ffx-launch: started ${children.map((c) => `${c.name} (pid ${c.proc.pid})`).join(', ')}\n`,
-  );
+  const pids = () => children.map((c) => `${c.name} (pid ${c.proc.pid})`).join(', ');
+  process.stderr.write(`ffx-launch: started ${pids()}\n`);
   if (metricsPorts.length > 0) {
     process.stderr.write(
       `ffx-launch: metrics at ${metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`).join(' ')} ` +
@@ -161,36 +229,63 @@ async function main(): Promise<void> {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
-  // The run is over when the coordinator exits; it fails early when any child exits non-zero.
-  // A stage may exit 0 first: it saw the stop marker while the coordinator was still writing.
-  const coordinator = children[0]!;
+  // The run is over when the coordinator exits 0. A stage may exit 0 first: it saw the stop
+  // marker while the coordinator was still writing. A child killed by a signal is started
+  // again (bounded); any other failure ends the run.
+  const maxRestarts = a['max-restarts'] as number;
   let failed: string | null = null;
-  const pending = new Set(children);
-  while (pending.has(coordinator) && !interrupted) {
-    const { c, code } = await Promise.race(
-      [...pending].map((c) => c.exited.then((code) => ({ c, code }))),
+  const watching = new Set(children);
+  for (;;) {
+    const { c, exit } = await Promise.race(
+      [...watching].map((c) => c.exited.then((exit) => ({ c, exit }))),
     );
-    pending.delete(c);
-    if (code !== 0) failed = `${c.name} exited with status ${code}`;
-    if (failed) break;
+    if (interrupted) break;
+    watching.delete(c);
+    const isCoordinator = c === children[0];
+    if (exitStatus(exit) === 0) {
+      if (isCoordinator) break;
+      continue;
+    }
+    if (exit.signal && c.restarts < maxRestarts) {
+      const again = spawnChild({ ...c, restarts: c.restarts + 1 });
+      children[children.indexOf(c)] = again;
+      watching.add(again);
+      process.stderr.write(
+        `ffx-launch: ${c.name} ${describeExit(exit)}; started again as pid ${again.proc.pid} ` +
+          `(restart ${again.restarts} of ${maxRestarts})\n`,
+      );
+      continue;
+    }
+    failed = `${c.name} ${describeExit(exit)}`;
+    break;
   }
   if (!failed && !interrupted) {
     // Stages got the stop marker and leave on their own.
     const grace = (a.grace as number) * 1000;
-    const codes = await Promise.race([
+    const exits = await Promise.race([
       Promise.all(children.map((c) => c.exited)),
       new Promise<null>((r) => setTimeout(() => r(null), grace).unref()),
     ]);
-    if (codes === null) failed = `stages did not exit within ${grace / 1000}s after the run`;
+    if (exits === null) failed = `stages did not exit within ${grace / 1000}s after the run`;
     else {
-      const i = codes.findIndex((code) => code !== 0);
-      if (i >= 0) failed = `${children[i]!.name} exited with status ${codes[i]}`;
+      const i = exits.findIndex((e) => exitStatus(e) !== 0);
+      if (i >= 0) failed = `${children[i]!.name} ${describeExit(exits[i]!)}`;
     }
   }
   await stopAll(children, 3000);
   if (socketDir) await rm(socketDir, { recursive: true, force: true });
   if (interrupted) process.exitCode = 130;
   else if (failed) throw new LaunchError(failed);
+}
+
+/** `args` without `flag` and its value (`--flag v` or `--flag=v`). */
+function withoutFlag(args: string[], flag: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === flag) i++;
+    else if (!args[i]!.startsWith(`${flag}=`)) out.push(args[i]!);
+  }
+  return out;
 }
 
 export class LaunchError extends FfxError<'LAUNCH_FAILED'> {

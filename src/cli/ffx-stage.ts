@@ -15,6 +15,7 @@ import { metricsOptions, verboseOption } from './run-options.js';
 import { configureLog, log } from '../log.js';
 import { UsageError } from '../errors.js';
 import { parseEndpoint } from './endpoint.js';
+import { watchParent } from './parent-watch.js';
 
 export function buildCli(argv: string[]) {
   return metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`)
@@ -62,6 +63,12 @@ export function buildCli(argv: string[]) {
       default: 1000,
       describe: 'heartbeat interval to the coordinator',
     })
+    .option('coordinator-timeout', {
+      type: 'number',
+      default: 30,
+      describe:
+        'seconds without a word from the coordinator, during a run, after which the stage drops the run and waits for a new coordinator',
+    })
     .option('verbose', verboseOption)
     .example('$0 --layer 2 --coordinator tcp://10.0.0.1:5555', 'serve layer 2')
     .epilog(
@@ -105,6 +112,7 @@ async function main(): Promise<void> {
     advertise: a.advertise,
     backend,
     heartbeatMs: a['heartbeat-ms'],
+    coordinatorTimeoutMs: a['coordinator-timeout'] * 1000,
     metrics,
   });
   // SIGTERM/SIGINT end the stage from any state, including while it waits for a coordinator.
@@ -114,6 +122,7 @@ async function main(): Promise<void> {
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  watchParent(() => void stage.close('its launcher is gone'));
   try {
     await stage.run();
     log.info(`layer ${a.layer}: stopped`);

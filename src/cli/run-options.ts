@@ -3,7 +3,8 @@
 import type { Argv } from 'yargs';
 import { BACKEND_CHOICES } from '../backend/backend.js';
 import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
-import { checkpointConfig } from '../checkpoint/checkpoint-file.js';
+import { dirname } from 'node:path';
+import { LATEST, checkpointConfig, resolveCheckpoint } from '../checkpoint/checkpoint-file.js';
 import { DATASET_NAMES } from '../data/datasets.js';
 
 export interface CommonArgs {
@@ -77,14 +78,29 @@ function overridesFrom(a: CommonArgs & Record<string, unknown>): Record<string, 
 
 /**
  * The run's config: `--config` and the flags over the defaults, or, given a checkpoint (resume,
- * eval --weights), over the config saved in it: the same model, data scaling and schedule.
+ * eval --weights), over the config saved in it: the same model, data scaling and schedule. A
+ * checkpoint does not say where outputs go: by default, beside it.
  */
 export async function runConfig(
   a: CommonArgs & Record<string, unknown>,
   checkpoint?: string,
 ): Promise<RunConfig> {
   const saved = checkpoint ? await checkpointConfig(checkpoint) : undefined;
+  if (saved) saved.output.dir = dirname(checkpoint!);
   return loadConfig(a.config, overridesFrom(a), saved);
+}
+
+/**
+ * The checkpoint `--resume` names, if any: a file, or `latest`, the newest complete checkpoint
+ * in the run's output directory (--out, or output.dir of --config).
+ */
+export async function resumeFile(
+  a: CommonArgs & Record<string, unknown>,
+): Promise<string | undefined> {
+  const arg = a.resume as string | undefined;
+  if (arg !== LATEST) return arg;
+  const cfg = await loadConfig(a.config, overridesFrom(a));
+  return resolveCheckpoint(arg, cfg.output.dir);
 }
 
 /** How the coordinator meets its stages (distributed train and eval). */
@@ -108,7 +124,25 @@ export function clusterOptions<T>(y: Argv<T>) {
     .option('heartbeat-timeout', {
       type: 'number',
       default: 10,
-      describe: 'seconds of silence after which a stage counts as failed',
+      describe:
+        'seconds of silence after which a stage counts as lost (plus twice the longest silence it showed while healthy)',
+    })
+    .option('progress-timeout', {
+      type: 'number',
+      default: 300,
+      describe:
+        'seconds a stage may heartbeat without a result while it has work, before it counts as stuck',
+    })
+    .option('recovery-timeout', {
+      type: 'number',
+      default: 300,
+      describe:
+        'after a lost or stuck stage: seconds to wait for every layer to have a stage again before giving up',
+    })
+    .option('max-recoveries', {
+      type: 'number',
+      default: 5,
+      describe: 'rollbacks to the last checkpoint a run may make before it fails (0: none)',
     })
     .option('stop-stages', {
       type: 'boolean',
@@ -140,7 +174,8 @@ export function trainOptions<T>(y: Argv<T>) {
     })
     .option('resume', {
       type: 'string',
-      describe: 'continue from a checkpoint .safetensors',
+      describe:
+        'continue from a checkpoint .safetensors, or "latest": the newest complete checkpoint in the output directory',
     });
 }
 

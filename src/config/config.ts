@@ -47,8 +47,13 @@ export interface RunConfig {
   output: {
     /** Directory for weights, checkpoints and the metrics log. */
     dir: string;
-    /** Write a checkpoint every N epochs (0 = only the final weights). */
+    /**
+     * Write a checkpoint every N epochs (0 = only the final weights). A distributed run that
+     * loses a stage rolls back to the last one.
+     */
     checkpointEvery: number;
+    /** How many checkpoints to keep, newest first (0 = all). */
+    keepCheckpoints: number;
   };
 }
 
@@ -67,7 +72,7 @@ export const DEFAULT_CONFIG: RunConfig = {
   optimizer: { ...DEFAULT_OPTIMIZER },
   train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1 },
   eval: { batchSize: 1000, skipFirst: false },
-  output: { dir: 'runs/ffx', checkpointEvery: 0 },
+  output: { dir: 'runs/ffx', checkpointEvery: 1, keepCheckpoints: 3 },
 };
 
 export class ConfigError extends FfxError<ErrorCode<'config'>> {
@@ -159,7 +164,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
   },
   train: { epochs: int(1), batchSize: int(1), cooldown: num(0, 1), evalEvery: int(0) },
   eval: { batchSize: int(1), skipFirst: bool },
-  output: { dir: str, checkpointEvery: int(0) },
+  output: { dir: str, checkpointEvery: int(0), keepCheckpoints: int(0) },
 };
 
 /** Checks every key against the schema; unknown keys are errors (they are usually typos). */

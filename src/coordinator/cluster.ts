@@ -1,8 +1,11 @@
 // The coordinator's side of a distributed run: registers the stages, hands out the config and
-// topology, feeds the first stage, and collects what stages report. A stage that stops
-// heartbeating fails the run with an error that names its layer, instead of a hang.
+// topology, feeds the first stage, and collects what stages report. It watches every stage two
+// ways: one it no longer hears from (no heartbeat, no result) is lost; one that heartbeats but
+// makes no progress with work outstanding is stalled. Either fails the current attempt with an
+// error that names the layer; the executor may then start another attempt (register()) with
+// the stages that are there, replacements included.
 import { hostname } from 'node:os';
-import { Pull, Router } from 'zeromq';
+import { Pull, Router, type Push } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import { layerTensors } from '../core/ff-network.js';
@@ -20,7 +23,14 @@ import {
   type ResultMessage,
 } from '../transport/wire.js';
 import { SerialSender, closeAll, dataPush } from '../transport/sockets.js';
-import type { Push } from 'zeromq';
+
+/** Failures of a stage that another attempt, with that stage back or replaced, gets past. */
+const RECOVERABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'CLUSTER_STAGE_LOST',
+  'CLUSTER_STAGE_STALLED',
+  'CLUSTER_MESSAGE_REJECTED',
+  'STAGE_STOPPED',
+]);
 
 export class ClusterError extends FfxError {
   /** 1-based layers concerned, when the error is about particular stages. */
@@ -28,6 +38,11 @@ export class ClusterError extends FfxError {
   constructor(code: ErrorCode, message: string, layers: number[] = []) {
     super(code, message);
     this.layers = layers;
+  }
+
+  /** Whether training can go on after this, from a checkpoint, with the stages back. */
+  get recoverable(): boolean {
+    return RECOVERABLE.has(this.code);
   }
 }
 
@@ -38,8 +53,13 @@ export interface ClusterOptions {
   advertiseHost?: string;
   /** How long to wait for every stage to say hello and ready. */
   registerTimeoutMs: number;
-  /** A stage silent for this long (no heartbeat, no result) has failed. */
+  /**
+   * A stage silent for this long (no heartbeat, no result) is lost; the timeout grows by twice
+   * the longest silence the stage showed while healthy (a long step delays its heartbeats).
+   */
   heartbeatTimeoutMs: number;
+  /** A stage with work outstanding and no result for this long is stalled. */
+  progressTimeoutMs: number;
   log: (line: string) => void;
   metrics?: CoordinatorMetrics;
   /** Aborting it fails the run with its reason (e.g. on SIGINT): every wait rejects at once. */
@@ -50,6 +70,8 @@ interface StageInfo {
   hello: HelloMessage;
   identity: Buffer;
   lastSeen: number;
+  /** The longest silence seen from this stage while it was healthy. */
+  longestGap: number;
   ready: boolean;
 }
 
@@ -58,18 +80,24 @@ type Listener = (msg: ResultMessage) => void;
 export class Cluster {
   readonly numLayers: number;
   readonly stages = new Map<number, StageInfo>();
-  readonly run: string;
+  /** The current attempt's run id: every message of the attempt carries it. */
+  run: string;
   private readonly router = new Router({ linger: 500 });
   private readonly routerOut = new SerialSender(this.router);
   private readonly results = new Pull({ linger: 0 });
+  private resultsEndpoint = '';
+  private controlEndpoint = '';
   private feed: Push | null = null;
   private readonly listeners = new Set<Listener>();
   private watchdog: NodeJS.Timeout | null = null;
   private failure: Error | null = null;
   private readonly failureWaiters = new Set<(err: Error) => void>();
   private readonly onAbort = () => this.fail(this.opts.signal!.reason as Error);
+  private progressAge: (layer: number) => number = () => 0;
   private closed = false;
   private readonly opts: ClusterOptions;
+  private readonly logged = new Set<string>();
+  private readonly controlChecks = new Set<() => void>();
 
   constructor(numLayers: number, run: string, opts: ClusterOptions) {
     this.numLayers = numLayers;
@@ -77,43 +105,78 @@ export class Cluster {
     this.opts = opts;
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.onAbort();
-  }
-
-  /**
-   * Binds, waits for all stages, sends them the run's config (and, resuming, each its layer's
-   * part of the checkpoint); resolves when all are ready.
-   */
-  async start(cfg: RunConfig, mode: 'train' | 'eval', state?: ModelState): Promise<void> {
-    const { opts } = this;
     opts.metrics?.setStagesSource(() => ({
       expected: this.numLayers,
       registered: this.stages.size,
-      up: [...this.stages.values()].filter(
-        (s) => Date.now() - s.lastSeen <= opts.heartbeatTimeoutMs,
-      ).length,
+      up: [...this.stages.values()].filter((s) => !this.silentTooLong(s, Date.now())).length,
     }));
+    opts.metrics?.setStageAgesSource(() =>
+      Array.from({ length: this.numLayers }, (_, i) => {
+        const s = this.stages.get(i + 1);
+        return {
+          heartbeat: s ? (Date.now() - s.lastSeen) / 1000 : NaN,
+          progress: this.progressAge(i + 1) / 1000,
+        };
+      }),
+    );
+  }
+
+  /**
+   * Where the progress check reads how long a layer has had work outstanding without a result
+   * (ms; 0 when it has none): the executor knows what it sent.
+   */
+  setProgressSource(source: (layer: number) => number): void {
+    this.progressAge = source;
+  }
+
+  /** Binds the control and results sockets and starts reading them. */
+  async bind(): Promise<void> {
+    const { opts } = this;
     await this.router.bind(opts.bind).catch((err: unknown) => {
       throw addressError(err, opts.bind, 'coordinator: cannot bind its control socket');
     });
-    const controlEndpoint = this.router.lastEndpoint ?? opts.bind;
-    const host = opts.advertiseHost ?? hostOf(controlEndpoint);
+    this.controlEndpoint = this.router.lastEndpoint ?? opts.bind;
+    const host = opts.advertiseHost ?? hostOf(this.controlEndpoint);
     await this.results.bind(
       `tcp://${host === '127.0.0.1' || host === 'localhost' ? host : '0.0.0.0'}:*`,
     );
-    const resultsEndpoint = (this.results.lastEndpoint ?? '').replace('0.0.0.0', host);
+    this.resultsEndpoint = (this.results.lastEndpoint ?? '').replace('0.0.0.0', host);
     opts.log(
-      `coordinator: control ${controlEndpoint}, results ${resultsEndpoint}; waiting for ${this.numLayers} stages`,
+      `coordinator: control ${this.controlEndpoint}, results ${this.resultsEndpoint}; ` +
+        `waiting for ${this.numLayers} stages`,
     );
     void this.controlLoop();
     void this.resultsLoop();
+    this.watchdog = setInterval(
+      () => this.watch(),
+      Math.min(500, opts.heartbeatTimeoutMs / 4, opts.progressTimeoutMs / 4),
+    );
+  }
 
+  /**
+   * One attempt: waits for every layer's stage, sends each the config of run `run` (and its
+   * layer's part of `state`), resolves when all are ready and the feed is connected.
+   */
+  async register(
+    cfg: RunConfig,
+    mode: 'train' | 'eval',
+    state: ModelState | undefined,
+    run: string,
+    timeoutMs = this.opts.registerTimeoutMs,
+  ): Promise<void> {
+    this.run = run;
+    if (this.failure && !(this.opts.signal?.aborted ?? false)) this.failure = null;
+    closeAll(this.feed);
+    this.feed = null;
+    for (const s of this.stages.values()) s.ready = false;
+    const endpoint = this.controlEndpoint.replace('0.0.0.0', hostname());
     await this.until(() => this.stages.size === this.numLayers, {
-      ms: opts.registerTimeoutMs,
+      ms: timeoutMs,
       error: () =>
         new ClusterError(
           'CLUSTER_MISSING_STAGES',
-          `no hello from layer ${this.missing().join(', ')} within ${opts.registerTimeoutMs / 1000}s ` +
-            `(start them with: ffx-stage --layer N --coordinator ${controlEndpoint.replace('0.0.0.0', hostname())})`,
+          `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s ` +
+            `(start them with: ffx-stage --layer N --coordinator ${endpoint})`,
           this.missing(),
         ),
     });
@@ -124,14 +187,14 @@ export class Cluster {
         st.identity,
         encodeControl({
           type: 'config',
-          run: this.run,
+          run,
           layer,
           numLayers: this.numLayers,
           model: cfg.model,
           optimizer: cfg.optimizer,
           seed: cfg.seed,
           next,
-          results: resultsEndpoint,
+          results: this.resultsEndpoint,
           mode,
           state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
           optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
@@ -139,7 +202,7 @@ export class Cluster {
       ]);
     }
     await this.until(() => [...this.stages.values()].every((s) => s.ready), {
-      ms: opts.registerTimeoutMs,
+      ms: timeoutMs,
       error: () => {
         const notReady = [...this.stages.entries()].filter(([, s]) => !s.ready).map(([l]) => l);
         return new ClusterError(
@@ -151,12 +214,8 @@ export class Cluster {
     });
     this.feed = dataPush();
     this.feed.connect(this.stages.get(1)!.hello.endpoint);
-    this.watchdog = setInterval(
-      () => this.checkHeartbeats(),
-      Math.min(500, opts.heartbeatTimeoutMs / 4),
-    );
     for (const [layer, s] of [...this.stages.entries()].sort((a, b) => a[0] - b[0])) {
-      opts.log(
+      this.opts.log(
         `coordinator: layer ${layer} ready on ${s.hello.host} pid ${s.hello.pid} (${s.hello.backend}) at ${s.hello.endpoint}`,
       );
     }
@@ -167,15 +226,15 @@ export class Cluster {
     await this.guard(this.feed!.send(encodeData(header, tensors)));
   }
 
-  /** Calls `fn` with every result message until the returned function is called. */
+  /** Calls `fn` with every result message of the current attempt until the returned function is called. */
   subscribe(fn: Listener): () => void {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
   }
 
   /**
-   * Resolves once `done()` is true (checked after each message), or rejects if the run fails,
-   * or with `timeout.error()` after `timeout.ms`.
+   * Resolves once `done()` is true (checked after each message), or rejects if the attempt
+   * fails, or with `timeout.error()` after `timeout.ms`.
    */
   async until(done: () => boolean, timeout?: { ms: number; error: () => Error }): Promise<void> {
     if (done()) return;
@@ -202,9 +261,30 @@ export class Cluster {
     }
   }
 
-  private readonly controlChecks = new Set<() => void>();
+  /**
+   * Ends the current attempt: every stage is told to drop its run (`abort`) and wait for the
+   * next config, or, with `exit`, to exit (`stop`); best effort. Lost stages are forgotten, so
+   * a replacement may take their layer.
+   */
+  async stopAll(reason: string, exit: boolean): Promise<void> {
+    const msg = encodeControl(
+      exit ? { type: 'stop', reason } : { type: 'abort', run: this.run, reason },
+    );
+    for (const s of this.stages.values()) {
+      await this.routerOut.send([s.identity, msg]).catch(() => {});
+    }
+    const now = Date.now();
+    for (const [layer, s] of this.stages) if (this.silentTooLong(s, now)) this.stages.delete(layer);
+  }
 
-  /** Rejects with the cluster's failure if one happens before `p` settles. */
+  close(): void {
+    this.closed = true;
+    this.opts.signal?.removeEventListener('abort', this.onAbort);
+    if (this.watchdog) clearInterval(this.watchdog);
+    closeAll(this.feed, this.results, this.router);
+  }
+
+  /** Rejects with the attempt's failure if one happens before `p` settles. */
   private async guard<T>(p: Promise<T>): Promise<T> {
     if (this.failure) throw this.failure;
     let reject: (err: Error) => void = () => {};
@@ -218,7 +298,7 @@ export class Cluster {
     }
   }
 
-  /** Fails the run: every pending wait, and every later one, rejects with `err`. */
+  /** Fails the attempt: every pending wait, and every later one, rejects with `err`. */
   private fail(err: Error): void {
     if (this.failure) return;
     this.failure = err;
@@ -232,11 +312,24 @@ export class Cluster {
     return out;
   }
 
-  private checkHeartbeats(): void {
+  private silentTooLong(s: StageInfo, now: number): boolean {
+    return now - s.lastSeen > this.opts.heartbeatTimeoutMs + 2 * s.longestGap;
+  }
+
+  /** A sign of life from a stage: a heartbeat or a result. */
+  private heard(s: StageInfo): void {
+    const now = Date.now();
+    if (!this.silentTooLong(s, now)) s.longestGap = Math.max(s.longestGap, now - s.lastSeen);
+    s.lastSeen = now;
+  }
+
+  /** Every stage heard from lately (else lost), and progressing when it has work (else stalled). */
+  private watch(): void {
+    if (this.failure || !this.feed) return; // between attempts, registration has its timeout
     const now = Date.now();
     for (const [layer, s] of this.stages) {
-      if (now - s.lastSeen > this.opts.heartbeatTimeoutMs) {
-        if (!this.failure) this.opts.metrics?.onStageLost(layer);
+      if (this.silentTooLong(s, now)) {
+        this.opts.metrics?.onStageLost(layer);
         this.fail(
           new ClusterError(
             'CLUSTER_STAGE_LOST',
@@ -245,6 +338,24 @@ export class Cluster {
             [layer],
           ),
         );
+        return;
+      }
+    }
+    // Upstream first: a stuck stage starves the ones after it, which are not to blame.
+    for (let layer = 1; layer <= this.numLayers; layer++) {
+      const age = this.progressAge(layer);
+      if (age > this.opts.progressTimeoutMs) {
+        this.opts.metrics?.onStageStalled(layer);
+        const s = this.stages.get(layer);
+        this.fail(
+          new ClusterError(
+            'CLUSTER_STAGE_STALLED',
+            `layer ${layer}${s ? ` (pid ${s.hello.pid} on ${s.hello.host})` : ''} is alive but made no ` +
+              `progress for ${(age / 1000).toFixed(1)}s with work outstanding`,
+            [layer],
+          ),
+        );
+        return;
       }
     }
   }
@@ -270,30 +381,19 @@ export class Cluster {
         continue;
       }
       if (msg.type === 'hello') {
-        const problem = this.checkHello(msg);
-        if (problem) {
-          this.opts.log(`coordinator: refused a stage: ${problem}`);
-          await this.routerOut.send([
-            identity,
-            encodeControl({
-              type: 'error',
-              run: this.run,
-              layer: msg.layer,
-              code: 'STAGE_REFUSED',
-              message: problem,
-            }),
-          ]);
-          continue;
-        }
-        this.stages.set(msg.layer, { hello: msg, identity, lastSeen: Date.now(), ready: false });
-        this.opts.log(
-          `coordinator: hello from layer ${msg.layer} (${msg.host}, pid ${msg.pid}, ${msg.backend})`,
-        );
+        await this.onHello(msg, identity);
       } else if (msg.type === 'ready' || msg.type === 'heartbeat') {
         const s = this.stages.get(msg.layer);
-        if (s) {
-          s.lastSeen = Date.now();
+        if (s && s.identity.equals(identity)) {
+          this.heard(s);
           if (msg.type === 'ready' && msg.run === this.run) s.ready = true;
+          // Heartbeats both ways: a registered stage learns its coordinator is alive. (Not one
+          // this coordinator does not know: it may be waiting out a coordinator that died.)
+          if (msg.type === 'heartbeat') {
+            await this.routerOut
+              .send([identity, encodeControl({ type: 'heartbeat', layer: msg.layer })])
+              .catch(() => {});
+          }
         }
       } else if (msg.type === 'error' && msg.run === this.run) {
         const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
@@ -303,15 +403,42 @@ export class Cluster {
     }
   }
 
-  private readonly logged = new Set<string>();
-
-  /** Logs a line once per key: junk on a socket must not flood the log. */
-  private logOnce(key: string, line: string): void {
-    if (this.logged.has(key)) return;
-    this.logged.add(key);
-    this.opts.log(`coordinator: ${line} (logged once)`);
+  private async onHello(msg: HelloMessage, identity: Buffer): Promise<void> {
+    const problem = this.checkHello(msg);
+    if (problem) {
+      this.logOnce(`refused:${msg.layer}:${msg.pid}`, `refused a stage: ${problem}`);
+      await this.routerOut.send([
+        identity,
+        encodeControl({
+          type: 'error',
+          run: this.run,
+          layer: msg.layer,
+          code: 'STAGE_REFUSED',
+          message: problem,
+        }),
+      ]);
+      return;
+    }
+    const known = this.stages.get(msg.layer);
+    if (known?.identity.equals(identity)) {
+      known.hello = msg; // the same stage again: it may have been between runs
+      this.heard(known);
+      return;
+    }
+    this.stages.set(msg.layer, {
+      hello: msg,
+      identity,
+      lastSeen: Date.now(),
+      longestGap: 0,
+      ready: false,
+    });
+    this.opts.log(
+      `coordinator: hello from layer ${msg.layer} (${msg.host}, pid ${msg.pid}, ${msg.backend})` +
+        (known ? `, replacing pid ${known.hello.pid}` : ''),
+    );
   }
 
+  /** Why a hello cannot be accepted, or null. A layer is taken over only from a lost stage. */
   private checkHello(msg: HelloMessage): string | null {
     if (msg.version !== PROTOCOL_VERSION) {
       return `layer ${msg.layer} speaks protocol ${msg.version}, this coordinator ${PROTOCOL_VERSION}`;
@@ -320,8 +447,8 @@ export class Cluster {
       return `layer ${msg.layer} is not in this run (layers 1..${this.numLayers})`;
     }
     const existing = this.stages.get(msg.layer);
-    if (existing && existing.hello.pid !== msg.pid) {
-      return `layer ${msg.layer} is already served by pid ${existing.hello.pid} on ${existing.hello.host}`;
+    if (existing && existing.hello.pid !== msg.pid && !this.silentTooLong(existing, Date.now())) {
+      return `layer ${msg.layer} is already served by another stage`;
     }
     return null;
   }
@@ -349,7 +476,7 @@ export class Cluster {
         );
         continue;
       }
-      this.stages.get(msg.layer)!.lastSeen = Date.now(); // a busy stage's results are signs of life
+      this.heard(this.stages.get(msg.layer)!); // a busy stage's results are signs of life
       if (msg.type === 'rejected') {
         this.opts.metrics?.onRejected(msg.layer, msg.code);
         // A batch that a stage refused never completes: fail now rather than wait forever.
@@ -371,24 +498,11 @@ export class Cluster {
     }
   }
 
-  /**
-   * After a failure, tells every stage to exit (`stop`) or to drop the run and wait for the
-   * next coordinator (`abort`); best effort.
-   */
-  async stopAll(reason: string, exit: boolean): Promise<void> {
-    const msg = encodeControl(
-      exit ? { type: 'stop', reason } : { type: 'abort', run: this.run, reason },
-    );
-    for (const s of this.stages.values()) {
-      await this.routerOut.send([s.identity, msg]).catch(() => {});
-    }
-  }
-
-  close(): void {
-    this.closed = true;
-    this.opts.signal?.removeEventListener('abort', this.onAbort);
-    if (this.watchdog) clearInterval(this.watchdog);
-    closeAll(this.feed, this.results, this.router);
+  /** Logs a line once per key: junk on a socket must not flood the log. */
+  private logOnce(key: string, line: string): void {
+    if (this.logged.has(key)) return;
+    this.logged.add(key);
+    this.opts.log(`coordinator: ${line} (logged once)`);
   }
 }
 

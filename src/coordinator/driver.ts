@@ -1,16 +1,29 @@
 // The training driver: the one place that says what a run does. It owns the data, the batch
 // order, the learning-rate schedule, the epoch records, the eval and checkpoint cadence, the
-// outputs and resuming; an Executor (executor.ts) runs the layers. Because both executors are
-// driven by this code, a pipelined run computes what a single-process run does by construction.
-import { appendFile, mkdir, writeFile } from 'node:fs/promises';
+// outputs, resuming and recovery; an Executor (executor.ts) runs the layers. Because both
+// executors are driven by this code, a pipelined run computes what a single-process run does
+// by construction.
+//
+// Recovery is replay. Everything a run computes depends only on (seed, epoch, batch) and the
+// state at the last checkpoint, so when a stage is lost the driver rolls every layer back to
+// that state and trains again from there: the run ends with the weights of one that was never
+// interrupted. The ledger counts what each layer trained per (epoch, batch), exactly once in
+// the final lineage.
+import { appendFile, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readCheckpoint, writeCheckpoint, type ModelState } from '../checkpoint/checkpoint-file.js';
+import { writeFileAtomic } from '../checkpoint/atomic-file.js';
+import {
+  commitCheckpoint,
+  readCheckpoint,
+  type ModelState,
+} from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
 import type { StepStats } from '../core/ff-layer.js';
 import { learningRateAt } from '../core/optimizer.js';
 import { EvalAccumulator, type EvalResult } from '../core/predict.js';
-import { FfxError, withFile } from '../errors.js';
+import { FfxError, SystemError, withFile } from '../errors.js';
 import type { CoordinatorMetrics } from '../metrics/index.js';
+import type { BatchSampler } from '../data/ff-data.js';
 import type { EpochRecord, StageTiming } from './epoch-record.js';
 import type { Executor, TrainReport } from './executor.js';
 import type { Reporter } from './reporter.js';
@@ -21,6 +34,9 @@ export interface TrainResult {
   final: EvalResult;
   weightsFile: string;
   seconds: number;
+  /** Rollbacks after a lost stage, and the batches they had each layer train again. */
+  recoveries: number;
+  replayed: number[];
 }
 
 export interface DriverOptions {
@@ -28,6 +44,8 @@ export interface DriverOptions {
   metrics?: CoordinatorMetrics;
   /** A checkpoint to resume from (weights, optimizer state and epoch). */
   resume?: string;
+  /** How many times a run may roll back after a failure its executor recovers from. */
+  maxRecoveries?: number;
 }
 
 /** Trains `cfg` on `executor`, writes the outputs under cfg.output.dir, and closes the executor. */
@@ -36,80 +54,253 @@ export async function train(
   executor: Executor,
   opts: DriverOptions,
 ): Promise<TrainResult> {
-  const { reporter, metrics } = opts;
   try {
-    const data = await loadData(cfg, reporter);
-    const resume = opts.resume ? await readCheckpoint(opts.resume, cfg.model) : undefined;
-    const sampler = trainSampler(cfg, data);
-    const { epochs, batchSize } = cfg.train;
-    const batches = sampler.batchesPerEpoch;
-    const totalSteps = epochs * batches;
-    const firstEpoch = resume?.epoch ?? 0;
-    let tally = new EpochTally(executor.numLayers, 0);
-    await executor.start((r) => {
-      if (tally.add(r)) {
-        reporter.batch(tally.done, tally.samples, tally.lastLosses);
-        metrics?.onProgress(r.epoch + 1, (r.epoch * batches + tally.done) / totalSteps);
-      }
-    }, resume?.state);
-    if (resume) reporter.log(`resumed from ${opts.resume} after epoch ${firstEpoch}`);
-    const metricsFile = await prepareOutput(cfg, firstEpoch === 0);
-    reporter.log(
-      `model ${cfg.model.layers.join('-')} ${executor.where}, ${epochs} epochs x ${batches} ` +
-        `batches of ${batchSize}, ${cfg.optimizer.type} lr ${cfg.optimizer.lr}, seed ${cfg.seed}`,
-    );
-    const started = performance.now();
-    const records: EpochRecord[] = [];
-    for (let epoch = firstEpoch; epoch < epochs; epoch++) {
-      const t0 = performance.now();
-      tally = new EpochTally(executor.numLayers, epoch);
-      let lr = cfg.optimizer.lr;
-      reporter.startEpoch(epoch + 1, epochs, batches);
-      for (const batch of sampler.epoch(epoch)) {
-        lr = learningRateAt(
-          cfg.optimizer.lr,
-          (epoch * batches + batch.index) / totalSteps,
-          cfg.train.cooldown,
-        );
-        tally.sizes[batch.index] = batch.size;
-        await executor.train({ epoch, index: batch.index, size: batch.size, x: batch.x }, lr);
-        metrics?.onBatchSent(batch.size);
-      }
-      await executor.drain();
-      const record = tally.record((performance.now() - t0) / 1000, lr);
-      const last = epoch === epochs - 1;
-      if (!last && every(cfg.train.evalEvery, epoch)) {
-        record.eval = await evaluate(cfg, executor, data.test, data.dim, epoch);
-      }
-      reporter.endEpoch(record);
-      metrics?.onEpoch(record);
-      records.push(record);
-      await withFile(metricsFile, `cannot append to ${metricsFile}`, () =>
-        appendFile(metricsFile, JSON.stringify(record) + '\n'),
-      );
-      if (!last && every(cfg.output.checkpointEvery, epoch)) {
-        const file = join(cfg.output.dir, `checkpoint-epoch${epoch + 1}.safetensors`);
-        await writeCheckpoint(file, await executor.exportState(epoch + 1), cfg, epoch + 1);
-        reporter.log(`checkpoint ${file}`);
-      }
-    }
-    const t0 = performance.now();
-    const final = await evaluate(cfg, executor, data.test, data.dim, epochs);
-    metrics?.onEval(final);
-    reporter.log(
-      `evaluated ${final.count} test images in ${((performance.now() - t0) / 1000).toFixed(1)}s`,
-    );
-    const weightsFile = join(cfg.output.dir, 'model.safetensors');
-    await writeCheckpoint(weightsFile, await executor.exportState(epochs), cfg, epochs);
-    const evalFile = join(cfg.output.dir, 'eval.json');
-    await withFile(evalFile, `cannot write ${evalFile}`, () =>
-      writeFile(evalFile, JSON.stringify(final, null, 2) + '\n'),
-    );
+    const data = await loadData(cfg, opts.reporter);
+    const { epochs } = cfg.train;
+    const resume = opts.resume ? await readCheckpoint(opts.resume, cfg.model, epochs) : undefined;
+    const training = new Training(cfg, executor, data, opts, resume);
+    if (resume) opts.reporter.log(`resumed from ${opts.resume} after epoch ${resume.epoch}`);
+    const result = await training.run();
     await executor.close();
-    return { epochs: records, final, weightsFile, seconds: (performance.now() - started) / 1000 };
+    return result;
   } catch (err) {
     await executor.close(err);
     throw err;
+  }
+}
+
+/** Where a run can go back to: the state after `epoch` epochs (undefined: fresh from the seed). */
+interface RecoveryPoint {
+  epoch: number;
+  state: ModelState | undefined;
+}
+
+class Training {
+  private readonly reporter: Reporter;
+  private readonly metrics: CoordinatorMetrics | undefined;
+  private readonly sampler: BatchSampler;
+  private readonly batches: number;
+  private readonly metricsFile: string;
+  private point: RecoveryPoint;
+  private tally: EpochTally;
+  /** The lineage's epoch records, as metrics.jsonl holds them (earlier runs' lines included). */
+  private lines: string[] = [];
+  private readonly records: EpochRecord[] = [];
+  /** Per layer: batches trained in the final lineage so far, and batches trained again. */
+  private readonly lineage: number[];
+  private readonly replayed: number[];
+  private recoveries = 0;
+
+  constructor(
+    private readonly cfg: RunConfig,
+    private readonly executor: Executor,
+    private readonly data: RunData,
+    private readonly opts: DriverOptions,
+    resume: { epoch: number; state: ModelState } | undefined,
+  ) {
+    this.reporter = opts.reporter;
+    this.metrics = opts.metrics;
+    this.sampler = trainSampler(cfg, data);
+    this.batches = this.sampler.batchesPerEpoch;
+    this.metricsFile = join(cfg.output.dir, 'metrics.jsonl');
+    this.point = { epoch: resume?.epoch ?? 0, state: resume?.state };
+    this.tally = new EpochTally(executor.numLayers, 0, this.batches);
+    // Each batch is one optimizer step: a checkpoint's step counts are what it has trained.
+    this.lineage = Array.from(
+      { length: executor.numLayers },
+      (_, i) => resume?.state.optimizerSteps[i] ?? 0,
+    );
+    this.replayed = new Array<number>(executor.numLayers).fill(0);
+  }
+
+  async run(): Promise<TrainResult> {
+    const { cfg, executor, reporter } = this;
+    const { epochs, batchSize } = cfg.train;
+    await executor.start((r) => this.onReport(r), this.point.state);
+    await this.prepareOutput();
+    reporter.log(
+      `model ${cfg.model.layers.join('-')} ${executor.where}, ${epochs} epochs x ${this.batches} ` +
+        `batches of ${batchSize}, ${cfg.optimizer.type} lr ${cfg.optimizer.lr}, seed ${cfg.seed}`,
+    );
+    const started = performance.now();
+    let epoch = this.point.epoch;
+    for (;;) {
+      try {
+        for (; epoch < epochs; epoch++) await this.trainEpoch(epoch);
+        const t0 = performance.now();
+        const final = await evaluate(cfg, executor, this.data.test, this.data.dim, epochs);
+        reporter.log(
+          `evaluated ${final.count} test images in ${((performance.now() - t0) / 1000).toFixed(1)}s`,
+        );
+        const weightsFile = await this.finish(final, await executor.exportState(epochs));
+        return {
+          epochs: this.records,
+          final,
+          weightsFile,
+          seconds: (performance.now() - started) / 1000,
+          recoveries: this.recoveries,
+          replayed: this.replayed,
+        };
+      } catch (err) {
+        const max = this.opts.maxRecoveries ?? 0;
+        if (!executor.recoverable(err) || this.recoveries >= max) throw err;
+        await this.rollBack(err as Error);
+        epoch = this.point.epoch;
+      }
+    }
+  }
+
+  private async trainEpoch(epoch: number): Promise<void> {
+    const { cfg, executor, reporter, metrics, batches } = this;
+    const { epochs } = cfg.train;
+    const t0 = performance.now();
+    this.tally = new EpochTally(executor.numLayers, epoch, batches);
+    let lr = cfg.optimizer.lr;
+    reporter.startEpoch(epoch + 1, epochs, batches);
+    for (const batch of this.sampler.epoch(epoch)) {
+      const progress = (epoch * batches + batch.index) / (epochs * batches);
+      lr = learningRateAt(cfg.optimizer.lr, progress, cfg.train.cooldown);
+      this.tally.sizes[batch.index] = batch.size;
+      await executor.train({ epoch, index: batch.index, size: batch.size, x: batch.x }, lr);
+      metrics?.onBatchSent(batch.size);
+    }
+    await executor.drain();
+    const record = this.tally.record((performance.now() - t0) / 1000, lr);
+    const last = epoch === epochs - 1;
+    if (!last && every(cfg.train.evalEvery, epoch)) {
+      record.eval = await evaluate(cfg, executor, this.data.test, this.data.dim, epoch);
+    }
+    reporter.endEpoch(record);
+    metrics?.onEpoch(record);
+    this.records.push(record);
+    const line = JSON.stringify(record);
+    this.lines.push(line);
+    await withFile(this.metricsFile, `cannot append to ${this.metricsFile}`, () =>
+      appendFile(this.metricsFile, line + '\n'),
+    );
+    if (!last && every(cfg.output.checkpointEvery, epoch)) await this.checkpoint(epoch + 1);
+  }
+
+  /**
+   * The state after `epoch` epochs becomes the recovery point, and is written to disk. A
+   * checkpoint that cannot be written (a full disk) is not the end of the run: the previous one
+   * stays `latest`, and the run goes on.
+   */
+  private async checkpoint(epoch: number): Promise<void> {
+    const state = await this.executor.exportState(epoch);
+    this.point = { epoch, state };
+    const { dir, keepCheckpoints } = this.cfg.output;
+    try {
+      const file = await commitCheckpoint(dir, state, this.cfg, epoch, keepCheckpoints);
+      this.reporter.log(`checkpoint ${file}`);
+    } catch (err) {
+      if (!(err instanceof SystemError)) throw err;
+      this.reporter.log(`warning: [${err.code}] ${err.message}; the last checkpoint stays`);
+    }
+  }
+
+  /** After a failure the executor recovers from: back to the recovery point, on every layer. */
+  private async rollBack(err: Error): Promise<void> {
+    const { executor, reporter, metrics, point } = this;
+    const t0 = performance.now();
+    this.recoveries++;
+    const code = err instanceof FfxError ? ` [${err.code}]` : '';
+    reporter.log(
+      `recovering${code}: ${err.message}; rolling every layer back to epoch ${point.epoch} ` +
+        `(recovery ${this.recoveries} of at most ${this.opts.maxRecoveries ?? 0})`,
+    );
+    metrics?.onRecovery();
+    // What the abandoned lineage trained since the point is trained again: count it.
+    const kept = this.records.filter((r) => r.epoch <= point.epoch);
+    const dropped = [...this.records.filter((r) => r.epoch > point.epoch), this.tally.record(0, 0)];
+    for (const r of dropped) {
+      r.batches.forEach((n, l) => {
+        this.replayed[l]! += n;
+        this.lineage[l]! -= n;
+        metrics?.onReplayed(l + 1, n);
+        metrics?.onLineage(l + 1, this.lineage[l]!);
+      });
+    }
+    this.records.splice(0, this.records.length, ...kept);
+    this.lines = this.lines.filter((l) => lineEpoch(l) <= point.epoch);
+    await writeFileAtomic(this.metricsFile, this.lines.map((l) => l + '\n').join(''), 'metrics');
+    this.tally = new EpochTally(executor.numLayers, point.epoch, this.batches);
+    await executor.rollback(point.state);
+    reporter.log(
+      `recovered in ${((performance.now() - t0) / 1000).toFixed(1)}s: training again from ` +
+        `epoch ${point.epoch + 1}`,
+    );
+  }
+
+  private onReport(r: TrainReport): void {
+    if (r.epoch !== this.tally.epoch) {
+      this.metrics?.onDuplicate(r.layer);
+      return;
+    }
+    const added = this.tally.add(r);
+    if (added === 'duplicate') {
+      this.metrics?.onDuplicate(r.layer);
+      return;
+    }
+    this.lineage[r.layer - 1]! += 1;
+    this.metrics?.onLineage(r.layer, this.lineage[r.layer - 1]!);
+    if (added === 'batch-done') {
+      const { done, samples, lastLosses } = this.tally;
+      this.reporter.batch(done, samples, lastLosses);
+      const total = this.cfg.train.epochs * this.batches;
+      this.metrics?.onProgress(r.epoch + 1, (r.epoch * this.batches + done) / total);
+    }
+  }
+
+  /**
+   * The output directory with the resolved config; metrics.jsonl keeps the lines of the epochs
+   * the run starts after (a resumed run's lineage) and nothing later.
+   */
+  private async prepareOutput(): Promise<void> {
+    const { cfg, metricsFile, point } = this;
+    const dir = cfg.output.dir;
+    await withFile(dir, `cannot write the output directory ${dir}`, () =>
+      mkdir(dir, { recursive: true }),
+    );
+    await writeFileAtomic(join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n', 'config');
+    if (point.epoch > 0) {
+      const text = await readFile(metricsFile, 'utf8').catch(() => '');
+      this.lines = text.split('\n').filter((l) => l !== '' && lineEpoch(l) <= point.epoch);
+    }
+    await writeFileAtomic(metricsFile, this.lines.map((l) => l + '\n').join(''), 'metrics');
+  }
+
+  /** The final weights, `latest` pointing at them, and eval.json. */
+  private async finish(final: EvalResult, state: ModelState): Promise<string> {
+    const { cfg, metrics } = this;
+    metrics?.onEval(final);
+    const { dir, keepCheckpoints } = cfg.output;
+    const name = 'model.safetensors';
+    const weightsFile = await commitCheckpoint(
+      dir,
+      state,
+      cfg,
+      cfg.train.epochs,
+      keepCheckpoints,
+      name,
+    );
+    await writeFileAtomic(join(dir, 'eval.json'), JSON.stringify(final, null, 2) + '\n', 'eval');
+    this.reporter.log(
+      `lineage: each layer trained ${this.lineage.join(', ')} batches ` +
+        `(${cfg.train.epochs} epochs x ${this.batches}); ${this.recoveries} recoveries, ` +
+        `${this.replayed.reduce((a, b) => a + b, 0)} batch steps replayed`,
+    );
+    return weightsFile;
+  }
+}
+
+/** The epoch of a metrics.jsonl line (Infinity if it has none: dropped on a rewind). */
+function lineEpoch(line: string): number {
+  try {
+    const epoch = (JSON.parse(line) as { epoch?: unknown }).epoch;
+    return typeof epoch === 'number' ? epoch : Infinity;
+  } catch {
+    return Infinity;
   }
 }
 
@@ -162,21 +353,10 @@ function every(n: number, epoch: number): boolean {
   return n > 0 && (epoch + 1) % n === 0;
 }
 
-/** Creates the output directory with the resolved config; returns the metrics log's path. */
-async function prepareOutput(cfg: RunConfig, fresh: boolean): Promise<string> {
-  const dir = cfg.output.dir;
-  const metricsFile = join(dir, 'metrics.jsonl');
-  await withFile(dir, `cannot write the output directory ${dir}`, async () => {
-    await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-    if (fresh) await writeFile(metricsFile, '');
-  });
-  return metricsFile;
-}
-
 /**
- * One epoch's reports, summed per layer with each batch's size as its weight. A layer's reports
- * arrive in batch order, so the sums are the same floats whichever executor produced them.
+ * One epoch's reports, summed per layer with each batch's size as its weight, each (layer,
+ * batch) once. A layer's reports arrive in batch order, so the sums are the same floats
+ * whichever executor produced them.
  */
 class EpochTally {
   /** Positive samples per batch index, set as each batch is sent. */
@@ -185,14 +365,19 @@ class EpochTally {
   done = 0;
   samples = 0;
   readonly lastLosses: number[];
+  private readonly seen: Uint8Array[];
+  private readonly distinct: number[];
   private readonly sums: { loss: number; goodnessPos: number; goodnessNeg: number }[];
   private readonly times: StageTiming[];
 
   constructor(
     private readonly numLayers: number,
-    private readonly epoch: number,
+    readonly epoch: number,
+    batches: number,
   ) {
     this.lastLosses = new Array<number>(numLayers).fill(NaN);
+    this.seen = Array.from({ length: numLayers }, () => new Uint8Array(batches));
+    this.distinct = new Array<number>(numLayers).fill(0);
     this.sums = Array.from({ length: numLayers }, () => ({
       loss: 0,
       goodnessPos: 0,
@@ -206,14 +391,18 @@ class EpochTally {
     }));
   }
 
-  /** Adds one report; true when it completes a batch (the last layer's). */
-  add(r: TrainReport): boolean {
+  /** Adds one report: 'duplicate' if that (layer, batch) was in, 'batch-done' for the last layer's. */
+  add(r: TrainReport): 'added' | 'batch-done' | 'duplicate' {
+    const seen = this.seen[r.layer - 1]!;
+    if (r.index >= seen.length || seen[r.index]) return 'duplicate';
     if (!Number.isFinite(r.stats.loss)) {
       throw new FfxError(
         'NON_FINITE_LOSS',
         `layer ${r.layer}: loss is ${r.stats.loss} at epoch ${r.epoch + 1}, batch ${r.index + 1}; lower optimizer.lr`,
       );
     }
+    seen[r.index] = 1;
+    this.distinct[r.layer - 1]! += 1;
     const size = this.sizes[r.index] ?? 0;
     const sum = this.sums[r.layer - 1]!;
     sum.loss += r.stats.loss * size;
@@ -225,11 +414,11 @@ class EpochTally {
     t.transportSeconds += r.timing.transportSeconds;
     t.blockedSeconds += r.timing.blockedSeconds;
     this.lastLosses[r.layer - 1] = r.stats.loss;
-    if (r.layer !== this.numLayers) return false;
+    if (r.layer !== this.numLayers) return 'added';
     // The last layer's report: that batch has passed every layer.
     this.done++;
     this.samples += size;
-    return true;
+    return 'batch-done';
   }
 
   record(seconds: number, lr: number): EpochRecord {
@@ -239,6 +428,7 @@ class EpochTally {
       seconds,
       samplesPerSec: samples / seconds,
       lr,
+      batches: [...this.distinct],
       layers: this.sums.map((s): StepStats => ({
         loss: s.loss / samples,
         goodnessPos: s.goodnessPos / samples,

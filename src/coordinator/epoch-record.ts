@@ -22,6 +22,8 @@ export interface EpochRecord {
   samplesPerSec: number;
   /** Learning rate of the epoch's last batch. */
   lr: number;
+  /** Per layer, the epoch's batches it trained (each once: all of them, in a complete run). */
+  batches: number[];
   /** Per layer, means over the epoch's samples. */
   layers: StepStats[];
   /** Per layer, totals over the epoch. */

@@ -63,6 +63,14 @@ export interface Executor {
   ): Promise<void>;
   /** Every layer's weights, biases and optimizer state, after everything trained so far. */
   exportState(epoch: number): Promise<ModelState>;
+  /** Whether `err` (thrown by one of these calls) is a failure rollback() can recover from. */
+  recoverable(err: unknown): boolean;
+  /**
+   * After a recoverable failure: every layer is set back to `state` (undefined: fresh from the
+   * seed), everything in flight is dropped, and reports of the abandoned work never arrive.
+   * Resolves when training can go on; rejects when it cannot (e.g. no replacement in time).
+   */
+  rollback(state: ModelState | undefined): Promise<void>;
   /**
    * Ends the run and releases everything. Without `error` the run ended well (a pipeline's
    * stages are told so and keep their layers); with it, the run is abandoned.

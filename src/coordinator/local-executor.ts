@@ -22,6 +22,31 @@ export class LocalExecutor implements Executor {
   }
 
   async start(onTrain: TrainListener, state?: ModelState): Promise<void> {
+    this.onTrain = onTrain;
+    this.checkMemory();
+    this.build(state);
+  }
+
+  /** Nothing fails here that training again would not repeat. */
+  recoverable(): boolean {
+    return false;
+  }
+
+  async rollback(state: ModelState | undefined): Promise<void> {
+    this.net?.dispose();
+    this.build(state);
+  }
+
+  private build(state: ModelState | undefined): void {
+    const { cfg } = this;
+    this.net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
+    if (state) {
+      this.net.importState(state.tensors);
+      this.net.layers.forEach((l, i) => (l.optimizer.step = state.optimizerSteps[i] ?? 0));
+    }
+  }
+
+  private checkMemory(): void {
     const { cfg } = this;
     const widest = Math.max(...cfg.model.layers);
     // A step holds a few [2B, width] activations per layer; an eval batch [10B, width].
@@ -33,12 +58,6 @@ export class LocalExecutor implements Executor {
       NUM_CLASSES * cfg.eval.batchSize * widest * 4 * 4,
       `evaluation batch of ${cfg.eval.batchSize} images (${NUM_CLASSES * cfg.eval.batchSize} rows)`,
     );
-    this.onTrain = onTrain;
-    this.net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
-    if (state) {
-      this.net.importState(state.tensors);
-      this.net.layers.forEach((l, i) => (l.optimizer.step = state.optimizerSteps[i] ?? 0));
-    }
   }
 
   async train(batch: TrainBatch, lr: number): Promise<void> {

@@ -1,13 +1,17 @@
 // The layers as a pipeline of ffx-stage processes, one per layer. The coordinator feeds the
 // first stage; every stage trains its layer and forwards its activations, so all stages work
 // at once on consecutive batches, and reports to the coordinator (cluster.ts) what it computed.
+//
+// A run goes through attempts: the first, and one more per rollback after a lost, stopped or
+// stuck stage. Each attempt has a run id of its own (`<run>`, `<run>.1`, ...), so nothing of an
+// abandoned attempt (its batches still in flight, its late reports) can reach the next one.
 import { randomUUID } from 'node:crypto';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
 import type { WeightsMessage } from '../transport/wire.js';
-import { Cluster, type ClusterOptions } from './cluster.js';
+import { Cluster, ClusterError, type ClusterOptions } from './cluster.js';
 import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
 import type { EvalBatch } from './run-data.js';
 
@@ -16,18 +20,27 @@ export interface PipelineOptions extends ClusterOptions {
   mode: 'train' | 'eval';
   /** End the run with `stop` (stages exit) instead of `end` (stages wait for the next run). */
   stopStages: boolean;
+  /** After a failure, how long to wait for every layer's stage to be back (or replaced). */
+  recoveryTimeoutMs: number;
 }
 
 export class PipelineExecutor implements Executor {
   readonly numLayers: number;
-  /** This run's id: every message of the run carries it. */
+  /** This run's id: every message of its first attempt carries it. */
   readonly run = randomUUID().slice(0, 8);
   readonly where: string;
   private readonly cfg: RunConfig;
   private readonly opts: PipelineOptions;
   private readonly cluster: Cluster;
+  private attempt = 0;
+  /** This attempt's training batches sent, and training reports received. */
   private sent = 0;
   private reported = 0;
+  /** This attempt's messages that each layer answers (train, eval, weights): when each went. */
+  private workSentAt: number[] = [];
+  /** Per layer: this attempt's answers to those, and when the last came. */
+  private answered: number[];
+  private lastAnswer: number[];
   private markerId = 0;
 
   constructor(cfg: RunConfig, opts: PipelineOptions) {
@@ -36,10 +49,24 @@ export class PipelineExecutor implements Executor {
     this.numLayers = cfg.model.layers.length - 1;
     this.where = `on ${this.numLayers} stages (run ${this.run})`;
     this.cluster = new Cluster(this.numLayers, this.run, opts);
+    this.answered = new Array<number>(this.numLayers).fill(0);
+    this.lastAnswer = new Array<number>(this.numLayers).fill(0);
+    this.cluster.setProgressSource((layer) => this.progressAge(layer));
+  }
+
+  /** How long `layer` has had work outstanding without answering (ms; 0 with none). */
+  private progressAge(layer: number): number {
+    const oldest = this.workSentAt[this.answered[layer - 1]!];
+    if (oldest === undefined) return 0;
+    return Date.now() - Math.max(oldest, this.lastAnswer[layer - 1]!);
   }
 
   async start(onTrain: TrainListener, state?: ModelState): Promise<void> {
     this.cluster.subscribe((msg) => {
+      if (msg.type === 'stats' || msg.type === 'goodness' || msg.type === 'weights') {
+        this.answered[msg.layer - 1]! += 1;
+        this.lastAnswer[msg.layer - 1] = Date.now();
+      }
       if (msg.type !== 'stats') return;
       this.reported++;
       onTrain({
@@ -55,7 +82,32 @@ export class PipelineExecutor implements Executor {
         },
       });
     });
-    await this.cluster.start(this.cfg, this.opts.mode, state);
+    await this.cluster.bind();
+    await this.cluster.register(this.cfg, this.opts.mode, state, this.run);
+  }
+
+  recoverable(err: unknown): boolean {
+    return err instanceof ClusterError && err.recoverable && this.opts.mode === 'train';
+  }
+
+  /**
+   * A new attempt: every stage drops the current one; once every layer has a stage again (the
+   * survivors, and a replacement for each lost one: restarted by hand, by ffx-launch, systemd
+   * or Kubernetes), each gets its layer's part of `state` under a new run id.
+   */
+  async rollback(state: ModelState | undefined): Promise<void> {
+    await this.cluster.stopAll('rolling back to the last checkpoint', false);
+    this.attempt++;
+    this.sent = this.reported = 0;
+    this.workSentAt = [];
+    this.answered.fill(0);
+    this.lastAnswer.fill(0);
+    const run = `${this.run}.${this.attempt}`;
+    this.opts.log(
+      `coordinator: attempt ${this.attempt + 1} (run ${run}): waiting up to ` +
+        `${this.opts.recoveryTimeoutMs / 1000}s for every layer's stage`,
+    );
+    await this.cluster.register(this.cfg, 'train', state, run, this.opts.recoveryTimeoutMs);
   }
 
   async train(batch: TrainBatch, lr: number): Promise<void> {
@@ -63,7 +115,7 @@ export class PipelineExecutor implements Executor {
     await this.cluster.send(
       {
         kind: 'train',
-        run: this.run,
+        run: this.cluster.run,
         epoch: batch.epoch,
         seq: batch.index,
         nPos: batch.size,
@@ -73,6 +125,7 @@ export class PipelineExecutor implements Executor {
       [batch.x],
     );
     this.sent++;
+    this.workSentAt.push(Date.now());
   }
 
   // Every stage's report of every batch, not the last stage's alone: reports from different
@@ -103,11 +156,12 @@ export class PipelineExecutor implements Executor {
       for (const batch of batches) {
         pending.set(batch.index, { batch, goodness: [], got: 0 });
         sent++;
+        this.workSentAt.push(Date.now());
         const rows = NUM_CLASSES * batch.images;
         await this.cluster.send(
           {
             kind: 'eval',
-            run: this.run,
+            run: this.cluster.run,
             epoch,
             seq: batch.index,
             images: batch.images,
@@ -130,6 +184,7 @@ export class PipelineExecutor implements Executor {
     });
     try {
       await this.marker('weights', epoch);
+      this.workSentAt.push(Date.now());
       await this.cluster.until(() => parts.size === this.numLayers);
     } finally {
       unsubscribe();
@@ -175,7 +230,15 @@ export class PipelineExecutor implements Executor {
 
   private marker(op: 'weights' | 'end' | 'stop', epoch: number): Promise<void> {
     return this.cluster.send(
-      { kind: 'marker', run: this.run, epoch, seq: 0, op, id: ++this.markerId, tensors: [] },
+      {
+        kind: 'marker',
+        run: this.cluster.run,
+        epoch,
+        seq: 0,
+        op,
+        id: ++this.markerId,
+        tensors: [],
+      },
       [],
     );
   }

@@ -284,6 +284,48 @@ export const COORDINATOR = {
     help: 'Stages that stopped answering (no heartbeat within the timeout).',
     labelNames: ['layer'],
   },
+  stageStalled: {
+    name: 'ffx_coordinator_stage_stalled_total',
+    type: 'counter',
+    help: 'Stages that kept heartbeating but made no progress with work outstanding, past the progress timeout.',
+    labelNames: ['layer'],
+  },
+  heartbeatAge: {
+    name: 'ffx_coordinator_stage_heartbeat_age_seconds',
+    type: 'gauge',
+    help: 'Seconds since the coordinator last heard from a stage (heartbeat or result): no heartbeat means lost.',
+    labelNames: ['layer'],
+  },
+  progressAge: {
+    name: 'ffx_coordinator_stage_progress_age_seconds',
+    type: 'gauge',
+    help: 'Seconds a stage has had work outstanding without reporting a result (0 when it has none): no progress means stuck or slow.',
+    labelNames: ['layer'],
+  },
+  recoveries: {
+    name: 'ffx_coordinator_recoveries_total',
+    type: 'counter',
+    help: 'Rollbacks to the last checkpoint after a lost or stuck stage.',
+    labelNames: [],
+  },
+  batchesTrained: {
+    name: 'ffx_coordinator_batches_trained',
+    type: 'gauge',
+    help: "Batches a layer has trained in the run's final lineage: each (epoch, batch) once; a rollback takes back what it discards.",
+    labelNames: ['layer'],
+  },
+  batchesReplayed: {
+    name: 'ffx_coordinator_batches_replayed_total',
+    type: 'counter',
+    help: 'Batches a layer trained in a lineage a rollback discarded, and so trained again.',
+    labelNames: ['layer'],
+  },
+  duplicateReports: {
+    name: 'ffx_coordinator_duplicate_reports_total',
+    type: 'counter',
+    help: 'Reports of a (layer, epoch, batch) already counted, dropped.',
+    labelNames: ['layer'],
+  },
   rejected: {
     name: 'ffx_coordinator_rejected_messages_total',
     type: 'counter',

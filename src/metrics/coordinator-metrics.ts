@@ -17,6 +17,14 @@ import {
   set,
 } from './registry.js';
 
+/** One stage's liveness, for the age gauges (index: layer - 1). */
+export interface StageAges {
+  /** Seconds since anything was heard from it. */
+  heartbeat: number;
+  /** Seconds it has had work outstanding without a result (0 when it has none). */
+  progress: number;
+}
+
 export interface StagesSnapshot {
   /** Stages the run needs. */
   expected: number;
@@ -50,6 +58,7 @@ export class CoordinatorMetrics {
   private readonly now: () => number;
   private readonly evalSets: ReadonlySet<string>;
   private stagesSource: () => StagesSnapshot;
+  private agesSource: () => StageAges[] = () => [];
 
   private readonly epoch: Gauge<never>;
   private readonly progress: Gauge<never>;
@@ -60,6 +69,11 @@ export class CoordinatorMetrics {
   private readonly layerLoss: Gauge<'layer'>;
   private readonly layerGoodness: Gauge<'layer' | 'polarity'>;
   private readonly stageLost: Counter<'layer'>;
+  private readonly stageStalled: Counter<'layer'>;
+  private readonly recoveries: Counter<never>;
+  private readonly batchesTrained: Gauge<'layer'>;
+  private readonly batchesReplayed: Counter<'layer'>;
+  private readonly duplicateReports: Counter<'layer'>;
   private readonly rejected: Counter<'layer' | 'reason'>;
   private readonly lastBatch: Gauge<never>;
   private readonly epochDuration: Histogram<never>;
@@ -110,6 +124,24 @@ export class CoordinatorMetrics {
     this.layerLoss = gauge(registry, COORDINATOR.layerLoss);
     this.layerGoodness = gauge(registry, COORDINATOR.layerGoodness);
     this.stageLost = counter(registry, COORDINATOR.stageLost);
+    this.stageStalled = counter(registry, COORDINATOR.stageStalled);
+    this.recoveries = counter(registry, COORDINATOR.recoveries);
+    this.batchesTrained = gauge(registry, COORDINATOR.batchesTrained);
+    this.batchesReplayed = counter(registry, COORDINATOR.batchesReplayed);
+    this.duplicateReports = counter(registry, COORDINATOR.duplicateReports);
+    // Point in time, per layer: one read of the cluster per gauge per scrape.
+    const age = (layer: number, key: keyof StageAges) => () =>
+      this.agesSource()[layer - 1]?.[key] ?? NaN;
+    for (const [spec, key] of [
+      [COORDINATOR.heartbeatAge, 'heartbeat'],
+      [COORDINATOR.progressAge, 'progress'],
+    ] as const) {
+      gauge(registry, spec, function () {
+        for (let layer = 1; layer <= numLayers; layer++) {
+          this.set({ layer: String(layer) }, sample(age(layer, key)));
+        }
+      });
+    }
     this.rejected = counter(registry, COORDINATOR.rejected);
     this.lastBatch = gauge(registry, COORDINATOR.lastBatch);
     this.epochDuration = histogram(registry, COORDINATOR.epochDuration);
@@ -117,6 +149,10 @@ export class CoordinatorMetrics {
     // Every known series from the start, so rate() and the dashboard have data before an event.
     for (let layer = 1; layer <= numLayers; layer++) {
       this.stageLost.inc({ layer: String(layer) }, 0);
+      this.stageStalled.inc({ layer: String(layer) }, 0);
+      this.batchesTrained.set({ layer: String(layer) }, 0);
+      this.batchesReplayed.inc({ layer: String(layer) }, 0);
+      this.duplicateReports.inc({ layer: String(layer) }, 0);
       for (const reason of REJECT_REASONS) this.rejected.inc({ layer: String(layer), reason }, 0);
     }
   }
@@ -162,6 +198,41 @@ export class CoordinatorMetrics {
     for (const { name, accuracy } of result.perLayerSet) {
       if (this.evalSets.has(name)) set(this.evalAccuracy, { set: name }, accuracy);
     }
+  }
+
+  /**
+   * Where the per-stage age gauges come from (index: layer - 1): called at every scrape.
+   * Until set, or for a layer it does not cover, they read NaN.
+   */
+  setStageAgesSource(source: () => StageAges[]): void {
+    this.agesSource = source;
+  }
+
+  /** A rollback to the last checkpoint. */
+  onRecovery(): void {
+    add(this.recoveries, {}, 1);
+  }
+
+  /** `layer` has trained `batches` batches in the final lineage. */
+  onLineage(layer: number, batches: number): void {
+    if (isLayer(layer) && layer <= this.numLayers) {
+      set(this.batchesTrained, { layer: String(layer) }, batches);
+    }
+  }
+
+  /** A rollback discarded `batches` that `layer` had trained: it trains them again. */
+  onReplayed(layer: number, batches: number): void {
+    add(this.batchesReplayed, { layer: this.layerLabel(layer) }, batches);
+  }
+
+  /** A second report of a (layer, epoch, batch), dropped. */
+  onDuplicate(layer: number): void {
+    add(this.duplicateReports, { layer: this.layerLabel(layer) }, 1);
+  }
+
+  /** A stage that heartbeats but does not progress (CLUSTER_STAGE_STALLED). */
+  onStageStalled(layer: number): void {
+    add(this.stageStalled, { layer: this.layerLabel(layer) }, 1);
   }
 
   /** A stage stopped answering (CLUSTER_STAGE_LOST). Out-of-range layers count as "other". */

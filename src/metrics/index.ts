@@ -44,6 +44,7 @@ export {
   type CoordinatorMetricsOptions,
   type EpochRecordLike,
   type EvalResultLike,
+  type StageAges,
   type StagesSnapshot,
 } from './coordinator-metrics.js';
 export {

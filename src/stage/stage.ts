@@ -58,6 +58,11 @@ export interface StageOptions {
   advertise?: string;
   backend: BackendInfo;
   heartbeatMs?: number;
+  /**
+   * Serving a run, a coordinator silent for this long (it answers every heartbeat) is lost:
+   * the stage drops the run and waits for a new coordinator.
+   */
+  coordinatorTimeoutMs?: number;
   /** Give up when the first coordinator sends no config within this long. */
   configTimeoutMs?: number;
   /** Prometheus metrics of this stage, when it exposes them. */
@@ -104,6 +109,9 @@ export class Stage {
   private readonly control = new Dealer({ linger: 0 });
   private readonly controlOut = new SerialSender(this.control);
   private heartbeat: NodeJS.Timeout | null = null;
+  /** When the coordinator was last heard from, and whether its silence was noticed once. */
+  private lastHeard = Date.now();
+  private silentOnce = false;
   private helloTimer: NodeJS.Timeout | null = null;
   private configDeadline: NodeJS.Timeout | null = null;
   private closing = false;
@@ -143,10 +151,10 @@ export class Stage {
     }
     this.control.connect(opts.coordinator);
     void this.controlLoop();
-    this.heartbeat = setInterval(
-      () => this.sendControl({ type: 'heartbeat', layer: opts.layer }),
-      opts.heartbeatMs ?? 1000,
-    );
+    this.heartbeat = setInterval(() => {
+      this.sendControl({ type: 'heartbeat', layer: opts.layer });
+      this.checkCoordinator();
+    }, opts.heartbeatMs ?? 1000);
     log.info(`layer ${opts.layer}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`);
     this.register(opts.configTimeoutMs ?? 120_000);
     try {
@@ -201,6 +209,33 @@ export class Stage {
     log.debug(`layer ${this.opts.layer}: ${this.state} -> ${next} (${why})`);
     this.state = next;
     this.opts.metrics?.setState(next);
+  }
+
+  /**
+   * Serving a run, the coordinator must be heard from (it answers every heartbeat). Silence is
+   * counted only on a second check in a row: a long step can hold the first one up, and by the
+   * second the event loop has read what the coordinator sent meanwhile.
+   */
+  private checkCoordinator(): void {
+    const run = this.current;
+    const timeout = this.opts.coordinatorTimeoutMs ?? 30_000;
+    const silent = Date.now() - this.lastHeard > timeout;
+    if (!run || !silent) {
+      this.silentOnce = false;
+      return;
+    }
+    if (!this.silentOnce) {
+      this.silentOnce = true;
+      return;
+    }
+    this.silentOnce = false;
+    log.info(
+      `layer ${this.opts.layer}: lost the coordinator (not heard from for ` +
+        `${((Date.now() - this.lastHeard) / 1000).toFixed(0)}s); dropping run ${run.id}, ` +
+        'waiting for a coordinator',
+    );
+    this.endRun(run, 'the coordinator is lost');
+    this.register(Infinity);
   }
 
   /** Says hello now and every HELLO_INTERVAL_MS until a config arrives. */
@@ -293,6 +328,7 @@ export class Stage {
         this.logRejection(`control:${err.code}`, `ignored a bad control message (${err.code})`);
         continue;
       }
+      this.lastHeard = Date.now();
       switch (msg.type) {
         case 'config':
           this.onConfig(msg);
@@ -309,6 +345,8 @@ export class Stage {
         case 'error':
           this.onError(msg.code, msg.message);
           break;
+        case 'heartbeat':
+          break; // the coordinator is alive: noted above
         default:
           log.debug(`layer ${this.opts.layer}: ignored a '${msg.type}' control message`);
       }

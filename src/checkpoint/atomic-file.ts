@@ -1,0 +1,44 @@
+// Files a crash cannot half-write: the bytes go to a temporary file in the same directory,
+// which is fsynced, renamed over the target (atomic on POSIX file systems) and followed by an
+// fsync of the directory, so the rename itself survives a power cut. A reader sees the old
+// file or the new one, never a fragment; a failure at any point leaves the old file as it was.
+import { randomBytes } from 'node:crypto';
+import { open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { withFile } from '../errors.js';
+
+/** Writes `bytes` to `file` atomically; `what` names it in an error ("checkpoint", ...). */
+export async function writeFileAtomic(
+  file: string,
+  bytes: Uint8Array | string,
+  what: string,
+): Promise<void> {
+  const dir = dirname(file);
+  const temp = join(dir, `.${basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  await withFile(file, `cannot write ${what} ${file}`, async () => {
+    try {
+      const handle = await open(temp, 'wx', 0o644);
+      try {
+        await handle.writeFile(bytes);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, file);
+    } catch (err) {
+      await rm(temp, { force: true });
+      throw err;
+    }
+    await syncDirectory(dir);
+  });
+}
+
+/** fsync a directory, so that a rename or a new name in it is on disk. */
+export async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
