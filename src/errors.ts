@@ -81,6 +81,10 @@ export const ERROR_CODES = {
     'STAGE_BAD_CONFIG',
     'STAGE_STOPPED',
     'STAGE_REFUSED',
+    /** A live stage serves the layer: the newcomer waits (it takes over if that one is lost). */
+    'STAGE_LAYER_TAKEN',
+    /** A coordinator heard from a stage it has not registered: a new coordinator, say hello. */
+    'STAGE_UNKNOWN',
   ],
   launch: ['LAUNCH_FAILED'],
 } as const;

@@ -394,6 +394,21 @@ export class Cluster {
               .send([identity, encodeControl({ type: 'heartbeat', layer: msg.layer })])
               .catch(() => {});
           }
+        } else if (msg.type === 'heartbeat') {
+          // A stage still in a run of a coordinator that is gone: tell it at once, so it says
+          // hello to this one instead of waiting out its coordinator timeout.
+          await this.routerOut
+            .send([
+              identity,
+              encodeControl({
+                type: 'error',
+                run: this.run,
+                layer: msg.layer,
+                code: 'STAGE_UNKNOWN',
+                message: 'this coordinator has not registered this stage: say hello',
+              }),
+            ])
+            .catch(() => {});
         }
       } else if (msg.type === 'error' && msg.run === this.run) {
         const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
@@ -404,18 +419,13 @@ export class Cluster {
   }
 
   private async onHello(msg: HelloMessage, identity: Buffer): Promise<void> {
-    const problem = this.checkHello(msg);
-    if (problem) {
+    const refusal = this.checkHello(msg);
+    if (refusal) {
+      const [code, problem] = refusal;
       this.logOnce(`refused:${msg.layer}:${msg.pid}`, `refused a stage: ${problem}`);
       await this.routerOut.send([
         identity,
-        encodeControl({
-          type: 'error',
-          run: this.run,
-          layer: msg.layer,
-          code: 'STAGE_REFUSED',
-          message: problem,
-        }),
+        encodeControl({ type: 'error', run: this.run, layer: msg.layer, code, message: problem }),
       ]);
       return;
     }
@@ -438,17 +448,25 @@ export class Cluster {
     );
   }
 
-  /** Why a hello cannot be accepted, or null. A layer is taken over only from a lost stage. */
-  private checkHello(msg: HelloMessage): string | null {
+  /**
+   * Why a hello cannot be accepted, or null. A layer is taken over only from a lost stage: a
+   * newcomer is told to wait (it says hello again, and gets the layer once that one is lost).
+   */
+  private checkHello(msg: HelloMessage): [ErrorCode, string] | null {
     if (msg.version !== PROTOCOL_VERSION) {
-      return `layer ${msg.layer} speaks protocol ${msg.version}, this coordinator ${PROTOCOL_VERSION}`;
+      const problem = `layer ${msg.layer} speaks protocol ${msg.version}, this coordinator ${PROTOCOL_VERSION}`;
+      return ['STAGE_REFUSED', problem];
     }
     if (!Number.isInteger(msg.layer) || msg.layer < 1 || msg.layer > this.numLayers) {
-      return `layer ${msg.layer} is not in this run (layers 1..${this.numLayers})`;
+      return [
+        'STAGE_REFUSED',
+        `layer ${msg.layer} is not in this run (layers 1..${this.numLayers})`,
+      ];
     }
     const existing = this.stages.get(msg.layer);
     if (existing && existing.hello.pid !== msg.pid && !this.silentTooLong(existing, Date.now())) {
-      return `layer ${msg.layer} is already served by another stage`;
+      const problem = `layer ${msg.layer} is served by another stage, heard from lately`;
+      return ['STAGE_LAYER_TAKEN', problem];
     }
     return null;
   }

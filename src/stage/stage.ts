@@ -343,7 +343,7 @@ export class Stage {
           void this.close('the coordinator said stop');
           break;
         case 'error':
-          this.onError(msg.code, msg.message);
+          this.onError(msg.run, msg.code, msg.message);
           break;
         case 'heartbeat':
           break; // the coordinator is alive: noted above
@@ -403,9 +403,26 @@ export class Stage {
     this.register(Infinity);
   }
 
-  /** The coordinator refused this stage (wrong layer, protocol, ...): say so and exit. */
-  private onError(code: string, message: string): void {
+  /**
+   * The coordinator refused this stage. Its layer served by another (live) stage: wait, saying
+   * hello, to take over if that one is lost. Anything else (wrong layer, protocol): exit.
+   */
+  private onError(runId: string, code: string, message: string): void {
+    const run = this.current;
+    if (run && code === 'STAGE_UNKNOWN' && runId !== run.id) {
+      // The coordinator at the other end is not this run's: a new one took the address.
+      log.info(
+        `layer ${this.opts.layer}: a new coordinator answers; dropping run ${run.id}, saying hello`,
+      );
+      this.endRun(run, 'a new coordinator');
+      this.register(Infinity);
+      return;
+    }
     if (this.state !== 'waiting' && this.state !== 'between-runs') return;
+    if (code === 'STAGE_LAYER_TAKEN') {
+      this.logRejection(code, `the coordinator says: ${message}; waiting to take over`);
+      return;
+    }
     this.fail(
       new StageError('STAGE_REFUSED', `the coordinator refused this stage (${code}): ${message}`),
     );
