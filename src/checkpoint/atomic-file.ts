@@ -19,7 +19,13 @@ export async function writeFileAtomic(
     try {
       const handle = await open(temp, 'wx', 0o644);
       try {
-        await handle.writeFile(bytes);
+        const fault = injectedFault(file);
+        await handle.writeFile(fault === null ? bytes : Buffer.from(bytes).subarray(0, fault));
+        if (fault !== null) {
+          throw Object.assign(new Error(`ENOSPC: no space left on device, write (injected)`), {
+            code: 'ENOSPC',
+          });
+        }
         await handle.sync();
       } finally {
         await handle.close();
@@ -41,4 +47,18 @@ export async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/**
+ * Fault injection, for the tests that show a failed write leaves the previous file intact:
+ * with WRITE_FAULT_FOR_FFX=NAME@BYTES in the environment, writing a file whose name contains
+ * NAME writes BYTES bytes and then fails as a full disk does (ENOSPC). (Not FFX_*: yargs reads
+ * those as flags.)
+ */
+export const WRITE_FAULT_ENV = 'WRITE_FAULT_FOR_FFX';
+
+/** The byte count after which writing `file` fails, if a fault is injected for it. */
+function injectedFault(file: string): number | null {
+  const m = /^(.+)@(\d+)$/.exec(process.env[WRITE_FAULT_ENV] ?? '');
+  return m && basename(file).includes(m[1]!) ? Number(m[2]) : null;
 }

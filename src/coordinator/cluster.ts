@@ -435,6 +435,19 @@ export class Cluster {
       this.heard(known);
       return;
     }
+    if (known && this.feed) {
+      // A replacement for a stage of the running attempt (checkHello let it in only because
+      // that one is lost): the attempt cannot go on without it.
+      this.opts.metrics?.onStageLost(msg.layer);
+      this.fail(
+        new ClusterError(
+          'CLUSTER_STAGE_LOST',
+          `layer ${msg.layer} (pid ${known.hello.pid} on ${known.hello.host}) stopped answering; ` +
+            `pid ${msg.pid} on ${msg.host} takes its place`,
+          [msg.layer],
+        ),
+      );
+    }
     this.stages.set(msg.layer, {
       hello: msg,
       identity,

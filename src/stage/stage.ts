@@ -418,7 +418,10 @@ export class Stage {
       this.register(Infinity);
       return;
     }
-    if (this.state !== 'waiting' && this.state !== 'between-runs') return;
+    // Without a run the stage is saying hello anyway.
+    if (code === 'STAGE_UNKNOWN' || (this.state !== 'waiting' && this.state !== 'between-runs')) {
+      return;
+    }
     if (code === 'STAGE_LAYER_TAKEN') {
       this.logRejection(code, `the coordinator says: ${message}; waiting to take over`);
       return;
