@@ -1,0 +1,153 @@
+// Lost and stuck are different things, told apart both ways. A stage that heartbeats but makes
+// no progress with work outstanding is stalled (after --progress-timeout), not lost; a stage
+// whose coordinator goes silent mid-run says so once, drops the run and waits for a new one,
+// which --resume latest makes finish the run.
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { Dealer, Pull } from 'zeromq';
+import { bindAny, closeAll, freePort } from '../src/transport/sockets.js';
+import { PROTOCOL_VERSION, decodeControl, encodeControl } from '../src/transport/wire.js';
+import { killAll, ROOT, startNode, startStage, waitForOutput } from './helpers/spawn.js';
+
+const CLI = join(ROOT, 'dist', 'src', 'cli');
+
+describe('liveness: lost, stalled, and a coordinator gone', () => {
+  let dir = '';
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ffx-liveness-'));
+  });
+  after(async () => {
+    killAll();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('a stage that heartbeats but never answers is stalled, not lost', async () => {
+    const control = `tcp://127.0.0.1:${await freePort()}`;
+    const coordinator = startNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        '--dataset',
+        'fashion-mnist-sample',
+        '--layers',
+        '784,16',
+        '--bind',
+        control,
+        '--heartbeat-timeout',
+        '2',
+        '--progress-timeout',
+        '3',
+        '--max-recoveries',
+        '0',
+        '--out',
+        join(dir, 'stalled'),
+      ],
+      { timeoutMs: 60_000 },
+    );
+    // A scripted stage: it registers and heartbeats, and never reads its data.
+    const dealer = new Dealer({ linger: 0 });
+    const data = new Pull({ receiveHighWaterMark: 1 });
+    try {
+      const endpoint = await bindAny(data);
+      dealer.connect(control);
+      const hello = {
+        type: 'hello',
+        layer: 1,
+        version: PROTOCOL_VERSION,
+        backend: 'none',
+        endpoint,
+        pid: process.pid,
+        host: hostname(),
+      } as const;
+      await dealer.send(encodeControl(hello));
+      const beat = setInterval(
+        () => void dealer.send(encodeControl({ type: 'heartbeat', layer: 1 })).catch(() => {}),
+        200,
+      );
+      try {
+        for (;;) {
+          const [frame] = await dealer.receive();
+          const msg = decodeControl(frame!);
+          if (msg.type === 'config') {
+            await dealer.send(encodeControl({ type: 'ready', layer: 1, run: msg.run }));
+            break;
+          }
+        }
+        const r = await coordinator.result;
+        assert.equal(r.code, 1, r.stderr.slice(-2000));
+        assert.match(
+          r.stderr,
+          /^error \[CLUSTER_STAGE_STALLED\]: layer 1 \(pid \d+ on .+\) is alive but made no progress for [3-9]\.\ds with work outstanding$/m,
+        );
+        assert.doesNotMatch(r.stderr, /CLUSTER_STAGE_LOST/);
+      } finally {
+        clearInterval(beat);
+      }
+    } finally {
+      closeAll(dealer, data);
+    }
+  });
+
+  it('stages notice a silent coordinator, wait, and a new one with --resume latest finishes the run', async () => {
+    const control = `tcp://127.0.0.1:${await freePort()}`;
+    const out = join(dir, 'orphaned');
+    const train = (extra: string[]) =>
+      startNode(
+        [
+          join(CLI, 'ffx-coordinator.js'),
+          'train',
+          '--config',
+          join(ROOT, 'config', 'demo.json'),
+          '--layers',
+          '784,256,256',
+          '--set',
+          'model.threshold=256',
+          '--set',
+          'data.trainLimit=3000',
+          '--set',
+          'data.testLimit=300',
+          '--set',
+          'train.evalEvery=0',
+          '--epochs',
+          '3',
+          '--bind',
+          control,
+          '--out',
+          out,
+          ...extra,
+        ],
+        { timeoutMs: 90_000 },
+      );
+    const stages = [1, 2].map((l) =>
+      startStage(l, control, 120_000, ['--coordinator-timeout', '2']),
+    );
+    const first = train([]);
+    await waitForOutput(first.stderr, /epoch 2\/3 \d+% /, 60_000);
+    first.child.kill('SIGKILL');
+    await first.result;
+    // Each stage says so once, drops the run and says hello into the void.
+    for (const [i, s] of stages.entries()) {
+      await waitForOutput(
+        s.stderr,
+        new RegExp(`layer ${i + 1}: lost the coordinator \\(not heard from for \\d+s\\)`),
+        20_000,
+      );
+    }
+    const second = train(['--resume', 'latest']);
+    const r = await second.result;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    assert.match(r.stderr, /resumed from .*checkpoint-epoch1\.safetensors after epoch 1/);
+    assert.match(r.stderr, /lineage: each layer trained 90, 90 batches/);
+    for (const s of stages) {
+      assert.equal(s.stderr().match(/lost the coordinator/g)?.length, 1, 'said once');
+    }
+    const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
+    assert.deepEqual(
+      lines.map((l) => (JSON.parse(l) as { epoch: number }).epoch),
+      [1, 2, 3],
+    );
+  });
+});
