@@ -4,6 +4,8 @@ import type { Argv } from 'yargs';
 import { BACKEND_CHOICES } from '../backend/backend.js';
 import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
 import { dirname } from 'node:path';
+import { isFfxError } from '../errors.js';
+import { log } from '../log.js';
 import { LATEST, checkpointConfig, resolveCheckpoint } from '../checkpoint/checkpoint-file.js';
 import { DATASET_NAMES } from '../data/datasets.js';
 
@@ -92,7 +94,9 @@ export async function runConfig(
 
 /**
  * The checkpoint `--resume` names, if any: a file, or `latest`, the newest complete checkpoint
- * in the run's output directory (--out, or output.dir of --config).
+ * in the run's output directory (--out, or output.dir of --config). With none there yet,
+ * `latest` starts the run from the beginning: the same command line serves a first start and a
+ * restart by a supervisor (systemd, Kubernetes, ffx-launch).
  */
 export async function resumeFile(
   a: CommonArgs & Record<string, unknown>,
@@ -100,7 +104,15 @@ export async function resumeFile(
   const arg = a.resume as string | undefined;
   if (arg !== LATEST) return arg;
   const cfg = await loadConfig(a.config, overridesFrom(a));
-  return resolveCheckpoint(arg, cfg.output.dir);
+  try {
+    return await resolveCheckpoint(arg, cfg.output.dir);
+  } catch (err) {
+    if (!isFfxError(err, 'CHECKPOINT_NOT_FOUND')) throw err;
+    log.info(
+      `--resume latest: no checkpoint in ${cfg.output.dir} yet; starting from the beginning`,
+    );
+    return undefined;
+  }
 }
 
 /** How the coordinator meets its stages (distributed train and eval). */
@@ -175,7 +187,7 @@ export function trainOptions<T>(y: Argv<T>) {
     .option('resume', {
       type: 'string',
       describe:
-        'continue from a checkpoint .safetensors, or "latest": the newest complete checkpoint in the output directory',
+        'continue from a checkpoint .safetensors, or "latest": the newest complete checkpoint in the output directory (none yet: from the beginning)',
     });
 }
 
