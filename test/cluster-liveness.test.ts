@@ -64,7 +64,10 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
       } as const;
       await dealer.send(encodeControl(hello));
       const beat = setInterval(
-        () => void dealer.send(encodeControl({ type: 'heartbeat', layer: 1 })).catch(() => {}),
+        () =>
+          void dealer
+            .send(encodeControl({ type: 'heartbeat', layer: 1, pid: process.pid }))
+            .catch(() => {}),
         200,
       );
       try {
@@ -89,6 +92,65 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
     } finally {
       closeAll(dealer, data);
     }
+  });
+
+  it('a stage whose steps outlast the heartbeat timeout is slow, not lost', async () => {
+    // Pure-JS tensors and a wide layer: each step takes about a second on this kind of
+    // machine; the heartbeat, on a thread of its own, keeps going meanwhile.
+    const control = `tcp://127.0.0.1:${await freePort()}`;
+    const out = join(dir, 'slow');
+    const coordinator = startNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        '--dataset',
+        'fashion-mnist-sample',
+        '--layers',
+        '784,1500',
+        '--set',
+        'data.trainLimit=300',
+        '--set',
+        'data.testLimit=100',
+        '--epochs',
+        '1',
+        '--bind',
+        control,
+        '--heartbeat-timeout',
+        '0.3',
+        '--max-recoveries',
+        '0',
+        '--stop-stages',
+        '--out',
+        out,
+      ],
+      { timeoutMs: 120_000 },
+    );
+    startNode(
+      [
+        join(CLI, 'ffx-stage.js'),
+        '--layer',
+        '1',
+        '--coordinator',
+        control,
+        '--listen',
+        'tcp://127.0.0.1:*',
+        '--backend',
+        'cpu',
+        '--heartbeat-ms',
+        '100',
+      ],
+      { timeoutMs: 120_000 },
+    );
+    const r = await coordinator.result;
+    assert.equal(r.code, 0, r.stderr.slice(-2000));
+    const [record] = (await readFile(join(out, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { stages: { stepSeconds: number }[]; batches: number[] });
+    const perStep = record!.stages[0]!.stepSeconds / record!.batches[0]!;
+    // The point of the test: steps longer than the heartbeat timeout.
+    assert.ok(perStep > 0.3, `a step took ${perStep.toFixed(2)}s, not longer than 0.3s`);
+    assert.doesNotMatch(r.stderr, /recovering|CLUSTER_STAGE_LOST/);
   });
 
   it('stages notice a silent coordinator, wait, and a new one with --resume latest finishes the run', async () => {

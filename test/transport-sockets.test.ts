@@ -165,7 +165,7 @@ describe('DEALER -> ROUTER control', () => {
 
     // Fired without awaiting, as a heartbeat timer and a message handler would.
     const sends = Array.from({ length: 20 }, (_, i) =>
-      out.send(encodeControl({ type: 'heartbeat', layer: i })),
+      out.send(encodeControl({ type: 'heartbeat', layer: i, pid: 1 })),
     );
     for (let i = 0; i < 20; i++) {
       const [, frame] = await router.receive();

@@ -460,7 +460,7 @@ describe('control and result messages', () => {
       optimizerStep: 0,
     },
     { type: 'ready', layer: 1, run: 'r1' },
-    { type: 'heartbeat', layer: 1 },
+    { type: 'heartbeat', layer: 1, pid: 4242 },
     { type: 'stop', reason: 'done' },
     { type: 'abort', run: 'r1', reason: 'interrupted by SIGINT' },
     { type: 'error', run: 'r1', layer: 2, code: 'BAD_VERSION', message: 'stage speaks 2' },

@@ -98,6 +98,8 @@ export class Cluster {
   private readonly opts: ClusterOptions;
   private readonly logged = new Set<string>();
   private readonly controlChecks = new Set<() => void>();
+  /** Layers whose stage was found stuck: forgotten at the end of the attempt, as lost ones are. */
+  private readonly stuck = new Set<number>();
 
   constructor(numLayers: number, run: string, opts: ClusterOptions) {
     this.numLayers = numLayers;
@@ -274,7 +276,10 @@ export class Cluster {
       await this.routerOut.send([s.identity, msg]).catch(() => {});
     }
     const now = Date.now();
-    for (const [layer, s] of this.stages) if (this.silentTooLong(s, now)) this.stages.delete(layer);
+    for (const [layer, s] of this.stages) {
+      if (this.silentTooLong(s, now) || this.stuck.has(layer)) this.stages.delete(layer);
+    }
+    this.stuck.clear();
   }
 
   close(): void {
@@ -346,6 +351,7 @@ export class Cluster {
       const age = this.progressAge(layer);
       if (age > this.opts.progressTimeoutMs) {
         this.opts.metrics?.onStageStalled(layer);
+        this.stuck.add(layer); // a replacement may take the layer, or the stage itself again
         const s = this.stages.get(layer);
         this.fail(
           new ClusterError(
@@ -382,19 +388,26 @@ export class Cluster {
       }
       if (msg.type === 'hello') {
         await this.onHello(msg, identity);
-      } else if (msg.type === 'ready' || msg.type === 'heartbeat') {
+      } else if (msg.type === 'ready') {
         const s = this.stages.get(msg.layer);
         if (s && s.identity.equals(identity)) {
           this.heard(s);
-          if (msg.type === 'ready' && msg.run === this.run) s.ready = true;
+          if (msg.run === this.run) s.ready = true;
+        }
+      } else if (msg.type === 'heartbeat') {
+        // From the stage's heartbeat thread, on a socket of its own: known by layer and pid.
+        const s = this.stages.get(msg.layer);
+        if (s && s.hello.pid === msg.pid) {
+          this.heard(s);
           // Heartbeats both ways: a registered stage learns its coordinator is alive. (Not one
           // this coordinator does not know: it may be waiting out a coordinator that died.)
-          if (msg.type === 'heartbeat') {
-            await this.routerOut
-              .send([identity, encodeControl({ type: 'heartbeat', layer: msg.layer })])
-              .catch(() => {});
-          }
-        } else if (msg.type === 'heartbeat') {
+          await this.routerOut
+            .send([
+              identity,
+              encodeControl({ type: 'heartbeat', layer: msg.layer, pid: process.pid }),
+            ])
+            .catch(() => {});
+        } else {
           // A stage still in a run of a coordinator that is gone: tell it at once, so it says
           // hello to this one instead of waiting out its coordinator timeout.
           await this.routerOut

@@ -43,6 +43,7 @@ import {
   type ResultMessage,
   type TrainHeader,
 } from '../transport/wire.js';
+import { Heartbeat } from './heartbeat.js';
 import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
 
 export { STAGE_STATES, type StageState };
@@ -108,7 +109,8 @@ export class Stage {
   private readonly inbox: Inbox;
   private readonly control = new Dealer({ linger: 0 });
   private readonly controlOut = new SerialSender(this.control);
-  private heartbeat: NodeJS.Timeout | null = null;
+  private heartbeat: Heartbeat | null = null;
+  private coordinatorCheck: NodeJS.Timeout | null = null;
   /** When the coordinator was last heard from, and whether its silence was noticed once. */
   private lastHeard = Date.now();
   private silentOnce = false;
@@ -151,10 +153,15 @@ export class Stage {
     }
     this.control.connect(opts.coordinator);
     void this.controlLoop();
-    this.heartbeat = setInterval(() => {
-      this.sendControl({ type: 'heartbeat', layer: opts.layer });
-      this.checkCoordinator();
-    }, opts.heartbeatMs ?? 1000);
+    const intervalMs = opts.heartbeatMs ?? 1000;
+    this.heartbeat = new Heartbeat(
+      { coordinator: opts.coordinator, layer: opts.layer, pid: process.pid, intervalMs },
+      (news) => {
+        this.lastHeard = Date.now();
+        if (news.error) this.onError(news.error.run, news.error.code, '');
+      },
+    );
+    this.coordinatorCheck = setInterval(() => this.checkCoordinator(), intervalMs);
     log.info(`layer ${opts.layer}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`);
     this.register(opts.configTimeoutMs ?? 120_000);
     try {
@@ -299,7 +306,8 @@ export class Stage {
     this.closing = true;
     this.enter('closing', 'shutting down');
     this.stopRegistering();
-    if (this.heartbeat) clearInterval(this.heartbeat);
+    await this.heartbeat?.close();
+    if (this.coordinatorCheck) clearInterval(this.coordinatorCheck);
     // (endRun lets the run's last results go out before their socket closes.)
     if (this.current) this.endRun(this.current, 'the stage is closing');
     await this.inbox.close();

@@ -6,7 +6,7 @@ import { Packr } from 'msgpackr';
 import { NUM_CLASSES } from '../data/classes.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -352,10 +352,14 @@ export interface ReadyMessage {
   run: string;
 }
 
-/** Stage -> coordinator, every --heartbeat-ms: this stage is alive. */
+/**
+ * Stage -> coordinator, every --heartbeat-ms, from the stage's heartbeat thread (its own
+ * socket: `pid` says whose), and the coordinator's answer: the sender is alive.
+ */
 export interface HeartbeatMessage {
   type: 'heartbeat';
   layer: number;
+  pid: number;
 }
 
 /** Coordinator -> stage: `run` is abandoned; drop it and wait for the next coordinator. */
@@ -494,7 +498,7 @@ const CONTROL_FIELDS = {
     optimizerStep: 'uint',
   },
   ready: { layer: 'uint', run: 'string' },
-  heartbeat: { layer: 'uint' },
+  heartbeat: { layer: 'uint', pid: 'uint' },
   stop: { reason: 'string' },
   abort: { run: 'string', reason: 'string' },
   error: { run: 'string', layer: 'uint', code: 'string', message: 'string' },
