@@ -55,7 +55,7 @@ export interface ClusterOptions {
   registerTimeoutMs: number;
   /**
    * A stage silent for this long (no heartbeat, no result) is lost; the timeout grows by twice
-   * the longest silence the stage showed while healthy (a long step delays its heartbeats).
+   * the longest silence the stage showed while healthy (a slow or congested link).
    */
   heartbeatTimeoutMs: number;
   /** A stage with work outstanding and no result for this long is stalled. */
