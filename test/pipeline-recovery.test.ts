@@ -78,8 +78,11 @@ describe('recovery: a run survives the loss of any of its processes', () => {
   }
 
   /** The same weights as the uninterrupted run, and every (layer, epoch, batch) once. */
-  async function assertUninterrupted(out: string, r: RunResult): Promise<void> {
+  async function assertUninterrupted(out: string, r: RunResult, t?: TestContext): Promise<void> {
     assert.equal(r.code, 0, r.stderr.slice(-3000));
+    const lineage = /lineage: .*/.exec(r.stderr)?.[0];
+    assert.ok(lineage, 'the coordinator reports the lineage');
+    t?.diagnostic(lineage);
     assert.equal(
       await maxWeightDiff(path('reference', 'model.safetensors'), path(out, 'model.safetensors')),
       0,
@@ -143,7 +146,7 @@ describe('recovery: a run survives the loss of any of its processes', () => {
     // Work of the abandoned lineage was trained again, and counted as such.
     const replayed = /1 recoveries, (\d+) batch steps replayed/.exec(r.stderr);
     assert.ok(replayed && Number(replayed[1]) > 0, r.stderr.slice(-1000));
-    await assertUninterrupted('stage-killed', r);
+    await assertUninterrupted('stage-killed', r, t);
   });
 
   it('the coordinator killed with SIGKILL mid-epoch: resumed from latest, takes the stages over', async (t) => {
@@ -175,7 +178,7 @@ describe('recovery: a run survives the loss of any of its processes', () => {
       );
       assert.match(r.stderr, new RegExp(`layer ${i + 1} ready on .* pid ${pid} `));
     }
-    await assertUninterrupted('coordinator-killed', r);
+    await assertUninterrupted('coordinator-killed', r, t);
   });
 
   it('ffx-launch killed with SIGKILL: its children leave, and --resume latest finishes the run', async (t) => {
@@ -189,7 +192,7 @@ describe('recovery: a run survives the loss of any of its processes', () => {
     assert.deepEqual(children.filter(alive), [], 'every child of the dead launcher has exited');
     const again = await launch('launcher-killed', ['--resume', 'latest']).result;
     assert.match(again.stderr, /\[coordinator\] resumed from .*checkpoint-epoch1\.safetensors/);
-    await assertUninterrupted('launcher-killed', again);
+    await assertUninterrupted('launcher-killed', again, t);
   });
 
   it('a stage stopped (SIGSTOP) past the heartbeat timeout, then continued: same weights', async (t) => {
@@ -205,11 +208,11 @@ describe('recovery: a run survives the loss of any of its processes', () => {
     assert.doesNotMatch(r.stderr, /was killed/);
     assert.match(r.stderr, new RegExp(`layer 2 ready on .* pid ${pid} `));
     t.diagnostic(`${recoverySeconds(r.stderr).toFixed(1)} s from "recovering" to training again`);
-    await assertUninterrupted('stage-paused', r);
+    await assertUninterrupted('stage-paused', r, t);
   });
 
   for (const at of [100, 700_000]) {
-    it(`a checkpoint whose write fails after ${at} bytes: the run goes on, the last one stays`, async () => {
+    it(`a checkpoint whose write fails after ${at} bytes: the run goes on, the last one stays`, async (t) => {
       const out = `checkpoint-fault-${at}`;
       const r = await launch(out, [], { WRITE_FAULT_FOR_FFX: `checkpoint-epoch2@${at}` }).result;
       assert.match(
@@ -220,11 +223,11 @@ describe('recovery: a run survives the loss of any of its processes', () => {
       assert.ok(files.includes('checkpoint-epoch1.safetensors'));
       assert.ok(!files.includes('checkpoint-epoch2.safetensors'));
       assert.equal((await readFile(path(out, 'latest'), 'utf8')).trim(), 'model.safetensors');
-      await assertUninterrupted(out, r);
+      await assertUninterrupted(out, r, t);
     });
   }
 
-  it('the final weights fail to write: the run fails, the last checkpoint loads, and the run resumes from it', async () => {
+  it('the final weights fail to write: the run fails, the last checkpoint loads, and the run resumes from it', async (t) => {
     const out = 'model-fault';
     const r = await launch(out, [], { WRITE_FAULT_FOR_FFX: 'model.safetensors@4096' }).result;
     assert.equal(r.code, 1);
@@ -253,6 +256,6 @@ describe('recovery: a run survives the loss of any of its processes', () => {
     assert.equal(evaluated.code, 0, evaluated.stderr);
     const again = await launch(out, ['--resume', 'latest']).result;
     assert.match(again.stderr, /resumed from .*checkpoint-epoch2\.safetensors after epoch 2/);
-    await assertUninterrupted(out, again);
+    await assertUninterrupted(out, again, t);
   });
 });
