@@ -7,19 +7,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { freePort } from '../src/transport/sockets.js';
-import { killAll, ROOT, runNode, startNode, startStage, waitForOutput } from './helpers/spawn.js';
+import {
+  alive,
+  killAll,
+  ROOT,
+  runNode,
+  startNode,
+  startStage,
+  waitForOutput,
+} from './helpers/spawn.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
-
-/** Whether a process with this pid exists (signal 0 checks without sending anything). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
-  }
-}
 
 /** The coordinator of a distributed training on `control`, 50 epochs of the demo config, no rollbacks. */
 function longRun(control: string, out: string) {

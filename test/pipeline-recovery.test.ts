@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { decodeSafetensors } from '../src/core/safetensors.js';
 import {
+  alive,
   killAll,
   ROOT,
   runNode,
@@ -45,16 +46,6 @@ const RUN = [
   '2',
 ];
 const LAUNCH = [join(CLI, 'ffx-launch.js'), '--backend', 'wasm', '--stage-threads', '1', ...RUN];
-
-/** Whether a process with this pid exists (signal 0 checks without sending anything). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
-  }
-}
 
 /** The pid ffx-launch gave a child (`coordinator`, `stage 2`) when it started it. */
 function pidOf(stderr: string, name: string): number {

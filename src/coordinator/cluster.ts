@@ -157,7 +157,9 @@ export class Cluster {
 
   /**
    * One attempt: waits for every layer's stage, sends each the config of run `run` (and its
-   * layer's part of `state`), resolves when all are ready and the feed is connected.
+   * layer's part of `state`), resolves when all are ready and the feed is connected. A stage
+   * that goes silent meanwhile is dropped and the round starts over (`<run>~1`, ...) with its
+   * replacement, since its neighbour's config names its endpoint.
    */
   async register(
     cfg: RunConfig,
@@ -166,54 +168,55 @@ export class Cluster {
     run: string,
     timeoutMs = this.opts.registerTimeoutMs,
   ): Promise<void> {
-    this.run = run;
     if (this.failure && !(this.opts.signal?.aborted ?? false)) this.failure = null;
     closeAll(this.feed);
     this.feed = null;
-    for (const s of this.stages.values()) s.ready = false;
+    const deadline = Date.now() + timeoutMs;
+    const left = () => Math.max(0, deadline - Date.now());
     const endpoint = this.controlEndpoint.replace('0.0.0.0', hostname());
-    await this.until(() => this.stages.size === this.numLayers, {
-      ms: timeoutMs,
-      error: () =>
-        new ClusterError(
-          'CLUSTER_MISSING_STAGES',
-          `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s ` +
-            `(start them with: ffx-stage --layer N --coordinator ${endpoint})`,
-          this.missing(),
-        ),
-    });
-    for (let layer = 1; layer <= this.numLayers; layer++) {
-      const st = this.stages.get(layer)!;
-      const next = layer < this.numLayers ? this.stages.get(layer + 1)!.hello.endpoint : null;
-      await this.routerOut.send([
-        st.identity,
-        encodeControl({
-          type: 'config',
-          run,
-          layer,
-          numLayers: this.numLayers,
-          model: cfg.model,
-          optimizer: cfg.optimizer,
-          seed: cfg.seed,
-          next,
-          results: this.resultsEndpoint,
-          mode,
-          state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
-          optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
-        }),
-      ]);
+    for (let round = 0; ; round++) {
+      this.run = round === 0 ? run : `${run}~${round}`;
+      for (const s of this.stages.values()) s.ready = false;
+      await this.until(() => this.stages.size === this.numLayers, {
+        ms: left(),
+        error: () =>
+          new ClusterError(
+            'CLUSTER_MISSING_STAGES',
+            `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s ` +
+              `(start them with: ffx-stage --layer N --coordinator ${endpoint})`,
+            this.missing(),
+          ),
+      });
+      for (let layer = 1; layer <= this.numLayers; layer++) {
+        await this.routerOut.send([
+          this.stages.get(layer)!.identity,
+          this.configFor(layer, cfg, mode, state),
+        ]);
+      }
+      const silent = () =>
+        [...this.stages].filter(([, s]) => this.silentTooLong(s, Date.now())).map(([l]) => l);
+      await this.until(
+        () => [...this.stages.values()].every((s) => s.ready) || silent().length > 0,
+        {
+          ms: left(),
+          error: () => {
+            const notReady = [...this.stages].filter(([, s]) => !s.ready).map(([l]) => l);
+            return new ClusterError(
+              'CLUSTER_NOT_READY',
+              `layer ${notReady.join(', ')} did not get ready`,
+              notReady,
+            );
+          },
+        },
+      );
+      const lost = silent();
+      if (lost.length === 0) break;
+      this.opts.log(
+        `coordinator: layer ${lost.join(', ')} went silent while registering; starting over`,
+      );
+      for (const layer of lost) this.opts.metrics?.onStageLost(layer);
+      await this.stopAll(`layer ${lost.join(', ')} went silent`, false);
     }
-    await this.until(() => [...this.stages.values()].every((s) => s.ready), {
-      ms: timeoutMs,
-      error: () => {
-        const notReady = [...this.stages.entries()].filter(([, s]) => !s.ready).map(([l]) => l);
-        return new ClusterError(
-          'CLUSTER_NOT_READY',
-          `layer ${notReady.join(', ')} did not get ready`,
-          notReady,
-        );
-      },
-    });
     this.feed = dataPush();
     this.feed.connect(this.stages.get(1)!.hello.endpoint);
     for (const [layer, s] of [...this.stages.entries()].sort((a, b) => a[0] - b[0])) {
@@ -221,6 +224,29 @@ export class Cluster {
         `coordinator: layer ${layer} ready on ${s.hello.host} pid ${s.hello.pid} (${s.hello.backend}) at ${s.hello.endpoint}`,
       );
     }
+  }
+
+  private configFor(
+    layer: number,
+    cfg: RunConfig,
+    mode: 'train' | 'eval',
+    state: ModelState | undefined,
+  ): Buffer {
+    const next = layer < this.numLayers ? this.stages.get(layer + 1)!.hello.endpoint : null;
+    return encodeControl({
+      type: 'config',
+      run: this.run,
+      layer,
+      numLayers: this.numLayers,
+      model: cfg.model,
+      optimizer: cfg.optimizer,
+      seed: cfg.seed,
+      next,
+      results: this.resultsEndpoint,
+      mode,
+      state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
+      optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
+    });
   }
 
   /** Sends one data message to the first stage; waits while the pipeline is full (backpressure). */

@@ -128,3 +128,13 @@ export function startStage(
   args.push('--backend', 'wasm', '--threads', '1', ...extra);
   return startNode([resolve(ROOT, 'dist', 'src', 'cli', 'ffx-stage.js'), ...args], { timeoutMs });
 }
+
+/** Whether a process with this pid exists (signal 0 checks without sending anything). */
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
