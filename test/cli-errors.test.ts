@@ -3,7 +3,7 @@
 // command line that cannot work and 1 for a failure while running.
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -121,9 +121,14 @@ describe('system errors name the path or the address', () => {
     const line = assertOneLine(r, 'FILE_NO_SPACE', 1);
     assert.ok(line.includes(`cannot write checkpoint ${join(out, 'model.safetensors')}`), line);
     assert.match(line, /file too large/);
-    // What was written before the limit was hit is still there.
+    // What was written before the limit was hit is still there; the fragment of the weights is
+    // not (written to a temporary file, it never replaced anything and was removed).
     assert.ok((await stat(join(out, 'metrics.jsonl'))).size > 0);
     assert.ok(JSON.parse(await readFile(join(out, 'config.json'), 'utf8')));
+    assert.deepEqual(
+      (await readdir(out)).filter((f) => f.includes('model') || f.endsWith('.tmp')),
+      [],
+    );
   });
 
   it('a coordinator --bind on a port in use: ADDRESS_IN_USE, naming the address', async () => {

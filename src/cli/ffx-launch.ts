@@ -48,14 +48,14 @@ interface Child {
 }
 
 /** A process's exit status as a shell reports it: 128 + the signal's number for a signal. */
-export function exitStatus(e: Exit): number {
+function statusOf(e: Exit): number {
   return e.code ?? 128 + (e.signal ? (constants.signals[e.signal] ?? 0) : 0);
 }
 
 /** "exited with status 1", or "was killed by SIGKILL (status 137)". */
 function describeExit(e: Exit): string {
   return e.signal
-    ? `was killed by ${e.signal} (status ${exitStatus(e)})`
+    ? `was killed by ${e.signal} (status ${statusOf(e)})`
     : `exited with status ${e.code}`;
 }
 
@@ -242,7 +242,7 @@ async function main(): Promise<void> {
     if (interrupted) break;
     watching.delete(c);
     const isCoordinator = c === children[0];
-    if (exitStatus(exit) === 0) {
+    if (statusOf(exit) === 0) {
       if (isCoordinator) break;
       continue;
     }
@@ -268,7 +268,7 @@ async function main(): Promise<void> {
     ]);
     if (exits === null) failed = `stages did not exit within ${grace / 1000}s after the run`;
     else {
-      const i = exits.findIndex((e) => exitStatus(e) !== 0);
+      const i = exits.findIndex((e) => statusOf(e) !== 0);
       if (i >= 0) failed = `${children[i]!.name} ${describeExit(exits[i]!)}`;
     }
   }
