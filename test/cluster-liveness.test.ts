@@ -61,12 +61,15 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
         endpoint,
         pid: process.pid,
         host: hostname(),
+        token: 'scripted',
+        key: '',
+        proof: '',
       } as const;
       await dealer.send(encodeControl(hello));
       const beat = setInterval(
         () =>
           void dealer
-            .send(encodeControl({ type: 'heartbeat', layer: 1, pid: process.pid }))
+            .send(encodeControl({ type: 'heartbeat', layer: 1, token: 'scripted' }))
             .catch(() => {}),
         200,
       );

@@ -122,6 +122,9 @@ describe('DEALER -> ROUTER control', () => {
         endpoint: 'tcp://127.0.0.1:7001',
         pid: process.pid,
         host: 'localhost',
+        token: 't',
+        key: '',
+        proof: '',
       }),
     );
     const [id, frame] = await router.receive();
@@ -142,7 +145,9 @@ describe('DEALER -> ROUTER control', () => {
         optimizer: { kind: 'adam' },
         seed: 1,
         next: 'tcp://127.0.0.1:7002',
-        results: 'tcp://127.0.0.1:7003',
+        nextKey: '',
+        batchSize: 100,
+        evalBatchSize: 1000,
         mode: 'train',
         state: {},
         optimizerStep: 0,
@@ -165,7 +170,7 @@ describe('DEALER -> ROUTER control', () => {
 
     // Fired without awaiting, as a heartbeat timer and a message handler would.
     const sends = Array.from({ length: 20 }, (_, i) =>
-      out.send(encodeControl({ type: 'heartbeat', layer: i, pid: 1 })),
+      out.send(encodeControl({ type: 'heartbeat', layer: i, token: 't' })),
     );
     for (let i = 0; i < 20; i++) {
       const [, frame] = await router.receive();

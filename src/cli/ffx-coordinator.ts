@@ -157,7 +157,6 @@ function pipelineOptions(
   return {
     mode,
     bind: a.bind as string,
-    advertiseHost: a.advertise as string | undefined,
     registerTimeoutMs: (a['register-timeout'] as number) * 1000,
     heartbeatTimeoutMs: (a['heartbeat-timeout'] as number) * 1000,
     progressTimeoutMs: (a['progress-timeout'] as number) * 1000,

@@ -124,10 +124,6 @@ export function clusterOptions<T>(y: Argv<T>) {
       describe:
         'control endpoint stages connect to (distributed runs; tcp://0.0.0.0:PORT for other hosts)',
     })
-    .option('advertise', {
-      type: 'string',
-      describe: 'host name stages use to reach this coordinator',
-    })
     .option('register-timeout', {
       type: 'number',
       default: 120,

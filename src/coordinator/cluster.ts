@@ -5,12 +5,12 @@
 // error that names the layer; the executor may then start another attempt (register()) with
 // the stages that are there, replacements included.
 import { hostname } from 'node:os';
-import { Pull, Router, type Push } from 'zeromq';
+import { Router, type Push } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import { layerTensors } from '../core/ff-network.js';
 import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.js';
-import type { CoordinatorMetrics } from '../metrics/index.js';
+import type { CoordinatorMetrics, DropReason } from '../metrics/index.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
   PROTOCOL_VERSION,
@@ -23,6 +23,9 @@ import {
   type ResultMessage,
 } from '../transport/wire.js';
 import { SerialSender, closeAll, dataPush } from '../transport/sockets.js';
+
+/** How often a line about dropped messages may be logged, per reason. */
+const DROP_LOG_INTERVAL_MS = 60_000;
 
 /** Failures of a stage that another attempt, with that stage back or replaced, gets past. */
 const RECOVERABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
@@ -49,8 +52,11 @@ export class ClusterError extends FfxError {
 export interface ClusterOptions {
   /** Control endpoint to bind, e.g. tcp://0.0.0.0:5555. */
   bind: string;
-  /** Host stages use to reach this coordinator's results socket (default: from `bind`). */
-  advertiseHost?: string;
+  /**
+   * The largest message a stage may send (a layer's weights and optimizer state, an eval
+   * batch's goodness): ZeroMQ drops a connection that sends more, unread.
+   */
+  maxMessageBytes: number;
   /** How long to wait for every stage to say hello and ready. */
   registerTimeoutMs: number;
   /**
@@ -82,10 +88,8 @@ export class Cluster {
   readonly stages = new Map<number, StageInfo>();
   /** The current attempt's run id: every message of the attempt carries it. */
   run: string;
-  private readonly router = new Router({ linger: 500 });
-  private readonly routerOut = new SerialSender(this.router);
-  private readonly results = new Pull({ linger: 0 });
-  private resultsEndpoint = '';
+  private readonly router: Router;
+  private readonly routerOut: SerialSender;
   private controlEndpoint = '';
   private feed: Push | null = null;
   private readonly listeners = new Set<Listener>();
@@ -96,7 +100,7 @@ export class Cluster {
   private progressAge: (layer: number) => number = () => 0;
   private closed = false;
   private readonly opts: ClusterOptions;
-  private readonly logged = new Set<string>();
+  private readonly dropped = new Map<DropReason, { at: number; unlogged: number }>();
   private readonly controlChecks = new Set<() => void>();
   /** Layers whose stage was found stuck: forgotten at the end of the attempt, as lost ones are. */
   private readonly stuck = new Set<number>();
@@ -105,6 +109,8 @@ export class Cluster {
     this.numLayers = numLayers;
     this.run = run;
     this.opts = opts;
+    this.router = new Router({ linger: 500, maxMessageSize: opts.maxMessageBytes });
+    this.routerOut = new SerialSender(this.router);
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.onAbort();
     opts.metrics?.setStagesSource(() => ({
@@ -131,24 +137,15 @@ export class Cluster {
     this.progressAge = source;
   }
 
-  /** Binds the control and results sockets and starts reading them. */
+  /** Binds the control socket and starts reading it. */
   async bind(): Promise<void> {
     const { opts } = this;
     await this.router.bind(opts.bind).catch((err: unknown) => {
       throw addressError(err, opts.bind, 'coordinator: cannot bind its control socket');
     });
     this.controlEndpoint = this.router.lastEndpoint ?? opts.bind;
-    const host = opts.advertiseHost ?? hostOf(this.controlEndpoint);
-    await this.results.bind(
-      `tcp://${host === '127.0.0.1' || host === 'localhost' ? host : '0.0.0.0'}:*`,
-    );
-    this.resultsEndpoint = (this.results.lastEndpoint ?? '').replace('0.0.0.0', host);
-    opts.log(
-      `coordinator: control ${this.controlEndpoint}, results ${this.resultsEndpoint}; ` +
-        `waiting for ${this.numLayers} stages`,
-    );
+    opts.log(`coordinator: control ${this.controlEndpoint}; waiting for ${this.numLayers} stages`);
     void this.controlLoop();
-    void this.resultsLoop();
     this.watchdog = setInterval(
       () => this.watch(),
       Math.min(500, opts.heartbeatTimeoutMs / 4, opts.progressTimeoutMs / 4),
@@ -187,35 +184,32 @@ export class Cluster {
             this.missing(),
           ),
       });
-      for (let layer = 1; layer <= this.numLayers; layer++) {
-        await this.routerOut.send([
-          this.stages.get(layer)!.identity,
-          this.configFor(layer, cfg, mode, state),
-        ]);
-      }
+      // Downstream first, each ready before the next: a stage raises its message-size limit
+      // when it takes its config, before its upstream (configured next) connects to it.
+      const sentTo = new Map<number, Buffer>();
       const silent = () =>
         [...this.stages].filter(([, s]) => this.silentTooLong(s, Date.now())).map(([l]) => l);
-      await this.until(
-        () => [...this.stages.values()].every((s) => s.ready) || silent().length > 0,
-        {
+      const changed = () =>
+        silent().length > 0 ||
+        [...sentTo].some(([l, id]) => !this.stages.get(l)?.identity.equals(id));
+      for (let layer = this.numLayers; layer >= 1 && !changed(); layer--) {
+        const st = this.stages.get(layer)!;
+        sentTo.set(layer, st.identity);
+        await this.routerOut.send([st.identity, this.configFor(layer, cfg, mode, state)]);
+        await this.until(() => this.stages.get(layer)?.ready === true || changed(), {
           ms: left(),
-          error: () => {
-            const notReady = [...this.stages].filter(([, s]) => !s.ready).map(([l]) => l);
-            return new ClusterError(
-              'CLUSTER_NOT_READY',
-              `layer ${notReady.join(', ')} did not get ready`,
-              notReady,
-            );
-          },
-        },
-      );
+          error: () =>
+            new ClusterError('CLUSTER_NOT_READY', `layer ${layer} did not get ready`, [layer]),
+        });
+      }
+      if (!changed()) break;
       const lost = silent();
-      if (lost.length === 0) break;
       this.opts.log(
-        `coordinator: layer ${lost.join(', ')} went silent while registering; starting over`,
+        `coordinator: layer ${lost.join(', ') || '?'} went silent or was replaced while ` +
+          'registering; starting over',
       );
       for (const layer of lost) this.opts.metrics?.onStageLost(layer);
-      await this.stopAll(`layer ${lost.join(', ')} went silent`, false);
+      await this.stopAll('a stage went silent while registering', false);
     }
     this.feed = dataPush();
     this.feed.connect(this.stages.get(1)!.hello.endpoint);
@@ -242,7 +236,9 @@ export class Cluster {
       optimizer: cfg.optimizer,
       seed: cfg.seed,
       next,
-      results: this.resultsEndpoint,
+      nextKey: layer < this.numLayers ? this.stages.get(layer + 1)!.hello.key : '',
+      batchSize: cfg.train.batchSize,
+      evalBatchSize: cfg.eval.batchSize,
       mode,
       state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
       optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
@@ -312,7 +308,7 @@ export class Cluster {
     this.closed = true;
     this.opts.signal?.removeEventListener('abort', this.onAbort);
     if (this.watchdog) clearInterval(this.watchdog);
-    closeAll(this.feed, this.results, this.router);
+    closeAll(this.feed, this.router);
   }
 
   /** Rejects with the attempt's failure if one happens before `p` settles. */
@@ -401,67 +397,100 @@ export class Cluster {
       } catch {
         return; // closed
       }
-      let msg;
+      let msg: ControlMessage;
       try {
         msg = decodeControl(frame ?? Buffer.alloc(0));
       } catch (err) {
         if (!isProtocolError(err)) throw err;
-        this.logOnce(
-          `control:${err.code}`,
-          `ignored a bad control message (${err.code}): ${err.message}`,
-        );
+        this.drop('malformed', `a bad control message (${err.code}): ${err.message}`);
         continue;
       }
       if (msg.type === 'hello') {
         await this.onHello(msg, identity);
-      } else if (msg.type === 'ready') {
-        const s = this.stages.get(msg.layer);
-        if (s && s.identity.equals(identity)) {
-          this.heard(s);
-          if (msg.run === this.run) s.ready = true;
-        }
       } else if (msg.type === 'heartbeat') {
-        // From the stage's heartbeat thread, on a socket of its own: known by layer and pid.
-        const s = this.stages.get(msg.layer);
-        if (s && s.hello.pid === msg.pid) {
-          this.heard(s);
-          // Heartbeats both ways: a registered stage learns its coordinator is alive. (Not one
-          // this coordinator does not know: it may be waiting out a coordinator that died.)
-          await this.routerOut
-            .send([
-              identity,
-              encodeControl({ type: 'heartbeat', layer: msg.layer, pid: process.pid }),
-            ])
-            .catch(() => {});
-        } else {
-          // A stage still in a run of a coordinator that is gone: tell it at once, so it says
-          // hello to this one instead of waiting out its coordinator timeout.
-          await this.routerOut
-            .send([
-              identity,
-              encodeControl({
-                type: 'error',
-                run: this.run,
-                layer: msg.layer,
-                code: 'STAGE_UNKNOWN',
-                message: 'this coordinator has not registered this stage: say hello',
-              }),
-            ])
-            .catch(() => {});
-        }
-      } else if (msg.type === 'error' && msg.run === this.run) {
-        const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
-        this.fail(new ClusterError(code, `layer ${msg.layer}: ${msg.message}`, [msg.layer]));
+        await this.onHeartbeat(msg.layer, msg.token, identity);
+      } else if (isResult(msg) || msg.type === 'ready' || msg.type === 'error') {
+        this.onStageMessage(msg, identity);
+      } else {
+        this.drop('foreign', `a '${msg.type}', which only a coordinator sends`);
       }
       for (const check of this.controlChecks) check();
     }
   }
 
+  /**
+   * A message of a stage: taken only from the connection that registered its layer, and only
+   * for the current attempt; anything else is dropped and counted, and never fails a run.
+   */
+  private onStageMessage(
+    msg: ResultMessage | Extract<ControlMessage, { type: 'ready' | 'error' }>,
+    identity: Buffer,
+  ): void {
+    const s = this.stages.get(msg.layer);
+    if (!s || !s.identity.equals(identity)) {
+      this.drop(
+        'foreign',
+        `a '${msg.type}' for layer ${msg.layer} from a stage not registered for it`,
+      );
+      return;
+    }
+    this.heard(s); // a busy stage's results are signs of life
+    if (msg.run !== this.run) {
+      this.drop('stale', `a '${msg.type}' of run ${msg.run}, not the current ${this.run}`);
+      return;
+    }
+    if (msg.type === 'ready') {
+      s.ready = true;
+    } else if (msg.type === 'error') {
+      const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
+      this.fail(new ClusterError(code, `layer ${msg.layer}: ${msg.message}`, [msg.layer]));
+    } else {
+      // A stage's rejection is counted; the run goes on. A batch of the run that was refused
+      // would never complete, and the progress check would roll the run back.
+      if (msg.type === 'rejected') this.opts.metrics?.onRejected(msg.layer, msg.code);
+      for (const fn of this.listeners) {
+        try {
+          fn(msg);
+        } catch (err) {
+          this.fail(err as Error); // a listener refused the result: the run cannot go on
+        }
+      }
+    }
+  }
+
+  /** From a stage's heartbeat thread, on a socket of its own: known by its hello's token. */
+  private async onHeartbeat(layer: number, token: string, identity: Buffer): Promise<void> {
+    const s = this.stages.get(layer);
+    if (s && s.hello.token === token) {
+      this.heard(s);
+      // Heartbeats both ways: a registered stage learns its coordinator is alive.
+      await this.routerOut
+        .send([identity, encodeControl({ type: 'heartbeat', layer, token })])
+        .catch(() => {});
+      return;
+    }
+    // A stage still in a run of a coordinator that is gone (or a stranger): tell it at once,
+    // so a stage says hello to this one instead of waiting out its coordinator timeout.
+    this.drop('unregistered', `a heartbeat for layer ${layer} from a stage not registered`);
+    await this.routerOut
+      .send([
+        identity,
+        encodeControl({
+          type: 'error',
+          run: this.run,
+          layer,
+          code: 'STAGE_UNKNOWN',
+          message: 'this coordinator has not registered this stage: say hello',
+        }),
+      ])
+      .catch(() => {});
+  }
+
   private async onHello(msg: HelloMessage, identity: Buffer): Promise<void> {
-    const refusal = this.checkHello(msg);
+    const refusal = this.checkHello(msg, identity);
     if (refusal) {
       const [code, problem] = refusal;
-      this.logOnce(`refused:${msg.layer}:${msg.pid}`, `refused a stage: ${problem}`);
+      this.drop('refused', `a hello: ${problem}`);
       await this.routerOut.send([
         identity,
         encodeControl({ type: 'error', run: this.run, layer: msg.layer, code, message: problem }),
@@ -501,10 +530,11 @@ export class Cluster {
   }
 
   /**
-   * Why a hello cannot be accepted, or null. A layer is taken over only from a lost stage: a
-   * newcomer is told to wait (it says hello again, and gets the layer once that one is lost).
+   * Why a hello cannot be accepted, or null. A layer held by a stage this coordinator still
+   * hears from cannot be taken, whatever the newcomer claims: it is told to wait (it says hello
+   * again, and gets the layer once that one is lost). Refusals name no pid or host.
    */
-  private checkHello(msg: HelloMessage): [ErrorCode, string] | null {
+  private checkHello(msg: HelloMessage, identity: Buffer): [ErrorCode, string] | null {
     if (msg.version !== PROTOCOL_VERSION) {
       const problem = `layer ${msg.layer} speaks protocol ${msg.version}, this coordinator ${PROTOCOL_VERSION}`;
       return ['STAGE_REFUSED', problem];
@@ -516,70 +546,35 @@ export class Cluster {
       ];
     }
     const existing = this.stages.get(msg.layer);
-    if (existing && existing.hello.pid !== msg.pid && !this.silentTooLong(existing, Date.now())) {
-      const problem = `layer ${msg.layer} is served by another stage, heard from lately`;
-      return ['STAGE_LAYER_TAKEN', problem];
+    if (
+      existing &&
+      !existing.identity.equals(identity) &&
+      !this.silentTooLong(existing, Date.now())
+    ) {
+      return [
+        'STAGE_LAYER_TAKEN',
+        `layer ${msg.layer} is served by another stage, heard from lately`,
+      ];
     }
     return null;
   }
 
-  private async resultsLoop(): Promise<void> {
-    while (!this.closed) {
-      let frame: Buffer | undefined;
-      try {
-        [frame] = await this.results.receive();
-      } catch {
-        return;
-      }
-      let msg;
-      try {
-        msg = decodeControl(frame!);
-      } catch (err) {
-        if (!isProtocolError(err)) throw err;
-        this.logOnce(`result:${err.code}`, `ignored a bad result (${err.code}): ${err.message}`);
-        continue;
-      }
-      if (!isResult(msg) || msg.run !== this.run || !this.stages.has(msg.layer)) {
-        this.logOnce(
-          `result:${msg.type}`,
-          `ignored a '${msg.type}' on the results socket, not of this run`,
-        );
-        continue;
-      }
-      this.heard(this.stages.get(msg.layer)!); // a busy stage's results are signs of life
-      if (msg.type === 'rejected') {
-        this.opts.metrics?.onRejected(msg.layer, msg.code);
-        // A batch that a stage refused never completes: fail now rather than wait forever.
-        this.fail(
-          new ClusterError(
-            'CLUSTER_MESSAGE_REJECTED',
-            `layer ${msg.layer} rejected a message (${msg.code}): ${msg.reason}`,
-            [msg.layer],
-          ),
-        );
-      }
-      for (const fn of this.listeners) {
-        try {
-          fn(msg);
-        } catch (err) {
-          this.fail(err as Error); // a listener refused the result: the run cannot go on
-        }
-      }
+  /**
+   * Something from the network this coordinator will not act on: counted, and logged at most
+   * once a minute per reason, with how many went unlogged.
+   */
+  private drop(reason: DropReason, what: string): void {
+    this.opts.metrics?.onDropped(reason);
+    const now = Date.now();
+    const seen = this.dropped.get(reason);
+    if (seen && now - seen.at < DROP_LOG_INTERVAL_MS) {
+      seen.unlogged++;
+      return;
     }
+    const more = seen?.unlogged ? ` (and ${seen.unlogged} more like it since the last line)` : '';
+    this.dropped.set(reason, { at: now, unlogged: 0 });
+    this.opts.log(`coordinator: dropped ${what}${more}`);
   }
-
-  /** Logs a line once per key: junk on a socket must not flood the log. */
-  private logOnce(key: string, line: string): void {
-    if (this.logged.has(key)) return;
-    this.logged.add(key);
-    this.opts.log(`coordinator: ${line} (logged once)`);
-  }
-}
-
-function hostOf(endpoint: string): string {
-  const m = /^tcp:\/\/([^:]+|\[[^\]]+\]):/.exec(endpoint);
-  const host = m?.[1] ?? '127.0.0.1';
-  return host === '0.0.0.0' || host === '*' ? hostname() : host;
 }
 
 const RESULT_TYPES: ReadonlySet<string> = new Set<ResultMessage['type']>([

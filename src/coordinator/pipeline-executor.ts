@@ -15,7 +15,7 @@ import { Cluster, ClusterError, type ClusterOptions } from './cluster.js';
 import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
 import type { EvalBatch } from './run-data.js';
 
-export interface PipelineOptions extends ClusterOptions {
+export interface PipelineOptions extends Omit<ClusterOptions, 'maxMessageBytes'> {
   /** 'train' builds fresh layers (or a checkpoint's); 'eval' uses the layers stages hold. */
   mode: 'train' | 'eval';
   /** End the run with `stop` (stages exit) instead of `end` (stages wait for the next run). */
@@ -48,7 +48,10 @@ export class PipelineExecutor implements Executor {
     this.opts = opts;
     this.numLayers = cfg.model.layers.length - 1;
     this.where = `on ${this.numLayers} stages (run ${this.run})`;
-    this.cluster = new Cluster(this.numLayers, this.run, opts);
+    this.cluster = new Cluster(this.numLayers, this.run, {
+      ...opts,
+      maxMessageBytes: largestResult(cfg),
+    });
     this.answered = new Array<number>(this.numLayers).fill(0);
     this.lastAnswer = new Array<number>(this.numLayers).fill(0);
     this.cluster.setProgressSource((layer) => this.progressAge(layer));
@@ -242,4 +245,19 @@ export class PipelineExecutor implements Executor {
       [],
     );
   }
+}
+
+/**
+ * The largest message a stage of this run sends the coordinator: a layer's weights with its
+ * optimizer slots, or an eval batch's goodness; with room for the header.
+ */
+function largestResult(cfg: RunConfig): number {
+  const slots = cfg.optimizer.type === 'sgd' ? 1 : 2;
+  const widths = cfg.model.layers;
+  let largest = NUM_CLASSES * cfg.eval.batchSize * 4;
+  for (let i = 0; i + 1 < widths.length; i++) {
+    const params = widths[i + 1]! * (widths[i]! + 1);
+    largest = Math.max(largest, params * (1 + slots) * 4);
+  }
+  return largest + 64 * 1024;
 }

@@ -1,6 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
-import { gunzip } from 'node:zlib';
+import { createGunzip } from 'node:zlib';
 import { DataError } from './errors.js';
 
 /** An IDX array of unsigned bytes; `data` is row-major with shape `dims`. */
@@ -18,7 +17,8 @@ const TYPE_NAMES: Record<number, string> = {
   0x0e: 'float64',
 };
 
-const gunzipAsync = promisify(gunzip);
+/** No IDX file ffx reads is near this size; a gzip that inflates past it is refused. */
+export const IDX_MAX_BYTES = 2 * 1024 ** 3;
 
 /**
  * Parses an IDX file: magic 00 00 <type> <ndims>, ndims big-endian uint32 sizes, then the data.
@@ -87,16 +87,53 @@ export function parseIdx(buf: Uint8Array, source: string): IdxArray {
 export async function readIdxFile(path: string): Promise<IdxArray> {
   const raw = await readFile(path);
   let bytes: Uint8Array = raw;
-  if (raw.length >= 2 && raw[0] === 0x1f && raw[1] === 0x8b) {
-    try {
-      bytes = await gunzipAsync(raw);
-    } catch (err) {
-      const why = err instanceof Error ? err.message : String(err);
-      throw new DataError('IDX_BAD_GZIP', `${path}: corrupt gzip data: ${why}`, path, {
-        cause: err,
-      });
-    }
-  }
+  if (raw.length >= 2 && raw[0] === 0x1f && raw[1] === 0x8b) bytes = await gunzipIdx(raw, path);
   // A plain Uint8Array view, so callers never get Buffer's non-copying slice() by surprise.
   return parseIdx(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), path);
+}
+
+/**
+ * Inflates a gzipped IDX file, never past the size its own header declares (the header is the
+ * first bytes out) nor past IDX_MAX_BYTES: a small file that would inflate to gigabytes is
+ * refused as soon as it runs over, not after.
+ */
+function gunzipIdx(raw: Uint8Array, path: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let limit = IDX_MAX_BYTES;
+    const gunzip = createGunzip();
+    const fail = (
+      code: 'IDX_BAD_GZIP' | 'IDX_TRAILING_BYTES',
+      message: string,
+      cause?: unknown,
+    ) => {
+      gunzip.destroy();
+      reject(new DataError(code, `${path}: ${message}`, path, cause ? { cause } : undefined));
+    };
+    gunzip.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      size += chunk.length;
+      if (limit === IDX_MAX_BYTES && size >= 4) {
+        const head = chunks.length === 1 ? chunk : Buffer.concat(chunks);
+        const ndims = head[3]!;
+        if (size >= 4 + 4 * ndims) {
+          let declared = 4 + 4 * ndims;
+          let count = 1;
+          for (let i = 0; i < ndims; i++) count *= head.readUInt32BE(4 + 4 * i);
+          declared += count;
+          limit = Math.min(declared, IDX_MAX_BYTES);
+        }
+      }
+      if (size > limit) {
+        fail(
+          'IDX_TRAILING_BYTES',
+          `inflates past the ${limit} bytes its IDX header declares (or the ${IDX_MAX_BYTES}-byte limit); refused`,
+        );
+      }
+    });
+    gunzip.on('error', (err) => fail('IDX_BAD_GZIP', `corrupt gzip data: ${err.message}`, err));
+    gunzip.on('end', () => resolve(Buffer.concat(chunks, size)));
+    gunzip.end(raw);
+  });
 }

@@ -22,6 +22,10 @@ export type Phase = (typeof PHASES)[number];
 export const POLARITIES = ['pos', 'neg'] as const;
 export type Polarity = (typeof POLARITIES)[number];
 
+/** The `reason` label of messages the coordinator drops (see coordinator/cluster.ts). */
+export const DROP_REASONS = ['malformed', 'foreign', 'stale', 'unregistered', 'refused'] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+
 /** The `state` label: a stage's life (see stage/stage.ts). */
 export const STAGE_STATES = [
   'waiting',
@@ -325,6 +329,12 @@ export const COORDINATOR = {
     type: 'counter',
     help: 'Reports of a (layer, epoch, batch) already counted, dropped.',
     labelNames: ['layer'],
+  },
+  dropped: {
+    name: 'ffx_coordinator_dropped_messages_total',
+    type: 'counter',
+    help: 'Messages the coordinator dropped unread, by reason: malformed, foreign (not from the stage registered for the layer), stale (of another run), unregistered (a heartbeat of a stage it does not know), refused (a hello).',
+    labelNames: ['reason'],
   },
   rejected: {
     name: 'ffx_coordinator_rejected_messages_total',

@@ -3,7 +3,13 @@
 // are bounded by the run's number of layers; stage counts are read at scrape time.
 import type { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { layerSets, type EvalResult } from '../core/predict.js';
-import { COORDINATOR, REJECT_REASONS, rejectReason } from './catalog.js';
+import {
+  COORDINATOR,
+  DROP_REASONS,
+  REJECT_REASONS,
+  rejectReason,
+  type DropReason,
+} from './catalog.js';
 import { MetricsError } from './errors.js';
 import {
   add,
@@ -74,6 +80,7 @@ export class CoordinatorMetrics {
   private readonly batchesTrained: Gauge<'layer'>;
   private readonly batchesReplayed: Counter<'layer'>;
   private readonly duplicateReports: Counter<'layer'>;
+  private readonly dropped: Counter<'reason'>;
   private readonly rejected: Counter<'layer' | 'reason'>;
   private readonly lastBatch: Gauge<never>;
   private readonly epochDuration: Histogram<never>;
@@ -129,6 +136,8 @@ export class CoordinatorMetrics {
     this.batchesTrained = gauge(registry, COORDINATOR.batchesTrained);
     this.batchesReplayed = counter(registry, COORDINATOR.batchesReplayed);
     this.duplicateReports = counter(registry, COORDINATOR.duplicateReports);
+    this.dropped = counter(registry, COORDINATOR.dropped);
+    for (const reason of DROP_REASONS) this.dropped.inc({ reason }, 0);
     // Point in time, per layer: one read of the cluster per gauge per scrape.
     const age = (layer: number, key: keyof StageAges) => () =>
       this.agesSource()[layer - 1]?.[key] ?? NaN;
@@ -223,6 +232,11 @@ export class CoordinatorMetrics {
   /** A rollback discarded `batches` that `layer` had trained: it trains them again. */
   onReplayed(layer: number, batches: number): void {
     add(this.batchesReplayed, { layer: this.layerLabel(layer) }, batches);
+  }
+
+  /** A message dropped unread (see DropReason). */
+  onDropped(reason: DropReason): void {
+    add(this.dropped, { reason }, 1);
   }
 
   /** A second report of a (layer, epoch, batch), dropped. */

@@ -16,6 +16,7 @@ export {
   PHASES,
   POLARITIES,
   STAGE_STATES,
+  DROP_REASONS,
   STEP_BUCKETS,
   EPOCH_BUCKETS,
   type MetricSpec,
@@ -25,6 +26,7 @@ export {
   type Phase,
   type Polarity,
   type StageState,
+  type DropReason,
 } from './catalog.js';
 export {
   createRegistry,

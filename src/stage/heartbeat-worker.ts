@@ -9,9 +9,9 @@ import { decodeControl, encodeControl } from '../transport/wire.js';
 import type { HeartbeatNews, HeartbeatSettings } from './heartbeat.js';
 
 const settings = workerData as HeartbeatSettings;
-const socket = new Dealer({ linger: 0, sendHighWaterMark: 16 });
+const socket = new Dealer({ linger: 0, sendHighWaterMark: 16, maxMessageSize: 4096 });
 socket.connect(settings.coordinator);
-const beat = encodeControl({ type: 'heartbeat', layer: settings.layer, pid: settings.pid });
+const beat = encodeControl({ type: 'heartbeat', layer: settings.layer, token: settings.token });
 const post = (news: HeartbeatNews) => parentPort!.postMessage(news);
 
 const timer = setInterval(() => void socket.send(beat).catch(() => {}), settings.intervalMs);

@@ -5,7 +5,8 @@ import { Worker } from 'node:worker_threads';
 export interface HeartbeatSettings {
   coordinator: string;
   layer: number;
-  pid: number;
+  /** The stage's hello token: the coordinator knows its heartbeats by it. */
+  token: string;
   intervalMs: number;
 }
 

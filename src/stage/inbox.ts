@@ -14,6 +14,9 @@ export interface InboxLimits {
   bytes: number;
 }
 
+/** How long rebind() waits for ZeroMQ to let go of the old listener's port. */
+const REBIND_WAIT_MS = 2000;
+
 /** Two messages ahead keep a stage busy; 256 MiB holds two of the largest evaluation batches. */
 export const DEFAULT_INBOX_LIMITS: InboxLimits = { messages: 2, bytes: 256 * 1024 ** 2 };
 
@@ -32,6 +35,27 @@ export class Inbox {
     private readonly limits: InboxLimits = DEFAULT_INBOX_LIMITS,
   ) {
     this.reading = this.readLoop();
+  }
+
+  /**
+   * Binds `endpoint` again with `maxBytes` the largest message ZeroMQ accepts (a larger one
+   * drops its connection before it is read into memory). A listener takes its options when it
+   * binds; unbinding also drops every connection it accepted.
+   */
+  async rebind(endpoint: string, maxBytes: number): Promise<void> {
+    await this.socket.unbind(endpoint);
+    this.socket.maxMessageSize = maxBytes;
+    // ZeroMQ's I/O thread closes the old listener after unbind() resolves; on a busy machine
+    // the port can still be held for a moment.
+    for (let waited = 0; ; waited += 10) {
+      try {
+        await this.socket.bind(endpoint);
+        return;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'EADDRINUSE' || waited >= REBIND_WAIT_MS) throw err;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
   }
 
   /** Messages queued, not yet taken by next(). */

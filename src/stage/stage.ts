@@ -16,16 +16,18 @@
 // Every wait can be cut short: close() ends the inbox, the run's sockets and the timers, so the
 // stage leaves promptly from any state.
 import * as tf from '@tensorflow/tfjs';
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Dealer, Push } from 'zeromq';
-import type { BackendInfo } from '../backend/backend.js';
+import { checkMemoryBudget, type BackendInfo } from '../backend/backend.js';
+import { NUM_CLASSES } from '../data/classes.js';
 import { ConfigError, validateSection } from '../config/config.js';
 import type { FFLayer } from '../core/ff-layer.js';
 import { buildLayer, layerPrefix } from '../core/ff-network.js';
 import { FfxError, addressError, type ErrorCode } from '../errors.js';
 import { log } from '../log.js';
 import { STAGE_STATES, type StageMetrics, type StageState } from '../metrics/index.js';
-import { isProtocolError } from '../transport/errors.js';
+import { ProtocolError, isProtocolError } from '../transport/errors.js';
 import { SerialSender, closeAll, dataPull, dataPush } from '../transport/sockets.js';
 import {
   PROTOCOL_VERSION,
@@ -77,11 +79,21 @@ export class StageError extends FfxError<ErrorCode<'stage'>> {}
 const HELLO_INTERVAL_MS = 2000;
 /** Runs remembered after they end, so their leftover messages are recognised as such. */
 const PAST_RUNS = 16;
-/** How long the results of an ending run may take to go out before their socket closes. */
-const RESULTS_FLUSH_MS = 1000;
 
 /** How long the control socket may keep flushing after close(), e.g. the STAGE_STOPPED error. */
 const CONTROL_LINGER_MS = 500;
+
+/** The largest data message before a config says more, and the room for a header. */
+const PRE_CONFIG_MAX_BYTES = 64 * 1024;
+const HEADER_ROOM_BYTES = 64 * 1024;
+/** The largest control message: a config carrying a layer's resume state. */
+const CONTROL_MAX_BYTES = 2 * 1024 ** 3;
+
+/** The largest data message of a run, for a stage whose input is `inDim` wide. */
+function largestDataMessage(config: ConfigMessage, inDim: number): number {
+  const rows = Math.max(2 * config.batchSize, NUM_CLASSES * config.evalBatchSize);
+  return rows * inDim * 4 + HEADER_ROOM_BYTES;
+}
 
 /** Timing of a forward that did not happen (the last stage). */
 const NOT_SENT = { encodeMs: 0, blockedMs: 0 } as const;
@@ -92,8 +104,6 @@ interface Run {
   readonly id: string;
   /** Null for the last stage. */
   readonly downstream: Push | null;
-  readonly results: Push;
-  readonly resultsOut: SerialSender;
   /** Ended, aborted or closed: nothing more is sent for it. */
   over: boolean;
 }
@@ -107,7 +117,9 @@ export class Stage {
   private current: Run | null = null;
   private readonly pastRuns: string[] = [];
   private readonly inbox: Inbox;
-  private readonly control = new Dealer({ linger: 0 });
+  private readonly control = new Dealer({ linger: 0, maxMessageSize: CONTROL_MAX_BYTES });
+  /** A random secret of this process: its heartbeats carry it, so no one else's count. */
+  private readonly token = randomBytes(16).toString('hex');
   private readonly controlOut = new SerialSender(this.control);
   private heartbeat: Heartbeat | null = null;
   private coordinatorCheck: NodeJS.Timeout | null = null;
@@ -120,12 +132,15 @@ export class Stage {
   private fatal: Error | null = null;
   private readonly loggedRejections = new Set<string>();
 
-  /** The inbound socket's bound endpoint, once bound. */
+  /** The inbound socket's bound endpoint, once bound (the port ZeroMQ picked for `*`). */
   private readonly bind: Promise<string>;
+  private bound = '';
 
   constructor(opts: StageOptions) {
     this.opts = opts;
     const inbound = dataPull();
+    // Until a config says how large this run's messages are, a stranger gets little room.
+    inbound.maxMessageSize = PRE_CONFIG_MAX_BYTES;
     this.inbox = new Inbox(inbound, opts.inbox ?? DEFAULT_INBOX_LIMITS);
     this.bind = inbound.bind(opts.listen).then(() => inbound.lastEndpoint ?? opts.listen);
     opts.metrics?.setInboundQueueDepth(() => this.inbox.depth);
@@ -145,8 +160,8 @@ export class Stage {
   async run(): Promise<void> {
     const { opts } = this;
     try {
-      const bound = await this.bind;
-      this.endpoint = opts.advertise ?? bound.replace('0.0.0.0', hostname());
+      this.bound = await this.bind;
+      this.endpoint = opts.advertise ?? this.bound.replace('0.0.0.0', hostname());
     } catch (err) {
       await this.shutdown();
       throw addressError(err, opts.listen, `layer ${opts.layer}: cannot listen for data`);
@@ -155,7 +170,7 @@ export class Stage {
     void this.controlLoop();
     const intervalMs = opts.heartbeatMs ?? 1000;
     this.heartbeat = new Heartbeat(
-      { coordinator: opts.coordinator, layer: opts.layer, pid: process.pid, intervalMs },
+      { coordinator: opts.coordinator, layer: opts.layer, token: this.token, intervalMs },
       (news) => {
         this.lastHeard = Date.now();
         if (news.error) this.onError(news.error.run, news.error.code, '');
@@ -256,6 +271,9 @@ export class Stage {
       endpoint: this.endpoint,
       pid: process.pid,
       host: hostname(),
+      token: this.token,
+      key: '',
+      proof: '',
     };
     this.stopRegistering();
     this.sendControl(hello);
@@ -296,9 +314,6 @@ export class Stage {
     // Closing the data socket unblocks a send waiting on a downstream stage that may be gone;
     // what it had queued (e.g. a forwarded end marker) still goes out during its linger.
     closeAll(run.downstream);
-    void Promise.race([run.resultsOut.idle(), delay(RESULTS_FLUSH_MS)]).then(() =>
-      closeAll(run.results),
-    );
     if (!this.closing) this.enter('between-runs', why);
   }
 
@@ -308,9 +323,12 @@ export class Stage {
     this.stopRegistering();
     await this.heartbeat?.close();
     if (this.coordinatorCheck) clearInterval(this.coordinatorCheck);
-    // (endRun lets the run's last results go out before their socket closes.)
     if (this.current) this.endRun(this.current, 'the stage is closing');
     await this.inbox.close();
+    // The last results (e.g. the ack of a stop marker) go out before the socket closes; a
+    // stage that never served a run has nothing worth waiting for (hellos to no one).
+    await Promise.race([this.controlOut.idle(), delay(CONTROL_LINGER_MS)]);
+    if (this.pastRuns.length > 0) this.control.linger = CONTROL_LINGER_MS;
     closeAll(this.control);
     this.layer?.dispose();
     this.layer = null;
@@ -339,7 +357,7 @@ export class Stage {
       this.lastHeard = Date.now();
       switch (msg.type) {
         case 'config':
-          this.onConfig(msg);
+          await this.onConfig(msg);
           break;
         case 'abort':
           this.onAbort(msg.run, msg.reason);
@@ -361,7 +379,7 @@ export class Stage {
     }
   }
 
-  private onConfig(config: ConfigMessage): void {
+  private async onConfig(config: ConfigMessage): Promise<void> {
     const { layer } = this.opts;
     if (this.state !== 'waiting' && this.state !== 'between-runs') {
       // Hellos go out only while waiting: a config now is a late answer to an old one.
@@ -386,6 +404,17 @@ export class Stage {
       });
       return;
     }
+    // The largest message this run can send here: ZeroMQ cuts off a larger one itself. A
+    // listener takes its limits when it binds, so it binds again (the same endpoint); strangers
+    // connected before are dropped with the old listener.
+    try {
+      await this.inbox.rebind(this.bound, largestDataMessage(config, this.layer!.config.inDim));
+    } catch (err) {
+      this.fail(
+        addressError(err, this.bound, `layer ${layer}: cannot listen for data again`) as Error,
+      );
+      return;
+    }
     this.stopRegistering();
     this.current = run;
     this.enter('configured', `config of run ${config.run}`);
@@ -393,7 +422,7 @@ export class Stage {
     const { inDim, outDim } = this.layer!.config;
     log.info(
       `layer ${layer}/${config.numLayers}: ${inDim}-${outDim}, run ${config.run} (${config.mode}), ` +
-        `downstream ${config.next ?? '(last stage)'}, results ${config.results}`,
+        `downstream ${config.next ?? '(last stage)'}`,
     );
   }
 
@@ -462,6 +491,17 @@ export class Stage {
     if (inDim === undefined || outDim === undefined) {
       throw bad(`model.layers ${model.layers.join('-')} has no layer ${layer}`);
     }
+    // The run's largest batches must fit this backend: refused now, not crashed on later.
+    const widest = Math.max(inDim, outDim);
+    try {
+      checkMemoryBudget(2 * config.batchSize * widest * 4 * 6, `a batch of ${config.batchSize}`);
+      checkMemoryBudget(
+        NUM_CLASSES * config.evalBatchSize * widest * 4 * 4,
+        `an evaluation batch of ${config.evalBatchSize} images`,
+      );
+    } catch (err) {
+      throw bad((err as Error).message);
+    }
     if (config.mode === 'eval') {
       const held = this.layer?.config;
       if (!held || held.inDim !== inDim || held.outDim !== outDim) {
@@ -489,14 +529,10 @@ export class Stage {
       this.layer?.dispose();
       this.layer = fresh;
     }
-    const results = new Push({ linger: 1000 });
-    results.connect(config.results);
     return {
       config,
       id: config.run,
       downstream: config.next ? dataPush(config.next) : null,
-      results,
-      resultsOut: new SerialSender(results),
       over: false,
     };
   }
@@ -515,6 +551,7 @@ export class Stage {
     try {
       msg = decodeData(frames);
       if (run && msg.header.run === run.id) {
+        checkBatch(msg.header, run.config);
         checkData(msg, { width: this.layer!.config.inDim, checkFinite: true });
       }
     } catch (err) {
@@ -725,9 +762,10 @@ export class Stage {
     return { encodeMs: t1 - t0, blockedMs: performance.now() - t1 };
   }
 
+  /** Results go on the control connection: the one that registered this stage's layer. */
   private async sendResult(run: Run, msg: ResultMessage): Promise<void> {
     if (run.over) return;
-    await run.resultsOut.send(encodeControl(msg));
+    await this.controlOut.send(encodeControl(msg));
   }
 
   /** Best effort: a control message that cannot go out is not worth failing for. */
@@ -766,4 +804,17 @@ export class Stage {
 
 function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+/** A batch no larger than the run's: the size this stage checked its memory for. */
+function checkBatch(header: DataHeader, config: ConfigMessage): void {
+  const [n, max, what] =
+    header.kind === 'train'
+      ? [header.nPos, config.batchSize, 'nPos']
+      : header.kind === 'eval'
+        ? [header.images, config.evalBatchSize, 'images']
+        : [0, 0, ''];
+  if (n > max) {
+    throw new ProtocolError('BAD_SHAPE', `header.${what} is ${n}, more than this run's ${max}`);
+  }
 }

@@ -6,7 +6,7 @@ import { Packr } from 'msgpackr';
 import { NUM_CLASSES } from '../data/classes.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -303,7 +303,9 @@ function elementCount(shape: readonly number[]): number {
 const fmtShape = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
 
 // ---------------------------------------------------------------------------------------------
-// Control and results: one msgpack frame each
+// Control and results: one msgpack frame each, both on the control connection (a stage's
+// DEALER to the coordinator's ROUTER), so every result comes from the connection that
+// registered its layer
 // ---------------------------------------------------------------------------------------------
 
 // No envelope version here: hello.version carries it, so a coordinator can still decode a hello
@@ -319,6 +321,15 @@ export interface HelloMessage {
   endpoint: string;
   pid: number;
   host: string;
+  /** A random secret of this stage process: its heartbeats carry it. */
+  token: string;
+  /**
+   * With CURVE keys: this stage's public key (Z85), and the proof that it holds the secret key
+   * (hex HMAC-SHA256, keyed by the X25519 secret it shares with the coordinator, of
+   * `ffx-hello:<layer>:<token>`). Empty strings without keys.
+   */
+  key: string;
+  proof: string;
 }
 
 /** Coordinator -> stage: the run's single source of hyper-parameters. */
@@ -332,8 +343,11 @@ export interface ConfigMessage {
   seed: number;
   /** Downstream stage's endpoint; null for the last stage. */
   next: string | null;
-  /** Coordinator's results PULL endpoint. */
-  results: string;
+  /** With CURVE keys: the downstream stage's public key (Z85); else empty. */
+  nextKey: string;
+  /** The largest batch the run sends: positive samples per train message, images per eval. */
+  batchSize: number;
+  evalBatchSize: number;
   /** 'train' builds a fresh layer; 'eval' keeps the layer the stage holds (an error if none). */
   mode: 'train' | 'eval';
   /**
@@ -354,12 +368,13 @@ export interface ReadyMessage {
 
 /**
  * Stage -> coordinator, every --heartbeat-ms, from the stage's heartbeat thread (its own
- * socket: `pid` says whose), and the coordinator's answer: the sender is alive.
+ * socket: the `token` of the stage's hello says whose), and the coordinator's answer, echoed:
+ * the sender is alive.
  */
 export interface HeartbeatMessage {
   type: 'heartbeat';
   layer: number;
-  pid: number;
+  token: string;
 }
 
 /** Coordinator -> stage: `run` is abandoned; drop it and wait for the next coordinator. */
@@ -483,6 +498,9 @@ const CONTROL_FIELDS = {
     endpoint: 'string',
     pid: 'uint',
     host: 'string',
+    token: 'string',
+    key: 'string',
+    proof: 'string',
   },
   config: {
     run: 'string',
@@ -492,13 +510,15 @@ const CONTROL_FIELDS = {
     optimizer: 'present',
     seed: 'int',
     next: 'string|null',
-    results: 'string',
+    nextKey: 'string',
+    batchSize: 'posint',
+    evalBatchSize: 'posint',
     mode: ['train', 'eval'],
     state: 'tensors',
     optimizerStep: 'uint',
   },
   ready: { layer: 'uint', run: 'string' },
-  heartbeat: { layer: 'uint', pid: 'uint' },
+  heartbeat: { layer: 'uint', token: 'string' },
   stop: { reason: 'string' },
   abort: { run: 'string', reason: 'string' },
   error: { run: 'string', layer: 'uint', code: 'string', message: 'string' },
