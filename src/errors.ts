@@ -87,6 +87,8 @@ export const ERROR_CODES = {
     'STAGE_UNKNOWN',
   ],
   launch: ['LAUNCH_FAILED'],
+  /** CurveZMQ key files: unreadable, malformed, or without the key a process needs. */
+  keys: ['KEY_INVALID'],
 } as const;
 
 type Codes = typeof ERROR_CODES;
@@ -104,6 +106,7 @@ export function isErrorCode(code: unknown): code is ErrorCode {
 export const USAGE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ...ERROR_CODES.usage,
   ...ERROR_CODES.config,
+  ...ERROR_CODES.keys,
 ]);
 
 export class FfxError<C extends ErrorCode = ErrorCode> extends Error {

@@ -104,6 +104,7 @@ describe('ffx-stage protocol', () => {
         seed: 3,
         next: null,
         nextKey: '',
+        prevKey: '',
         batchSize: 3,
         evalBatchSize: 10,
         mode: 'train',

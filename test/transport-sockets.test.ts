@@ -146,6 +146,7 @@ describe('DEALER -> ROUTER control', () => {
         seed: 1,
         next: 'tcp://127.0.0.1:7002',
         nextKey: '',
+        prevKey: '',
         batchSize: 100,
         evalBatchSize: 1000,
         mode: 'train',

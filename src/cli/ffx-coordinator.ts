@@ -36,6 +36,7 @@ import {
 import { InterruptedError, UsageError } from '../errors.js';
 import { configureLog } from '../log.js';
 import { parseEndpoint } from './endpoint.js';
+import { checkExposure, loadSecurity, type SecurityArgs } from './security-options.js';
 import { watchParent } from './parent-watch.js';
 
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
@@ -48,7 +49,7 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const metrics = exporter?.metrics;
   const executor: Executor = a.local
     ? new LocalExecutor(cfg)
-    : new PipelineExecutor(cfg, pipelineOptions(a, 'train', reporter, metrics));
+    : new PipelineExecutor(cfg, await pipelineOptions(a, 'train', reporter, metrics));
   try {
     const result = await trainRun(cfg, executor, {
       reporter,
@@ -117,7 +118,10 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
       const { state } = await readCheckpoint(weights!, cfg.model, cfg.train.epochs);
       result = await evaluateSplit(cfg, new LocalExecutor(cfg), split, { reporter, state });
     } else {
-      const executor = new PipelineExecutor(cfg, pipelineOptions(a, 'eval', reporter, metrics));
+      const executor = new PipelineExecutor(
+        cfg,
+        await pipelineOptions(a, 'eval', reporter, metrics),
+      );
       result = await evaluateSplit(cfg, executor, split, { reporter });
     }
     metrics?.onEval(result);
@@ -132,19 +136,21 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
 
 /** A distributed command's --bind, checked before anything starts. */
 function checkBind(a: Record<string, unknown>): void {
-  if (!a.local) parseEndpoint(a.bind as string, '--bind', 'bind');
+  if (a.local) return;
+  const bind = parseEndpoint(a.bind as string, '--bind', 'bind');
+  checkExposure(bind, '--bind', a as unknown as SecurityArgs);
 }
 
 /**
  * How the coordinator meets its stages. SIGINT or SIGTERM aborts the run: the stages are told
  * to drop it (and wait for the next coordinator) before this process exits.
  */
-function pipelineOptions(
+async function pipelineOptions(
   a: Record<string, unknown>,
   mode: 'train' | 'eval',
   reporter: Reporter,
   metrics: CoordinatorMetrics | undefined,
-): PipelineOptions {
+): Promise<PipelineOptions> {
   const interrupt = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
     reporter.log(`coordinator: ${signal}, aborting the run`);
@@ -165,6 +171,7 @@ function pipelineOptions(
     log: (l) => reporter.log(l),
     metrics,
     signal: interrupt.signal,
+    security: await loadSecurity(a as unknown as SecurityArgs),
   };
 }
 

@@ -29,6 +29,7 @@ import { FfxError, UsageError } from '../errors.js';
 import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
 import { PARENT_ENV } from './parent-watch.js';
 import { LATEST } from '../checkpoint/checkpoint-file.js';
+import { writeClusterKeys } from '../transport/curve.js';
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 
@@ -79,6 +80,11 @@ async function main(): Promise<void> {
       default: 10,
       describe: 'seconds stages get to exit after the run',
     })
+    .option('keys', {
+      type: 'string',
+      describe:
+        'CurveZMQ on every link: the keys ffx-keys made in this directory (made here if it has none)',
+    })
     .option('max-restarts', {
       type: 'number',
       default: 3,
@@ -98,6 +104,8 @@ async function main(): Promise<void> {
     );
   if (a.bind && argv.some((x) => x.startsWith('--bind')))
     throw new UsageError('ffx-launch picks --bind itself');
+  if (argv.some((x) => /^--(key|trust)(=|$)/.test(x)))
+    throw new UsageError('ffx-launch gives each process its key: use --keys DIR');
   const cfg = await runConfig(a, await resumeFile(a));
   const layers = cfg.model.layers.length - 1;
   const threads =
@@ -118,9 +126,13 @@ async function main(): Promise<void> {
       ? `ipc://${join(socketDir, `stage-${layer}`)}`
       : `ipc://@${socketTag}-stage-${layer}`;
   };
+  const keysDir = a.keys as string | undefined;
+  const keyArgs = (name: string) =>
+    keysDir ? ['--key', join(keysDir, `${name}.key`), '--trust', join(keysDir, 'trusted.pub')] : [];
+  if (keysDir && !existsSync(join(keysDir, 'trusted.pub'))) await writeClusterKeys(keysDir, layers);
   process.stderr.write(
     `ffx-launch: ${layers} stages (${threads} thread${threads === 1 ? '' : 's'} each) + coordinator on ${control}; ` +
-      `data over ${a.transport}; dataset ${cfg.data.dataset}\n`,
+      `data over ${a.transport}${keysDir ? ' with CurveZMQ' : ''}; dataset ${cfg.data.dataset}\n`,
   );
 
   // The coordinator gets the user's flags minus the launcher's own.
@@ -129,6 +141,7 @@ async function main(): Promise<void> {
     '--transport',
     '--grace',
     '--max-restarts',
+    '--keys',
     '--threads',
     '--backend',
     '--metrics-port',
@@ -183,6 +196,7 @@ async function main(): Promise<void> {
         '--bind',
         control,
         '--stop-stages',
+        ...keyArgs('coordinator'),
         ...coordinatorMetrics,
       ],
     }),
@@ -199,6 +213,7 @@ async function main(): Promise<void> {
       String(a.backend),
       '--threads',
       String(threads),
+      ...keyArgs(`stage-${layer}`),
       ...(a.verbose ? ['--verbose'] : []),
       ...(await metricsArgs()),
     ];

@@ -15,10 +15,11 @@ import { metricsOptions, verboseOption } from './run-options.js';
 import { configureLog, log } from '../log.js';
 import { UsageError } from '../errors.js';
 import { parseEndpoint } from './endpoint.js';
+import { checkExposure, loadStageSecurity, securityOptions } from './security-options.js';
 import { watchParent } from './parent-watch.js';
 
 export function buildCli(argv: string[]) {
-  return metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`)
+  return securityOptions(metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`))
     .scriptName('ffx-stage')
     .usage('$0 --layer N --coordinator tcp://HOST:PORT [options]')
     .usage('Serve one FF layer of a distributed run.')
@@ -38,8 +39,9 @@ export function buildCli(argv: string[]) {
     })
     .option('listen', {
       type: 'string',
-      default: 'tcp://0.0.0.0:*',
-      describe: 'where to bind the inbound data socket (* = any free port)',
+      default: 'tcp://127.0.0.1:*',
+      describe:
+        'where to bind the inbound data socket (* = any free port; beyond this host, e.g. tcp://0.0.0.0:6000, needs --key or --insecure)',
     })
     .option('advertise', {
       type: 'string',
@@ -91,6 +93,8 @@ async function main(): Promise<void> {
   configureLog({ verbose: a.verbose });
   const coordinator = parseEndpoint(a.coordinator, '--coordinator', 'connect');
   const listen = parseEndpoint(a.listen, '--listen', 'bind');
+  checkExposure(listen, '--listen', a);
+  const security = await loadStageSecurity(a);
   const backend = await initBackend(a.backend as BackendChoice, {
     device: a.device,
     threads: a.threads,
@@ -113,6 +117,7 @@ async function main(): Promise<void> {
     backend,
     heartbeatMs: a['heartbeat-ms'],
     coordinatorTimeoutMs: a['coordinator-timeout'] * 1000,
+    security,
     metrics,
   });
   // SIGTERM/SIGINT end the stage from any state, including while it waits for a coordinator.

@@ -4,6 +4,7 @@ import type { Argv } from 'yargs';
 import { BACKEND_CHOICES } from '../backend/backend.js';
 import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
 import { dirname } from 'node:path';
+import { securityOptions } from './security-options.js';
 import { isFfxError } from '../errors.js';
 import { log } from '../log.js';
 import { LATEST, checkpointConfig, resolveCheckpoint } from '../checkpoint/checkpoint-file.js';
@@ -117,12 +118,12 @@ export async function resumeFile(
 
 /** How the coordinator meets its stages (distributed train and eval). */
 export function clusterOptions<T>(y: Argv<T>) {
-  return y
+  return securityOptions(y)
     .option('bind', {
       type: 'string',
       default: 'tcp://127.0.0.1:5555',
       describe:
-        'control endpoint stages connect to (distributed runs; tcp://0.0.0.0:PORT for other hosts)',
+        'control endpoint stages connect to (distributed runs; tcp://0.0.0.0:PORT for other hosts needs --key or --insecure)',
     })
     .option('register-timeout', {
       type: 'number',
@@ -204,8 +205,8 @@ export function metricsOptions<T>(y: Argv<T>, port: string) {
     })
     .option('metrics-host', {
       type: 'string',
-      default: '0.0.0.0',
-      describe: 'interface of the /metrics endpoint',
+      default: '127.0.0.1',
+      describe: 'interface of the /metrics endpoint (0.0.0.0 for a Prometheus on another host)',
     })
     .option('metrics-port', {
       type: 'number',

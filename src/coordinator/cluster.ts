@@ -23,6 +23,15 @@ import {
   type ResultMessage,
 } from '../transport/wire.js';
 import { SerialSender, closeAll, dataPush } from '../transport/sockets.js';
+import {
+  ZapHandler,
+  curveClient,
+  curveServer,
+  helloProof,
+  mayServe,
+  type KeyPair,
+  type TrustedKey,
+} from '../transport/curve.js';
 
 /** How often a line about dropped messages may be logged, per reason. */
 const DROP_LOG_INTERVAL_MS = 60_000;
@@ -70,6 +79,11 @@ export interface ClusterOptions {
   metrics?: CoordinatorMetrics;
   /** Aborting it fails the run with its reason (e.g. on SIGINT): every wait rejects at once. */
   signal?: AbortSignal;
+  /**
+   * CurveZMQ: this coordinator's key pair and the keys it trusts. Without, sockets are plain
+   * (for loopback, or --insecure).
+   */
+  security?: { keys: KeyPair; trusted: TrustedKey[] };
 }
 
 interface StageInfo {
@@ -101,6 +115,7 @@ export class Cluster {
   private closed = false;
   private readonly opts: ClusterOptions;
   private readonly dropped = new Map<DropReason, { at: number; unlogged: number }>();
+  private zap: ZapHandler | null = null;
   private readonly controlChecks = new Set<() => void>();
   /** Layers whose stage was found stuck: forgotten at the end of the attempt, as lost ones are. */
   private readonly stuck = new Set<number>();
@@ -110,6 +125,7 @@ export class Cluster {
     this.run = run;
     this.opts = opts;
     this.router = new Router({ linger: 500, maxMessageSize: opts.maxMessageBytes });
+    if (opts.security) curveServer(this.router, opts.security.keys, 'control');
     this.routerOut = new SerialSender(this.router);
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.onAbort();
@@ -140,6 +156,14 @@ export class Cluster {
   /** Binds the control socket and starts reading it. */
   async bind(): Promise<void> {
     const { opts } = this;
+    const security = opts.security;
+    if (security) {
+      // Any stage key may connect; which layer it may serve is checked at its hello.
+      this.zap = await ZapHandler.start(
+        (_, key) => security.trusted.some((t) => t.key === key && t.name.startsWith('stage')),
+        () => this.drop('unauthenticated', 'a connection whose key is not trusted'),
+      );
+    }
     await this.router.bind(opts.bind).catch((err: unknown) => {
       throw addressError(err, opts.bind, 'coordinator: cannot bind its control socket');
     });
@@ -212,7 +236,9 @@ export class Cluster {
       await this.stopAll('a stage went silent while registering', false);
     }
     this.feed = dataPush();
-    this.feed.connect(this.stages.get(1)!.hello.endpoint);
+    const first = this.stages.get(1)!.hello;
+    if (this.opts.security) curveClient(this.feed, this.opts.security.keys, first.key);
+    this.feed.connect(first.endpoint);
     for (const [layer, s] of [...this.stages.entries()].sort((a, b) => a[0] - b[0])) {
       this.opts.log(
         `coordinator: layer ${layer} ready on ${s.hello.host} pid ${s.hello.pid} (${s.hello.backend}) at ${s.hello.endpoint}`,
@@ -237,6 +263,10 @@ export class Cluster {
       seed: cfg.seed,
       next,
       nextKey: layer < this.numLayers ? this.stages.get(layer + 1)!.hello.key : '',
+      prevKey:
+        layer > 1
+          ? this.stages.get(layer - 1)!.hello.key
+          : (this.opts.security?.keys.publicKey ?? ''),
       batchSize: cfg.train.batchSize,
       evalBatchSize: cfg.eval.batchSize,
       mode,
@@ -309,6 +339,7 @@ export class Cluster {
     this.opts.signal?.removeEventListener('abort', this.onAbort);
     if (this.watchdog) clearInterval(this.watchdog);
     closeAll(this.feed, this.router);
+    this.zap?.close();
   }
 
   /** Rejects with the attempt's failure if one happens before `p` settles. */
@@ -544,6 +575,16 @@ export class Cluster {
         'STAGE_REFUSED',
         `layer ${msg.layer} is not in this run (layers 1..${this.numLayers})`,
       ];
+    }
+    const security = this.opts.security;
+    if (security) {
+      // Bound to a key: one listed for this layer, whose secret the stage proves it holds.
+      if (!mayServe(security.trusted, msg.key, msg.layer)) {
+        return ['STAGE_REFUSED', `this stage's key is not trusted to serve layer ${msg.layer}`];
+      }
+      if (msg.proof !== helloProof(security.keys.secretKey, msg.key, msg.layer, msg.token)) {
+        return ['STAGE_REFUSED', `this stage's hello does not prove it holds its key`];
+      }
     }
     const existing = this.stages.get(msg.layer);
     if (

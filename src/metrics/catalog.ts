@@ -23,7 +23,14 @@ export const POLARITIES = ['pos', 'neg'] as const;
 export type Polarity = (typeof POLARITIES)[number];
 
 /** The `reason` label of messages the coordinator drops (see coordinator/cluster.ts). */
-export const DROP_REASONS = ['malformed', 'foreign', 'stale', 'unregistered', 'refused'] as const;
+export const DROP_REASONS = [
+  'malformed',
+  'foreign',
+  'stale',
+  'unregistered',
+  'refused',
+  'unauthenticated',
+] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
 /** The `state` label: a stage's life (see stage/stage.ts). */
@@ -58,10 +65,16 @@ export type MessageKind = (typeof MESSAGE_KINDS)[number];
 
 /**
  * The `reason` label of rejected messages: the protocol error codes, BAD_RUN (a stage's
- * message of another run, see stage.ts), and OTHER for any code not listed here, so a peer
- * cannot grow the label set.
+ * message of another run, see stage.ts), UNAUTHENTICATED (a connection whose CurveZMQ key the
+ * stage does not let in), and OTHER for any code not listed here, so a peer cannot grow the
+ * label set.
  */
-export const REJECT_REASONS = [...PROTOCOL_ERROR_CODES, 'BAD_RUN', 'OTHER'] as const;
+export const REJECT_REASONS = [
+  ...PROTOCOL_ERROR_CODES,
+  'BAD_RUN',
+  'UNAUTHENTICATED',
+  'OTHER',
+] as const;
 export type RejectReason = (typeof REJECT_REASONS)[number];
 
 /** The bounded `kind` label for a message kind or control type. */
@@ -333,7 +346,7 @@ export const COORDINATOR = {
   dropped: {
     name: 'ffx_coordinator_dropped_messages_total',
     type: 'counter',
-    help: 'Messages the coordinator dropped unread, by reason: malformed, foreign (not from the stage registered for the layer), stale (of another run), unregistered (a heartbeat of a stage it does not know), refused (a hello).',
+    help: 'Messages the coordinator dropped unread, by reason: malformed, foreign (not from the stage registered for the layer), stale (of another run), unregistered (a heartbeat of a stage it does not know), refused (a hello), unauthenticated (a connection whose CurveZMQ key it does not trust, refused before any message).',
     labelNames: ['reason'],
   },
   rejected: {

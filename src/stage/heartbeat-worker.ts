@@ -5,11 +5,15 @@
 // slow. What the coordinator answers is passed on to the main thread.
 import { parentPort, workerData } from 'node:worker_threads';
 import { Dealer } from 'zeromq';
+import { curveClient } from '../transport/curve.js';
 import { decodeControl, encodeControl } from '../transport/wire.js';
 import type { HeartbeatNews, HeartbeatSettings } from './heartbeat.js';
 
 const settings = workerData as HeartbeatSettings;
 const socket = new Dealer({ linger: 0, sendHighWaterMark: 16, maxMessageSize: 4096 });
+if (settings.security) {
+  curveClient(socket, settings.security.keys, settings.security.coordinatorKey);
+}
 socket.connect(settings.coordinator);
 const beat = encodeControl({ type: 'heartbeat', layer: settings.layer, token: settings.token });
 const post = (news: HeartbeatNews) => parentPort!.postMessage(news);

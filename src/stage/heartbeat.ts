@@ -1,6 +1,7 @@
 // Heartbeats to the coordinator from a worker thread (heartbeat-worker.ts): they keep going
 // while the stage's main thread computes a long step.
 import { Worker } from 'node:worker_threads';
+import type { KeyPair } from '../transport/curve.js';
 
 export interface HeartbeatSettings {
   coordinator: string;
@@ -8,6 +9,8 @@ export interface HeartbeatSettings {
   /** The stage's hello token: the coordinator knows its heartbeats by it. */
   token: string;
   intervalMs: number;
+  /** CurveZMQ, as the stage's control socket has it. */
+  security?: { keys: KeyPair; coordinatorKey: string };
 }
 
 /** What the worker passes on: the coordinator answered, possibly with an error for a run. */

@@ -18,7 +18,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { Dealer, Push } from 'zeromq';
+import { Dealer, type Pull, Push } from 'zeromq';
 import { checkMemoryBudget, type BackendInfo } from '../backend/backend.js';
 import { NUM_CLASSES } from '../data/classes.js';
 import { ConfigError, validateSection } from '../config/config.js';
@@ -46,6 +46,13 @@ import {
   type TrainHeader,
 } from '../transport/wire.js';
 import { Heartbeat } from './heartbeat.js';
+import {
+  ZapHandler,
+  curveClient,
+  curveServer,
+  helloProof,
+  type KeyPair,
+} from '../transport/curve.js';
 import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
 
 export { STAGE_STATES, type StageState };
@@ -71,6 +78,16 @@ export interface StageOptions {
   /** Prometheus metrics of this stage, when it exposes them. */
   metrics?: StageMetrics;
   inbox?: InboxLimits;
+  /**
+   * CurveZMQ: this stage's key pair and the coordinator's public key. Without, sockets are
+   * plain (for loopback, or --insecure).
+   */
+  security?: StageSecurity;
+}
+
+export interface StageSecurity {
+  keys: KeyPair;
+  coordinatorKey: string;
 }
 
 export class StageError extends FfxError<ErrorCode<'stage'>> {}
@@ -132,17 +149,21 @@ export class Stage {
   private fatal: Error | null = null;
   private readonly loggedRejections = new Set<string>();
 
+  private readonly inbound: Pull;
   /** The inbound socket's bound endpoint, once bound (the port ZeroMQ picked for `*`). */
-  private readonly bind: Promise<string>;
   private bound = '';
+  private zap: ZapHandler | null = null;
 
   constructor(opts: StageOptions) {
     this.opts = opts;
-    const inbound = dataPull();
+    this.inbound = dataPull();
     // Until a config says how large this run's messages are, a stranger gets little room.
-    inbound.maxMessageSize = PRE_CONFIG_MAX_BYTES;
-    this.inbox = new Inbox(inbound, opts.inbox ?? DEFAULT_INBOX_LIMITS);
-    this.bind = inbound.bind(opts.listen).then(() => inbound.lastEndpoint ?? opts.listen);
+    this.inbound.maxMessageSize = PRE_CONFIG_MAX_BYTES;
+    if (opts.security) {
+      curveServer(this.inbound, opts.security.keys, 'data');
+      curveClient(this.control, opts.security.keys, opts.security.coordinatorKey);
+    }
+    this.inbox = new Inbox(this.inbound, opts.inbox ?? DEFAULT_INBOX_LIMITS);
     opts.metrics?.setInboundQueueDepth(() => this.inbox.depth);
     opts.metrics?.setInboundQueueBytes(() => this.inbox.bytes);
     opts.metrics?.setState(this.state);
@@ -159,8 +180,23 @@ export class Stage {
    */
   async run(): Promise<void> {
     const { opts } = this;
+    if (opts.security) {
+      // Data comes only from the upstream of the run served: no one's before a config. (The
+      // handler is up before the socket binds: ZeroMQ asks it about every connection.)
+      this.zap = await ZapHandler.start(
+        (domain, key) => domain === 'data' && key === this.current?.config.prevKey,
+        () => {
+          this.opts.metrics?.onRejected('UNAUTHENTICATED');
+          this.logRejection(
+            'UNAUTHENTICATED',
+            "refused a connection whose key is not the upstream's",
+          );
+        },
+      );
+    }
     try {
-      this.bound = await this.bind;
+      await this.inbound.bind(opts.listen);
+      this.bound = this.inbound.lastEndpoint ?? opts.listen;
       this.endpoint = opts.advertise ?? this.bound.replace('0.0.0.0', hostname());
     } catch (err) {
       await this.shutdown();
@@ -170,7 +206,13 @@ export class Stage {
     void this.controlLoop();
     const intervalMs = opts.heartbeatMs ?? 1000;
     this.heartbeat = new Heartbeat(
-      { coordinator: opts.coordinator, layer: opts.layer, token: this.token, intervalMs },
+      {
+        coordinator: opts.coordinator,
+        layer: opts.layer,
+        token: this.token,
+        intervalMs,
+        security: opts.security,
+      },
       (news) => {
         this.lastHeard = Date.now();
         if (news.error) this.onError(news.error.run, news.error.code, '');
@@ -272,8 +314,15 @@ export class Stage {
       pid: process.pid,
       host: hostname(),
       token: this.token,
-      key: '',
-      proof: '',
+      key: this.opts.security?.keys.publicKey ?? '',
+      proof: this.opts.security
+        ? helloProof(
+            this.opts.security.keys.secretKey,
+            this.opts.security.coordinatorKey,
+            this.opts.layer,
+            this.token,
+          )
+        : '',
     };
     this.stopRegistering();
     this.sendControl(hello);
@@ -284,7 +333,10 @@ export class Stage {
           this.fail(
             new StageError(
               'STAGE_NO_CONFIG',
-              `no config from the coordinator at ${this.opts.coordinator} within ${timeoutMs / 1000}s`,
+              `no config from the coordinator at ${this.opts.coordinator} within ${timeoutMs / 1000}s` +
+                (this.opts.security
+                  ? ''
+                  : ' (if it uses CurveZMQ keys, this stage needs --key and --trust too)'),
             ),
           ),
         timeoutMs,
@@ -325,6 +377,7 @@ export class Stage {
     if (this.coordinatorCheck) clearInterval(this.coordinatorCheck);
     if (this.current) this.endRun(this.current, 'the stage is closing');
     await this.inbox.close();
+    this.zap?.close();
     // The last results (e.g. the ack of a stop marker) go out before the socket closes; a
     // stage that never served a run has nothing worth waiting for (hellos to no one).
     await Promise.race([this.controlOut.idle(), delay(CONTROL_LINGER_MS)]);
@@ -532,7 +585,7 @@ export class Stage {
     return {
       config,
       id: config.run,
-      downstream: config.next ? dataPush(config.next) : null,
+      downstream: config.next ? this.downstreamTo(config) : null,
       over: false,
     };
   }
@@ -760,6 +813,14 @@ export class Stage {
     // Resolves once zeromq has queued the message: waits only while the next stage's queue is full.
     await run.downstream.send(frames);
     return { encodeMs: t1 - t0, blockedMs: performance.now() - t1 };
+  }
+
+  /** The PUSH to the next stage of `config`'s run (CurveZMQ with its key, when keys are on). */
+  private downstreamTo(config: ConfigMessage): Push {
+    const push = dataPush();
+    if (this.opts.security) curveClient(push, this.opts.security.keys, config.nextKey);
+    push.connect(config.next!);
+    return push;
   }
 
   /** Results go on the control connection: the one that registered this stage's layer. */

@@ -345,6 +345,11 @@ export interface ConfigMessage {
   next: string | null;
   /** With CURVE keys: the downstream stage's public key (Z85); else empty. */
   nextKey: string;
+  /**
+   * With CURVE keys: the upstream's public key (the coordinator's for layer 1): the only key
+   * this stage's data socket lets in for the run; else empty.
+   */
+  prevKey: string;
   /** The largest batch the run sends: positive samples per train message, images per eval. */
   batchSize: number;
   evalBatchSize: number;
@@ -511,6 +516,7 @@ const CONTROL_FIELDS = {
     seed: 'int',
     next: 'string|null',
     nextKey: 'string',
+    prevKey: 'string',
     batchSize: 'posint',
     evalBatchSize: 'posint',
     mode: ['train', 'eval'],

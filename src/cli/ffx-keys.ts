@@ -1,0 +1,52 @@
+#!/usr/bin/env node
+// ffx-keys: the CurveZMQ keys of a cluster: one key pair for the coordinator and one per stage
+// (files readable by their owner only), and trusted.pub, the public keys every process gets.
+//   ffx-keys keys --stages 2     -> keys/coordinator.key, keys/stage-1.key, keys/stage-2.key,
+//                                   keys/trusted.pub
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { UsageError } from '../errors.js';
+import { writeClusterKeys } from '../transport/curve.js';
+import { runMain } from './run-main.js';
+import { hideBin, yargs } from './yargs.js';
+
+async function main(): Promise<void> {
+  const a = await yargs(hideBin(process.argv))
+    .scriptName('ffx-keys')
+    .usage('$0 DIR --stages N')
+    .usage(
+      'Make the CurveZMQ keys of a cluster: DIR/coordinator.key, DIR/stage-1.key .. stage-N.key ' +
+        '(mode 0600, one to each process with --key) and DIR/trusted.pub (to every process, --trust).',
+    )
+    .positional('dir', { type: 'string', describe: 'directory for the keys (created, mode 0700)' })
+    .option('stages', {
+      type: 'number',
+      demandOption: true,
+      describe: 'how many stage keys (one per layer: stage-N may serve layer N only)',
+    })
+    .option('force', { type: 'boolean', default: false, describe: 'replace existing keys' })
+    .demandCommand(1, 'name the directory: ffx-keys DIR --stages N')
+    .strict()
+    .fail((msg, err) => {
+      throw err ?? new UsageError(msg);
+    })
+    .help()
+    .parseAsync();
+  const dir = String(a._[0]);
+  if (!Number.isInteger(a.stages) || a.stages < 1) {
+    throw new UsageError(`--stages must be a positive integer; got ${a.stages}`);
+  }
+  const names = ['coordinator', ...Array.from({ length: a.stages }, (_, i) => `stage-${i + 1}`)];
+  const existing = names.filter((n) => existsSync(join(dir, `${n}.key`)));
+  if (existing.length > 0 && !a.force) {
+    throw new UsageError(`${dir} already holds ${existing.join(', ')}: --force to replace them`);
+  }
+  const trusted = await writeClusterKeys(dir, a.stages);
+  process.stdout.write(
+    `wrote ${names.map((n) => `${n}.key`).join(', ')} and trusted.pub in ${dir}\n` +
+      `coordinator: --key ${join(dir, 'coordinator.key')} --trust ${trusted}\n` +
+      `stage N:     --key ${join(dir, 'stage-N.key')} --trust ${trusted}\n`,
+  );
+}
+
+runMain(main);
