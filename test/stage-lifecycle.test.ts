@@ -18,6 +18,7 @@ import {
   type Started,
 } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
+import { metricsUrl, scrape, seriesValue } from './helpers/metrics.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -38,17 +39,8 @@ const MODEL = [
   'train.evalEvery=0',
 ];
 
-/** The value of one series in a Prometheus text scrape (asserts it is there). */
-function seriesValue(text: string, series: string): number {
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  assert.ok(line, `no ${series} in the scrape`);
-  return Number(line.split(' ')[1]);
-}
-
-async function scrape(stage: Started): Promise<string> {
-  const url = /metrics on (http:\/\/127\.0\.0\.1:\d+\/metrics)/.exec(stage.stderr())?.[1];
-  assert.ok(url, stage.stderr());
-  return (await fetch(url)).text();
+async function scrapeStage(stage: Started): Promise<string> {
+  return scrape(metricsUrl(stage.stderr()));
 }
 
 /** Resolves with the time (ms) `started` took to exit after `signal`, and its result. */
@@ -116,7 +108,7 @@ describe('stage lifecycle across coordinators', () => {
     // The aborted run's leftovers were dropped and counted; nothing was rejected.
     let leftovers = 0;
     for (const [i, s] of stages.entries()) {
-      const text = await scrape(s);
+      const text = await scrapeStage(s);
       const labels = `role="stage",layer="${i + 1}"`;
       leftovers += seriesValue(text, `ffx_stage_leftover_messages_total{${labels}}`);
       for (const reason of ['BAD_RUN', 'BAD_WIDTH', 'BAD_SHAPE']) {

@@ -1,0 +1,305 @@
+// Garbage costs nothing. During a training run, thousands of malformed messages of every kind
+// go to both stages' data sockets and the coordinator's control socket, with oversized frames
+// and junk on the /metrics ports: the run completes with exactly the weights of a quiet one,
+// the stages' memory stays bounded, and every rejection counter matches what was sent.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { pack } from 'msgpackr';
+import { Dealer, type Push } from 'zeromq';
+import { closeAll, dataPush, freePort } from '../src/transport/sockets.js';
+import { type ControlMessage, PROTOCOL_VERSION, encodeControl } from '../src/transport/wire.js';
+import { metricsUrl, scrape, seriesValue } from './helpers/metrics.js';
+import { killAll, ROOT, runNode, startNode, startStage, waitForOutput } from './helpers/spawn.js';
+import { maxWeightDiff } from './helpers/weights.js';
+
+const CLI = join(ROOT, 'dist', 'src', 'cli');
+const RUN = [
+  '--config',
+  join(ROOT, 'config', 'demo.json'),
+  '--layers',
+  '784,256,256',
+  '--set',
+  'model.threshold=256',
+  '--set',
+  'data.trainLimit=3000',
+  '--set',
+  'data.testLimit=500',
+  '--set',
+  'train.evalEvery=0',
+  // Long enough (about 10 s) for the fuzzing to happen while it trains.
+  '--epochs',
+  '20',
+];
+const PER_KIND = 300;
+/** A stage of this run, junk and all, stays under this (about twice its quiet size). */
+const RSS_BOUND_MB = 600;
+
+/** Malformed data messages, each of a kind a stage rejects with a known code. */
+function junk(i: number): [string, Buffer[]][] {
+  const x = Buffer.alloc(2 * 4 * 4);
+  const header = (h: Record<string, unknown>) => pack(h);
+  const train = {
+    v: PROTOCOL_VERSION,
+    kind: 'train',
+    run: 'fuzz',
+    epoch: 0,
+    seq: i,
+    nPos: 2,
+    lr: 1,
+  };
+  return [
+    ['BAD_FRAMES', [Buffer.from([0xc1, i & 0xff, (i >> 8) & 0xff, 0x13])]],
+    ['BAD_VERSION', [header({ ...train, v: 99, tensors: [{ name: 'x', shape: [4, 2] }] }), x]],
+    ['BAD_KIND', [header({ ...train, kind: 'gossip', tensors: [] })]],
+    ['BAD_SHAPE', [header({ ...train, tensors: [{ name: 'x', shape: [4, 2] }] }), x.subarray(4)]],
+    ['BAD_HEADER', [header({ ...train, seq: -i - 1, tensors: [{ name: 'x', shape: [4, 2] }] }), x]],
+    // Well formed, but of a run this stage never served.
+    ['BAD_RUN', [header({ ...train, tensors: [{ name: 'x', shape: [4, 2] }] }), x]],
+  ];
+}
+
+/**
+ * Forged results and coordinator-only messages, from a peer that registered for no layer:
+ * each is dropped as 'foreign' (the run has no layer 99; layers 1 and 2 belong to others).
+ */
+function forged(i: number): ControlMessage {
+  const run = `run-${i}`;
+  const forgeries: ControlMessage[] = [
+    {
+      type: 'stats',
+      layer: 99,
+      run,
+      epoch: 0,
+      seq: i,
+      loss: 0,
+      goodnessPos: 0,
+      goodnessNeg: 0,
+      stepMs: 0,
+      waitMs: 0,
+      transportMs: 0,
+      blockedMs: 0,
+    },
+    {
+      type: 'weights',
+      layer: 1,
+      run,
+      epoch: 20,
+      optimizerStep: i,
+      tensors: { 'layers.0.weight': { shape: [2], data: new Float32Array([i, -i]) } },
+    },
+    { type: 'rejected', layer: 2, run, code: 'BAD_FRAMES', reason: 'forged' },
+    { type: 'goodness', layer: 1, run, epoch: 0, seq: i, images: 1, g: new Float32Array(10) },
+    { type: 'ack', layer: 2, run, op: 'end', id: i, epoch: 0 },
+    { type: 'ready', layer: 1, run },
+    { type: 'error', run, layer: 2, code: 'STAGE_FAILED', message: 'forged' },
+    { type: 'abort', run, reason: 'forged' },
+    { type: 'stop', reason: 'forged' },
+  ];
+  return forgeries[i % forgeries.length]!;
+}
+
+/** Control-socket junk for the coordinator, each dropped with a known reason. */
+function controlJunk(i: number): [string, Buffer][] {
+  return [
+    ['malformed', Buffer.from([0xc1, i & 0xff])],
+    ['foreign', encodeControl(forged(i))],
+    ['unregistered', encodeControl({ type: 'heartbeat', layer: 1 + (i % 2), token: `fuzz-${i}` })],
+    [
+      'refused',
+      encodeControl({
+        type: 'hello',
+        // A layer the run lacks, or (every other time) one registered stage holds.
+        layer: i % 2 ? 7 : 1,
+        version: PROTOCOL_VERSION,
+        backend: 'wasm',
+        endpoint: 'tcp://127.0.0.1:1',
+        pid: i,
+        host: 'fuzz',
+        token: 'fuzz',
+        key: '',
+        proof: '',
+      }),
+    ],
+  ];
+}
+
+/** A live process's resident memory in MB (0 once it is gone: the test then says why). */
+function rssMb(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+interface Counter {
+  url: string;
+  series: string;
+  /** What junk moves it (a key of the test's `sent`). */
+  kind: string;
+}
+
+/** A counter's value now; 0 before its first increment (no series yet). */
+async function read(c: Counter): Promise<number> {
+  const text = await scrape(c.url);
+  return text.includes(`\n${c.series} `) ? seriesValue(text, c.series) : 0;
+}
+
+/** Raw bytes to an HTTP port, then close: the server must shrug it off. */
+function junkHttp(url: string): Promise<void> {
+  const { port } = new URL(url);
+  return new Promise((resolve) => {
+    const s = connect(Number(port), '127.0.0.1', () => {
+      s.end('\x00\xffGARBAGE /metrics HTTP/9.9\r\nContent-Length: -1\r\n\r\n' + 'x'.repeat(5000));
+    });
+    s.resume(); // read (and drop) whatever the server answers, so its close is seen
+    s.on('error', () => resolve());
+    s.on('close', () => resolve());
+  });
+}
+
+describe('fuzzing a live run', () => {
+  let dir = '';
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ffx-fuzz-'));
+  });
+  after(async () => {
+    killAll();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("completes with the quiet run's weights, bounded memory and exact rejection counts", async (t) => {
+    const local = await runNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        '--local',
+        '--backend',
+        'wasm',
+        '--threads',
+        '1',
+        ...RUN,
+        '--quiet',
+        '--out',
+        join(dir, 'quiet'),
+      ],
+      { timeoutMs: 90_000 },
+    );
+    assert.equal(local.code, 0, local.stderr);
+
+    const control = `tcp://127.0.0.1:${await freePort()}`;
+    const stages = [1, 2].map((l) => startStage(l, control, 180_000));
+    const coordinator = startNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        ...RUN,
+        '--bind',
+        control,
+        '--out',
+        join(dir, 'fuzzed'),
+      ],
+      { timeoutMs: 180_000 },
+    );
+    await waitForOutput(coordinator.stderr, /epoch 1\/20 \d+% /, 60_000);
+    const endpoints = [1, 2].map(
+      (l) =>
+        new RegExp(`layer ${l} ready on .* at (tcp://127\\.0\\.0\\.1:\\d+)`).exec(
+          coordinator.stderr(),
+        )![1]!,
+    );
+    const pids = stages.map((s) => s.child.pid!);
+    let peak = 0;
+    const sampler = setInterval(() => {
+      for (const pid of pids) peak = Math.max(peak, rssMb(pid));
+    }, 100);
+    sampler.unref();
+
+    // Every counter the junk moves, as it stands before any (a stage's heartbeat that beats
+    // its own hello to the coordinator is an honest 'unregistered').
+    const cUrl = metricsUrl(coordinator.stderr());
+    const watched: Counter[] = [
+      ...['malformed', 'foreign', 'unregistered', 'refused'].map((reason) => ({
+        url: cUrl,
+        series: `ffx_coordinator_dropped_messages_total{reason="${reason}",role="coordinator"}`,
+        kind: reason,
+      })),
+      ...stages.flatMap((st, i) =>
+        junk(0).map(([code]) => ({
+          url: metricsUrl(st.stderr()),
+          series: `ffx_stage_rejected_messages_total{reason="${code}",role="stage",layer="${i + 1}"}`,
+          kind: code,
+        })),
+      ),
+    ];
+    const before = await Promise.all(watched.map(read));
+
+    const sent = new Map<string, number>();
+    const pushes: Push[] = [];
+    const dealer = new Dealer({ linger: 0 });
+    dealer.connect(control);
+    try {
+      // Each kind from its own connection, to both stages.
+      const kinds = junk(0).map(([code]) => code);
+      const byKind = new Map<string, Push[]>(
+        kinds.map((k) => [k, endpoints.map((e) => dataPush(e))]),
+      );
+      for (const list of byKind.values()) pushes.push(...list);
+      for (let i = 0; i < PER_KIND; i++) {
+        for (const [code, frames] of junk(i)) {
+          for (const p of byKind.get(code)!) await p.send(frames);
+          sent.set(code, (sent.get(code) ?? 0) + 1);
+        }
+        for (const [reason, frame] of controlJunk(i)) {
+          await dealer.send(frame);
+          sent.set(reason, (sent.get(reason) ?? 0) + 1);
+        }
+      }
+      // Frames far over the largest message of the run: ZeroMQ drops the connection unread.
+      // (Not awaited: a send waits while the stage keeps dropping the connection.)
+      const huge = Buffer.alloc(64 * 1024 * 1024);
+      for (const e of endpoints) {
+        const big = dataPush(e, { lingerMs: 0 });
+        pushes.push(big);
+        void big.send([Buffer.alloc(1), huge]).catch(() => {});
+      }
+      await sleep(1000);
+      for (const s of [coordinator, ...stages]) await junkHttp(metricsUrl(s.stderr()));
+
+      // Every piece of junk was counted once, by its reason (read while the run goes on).
+      for (const [i, c] of watched.entries()) {
+        const want = before[i]! + sent.get(c.kind)!;
+        for (let n = 0; n < 200 && (await read(c)) < want; n++) await sleep(50);
+        assert.equal(await read(c), want, c.series);
+      }
+    } finally {
+      closeAll(dealer, ...pushes);
+    }
+
+    const r = await coordinator.result;
+    clearInterval(sampler);
+    for (const st of stages)
+      assert.equal(st.child.exitCode, null, `a stage died:\n${st.stderr().slice(-3000)}`);
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    assert.equal(
+      await maxWeightDiff(
+        join(dir, 'quiet', 'model.safetensors'),
+        join(dir, 'fuzzed', 'model.safetensors'),
+      ),
+      0,
+    );
+    t.diagnostic(
+      `peak stage RSS ${peak.toFixed(0)} MB; sent ${[...sent].map(([k, n]) => `${k} ${n}`).join(', ')}`,
+    );
+    assert.ok(peak < RSS_BOUND_MB, `a stage reached ${peak.toFixed(0)} MB`);
+    for (const s of stages) s.child.kill('SIGTERM');
+    for (const s of stages) assert.equal((await s.result).code, 0);
+  });
+});
