@@ -44,3 +44,28 @@ export const log = {
     sink(`warning: ${line}`);
   },
 };
+
+/**
+ * Lines about events a peer can cause at will (a rejected or dropped message): at most one per
+ * key a minute, each saying how many like it went unlogged since the one before.
+ */
+export class RateLimitedLog {
+  private readonly last = new Map<string, { at: number; unlogged: number }>();
+
+  constructor(
+    private readonly write: (line: string) => void,
+    private readonly intervalMs = 60_000,
+  ) {}
+
+  line(key: string, text: string): void {
+    const now = Date.now();
+    const seen = this.last.get(key);
+    if (seen && now - seen.at < this.intervalMs) {
+      seen.unlogged++;
+      return;
+    }
+    const more = seen?.unlogged ? ` (and ${seen.unlogged} more like it since the last line)` : '';
+    this.last.set(key, { at: now, unlogged: 0 });
+    this.write(`${text}${more}`);
+  }
+}

@@ -152,6 +152,10 @@ async function read(c: Counter): Promise<number> {
   return text.includes(`\n${c.series} `) ? seriesValue(text, c.series) : 0;
 }
 
+function count(text: string, pattern: RegExp): number {
+  return text.match(pattern)?.length ?? 0;
+}
+
 /** Raw bytes to an HTTP port, then close: the server must shrug it off. */
 function junkHttp(url: string): Promise<void> {
   const { port } = new URL(url);
@@ -299,6 +303,9 @@ describe('fuzzing a live run', () => {
       `peak stage RSS ${peak.toFixed(0)} MB; sent ${[...sent].map(([k, n]) => `${k} ${n}`).join(', ')}`,
     );
     assert.ok(peak < RSS_BOUND_MB, `a stage reached ${peak.toFixed(0)} MB`);
+    // Thousands of refusals, a line per reason in the logs (they are rate-limited).
+    assert.ok(count(r.stderr, /coordinator: dropped /g) <= 6, r.stderr.slice(-3000));
+    for (const st of stages) assert.ok(count(st.stderr(), /rejected a message/g) <= 6);
     for (const s of stages) s.child.kill('SIGTERM');
     for (const s of stages) assert.equal((await s.result).code, 0);
   });

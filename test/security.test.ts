@@ -4,7 +4,7 @@
 // single-process run bit for bit. Without keys, listeners stay on this host unless --insecure
 // says otherwise, and a second hello for a registered layer is refused without taking it over.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -16,6 +16,7 @@ import {
   helloProof,
   readKeyPair,
   readTrusted,
+  writeKeyPair,
   z85Decode,
   z85Encode,
   type KeyPair,
@@ -109,11 +110,27 @@ describe('CurveZMQ keys', () => {
       assert.match(again.stderr, /already holds coordinator, stage-1, stage-2: --force/);
     });
 
+    it('refuses a secret key others may read, naming the file and the fix', async () => {
+      const file = join(dir, 'open.key');
+      await writeKeyPair(file, generateKeyPair());
+      const refused = (mode: string) => (e: Error) =>
+        e.message.includes(`others may read it (mode ${mode}): chmod 600 ${file}`);
+      await chmod(file, 0o644);
+      await assert.rejects(readKeyPair(file), refused('0644'));
+      // Group-readable: only a file root owns (a Kubernetes Secret with an fsGroup).
+      await chmod(file, 0o640);
+      if (process.getuid?.() === 0) {
+        await readKeyPair(file);
+        await chown(file, 65534, 65534);
+      }
+      await assert.rejects(readKeyPair(file), refused('0640'));
+    });
+
     it('refuses a key file whose halves do not match, and a malformed trusted line, naming the file', async () => {
       const a = generateKeyPair();
       const b = generateKeyPair();
       const mixed = join(dir, 'mixed.key');
-      await writeFile(mixed, `public ${a.publicKey}\nsecret ${b.secretKey}\n`);
+      await writeFile(mixed, `public ${a.publicKey}\nsecret ${b.secretKey}\n`, { mode: 0o600 });
       await assert.rejects(readKeyPair(mixed), (e: Error) =>
         /mixed\.key: its public key/.test(e.message),
       );

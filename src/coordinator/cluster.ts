@@ -10,6 +10,7 @@ import type { RunConfig } from '../config/config.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import { layerTensors } from '../core/ff-network.js';
 import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.js';
+import { RateLimitedLog } from '../log.js';
 import type { CoordinatorMetrics, DropReason } from '../metrics/index.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
@@ -32,9 +33,6 @@ import {
   type KeyPair,
   type TrustedKey,
 } from '../transport/curve.js';
-
-/** How often a line about dropped messages may be logged, per reason. */
-const DROP_LOG_INTERVAL_MS = 60_000;
 
 /** Failures of a stage that another attempt, with that stage back or replaced, gets past. */
 const RECOVERABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
@@ -114,7 +112,7 @@ export class Cluster {
   private progressAge: (layer: number) => number = () => 0;
   private closed = false;
   private readonly opts: ClusterOptions;
-  private readonly dropped = new Map<DropReason, { at: number; unlogged: number }>();
+  private readonly dropLog: RateLimitedLog;
   private zap: ZapHandler | null = null;
   private readonly controlChecks = new Set<() => void>();
   /** Layers whose stage was found stuck: forgotten at the end of the attempt, as lost ones are. */
@@ -124,6 +122,7 @@ export class Cluster {
     this.numLayers = numLayers;
     this.run = run;
     this.opts = opts;
+    this.dropLog = new RateLimitedLog(opts.log);
     this.router = new Router({ linger: 500, maxMessageSize: opts.maxMessageBytes });
     if (opts.security) curveServer(this.router, opts.security.keys, 'control');
     this.routerOut = new SerialSender(this.router);
@@ -606,15 +605,7 @@ export class Cluster {
    */
   private drop(reason: DropReason, what: string): void {
     this.opts.metrics?.onDropped(reason);
-    const now = Date.now();
-    const seen = this.dropped.get(reason);
-    if (seen && now - seen.at < DROP_LOG_INTERVAL_MS) {
-      seen.unlogged++;
-      return;
-    }
-    const more = seen?.unlogged ? ` (and ${seen.unlogged} more like it since the last line)` : '';
-    this.dropped.set(reason, { at: now, unlogged: 0 });
-    this.opts.log(`coordinator: dropped ${what}${more}`);
+    this.dropLog.line(reason, `coordinator: dropped ${what}`);
   }
 }
 

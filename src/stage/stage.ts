@@ -25,7 +25,7 @@ import { ConfigError, validateSection } from '../config/config.js';
 import type { FFLayer } from '../core/ff-layer.js';
 import { buildLayer, layerPrefix } from '../core/ff-network.js';
 import { FfxError, addressError, type ErrorCode } from '../errors.js';
-import { log } from '../log.js';
+import { RateLimitedLog, log } from '../log.js';
 import { STAGE_STATES, type StageMetrics, type StageState } from '../metrics/index.js';
 import { ProtocolError, isProtocolError } from '../transport/errors.js';
 import { SerialSender, closeAll, dataPull, dataPush } from '../transport/sockets.js';
@@ -147,7 +147,7 @@ export class Stage {
   private configDeadline: NodeJS.Timeout | null = null;
   private closing = false;
   private fatal: Error | null = null;
-  private readonly loggedRejections = new Set<string>();
+  private readonly rejectionLog = new RateLimitedLog((line) => log.info(line));
 
   private readonly inbound: Pull;
   /** The inbound socket's bound endpoint, once bound (the port ZeroMQ picked for `*`). */
@@ -835,7 +835,7 @@ export class Stage {
   }
 
   /**
-   * A malformed message, counted and logged once per reason; reported to the coordinator of
+   * A malformed message, counted and logged (once a minute per reason); reported to the coordinator of
    * the run served (it may have been one of its batches). The stage keeps serving.
    */
   private async reject(
@@ -856,10 +856,9 @@ export class Stage {
     }
   }
 
+  /** A line about a message refused: once a minute per kind at most (peers choose how many). */
   private logRejection(key: string, line: string): void {
-    if (this.loggedRejections.has(key)) return;
-    this.loggedRejections.add(key);
-    log.info(`layer ${this.opts.layer}: ${line}`);
+    this.rejectionLog.line(key, `layer ${this.opts.layer}: ${line}`);
   }
 }
 

@@ -10,7 +10,7 @@
 // with an HMAC keyed by the secret it shares with the coordinator (helloProof), so a layer's
 // registration is bound to a key, not to a claim.
 import { createHmac, createPrivateKey, createPublicKey, diffieHellman } from 'node:crypto';
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Router, curveKeyPair, type Socket } from 'zeromq';
 import { FfxError, withFile } from '../errors.js';
@@ -123,7 +123,23 @@ export async function writeKeyPair(file: string, pair: KeyPair): Promise<void> {
   });
 }
 
+/**
+ * A key pair file. Like ssh with a private key, refuses one that others may read: a secret key
+ * anyone on the host can copy authenticates nothing. As PostgreSQL does for its TLS key, a file
+ * owned by root may be readable by its group (a Kubernetes Secret mounted with an fsGroup).
+ */
 export async function readKeyPair(file: string): Promise<KeyPair> {
+  const { mode, uid } = await withFile(file, `cannot read key ${file}`, () => stat(file));
+  const groupMayRead = uid === 0 && (mode & 0o030) === 0;
+  if (
+    process.platform !== 'win32' &&
+    ((mode & 0o007) !== 0 || ((mode & 0o070) !== 0 && !groupMayRead))
+  ) {
+    const octal = (mode & 0o777).toString(8).padStart(4, '0');
+    throw new KeyError(
+      `${file} holds a secret key but others may read it (mode ${octal}): chmod 600 ${file}`,
+    );
+  }
   const text = await withFile(file, `cannot read key ${file}`, () => readFile(file, 'utf8'));
   const fields = new Map<string, string>();
   for (const line of text.split('\n')) {
