@@ -8,6 +8,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
+import { checkExposure } from '../src/cli/security-options.js';
 import { METRIC_SERIES_NAMES } from '../src/metrics/catalog.js';
 
 /** The package root (this file is dist/test/deploy.test.js once built). */
@@ -69,6 +70,29 @@ function promtool(...args: string[]): string {
   const out = `${r.stdout}${r.stderr}`;
   assert.equal(r.status, 0, `promtool ${args.join(' ')} exited ${r.status}:\n${out}`);
   return out;
+}
+
+/**
+ * A process of a deployment that listens beyond its host: the CLI accepts it (it has keys),
+ * and its --key and --trust are the files ffx-keys makes, in the directory the keys are at.
+ */
+function assertKeyed(
+  where: string,
+  p: { flag: string; endpoint: string; key?: string; trust?: string },
+  keys: { dir: string; name: string },
+): void {
+  assert.doesNotThrow(
+    () => checkExposure(p.endpoint, p.flag, { key: p.key, trust: p.trust, insecure: false }),
+    where,
+  );
+  assert.equal(p.key, `${keys.dir}/${keys.name}.key`, `${where}: --key`);
+  assert.equal(p.trust, `${keys.dir}/trusted.pub`, `${where}: --trust`);
+}
+
+/** The value after `flag` in an argument list. */
+function flagValue(args: string[], flag: string): string | undefined {
+  const i = args.indexOf(flag);
+  return i >= 0 ? args[i + 1] : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,6 +333,54 @@ describe('deploy/docker', () => {
     }
   });
 
+  it('encrypts every connection with keys the keys service makes, once', () => {
+    const services = composeServices('compose.yaml');
+    const keys = obj(services.get('keys'), 'keys');
+    const made = arr(keys.command, 'keys command').map(String).join(' ');
+    const stages = [...services.keys()].filter((n) => /^stage-\d+$/.test(n));
+    assert.match(
+      made,
+      new RegExp(
+        `^test -f /keys/trusted.pub \\|\\| .*ffx-keys\\.js /keys --stages ${stages.length}$`,
+      ),
+    );
+    assert.ok(arr(keys.volumes, 'keys volumes').includes('keys:/keys'));
+    const keysFirst = (name: string) => {
+      const s = obj(services.get(name), name);
+      assert.ok(arr(s.volumes, `${name} volumes`).includes('keys:/keys:ro'), `${name}: no keys`);
+      const after = obj(obj(s.depends_on, `${name} depends_on`).keys, `${name} after keys`);
+      assert.equal(after.condition, 'service_completed_successfully');
+      return s;
+    };
+    const coordinator = arr(keysFirst('coordinator').command, 'command').map(String);
+    assertKeyed(
+      'coordinator',
+      {
+        flag: '--bind',
+        endpoint: flagValue(coordinator, '--bind')!,
+        key: flagValue(coordinator, '--key'),
+        trust: flagValue(coordinator, '--trust'),
+      },
+      { dir: '/keys', name: 'coordinator' },
+    );
+    // Prometheus scrapes it from its own container.
+    assert.equal(flagValue(coordinator, '--metrics-host'), '0.0.0.0');
+    for (const name of stages) {
+      const e = env(keysFirst(name), name);
+      assertKeyed(
+        name,
+        {
+          flag: '--listen',
+          endpoint: String(e.FFX_LISTEN),
+          key: e.FFX_KEY as string,
+          trust: e.FFX_TRUST as string,
+        },
+        { dir: '/keys', name: `stage-${String(e.FFX_LAYER)}` },
+      );
+      assert.equal(e.FFX_METRICS_HOST, '0.0.0.0');
+    }
+  });
+
   it('mounts the Prometheus config and the Grafana provisioning from the repo', () => {
     const services = composeServices('compose.yaml');
     const mounts = (name: string) =>
@@ -440,6 +512,29 @@ describe('deploy/k8s', () => {
     assert.equal(String(metrics?.containerPort), envs.get('FFX_METRICS_PORT')?.value);
     const limits = obj(obj(container.resources, 'resources').limits, 'limits');
     assert.equal(Number(limits['nvidia.com/gpu']), 1);
+    // Keys: the Secret ffx-keys, owner-only; stage-<layer>.key for each pod.
+    assert.match(command, /export FFX_KEY=\/etc\/ffx-keys\/stage-\$FFX_LAYER\.key;/);
+    const mount = arr(container.volumeMounts, 'volumeMounts')
+      .map((m) => obj(m, 'mount'))
+      .find((m) => m.mountPath === '/etc/ffx-keys');
+    const secret = obj(
+      arr(podSpec.volumes, 'volumes')
+        .map((v) => obj(v, 'volume'))
+        .find((v) => v.name === mount?.name)?.secret,
+      'the keys volume',
+    );
+    assert.equal(secret.secretName, 'ffx-keys');
+    assert.equal(secret.defaultMode, 0o400);
+    assertKeyed(
+      'stage',
+      {
+        flag: '--listen',
+        endpoint: String(envs.get('FFX_LISTEN')?.value),
+        key: '/etc/ffx-keys/stage-1.key', // the command's, for layer 1
+        trust: envs.get('FFX_TRUST')?.value as string,
+      },
+      { dir: '/etc/ffx-keys', name: 'stage-1' },
+    );
   });
 
   it('the coordinator Job binds the port its Service exposes and reads the ConfigMap', () => {
@@ -454,6 +549,25 @@ describe('deploy/k8s', () => {
     assert.ok(command.includes('tcp://0.0.0.0:5555'));
     const volumes = arr(podSpec.volumes, 'volumes').map((v) => obj(v, 'volume'));
     assert.ok(volumes.some((v) => obj(v.configMap ?? {}, 'configMap').name === 'ffx-config'));
+    assertKeyed(
+      'coordinator',
+      {
+        flag: '--bind',
+        endpoint: flagValue(command, '--bind')!,
+        key: flagValue(command, '--key'),
+        trust: flagValue(command, '--trust'),
+      },
+      { dir: '/etc/ffx-keys', name: 'coordinator' },
+    );
+    // Its own key and the public ones only, readable by the image's user through fsGroup.
+    const secret = obj(volumes.find((v) => v.secret !== undefined)?.secret, 'keys Secret');
+    assert.equal(secret.secretName, 'ffx-keys');
+    assert.deepEqual(
+      arr(secret.items, 'items').map((i) => obj(i, 'item').path),
+      ['coordinator.key', 'trusted.pub'],
+    );
+    assert.equal(obj(podSpec.securityContext, 'securityContext').fsGroup, 1000);
+    assert.equal(flagValue(command, '--metrics-host'), '0.0.0.0');
   });
 });
 
@@ -515,6 +629,43 @@ describe('deploy/systemd', () => {
     const service = parseUnit(join(SYSTEMD, 'ffx-stage@.service')).get('Service');
     assert.deepEqual(service?.get('EnvironmentFile'), ['/etc/ffx/stage.env']);
     assert.ok(service?.get('Environment')?.includes('FFX_LAYER=%i'));
+  });
+
+  it('both units listen beyond the host with keys, from /etc/ffx/keys', () => {
+    const settings = (file: string) =>
+      new Map(
+        (parseUnit(join(SYSTEMD, file)).get('Service')?.get('Environment') ?? []).map(
+          (e) => e.split('=', 2) as [string, string],
+        ),
+      );
+    const stage = settings('ffx-stage@.service');
+    const stageEnv = new Map(
+      readFileSync(join(SYSTEMD, 'stage.env.example'), 'utf8')
+        .split('\n')
+        .filter((l) => /^FFX_/.test(l))
+        .map((l) => l.split('=', 2) as [string, string]),
+    );
+    assertKeyed(
+      'ffx-stage@.service',
+      {
+        flag: '--listen',
+        endpoint: stageEnv.get('FFX_LISTEN')!,
+        key: stage.get('FFX_KEY'),
+        trust: stage.get('FFX_TRUST'),
+      },
+      { dir: '/etc/ffx/keys', name: 'stage-%i' },
+    );
+    const coordinator = settings('ffx-coordinator.service');
+    assertKeyed(
+      'ffx-coordinator.service',
+      {
+        flag: '--bind',
+        endpoint: coordinator.get('FFX_BIND')!,
+        key: coordinator.get('FFX_KEY'),
+        trust: coordinator.get('FFX_TRUST'),
+      },
+      { dir: '/etc/ffx/keys', name: 'coordinator' },
+    );
   });
 
   it('stage.env.example holds only FFX_* assignments', () => {
