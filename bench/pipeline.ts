@@ -7,8 +7,12 @@
 // step (decode + encode, over compute + those), and how long each stage sat idle (waiting for
 // input) or blocked (waiting for room downstream).
 //
+// With --keys, each repeat also runs the pipeline with CurveZMQ on every link (ffx-launch
+// --keys), alternated with the plain one, and prints what encryption costs.
+//
 //   npm run bench:pipeline
 //   npm run bench:pipeline -- --layers 784,1000,784 --images 20000 --batch 1000 --repeat 1
+//   npm run bench:pipeline -- --transport tcp --keys
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
@@ -36,6 +40,11 @@ async function main(): Promise<void> {
       default: 'ipc',
       describe: "the pipeline's data links (ffx-launch --transport)",
     })
+    .option('keys', {
+      type: 'boolean',
+      default: false,
+      describe: 'also run the pipeline with CurveZMQ keys (ffx-launch --keys) and print the cost',
+    })
     .option('repeat', {
       type: 'number',
       default: 3,
@@ -46,6 +55,7 @@ async function main(): Promise<void> {
     .parse();
   const dir = await mkdtemp(join(tmpdir(), 'ffx-bench-pipeline-'));
   const rows: string[][] = [];
+  const keyedRows: string[][] = [];
   try {
     for (const batch of a.batch.split(',')) {
       const common = [
@@ -82,7 +92,8 @@ async function main(): Promise<void> {
         const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
         return JSON.parse(lines[lines.length - 1]!) as EpochRecord;
       };
-      const runs: { local: EpochRecord; piped: EpochRecord }[] = [];
+      const runs: { local: EpochRecord; piped: EpochRecord; keyed?: EpochRecord }[] = [];
+      const pipeline = ['--stage-threads', '1', '--transport', a.transport];
       for (let i = 0; i < a.repeat; i++) {
         const local = await run(`local-${i}`, [
           cli('ffx-coordinator'),
@@ -91,25 +102,28 @@ async function main(): Promise<void> {
           '--threads',
           '1',
         ]);
-        const piped = await run(`pipeline-${i}`, [
-          cli('ffx-launch'),
-          '--stage-threads',
-          '1',
-          '--transport',
-          a.transport,
-        ]);
-        runs.push({ local, piped });
+        const piped = await run(`pipeline-${i}`, [cli('ffx-launch'), ...pipeline]);
+        const keyed = a.keys
+          ? await run(`keyed-${i}`, [cli('ffx-launch'), ...pipeline, '--keys', join(dir, 'keys')])
+          : undefined;
+        runs.push({ local, piped, keyed });
       }
       const local = median(runs.map((r) => r.local));
       const piped = median(runs.map((r) => r.piped));
       const ratio = piped.samplesPerSec / local.samplesPerSec;
       const slowest = Math.max(...(local.stages ?? []).map((s) => s.stepSeconds));
       const ideal = local.seconds / slowest;
-      const share = (piped.stages ?? []).map(
-        (s) => `${((100 * s.transportSeconds) / (s.stepSeconds + s.transportSeconds)).toFixed(1)}%`,
-      );
       const idle = (piped.stages ?? []).map((s) => `${s.waitSeconds.toFixed(1)}s`);
       const blocked = (piped.stages ?? []).map((s) => `${s.blockedSeconds.toFixed(1)}s`);
+      if (a.keys) {
+        const keyed = median(runs.map((r) => r.keyed!));
+        keyedRows.push([
+          batch,
+          piped.samplesPerSec.toFixed(0),
+          keyed.samplesPerSec.toFixed(0),
+          `${((100 * (piped.samplesPerSec - keyed.samplesPerSec)) / piped.samplesPerSec).toFixed(1)}%`,
+        ]);
+      }
       rows.push([
         batch,
         local.samplesPerSec.toFixed(0),
@@ -117,7 +131,7 @@ async function main(): Promise<void> {
         ratio.toFixed(2),
         ideal.toFixed(2),
         `${((100 * ratio) / ideal).toFixed(0)}%`,
-        share.join(' / '),
+        transportShares(piped),
         idle.join(' / '),
         blocked.join(' / '),
       ]);
@@ -136,14 +150,34 @@ async function main(): Promise<void> {
     'stage idle',
     'stage blocked on send',
   ];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(
     `${a.layers} on ${a.images} ${a.dataset} images, 1 thread per process, data over ` +
       `${a.transport}, median of ${a.repeat} runs`,
   );
+  printTable(head, rows);
+  if (a.keys) {
+    console.log(
+      '\nCurveZMQ on every link (ffx-launch --keys), alternated with the plain pipeline ' +
+        "(encryption runs in ZeroMQ's I/O threads, outside the stages' transport time)",
+    );
+    printTable(['batch', 'plain samples/s', 'CurveZMQ samples/s', 'cost'], keyedRows);
+  }
+}
+
+function printTable(head: string[], rows: string[][]): void {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(line(head));
   for (const r of rows) console.log(line(r));
+}
+
+/** Each stage's transport time over its step's (compute and transport). */
+function transportShares(r: EpochRecord): string {
+  return (r.stages ?? [])
+    .map(
+      (s) => `${((100 * s.transportSeconds) / (s.stepSeconds + s.transportSeconds)).toFixed(1)}%`,
+    )
+    .join(' / ');
 }
 
 /** The run with the median samples/s. */

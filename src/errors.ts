@@ -70,7 +70,6 @@ export const ERROR_CODES = {
     'CLUSTER_NOT_READY',
     'CLUSTER_STAGE_LOST', // no heartbeat
     'CLUSTER_STAGE_STALLED', // heartbeats, but no progress with work outstanding
-    'CLUSTER_MESSAGE_REJECTED',
     /** A stage reported an error the coordinator has no code for. */
     'CLUSTER_STAGE_ERROR',
   ],

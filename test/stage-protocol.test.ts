@@ -199,6 +199,23 @@ describe('ffx-stage protocol', () => {
     ['missing tensor frame', () => [good(1)[0]!], 'BAD_SHAPE'],
     ['wrong input width', () => train(IN + 1, 0), 'BAD_WIDTH'],
     ['non-finite input', () => train(IN, NaN), 'NON_FINITE'],
+    [
+      "a batch larger than the run's",
+      () =>
+        encodeData(
+          {
+            kind: 'train',
+            run: 'test',
+            epoch: 0,
+            seq: 1,
+            nPos: 4,
+            lr: 0.01,
+            tensors: [{ name: 'x', shape: [8, IN] }],
+          },
+          [new Float32Array(8 * IN)],
+        ),
+      'BAD_SHAPE',
+    ],
   ];
 
   for (const [name, frames, code] of cases) {

@@ -38,7 +38,6 @@ import {
 const RECOVERABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'CLUSTER_STAGE_LOST',
   'CLUSTER_STAGE_STALLED',
-  'CLUSTER_MESSAGE_REJECTED',
   'STAGE_STOPPED',
 ]);
 
