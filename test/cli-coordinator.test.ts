@@ -364,4 +364,45 @@ describe('configuration precedence: flags > FFX_* environment > config file > de
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('leaves out FFX_* variables that name no flag: the ones ffx reads itself silently', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ffx-env-'));
+    try {
+      const r = await runNode(
+        [
+          CLI,
+          'train',
+          '--local',
+          '--config',
+          join(ROOT, 'config', 'demo.json'),
+          '--set',
+          'data.trainLimit=200',
+          '--set',
+          'data.testLimit=100',
+          '--out',
+          dir,
+        ],
+        {
+          timeoutMs: 60_000,
+          env: {
+            FFX_EPOCHS: '1',
+            FFX_CACHE_DIR: join(dir, 'cache'),
+            FFX_WEIGHTS: 'an eval flag',
+            FFX_EPOCHZ: '3',
+          },
+        },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(
+        r.stderr.match(/warning: FFX_EPOCHZ names no flag of ffx-coordinator/g)?.length,
+        1,
+      );
+      assert.match(r.stderr, /warning: FFX_WEIGHTS names no flag/);
+      assert.doesNotMatch(r.stderr, /FFX_CACHE_DIR|FFX_EPOCHS/);
+      const cfg = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as RunConfig;
+      assert.equal(cfg.train.epochs, 1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

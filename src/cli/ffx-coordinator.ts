@@ -2,7 +2,7 @@
 // ffx-coordinator: feeds data, drives epochs, aggregates goodness into predictions.
 //   ffx-coordinator train --local --config config/fashion-mnist-fast.json
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
-import { hideBin, yargs } from './yargs.js';
+import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { readCheckpoint } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
@@ -177,9 +177,8 @@ async function pipelineOptions(
 
 export function buildCli(argv: string[]) {
   return (
-    yargs(argv)
+    flagsFromEnv(yargs(argv))
       .scriptName('ffx-coordinator')
-      .env('FFX')
       .command(
         'train',
         'train a network: across ffx-stage workers, or every layer in this process with --local',

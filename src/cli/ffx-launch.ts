@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { availableParallelism, constants, tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { hideBin, yargs } from './yargs.js';
+import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
 import {
@@ -62,7 +62,7 @@ function describeExit(e: Exit): string {
 
 async function main(): Promise<void> {
   const argv = hideBin(process.argv);
-  const a = (await trainOptions(commonOptions(yargs(argv)))
+  const a = (await trainOptions(commonOptions(flagsFromEnv(yargs(argv))))
     .scriptName('ffx-launch')
     .usage('$0 --config FILE [ffx-coordinator train flags]')
     .usage('Run a distributed training on this machine: one ffx-stage per layer and a coordinator.')
@@ -91,7 +91,6 @@ async function main(): Promise<void> {
       describe:
         'times each process is started again after it is killed by a signal (a stage rejoins; the coordinator resumes from the latest checkpoint)',
     })
-    .env('FFX')
     .strict()
     .fail((msg, err) => {
       throw err ?? new UsageError(msg);

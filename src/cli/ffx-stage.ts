@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // ffx-stage: one FF layer of a distributed run, in its own process (one per GPU or node).
 //   ffx-stage --layer 1 --coordinator tcp://10.0.0.1:5555
-import { hideBin, yargs } from './yargs.js';
+import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/backend.js';
 import { Stage } from '../stage/stage.js';
 import {
@@ -19,11 +19,12 @@ import { checkExposure, loadStageSecurity, securityOptions } from './security-op
 import { watchParent } from './parent-watch.js';
 
 export function buildCli(argv: string[]) {
-  return securityOptions(metricsOptions(yargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`))
+  return securityOptions(
+    metricsOptions(flagsFromEnv(yargs(argv)), `default ${DEFAULT_METRICS_PORT} + layer`),
+  )
     .scriptName('ffx-stage')
     .usage('$0 --layer N --coordinator tcp://HOST:PORT [options]')
     .usage('Serve one FF layer of a distributed run.')
-    .env('FFX')
     .config('config', 'a JSON file of these flags, e.g. {"coordinator": "tcp://10.0.0.1:5555"}')
     .option('layer', {
       alias: 'l',
