@@ -69,3 +69,8 @@ export class RateLimitedLog {
     this.write(`${text}${more}`);
   }
 }
+
+/** "1 epoch", "3 epochs": a count and its noun. */
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}

@@ -29,6 +29,8 @@ interface Report {
   logs: string[];
   /** What the process log (src/log.ts) printed: warnings. */
   processLog: string[];
+  /** What console.warn printed (TensorFlow.js warns through it). */
+  warned?: string[];
   [key: string]: unknown;
 }
 
@@ -111,12 +113,18 @@ describe('initBackend', () => {
     );
   });
 
-  it("'cpu' loads the pure-JS backend, with no memory limit", async () => {
+  it("'cpu' loads the pure-JS backend, with no memory limit and no banner", async () => {
     const r = await inChild(`
+      const warned = [];
+      console.warn = (...a) => warned.push(a.join(' '));
       out.info = await b.initBackend('cpu', { log });
       out.tfBackend = tf.getBackend();
       out.huge = await err(() => b.checkMemoryBudget(1e12, 'huge'));
+      tf.tensor([1, 2]).dataSync();
+      out.warned = warned;
     `);
+    // TensorFlow.js's advice to install tfjs-node, on the first tensor: ffx chose this backend.
+    assert.deepEqual(r.warned, []);
     assert.equal(r.error, undefined, JSON.stringify(r.error));
     assert.equal(r.info!.name, 'cpu');
     assert.equal(r.info!.package, '@tensorflow/tfjs-backend-cpu');
@@ -243,13 +251,15 @@ describe('initBackend wasm threads', () => {
     assert.equal(r.maxDiff, 0);
   });
 
-  it('rejects a thread count outside 1..8', async () => {
+  it('rejects a thread count outside 1..8, with any backend choice', async () => {
     const r = await inChild(`
       out.zero = await err(() => b.initBackend('wasm', { threads: 0 }));
       out.nine = await err(() => b.initBackend('wasm', { threads: 9 }));
       out.half = await err(() => b.initBackend('wasm', { threads: 1.5 }));
+      // auto does not fall past it to another backend.
+      out.auto = await err(() => b.initBackend('auto', { threads: 0 }));
     `);
-    for (const k of ['zero', 'nine', 'half']) {
+    for (const k of ['zero', 'nine', 'half', 'auto']) {
       assert.equal((r[k] as ErrorInfo).code, 'BACKEND_BAD_THREADS', k);
       assert.match((r[k] as ErrorInfo).message, /threads must be an integer from 1 to 8/);
     }

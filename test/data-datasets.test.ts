@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -114,6 +114,18 @@ describe('lookup order', () => {
     assert.equal(ds.train.count, 12);
   });
 
+  it('refuses a data directory that does not exist, for every dataset', async () => {
+    for (const name of ['fashion-mnist', 'fashion-mnist-sample'] as const) {
+      await assert.rejects(
+        loadDataset(name, { dataDir: '/nonexistent/ffx', cacheDir: freshDir(), download: false }),
+        (e: Error & { code?: string }) =>
+          e.code === 'DATASET_NOT_FOUND' &&
+          e.message ===
+            'the data directory /nonexistent/ffx (--data-dir, data.dataDir) does not exist',
+      );
+    }
+  });
+
   it('skips a directory with only some of the files', async () => {
     const dataDir = freshDir();
     await writeFakeDataset(dataDir, { train: 12, test: 6 });
@@ -184,6 +196,7 @@ describe('validation of found files', () => {
 describe('not found', () => {
   it('says where it looked, what to put where, and how to install the Debian package', async () => {
     const dataDir = freshDir();
+    await mkdir(dataDir);
     const cacheDir = freshDir();
     const systemDir = freshDir();
     await writeFakeDataset(systemDir, { train: 2, test: 2 });
@@ -192,7 +205,7 @@ describe('not found', () => {
       loadDataset('fashion-mnist', { dataDir, cacheDir, download: false, systemDirs: [systemDir] }),
       rejectsWith(
         'DATASET_NOT_FOUND',
-        `${dataDir} (data dir): does not exist`,
+        `${dataDir} (data dir): missing ${IDX_FILE_NAMES.map((f) => `${f}[.gz]`).join(', ')}`,
         `${join(dataDir, 'fashion-mnist')} (data dir): does not exist`,
         `${join(cacheDir, 'datasets', 'fashion-mnist')} (cache): does not exist`,
         `${systemDir} (system): missing train-images-idx3-ubyte[.gz]`,

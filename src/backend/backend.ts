@@ -77,6 +77,7 @@ export async function initBackend(
       `backend must be one of ${BACKEND_CHOICES.join(', ')}; got "${String(choice)}"`,
     );
   }
+  if (options.threads !== undefined) checkThreads(options.threads);
   if (active && (choice === 'auto' || choice === active.name)) return active;
   if (active) {
     throw new BackendError(
@@ -197,9 +198,8 @@ async function loadTensorflowCpu(_options: BackendOptions): Promise<BackendInfo>
 
 const MAX_WASM_THREADS = 8; // emscripten's pre-spawned pthread pool
 
-async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
-  const pkg = '@tensorflow/tfjs-backend-wasm';
-  const threads = options.threads ?? Math.min(availableParallelism(), MAX_WASM_THREADS);
+/** A thread count wasm can use; refused before any backend is tried (auto would fall past it). */
+function checkThreads(threads: number): void {
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_WASM_THREADS) {
     throw new BackendError(
       'BACKEND_BAD_THREADS',
@@ -207,6 +207,11 @@ async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
       `threads must be an integer from 1 to ${MAX_WASM_THREADS}; got ${threads}`,
     );
   }
+}
+
+async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
+  const pkg = '@tensorflow/tfjs-backend-wasm';
+  const threads = options.threads ?? Math.min(availableParallelism(), MAX_WASM_THREADS);
   // In Node the .wasm binaries must be given as file paths; the default is a URL relative to
   // the page, which does not exist here.
   const require = createRequire(import.meta.url);
@@ -255,6 +260,8 @@ async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
 
 async function loadCpu(_options: BackendOptions): Promise<BackendInfo> {
   await useBackend('cpu', '@tensorflow/tfjs-backend-cpu');
+  // Its first tensor prints a banner advising tfjs-node; ffx chose this backend and said so.
+  (tf.backend() as { firstUse?: boolean }).firstUse = false;
   return {
     name: 'cpu',
     package: '@tensorflow/tfjs-backend-cpu',

@@ -22,6 +22,7 @@ import type { StepStats } from '../core/ff-layer.js';
 import { learningRateAt } from '../core/optimizer.js';
 import { EvalAccumulator, type EvalResult } from '../core/predict.js';
 import { FfxError, SystemError, withFile } from '../errors.js';
+import { plural } from '../log.js';
 import type { CoordinatorMetrics } from '../metrics/index.js';
 import type { BatchSampler } from '../data/ff-data.js';
 import type { EpochRecord, StageTiming } from './epoch-record.js';
@@ -119,8 +120,9 @@ class Training {
     await executor.start((r) => this.onReport(r), this.point.state);
     await this.prepareOutput();
     reporter.log(
-      `model ${cfg.model.layers.join('-')} ${executor.where}, ${epochs} epochs x ${this.batches} ` +
-        `batches of ${batchSize}, ${cfg.optimizer.type} lr ${cfg.optimizer.lr}, seed ${cfg.seed}`,
+      `model ${cfg.model.layers.join('-')} ${executor.where}, ${plural(epochs, 'epoch')} x ` +
+        `${plural(this.batches, 'batch', 'batches')} of ${batchSize}, ${cfg.optimizer.type} ` +
+        `lr ${cfg.optimizer.lr}, seed ${cfg.seed}`,
     );
     const started = performance.now();
     let epoch = this.point.epoch;
@@ -287,8 +289,12 @@ class Training {
     await writeFileAtomic(join(dir, 'eval.json'), JSON.stringify(final, null, 2) + '\n', 'eval');
     this.reporter.log(
       `lineage: each layer trained ${this.lineage.join(', ')} batches ` +
-        `(${cfg.train.epochs} epochs x ${this.batches}); ${this.recoveries} recoveries, ` +
-        `${this.replayed.reduce((a, b) => a + b, 0)} batch steps replayed`,
+        `(${plural(cfg.train.epochs, 'epoch')} x ${this.batches}); ` +
+        `${plural(this.recoveries, 'recovery', 'recoveries')}, ` +
+        `${plural(
+          this.replayed.reduce((a, b) => a + b, 0),
+          'batch step',
+        )} replayed`,
     );
     return weightsFile;
   }

@@ -58,7 +58,7 @@ export class ConsoleReporter implements Reporter {
     const frac = done / this.batches;
     const rate = samples / ((now - this.t0) / 1000);
     const eta = ((now - this.t0) / 1000) * (1 / frac - 1);
-    const loss = losses.map((l) => l.toFixed(3)).join(' ');
+    const loss = losses.map((l, i) => `L${i + 1} ${l.toFixed(3)}`).join(' ');
     if (this.tty) {
       if (now - this.lastDraw < 100 && done < this.batches) return; // ~10 redraws a second
       this.lastDraw = now;

@@ -128,6 +128,13 @@ export async function loadDataset(name: DatasetName, opts: LoadOptions = {}): Pr
       `unknown dataset '${String(name)}'; expected one of ${DATASET_NAMES.join(', ')}`,
     );
   }
+  // Where the user says the data is: not there is an error, never a quiet look elsewhere.
+  if (opts.dataDir !== undefined && !(await isDir(resolve(opts.dataDir)))) {
+    throw new DataError(
+      'DATASET_NOT_FOUND',
+      `the data directory ${opts.dataDir} (--data-dir, data.dataDir) does not exist`,
+    );
+  }
   if (name === 'fashion-mnist-sample') return loadSample();
   const remote = REMOTE[name];
   const cacheDir = join(opts.cacheDir ?? defaultCacheDir(), 'datasets', name);
