@@ -164,3 +164,53 @@ describe('system errors name the path or the address', () => {
     assert.match(verbose.stderr, /\n\s+at /, 'a stack with --verbose');
   });
 });
+
+describe('flags mean one thing, and a command lists only those it takes', () => {
+  const launch = (args: string[]) =>
+    runNode([join(CLI, 'ffx-launch.js'), ...args], { timeoutMs: 30_000 });
+
+  it("ffx-launch's --help leaves out the coordinator flags it refuses, and each is refused with why", async () => {
+    const help = await launch(['--help']);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /--stage-threads/);
+    const refused = {
+      '--local': 'for a single process use ffx-coordinator train --local',
+      '--bind=tcp://127.0.0.1:5555': 'picks the control endpoint itself',
+      '--key=k': 'use --keys DIR',
+      '--insecure': 'listens on this host only',
+      '--threads=2': '--stage-threads sets',
+      '--metrics-port=9999': 'on free ports it prints',
+    };
+    for (const [flag, why] of Object.entries(refused)) {
+      const name = flag.split('=')[0]!;
+      assert.doesNotMatch(help.stdout, new RegExp(`${name}\\b(?!-)`), `--help lists ${name}`);
+      const r = await launch(['--config', join(ROOT, 'config', 'demo.json'), flag]);
+      assert.equal(r.code, 2, `${flag}: ${r.stderr}`);
+      assert.ok(r.stderr.startsWith(`error [USAGE]: ${name}: `), r.stderr);
+      assert.ok(r.stderr.includes(why), r.stderr);
+    }
+  });
+
+  it('-c is --config in every command (a stage reads its flags from it)', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ffx-c-'));
+    try {
+      const file = join(dir, 'stage.json');
+      await writeFile(file, JSON.stringify({ layer: 1, coordinator: 'localhost:5555' }));
+      // The file's coordinator is read (and refused for its missing scheme): -c took the file.
+      const r = await stage(['-c', file]);
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, /--coordinator must be a ZeroMQ endpoint.*got "localhost:5555"/);
+      for (const cli of ['ffx-coordinator.js', 'ffx-launch.js', 'ffx-stage.js']) {
+        const help = await runNode(
+          [join(CLI, cli), ...(cli === 'ffx-coordinator.js' ? ['train'] : []), '--help'],
+          {
+            timeoutMs: 30_000,
+          },
+        );
+        assert.match(help.stdout, /-c, --config/, cli);
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -60,9 +60,26 @@ function describeExit(e: Exit): string {
     : `exited with status ${e.code}`;
 }
 
+/**
+ * Flags of `ffx-coordinator train` that make no sense here: hidden from --help, and refused
+ * with the reason.
+ */
+const NOT_HERE: Record<string, string> = {
+  local: 'ffx-launch runs stages; for a single process use ffx-coordinator train --local',
+  bind: 'ffx-launch picks the control endpoint itself (on 127.0.0.1)',
+  key: 'ffx-launch gives each process its key: use --keys DIR',
+  trust: 'ffx-launch gives each process the trusted keys: use --keys DIR',
+  insecure: 'ffx-launch listens on this host only',
+  threads: "ffx-launch trains no layer itself: --stage-threads sets each stage's threads",
+  'metrics-host': 'ffx-launch serves /metrics on 127.0.0.1, on free ports it prints',
+  'metrics-port': 'ffx-launch serves /metrics on 127.0.0.1, on free ports it prints',
+};
+
 async function main(): Promise<void> {
   const argv = hideBin(process.argv);
-  const a = (await trainOptions(commonOptions(flagsFromEnv(yargs(argv))))
+  const options = trainOptions(commonOptions(flagsFromEnv(yargs(argv))));
+  for (const flag of Object.keys(NOT_HERE)) options.hide(flag);
+  const a = (await options
     .scriptName('ffx-launch')
     .usage('$0 --config FILE [ffx-coordinator train flags]')
     .usage('Run a distributed training on this machine: one ffx-stage per layer and a coordinator.')
@@ -97,14 +114,11 @@ async function main(): Promise<void> {
     })
     .help()
     .parseAsync()) as unknown as CommonArgs & Record<string, unknown>;
-  if (a.local)
-    throw new UsageError(
-      'ffx-launch runs stages; for a single process use ffx-coordinator train --local',
-    );
-  if (a.bind && argv.some((x) => x.startsWith('--bind')))
-    throw new UsageError('ffx-launch picks --bind itself');
-  if (argv.some((x) => /^--(key|trust)(=|$)/.test(x)))
-    throw new UsageError('ffx-launch gives each process its key: use --keys DIR');
+  for (const [flag, why] of Object.entries(NOT_HERE)) {
+    if (argv.some((x) => new RegExp(`^--(no-)?${flag}(=|$)`).test(x))) {
+      throw new UsageError(`--${flag}: ${why}`);
+    }
+  }
   const cfg = await runConfig(a, await resumeFile(a));
   const layers = cfg.model.layers.length - 1;
   const threads =
@@ -141,10 +155,7 @@ async function main(): Promise<void> {
     '--grace',
     '--max-restarts',
     '--keys',
-    '--threads',
     '--backend',
-    '--metrics-port',
-    '--metrics-host',
   ]);
   const forwarded: string[] = [];
   for (let i = 0; i < argv.length; i++) {

@@ -26,6 +26,7 @@ export function buildCli(argv: string[]) {
     .usage('$0 --layer N --coordinator tcp://HOST:PORT [options]')
     .usage('Serve one FF layer of a distributed run.')
     .config('config', 'a JSON file of these flags, e.g. {"coordinator": "tcp://10.0.0.1:5555"}')
+    .alias('config', 'c') // as in every ffx command
     .option('layer', {
       alias: 'l',
       type: 'number',
@@ -33,7 +34,6 @@ export function buildCli(argv: string[]) {
       describe: 'which layer this stage trains (1-based)',
     })
     .option('coordinator', {
-      alias: 'c',
       type: 'string',
       demandOption: true,
       describe: "coordinator's control endpoint",
