@@ -251,6 +251,20 @@ describe('initBackend wasm threads', () => {
     assert.equal(r.maxDiff, 0);
   });
 
+  it('a GPU device asked for runs on tfjs-node-gpu or fails, never on a CPU backend', async () => {
+    const r = await inChild(`
+      out.wasm = await err(() => b.initBackend('wasm', { device: 'gpu' }));
+      out.auto = await err(() => b.initBackend('auto', { device: 0 }));
+      out.visible = process.env.CUDA_VISIBLE_DEVICES ?? null;
+    `);
+    assert.equal((r.wasm as ErrorInfo).code, 'BACKEND_UNAVAILABLE');
+    assert.match((r.wasm as ErrorInfo).message, /a GPU device runs on backend "tensorflow"/);
+    // Not installable here: auto must not fall back to wasm.
+    assert.equal((r.auto as ErrorInfo).code, 'BACKEND_UNAVAILABLE');
+    assert.match((r.auto as ErrorInfo).message, /^GPU device 0 asked for, but /);
+    assert.equal(r.visible, '0');
+  });
+
   it('rejects a thread count outside 1..8, with any backend choice', async () => {
     const r = await inChild(`
       out.zero = await err(() => b.initBackend('wasm', { threads: 0 }));

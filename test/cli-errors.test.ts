@@ -191,6 +191,22 @@ describe('flags mean one thing, and a command lists only those it takes', () => 
     }
   });
 
+  it('--device is GPU or an index, and nothing else', async () => {
+    const r = await stage([
+      '--layer',
+      '1',
+      '--coordinator',
+      'tcp://127.0.0.1:1',
+      '--device',
+      'cuda',
+    ]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(
+      r.stderr.trim(),
+      `error [USAGE]: --device must be GPU or a GPU's index (0, 1, ...); got "cuda"`,
+    );
+  });
+
   it('-c is --config in every command (a stage reads its flags from it)', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'ffx-c-'));
     try {

@@ -43,8 +43,11 @@ export class BackendError extends FfxError<ErrorCode<'backend'>> {
 }
 
 export interface BackendOptions {
-  /** GPU index for tfjs-node-gpu (sets CUDA_VISIBLE_DEVICES before the library loads). */
-  device?: number;
+  /**
+   * Run on a GPU, with tfjs-node-gpu and nothing else: 'gpu' (any it sees), or an index (sets
+   * CUDA_VISIBLE_DEVICES before the library loads).
+   */
+  device?: number | 'gpu';
   /**
    * Compute threads for wasm (default: every core). A pipeline stage that shares a machine
    * with other stages sets its share, e.g. 1.
@@ -88,7 +91,24 @@ export async function initBackend(
   }
   const log = options.log ?? (() => {});
   let info: BackendInfo;
-  if (choice === 'auto') {
+  if (options.device !== undefined) {
+    // A GPU was asked for: falling back to a CPU backend would be a silent surprise.
+    if (choice !== 'auto' && choice !== 'tensorflow') {
+      throw new BackendError(
+        'BACKEND_UNAVAILABLE',
+        choice,
+        `a GPU device runs on backend "tensorflow" (@tensorflow/tfjs-node-gpu), not "${choice}"`,
+      );
+    }
+    info = await loadTensorflowGpu(options).catch((err: unknown) => {
+      throw new BackendError(
+        'BACKEND_UNAVAILABLE',
+        'tensorflow',
+        `GPU device ${String(options.device)} asked for, but ${(err as Error).message}`,
+        { cause: err },
+      );
+    });
+  } else if (choice === 'auto') {
     const failures: string[] = [];
     let got: BackendInfo | undefined;
     for (const attempt of [loadTensorflowGpu, loadTensorflowCpu, loadWasm, loadCpu]) {
@@ -170,7 +190,9 @@ async function useBackend(name: string, pkg: string): Promise<void> {
 }
 
 async function loadTensorflowGpu(options: BackendOptions): Promise<BackendInfo> {
-  if (options.device !== undefined) process.env.CUDA_VISIBLE_DEVICES = String(options.device);
+  if (typeof options.device === 'number') {
+    process.env.CUDA_VISIBLE_DEVICES = String(options.device);
+  }
   await importOptional('@tensorflow/tfjs-node-gpu');
   await useBackend('tensorflow', '@tensorflow/tfjs-node-gpu');
   return {

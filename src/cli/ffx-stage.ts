@@ -18,6 +18,14 @@ import { parseEndpoint } from './endpoint.js';
 import { checkExposure, loadStageSecurity, securityOptions } from './security-options.js';
 import { watchParent } from './parent-watch.js';
 
+/** --device: GPU, or a GPU's index. */
+function parseDevice(value: string | undefined): number | 'gpu' | undefined {
+  if (value === undefined) return undefined;
+  if (/^gpu$/i.test(value)) return 'gpu';
+  if (/^\d+$/.test(value)) return Number(value);
+  throw new UsageError(`--device must be GPU or a GPU's index (0, 1, ...); got "${value}"`);
+}
+
 export function buildCli(argv: string[]) {
   return securityOptions(
     metricsOptions(flagsFromEnv(yargs(argv)), `default ${DEFAULT_METRICS_PORT} + layer`),
@@ -54,8 +62,9 @@ export function buildCli(argv: string[]) {
       describe: 'TensorFlow.js backend',
     })
     .option('device', {
-      type: 'number',
-      describe: 'GPU index for tfjs-node-gpu (CUDA_VISIBLE_DEVICES)',
+      type: 'string',
+      describe:
+        'run on a GPU (tfjs-node-gpu, no fallback): GPU for any, or an index 0, 1, ... (sets CUDA_VISIBLE_DEVICES)',
     })
     .option('threads', {
       type: 'number',
@@ -92,12 +101,13 @@ async function main(): Promise<void> {
   if (!Number.isInteger(a.layer) || a.layer < 1)
     throw new UsageError(`--layer must be a positive integer; got ${a.layer}`);
   configureLog({ verbose: a.verbose });
+  const device = parseDevice(a.device);
   const coordinator = parseEndpoint(a.coordinator, '--coordinator', 'connect');
   const listen = parseEndpoint(a.listen, '--listen', 'bind');
   checkExposure(listen, '--listen', a);
   const security = await loadStageSecurity(a);
   const backend = await initBackend(a.backend as BackendChoice, {
-    device: a.device,
+    device,
     threads: a.threads,
     log: (l) => log.info(l),
   });
