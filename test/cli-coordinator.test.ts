@@ -253,14 +253,28 @@ describe('ffx-coordinator train --local, then eval', () => {
     );
     assertNotTimedOut(r);
     assert.equal(r.code, 0, r.stderr);
-    assert.ok(
-      r.stdout.split('\n').includes(accuracyLine),
-      `"${accuracyLine}" not in:\n${r.stdout}`,
+    // JSON lines only, each an event, as train --json prints them.
+    const events = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { event: string; time: string });
+    assert.deepEqual(
+      events.map((e) => e.event),
+      ['result'],
+      '-q: the result only',
     );
-    const jsonLine = r.stdout.split('\n').find((l) => l.startsWith('{'));
-    assert.ok(jsonLine, 'no JSON line');
-    const { split, ...result } = JSON.parse(jsonLine) as EvalResult & { split: string };
+    const { split, event, time, ...result } = events[0] as EvalResult & {
+      split: string;
+      event: string;
+      time: string;
+    };
+    assert.equal(event, 'result');
+    assert.ok(!Number.isNaN(Date.parse(time)));
     assert.equal(split, 'test');
+    assert.equal(
+      `test accuracy ${(result.accuracy * 100).toFixed(2)}%`,
+      accuracyLine.split(' (')[0],
+    );
     const evalJson = JSON.parse(await readFile(join(out(), 'eval.json'), 'utf8')) as EvalResult;
     assert.deepEqual(result, evalJson);
   });

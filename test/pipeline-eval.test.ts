@@ -85,9 +85,13 @@ describe('eval of the layers running stages hold', () => {
     assert.deepEqual(ckpt.tensors.get('layers.1.weight')!.shape, [64, 64]);
     const e = await coordinator(['eval', '--json']);
     assert.equal(e.code, 0, e.stderr);
-    const evaluated = JSON.parse(e.stdout.trim().split('\n').pop()!) as EvalResult & {
-      split: string;
-    };
+    const lines = e.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { event: string });
+    const evaluated = lines.pop() as EvalResult & { split: string; event: string };
+    assert.ok(lines.every((l) => l.event === 'log'));
+    assert.equal(evaluated.event, 'result');
     assert.equal(evaluated.split, 'test');
     assert.equal(evaluated.count, 400);
     assert.deepEqual(evaluated.confusion, trained.confusion);

@@ -39,11 +39,16 @@ import { parseEndpoint } from './endpoint.js';
 import { checkExposure, loadSecurity, type SecurityArgs } from './security-options.js';
 import { watchParent } from './parent-watch.js';
 
+/** JSON lines with --json, else text (a progress bar on a terminal). */
+function reporterFor(a: CommonArgs & Record<string, unknown>): JsonReporter | ConsoleReporter {
+  return a.json ? new JsonReporter({ quiet: a.quiet }) : new ConsoleReporter({ quiet: a.quiet });
+}
+
 async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   checkBind(a);
   const resume = await resumeFile(a);
   const cfg = await runConfig(a, resume);
-  const reporter = a.json ? new JsonReporter() : new ConsoleReporter({ quiet: a.quiet });
+  const reporter = reporterFor(a);
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
   const exporter = await startProcess(a, cfg, reporter);
   const metrics = exporter?.metrics;
@@ -102,7 +107,7 @@ async function startProcess(
 async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
   checkBind(a);
   const split = a.split as 'test' | 'train';
-  const reporter = new ConsoleReporter({ quiet: a.quiet });
+  const reporter = reporterFor(a);
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
   const weights = a.weights as string | undefined;
   if (a.local && !weights) throw new UsageError('eval --local needs --weights FILE');
@@ -128,10 +133,16 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   } finally {
     await exporter?.server.close();
   }
-  console.log(
-    formatEval(result, classNames(cfg.data.dataset)).replace('test accuracy', `${split} accuracy`),
-  );
-  if (a.json) console.log(JSON.stringify({ split, ...result }));
+  if (reporter instanceof JsonReporter) {
+    reporter.emit('result', { split, ...result });
+  } else {
+    console.log(
+      formatEval(result, classNames(cfg.data.dataset)).replace(
+        'test accuracy',
+        `${split} accuracy`,
+      ),
+    );
+  }
 }
 
 /** A distributed command's --bind, checked before anything starts. */
@@ -214,7 +225,7 @@ export function buildCli(argv: string[]) {
             .option('json', {
               type: 'boolean',
               default: false,
-              describe: 'also print the result as JSON',
+              describe: 'JSON lines on stdout (events: log, result) instead of text',
             }),
         (a) => evalCommand(a as unknown as CommonArgs & Record<string, unknown>),
       )

@@ -129,11 +129,16 @@ export class JsonReporter implements Reporter {
   private t0 = 0;
   private nextReport = 0;
 
-  constructor(out: NodeJS.WritableStream = process.stdout) {
-    this.out = out;
+  /** --quiet: no `log` or `progress` events, as the text output has only results then. */
+  private readonly quiet: boolean;
+
+  constructor(opts: { out?: NodeJS.WritableStream; quiet?: boolean } = {}) {
+    this.out = opts.out ?? process.stdout;
+    this.quiet = opts.quiet ?? false;
   }
 
   emit(event: string, fields: Record<string, unknown>): void {
+    if (this.quiet && (event === 'log' || event === 'progress')) return;
     this.out.write(`${JSON.stringify({ time: new Date().toISOString(), event, ...fields })}\n`);
   }
 
