@@ -1,7 +1,7 @@
 // ffx-coordinator as a user runs it: spawned processes (each with a timeout, killed in cleanup),
 // asserting exit codes, messages, the files a run writes, and an accuracy bound.
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -10,6 +10,7 @@ import { freePort } from '../src/transport/sockets.js';
 import type { EvalResult } from '../src/core/predict.js';
 import type { RunConfig } from '../src/config/config.js';
 import { killAll, ROOT, runNode, type RunResult } from './helpers/spawn.js';
+import { maxWeightDiff } from './helpers/weights.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'ffx-coordinator.js');
 
@@ -415,6 +416,73 @@ describe('configuration precedence: flags > FFX_* environment > config file > de
       assert.doesNotMatch(r.stderr, /FFX_CACHE_DIR|FFX_EPOCHS/);
       const cfg = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as RunConfig;
       assert.equal(cfg.train.epochs, 1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a new run never writes over an old one', () => {
+  const TINY = [
+    '--config',
+    join(ROOT, 'config', 'demo.json'),
+    '--layers',
+    '784,16,16',
+    '--set',
+    'data.trainLimit=200',
+    '--set',
+    'data.testLimit=100',
+    '--epochs',
+    '1',
+    '--backend',
+    'cpu',
+    '--no-metrics',
+  ];
+
+  it('goes to DIR-2, DIR-3 and says so; --overwrite replaces; ffx-launch does the same', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'ffx-out-'));
+    try {
+      const out = join(dir, 'run');
+      const first = await cli(['train', '--local', ...TINY, '--out', out], 60_000);
+      assert.equal(first.code, 0, first.stderr);
+      const model = await readFile(join(out, 'model.safetensors'));
+      const second = await cli(['train', '--local', ...TINY, '--out', out, '--seed', '2'], 60_000);
+      assert.equal(second.code, 0, second.stderr);
+      assert.match(
+        second.stderr,
+        new RegExp(`${out} holds a run already: this one writes to ${out}-2 `),
+      );
+      assert.match(second.stdout, new RegExp(`weights: ${out}-2/model.safetensors`));
+      assert.deepEqual(
+        await readFile(join(out, 'model.safetensors')),
+        model,
+        'the first run is kept',
+      );
+      const over = await cli(
+        ['train', '--local', ...TINY, '--out', out, '--seed', '2', '--overwrite'],
+        60_000,
+      );
+      assert.equal(over.code, 0, over.stderr);
+      assert.doesNotMatch(over.stderr, /holds a run already/);
+      assert.equal(
+        await maxWeightDiff(join(out, 'model.safetensors'), join(`${out}-2`, 'model.safetensors')),
+        0,
+        'seed 2 written over the first run',
+      );
+      const launched = await runNode(
+        [
+          join(ROOT, 'dist', 'src', 'cli', 'ffx-launch.js'),
+          ...TINY,
+          '--stage-threads',
+          '1',
+          '--out',
+          out,
+        ],
+        { timeoutMs: 90_000 },
+      );
+      assert.equal(launched.code, 0, launched.stderr);
+      assert.match(launched.stderr, new RegExp(`this one writes to ${out}-3 `));
+      assert.ok((await readdir(`${out}-3`)).includes('model.safetensors'));
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

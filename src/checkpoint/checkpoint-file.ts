@@ -9,12 +9,12 @@
 // written atomically (atomic-file.ts) and `latest` moves only once its checkpoint is on disk,
 // so a crash or a full disk at any moment leaves the previous checkpoint loadable.
 import { createHash } from 'node:crypto';
-import { readFile, readdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { layerPrefix, type ModelConfig } from '../core/ff-network.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { validateConfig, type RunConfig } from '../config/config.js';
-import { FfxError, isFfxError, withFile, type ErrorCode } from '../errors.js';
+import { FfxError, fileError, isFfxError, withFile, type ErrorCode } from '../errors.js';
 import { writeFileAtomic } from './atomic-file.js';
 
 const FORMAT = 'ffx-checkpoint-v2';
@@ -227,5 +227,42 @@ function parseJson(text: string | undefined, error: () => Error): unknown {
     return JSON.parse(text);
   } catch {
     throw error();
+  }
+}
+
+/** Files that say a directory holds a run (finished or not). */
+function isRunFile(name: string): boolean {
+  return (
+    name === 'model.safetensors' ||
+    name === LATEST ||
+    name === 'metrics.jsonl' ||
+    /^checkpoint-epoch\d+\.safetensors$/.test(name)
+  );
+}
+
+/**
+ * The directory a new run writes to: `dir`, unless it holds a run already; then, rather than
+ * write over it, the first free `dir-2`, `dir-3`, ... (made here, so that two runs started at
+ * once cannot take the same). With `overwrite`, `dir` as it is.
+ */
+export async function claimRunDir(dir: string, overwrite: boolean): Promise<string> {
+  const holdsRun = async (d: string) => {
+    try {
+      return (await readdir(d)).some(isRunFile);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw fileError(err, d, `cannot read the output directory ${d}`);
+    }
+  };
+  if (overwrite || !(await holdsRun(dir))) return dir;
+  for (let n = 2; ; n++) {
+    const candidate = `${dir.replace(/\/+$/, '')}-${n}`;
+    try {
+      await mkdir(candidate);
+      return candidate;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue;
+      throw fileError(err, candidate, `cannot create the output directory ${candidate}`);
+    }
   }
 }

@@ -26,6 +26,7 @@ import {
   createRegistry,
 } from '../metrics/index.js';
 import {
+  claimOutput,
   clusterOptions,
   commonOptions,
   resumeFile,
@@ -50,6 +51,7 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const cfg = await runConfig(a, resume);
   const reporter = reporterFor(a);
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
+  await claimOutput(a, cfg);
   const exporter = await startProcess(a, cfg, reporter);
   const metrics = exporter?.metrics;
   const executor: Executor = a.local

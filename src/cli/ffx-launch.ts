@@ -19,6 +19,7 @@ import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
 import {
+  claimOutput,
   commonOptions,
   resumeFile,
   runConfig,
@@ -120,6 +121,7 @@ async function main(): Promise<void> {
     }
   }
   const cfg = await runConfig(a, await resumeFile(a));
+  await claimOutput(a, cfg);
   const layers = cfg.model.layers.length - 1;
   const threads =
     (a['stage-threads'] as number | undefined) ??
@@ -156,6 +158,8 @@ async function main(): Promise<void> {
     '--max-restarts',
     '--keys',
     '--backend',
+    '--out', // given to the coordinator as claimed (below)
+    '-o',
   ]);
   const forwarded: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -203,6 +207,8 @@ async function main(): Promise<void> {
         ...(restart && existsSync(join(cfg.output.dir, LATEST))
           ? [...withoutFlag(forwarded, '--resume'), '--resume', LATEST]
           : forwarded),
+        '--out',
+        cfg.output.dir,
         '--bind',
         control,
         '--stop-stages',

@@ -7,7 +7,12 @@ import { dirname } from 'node:path';
 import { securityOptions } from './security-options.js';
 import { isFfxError } from '../errors.js';
 import { log } from '../log.js';
-import { LATEST, checkpointConfig, resolveCheckpoint } from '../checkpoint/checkpoint-file.js';
+import {
+  LATEST,
+  checkpointConfig,
+  claimRunDir,
+  resolveCheckpoint,
+} from '../checkpoint/checkpoint-file.js';
 import { DATASET_NAMES } from '../data/datasets.js';
 
 export interface CommonArgs {
@@ -185,7 +190,32 @@ export function trainOptions<T>(y: Argv<T>) {
       type: 'string',
       describe:
         'continue from a checkpoint .safetensors, or "latest": the newest complete checkpoint in the output directory (none yet: from the beginning)',
+    })
+    .option('overwrite', {
+      type: 'boolean',
+      default: false,
+      describe:
+        'write over a run already in the output directory (default: the run goes to DIR-2, DIR-3, ...)',
     });
+}
+
+/**
+ * The output directory of a new run: the configured one, or the next free DIR-N when that one
+ * holds a run already and neither --overwrite nor --resume says to use it (said on the log).
+ */
+export async function claimOutput(
+  a: CommonArgs & Record<string, unknown>,
+  cfg: RunConfig,
+): Promise<void> {
+  if (a.resume !== undefined) return;
+  const dir = cfg.output.dir;
+  cfg.output.dir = await claimRunDir(dir, a.overwrite as boolean);
+  if (cfg.output.dir !== dir) {
+    log.info(
+      `${dir} holds a run already: this one writes to ${cfg.output.dir} ` +
+        '(--overwrite replaces it, --resume latest continues it)',
+    );
+  }
 }
 
 /** --verbose: debug lines (e.g. a stage's state changes), and stack traces with errors. */
