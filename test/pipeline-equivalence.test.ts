@@ -82,7 +82,7 @@ describe('3-stage pipeline vs single-process reference', () => {
       assert.match(piped.stderr, new RegExp(`\\[stage ${layer}\\] layer ${layer}/3: `));
       assert.match(
         piped.stderr,
-        new RegExp(`\\[stage ${layer}\\] layer ${layer}: listening on tcp://127\\.0\\.0\\.1:\\d+`),
+        new RegExp(`\\[stage ${layer}\\] listening on tcp://127\\.0\\.0\\.1:\\d+`),
       );
     }
 

@@ -68,7 +68,7 @@ describe('resuming a distributed run', () => {
     assert.match(resumed.stderr, /\[stage 2\] layer 2\/2: 64-32, /);
     // ffx-launch's default data links are Unix sockets: on Linux in the abstract namespace (no
     // file to leave behind, whatever happens), elsewhere in a directory of its own, gone after.
-    const ipc = /\[stage 1\] layer 1: listening on ipc:\/\/(\S+)stage-1,/.exec(resumed.stderr);
+    const ipc = /\[stage 1\] listening on ipc:\/\/(\S+)stage-1,/.exec(resumed.stderr);
     assert.ok(ipc, 'stage 1 listens on an ipc endpoint');
     if (process.platform === 'linux') assert.match(ipc[1]!, /^@ffx-launch-\d+-[0-9a-f]+-$/);
     else await assert.rejects(stat(ipc[1]!), { code: 'ENOENT' });

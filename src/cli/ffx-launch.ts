@@ -177,9 +177,12 @@ async function main(): Promise<void> {
       // The child leaves by itself if this launcher dies, even by SIGKILL (parent-watch.ts).
       env: { ...PIPELINE_MALLOC_ENV, ...process.env, [PARENT_ENV]: String(process.pid) },
     });
+    // "[stage 2] ..." says who: the child's own "layer 2: " (or "coordinator: ") would repeat it.
+    const own = c.name === 'coordinator' ? 'coordinator: ' : `layer ${c.name.split(' ')[1]}: `;
     for (const stream of [proc.stdout, proc.stderr]) {
       createInterface({ input: stream! }).on('line', (line) => {
-        (stream === proc.stdout ? process.stdout : process.stderr).write(`[${c.name}] ${line}\n`);
+        const text = line.startsWith(own) ? line.slice(own.length) : line;
+        (stream === proc.stdout ? process.stdout : process.stderr).write(`[${c.name}] ${text}\n`);
       });
     }
     const exited = new Promise<Exit>((resolve) =>
