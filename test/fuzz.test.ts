@@ -227,8 +227,7 @@ describe('fuzzing a live run', () => {
     }, 100);
     sampler.unref();
 
-    // Every counter the junk moves, as it stands before any (a stage's heartbeat that beats
-    // its own hello to the coordinator is an honest 'unregistered').
+    // Every counter the junk moves, as it stands before any.
     const cUrl = metricsUrl(coordinator.stderr());
     const watched: Counter[] = [
       ...['malformed', 'foreign', 'unregistered', 'refused'].map((reason) => ({

@@ -18,13 +18,16 @@ socket.connect(settings.coordinator);
 const beat = encodeControl({ type: 'heartbeat', layer: settings.layer, token: settings.token });
 const post = (news: HeartbeatNews) => parentPort!.postMessage(news);
 
-const timer = setInterval(() => void socket.send(beat).catch(() => {}), settings.intervalMs);
-void socket.send(beat).catch(() => {});
+let timer: NodeJS.Timeout | undefined;
 
-parentPort!.on('message', (m: 'close') => {
-  if (m !== 'close') return;
-  clearInterval(timer);
-  socket.close();
+parentPort!.on('message', (m: 'start' | 'close') => {
+  if (m === 'start' && !timer) {
+    timer = setInterval(() => void socket.send(beat).catch(() => {}), settings.intervalMs);
+    void socket.send(beat).catch(() => {});
+  } else if (m === 'close') {
+    clearInterval(timer);
+    socket.close();
+  }
 });
 
 for (;;) {

@@ -34,6 +34,14 @@ export class Heartbeat {
   }
 
   /**
+   * Starts the heartbeats (once a coordinator has registered the stage: before, one could reach
+   * it ahead of the stage's hello, and count as a stranger's).
+   */
+  start(): void {
+    this.worker.postMessage('start');
+  }
+
+  /**
    * Stops the heartbeats. The worker closes its socket and ends by itself (a thread ended with
    * a ZeroMQ socket open takes the process down); terminated only if it does not.
    */

@@ -470,6 +470,7 @@ export class Stage {
     }
     this.stopRegistering();
     this.current = run;
+    this.heartbeat?.start();
     this.enter('configured', `config of run ${config.run}`);
     this.sendControl({ type: 'ready', layer, run: run.id });
     const { inDim, outDim } = this.layer!.config;
