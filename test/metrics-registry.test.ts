@@ -425,8 +425,10 @@ describe('CoordinatorMetrics', () => {
   it('records batches, progress, epoch means and evaluation accuracy', async () => {
     const { registry, metrics } = coordinatorSetup(3);
     metrics.onProgress(2, 0.5);
-    metrics.onBatchSent(32);
-    metrics.onBatchSent(16);
+    metrics.onBatchSent(32, 0.03);
+    metrics.onBatchSent(16, 0.02);
+    // The learning rate is there from the first batch, not only at an epoch's end.
+    assert.equal(value(await scrape(registry), 'ffx_coordinator_learning_rate'), 0.02);
     // One image of label 0. Goodness per layer, label-major (10 rows of one image):
     // layer 1 prefers label 0 (3), layers 2 and 3 label 1 (1 each). Summed: all -> 0 (3 > 2,
     // right), skip-first -> 1 (wrong), layer1 right, layer2 and layer3 wrong.

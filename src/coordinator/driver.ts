@@ -164,7 +164,7 @@ class Training {
       lr = learningRateAt(cfg.optimizer.lr, progress, cfg.train.cooldown);
       this.tally.sizes[batch.index] = batch.size;
       await executor.train({ epoch, index: batch.index, size: batch.size, x: batch.x }, lr);
-      metrics?.onBatchSent(batch.size);
+      metrics?.onBatchSent(batch.size, lr);
     }
     await executor.drain();
     const record = this.tally.record((performance.now() - t0) / 1000, lr);

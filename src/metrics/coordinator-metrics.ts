@@ -180,10 +180,11 @@ export class CoordinatorMetrics {
     set(this.progress, {}, Math.min(1, Math.max(0, ratio)));
   }
 
-  /** A training batch of `samples` positive samples sent to the first stage. */
-  onBatchSent(samples: number): void {
+  /** A training batch of `samples` positive samples sent to the first stage, at rate `lr`. */
+  onBatchSent(samples: number, lr: number): void {
     add(this.batchesSent, {}, 1);
     add(this.samples, {}, samples);
+    set(this.learningRate, {}, lr); // from the first batch on, not from the first epoch's end
     set(this.lastBatch, {}, this.now());
   }
 
