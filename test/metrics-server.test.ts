@@ -152,6 +152,18 @@ describe('MetricsServer', () => {
     assert.equal((await get(first.address)).status, 200);
   });
 
+  it('takes any free port instead of a default one in use (anyIfTaken)', async () => {
+    const first = await start(new Registry());
+    const second = await MetricsServer.start(new Registry(), {
+      port: first.port,
+      anyIfTaken: true,
+    });
+    servers.push(second);
+    assert.notEqual(second.port, first.port);
+    assert.equal((await get(second.address)).status, 200);
+    assert.equal((await get(first.address)).status, 200);
+  });
+
   it('close() stops listening, drops keep-alive connections and can be called twice', async () => {
     const server = await MetricsServer.start(stageRegistry(), { port: 0 });
     const agent = new Agent({ keepAlive: true });

@@ -29,6 +29,7 @@ import {
   claimOutput,
   clusterOptions,
   commonOptions,
+  portNote,
   resumeFile,
   runConfig,
   trainOptions,
@@ -98,11 +99,15 @@ async function startProcess(
   if (!a.metrics) return undefined;
   const registry = createRegistry('coordinator', {}, { backend });
   const metrics = new CoordinatorMetrics(registry, { numLayers: cfg.model.layers.length - 1 });
+  const asked = a['metrics-port'] as number | undefined;
   const server = await MetricsServer.start(registry, {
     host: a['metrics-host'] as string,
-    port: (a['metrics-port'] as number | undefined) ?? DEFAULT_METRICS_PORT,
+    port: asked ?? DEFAULT_METRICS_PORT,
+    anyIfTaken: asked === undefined,
   });
-  reporter.log(`coordinator: metrics on ${server.address}`);
+  reporter.log(
+    `coordinator: metrics on ${server.address}${portNote(asked, DEFAULT_METRICS_PORT, server)}`,
+  );
   return { metrics, server };
 }
 

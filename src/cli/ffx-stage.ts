@@ -11,7 +11,7 @@ import {
   createRegistry,
 } from '../metrics/index.js';
 import { runMain } from './run-main.js';
-import { metricsOptions, verboseOption } from './run-options.js';
+import { metricsOptions, portNote, verboseOption } from './run-options.js';
 import { configureLog, log } from '../log.js';
 import { UsageError } from '../errors.js';
 import { parseEndpoint } from './endpoint.js';
@@ -116,9 +116,14 @@ async function main(): Promise<void> {
   if (a.metrics) {
     const registry = createRegistry('stage', { layer: String(a.layer) }, { backend: backend.name });
     metrics = new StageMetrics(registry, a.layer);
-    const port = a['metrics-port'] ?? DEFAULT_METRICS_PORT + a.layer;
-    server = await MetricsServer.start(registry, { host: a['metrics-host'], port });
-    log.info(`layer ${a.layer}: metrics on ${server.address}`);
+    const asked = a['metrics-port'];
+    const port = DEFAULT_METRICS_PORT + a.layer;
+    server = await MetricsServer.start(registry, {
+      host: a['metrics-host'],
+      port: asked ?? port,
+      anyIfTaken: asked === undefined,
+    });
+    log.info(`layer ${a.layer}: metrics on ${server.address}${portNote(asked, port, server)}`);
   }
   const stage = new Stage({
     layer: a.layer,

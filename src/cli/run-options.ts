@@ -243,3 +243,14 @@ export function metricsOptions<T>(y: Argv<T>, port: string) {
       describe: `port of the /metrics endpoint (${port}; 0 = any free port)`,
     });
 }
+
+/** Why /metrics is not on its default port: that one was taken (no --metrics-port given). */
+export function portNote(
+  asked: number | undefined,
+  defaultPort: number,
+  server: { port: number },
+): string {
+  return asked === undefined && server.port !== defaultPort
+    ? ` (port ${defaultPort} is taken: another ffx process on this host? --metrics-port chooses)`
+    : '';
+}

@@ -13,6 +13,11 @@ export interface MetricsServerOptions {
   host?: string;
   /** TCP port, 0..65535; 0 picks a free one (see `port` / `address` once started). */
   port: number;
+  /**
+   * A default port rather than one asked for: when it is in use (a second process on this
+   * host), take any free one instead of failing. Check `port` for the one taken.
+   */
+  anyIfTaken?: boolean;
 }
 
 export class MetricsServer {
@@ -30,6 +35,19 @@ export class MetricsServer {
 
   /** Listens on host:port; resolves once listening, or rejects with a MetricsError. */
   static async start(registry: Registry, opts: MetricsServerOptions): Promise<MetricsServer> {
+    try {
+      return await MetricsServer.listen(registry, opts);
+    } catch (err) {
+      const taken = err instanceof MetricsError && err.code === 'METRICS_PORT_IN_USE';
+      if (!taken || !opts.anyIfTaken) throw err;
+      return MetricsServer.listen(registry, { ...opts, port: 0 });
+    }
+  }
+
+  private static async listen(
+    registry: Registry,
+    opts: MetricsServerOptions,
+  ): Promise<MetricsServer> {
     const { host = '127.0.0.1', port } = opts;
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
       throw new MetricsError(
