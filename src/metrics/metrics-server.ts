@@ -1,9 +1,15 @@
 // The scrape endpoint: GET /metrics renders the registry, everything else is 404. One server
-// per process, owned by whoever started it, closed with close().
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+// per process, owned by whoever started it, closed with close(). The HTTP server runs on a
+// thread of its own (metrics-worker.ts), so a scrape is answered at once whatever this thread
+// is computing; this thread renders the registry when asked, and once a second while scraped.
+import { Worker } from 'node:worker_threads';
 import type { Registry } from 'prom-client';
 import { MetricsError } from './errors.js';
+import type { FromWorker, ToWorker, WorkerSettings } from './metrics-worker.js';
+
+/** How often the rendering a scrape falls back on is renewed, while scrapes come. */
+const REFRESH_MS = 1000;
+const REFRESH_WHILE_SCRAPED_MS = 60_000;
 
 /** The coordinator's /metrics port; stage N uses this + N. */
 export const DEFAULT_METRICS_PORT = 9464;
@@ -24,13 +30,29 @@ export class MetricsServer {
   readonly host: string;
   /** The port listened on (the one picked, for port 0). */
   readonly port: number;
-  private readonly server: Server;
+  private readonly worker: Worker;
+  private readonly registry: Registry;
+  private readonly refresher: NodeJS.Timeout;
+  private lastScrape = 0;
   private closing: Promise<void> | null = null;
 
-  private constructor(server: Server, host: string, port: number) {
-    this.server = server;
+  private constructor(worker: Worker, registry: Registry, host: string, port: number) {
+    this.worker = worker;
+    this.registry = registry;
     this.host = host;
     this.port = port;
+    worker.on('message', (m: FromWorker) => {
+      if (m.type === 'collect') {
+        this.lastScrape = Date.now();
+        void this.render(m.id);
+      }
+    });
+    // While someone scrapes, a rendering a second at most old waits in the worker for the
+    // scrapes that come while this thread is in a long step.
+    this.refresher = setInterval(() => {
+      if (Date.now() - this.lastScrape < REFRESH_WHILE_SCRAPED_MS) void this.render(0);
+    }, REFRESH_MS).unref();
+    void this.render(0); // now, while this thread is free: the first scrape may come mid-step
   }
 
   /** Listens on host:port; resolves once listening, or rejects with a MetricsError. */
@@ -63,36 +85,30 @@ export class MetricsServer {
         host,
       );
     }
-    const server = createServer((req, res) => void serve(registry, req, res));
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException) => {
-        const where = `${formatHost(host)}:${port}`;
-        reject(
-          err.code === 'EADDRINUSE'
-            ? new MetricsError(
-                'METRICS_PORT_IN_USE',
-                `metrics port ${where} is already in use; pick another with the metrics port option, or 0 for any free port`,
-                port,
-                { cause: err },
-              )
-            : new MetricsError(
-                'METRICS_LISTEN_FAILED',
-                `cannot serve metrics on ${where}: ${err.message}`,
-                where,
-                { cause: err },
-              ),
-        );
-      };
-      server.once('error', onError);
-      server.listen({ host, port }, () => {
-        server.off('error', onError);
-        resolve();
-      });
+    const settings: WorkerSettings = { host, port };
+    const worker = new Worker(new URL('./metrics-worker.js', import.meta.url), {
+      workerData: settings,
     });
-    // Errors after listening (rare: e.g. too many open files) are per connection; the server
-    // keeps going. Without a listener one would crash the process.
-    server.on('error', () => {});
-    return new MetricsServer(server, host, (server.address() as AddressInfo).port);
+    const where = `${formatHost(host)}:${port}`;
+    const listening = await new Promise<number>((resolve, reject) => {
+      worker.once('message', (m: FromWorker) => {
+        if (m.type === 'listening') resolve(m.port);
+        else if (m.type === 'error') reject(listenError(m, where, port));
+      });
+      worker.once('error', (err) =>
+        reject(
+          new MetricsError(
+            'METRICS_LISTEN_FAILED',
+            `cannot serve metrics on ${where}: ${err.message}`,
+            where,
+            {
+              cause: err,
+            },
+          ),
+        ),
+      );
+    });
+    return new MetricsServer(worker, registry, host, listening);
   }
 
   /** The scrape URL, e.g. http://127.0.0.1:9464/metrics. */
@@ -102,40 +118,50 @@ export class MetricsServer {
 
   /** Stops listening and drops open connections (keep-alive scrapers); resolves when closed. */
   close(): Promise<void> {
-    this.closing ??= new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
-      this.server.closeAllConnections();
-    });
+    this.closing ??= (async () => {
+      clearInterval(this.refresher);
+      const exited = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+      this.worker.postMessage({ type: 'close' } satisfies ToWorker);
+      const done = await Promise.race([
+        exited.then(() => true),
+        new Promise<false>((r) => setTimeout(() => r(false), 2000).unref()),
+      ]);
+      if (!done) await this.worker.terminate();
+    })();
     return this.closing;
   }
+
+  /** Renders the registry for the worker (id 0: a refresh no scrape waits for). */
+  private async render(id: number): Promise<void> {
+    let answer: ToWorker;
+    try {
+      const body = await this.registry.metrics();
+      answer = { type: 'rendered', id, status: 200, contentType: this.registry.contentType, body };
+    } catch (err) {
+      answer = {
+        type: 'rendered',
+        id,
+        status: 500,
+        contentType: 'text/plain; charset=utf-8',
+        body: `collecting metrics failed: ${String(err)}\n`,
+      };
+    }
+    if (!this.closing) this.worker.postMessage(answer);
+  }
 }
 
-async function serve(registry: Registry, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const path = (req.url ?? '/').split('?')[0];
-  if (path !== '/metrics') {
-    reply(res, 404, 'text/plain; charset=utf-8', 'not found: metrics are at /metrics\n');
-    return;
-  }
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    res.setHeader('Allow', 'GET, HEAD');
-    reply(res, 405, 'text/plain; charset=utf-8', `method ${req.method} not allowed\n`);
-    return;
-  }
-  let body: string;
-  try {
-    body = await registry.metrics();
-  } catch (err) {
-    reply(res, 500, 'text/plain; charset=utf-8', `collecting metrics failed: ${String(err)}\n`);
-    return;
-  }
-  reply(res, 200, registry.contentType, body); // node sends no body for HEAD
-}
-
-function reply(res: ServerResponse, status: number, type: string, body: string): void {
-  res.statusCode = status;
-  res.setHeader('Content-Type', type);
-  res.setHeader('Content-Length', Buffer.byteLength(body));
-  res.end(body);
+function listenError(m: { code: string; message: string }, where: string, port: number) {
+  return m.code === 'EADDRINUSE'
+    ? new MetricsError(
+        'METRICS_PORT_IN_USE',
+        `metrics port ${where} is already in use; pick another with the metrics port option, or 0 for any free port`,
+        port,
+      )
+    : new MetricsError(
+        'METRICS_LISTEN_FAILED',
+        `cannot serve metrics on ${where}: ${m.message}`,
+        where,
+      );
 }
 
 function formatHost(host: string): string {
