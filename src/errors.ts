@@ -70,6 +70,8 @@ export const ERROR_CODES = {
     'CLUSTER_NOT_READY',
     'CLUSTER_STAGE_LOST', // no heartbeat
     'CLUSTER_STAGE_STALLED', // heartbeats, but no progress with work outstanding
+    /** The coordinator cannot reach the first stage at the address it advertised. */
+    'CLUSTER_LINK_DOWN',
     /** A stage reported an error the coordinator has no code for. */
     'CLUSTER_STAGE_ERROR',
   ],
@@ -80,6 +82,8 @@ export const ERROR_CODES = {
     'STAGE_BAD_CONFIG',
     'STAGE_STOPPED',
     'STAGE_REFUSED',
+    /** A stage cannot reach the next one at the address that one advertised. */
+    'STAGE_LINK_DOWN',
     /** A live stage serves the layer: the newcomer waits (it takes over if that one is lost). */
     'STAGE_LAYER_TAKEN',
     /** A coordinator heard from a stage it has not registered: a new coordinator, say hello. */

@@ -76,6 +76,40 @@ describe('distributed run failures', () => {
     assert.match(s1.stderr, /coordinator says stop/);
   });
 
+  for (const layer of [2, 1]) {
+    const by = layer === 2 ? 'layer 1' : 'the coordinator';
+    it(`stage ${layer} advertising an address ${by} cannot reach: the run ends within the heartbeat timeout, naming the link`, async () => {
+      const control = `tcp://127.0.0.1:${await freePort()}`;
+      const t0 = performance.now();
+      const coordinator = longRun(control, join(dir, `unreachable-${layer}`));
+      const stages = [1, 2].map((l) =>
+        startStage(
+          l,
+          control,
+          60_000,
+          l === layer ? ['--advertise', 'tcp://nohost.invalid:6001'] : [],
+        ),
+      );
+      const r = await coordinator.result;
+      const seconds = (performance.now() - t0) / 1000;
+      assert.equal(r.code, 1, r.stderr.slice(-2000));
+      // Said when it registered, and named when the link is found down.
+      assert.match(
+        r.stderr,
+        new RegExp(`hello from layer ${layer} .*data at tcp://nohost\\.invalid:6001`),
+      );
+      assert.match(
+        r.stderr,
+        layer === 2
+          ? /^error \[STAGE_LINK_DOWN\]: layer 1: cannot reach layer 2 at tcp:\/\/nohost\.invalid:6001 within 2s: the address layer 2 advertises/m
+          : /^error \[CLUSTER_LINK_DOWN\]: the coordinator cannot reach layer 1 at tcp:\/\/nohost\.invalid:6001 within 2s: the address layer 1 advertises/m,
+      );
+      // Start-up (backends, data) plus the 2 s heartbeat timeout, not the 300 s progress one.
+      assert.ok(seconds < 30, `${seconds.toFixed(1)} s`);
+      for (const s of stages) assert.equal((await s.result).code, 0);
+    });
+  }
+
   it('SIGTERM to a stage mid-run: it exits 0 and its coordinator fails at once, naming it', async () => {
     const control = `tcp://127.0.0.1:${await freePort()}`;
     // The stage's own word ends the run, long before the 2 s heartbeat timeout would.

@@ -107,6 +107,7 @@ describe('ffx-stage protocol', () => {
         prevKey: '',
         batchSize: 3,
         evalBatchSize: 10,
+        linkTimeoutMs: 5000,
         mode: 'train',
         state: {},
         optimizerStep: 0,

@@ -149,6 +149,7 @@ describe('DEALER -> ROUTER control', () => {
         prevKey: '',
         batchSize: 100,
         evalBatchSize: 1000,
+        linkTimeoutMs: 5000,
         mode: 'train',
         state: {},
         optimizerStep: 0,

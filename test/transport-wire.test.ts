@@ -444,6 +444,7 @@ describe('control and result messages', () => {
       prevKey: '',
       batchSize: 100,
       evalBatchSize: 1000,
+      linkTimeoutMs: 5000,
       mode: 'train',
       state: {
         'layers.0.weight': { shape: [2, 3], data: new Float32Array([1, -2, 3.5, 0, 1e-30, -7]) },
@@ -464,6 +465,7 @@ describe('control and result messages', () => {
       prevKey: '',
       batchSize: 1,
       evalBatchSize: 1,
+      linkTimeoutMs: 5000,
       mode: 'train',
       state: {},
       optimizerStep: 0,
@@ -620,6 +622,7 @@ describe('control and result messages', () => {
           prevKey: '',
           batchSize: 1,
           evalBatchSize: 1,
+          linkTimeoutMs: 5000,
           mode: 'train',
           state: {},
           optimizerStep: 0,

@@ -23,7 +23,7 @@ import {
   type HelloMessage,
   type ResultMessage,
 } from '../transport/wire.js';
-import { SerialSender, closeAll, dataPush } from '../transport/sockets.js';
+import { SerialSender, closeAll, dataPush, handshake } from '../transport/sockets.js';
 import {
   ZapHandler,
   curveClient,
@@ -236,10 +236,21 @@ export class Cluster {
     this.feed = dataPush();
     const first = this.stages.get(1)!.hello;
     if (this.opts.security) curveClient(this.feed, this.opts.security.keys, first.key);
+    const linked = handshake(this.feed, this.opts.heartbeatTimeoutMs);
     this.feed.connect(first.endpoint);
     for (const [layer, s] of [...this.stages.entries()].sort((a, b) => a[0] - b[0])) {
       this.opts.log(
         `coordinator: layer ${layer} ready on ${s.hello.host} pid ${s.hello.pid} (${s.hello.backend}) at ${s.hello.endpoint}`,
+      );
+    }
+    // Every stage reached the next before it said ready; the coordinator reaches the first.
+    if (!(await linked)) {
+      throw new ClusterError(
+        'CLUSTER_LINK_DOWN',
+        `the coordinator cannot reach layer 1 at ${first.endpoint} within ` +
+          `${this.opts.heartbeatTimeoutMs / 1000}s: the address layer 1 advertises (check its ` +
+          '--advertise, and that this host can reach it)',
+        [1],
       );
     }
   }
@@ -267,6 +278,7 @@ export class Cluster {
           : (this.opts.security?.keys.publicKey ?? ''),
       batchSize: cfg.train.batchSize,
       evalBatchSize: cfg.eval.batchSize,
+      linkTimeoutMs: this.opts.heartbeatTimeoutMs,
       mode,
       state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
       optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
@@ -553,8 +565,9 @@ export class Cluster {
       ready: false,
     });
     this.opts.log(
-      `coordinator: hello from layer ${msg.layer} (${msg.host}, pid ${msg.pid}, ${msg.backend})` +
-        (known ? `, replacing pid ${known.hello.pid}` : ''),
+      `coordinator: hello from layer ${msg.layer} (${msg.host}, pid ${msg.pid}, ${msg.backend}), ` +
+        `data at ${msg.endpoint}` +
+        (known ? `; replacing pid ${known.hello.pid}` : ''),
     );
   }
 

@@ -28,7 +28,7 @@ import { FfxError, addressError, type ErrorCode } from '../errors.js';
 import { RateLimitedLog, log } from '../log.js';
 import { STAGE_STATES, type StageMetrics, type StageState } from '../metrics/index.js';
 import { ProtocolError, isProtocolError } from '../transport/errors.js';
-import { SerialSender, closeAll, dataPull, dataPush } from '../transport/sockets.js';
+import { SerialSender, closeAll, dataPull, dataPush, handshake } from '../transport/sockets.js';
 import {
   PROTOCOL_VERSION,
   checkData,
@@ -121,6 +121,8 @@ interface Run {
   readonly id: string;
   /** Null for the last stage. */
   readonly downstream: Push | null;
+  /** Whether `downstream` reached the next stage in time (true for the last stage). */
+  readonly linked: Promise<boolean>;
   /** Ended, aborted or closed: nothing more is sent for it. */
   over: boolean;
 }
@@ -468,6 +470,17 @@ export class Stage {
       );
       return;
     }
+    if (!(await run.linked)) {
+      // The next stage advertised an address this host cannot reach: say which, and stay
+      // available (a corrected stage gets a new config).
+      closeAll(run.downstream);
+      const message =
+        `cannot reach layer ${layer + 1} at ${config.next} within ${config.linkTimeoutMs / 1000}s: ` +
+        `the address layer ${layer + 1} advertises (check its --advertise, and that this host can reach it)`;
+      log.info(`layer ${layer}: ${message}`);
+      this.sendControl({ type: 'error', run: config.run, layer, code: 'STAGE_LINK_DOWN', message });
+      return;
+    }
     this.stopRegistering();
     this.current = run;
     this.heartbeat?.start();
@@ -583,10 +596,12 @@ export class Stage {
       this.layer?.dispose();
       this.layer = fresh;
     }
+    const link = config.next ? this.downstreamTo(config) : null;
     return {
       config,
       id: config.run,
-      downstream: config.next ? this.downstreamTo(config) : null,
+      downstream: link?.push ?? null,
+      linked: link?.linked ?? Promise.resolve(true),
       over: false,
     };
   }
@@ -817,11 +832,12 @@ export class Stage {
   }
 
   /** The PUSH to the next stage of `config`'s run (CurveZMQ with its key, when keys are on). */
-  private downstreamTo(config: ConfigMessage): Push {
+  private downstreamTo(config: ConfigMessage): { push: Push; linked: Promise<boolean> } {
     const push = dataPush();
     if (this.opts.security) curveClient(push, this.opts.security.keys, config.nextKey);
+    const linked = handshake(push, config.linkTimeoutMs);
     push.connect(config.next!);
-    return push;
+    return { push, linked };
   }
 
   /** Results go on the control connection: the one that registered this stage's layer. */

@@ -30,6 +30,23 @@ export async function bindAny(socket: Socket, host = '127.0.0.1'): Promise<strin
   return endpoint;
 }
 
+/**
+ * Resolves true once `socket` completes a ZMTP handshake with a peer (connected, and with
+ * CurveZMQ, authenticated), false after `ms`. Call it before connect().
+ */
+export function handshake(socket: Socket, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      clearTimeout(timer);
+      socket.events.off('handshake', onHandshake);
+      resolve(ok);
+    };
+    const onHandshake = () => done(true);
+    const timer = setTimeout(() => done(false), ms);
+    socket.events.on('handshake', onHandshake);
+  });
+}
+
 /** A PUSH for the data path; connects to `endpoint` when given. */
 export function dataPush(endpoint?: string, options: DataSocketOptions = {}): Push {
   const push = new Push({

@@ -6,7 +6,7 @@ import { Packr } from 'msgpackr';
 import { NUM_CLASSES } from '../data/classes.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 5;
+export const PROTOCOL_VERSION = 6;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -353,6 +353,11 @@ export interface ConfigMessage {
   /** The largest batch the run sends: positive samples per train message, images per eval. */
   batchSize: number;
   evalBatchSize: number;
+  /**
+   * How long the stage may take to reach `next` (a finished ZMTP handshake) before it reports
+   * the link down, rather than hang on it.
+   */
+  linkTimeoutMs: number;
   /** 'train' builds a fresh layer; 'eval' keeps the layer the stage holds (an error if none). */
   mode: 'train' | 'eval';
   /**
@@ -519,6 +524,7 @@ const CONTROL_FIELDS = {
     prevKey: 'string',
     batchSize: 'posint',
     evalBatchSize: 'posint',
+    linkTimeoutMs: 'posint',
     mode: ['train', 'eval'],
     state: 'tensors',
     optimizerStep: 'uint',
