@@ -160,7 +160,7 @@ describe('deploy/prometheus', () => {
     assert.match(out, /SUCCESS/);
   });
 
-  it('scrapes the compose services and a file_sd target list', () => {
+  it('scrapes the compose services, coordinators and stages apart, and file_sd target lists', () => {
     const config = loadOne(join(PROM, 'prometheus.yml'));
     assert.equal(obj(config.global, 'global').scrape_interval, '5s');
     assert.deepEqual(config.rule_files, ['alerts.yml']);
@@ -170,26 +170,37 @@ describe('deploy/prometheus', () => {
         return [str(job.job_name, 'job_name'), job] as const;
       }),
     );
-    const staticTargets = arr(obj(jobs.get('ffx'), 'job ffx').static_configs, 'static_configs')
-      .flatMap((c) => arr(obj(c, 'static_config').targets, 'targets'))
-      .sort();
-    assert.deepEqual(staticTargets, ['coordinator:9464', 'stage-1:9465', 'stage-2:9466']);
-    assert.deepEqual(composeMetricsTargets(), staticTargets);
+    const staticTargets = (name: string) =>
+      arr(obj(jobs.get(name), `job ${name}`).static_configs, 'static_configs').flatMap((c) => {
+        const group = obj(c, 'static_config');
+        assert.equal(obj(group.labels, `${name} labels`).ffx_cluster, 'compose');
+        return arr(group.targets, 'targets').map(String);
+      });
+    assert.deepEqual(staticTargets('ffx-coordinator'), ['coordinator:9464']);
+    assert.deepEqual(staticTargets('ffx-stage'), ['stage-1:9465', 'stage-2:9466']);
+    assert.deepEqual(composeMetricsTargets(), [
+      ...staticTargets('ffx-coordinator'),
+      ...staticTargets('ffx-stage'),
+    ]);
 
-    const fileSd = arr(obj(jobs.get('ffx-file-sd'), 'job ffx-file-sd').file_sd_configs, 'file_sd');
-    assert.deepEqual(obj(fileSd[0], 'file_sd_config').files, ['targets/*.json']);
-    const targetFiles = readdirSync(join(PROM, 'targets')).filter((f) => f.endsWith('.json'));
-    assert.ok(targetFiles.length > 0, 'deploy/prometheus/targets/ has no *.json example');
-    for (const file of targetFiles) {
-      const groups = arr(JSON.parse(readFileSync(join(PROM, 'targets', file), 'utf8')), file);
-      for (const g of groups) {
-        const group = obj(g, file);
-        for (const t of arr(group.targets, `${file} targets`)) {
-          assert.match(str(t, 'target'), /^[\w.-]+:\d+$/, `${file}: target ${String(t)}`);
+    // file_sd: nothing ships (a placeholder target would be a stage down from the start), the
+    // examples are in the format Prometheus reads.
+    for (const [name, dir] of [
+      ['ffx-coordinator-file-sd', 'coordinators'],
+      ['ffx-stage-file-sd', 'stages'],
+    ] as const) {
+      const fileSd = arr(obj(jobs.get(name), `job ${name}`).file_sd_configs, 'file_sd');
+      assert.deepEqual(obj(fileSd[0], 'file_sd_config').files, [`targets/${dir}/*.json`]);
+      assert.ok(!existsSync(join(PROM, 'targets', dir)), `targets/${dir}/ ships targets`);
+      const example = join(PROM, 'targets', `${dir}.json.example`);
+      for (const g of arr(JSON.parse(readFileSync(example, 'utf8')), example)) {
+        const group = obj(g, example);
+        for (const t of arr(group.targets, `${example} targets`)) {
+          assert.match(str(t, 'target'), /^[\w.-]+:\d+$/, `${example}: target ${String(t)}`);
         }
-        for (const [k, v] of Object.entries(obj(group.labels ?? {}, `${file} labels`))) {
+        for (const [k, v] of Object.entries(obj(group.labels ?? {}, `${example} labels`))) {
           assert.match(k, /^[a-zA-Z_][a-zA-Z0-9_]*$/);
-          str(v, `${file} label ${k}`);
+          str(v, `${example} label ${k}`);
         }
       }
     }

@@ -29,7 +29,13 @@ interface Panel {
   title?: string;
   description?: string;
   datasource?: { type?: string; uid?: string };
-  fieldConfig?: { defaults?: { unit?: string } };
+  fieldConfig?: {
+    defaults?: { unit?: string };
+    overrides?: {
+      matcher: { id: string; options: string };
+      properties: { id: string; value: unknown }[];
+    }[];
+  };
   gridPos?: { h: number; w: number; x: number; y: number };
   targets?: Target[];
   panels?: Panel[];
@@ -41,6 +47,7 @@ interface Variable {
   query?: string | { query?: string };
   multi?: boolean;
   includeAll?: boolean;
+  allValue?: string;
 }
 
 interface Dashboard {
@@ -188,10 +195,37 @@ describe('grafana dashboard ffx.json', () => {
       query(vars.get('layer')),
       'label_values(ffx_stage_batches_total{job=~"$job"}, layer)',
     );
-    for (const name of ['instance', 'layer']) {
+    for (const name of ['job', 'instance', 'layer']) {
       assert.equal(vars.get(name)?.multi, true, `${name} is multi-value`);
       assert.equal(vars.get(name)?.includeAll, true, `${name} includes All`);
     }
+    // All jobs: the coordinators' and the stages' (deploy/prometheus scrapes them apart).
+    assert.equal(vars.get('job')?.allValue, 'ffx.*');
+  });
+
+  it('draws sent bytes below the axis with an override, not a negated query', () => {
+    for (const p of PANELS) {
+      for (const t of p.targets ?? []) {
+        assert.ok(!/^\s*-/.test(t.expr ?? ''), `panel "${p.title}" negates ${t.expr}`);
+      }
+    }
+    const bytes = PANELS.find((p) => p.title === 'Bytes received / sent per stage')!;
+    const sent = bytes.targets!.find((t) => t.expr!.includes('ffx_stage_bytes_sent_total'))!;
+    const override = bytes.fieldConfig!.overrides!.find((o) => o.matcher.options === sent.refId);
+    assert.deepEqual(override?.matcher.id, 'byFrameRefID');
+    assert.deepEqual(override?.properties, [{ id: 'custom.transform', value: 'negative-Y' }]);
+  });
+
+  it('counts throughput in samples/s, and its datasource steps at the scrape interval', () => {
+    const throughput = PANELS.find((p) => p.title === 'Training throughput per stage')!;
+    assert.equal(throughput.fieldConfig?.defaults?.unit, 'suffix: samples/s');
+    const datasource = readFileSync(
+      join(ROOT, 'grafana', 'provisioning', 'datasources', 'prometheus.yaml'),
+      'utf8',
+    );
+    const prometheus = readFileSync(join(ROOT, 'deploy', 'prometheus', 'prometheus.yml'), 'utf8');
+    const scrape = /scrape_interval: (\w+)/.exec(prometheus)![1];
+    assert.equal(/timeInterval: (\w+)/.exec(datasource)![1], scrape);
   });
 
   it('gives every panel a title, a description, a unit, the datasource variable and queries', () => {
