@@ -29,10 +29,14 @@ import {
 import { FfxError, UsageError } from '../errors.js';
 import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
 import { PARENT_ENV } from './parent-watch.js';
+import { Terminal, relay } from './relay.js';
+import { PROGRESS_BAR_ENV } from '../coordinator/reporter.js';
 import { LATEST } from '../checkpoint/checkpoint-file.js';
 import { writeClusterKeys } from '../transport/curve.js';
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
+/** The launcher's stderr, shared by its children's lines and the coordinator's progress bar. */
+const terminal = new Terminal(process.stderr);
 
 interface Exit {
   code: number | null;
@@ -145,9 +149,9 @@ async function main(): Promise<void> {
   const keyArgs = (name: string) =>
     keysDir ? ['--key', join(keysDir, `${name}.key`), '--trust', join(keysDir, 'trusted.pub')] : [];
   if (keysDir && !existsSync(join(keysDir, 'trusted.pub'))) await writeClusterKeys(keysDir, layers);
-  process.stderr.write(
+  terminal.line(
     `ffx-launch: ${layers} stages (${threads} thread${threads === 1 ? '' : 's'} each) + coordinator on ${control}; ` +
-      `data over ${a.transport}${keysDir ? ' with CurveZMQ' : ''}; dataset ${cfg.data.dataset}\n`,
+      `data over ${a.transport}${keysDir ? ' with CurveZMQ' : ''}; dataset ${cfg.data.dataset}`,
   );
 
   // The coordinator gets the user's flags minus the launcher's own.
@@ -171,20 +175,26 @@ async function main(): Promise<void> {
     forwarded.push(argv[i]!);
   }
   const children: Child[] = [];
+  // On a terminal, the coordinator draws its progress bar, and it stays on the last row.
+  const bar = Boolean(process.stderr.isTTY) && !process.env.CI;
   const spawnChild = (c: Omit<Child, 'proc' | 'exited'>): Child => {
     const proc = spawn(process.execPath, [here(c.script), ...c.args(c.restarts > 0)], {
       stdio: ['ignore', 'pipe', 'pipe'],
       // The child leaves by itself if this launcher dies, even by SIGKILL (parent-watch.ts).
-      env: { ...PIPELINE_MALLOC_ENV, ...process.env, [PARENT_ENV]: String(process.pid) },
+      env: {
+        ...PIPELINE_MALLOC_ENV,
+        ...process.env,
+        [PARENT_ENV]: String(process.pid),
+        ...(bar && c.name === 'coordinator' ? { [PROGRESS_BAR_ENV]: '1' } : {}),
+      },
     });
     // "[stage 2] ..." says who: the child's own "layer 2: " (or "coordinator: ") would repeat it.
     const own = c.name === 'coordinator' ? 'coordinator: ' : `layer ${c.name.split(' ')[1]}: `;
-    for (const stream of [proc.stdout, proc.stderr]) {
-      createInterface({ input: stream! }).on('line', (line) => {
-        const text = line.startsWith(own) ? line.slice(own.length) : line;
-        (stream === proc.stdout ? process.stdout : process.stderr).write(`[${c.name}] ${text}\n`);
-      });
-    }
+    relay(proc.stderr!, terminal, `[${c.name}]`, own);
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      const text = line.startsWith(own) ? line.slice(own.length) : line;
+      process.stdout.write(`[${c.name}] ${text}\n`);
+    });
     const exited = new Promise<Exit>((resolve) =>
       proc.on('exit', (code, signal) => resolve({ code, signal })),
     );
@@ -246,18 +256,18 @@ async function main(): Promise<void> {
     );
   }
   const pids = () => children.map((c) => `${c.name} (pid ${c.proc.pid})`).join(', ');
-  process.stderr.write(`ffx-launch: started ${pids()}\n`);
+  terminal.line(`ffx-launch: started ${pids()}`);
   if (metricsPorts.length > 0) {
-    process.stderr.write(
+    terminal.line(
       `ffx-launch: metrics at ${metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`).join(' ')} ` +
-        '(coordinator, then stage 1..L)\n',
+        '(coordinator, then stage 1..L)',
     );
   }
 
   let interrupted = false;
   const onSignal = () => {
     interrupted = true;
-    process.stderr.write('ffx-launch: interrupted, stopping every process\n');
+    terminal.line('ffx-launch: interrupted, stopping every process');
     void stopAll(children, 0);
   };
   process.once('SIGINT', onSignal);
@@ -284,9 +294,9 @@ async function main(): Promise<void> {
       const again = spawnChild({ ...c, restarts: c.restarts + 1 });
       children[children.indexOf(c)] = again;
       watching.add(again);
-      process.stderr.write(
+      terminal.line(
         `ffx-launch: ${c.name} ${describeExit(exit)}; started again as pid ${again.proc.pid} ` +
-          `(restart ${again.restarts} of ${maxRestarts})\n`,
+          `(restart ${again.restarts} of ${maxRestarts})`,
       );
       continue;
     }

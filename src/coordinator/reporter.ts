@@ -19,6 +19,9 @@ export interface ConsoleReporterOptions {
   tty?: boolean;
 }
 
+/** Set to 1 by ffx-launch: its terminal shows the bar this process draws (stderr is a pipe). */
+export const PROGRESS_BAR_ENV = 'PROGRESS_BAR_FOR_FFX';
+
 export class ConsoleReporter implements Reporter {
   private readonly out: NodeJS.WritableStream;
   private readonly quiet: boolean;
@@ -34,7 +37,9 @@ export class ConsoleReporter implements Reporter {
     const out = opts.out ?? process.stderr;
     this.out = out;
     this.quiet = opts.quiet ?? false;
-    this.tty = opts.tty ?? (Boolean((out as { isTTY?: boolean }).isTTY) && !process.env.CI);
+    const terminal =
+      Boolean((out as { isTTY?: boolean }).isTTY) || process.env[PROGRESS_BAR_ENV] === '1';
+    this.tty = opts.tty ?? (terminal && !process.env.CI);
   }
 
   log(line: string): void {
