@@ -250,7 +250,9 @@ export async function claimRunDir(dir: string, overwrite: boolean): Promise<stri
     try {
       return (await readdir(d)).some(isRunFile);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      // Not there (or not a directory: writing it says so, naming it): no run there.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return false;
       throw fileError(err, d, `cannot read the output directory ${d}`);
     }
   };
