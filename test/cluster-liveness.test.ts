@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { Dealer, Pull } from 'zeromq';
 import { bindAny, closeAll, freePort } from '../src/transport/sockets.js';
@@ -186,8 +187,10 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
         ],
         { timeoutMs: 90_000 },
       );
+    // Heartbeats every 100 ms: with the coordinator gone they fill the socket's queue (16) in
+    // under 2 s, and the stages must keep waiting, not abort on the next send.
     const stages = [1, 2].map((l) =>
-      startStage(l, control, 120_000, ['--coordinator-timeout', '2']),
+      startStage(l, control, 120_000, ['--coordinator-timeout', '2', '--heartbeat-ms', '100']),
     );
     const first = train([]);
     await waitForOutput(first.stderr, /epoch 2\/3 \d+% /, 60_000);
@@ -201,6 +204,8 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
         20_000,
       );
     }
+    await sleep(3000);
+    for (const s of stages) assert.equal(s.child.exitCode, null, s.stderr().slice(-2000));
     const second = train(['--resume', 'latest']);
     const r = await second.result;
     assert.equal(r.code, 0, r.stderr.slice(-3000));

@@ -14,7 +14,12 @@ import { after, before, describe, it } from 'node:test';
 import { pack } from 'msgpackr';
 import { Dealer, type Push } from 'zeromq';
 import { closeAll, dataPush, freePort } from '../src/transport/sockets.js';
-import { type ControlMessage, PROTOCOL_VERSION, encodeControl } from '../src/transport/wire.js';
+import {
+  type ControlMessage,
+  PROTOCOL_VERSION,
+  decodeControl,
+  encodeControl,
+} from '../src/transport/wire.js';
 import { metricsUrl, scrape, seriesValue } from './helpers/metrics.js';
 import { killAll, ROOT, runNode, startNode, startStage, waitForOutput } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
@@ -110,6 +115,8 @@ function controlJunk(i: number): [string, Buffer][] {
   return [
     ['malformed', Buffer.from([0xc1, i & 0xff])],
     ['foreign', encodeControl(forged(i))],
+    // Large, from a connection that registered no layer: dropped before it is decoded.
+    ['foreign', Buffer.alloc(100_000, 0x81)],
     ['unregistered', encodeControl({ type: 'heartbeat', layer: 1 + (i % 2), token: `fuzz-${i}` })],
     [
       'refused',
@@ -119,7 +126,8 @@ function controlJunk(i: number): [string, Buffer][] {
         layer: i % 2 ? 7 : 1,
         version: PROTOCOL_VERSION,
         backend: 'wasm',
-        endpoint: 'tcp://127.0.0.1:1',
+        // Every third time an endpoint a neighbour could not even connect to.
+        endpoint: i % 3 ? 'tcp://127.0.0.1:1' : 'not-an-endpoint',
         pid: i,
         host: 'fuzz',
         token: 'fuzz',
@@ -283,6 +291,18 @@ describe('fuzzing a live run', () => {
         for (let n = 0; n < 200 && (await read(c)) < want; n++) await sleep(50);
         assert.equal(await read(c), want, c.series);
       }
+      // What the coordinator answered (refused hellos, unknown heartbeats) names no run: its
+      // id would let junk pass for the run's data.
+      dealer.receiveTimeout = 500;
+      let answers = 0;
+      for (;;) {
+        const [frame] = await dealer.receive().catch(() => [undefined]);
+        if (!frame) break;
+        const msg = decodeControl(frame);
+        assert.ok(msg.type === 'error' && msg.run === '', JSON.stringify(msg));
+        answers++;
+      }
+      assert.equal(answers, 2 * PER_KIND, 'a refused hello and an unknown heartbeat each');
     } finally {
       closeAll(dealer, ...pushes);
     }
@@ -313,7 +333,7 @@ describe('fuzzing a live run', () => {
   it('a stage waiting for its config takes no large message: six 32 MiB senders leave it as it was', async (t) => {
     // Nobody at the coordinator's address: the stage waits for a config, listening.
     const stage = startStage(1, `tcp://127.0.0.1:${await freePort()}`, 60_000);
-    await waitForOutput(stage.stderr, /metrics on http/, 30_000);
+    await waitForOutput(stage.stderr, /listening on tcp/, 30_000);
     const endpoint = /listening on (tcp:\/\/127\.0\.0\.1:\d+)/.exec(stage.stderr())![1]!;
     await sleep(500);
     const pid = stage.child.pid!;
@@ -352,5 +372,61 @@ describe('fuzzing a live run', () => {
     }
     stage.child.kill('SIGTERM');
     assert.equal((await stage.result).code, 0);
+  });
+
+  it('junk that flows while the stages take their config (and bind again) leaves them serving', async () => {
+    const control = `tcp://127.0.0.1:${await freePort()}`;
+    const stages = [1, 2].map((l) => startStage(l, control, 120_000));
+    const endpoints = await Promise.all(
+      stages.map(async (s, i) => {
+        await waitForOutput(s.stderr, /listening on tcp/, 30_000);
+        return new RegExp(`layer ${i + 1}: listening on (tcp://127\\.0\\.0\\.1:\\d+)`).exec(
+          s.stderr(),
+        )![1]!;
+      }),
+    );
+    // A few hundred tiny messages a second into each stage, from before its config until the
+    // run is over: the rebind at config must not meet a receive() it refuses.
+    const pushes = endpoints.map((e) => {
+      const p = dataPush(e, { lingerMs: 0 });
+      p.sendTimeout = 100; // a stage busy with real work (or gone) does not hold the stream up
+      return p;
+    });
+    let flowing = true;
+    const stream = (async () => {
+      for (let i = 0; flowing; i++) {
+        await Promise.all(pushes.map((p) => p.send(junk(i)[0]![1]).catch(() => {})));
+        if (i % 20 === 0) await sleep(1);
+      }
+    })();
+    try {
+      const coordinator = startNode(
+        [
+          join(CLI, 'ffx-coordinator.js'),
+          'train',
+          ...RUN.slice(0, -2),
+          '--epochs',
+          '2',
+          '--bind',
+          control,
+          '--stop-stages',
+          '--out',
+          join(dir, 'rebind'),
+        ],
+        { timeoutMs: 120_000 },
+      );
+      const r = await coordinator.result;
+      assert.equal(r.code, 0, r.stderr.slice(-3000));
+      assert.match(r.stderr, /lineage: each layer trained 60, 60 batches/);
+    } finally {
+      flowing = false;
+      await stream;
+      closeAll(...pushes);
+    }
+    for (const s of stages) {
+      const done = await s.result;
+      assert.equal(done.code, 0, done.stderr.slice(-2000));
+      assert.match(done.stderr, /rejected a message \(BAD_FRAMES\)/);
+    }
   });
 });

@@ -209,6 +209,32 @@ describe('malformed data messages are rejected with a code and the field named',
     assert.throws(() => decodeData([pack(42)]), rejects('BAD_FRAMES', 'map', '42'));
   });
 
+  it('a value no string can show (a BigInt beside a non-function toString) is a ProtocolError', () => {
+    // {toString: 1, a: <uint64 1>}, which msgpackr reads as a BigInt: JSON.stringify and
+    // String() both throw on it, and a TypeError from the decoder once took a process down.
+    const str = (t: string) => Buffer.concat([Buffer.from([0xa0 | t.length]), Buffer.from(t)]);
+    const evil = Buffer.concat([
+      Buffer.from([0x82]),
+      str('toString'),
+      Buffer.from([0x01]),
+      str('a'),
+      Buffer.from([0xcf, 0, 0, 0, 0, 0, 0, 0, 1]),
+    ]);
+    const header = Buffer.concat([Buffer.from([0x81]), str('v'), evil]);
+    assert.throws(() => decodeData([header]), rejects('BAD_VERSION', 'header.v'));
+    const hello = Buffer.concat([
+      Buffer.from([0x82]),
+      str('type'),
+      str('hello'),
+      str('layer'),
+      evil,
+    ]);
+    assert.throws(
+      () => decodeControl(hello),
+      (err: unknown) => isProtocolError(err),
+    );
+  });
+
   it('any random header bytes give a ProtocolError, never another exception', () => {
     let seed = 12345;
     const next = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24;

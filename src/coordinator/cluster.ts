@@ -34,6 +34,9 @@ import {
   type TrustedKey,
 } from '../transport/curve.js';
 
+/** The largest message the coordinator decodes from a connection that registered no layer. */
+const UNREGISTERED_MAX_BYTES = 64 * 1024;
+
 /** Failures of a stage that another attempt, with that stage back or replaced, gets past. */
 const RECOVERABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'CLUSTER_STAGE_LOST',
@@ -438,6 +441,12 @@ export class Cluster {
       } catch {
         return; // closed
       }
+      // Only a registered stage sends more than a hello's worth (results, weights): anyone
+      // else's large message is dropped unread, before decoding costs anything.
+      if ((frame?.length ?? 0) > UNREGISTERED_MAX_BYTES && !this.isRegistered(identity)) {
+        this.drop('foreign', 'a large message from a connection that registered no layer');
+        continue;
+      }
       let msg: ControlMessage;
       try {
         msg = decodeControl(frame ?? Buffer.alloc(0));
@@ -518,7 +527,7 @@ export class Cluster {
         identity,
         encodeControl({
           type: 'error',
-          run: this.run,
+          run: '', // the run's id is for its stages only: with it, junk could pass for data
           layer,
           code: 'STAGE_UNKNOWN',
           message: 'this coordinator has not registered this stage: say hello',
@@ -534,7 +543,7 @@ export class Cluster {
       this.drop('refused', `a hello: ${problem}`);
       await this.routerOut.send([
         identity,
-        encodeControl({ type: 'error', run: this.run, layer: msg.layer, code, message: problem }),
+        encodeControl({ type: 'error', run: '', layer: msg.layer, code, message: problem }),
       ]);
       return;
     }
@@ -571,6 +580,10 @@ export class Cluster {
     );
   }
 
+  private isRegistered(identity: Buffer): boolean {
+    return [...this.stages.values()].some((s) => s.identity.equals(identity));
+  }
+
   /**
    * Why a hello cannot be accepted, or null. A layer held by a stage this coordinator still
    * hears from cannot be taken, whatever the newcomer claims: it is told to wait (it says hello
@@ -580,6 +593,12 @@ export class Cluster {
     if (msg.version !== PROTOCOL_VERSION) {
       const problem = `layer ${msg.layer} speaks protocol ${msg.version}, this coordinator ${PROTOCOL_VERSION}`;
       return ['STAGE_REFUSED', problem];
+    }
+    if (
+      !/^(tcp:\/\/[^\s/]+:\d{1,5}|ipc:\/\/\S+)$/.test(msg.endpoint) ||
+      msg.endpoint.length > 256
+    ) {
+      return ['STAGE_REFUSED', `its data endpoint is not a tcp://HOST:PORT or ipc:// address`];
     }
     if (!Number.isInteger(msg.layer) || msg.layer < 1 || msg.layer > this.numLayers) {
       return [

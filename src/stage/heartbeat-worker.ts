@@ -19,11 +19,26 @@ const beat = encodeControl({ type: 'heartbeat', layer: settings.layer, token: se
 const post = (news: HeartbeatNews) => parentPort!.postMessage(news);
 
 let timer: NodeJS.Timeout | undefined;
+let sending = false;
+
+/**
+ * One heartbeat, unless the last one still waits for room: with the coordinator gone the queue
+ * fills (16), and ZeroMQ allows one send in progress per socket (a second would throw from the
+ * native side and abort the process).
+ */
+function beatOnce(): void {
+  if (sending) return;
+  sending = true;
+  socket.send(beat).then(
+    () => (sending = false),
+    () => (sending = false),
+  );
+}
 
 parentPort!.on('message', (m: 'start' | 'close') => {
   if (m === 'start' && !timer) {
-    timer = setInterval(() => void socket.send(beat).catch(() => {}), settings.intervalMs);
-    void socket.send(beat).catch(() => {});
+    timer = setInterval(beatOnce, settings.intervalMs);
+    beatOnce();
   } else if (m === 'close') {
     clearInterval(timer);
     socket.close();

@@ -28,6 +28,8 @@ export class Inbox {
   private wakeReader: (() => void) | null = null;
   private wakeConsumer: (() => void) | null = null;
   private readonly reading: Promise<void>;
+  /** A rebind() under way: the socket takes no receive() until it is done. */
+  private rebinding: Promise<void> | null = null;
 
   /** Takes over `socket` (bound or connected): reads from it until close(). */
   constructor(
@@ -43,6 +45,19 @@ export class Inbox {
    * binds; unbinding also drops every connection it accepted.
    */
   async rebind(endpoint: string, maxBytes: number): Promise<void> {
+    const done = this.bindAgain(endpoint, maxBytes);
+    this.rebinding = done.then(
+      () => {},
+      () => {},
+    );
+    try {
+      await done;
+    } finally {
+      this.rebinding = null;
+    }
+  }
+
+  private async bindAgain(endpoint: string, maxBytes: number): Promise<void> {
     await this.socket.unbind(endpoint);
     this.socket.maxMessageSize = maxBytes;
     // ZeroMQ's I/O thread closes the old listener after unbind() resolves; on a busy machine
@@ -111,8 +126,11 @@ export class Inbox {
       }
       let frames: Buffer[];
       try {
+        if (this.rebinding) await this.rebinding;
         frames = await this.socket.receive();
       } catch (err) {
+        // A receive() that came as a rebind started (ZeroMQ refuses it): again, once bound.
+        if (this.rebinding && /blocked by a bind/.test((err as Error).message)) continue;
         if (!this.closed) this.readError = err as Error;
         break;
       }

@@ -150,6 +150,8 @@ export class Stage {
   private closing = false;
   private fatal: Error | null = null;
   private readonly rejectionLog = new RateLimitedLog((line) => log.info(line));
+  /** Debug lines about leftovers: a peer that knows an old run's id can send any number. */
+  private readonly leftoverLog = new RateLimitedLog((line) => log.debug(line));
 
   private readonly inbound: Pull;
   /** The inbound socket's bound endpoint, once bound (the port ZeroMQ picked for `*`). */
@@ -158,7 +160,10 @@ export class Stage {
 
   constructor(opts: StageOptions) {
     this.opts = opts;
-    this.inbound = dataPull();
+    // One message queued per connection: beyond it ZeroMQ holds the sender back, so a peer
+    // holds at most one message of this stage's memory (the run's upstream keeps the pipeline
+    // full from its own queue).
+    this.inbound = dataPull({ highWaterMark: 1 });
     // Until a config says how large this run's messages are, a stranger gets little room.
     this.inbound.maxMessageSize = PRE_CONFIG_MAX_BYTES;
     if (opts.security) {
@@ -666,7 +671,10 @@ export class Stage {
   private foreign(header: DataHeader, run: Run | null): void {
     if (this.pastRuns.includes(header.run)) {
       this.opts.metrics?.onLeftover();
-      log.debug(`layer ${this.opts.layer}: dropped a leftover ${header.kind} of run ${header.run}`);
+      this.leftoverLog.line(
+        'leftover',
+        `layer ${this.opts.layer}: dropped a leftover ${header.kind} of run ${header.run}`,
+      );
       return;
     }
     const serving = run ? `this stage serves run ${run.id}` : 'this stage serves no run';
@@ -836,7 +844,16 @@ export class Stage {
     const push = dataPush();
     if (this.opts.security) curveClient(push, this.opts.security.keys, config.nextKey);
     const linked = handshake(push, config.linkTimeoutMs);
-    push.connect(config.next!);
+    try {
+      push.connect(config.next!);
+    } catch (err) {
+      closeAll(push);
+      throw new StageError(
+        'STAGE_BAD_CONFIG',
+        `layer ${this.opts.layer}: config of run ${config.run}: cannot connect to next ` +
+          `${JSON.stringify(config.next)}: ${(err as Error).message}`,
+      );
+    }
     return { push, linked };
   }
 

@@ -109,6 +109,10 @@ export function encodeData(init: DataHeaderInit, tensors: readonly Float32Array[
  * `expect` asks for (see checkData).
  */
 export function decodeData(frames: readonly Uint8Array[], expect: DecodeExpect = {}): DataMessage {
+  return malformedIfThrows('data message', () => decodeDataUnchecked(frames, expect));
+}
+
+function decodeDataUnchecked(frames: readonly Uint8Array[], expect: DecodeExpect): DataMessage {
   const [head, ...body] = frames;
   if (head === undefined) throw new ProtocolError('BAD_FRAMES', 'data message has no frames');
   const header = checkDataHeader(unpackMap(head, 'data header (frame 0)'));
@@ -584,7 +588,22 @@ export function encodeControl(msg: ControlMessage): Buffer {
 }
 
 export function decodeControl(frame: Uint8Array): ControlMessage {
-  return checkControl(unpackMap(frame, 'control message'), 'decode') as unknown as ControlMessage;
+  return malformedIfThrows('control message', () =>
+    checkControl(unpackMap(frame, 'control message'), 'decode'),
+  ) as unknown as ControlMessage;
+}
+
+/**
+ * Runs a decoder on a peer's bytes: whatever it throws is a ProtocolError (the message is
+ * malformed), never an exception that takes the receiver down.
+ */
+function malformedIfThrows<T>(what: string, decode: () => T): T {
+  try {
+    return decode();
+  } catch (err) {
+    if (err instanceof ProtocolError) throw err;
+    throw new ProtocolError('BAD_HEADER', `${what}: cannot be read (${String(err).slice(0, 80)})`);
+  }
 }
 
 /** Validates a control message; returns a shallow copy with float32 fields converted for `dir`. */
@@ -719,17 +738,19 @@ function check(obj: Obj, where: string, key: string, rule: Rule): void {
 /** A short, readable rendering of a bad value for an error message. */
 function show(v: unknown): string {
   let s: string;
-  if (typeof v === 'string') s = JSON.stringify(v);
-  else if (typeof v === 'number' || typeof v === 'bigint' || v === undefined) s = String(v);
-  else if (ArrayBuffer.isView(v)) s = `${v.constructor.name}(${v.byteLength} bytes)`;
-  else if (typeof v === 'object' && v !== null && !isPlainObject(v) && !Array.isArray(v)) {
-    s = v.constructor?.name ?? 'object';
-  } else {
-    try {
-      s = JSON.stringify(v) ?? String(v);
-    } catch {
-      s = String(v);
+  try {
+    if (typeof v === 'string') s = JSON.stringify(v);
+    else if (typeof v === 'number' || typeof v === 'bigint' || v === undefined) s = String(v);
+    else if (ArrayBuffer.isView(v)) s = `${v.constructor.name}(${v.byteLength} bytes)`;
+    else if (typeof v === 'object' && v !== null && !isPlainObject(v) && !Array.isArray(v)) {
+      s = typeof v.constructor?.name === 'string' ? v.constructor.name : 'object';
+    } else {
+      // A peer's map can hold BigInts (JSON.stringify throws) and a non-function toString
+      // (String() throws): what it shows must never be what fails.
+      s = JSON.stringify(v, (_, x: unknown) => (typeof x === 'bigint' ? `${x}n` : x)) ?? 'null';
     }
+  } catch {
+    s = Array.isArray(v) ? `array(${v.length})` : typeof v;
   }
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
