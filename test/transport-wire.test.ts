@@ -235,6 +235,11 @@ describe('malformed data messages are rejected with a code and the field named',
     );
   });
 
+  it('a header frame over 64 KiB is refused before it is decoded', () => {
+    const big = pack({ v: PROTOCOL_VERSION, pad: 'x'.repeat(70_000) });
+    assert.throws(() => decodeData([big]), rejects('BAD_FRAMES', 'frame 0', 'at most 65536'));
+  });
+
   it('any random header bytes give a ProtocolError, never another exception', () => {
     let seed = 12345;
     const next = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) >>> 24;

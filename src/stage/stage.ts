@@ -30,6 +30,7 @@ import { STAGE_STATES, type StageMetrics, type StageState } from '../metrics/ind
 import { ProtocolError, isProtocolError } from '../transport/errors.js';
 import { SerialSender, closeAll, dataPull, dataPush, handshake } from '../transport/sockets.js';
 import {
+  MAX_HEADER_BYTES,
   PROTOCOL_VERSION,
   checkData,
   decodeControl,
@@ -102,7 +103,7 @@ const CONTROL_LINGER_MS = 500;
 
 /** The largest data message before a config says more, and the room for a header. */
 const PRE_CONFIG_MAX_BYTES = 64 * 1024;
-const HEADER_ROOM_BYTES = 64 * 1024;
+const HEADER_ROOM_BYTES = MAX_HEADER_BYTES;
 /** The largest control message: a config carrying a layer's resume state. */
 const CONTROL_MAX_BYTES = 2 * 1024 ** 3;
 

@@ -7,6 +7,8 @@ import { NUM_CLASSES } from '../data/classes.js';
 import { ProtocolError } from './errors.js';
 
 export const PROTOCOL_VERSION = 6;
+/** The largest data header (frame 0) a receiver decodes. */
+export const MAX_HEADER_BYTES = 64 * 1024;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -114,6 +116,13 @@ export function decodeData(frames: readonly Uint8Array[], expect: DecodeExpect =
 
 function decodeDataUnchecked(frames: readonly Uint8Array[], expect: DecodeExpect): DataMessage {
   const [head, ...body] = frames;
+  // A header is a few hundred bytes: a large frame 0 is refused before decoding costs anything.
+  if (head !== undefined && head.byteLength > MAX_HEADER_BYTES) {
+    throw new ProtocolError(
+      'BAD_FRAMES',
+      `data header (frame 0) of ${head.byteLength} bytes; at most ${MAX_HEADER_BYTES}`,
+    );
+  }
   if (head === undefined) throw new ProtocolError('BAD_FRAMES', 'data message has no frames');
   const header = checkDataHeader(unpackMap(head, 'data header (frame 0)'));
   checkFrameCount(header, body.length);
