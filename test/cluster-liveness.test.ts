@@ -12,6 +12,7 @@ import { Dealer, Pull } from 'zeromq';
 import { bindAny, closeAll, freePort } from '../src/transport/sockets.js';
 import { PROTOCOL_VERSION, decodeControl, encodeControl } from '../src/transport/wire.js';
 import { killAll, ROOT, startNode, startStage, waitForOutput } from './helpers/spawn.js';
+import { smallRun } from './helpers/runs.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -165,20 +166,7 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
         [
           join(CLI, 'ffx-coordinator.js'),
           'train',
-          '--config',
-          join(ROOT, 'config', 'demo.json'),
-          '--layers',
-          '784,256,256',
-          '--set',
-          'model.threshold=256',
-          '--set',
-          'data.trainLimit=3000',
-          '--set',
-          'data.testLimit=300',
-          '--set',
-          'train.evalEvery=0',
-          '--epochs',
-          '3',
+          ...smallRun(3, 300),
           '--bind',
           control,
           '--out',

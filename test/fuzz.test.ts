@@ -21,27 +21,13 @@ import {
   encodeControl,
 } from '../src/transport/wire.js';
 import { metricsUrl, scrape, seriesValue } from './helpers/metrics.js';
-import { killAll, ROOT, runNode, startNode, startStage, waitForOutput } from './helpers/spawn.js';
+import { killAll, ROOT, startNode, startStage, waitForOutput } from './helpers/spawn.js';
+import { smallRun, trainLocally } from './helpers/runs.js';
 import { maxWeightDiff } from './helpers/weights.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
-const RUN = [
-  '--config',
-  join(ROOT, 'config', 'demo.json'),
-  '--layers',
-  '784,256,256',
-  '--set',
-  'model.threshold=256',
-  '--set',
-  'data.trainLimit=3000',
-  '--set',
-  'data.testLimit=500',
-  '--set',
-  'train.evalEvery=0',
-  // Long enough (about 10 s) for the fuzzing to happen while it trains.
-  '--epochs',
-  '20',
-];
+// Long enough (about 10 s) for the fuzzing to happen while it trains.
+const RUN = smallRun(20);
 const PER_KIND = 300;
 /** A stage of this run, junk and all, stays under this (about twice its quiet size). */
 const RSS_BOUND_MB = 600;
@@ -189,22 +175,7 @@ describe('fuzzing a live run', () => {
   });
 
   it("completes with the quiet run's weights, bounded memory and exact rejection counts", async (t) => {
-    const local = await runNode(
-      [
-        join(CLI, 'ffx-coordinator.js'),
-        'train',
-        '--local',
-        '--backend',
-        'wasm',
-        '--threads',
-        '1',
-        ...RUN,
-        '--quiet',
-        '--out',
-        join(dir, 'quiet'),
-      ],
-      { timeoutMs: 90_000 },
-    );
+    const local = await trainLocally(RUN, join(dir, 'quiet'), 90_000);
     assert.equal(local.code, 0, local.stderr);
 
     const control = `tcp://127.0.0.1:${await freePort()}`;
@@ -404,9 +375,7 @@ describe('fuzzing a live run', () => {
         [
           join(CLI, 'ffx-coordinator.js'),
           'train',
-          ...RUN.slice(0, -2),
-          '--epochs',
-          '2',
+          ...smallRun(2),
           '--bind',
           control,
           '--stop-stages',

@@ -72,11 +72,13 @@ describe('scrapes during training', () => {
     t.diagnostic(
       `slowest scrape: ${names.map((name, i) => `${name} ${worst[i]!.toFixed(0)} ms`).join(', ')}`,
     );
-    // The stages were at work while scraped: training (or evaluating, at an epoch's end), with
-    // batches done between the first scrape and the last.
+    // The stages were at work while scraped: training (or evaluating, at an epoch's end) in
+    // the renderings they served (each at most a step old), with batches done meanwhile.
     for (const i of [1, 2]) {
-      const busy = states[i]!.filter((s) => s === 'training' || s === 'evaluating').length;
-      assert.ok(busy >= SCRAPES / 2, `${names[i]}: ${states[i]!.join(' ')}`);
+      assert.ok(
+        states[i]!.some((s) => s === 'training' || s === 'evaluating'),
+        `${names[i]}: ${states[i]!.join(' ')}`,
+      );
       assert.ok(batches[i]!.at(-1)! > batches[i]![0]!, `${names[i]}: ${batches[i]!.join(' ')}`);
     }
     run.child.kill('SIGINT');

@@ -10,6 +10,7 @@ import type { EvalResult } from '../src/core/predict.js';
 import { decodeSafetensors } from '../src/core/safetensors.js';
 import { killAll, ROOT, runNode } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
+import { trainLocally } from './helpers/runs.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -45,21 +46,7 @@ describe('3-stage pipeline vs single-process reference', () => {
   });
 
   it('produces the same weights (max |diff| = 0) and the same predictions', async () => {
-    const local = await runNode(
-      [
-        join(CLI, 'ffx-coordinator.js'),
-        'train',
-        '--local',
-        '--backend',
-        'wasm',
-        '--threads',
-        '1',
-        ...RUN,
-        '--out',
-        join(dir, 'local'),
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const local = await trainLocally(RUN, join(dir, 'local'), 60_000);
     assert.equal(local.code, 0, local.stderr);
     const piped = await runNode(
       [

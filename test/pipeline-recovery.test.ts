@@ -23,28 +23,12 @@ import {
   type Started,
 } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
+import { smallRun } from './helpers/runs.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 const EPOCHS = 3;
 const BATCHES = 30; // 3,000 images in batches of 100
-const RUN = [
-  '--config',
-  join(ROOT, 'config', 'demo.json'),
-  '--layers',
-  '784,256,256',
-  '--set',
-  'model.threshold=256',
-  '--set',
-  'data.trainLimit=3000',
-  '--set',
-  'data.testLimit=500',
-  '--set',
-  'train.evalEvery=0',
-  '--epochs',
-  String(EPOCHS),
-  '--heartbeat-timeout',
-  '2',
-];
+const RUN = [...smallRun(EPOCHS), '--heartbeat-timeout', '2'];
 const LAUNCH = [join(CLI, 'ffx-launch.js'), '--backend', 'wasm', '--stage-threads', '1', ...RUN];
 
 /** The pid ffx-launch gave a child (`coordinator`, `stage 2`) when it started it. */
@@ -166,7 +150,8 @@ describe('recovery: a run survives the loss of any of its processes', () => {
     assert.match(r.stderr, /coordinator was killed by SIGKILL \(status 137\); started again/);
     assert.match(
       r.stderr,
-      /\[coordinator\] resumed from .*checkpoint-epoch1\.safetensors after epoch 1/,
+      // Epoch 1's, or epoch 2's when that epoch (a few hundred ms here) was over by the kill.
+      /\[coordinator\] resumed from .*checkpoint-epoch([12])\.safetensors after epoch \1\b/,
     );
     // The stages were not restarted: the new coordinator told them to say hello.
     assert.doesNotMatch(r.stderr, /stage \d was killed/);
@@ -187,7 +172,7 @@ describe('recovery: a run survives the loss of any of its processes', () => {
     for (let i = 0; i < 100 && children.some(alive); i++) await sleep(100);
     assert.deepEqual(children.filter(alive), [], 'every child of the dead launcher has exited');
     const again = await launch('launcher-killed', ['--resume', 'latest']).result;
-    assert.match(again.stderr, /\[coordinator\] resumed from .*checkpoint-epoch1\.safetensors/);
+    assert.match(again.stderr, /\[coordinator\] resumed from .*checkpoint-epoch[12]\.safetensors/);
     await assertUninterrupted('launcher-killed', again, t);
   });
 

@@ -29,26 +29,12 @@ import {
   encodeData,
 } from '../src/transport/wire.js';
 import { killAll, ROOT, runNode, startNode, waitForOutput } from './helpers/spawn.js';
+import { smallRun, trainLocally } from './helpers/runs.js';
 import { maxWeightDiff } from './helpers/weights.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
-const RUN = [
-  '--config',
-  join(ROOT, 'config', 'demo.json'),
-  '--layers',
-  '784,256,256',
-  '--set',
-  'model.threshold=256',
-  '--set',
-  'data.trainLimit=3000',
-  '--set',
-  'data.testLimit=500',
-  '--set',
-  'train.evalEvery=0',
-  '--epochs',
-  '3',
-];
+const RUN = smallRun(3);
 const LAUNCH = [join(CLI, 'ffx-launch.js'), '--backend', 'wasm', '--stage-threads', '1', ...RUN];
 
 describe('CurveZMQ keys', () => {
@@ -216,22 +202,7 @@ describe('a run with keys, and peers without them', () => {
   });
 
   it('refuses every unknown key, and reproduces the local run bit for bit over tcp', async () => {
-    const local = await runNode(
-      [
-        join(CLI, 'ffx-coordinator.js'),
-        'train',
-        '--local',
-        '--backend',
-        'wasm',
-        '--threads',
-        '1',
-        ...RUN,
-        '--quiet',
-        '--out',
-        path('local'),
-      ],
-      { timeoutMs: 90_000 },
-    );
+    const local = await trainLocally(RUN, path('local'), 90_000);
     assert.equal(local.code, 0, local.stderr);
 
     const run = startNode(
