@@ -218,7 +218,7 @@ async function loadTensorflowCpu(_options: BackendOptions): Promise<BackendInfo>
   };
 }
 
-const MAX_WASM_THREADS = 8; // emscripten's pre-spawned pthread pool
+export const MAX_WASM_THREADS = 8; // emscripten's pre-spawned pthread pool
 
 /** A thread count wasm can use; refused before any backend is tried (auto would fall past it). */
 function checkThreads(threads: number): void {

@@ -2,7 +2,13 @@
 // ffx-stage: one FF layer of a distributed run, in its own process (one per GPU or node).
 //   ffx-stage --layer 1 --coordinator tcp://10.0.0.1:5555
 import { flagsFromEnv, hideBin, yargs } from './yargs.js';
-import { BACKEND_CHOICES, initBackend, type BackendChoice } from '../backend/backend.js';
+import {
+  BACKEND_CHOICES,
+  MAX_WASM_THREADS,
+  initBackend,
+  type BackendChoice,
+} from '../backend/backend.js';
+import { defaultStageThreads } from './stage-threads.js';
 import { Stage } from '../stage/stage.js';
 import {
   DEFAULT_METRICS_PORT,
@@ -68,7 +74,8 @@ export function buildCli(argv: string[]) {
     })
     .option('threads', {
       type: 'number',
-      describe: 'wasm backend compute threads (default: every core)',
+      describe:
+        "wasm backend compute threads (default: the cores over the ffx stages on this host, so several don't oversubscribe it)",
     })
     .option('heartbeat-ms', {
       type: 'number',
@@ -106,9 +113,19 @@ async function main(): Promise<void> {
   const listen = parseEndpoint(a.listen, '--listen', 'bind');
   checkExposure(listen, '--listen', a);
   const security = await loadStageSecurity(a);
+  let threads = a.threads;
+  if (threads === undefined) {
+    const share = defaultStageThreads();
+    threads = Math.min(share.threads, MAX_WASM_THREADS);
+    if (share.stages > 1) {
+      log.info(
+        `layer ${a.layer}: ${share.stages} ffx stages on this host: ${threads} compute thread(s) each (--threads to choose)`,
+      );
+    }
+  }
   const backend = await initBackend(a.backend as BackendChoice, {
     device,
-    threads: a.threads,
+    threads,
     log: (l) => log.info(l),
   });
   let metrics: StageMetrics | undefined;
