@@ -11,6 +11,7 @@ import type { EvalResult } from '../src/core/predict.js';
 import { decodeSafetensors } from '../src/core/safetensors.js';
 import { killAll, ROOT, runNode } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
+import { trainLocally } from './helpers/runs.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -97,23 +98,7 @@ describe('resuming a distributed run', () => {
   });
 
   it('the local trainer resumes from the distributed checkpoint to the same result', async () => {
-    const local = await runNode(
-      [
-        join(CLI, 'ffx-coordinator.js'),
-        'train',
-        '--local',
-        '--backend',
-        'wasm',
-        '--threads',
-        '1',
-        '--resume',
-        checkpoint(),
-        '--quiet',
-        '--out',
-        path('local'),
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const local = await trainLocally(['--resume', checkpoint()], path('local'), 60_000);
     assert.equal(local.code, 0, local.stderr);
     assert.equal(await maxDiff('full', 'local'), 0);
     assert.deepEqual((await evalOf('local')).confusion, (await evalOf('full')).confusion);

@@ -11,7 +11,6 @@ import { freePort } from '../src/transport/sockets.js';
 import {
   killAll,
   ROOT,
-  runNode,
   startNode,
   startStage,
   waitForOutput,
@@ -19,6 +18,7 @@ import {
 } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
 import { metricsUrl, scrape, seriesValue } from './helpers/metrics.js';
+import { trainLocally } from './helpers/runs.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -123,24 +123,7 @@ describe('stage lifecycle across coordinators', () => {
     assert.ok(leftovers >= 1, `leftovers counted: ${leftovers}`);
 
     // Nothing of the aborted run reached the new one: it ends with a fresh run's weights.
-    const local = await runNode(
-      [
-        join(CLI, 'ffx-coordinator.js'),
-        'train',
-        '--local',
-        '--backend',
-        'wasm',
-        '--threads',
-        '1',
-        ...MODEL,
-        '--epochs',
-        '1',
-        '--quiet',
-        '--out',
-        join(dir, 'local'),
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const local = await trainLocally([...MODEL, '--epochs', '1'], join(dir, 'local'), 60_000);
     assert.equal(local.code, 0, local.stderr);
     assert.equal(
       await maxWeightDiff(
