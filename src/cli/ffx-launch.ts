@@ -13,7 +13,6 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { availableParallelism, constants, tmpdir } from 'node:os';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { freePort } from '../transport/sockets.js';
@@ -37,6 +36,8 @@ import { writeClusterKeys } from '../transport/curve.js';
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 /** The launcher's stderr, shared by its children's lines and the coordinator's progress bar. */
 const terminal = new Terminal(process.stderr);
+/** Its stdout: the children's results (no bar there). */
+const results = new Terminal(process.stdout);
 
 interface Exit {
   code: number | null;
@@ -191,10 +192,7 @@ async function main(): Promise<void> {
     // "[stage 2] ..." says who: the child's own "layer 2: " (or "coordinator: ") would repeat it.
     const own = c.name === 'coordinator' ? 'coordinator: ' : `layer ${c.name.split(' ')[1]}: `;
     relay(proc.stderr!, terminal, `[${c.name}]`, own);
-    createInterface({ input: proc.stdout! }).on('line', (line) => {
-      const text = line.startsWith(own) ? line.slice(own.length) : line;
-      process.stdout.write(`[${c.name}] ${text}\n`);
-    });
+    relay(proc.stdout!, results, `[${c.name}]`, own);
     const exited = new Promise<Exit>((resolve) =>
       proc.on('exit', (code, signal) => resolve({ code, signal })),
     );

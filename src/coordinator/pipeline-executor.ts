@@ -10,7 +10,7 @@ import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
-import type { WeightsMessage } from '../transport/wire.js';
+import { MAX_HEADER_BYTES, type WeightsMessage } from '../transport/wire.js';
 import { Cluster, ClusterError, type ClusterOptions } from './cluster.js';
 import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
 import type { EvalBatch } from './run-data.js';
@@ -259,5 +259,5 @@ function largestResult(cfg: RunConfig): number {
     const params = widths[i + 1]! * (widths[i]! + 1);
     largest = Math.max(largest, params * (1 + slots) * 4);
   }
-  return largest + 64 * 1024;
+  return largest + MAX_HEADER_BYTES; // room for the message's other fields
 }

@@ -101,16 +101,15 @@ const PAST_RUNS = 16;
 /** How long the control socket may keep flushing after close(), e.g. the STAGE_STOPPED error. */
 const CONTROL_LINGER_MS = 500;
 
-/** The largest data message before a config says more, and the room for a header. */
+/** The largest data message before a config says more. */
 const PRE_CONFIG_MAX_BYTES = 64 * 1024;
-const HEADER_ROOM_BYTES = MAX_HEADER_BYTES;
 /** The largest control message: a config carrying a layer's resume state. */
 const CONTROL_MAX_BYTES = 2 * 1024 ** 3;
 
 /** The largest data message of a run, for a stage whose input is `inDim` wide. */
 function largestDataMessage(config: ConfigMessage, inDim: number): number {
   const rows = Math.max(2 * config.batchSize, NUM_CLASSES * config.evalBatchSize);
-  return rows * inDim * 4 + HEADER_ROOM_BYTES;
+  return rows * inDim * 4 + MAX_HEADER_BYTES;
 }
 
 /** Timing of a forward that did not happen (the last stage). */
@@ -870,8 +869,8 @@ export class Stage {
   }
 
   /**
-   * A malformed message, counted and logged (once a minute per reason); reported to the coordinator of
-   * the run served (it may have been one of its batches). The stage keeps serving.
+   * A malformed message, counted and logged (once a minute per reason); reported to the
+   * coordinator of the run served (it may have been one of its batches). The stage goes on.
    */
   private async reject(
     run: Run | null,
