@@ -5,7 +5,7 @@
 
 /** Stable codes, by the module that throws them. Callers branch on these, never on text. */
 export const ERROR_CODES = {
-  usage: ['USAGE', 'BAD_ENDPOINT'],
+  usage: ['USAGE', 'BAD_ENDPOINT', 'REPORT_NOT_A_RUN'],
   config: [
     'CONFIG_INVALID',
     'CONFIG_UNKNOWN_KEY',

@@ -61,11 +61,12 @@ describe('architecture of src/', () => {
     for (const f of graph.keys()) visit(f);
   });
 
-  it('imports only downward: cli -> coordinator/stage -> checkpoint -> config/metrics -> core/transport -> data/backend', () => {
+  it('imports only downward: cli -> coordinator/stage/report -> checkpoint -> config/metrics -> core/transport -> data/backend', () => {
     const rank: Record<string, number> = {
       cli: 6,
       coordinator: 5,
       stage: 5,
+      report: 5,
       checkpoint: 4,
       config: 3,
       metrics: 3,

@@ -2,6 +2,8 @@
 // ffx-coordinator: feeds data, drives epochs, aggregates goodness into predictions.
 //   ffx-coordinator train --local --config config/fashion-mnist-fast.json
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { readCheckpoint } from '../checkpoint/checkpoint-file.js';
@@ -18,6 +20,7 @@ import {
   formatSeconds,
   type Reporter,
 } from '../coordinator/reporter.js';
+import { REPORT_FILE, writeReport } from '../report/report.js';
 import { runMain } from './run-main.js';
 import {
   CoordinatorMetrics,
@@ -35,7 +38,7 @@ import {
   trainOptions,
   type CommonArgs,
 } from './run-options.js';
-import { InterruptedError, UsageError } from '../errors.js';
+import { FfxError, InterruptedError, UsageError, withFile } from '../errors.js';
 import { configureLog } from '../log.js';
 import { parseEndpoint } from './endpoint.js';
 import { checkExposure, loadSecurity, type SecurityArgs } from './security-options.js';
@@ -53,6 +56,9 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const reporter = reporterFor(a);
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
   await claimOutput(a, cfg);
+  // An earlier run's report in the directory would describe that run until this one ends.
+  const oldReport = join(cfg.output.dir, REPORT_FILE);
+  await withFile(oldReport, `cannot remove ${oldReport}`, () => rm(oldReport, { force: true }));
   const exporter = await startProcess(a, cfg, reporter);
   const metrics = exporter?.metrics;
   const executor: Executor = a.local
@@ -65,17 +71,20 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
       resume,
       maxRecoveries: a['max-recoveries'] as number,
     });
+    const reportFile = await runReport(cfg.output.dir, reporter);
     if (reporter instanceof JsonReporter) {
       reporter.emit('result', {
         ...result.final,
         seconds: result.seconds,
         weightsFile: result.weightsFile,
+        reportFile,
         recoveries: result.recoveries,
         replayed: result.replayed,
       });
     } else {
       console.log(formatEval(result.final, classNames(cfg.data.dataset)));
       console.log(`trained in ${formatSeconds(result.seconds)}; weights: ${result.weightsFile}`);
+      if (reportFile) console.log(`report: ${reportFile}`);
     }
   } finally {
     await exporter?.server.close();
@@ -150,6 +159,21 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
       ),
     );
   }
+}
+
+/** The run's report, written as it ends; a report that cannot be written does not fail the run. */
+async function runReport(dir: string, reporter: Reporter): Promise<string | undefined> {
+  try {
+    return await writeReport(dir);
+  } catch (err) {
+    const code = err instanceof FfxError ? `[${err.code}] ` : '';
+    reporter.log(`warning: no report: ${code}${(err as Error).message}`);
+    return undefined;
+  }
+}
+
+async function reportCommand(dir: string, out: string | undefined): Promise<void> {
+  console.log(`report: ${await writeReport(dir, out)}`);
 }
 
 /** A distributed command's --bind, checked before anything starts. */
@@ -236,7 +260,26 @@ export function buildCli(argv: string[]) {
             }),
         (a) => evalCommand(a as unknown as CommonArgs & Record<string, unknown>),
       )
-      .demandCommand(1, 'name a command: train or eval')
+      .command(
+        'report <run-dir>',
+        "write a run's report: one HTML file with its loss, goodness, accuracy, throughput, " +
+          'timing, confusion matrix and config, that opens from disk (a run writes it as it ends)',
+        (y) =>
+          y
+            .positional('run-dir', {
+              type: 'string',
+              demandOption: true,
+              describe: 'a run directory (output.dir): config.json, metrics.jsonl, eval.json',
+            })
+            .option('out', {
+              alias: 'o',
+              type: 'string',
+              describe: 'where to write it (default: RUN_DIR/report.html)',
+            })
+            .example('$0 report runs/demo', 'writes runs/demo/report.html'),
+        (a) => reportCommand(a['run-dir'], a.out),
+      )
+      .demandCommand(1, 'name a command: train, eval or report')
       .strict()
       // Errors go to runMain (exit codes, messages), not yargs's usage dump.
       .fail((msg, err) => {

@@ -9,7 +9,7 @@
 // that state and trains again from there: the run ends with the weights of one that was never
 // interrupted. The ledger counts what each layer trained per (epoch, batch), exactly once in
 // the final lineage.
-import { appendFile, mkdir, readFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
 import {
@@ -29,6 +29,9 @@ import type { EpochRecord, StageTiming } from './epoch-record.js';
 import type { Executor, TrainReport } from './executor.js';
 import type { Reporter } from './reporter.js';
 import { evalBatches, prepareData, trainSampler, type RunData, type Split } from './run-data.js';
+
+/** The final evaluation, in the output directory. */
+export const EVAL_FILE = 'eval.json';
 
 export interface TrainResult {
   epochs: EpochRecord[];
@@ -256,7 +259,8 @@ class Training {
 
   /**
    * The output directory with the resolved config; metrics.jsonl keeps the lines of the epochs
-   * the run starts after (a resumed run's lineage) and nothing later.
+   * the run starts after (a resumed run's lineage) and nothing later, and an eval.json left by
+   * an earlier run in it (--overwrite, or a resume of a finished run) goes.
    */
   private async prepareOutput(): Promise<void> {
     const { cfg, metricsFile, point } = this;
@@ -270,6 +274,9 @@ class Training {
       this.lines = text.split('\n').filter((l) => l !== '' && lineEpoch(l) <= point.epoch);
     }
     await writeFileAtomic(metricsFile, this.lines.map((l) => l + '\n').join(''), 'metrics');
+    await withFile(dir, `cannot write the output directory ${dir}`, () =>
+      rm(join(dir, EVAL_FILE), { force: true }),
+    );
   }
 
   /** The final weights, `latest` pointing at them, and eval.json. */
@@ -286,7 +293,7 @@ class Training {
       keepCheckpoints,
       name,
     );
-    await writeFileAtomic(join(dir, 'eval.json'), JSON.stringify(final, null, 2) + '\n', 'eval');
+    await writeFileAtomic(join(dir, EVAL_FILE), JSON.stringify(final, null, 2) + '\n', 'eval');
     this.reporter.log(
       `lineage: each layer trained ${this.lineage.join(', ')} batches ` +
         `(${plural(cfg.train.epochs, 'epoch')} x ${this.batches}); ` +

@@ -1,0 +1,163 @@
+// What a report is made of: a run directory's config.json, metrics.jsonl and eval.json, read
+// as untrusted input. A line or field that is not what the driver writes is left out and
+// counted, never trusted: the report of a half-written or hand-edited run still opens.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { UsageError, withFile } from '../errors.js';
+
+export interface LayerPoint {
+  loss: number;
+  goodnessPos: number;
+  goodnessNeg: number;
+}
+
+export interface StagePoint {
+  stepSeconds: number;
+  waitSeconds: number;
+  transportSeconds: number;
+  blockedSeconds: number;
+}
+
+export interface EvalPoint {
+  count: number;
+  accuracy: number;
+  rule: string;
+  perLayerSet: { name: string; accuracy: number }[];
+  /** confusion[true][predicted]; empty if the file had none that is square. */
+  confusion: number[][];
+}
+
+export interface EpochPoint {
+  epoch: number;
+  seconds: number;
+  samplesPerSec: number;
+  lr: number;
+  layers: LayerPoint[];
+  stages: StagePoint[];
+  eval?: EvalPoint;
+}
+
+export interface RunFiles {
+  dir: string;
+  /** config.json as written (the resolved config), for display. */
+  config: Record<string, unknown>;
+  /** In epoch order, one per epoch (a later line for the same epoch wins). */
+  epochs: EpochPoint[];
+  /** eval.json: the final test evaluation; undefined for a run that has not finished. */
+  final: EvalPoint | undefined;
+  /** metrics.jsonl lines that are not epoch records, left out. */
+  skippedLines: number;
+}
+
+/** Reads a run directory; a directory without a readable config.json is not a run. */
+export async function readRunFiles(dir: string): Promise<RunFiles> {
+  const config = await readJson(join(dir, 'config.json'));
+  if (!isObject(config)) {
+    throw new UsageError(
+      `${dir} is not a run directory: it has no readable config.json (a run writes one as it starts)`,
+      'REPORT_NOT_A_RUN',
+    );
+  }
+  const metrics = join(dir, 'metrics.jsonl');
+  const text = await withFile(metrics, `cannot read ${metrics}`, () =>
+    readFile(metrics, 'utf8').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return '';
+      throw err;
+    }),
+  );
+  const byEpoch = new Map<number, EpochPoint>();
+  let skippedLines = 0;
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue;
+    const point = epochPoint(parse(line));
+    if (point) byEpoch.set(point.epoch, point);
+    else skippedLines++;
+  }
+  const epochs = [...byEpoch.values()].sort((a, b) => a.epoch - b.epoch);
+  const final = evalPoint(await readJson(join(dir, 'eval.json')));
+  return { dir, config, epochs, final, skippedLines };
+}
+
+/** A file's JSON, or undefined if it is missing or not JSON. */
+async function readJson(file: string): Promise<unknown> {
+  const text = await withFile(file, `cannot read ${file}`, () =>
+    readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR' || err.code === 'EISDIR')
+        return undefined;
+      throw err;
+    }),
+  );
+  return text === undefined ? undefined : parse(text);
+}
+
+function parse(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+const finite = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+
+/** The numeric fields `keys` of `v`, or undefined unless every one is a finite number. */
+function numbers<K extends string>(v: unknown, keys: readonly K[]): Record<K, number> | undefined {
+  if (!isObject(v)) return undefined;
+  const out = {} as Record<K, number>;
+  for (const k of keys) {
+    const x = v[k];
+    if (!finite(x)) return undefined;
+    out[k] = x;
+  }
+  return out;
+}
+
+/** Each element through `f`; undefined if `v` is not an array or any element fails. */
+function all<T>(v: unknown, f: (x: unknown) => T | undefined): T[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  const out: T[] = [];
+  for (const x of v) {
+    const y = f(x);
+    if (y === undefined) return undefined;
+    out.push(y);
+  }
+  return out;
+}
+
+const LAYER_KEYS = ['loss', 'goodnessPos', 'goodnessNeg'] as const;
+const STAGE_KEYS = ['stepSeconds', 'waitSeconds', 'transportSeconds', 'blockedSeconds'] as const;
+
+function epochPoint(v: unknown): EpochPoint | undefined {
+  const head = numbers(v, ['epoch', 'seconds', 'samplesPerSec', 'lr'] as const);
+  if (!head || !Number.isInteger(head.epoch) || head.epoch < 1 || !isObject(v)) return undefined;
+  const layers = all(v.layers, (x) => numbers(x, LAYER_KEYS));
+  const stages = all(v.stages, (x) => numbers(x, STAGE_KEYS));
+  if (!layers || !stages || layers.length === 0) return undefined;
+  const point: EpochPoint = { ...head, layers, stages };
+  const ev = evalPoint(v.eval);
+  if (ev) point.eval = ev;
+  return point;
+}
+
+function evalPoint(v: unknown): EvalPoint | undefined {
+  const head = numbers(v, ['count', 'accuracy'] as const);
+  if (!head || !isObject(v)) return undefined;
+  const perLayerSet =
+    all(v.perLayerSet, (x) =>
+      isObject(x) && typeof x.name === 'string' && finite(x.accuracy)
+        ? { name: x.name, accuracy: x.accuracy }
+        : undefined,
+    ) ?? [];
+  const confusion = all(v.confusion, (row) => all(row, (c) => (finite(c) ? c : undefined))) ?? [];
+  const square = confusion.every((row) => row.length === confusion.length);
+  return {
+    ...head,
+    rule: typeof v.rule === 'string' ? v.rule : 'all',
+    perLayerSet,
+    confusion: square ? confusion : [],
+  };
+}
