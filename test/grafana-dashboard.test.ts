@@ -20,6 +20,7 @@ type SyntaxNode = ReturnType<typeof parser.parse>['topNode'];
 interface Target {
   refId?: string;
   expr?: string;
+  legendFormat?: string;
   datasource?: { uid?: string };
 }
 
@@ -180,7 +181,7 @@ describe('grafana dashboard ffx.json', () => {
     assert.equal(dashboard.title, 'ffx — Forward-Forward training');
   });
 
-  it('defines the datasource, job, instance and layer variables', () => {
+  it('defines the datasource, job, instance, run and layer variables', () => {
     const vars = new Map(dashboard.templating.list.map((v) => [v.name, v]));
     const query = (v: Variable | undefined) =>
       typeof v?.query === 'string' ? v.query : (v?.query?.query ?? '');
@@ -195,12 +196,49 @@ describe('grafana dashboard ffx.json', () => {
       query(vars.get('layer')),
       'label_values(ffx_stage_batches_total{job=~"$job"}, layer)',
     );
-    for (const name of ['job', 'instance', 'layer']) {
+    assert.equal(
+      query(vars.get('run')),
+      'label_values(ffx_run_info{job=~"$job", instance=~"$instance"}, run)',
+    );
+    for (const name of ['job', 'instance', 'run', 'layer']) {
       assert.equal(vars.get(name)?.multi, true, `${name} is multi-value`);
       assert.equal(vars.get(name)?.includeAll, true, `${name} includes All`);
     }
     // All jobs: the coordinators' and the stages' (deploy/prometheus scrapes them apart).
     assert.equal(vars.get('job')?.allValue, 'ffx.*');
+  });
+
+  it('tells runs apart: training series join ffx_run_info, filtered by $run, {{run}} in the legend', () => {
+    const training = new Set([
+      'ffx_stage_loss',
+      'ffx_stage_goodness',
+      'ffx_coordinator_layer_loss',
+      'ffx_coordinator_layer_goodness',
+      'ffx_coordinator_eval_accuracy',
+      'ffx_coordinator_learning_rate',
+      'ffx_coordinator_progress_ratio',
+      'ffx_coordinator_epoch',
+      'ffx_stage_samples_total',
+      'ffx_stage_step_duration_seconds_bucket',
+      'ffx_stage_input_wait_seconds_total',
+      'ffx_stage_send_blocked_seconds_total',
+      'ffx_stage_transport_seconds_total',
+    ]);
+    let joined = 0;
+    for (const p of PANELS) {
+      for (const t of p.targets ?? []) {
+        const selectors = selectorsIn(t.expr ?? '');
+        const info = selectors.filter((x) => x.metric === 'ffx_run_info');
+        if (!selectors.some((x) => training.has(x.metric))) continue;
+        const where = `"${p.title}": ${t.expr}`;
+        assert.ok(info.length > 0, `${where} does not join ffx_run_info`);
+        for (const i of info) assert.deepEqual(i.matchers.get('run'), { op: '=~', value: '$run' });
+        assert.match(t.expr!, /group_left \(run\) ffx_run_info/, where);
+        assert.match(t.legendFormat ?? '', /^\{\{run\}\}/, `${where}: legend ${t.legendFormat}`);
+        joined++;
+      }
+    }
+    assert.ok(joined >= 14, `${joined} queries`);
   });
 
   it('draws sent bytes below the axis with an override, not a negated query', () => {

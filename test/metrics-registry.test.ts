@@ -408,6 +408,23 @@ describe('StageMetrics', () => {
     assert.ok(Number.isNaN(value(await scrape(registry), 'ffx_stage_inbound_queue_depth')));
   });
 
+  it('says which run it serves (ffx_run_info): one run for all its attempts, none between runs', async () => {
+    const { registry, metrics } = stageSetup(2);
+    const runs = async () =>
+      (await scrape(registry))
+        .get('ffx_run_info')!
+        .samples.map((x): [Record<string, string>, number] => [x.labels, x.value]);
+    assert.deepEqual(await runs(), []);
+    metrics.onRun('50502aa5');
+    assert.deepEqual(await runs(), [[{ role: 'stage', layer: '2', run: '50502aa5', name: '' }, 1]]);
+    metrics.onRun('50502aa5~2'); // the coordinator's third attempt at the same run
+    assert.deepEqual(await runs(), [[{ role: 'stage', layer: '2', run: '50502aa5', name: '' }, 1]]);
+    metrics.onRun(undefined);
+    assert.deepEqual(await runs(), []);
+    metrics.onRun('x'.repeat(1000));
+    assert.equal((await runs())[0]?.[0].run, 'x'.repeat(64));
+  });
+
   it('refuses a bad layer, a registry for another layer or role, and a second instance', () => {
     const registry = createRegistry('stage', { layer: '2' });
     assert.throws(() => new StageMetrics(registry, 3), expectCode('METRICS_BAD_LAYER', /layer 2/));
@@ -472,6 +489,16 @@ describe('CoordinatorMetrics', () => {
     for (const s of f.get('ffx_coordinator_eval_accuracy')!.samples) {
       assert.equal(s.labels.role, 'coordinator');
     }
+  });
+
+  it('says which run it drives: ffx_run_info with the run id and the config name', async () => {
+    const { registry, metrics } = coordinatorSetup();
+    metrics.onRun('1a2b3c4d', 'fashion-mnist-fast');
+    const info = (await scrape(registry)).get('ffx_run_info')!.samples;
+    assert.deepEqual(
+      info.map((x) => [x.labels, x.value]),
+      [[{ role: 'coordinator', run: '1a2b3c4d', name: 'fashion-mnist-fast' }, 1]],
+    );
   });
 
   it('keeps layer and set labels bounded by the number of layers', async () => {

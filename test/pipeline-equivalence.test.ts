@@ -8,11 +8,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { EvalResult } from '../src/core/predict.js';
 import { decodeSafetensors } from '../src/core/safetensors.js';
-import { killAll, ROOT, runNode } from './helpers/spawn.js';
+import { killAll, ROOT } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
-import { trainLocally } from './helpers/runs.js';
-
-const CLI = join(ROOT, 'dist', 'src', 'cli');
+import { trainLocally, trainPipelined } from './helpers/runs.js';
 
 // A real data slice: 2,000 training and 500 test images of the shipped Fashion-MNIST sample,
 // 784-64-48-32 (three stages), one epoch. Both runs use one wasm thread per process, so the
@@ -48,21 +46,7 @@ describe('3-stage pipeline vs single-process reference', () => {
   it('produces the same weights (max |diff| = 0) and the same predictions', async () => {
     const local = await trainLocally(RUN, join(dir, 'local'), 60_000);
     assert.equal(local.code, 0, local.stderr);
-    const piped = await runNode(
-      [
-        join(CLI, 'ffx-launch.js'),
-        '--transport',
-        'tcp',
-        '--backend',
-        'wasm',
-        '--stage-threads',
-        '1',
-        ...RUN,
-        '--out',
-        join(dir, 'piped'),
-      ],
-      { timeoutMs: 90_000 },
-    );
+    const piped = await trainPipelined(RUN, join(dir, 'piped'));
     assert.equal(piped.code, 0, piped.stderr);
     // Three stage processes really ran and each served its own layer.
     for (const layer of [1, 2, 3]) {

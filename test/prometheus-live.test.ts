@@ -30,6 +30,7 @@ function resolveVariables(expr: string): string {
     .replaceAll('$__rate_interval', '30s')
     .replaceAll('$job', 'ffx')
     .replaceAll('$instance', '.*')
+    .replaceAll('$run', '.*')
     .replaceAll('$layer', '.*');
 }
 

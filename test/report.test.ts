@@ -11,7 +11,7 @@ import type { EpochRecord } from '../src/coordinator/epoch-record.js';
 import type { EvalResult } from '../src/core/predict.js';
 import { classNames } from '../src/data/class-names.js';
 import { chartMarks, launchBrowser, openFile } from './helpers/browser.js';
-import { smallRun } from './helpers/runs.js';
+import { smallRun, trainPipelined } from './helpers/runs.js';
 import { killAll, ROOT, runNode } from './helpers/spawn.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
@@ -39,23 +39,10 @@ describe('run report', () => {
     dir = await mkdtemp(join(tmpdir(), 'ffx-report-'));
     run = join(dir, 'run');
     // Two stages over tcp, an evaluation after each epoch: every chart has something to draw.
-    const launched = await runNode(
-      [
-        join(CLI, 'ffx-launch.js'),
-        '--transport',
-        'tcp',
-        '--backend',
-        'wasm',
-        '--stage-threads',
-        '1',
-        ...smallRun(3, 500),
-        '--set',
-        'train.evalEvery=1',
-        '--quiet',
-        '--out',
-        run,
-      ],
-      { timeoutMs: 120_000 },
+    const launched = await trainPipelined(
+      [...smallRun(3, 500), '--set', 'train.evalEvery=1', '--quiet'],
+      run,
+      120_000,
     );
     assert.equal(launched.code, 0, launched.stderr);
     records = (await readFile(join(run, 'metrics.jsonl'), 'utf8'))

@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import { freePort } from '../src/transport/sockets.js';
 import {
   killAll,
@@ -18,7 +19,7 @@ import {
 } from './helpers/spawn.js';
 import { maxWeightDiff } from './helpers/weights.js';
 import { metricsUrl, scrape, seriesValue } from './helpers/metrics.js';
-import { trainLocally } from './helpers/runs.js';
+import { smallRun, trainLocally } from './helpers/runs.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
 
@@ -151,5 +152,35 @@ describe('stage lifecycle across coordinators', () => {
     assert.equal(r.signal, null);
     assert.match(r.stderr, /waiting -> closing/);
     assert.ok(ms < 2000, `exited ${ms.toFixed(0)} ms after SIGTERM`);
+  });
+
+  it('exits without a ZeroMQ warning: hellos queued for a coordinator that is gone do not hold it', async () => {
+    // Stages without metrics (a metrics thread changes how a process exits), a run, then
+    // seconds of hellos into the void before SIGTERM. zeromq.js warns "Waiting for queued
+    // ZeroMQ messages to be delivered" when queued messages hold an exit for 500 ms.
+    const bind = `tcp://127.0.0.1:${await freePort()}`;
+    const pair = [1, 2].map((layer) => startStage(layer, bind, 90_000, ['--no-metrics']));
+    const run = await startNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        ...smallRun(1, 200),
+        '--no-metrics',
+        '--bind',
+        bind,
+        '--out',
+        join(dir, 'quiet-exit'),
+      ],
+      { timeoutMs: 90_000 },
+    ).result;
+    assert.equal(run.code, 0, run.stderr.slice(-2000));
+    assert.doesNotMatch(run.stderr, /WARNING/);
+    await delay(4500);
+    for (const [i, stage] of pair.entries()) {
+      const { r } = await timeToExit(stage, 'SIGTERM');
+      assert.equal(r.code, 0, r.stderr.slice(-2000));
+      assert.match(r.stderr, new RegExp(`layer ${i + 1}: stopped`));
+      assert.doesNotMatch(r.stderr, /WARNING/);
+    }
   });
 });

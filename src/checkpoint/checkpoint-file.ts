@@ -24,6 +24,18 @@ const FORMATS = ['ffx-checkpoint-v1', FORMAT];
 /** The pointer to the newest complete checkpoint of a run, in its output directory. */
 export const LATEST = 'latest';
 
+/** The other files of a run directory (the checkpoints aside). */
+export const RUN_FILES = {
+  /** The resolved config, written as the run starts. */
+  config: 'config.json',
+  /** One line per epoch. */
+  metrics: 'metrics.jsonl',
+  /** The final evaluation, written as the run ends. */
+  eval: 'eval.json',
+  /** The run's report (src/report), written as the run ends. */
+  report: 'report.html',
+} as const;
+
 /** A checkpoint that cannot serve the run: it is missing, damaged, or does not fit the model. */
 export class CheckpointError extends FfxError<ErrorCode<'checkpoint'>> {}
 
@@ -235,7 +247,7 @@ function isRunFile(name: string): boolean {
   return (
     name === 'model.safetensors' ||
     name === LATEST ||
-    name === 'metrics.jsonl' ||
+    name === RUN_FILES.metrics ||
     /^checkpoint-epoch\d+\.safetensors$/.test(name)
   );
 }

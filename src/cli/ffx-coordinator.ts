@@ -2,8 +2,6 @@
 // ffx-coordinator: feeds data, drives epochs, aggregates goodness into predictions.
 //   ffx-coordinator train --local --config config/fashion-mnist-fast.json
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
-import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { readCheckpoint } from '../checkpoint/checkpoint-file.js';
@@ -20,7 +18,7 @@ import {
   formatSeconds,
   type Reporter,
 } from '../coordinator/reporter.js';
-import { REPORT_FILE, writeReport } from '../report/report.js';
+import { writeReport } from '../report/report.js';
 import { runMain } from './run-main.js';
 import {
   CoordinatorMetrics,
@@ -38,7 +36,7 @@ import {
   trainOptions,
   type CommonArgs,
 } from './run-options.js';
-import { FfxError, InterruptedError, UsageError, withFile } from '../errors.js';
+import { FfxError, InterruptedError, UsageError } from '../errors.js';
 import { configureLog } from '../log.js';
 import { parseEndpoint } from './endpoint.js';
 import { checkExposure, loadSecurity, type SecurityArgs } from './security-options.js';
@@ -56,14 +54,12 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   const reporter = reporterFor(a);
   configureLog({ sink: (l) => reporter.log(l), verbose: a.verbose });
   await claimOutput(a, cfg);
-  // An earlier run's report in the directory would describe that run until this one ends.
-  const oldReport = join(cfg.output.dir, REPORT_FILE);
-  await withFile(oldReport, `cannot remove ${oldReport}`, () => rm(oldReport, { force: true }));
   const exporter = await startProcess(a, cfg, reporter);
   const metrics = exporter?.metrics;
   const executor: Executor = a.local
     ? new LocalExecutor(cfg)
     : new PipelineExecutor(cfg, await pipelineOptions(a, 'train', reporter, metrics));
+  metrics?.onRun(executor.run, cfg.name);
   try {
     const result = await trainRun(cfg, executor, {
       reporter,
@@ -135,16 +131,14 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   let result;
   try {
     const metrics = exporter?.metrics;
-    if (a.local) {
-      const { state } = await readCheckpoint(weights!, cfg.model, cfg.train.epochs);
-      result = await evaluateSplit(cfg, new LocalExecutor(cfg), split, { reporter, state });
-    } else {
-      const executor = new PipelineExecutor(
-        cfg,
-        await pipelineOptions(a, 'eval', reporter, metrics),
-      );
-      result = await evaluateSplit(cfg, executor, split, { reporter });
-    }
+    const state = a.local
+      ? (await readCheckpoint(weights!, cfg.model, cfg.train.epochs)).state
+      : undefined;
+    const executor: Executor = a.local
+      ? new LocalExecutor(cfg)
+      : new PipelineExecutor(cfg, await pipelineOptions(a, 'eval', reporter, metrics));
+    metrics?.onRun(executor.run, cfg.name);
+    result = await evaluateSplit(cfg, executor, split, { reporter, state });
     metrics?.onEval(result);
   } finally {
     await exporter?.server.close();

@@ -23,7 +23,7 @@ import {
   type HelloMessage,
   type ResultMessage,
 } from '../transport/wire.js';
-import { SerialSender, closeAll, dataPush, handshake } from '../transport/sockets.js';
+import { LINGER_MS, SerialSender, closeAll, dataPush, handshake } from '../transport/sockets.js';
 import {
   ZapHandler,
   curveClient,
@@ -125,7 +125,7 @@ export class Cluster {
     this.run = run;
     this.opts = opts;
     this.dropLog = new RateLimitedLog(opts.log);
-    this.router = new Router({ linger: 500, maxMessageSize: opts.maxMessageBytes });
+    this.router = new Router({ linger: LINGER_MS, maxMessageSize: opts.maxMessageBytes });
     if (opts.security) curveServer(this.router, opts.security.keys, 'control');
     this.routerOut = new SerialSender(this.router);
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });

@@ -13,6 +13,7 @@ import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
 import {
+  RUN_FILES,
   commitCheckpoint,
   readCheckpoint,
   type ModelState,
@@ -29,9 +30,6 @@ import type { EpochRecord, StageTiming } from './epoch-record.js';
 import type { Executor, TrainReport } from './executor.js';
 import type { Reporter } from './reporter.js';
 import { evalBatches, prepareData, trainSampler, type RunData, type Split } from './run-data.js';
-
-/** The final evaluation, in the output directory. */
-export const EVAL_FILE = 'eval.json';
 
 export interface TrainResult {
   epochs: EpochRecord[];
@@ -106,7 +104,7 @@ class Training {
     this.metrics = opts.metrics;
     this.sampler = trainSampler(cfg, data);
     this.batches = this.sampler.batchesPerEpoch;
-    this.metricsFile = join(cfg.output.dir, 'metrics.jsonl');
+    this.metricsFile = join(cfg.output.dir, RUN_FILES.metrics);
     this.point = { epoch: resume?.epoch ?? 0, state: resume?.state };
     this.tally = new EpochTally(executor.numLayers, 0, this.batches);
     // Each batch is one optimizer step: a checkpoint's step counts are what it has trained.
@@ -259,8 +257,9 @@ class Training {
 
   /**
    * The output directory with the resolved config; metrics.jsonl keeps the lines of the epochs
-   * the run starts after (a resumed run's lineage) and nothing later, and an eval.json left by
-   * an earlier run in it (--overwrite, or a resume of a finished run) goes.
+   * the run starts after (a resumed run's lineage) and nothing later, and the eval.json and
+   * report.html of an earlier run in it (--overwrite, or a resume of a finished run) go: they
+   * would describe that run until this one ends.
    */
   private async prepareOutput(): Promise<void> {
     const { cfg, metricsFile, point } = this;
@@ -268,15 +267,20 @@ class Training {
     await withFile(dir, `cannot write the output directory ${dir}`, () =>
       mkdir(dir, { recursive: true }),
     );
-    await writeFileAtomic(join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n', 'config');
+    await writeFileAtomic(
+      join(dir, RUN_FILES.config),
+      JSON.stringify(cfg, null, 2) + '\n',
+      'config',
+    );
     if (point.epoch > 0) {
       const text = await readFile(metricsFile, 'utf8').catch(() => '');
       this.lines = text.split('\n').filter((l) => l !== '' && lineEpoch(l) <= point.epoch);
     }
     await writeFileAtomic(metricsFile, this.lines.map((l) => l + '\n').join(''), 'metrics');
-    await withFile(dir, `cannot write the output directory ${dir}`, () =>
-      rm(join(dir, EVAL_FILE), { force: true }),
-    );
+    for (const name of [RUN_FILES.eval, RUN_FILES.report]) {
+      const file = join(dir, name);
+      await withFile(file, `cannot remove ${file}`, () => rm(file, { force: true }));
+    }
   }
 
   /** The final weights, `latest` pointing at them, and eval.json. */
@@ -293,7 +297,7 @@ class Training {
       keepCheckpoints,
       name,
     );
-    await writeFileAtomic(join(dir, EVAL_FILE), JSON.stringify(final, null, 2) + '\n', 'eval');
+    await writeFileAtomic(join(dir, RUN_FILES.eval), JSON.stringify(final, null, 2) + '\n', 'eval');
     this.reporter.log(
       `lineage: each layer trained ${this.lineage.join(', ')} batches ` +
         `(${plural(cfg.train.epochs, 'epoch')} x ${this.batches}); ` +

@@ -38,6 +38,8 @@ export type GoodnessListener = (batch: EvalBatch, goodness: Float32Array[]) => v
 
 export interface Executor {
   readonly numLayers: number;
+  /** This run's id (8 hex digits): in a pipeline's messages and logs, and in ffx_run_info. */
+  readonly run: string;
   /** Where the layers run, for the run's log (e.g. "in this process"). */
   readonly where: string;
   /**

@@ -1,6 +1,7 @@
 // Every layer in this process, batch by batch: the quick way to train on one machine, and the
 // reference a pipeline of stages must reproduce. Layer l trains on the activations layer l-1
 // produced for the same batch in the same step, exactly as stage l receives them.
+import { randomUUID } from 'node:crypto';
 import { checkMemoryBudget } from '../backend/backend.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
@@ -11,6 +12,7 @@ import type { EvalBatch } from './run-data.js';
 
 export class LocalExecutor implements Executor {
   readonly numLayers: number;
+  readonly run = randomUUID().slice(0, 8);
   readonly where = 'in this process';
   private readonly cfg: RunConfig;
   private net: FFNetwork | null = null;

@@ -26,7 +26,7 @@ export interface PipelineOptions extends Omit<ClusterOptions, 'maxMessageBytes'>
 
 export class PipelineExecutor implements Executor {
   readonly numLayers: number;
-  /** This run's id: every message of its first attempt carries it. */
+  /** Every message of the run's first attempt carries its id; later ones `<run>~N`. */
   readonly run = randomUUID().slice(0, 8);
   readonly where: string;
   private readonly cfg: RunConfig;

@@ -104,6 +104,13 @@ export const BUILD_INFO = {
   labelNames: ['version', 'node', 'backend'],
 } as const satisfies MetricSpec;
 
+export const RUN_INFO = {
+  name: 'ffx_run_info',
+  type: 'gauge',
+  help: 'Always 1; labels say which run this process serves now (run id; the config name at the coordinator). No series between runs. Dashboards join on it to tell runs apart.',
+  labelNames: ['run', 'name'],
+} as const satisfies MetricSpec;
+
 export const STAGE = {
   batches: {
     name: 'ffx_stage_batches_total',
@@ -373,6 +380,7 @@ export const COORDINATOR = {
 /** Every ffx_* metric family this module defines, with its type. */
 export const METRIC_SPECS: readonly MetricSpec[] = [
   BUILD_INFO,
+  RUN_INFO,
   ...Object.values(STAGE),
   ...Object.values(COORDINATOR),
 ];

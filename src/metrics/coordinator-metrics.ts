@@ -19,6 +19,7 @@ import {
   isLayer,
   observe,
   registryInfo,
+  runInfo,
   sample,
   set,
 } from './registry.js';
@@ -84,6 +85,7 @@ export class CoordinatorMetrics {
   private readonly rejected: Counter<'layer' | 'reason'>;
   private readonly lastBatch: Gauge<never>;
   private readonly epochDuration: Histogram<never>;
+  private readonly setRun: ReturnType<typeof runInfo>;
 
   /** Registers the coordinator metrics on `registry` (from `createRegistry('coordinator', ...)`). */
   constructor(registry: Registry, opts: CoordinatorMetricsOptions) {
@@ -154,6 +156,7 @@ export class CoordinatorMetrics {
     this.rejected = counter(registry, COORDINATOR.rejected);
     this.lastBatch = gauge(registry, COORDINATOR.lastBatch);
     this.epochDuration = histogram(registry, COORDINATOR.epochDuration);
+    this.setRun = runInfo(registry);
 
     // Every known series from the start, so rate() and the dashboard have data before an event.
     for (let layer = 1; layer <= numLayers; layer++) {
@@ -172,6 +175,11 @@ export class CoordinatorMetrics {
    */
   setStagesSource(source: () => StagesSnapshot): void {
     this.stagesSource = source;
+  }
+
+  /** The run this coordinator drives: its id and its config's name (ffx_run_info). */
+  onRun(id: string, name: string): void {
+    this.setRun({ id, name });
   }
 
   /** `epoch` is 1-based; `ratio` the fraction of the whole run done (clamped to 0..1). */

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { BUILD_INFO } from './catalog.js';
+import { BUILD_INFO, RUN_INFO } from './catalog.js';
 import { MetricsError } from './errors.js';
 
 export type Role = 'stage' | 'coordinator';
@@ -106,6 +106,19 @@ export function createRegistry(
     1,
   );
   return registry;
+}
+
+/**
+ * ffx_run_info on `registry`: the setter makes `run` (and its config `name`, if known) the run
+ * this process serves, or clears it with undefined. A run id that came over the network is
+ * cut to 64 characters.
+ */
+export function runInfo(registry: Registry): (run?: { id: string; name?: string }) => void {
+  const info = gauge(registry, RUN_INFO);
+  return (run) => {
+    info.reset();
+    if (run) info.set({ run: run.id.slice(0, 64), name: run.name ?? '' }, 1);
+  };
 }
 
 export function isLayer(n: number): boolean {

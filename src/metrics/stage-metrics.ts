@@ -23,6 +23,7 @@ import {
   isLayer,
   observe,
   registryInfo,
+  runInfo,
   sample,
   set,
 } from './registry.js';
@@ -81,6 +82,7 @@ export class StageMetrics {
   private readonly epoch: Gauge<never>;
   private readonly state: Gauge<'state'>;
   private readonly leftovers: Counter<never>;
+  private readonly setRun: ReturnType<typeof runInfo>;
 
   /**
    * Registers the stage metrics on `registry`, which should come from
@@ -134,6 +136,7 @@ export class StageMetrics {
     this.epoch = gauge(registry, STAGE.epoch);
     this.state = gauge(registry, STAGE.state);
     this.leftovers = counter(registry, STAGE.leftovers);
+    this.setRun = runInfo(registry);
 
     // Series that exist from the start, so rate() and "is it zero?" panels work before the
     // first batch or the first rejection.
@@ -177,6 +180,14 @@ export class StageMetrics {
   onSent(kind: string, bytes: number): void {
     add(this.messagesSent, { kind: messageKind(kind) }, 1);
     add(this.bytesSent, {}, bytes);
+  }
+
+  /**
+   * The run this stage serves (ffx_run_info), undefined between runs. A coordinator's later
+   * attempts (`<run>~1`, ...) are the same run.
+   */
+  onRun(id: string | undefined): void {
+    this.setRun(id === undefined ? undefined : { id: id.replace(/~\d+$/, '') });
   }
 
   /** The stage's state now: its series reads 1, every other state's 0. */

@@ -8,15 +8,14 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compile } from 'vega-lite';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
+import { RUN_FILES } from '../checkpoint/checkpoint-file.js';
 import { classNames } from '../data/class-names.js';
 import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
 import { charts, type Chart } from './charts.js';
 import { readRunFiles, type EvalPoint, type RunFiles } from './run-files.js';
 
-export const REPORT_FILE = 'report.html';
-
 /** Writes RUN_DIR/report.html (or `out`) from the run's files; returns its path. */
-export async function writeReport(dir: string, out = join(dir, REPORT_FILE)): Promise<string> {
+export async function writeReport(dir: string, out = join(dir, RUN_FILES.report)): Promise<string> {
   const run = await readRunFiles(dir);
   await writeFileAtomic(out, renderReport(run, await vegaSource()), 'report');
   return out;

@@ -3,6 +3,7 @@
 // counted, never trusted: the report of a half-written or hand-edited run still opens.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { RUN_FILES } from '../checkpoint/checkpoint-file.js';
 import { UsageError, withFile } from '../errors.js';
 
 export interface LayerPoint {
@@ -51,14 +52,14 @@ export interface RunFiles {
 
 /** Reads a run directory; a directory without a readable config.json is not a run. */
 export async function readRunFiles(dir: string): Promise<RunFiles> {
-  const config = await readJson(join(dir, 'config.json'));
+  const config = await readJson(join(dir, RUN_FILES.config));
   if (!isObject(config)) {
     throw new UsageError(
       `${dir} is not a run directory: it has no readable config.json (a run writes one as it starts)`,
       'REPORT_NOT_A_RUN',
     );
   }
-  const metrics = join(dir, 'metrics.jsonl');
+  const metrics = join(dir, RUN_FILES.metrics);
   const text = await withFile(metrics, `cannot read ${metrics}`, () =>
     readFile(metrics, 'utf8').catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return '';
@@ -74,7 +75,7 @@ export async function readRunFiles(dir: string): Promise<RunFiles> {
     else skippedLines++;
   }
   const epochs = [...byEpoch.values()].sort((a, b) => a.epoch - b.epoch);
-  const final = evalPoint(await readJson(join(dir, 'eval.json')));
+  const final = evalPoint(await readJson(join(dir, RUN_FILES.eval)));
   return { dir, config, epochs, final, skippedLines };
 }
 

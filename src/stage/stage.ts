@@ -28,7 +28,14 @@ import { FfxError, addressError, type ErrorCode } from '../errors.js';
 import { RateLimitedLog, log } from '../log.js';
 import { STAGE_STATES, type StageMetrics, type StageState } from '../metrics/index.js';
 import { ProtocolError, isProtocolError } from '../transport/errors.js';
-import { SerialSender, closeAll, dataPull, dataPush, handshake } from '../transport/sockets.js';
+import {
+  LINGER_MS,
+  SerialSender,
+  closeAll,
+  dataPull,
+  dataPush,
+  handshake,
+} from '../transport/sockets.js';
 import {
   MAX_HEADER_BYTES,
   PROTOCOL_VERSION,
@@ -97,9 +104,6 @@ export class StageError extends FfxError<ErrorCode<'stage'>> {}
 const HELLO_INTERVAL_MS = 2000;
 /** Runs remembered after they end, so their leftover messages are recognised as such. */
 const PAST_RUNS = 16;
-
-/** How long the control socket may keep flushing after close(), e.g. the STAGE_STOPPED error. */
-const CONTROL_LINGER_MS = 500;
 
 /** The largest data message before a config says more. */
 const PRE_CONFIG_MAX_BYTES = 64 * 1024;
@@ -265,7 +269,7 @@ export class Stage {
       });
       // Long enough for that last word to go out; otherwise unsent control messages (hellos
       // to a coordinator that is not there) must not hold the exit.
-      this.control.linger = CONTROL_LINGER_MS;
+      this.control.linger = LINGER_MS;
       this.endRun(run, reason);
     }
     await this.inbox.close();
@@ -369,7 +373,10 @@ export class Stage {
     run.over = true;
     this.pastRuns.push(run.id);
     if (this.pastRuns.length > PAST_RUNS) this.pastRuns.shift();
-    if (this.current === run) this.current = null;
+    if (this.current === run) {
+      this.current = null;
+      this.opts.metrics?.onRun(undefined);
+    }
     // Closing the data socket unblocks a send waiting on a downstream stage that may be gone;
     // what it had queued (e.g. a forwarded end marker) still goes out during its linger.
     closeAll(run.downstream);
@@ -385,10 +392,10 @@ export class Stage {
     if (this.current) this.endRun(this.current, 'the stage is closing');
     await this.inbox.close();
     this.zap?.close();
-    // The last results (e.g. the ack of a stop marker) go out before the socket closes; a
-    // stage that never served a run has nothing worth waiting for (hellos to no one).
-    await Promise.race([this.controlOut.idle(), delay(CONTROL_LINGER_MS)]);
-    if (this.pastRuns.length > 0) this.control.linger = CONTROL_LINGER_MS;
+    // The last results (e.g. the ack of a stop marker) go out before the socket closes. The
+    // socket lingers only for a last word (that ack, STAGE_STOPPED): between runs it holds
+    // nothing but hellos, to a coordinator that may be gone, which must not hold the exit.
+    await Promise.race([this.controlOut.idle(), delay(LINGER_MS)]);
     closeAll(this.control);
     this.layer?.dispose();
     this.layer = null;
@@ -488,6 +495,7 @@ export class Stage {
     }
     this.stopRegistering();
     this.current = run;
+    this.opts.metrics?.onRun(run.id);
     this.heartbeat?.start();
     this.enter('configured', `config of run ${config.run}`);
     this.sendControl({ type: 'ready', layer, run: run.id });
@@ -801,6 +809,7 @@ export class Stage {
       });
     }
     if (header.op === 'stop') {
+      this.control.linger = LINGER_MS; // for the ack above
       this.endRun(run, `run ${run.id} ended with stop`);
       await this.close('stop marker');
       return;

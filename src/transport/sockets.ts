@@ -10,10 +10,12 @@ import { Pull, Push, type MessageLike, type Socket } from 'zeromq';
 export const DATA_HWM = 4;
 
 /**
- * How long close() may keep flushing queued messages, e.g. the final stop marker, in the
- * background. Short, because a peer that is gone would otherwise hold process exit forever.
+ * How long close() may keep flushing queued messages (e.g. the final stop marker, a stage's
+ * last word to its coordinator) in the background: a live peer takes them in milliseconds,
+ * and a peer that is gone would otherwise hold process exit. Under 500 ms, after which
+ * zeromq.js, exiting, warns that it is "Waiting for queued ZeroMQ messages to be delivered".
  */
-export const DATA_LINGER_MS = 1000;
+export const LINGER_MS = 400;
 
 export interface DataSocketOptions {
   highWaterMark?: number;
@@ -51,7 +53,7 @@ export function handshake(socket: Socket, ms: number): Promise<boolean> {
 export function dataPush(endpoint?: string, options: DataSocketOptions = {}): Push {
   const push = new Push({
     sendHighWaterMark: options.highWaterMark ?? DATA_HWM,
-    linger: options.lingerMs ?? DATA_LINGER_MS,
+    linger: options.lingerMs ?? LINGER_MS,
   });
   if (endpoint !== undefined) push.connect(endpoint);
   return push;
@@ -61,7 +63,7 @@ export function dataPush(endpoint?: string, options: DataSocketOptions = {}): Pu
 export function dataPull(options: DataSocketOptions = {}): Pull {
   return new Pull({
     receiveHighWaterMark: options.highWaterMark ?? DATA_HWM,
-    linger: options.lingerMs ?? DATA_LINGER_MS,
+    linger: options.lingerMs ?? LINGER_MS,
   });
 }
 

@@ -26,6 +26,32 @@ export function smallRun(epochs: number, testLimit = 500): string[] {
 }
 
 /**
+ * The same run as a pipeline (`args`: its flags), started by ffx-launch over loopback TCP, one
+ * wasm thread a stage; resolves when it is done, its outputs in `out`.
+ */
+export function trainPipelined(
+  args: string[],
+  out: string,
+  timeoutMs = 90_000,
+): Promise<RunResult> {
+  return runNode(
+    [
+      join(ROOT, 'dist', 'src', 'cli', 'ffx-launch.js'),
+      '--transport',
+      'tcp',
+      '--backend',
+      'wasm',
+      '--stage-threads',
+      '1',
+      ...args,
+      '--out',
+      out,
+    ],
+    { timeoutMs },
+  );
+}
+
+/**
  * The single-process reference of a run (`args`: its flags), on the wasm backend with one
  * thread as the stages use; resolves when it is done, its outputs in `out`.
  */
