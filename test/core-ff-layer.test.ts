@@ -155,6 +155,55 @@ describe('FFLayer closed-form gradient', () => {
     });
   }
 
+  it('with peer normalisation, equals tfjs autograd of lossOf, and moves the running mean', () => {
+    const cfg = layerConfig({ goodness: 'sum', threshold: 1.5, peerNorm: 3, peerDecay: 0.8 });
+    const layer = new FFLayer(cfg, PLAIN_SGD);
+    const plain = new FFLayer({ ...cfg, peerNorm: 0 }, PLAIN_SGD);
+    const x = tf.tensor2d(batch(11), [2 * N_POS, IN]);
+    try {
+      // A running mean as after some training: uneven across units.
+      layer.peerMean!.assign(tf.tensor1d([0.1, 0.9, 0.3, 0, 1.4, 0.2, 0.6]));
+      assert.equal(plain.peerMean, null);
+      const grad = (l: FFLayer) => {
+        const { value, grads } = tf.variableGrads(() => l.lossOf(x, N_POS), [l.weight, l.bias]);
+        const out = {
+          loss: value.dataSync()[0]!,
+          w: grads[l.weight.name]!.dataSync().slice(),
+          b: grads[l.bias.name]!.dataSync().slice(),
+        };
+        tf.dispose([value, ...Object.values(grads)]);
+        return out;
+      };
+      const auto = grad(layer);
+      // The peer term is not vanishing next to the FF one.
+      assert.ok(maxAbsDiff(auto.w, grad(plain).w) > 1e-2, 'peer term too small to test');
+      const h = layer.forward(x);
+      const hPos = h.slice([0, 0], [N_POS, OUT]).arraySync() as number[][];
+      h.dispose();
+      const prev = Array.from(layer.peerMean!.dataSync());
+
+      const before = params(layer);
+      const stats = step(layer, x, 1);
+      const after = params(layer);
+      const dW = before.w.map((w, i) => w - after.w[i]!);
+      const dB = before.b.map((b, i) => b - after.b[i]!);
+      const tolW = 1e-5 * Math.max(1, maxAbs(auto.w));
+      assert.ok(maxAbsDiff(dW, auto.w) < tolW, `dW differs by ${maxAbsDiff(dW, auto.w)}`);
+      assert.ok(maxAbsDiff(dB, auto.b) < 1e-5 * Math.max(1, maxAbs(auto.b)));
+      assert.ok(Math.abs(stats[0]! - auto.loss) < 1e-5, `loss ${stats[0]} vs ${auto.loss}`);
+      // m = decay m_prev + (1 - decay) mean over the positive rows of H (before the update).
+      const mean = Array.from(layer.peerMean!.dataSync());
+      for (let j = 0; j < OUT; j++) {
+        const batchMean = hPos.reduce((s, r) => s + r[j]!, 0) / N_POS;
+        assert.ok(Math.abs(mean[j]! - (0.8 * prev[j]! + 0.2 * batchMean)) < 1e-6, `unit ${j}`);
+      }
+    } finally {
+      x.dispose();
+      layer.dispose();
+      plain.dispose();
+    }
+  });
+
   it('forward and goodness equal a plain-JS reference computed from the exported weights', () => {
     // The autograd check above differentiates the layer's own forward pass, so it cannot see a
     // wrong forward (e.g. a bias broadcast along the wrong axis by a fused kernel). Here every
@@ -502,10 +551,17 @@ describe('LayerOptimizer in-place path', () => {
 });
 
 describe('FFLayer resources', () => {
-  for (const path of ['fused', 'ops'] as const) {
-    it(`trainStep, forward, goodness and lossOf leak no tensors (${path} optimizer path)`, () => {
+  for (const [path, peerNorm] of [
+    ['fused', 0],
+    ['ops', 0],
+    ['fused', 0.1],
+  ] as const) {
+    it(`trainStep, forward, goodness and lossOf leak no tensors (${path} optimizer path, peer norm ${peerNorm})`, () => {
       // tfjs never garbage-collects tensors: one leaked per step is a leak per batch.
-      const layer = new FFLayer(layerConfig(), optimizer({ type: 'adamw', weightDecay: 0.1 }));
+      const layer = new FFLayer(
+        layerConfig({ peerNorm }),
+        optimizer({ type: 'adamw', weightDecay: 0.1 }),
+      );
       if (path === 'ops') forceOpsPath(layer);
       const x = tf.tensor2d(batch(61), [2 * N_POS, IN]);
       try {
@@ -542,6 +598,32 @@ describe('FFLayer resources', () => {
 });
 
 describe('FFLayer state', () => {
+  it('saves the peer-normalisation mean with the optimizer state, and only with peer norm on', () => {
+    const on = new FFLayer(layerConfig({ peerNorm: 0.1 }), optimizer());
+    const off = new FFLayer(layerConfig(), optimizer());
+    const x = tf.tensor2d(batch(4), [2 * N_POS, IN]);
+    const copy = new FFLayer(layerConfig({ peerNorm: 0.1 }), optimizer());
+    try {
+      step(on, x, 0.01);
+      const state = on.exportState('layers.0', true);
+      assert.deepEqual(state.get('layers.0.peerMean')?.shape, [OUT]);
+      assert.ok(maxAbs(state.get('layers.0.peerMean')!.data) > 0);
+      assert.equal(on.exportState('layers.0', false).has('layers.0.peerMean'), false);
+      assert.equal(off.exportState('layers.0', true).has('layers.0.peerMean'), false);
+      copy.importState('layers.0', state);
+      copy.optimizer.step = on.optimizer.step;
+      assert.deepEqual(copy.peerMean!.dataSync(), on.peerMean!.dataSync());
+      // The next step is the same on both, the peer term included.
+      assert.deepEqual(step(copy, x, 0.01), step(on, x, 0.01));
+      assert.deepEqual(params(copy).w, params(on).w);
+    } finally {
+      tf.dispose([x]);
+      on.dispose();
+      off.dispose();
+      copy.dispose();
+    }
+  });
+
   it('exportState/importState with optimizer slots gives an identical next step', () => {
     // A layer resumed from exported state (weights, m, v, step count) must continue exactly
     // as the original: bit-identical stats and parameters after the next step.

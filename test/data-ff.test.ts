@@ -7,6 +7,7 @@ import {
   overlayAllLabels,
   overlayLabels,
   sampleNegativeLabels,
+  shiftImage,
   toFloat,
   type Batch,
   type BatchSamplerOptions,
@@ -218,5 +219,110 @@ describe('BatchSampler', () => {
     check({ count: 24 }, 'options.images');
     check({ labels: labels.subarray(1) }, 'options.labels');
     check({ labels: Uint8Array.from(labels, (l, i) => (i === 4 ? 12 : l)) }, 'label of row 4');
+    check({ jitter: 1 }, 'options.imageShape');
+    check({ jitter: 4, imageShape: [4, 4] }, 'options.jitter');
+    check({ jitter: -1 }, 'options.jitter');
+  });
+});
+
+describe('shiftImage', () => {
+  // 3 x 4: pixel (r, c) = 10 r + c + 1.
+  const src = Float32Array.from({ length: 12 }, (_, i) => 10 * Math.floor(i / 4) + (i % 4) + 1);
+  const shifted = (dy: number, dx: number) => {
+    const out = new Float32Array(14).fill(7);
+    shiftImage(src, 3, 4, dy, dx, -1, out, 1);
+    assert.equal(out[0], 7, 'nothing before offset');
+    assert.equal(out[13], 7, 'nothing after the image');
+    return Array.from(out.subarray(1, 13));
+  };
+
+  it('moves pixels down/right for positive shifts, up/left for negative, filling background', () => {
+    assert.deepEqual(shifted(0, 0), Array.from(src));
+    // prettier-ignore
+    assert.deepEqual(shifted(1, 2), [
+      -1, -1, -1, -1,
+      -1, -1, 1, 2,
+      -1, -1, 11, 12,
+    ]);
+    // prettier-ignore
+    assert.deepEqual(shifted(-1, -1), [
+      12, 13, 14, -1,
+      22, 23, 24, -1,
+      -1, -1, -1, -1,
+    ]);
+    assert.deepEqual(shifted(3, 0), new Array(12).fill(-1));
+  });
+});
+
+describe('BatchSampler with jitter', () => {
+  // 100 images of 4 x 4 pixels, each a distinct ramp (no two shifts of one image agree).
+  const side = 4;
+  const dim = side * side;
+  const count = 100;
+  const images = Float32Array.from({ length: count * dim }, (_, i) => 1 + (i % dim) + 0.001 * i);
+  const labels = Uint8Array.from({ length: count }, (_, i) => i % 10);
+  const make = (jitter: number, seed = 5) =>
+    new BatchSampler({
+      images,
+      labels,
+      count,
+      dim,
+      batchSize: 10,
+      seed,
+      shuffle: true,
+      dropLast: false,
+      jitter,
+      imageShape: [side, side],
+      background: -2,
+    });
+
+  /** The (dy, dx) that turns image `row` into `seen` (label pixels aside), or null. */
+  const shiftOf = (row: number, seen: Float32Array, j: number): [number, number] | null => {
+    const out = new Float32Array(dim);
+    for (let dy = -j; dy <= j; dy++) {
+      for (let dx = -j; dx <= j; dx++) {
+        shiftImage(images.subarray(row * dim, (row + 1) * dim), side, side, dy, dx, -2, out, 0);
+        if (out.subarray(NUM_CLASSES).every((v, i) => v === seen[NUM_CLASSES + i])) {
+          return [dy, dx];
+        }
+      }
+    }
+    return null;
+  };
+
+  it('shifts each image by up to jitter pixels, the same for its positive and negative row', () => {
+    const plain = [...make(0).epoch(3)];
+    const jittered = [...make(1).epoch(3)];
+    const seen = new Map<string, number>();
+    jittered.forEach((b, k) => {
+      const p = plain[k]!;
+      // Order and negative labels are those of the run without jitter.
+      assert.deepEqual(b.labels, p.labels);
+      assert.deepEqual(b.negLabels, p.negLabels);
+      for (let i = 0; i < b.size; i++) {
+        // Which image: the unjittered batch has it at the same place.
+        const v = p.pos[i * dim + NUM_CLASSES]!; // 1 + 10 + 0.001 (source * dim + 10)
+        const source = Math.round(((v - 11) / 0.001 - NUM_CLASSES) / dim);
+        const pos = b.pos.subarray(i * dim, (i + 1) * dim);
+        const neg = b.neg.subarray(i * dim, (i + 1) * dim);
+        assert.deepEqual(pos.subarray(NUM_CLASSES), neg.subarray(NUM_CLASSES));
+        const shift = shiftOf(source, pos, 1);
+        assert.ok(shift, `batch ${k} row ${i}: not a shift of image ${source} by at most 1`);
+        seen.set(shift.join(','), (seen.get(shift.join(',')) ?? 0) + 1);
+        assert.equal(pos[b.labels[i]!], 1);
+        assert.equal(neg[b.negLabels[i]!], 1);
+      }
+    });
+    // All 9 shifts occur, roughly uniformly (100 draws: each expected 11.1).
+    assert.equal(seen.size, 9);
+    for (const [shift, n] of seen) assert.ok(n >= 2 && n <= 25, `${shift}: ${n}`);
+  });
+
+  it('is a pure function of (seed, epoch), and differs between epochs', () => {
+    const a = [...make(2).epoch(1)].map((b) => Array.from(b.x));
+    const b = [...make(2).epoch(1)].map((b) => Array.from(b.x));
+    assert.deepEqual(a, b);
+    const c = [...make(2).epoch(2)].map((b) => Array.from(b.x));
+    assert.notDeepEqual(a, c);
   });
 });

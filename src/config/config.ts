@@ -18,6 +18,8 @@ export interface RunConfig {
     /** Use only the first N training / test examples (0 = all). */
     trainLimit: number;
     testLimit: number;
+    /** Shift each training image by up to this many pixels each way, seeded (0 = none). */
+    jitter: number;
   };
   model: {
     /** Widths from the input to the last layer, e.g. [784, 1000, 1000]. */
@@ -28,6 +30,11 @@ export interface RunConfig {
     normEps: number;
     /** Value written into the label pixel of the overlay. */
     overlayValue: number;
+    /**
+     * Peer normalisation (Hinton): `weight` of the term pulling each unit's running mean
+     * activity on positive data toward the layer's mean (0: off), `decay` of that mean.
+     */
+    peerNorm: { weight: number; decay: number };
   };
   optimizer: OptimizerConfig;
   train: {
@@ -60,7 +67,7 @@ export interface RunConfig {
 export const DEFAULT_CONFIG: RunConfig = {
   name: 'ffx',
   seed: 1,
-  data: { dataset: 'fashion-mnist', scale: 'unit', trainLimit: 0, testLimit: 0 },
+  data: { dataset: 'fashion-mnist', scale: 'unit', trainLimit: 0, testLimit: 0, jitter: 0 },
   model: {
     layers: [784, 1000, 1000],
     goodness: 'mean',
@@ -68,6 +75,7 @@ export const DEFAULT_CONFIG: RunConfig = {
     threshold: 1,
     normEps: 1e-8,
     overlayValue: 1,
+    peerNorm: { weight: 0, decay: 0.9 },
   },
   optimizer: { ...DEFAULT_OPTIMIZER },
   train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1 },
@@ -136,6 +144,21 @@ const widths: Rule = (k, v) => {
   }
 };
 
+/** An object with exactly these keys, each checked by its rule. */
+const record =
+  (rules: Record<string, Rule>): Rule =>
+  (k, v) => {
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(k, v, 'an object');
+    const o = v as Record<string, unknown>;
+    for (const [sub, x] of Object.entries(o)) {
+      const rule = rules[sub];
+      if (!rule) throw unknownKey(`${k}.${sub}`, x, Object.keys(rules));
+      rule(`${k}.${sub}`, x);
+    }
+    for (const sub of Object.keys(rules))
+      if (!(sub in o)) fail(`${k}.${sub}`, undefined, 'present');
+  };
+
 const SCHEMA: Record<string, Record<string, Rule>> = {
   '': { name: str, seed: int(0) },
   data: {
@@ -144,6 +167,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     scale: oneOf(['unit', 'standard']),
     trainLimit: int(0),
     testLimit: int(0),
+    jitter: int(0),
   },
   model: {
     layers: widths,
@@ -152,6 +176,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     threshold: num(-Infinity),
     normEps: num(0, Infinity, true),
     overlayValue: num(0, Infinity, true),
+    peerNorm: record({ weight: num(0), decay: num(0, 1) }),
   },
   optimizer: {
     type: oneOf(OPTIMIZER_TYPES),

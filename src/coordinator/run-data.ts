@@ -15,6 +15,10 @@ export interface RunData {
   dataset: Dataset;
   /** Pixels per image: the model's input width. */
   dim: number;
+  /** [rows, cols] of an image. */
+  shape: [number, number];
+  /** The scaled value of a black pixel. */
+  background: number;
   train: Split;
   test: Split;
 }
@@ -36,9 +40,20 @@ export async function prepareData(cfg: RunConfig, log: (line: string) => void): 
   const testCount = limit(cfg.data.testLimit, dataset.test.count);
   const train = toFloat(dataset.train.images, trainCount, dim, cfg.data.scale);
   const test = toFloat(dataset.test.images, testCount, dim, cfg.data.scale, train);
+  const { rows, cols } = dataset.train;
+  if (cfg.data.jitter >= Math.min(rows, cols)) {
+    throw new ConfigError(
+      'CONFIG_INVALID',
+      'data.jitter',
+      cfg.data.jitter,
+      `data.jitter must be below the image size (${rows}x${cols}), got ${cfg.data.jitter}`,
+    );
+  }
   return {
     dataset,
     dim,
+    shape: [rows, cols],
+    background: (0 - train.mean) / train.std,
     train: {
       images: train.data,
       labels: dataset.train.labels.subarray(0, trainCount),
@@ -67,6 +82,9 @@ export function trainSampler(cfg: RunConfig, data: RunData): BatchSampler {
     shuffle: true,
     dropLast: false,
     onValue: cfg.model.overlayValue,
+    jitter: cfg.data.jitter,
+    imageShape: data.shape,
+    background: data.background,
   });
 }
 

@@ -7,6 +7,12 @@
 // The gradient is local and closed-form, so a step is two matrix products:
 //   dL/dg = -s sigmoid(-s (g - theta)) / 2B,  dL/dZ = dL/dg * dg/dH (= 2H/k, zero where Z<=0)
 //   dW = dL/dZ^T Xn,  db = colsum(dL/dZ).
+// Peer normalisation (Hinton's, optional) keeps every unit about as active as the layer's
+// average: a running mean of each unit's activity on positive data,
+//   m = decay m_prev + (1 - decay) mean_pos(H)         (m_prev: a constant of the step)
+//   L += peerNorm mean_j (mean_k m_k - m_j)^2,
+// so dL/dH[r,j] = peerNorm (2/out) (m_j - mean(m)) (1 - decay)/B on the B positive rows, and
+// m becomes m_prev for the next step.
 // Both products are computed transposed, Z^T = W Xn^T and dW = dZ^T Xn, so that the big
 // operand (W) is never the one XNNPACK repacks: on wasm, repacking a changed 2000x2000 weight
 // costs as much as a third of the product itself, and the small batch operand is cheap to pack.
@@ -35,6 +41,9 @@ export interface LayerConfig {
   normEps: number;
   /** Seed of the weight initialisation. */
   seed: number;
+  /** Weight of the peer-normalisation term (0: off) and the decay of its running mean. */
+  peerNorm?: number;
+  peerDecay?: number;
 }
 
 export interface StepStats {
@@ -74,11 +83,22 @@ export function activeRows(weight: ArrayLike<number>): Int32Array | null {
   return active;
 }
 
+/** `active` (ascending row indexes) with rows 0..n-1 added. */
+function withRows(active: Int32Array, n: number): Int32Array {
+  const rest = active.filter((r) => r >= n);
+  const out = new Int32Array(n + rest.length);
+  for (let r = 0; r < n; r++) out[r] = r;
+  out.set(rest, n);
+  return out;
+}
+
 export class FFLayer {
   readonly config: LayerConfig;
   readonly weight: tf.Variable<tf.Rank.R2>;
   readonly bias: tf.Variable<tf.Rank.R1>;
   readonly optimizer: LayerOptimizer;
+  /** Peer normalisation's running mean of each unit's activity on positive data (with it on). */
+  readonly peerMean: tf.Variable<tf.Rank.R1> | null;
   // The sign column (+1 pos rows, -1 neg rows), built once per batch size.
   private readonly signs = new Map<number, tf.Tensor1D>();
 
@@ -95,6 +115,7 @@ export class FFLayer {
       true,
     );
     this.optimizer = new LayerOptimizer(optimizer, [this.weight, this.bias]);
+    this.peerMean = this.peerWeight() > 0 ? ownedVariable(tf.zeros([config.outDim]), false) : null;
   }
 
   /** H = relu(normalise(x) W^T + b), no gradient bookkeeping. */
@@ -134,8 +155,14 @@ export class FFLayer {
       // dL/dg * dg/dH = -s sigmoid(-t)/2B * (+-2/k) * H; fold the scalars into the column.
       const rowWeight = tf.sigmoid(tf.neg(t));
       const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() / rows) as tf.Tensor1D;
-      const { dw, db } = this.gradient(hT, col, xn, activeRows(rowWeight.dataSync()));
-      const stats = tf.stack([loss, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
+      const peer = this.peerStep(h, nPos);
+      let active = activeRows(rowWeight.dataSync());
+      // The peer term reaches every positive row, saturated or not.
+      if (peer && active) active = withRows(active, nPos);
+      const { dw, db } = this.gradient(hT, col, xn, active, peer && { ...peer, nPos });
+      const total = peer ? tf.add(loss, peer.loss) : loss;
+      const stats = tf.stack([total, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
+      if (peer) this.peerMean!.assign(peer.mean);
       this.optimizer.apply(
         new Map<tf.Variable, tf.Tensor>([
           [this.weight, dw],
@@ -147,13 +174,43 @@ export class FFLayer {
     });
   }
 
-  /** The loss of a batch as a differentiable function of the variables (for autograd checks). */
+  /**
+   * The loss of a batch as a differentiable function of the variables (for autograd checks):
+   * the FF loss, plus the peer term with the running mean as it stands.
+   */
   lossOf(x: tf.Tensor2D, nPos: number): tf.Scalar {
     return tf.tidy(() => {
       const s = this.signsFor(nPos);
-      const g = this.goodness(tf.transpose(this.activationsT(this.normalise(x))));
-      return tf.mean(tf.softplus(tf.neg(tf.mul(s, tf.sub(g, this.config.threshold))))) as tf.Scalar;
+      const h = tf.transpose(this.activationsT(this.normalise(x))) as tf.Tensor2D;
+      const g = this.goodness(h);
+      const ff = tf.mean(tf.softplus(tf.neg(tf.mul(s, tf.sub(g, this.config.threshold)))));
+      const peer = this.peerStep(h, nPos);
+      return (peer ? tf.add(ff, peer.loss) : ff) as tf.Scalar;
     });
+  }
+
+  /**
+   * Peer normalisation of a step whose activations are `h` (null when off): the running mean
+   * it leads to, its loss, and dL/dH per unit on a positive row (`grad`).
+   */
+  private peerStep(
+    h: tf.Tensor2D,
+    nPos: number,
+  ): { mean: tf.Tensor1D; loss: tf.Scalar; grad: tf.Tensor1D } | null {
+    if (!this.peerMean) return null;
+    const w = this.peerWeight();
+    const decay = this.config.peerDecay ?? 0.9;
+    const batchMean = tf.mean(tf.slice(h, [0, 0], [nPos, -1]), 0);
+    const mean = tf.add(tf.mul(this.peerMean, decay), tf.mul(batchMean, 1 - decay)) as tf.Tensor1D;
+    const dev = tf.sub(mean, tf.mean(mean)); // m_j - mean(m)
+    const loss = tf.mul(tf.mean(tf.square(dev)), w) as tf.Scalar;
+    const n = this.config.outDim;
+    const grad = tf.mul(dev, (w * 2 * (1 - decay)) / (n * nPos)) as tf.Tensor1D;
+    return { mean, loss, grad };
+  }
+
+  private peerWeight(): number {
+    return this.config.peerNorm ?? 0;
   }
 
   /**
@@ -169,6 +226,12 @@ export class FFLayer {
     ]);
     for (const [v, name] of names)
       out.set(name, { shape: [...v.shape], data: v.dataSync() as Float32Array });
+    if (withOptimizer && this.peerMean) {
+      out.set(`${prefix}.peerMean`, {
+        shape: [this.config.outDim],
+        data: this.peerMean.dataSync() as Float32Array,
+      });
+    }
     if (withOptimizer) {
       for (const [name, t] of this.optimizer.state(names))
         out.set(name, { shape: [...t.shape], data: t.dataSync() as Float32Array });
@@ -185,6 +248,7 @@ export class FFLayer {
     const targets = new Map<string, tf.Variable>();
     for (const [v, name] of names) targets.set(name, v);
     for (const [name, t] of this.optimizer.state(names)) targets.set(name, t);
+    if (this.peerMean) targets.set(`${prefix}.peerMean`, this.peerMean);
     for (const [name, v] of targets) {
       const t = tensors.get(name);
       if (!t) {
@@ -205,6 +269,7 @@ export class FFLayer {
     this.weight.dispose();
     this.bias.dispose();
     this.optimizer.dispose();
+    this.peerMean?.dispose();
     for (const s of this.signs.values()) s.dispose();
     this.signs.clear();
   }
@@ -229,26 +294,38 @@ export class FFLayer {
   }
 
   /**
-   * dW = dZ^T Xn and db = colsum(dZ^T), dZ^T = H^T * col, over the rows in `active` only
-   * (null: all of them). The other rows' terms are too small to change the sums.
+   * dW = dZ^T Xn and db = colsum(dZ^T), dZ^T = H^T * col (+ the peer term on positive rows,
+   * where H > 0), over the rows in `active` only (null: all of them). The other rows' terms
+   * are too small to change the sums.
    */
   private gradient(
     hT: tf.Tensor2D,
     col: tf.Tensor1D,
     xn: tf.Tensor2D,
     active: Int32Array | null,
+    peer: { grad: tf.Tensor1D; nPos: number } | null,
   ): { dw: tf.Tensor2D; db: tf.Tensor1D } {
     if (active && active.length === 0) {
       // Every row saturated: a zero gradient, and the optimizer still takes its step.
       return { dw: tf.zerosLike(this.weight), db: tf.zerosLike(this.bias) };
     }
+    const rows = active ?? Int32Array.from({ length: col.shape[0] }, (_, r) => r);
     if (active) {
       const idx = tf.tensor1d(active, 'int32');
       hT = tf.gather(hT, idx, 1);
       col = tf.gather(col, idx);
       xn = tf.gather(xn, idx);
     }
-    const dzT = tf.mul(hT, tf.reshape(col, [1, col.shape[0]]));
+    let dzT = tf.mul(hT, tf.reshape(col, [1, col.shape[0]]));
+    if (peer) {
+      const positive = tf.tensor2d(
+        Float32Array.from(rows, (r) => (r < peer.nPos ? 1 : 0)),
+        [1, rows.length],
+      );
+      const relu = tf.cast(tf.greater(hT, 0), 'float32');
+      const term = tf.mul(tf.mul(relu, tf.reshape(peer.grad, [this.config.outDim, 1])), positive);
+      dzT = tf.add(dzT, term);
+    }
     return { dw: tf.matMul(dzT, xn), db: tf.sum(dzT, 1) };
   }
 

@@ -13,6 +13,8 @@ export interface ModelConfig {
   negate: boolean;
   threshold: number;
   normEps: number;
+  /** Peer normalisation: the weight of its term (0: off) and the decay of its running mean. */
+  peerNorm?: { weight: number; decay: number };
 }
 
 /**
@@ -60,6 +62,8 @@ export function buildLayer(
       threshold: model.threshold,
       normEps: model.normEps,
       seed: layerSeed(runSeed, index),
+      peerNorm: model.peerNorm?.weight ?? 0,
+      peerDecay: model.peerNorm?.decay ?? 0.9,
     },
     optimizer,
   );

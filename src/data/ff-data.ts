@@ -171,6 +171,47 @@ export interface BatchSamplerOptions {
   /** Skip the last batch when it would be smaller than batchSize. */
   dropLast: boolean;
   onValue?: number;
+  /**
+   * Augmentation: each training image shifted by up to `jitter` pixels in each direction
+   * (uniform, seeded by (seed, epoch)), the vacated pixels set to `background`. 0: none.
+   */
+  jitter?: number;
+  /** [rows, cols] of an image (needed with jitter). */
+  imageShape?: readonly [number, number];
+  /** The scaled value of a black pixel (0 with 'unit' scaling). */
+  background?: number;
+}
+
+/** Rng stream of the jitter draws: epoch e uses JITTER_STREAM + e, apart from the order's. */
+const JITTER_STREAM = 0x4a170000;
+
+/**
+ * Writes `src` (a rows x cols image) shifted by (dy, dx) pixels into out[offset..]: out pixel
+ * (r, c) is src (r - dy, c - dx), or `background` where that falls outside the image.
+ */
+export function shiftImage(
+  src: Float32Array,
+  rows: number,
+  cols: number,
+  dy: number,
+  dx: number,
+  background: number,
+  out: Float32Array,
+  offset: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const o = offset + r * cols;
+    const sr = r - dy;
+    if (sr < 0 || sr >= rows) {
+      out.fill(background, o, o + cols);
+      continue;
+    }
+    const c0 = Math.max(0, dx);
+    const c1 = Math.min(cols, cols + dx);
+    out.fill(background, o, o + c0);
+    out.set(src.subarray(sr * cols + c0 - dx, sr * cols + c1 - dx), o + c0);
+    out.fill(background, o + c1, o + cols);
+  }
 }
 
 export interface Batch {
@@ -209,6 +250,18 @@ export class BatchSampler {
       fail(`options.labels has ${opts.labels.length} values, needs ${count}`);
     }
     for (let i = 0; i < count; i++) checkLabel(opts.labels[i], i);
+    const jitter = opts.jitter ?? 0;
+    if (!Number.isInteger(jitter) || jitter < 0) {
+      fail(`options.jitter must be a non-negative integer, got ${jitter}`);
+    }
+    if (jitter > 0) {
+      const [rows, cols] = opts.imageShape ?? [0, 0];
+      if (rows * cols !== dim)
+        fail(`options.imageShape must be [rows, cols] with rows*cols = ${dim}`);
+      if (jitter >= Math.min(rows, cols)) {
+        fail(`options.jitter must be below the image size ${rows}x${cols}, got ${jitter}`);
+      }
+    }
     this.opts = opts;
     this.count = count;
     this.dim = dim;
@@ -219,9 +272,11 @@ export class BatchSampler {
   }
 
   *epoch(epochIndex: number): Generator<Batch, void, undefined> {
-    const { images, labels, dim, shuffle, onValue = 1 } = this.opts;
+    const { images, labels, dim, shuffle, onValue = 1, jitter = 0, background = 0 } = this.opts;
     const rng = Rng.derive(this.opts.seed, epochIndex);
     const order = shuffle ? rng.permutation(this.count) : null;
+    const jitterRng = jitter > 0 ? Rng.derive(this.opts.seed, JITTER_STREAM + epochIndex) : null;
+    const [rows, cols] = this.opts.imageShape ?? [0, 0];
     for (let index = 0; index < this.batchesPerEpoch; index++) {
       const start = index * this.batchSize;
       const size = Math.min(this.batchSize, this.count - start);
@@ -231,8 +286,15 @@ export class BatchSampler {
       for (let i = 0; i < size; i++) {
         const row = order ? order[start + i]! : start + i;
         const image = images.subarray(row * dim, (row + 1) * dim);
-        x.set(image, i * dim);
-        x.set(image, (size + i) * dim);
+        if (jitterRng) {
+          const dy = jitterRng.int(2 * jitter + 1) - jitter;
+          const dx = jitterRng.int(2 * jitter + 1) - jitter;
+          shiftImage(image, rows, cols, dy, dx, background, x, i * dim);
+          x.copyWithin((size + i) * dim, i * dim, (i + 1) * dim);
+        } else {
+          x.set(image, i * dim);
+          x.set(image, (size + i) * dim);
+        }
         batchLabels[i] = labels[row]!;
       }
       const negLabels = sampleNegativeLabels(batchLabels, rng);
