@@ -6,6 +6,7 @@ import {
   NUM_CLASSES,
   overlayAllLabels,
   overlayLabels,
+  sampleHardNegativeLabels,
   sampleNegativeLabels,
   shiftImage,
   toFloat,
@@ -124,6 +125,66 @@ describe('sampleNegativeLabels', () => {
   it('writes into out when given', () => {
     const out = new Uint8Array(3);
     assert.equal(sampleNegativeLabels([0, 1, 2], new Rng(1), out), out);
+  });
+});
+
+describe('sampleHardNegativeLabels', () => {
+  // One image of class 3, predicted 3 (0.5), 2 (0.3), 5 (0.15), 7 (0.05): over its wrong
+  // labels, 2, 5 and 7 with 0.6, 0.3 and 0.1.
+  const probs = new Float32Array(NUM_CLASSES);
+  [probs[3], probs[2], probs[5], probs[7]] = [0.5, 0.3, 0.15, 0.05];
+  const draws = 30_000;
+  const counts = (hard: number, seed: number) => {
+    const labels = new Uint8Array(draws).fill(3);
+    const all = new Float32Array(draws * NUM_CLASSES);
+    for (let i = 0; i < draws; i++) all.set(probs, i * NUM_CLASSES);
+    const out = sampleHardNegativeLabels(labels, all, hard, new Rng(seed));
+    const n = new Array<number>(NUM_CLASSES).fill(0);
+    for (const l of out) n[l]!++;
+    return n;
+  };
+  /** Pearson's chi-square of observed counts against expected probabilities (over p > 0). */
+  const chi2 = (n: number[], p: number[]) =>
+    p.reduce((s, pi, c) => (pi > 0 ? s + (n[c]! - draws * pi) ** 2 / (draws * pi) : s), 0);
+
+  it('never picks the true label, and follows the predicted distribution (hard = 1)', () => {
+    const n = counts(1, 42);
+    assert.equal(n[3], 0);
+    const expect = [0, 0, 0.6, 0, 0, 0.3, 0, 0.1, 0, 0];
+    for (const c of [0, 1, 4, 6, 8, 9]) assert.equal(n[c], 0, `label ${c} has no weight`);
+    // 2 degrees of freedom: P(chi2 > 13.8) = 0.001.
+    assert.ok(chi2(n, expect) < 13.8, `chi2 ${chi2(n, expect)}: ${n}`);
+    // And the test can tell a uniform draw apart.
+    assert.ok(
+      chi2(
+        counts(0, 42),
+        expect.map((p) => (p > 0 ? 1 / 3 : 0)),
+      ) > 1000,
+    );
+  });
+
+  it('mixes in uniform wrong labels by 1 - hard', () => {
+    const hard = 0.4;
+    const n = counts(hard, 7);
+    assert.equal(n[3], 0);
+    const hardP = [0, 0, 0.6, 0, 0, 0.3, 0, 0.1, 0, 0];
+    const expect = hardP.map((p, c) => (c === 3 ? 0 : hard * p + (1 - hard) / 9));
+    // 8 degrees of freedom: P(chi2 > 26.1) = 0.001.
+    assert.ok(chi2(n, expect) < 26.1, `chi2 ${chi2(n, expect)}: ${n}`);
+  });
+
+  it('falls back to uniform for an image without a usable prediction, and is seeded', () => {
+    const labels = Uint8Array.from([0, 1, 2, 3]);
+    const rows = new Float32Array(4 * NUM_CLASSES);
+    rows[0] = 1; // all weight on the true label
+    rows[NUM_CLASSES + 4] = NaN;
+    // rows 2, 3: all zero
+    const a = sampleHardNegativeLabels(labels, rows, 1, new Rng(1));
+    const b = sampleHardNegativeLabels(labels, rows, 1, new Rng(1));
+    assert.deepEqual(a, b);
+    a.forEach((l, i) => assert.notEqual(l, labels[i]));
+    assert.throws(() => sampleHardNegativeLabels(labels, rows, 1.5, new Rng(1)), /hard/);
+    assert.throws(() => sampleHardNegativeLabels(labels, rows.subarray(1), 1, new Rng(1)), /probs/);
   });
 });
 

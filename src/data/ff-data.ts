@@ -159,6 +159,54 @@ export function sampleNegativeLabels(
   return out;
 }
 
+/**
+ * Hard negatives (Hinton): for each image, with probability `hard`, a wrong label drawn from
+ * the model's predicted distribution (`probs`, NUM_CLASSES non-negative weights per image,
+ * row i for labels[i]; the true label's weight is ignored), else a uniform wrong label. An
+ * image whose wrong labels all have weight 0 (or whose row is not finite) gets a uniform one.
+ * Never the true label. Draws one uniform number per image, then one for the label.
+ */
+export function sampleHardNegativeLabels(
+  labels: ArrayLike<number>,
+  probs: Float32Array,
+  hard: number,
+  rng: Rng,
+  out: Uint8Array = new Uint8Array(labels.length),
+): Uint8Array {
+  if (out.length < labels.length) fail(`out has ${out.length} values, needs ${labels.length}`);
+  if (probs.length < labels.length * NUM_CLASSES) {
+    fail(`probs has ${probs.length} values, needs ${labels.length} x ${NUM_CLASSES}`);
+  }
+  if (!(hard >= 0 && hard <= 1)) fail(`hard must be in [0, 1], got ${hard}`);
+  for (let i = 0; i < labels.length; i++) {
+    const label = checkLabel(labels[i], i);
+    const useHard = rng.next() < hard;
+    let total = 0;
+    if (useHard) {
+      for (let c = 0; c < NUM_CLASSES; c++) {
+        const p = probs[i * NUM_CLASSES + c]!;
+        if (c !== label) total += p >= 0 ? p : NaN;
+      }
+    }
+    if (!useHard || !(total > 0) || !Number.isFinite(total)) {
+      out[i] = (label + 1 + rng.int(NUM_CLASSES - 1)) % NUM_CLASSES;
+      continue;
+    }
+    // Inverse CDF over the wrong labels; the last one with weight takes any rounding excess.
+    let u = rng.next() * total;
+    let pick = -1;
+    for (let c = 0; c < NUM_CLASSES; c++) {
+      const p = probs[i * NUM_CLASSES + c]!;
+      if (c === label || p <= 0) continue;
+      pick = c;
+      if (u < p) break;
+      u -= p;
+    }
+    out[i] = pick;
+  }
+  return out;
+}
+
 export interface BatchSamplerOptions {
   /** count*dim pixels, already scaled (see toFloat). */
   images: Float32Array;
