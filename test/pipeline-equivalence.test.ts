@@ -80,4 +80,31 @@ describe('3-stage pipeline vs single-process reference', () => {
     // A tiny net after one epoch on 2,000 images: not good, but learning (chance is 10%).
     assert.ok(ea.accuracy > 0.2, `accuracy ${ea.accuracy} after one epoch on 2,000 images`);
   });
+
+  it('with peer normalisation and jittered images, over 2 epochs: the same bits too', async () => {
+    // Jitter draws per epoch, and the peer term's running means carry from step to step and
+    // epoch to epoch: both must be the same in every stage as in the one process.
+    const run = [
+      ...RUN.map((a, i) => (RUN[i - 1] === '--epochs' ? '2' : a)),
+      '--set',
+      'model.peerNorm.weight=0.05',
+      '--set',
+      'data.jitter=1',
+    ];
+    const local = await trainLocally(run, join(dir, 'local-extras'), 90_000);
+    assert.equal(local.code, 0, local.stderr);
+    const piped = await trainPipelined(run, join(dir, 'piped-extras'));
+    assert.equal(piped.code, 0, piped.stderr);
+    const [a, b] = ['local-extras', 'piped-extras'].map((r) => join(dir, r, 'model.safetensors'));
+    assert.equal(await maxWeightDiff(a!, b!), 0);
+    const { tensors } = decodeSafetensors(await readFile(b!));
+    for (const layer of [0, 1, 2]) {
+      const mean = tensors.get(`layers.${layer}.peerMean`);
+      assert.ok(mean && mean.data.some((v) => v > 0), `layers.${layer}.peerMean`);
+    }
+    // And they are not the plain run's weights.
+    assert.ok(
+      (await maxWeightDiff(a!, join(dir, 'local', 'model.safetensors')).catch(() => 1)) > 0,
+    );
+  });
 });
