@@ -56,11 +56,11 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
   await claimOutput(a, cfg);
   const exporter = await startProcess(a, cfg, reporter);
   const metrics = exporter?.metrics;
-  const executor: Executor = a.local
-    ? new LocalExecutor(cfg)
-    : new PipelineExecutor(cfg, await pipelineOptions(a, 'train', reporter, metrics));
-  metrics?.onRun(executor.run, cfg.name);
   try {
+    const executor: Executor = a.local
+      ? new LocalExecutor(cfg)
+      : new PipelineExecutor(cfg, await pipelineOptions(a, 'train', reporter, metrics));
+    metrics?.onRun(executor.run, cfg.name);
     const result = await trainRun(cfg, executor, {
       reporter,
       metrics,

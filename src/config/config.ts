@@ -35,6 +35,21 @@ export interface RunConfig {
      * activity on positive data toward the layer's mean (0: off), `decay` of that mean.
      */
     peerNorm: { weight: number; decay: number };
+    /**
+     * Train a softmax readout on each layer: a linear classifier of the layer's normalised
+     * activities for the image with a neutral label (every label pixel equal), predicting in
+     * one pass (eval.rule 'readout'). Each batch then carries its images a third time.
+     */
+    readout: boolean;
+  };
+  /** How a batch's negative labels are chosen. */
+  negatives: {
+    /** 'uniform': any wrong label; 'hard': also wrong labels the model finds likely. */
+    kind: 'uniform' | 'hard';
+    /** With 'hard': the fraction of negatives drawn from last epoch's readout predictions. */
+    hard: number;
+    /** With 'hard': epochs of uniform negatives before the first hard ones. */
+    warmup: number;
   };
   optimizer: OptimizerConfig;
   train: {
@@ -50,6 +65,11 @@ export interface RunConfig {
     batchSize: number;
     /** Leave the first layer out of the goodness sum, as Hinton does. */
     skipFirst: boolean;
+    /**
+     * How the run predicts: 'goodness' (each label overlaid in turn, the one with the most
+     * goodness) or 'readout' (one pass with a neutral label; needs model.readout).
+     */
+    rule: 'goodness' | 'readout';
   };
   output: {
     /** Directory for weights, checkpoints and the metrics log. */
@@ -76,10 +96,12 @@ export const DEFAULT_CONFIG: RunConfig = {
     normEps: 1e-8,
     overlayValue: 1,
     peerNorm: { weight: 0, decay: 0.9 },
+    readout: false,
   },
+  negatives: { kind: 'uniform', hard: 0.5, warmup: 1 },
   optimizer: { ...DEFAULT_OPTIMIZER },
   train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1 },
-  eval: { batchSize: 1000, skipFirst: false },
+  eval: { batchSize: 1000, skipFirst: false, rule: 'goodness' },
   output: { dir: 'runs/ffx', checkpointEvery: 1, keepCheckpoints: 3 },
 };
 
@@ -177,7 +199,9 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     normEps: num(0, Infinity, true),
     overlayValue: num(0, Infinity, true),
     peerNorm: record({ weight: num(0), decay: num(0, 1) }),
+    readout: bool,
   },
+  negatives: { kind: oneOf(['uniform', 'hard']), hard: num(0, 1), warmup: int(1) },
   optimizer: {
     type: oneOf(OPTIMIZER_TYPES),
     lr: num(0, Infinity, true),
@@ -188,7 +212,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     weightDecay: num(0),
   },
   train: { epochs: int(1), batchSize: int(1), cooldown: num(0, 1), evalEvery: int(0) },
-  eval: { batchSize: int(1), skipFirst: bool },
+  eval: { batchSize: int(1), skipFirst: bool, rule: oneOf(['goodness', 'readout']) },
   output: { dir: str, checkpointEvery: int(0), keepCheckpoints: int(0) },
 };
 
@@ -223,6 +247,13 @@ export function validateConfig(raw: unknown): RunConfig {
   const cfg = obj as unknown as RunConfig;
   if (cfg.eval.skipFirst && cfg.model.layers.length < 3) {
     fail('eval.skipFirst', true, 'false when the model has a single layer');
+  }
+  // Hard negatives come from the readout's predictions; the readout rule needs one.
+  if (cfg.negatives.kind === 'hard' && !cfg.model.readout) {
+    fail('negatives.kind', 'hard', "'uniform' unless model.readout is true");
+  }
+  if (cfg.eval.rule === 'readout' && !cfg.model.readout) {
+    fail('eval.rule', 'readout', "'goodness' unless model.readout is true");
   }
   return cfg;
 }

@@ -28,6 +28,7 @@ import type { CoordinatorMetrics } from '../metrics/index.js';
 import type { BatchSampler } from '../data/ff-data.js';
 import type { EpochRecord, StageTiming } from './epoch-record.js';
 import type { Executor, TrainReport } from './executor.js';
+import { PREDICTIONS_TENSOR, PredictionTable } from './predictions.js';
 import type { Reporter } from './reporter.js';
 import { evalBatches, prepareData, trainSampler, type RunData, type Split } from './run-data.js';
 
@@ -92,6 +93,8 @@ class Training {
   private readonly lineage: number[];
   private readonly replayed: number[];
   private recoveries = 0;
+  /** With hard negatives: what the readouts predicted for each training image. */
+  private readonly predictions: PredictionTable | null = null;
 
   constructor(
     private readonly cfg: RunConfig,
@@ -102,7 +105,19 @@ class Training {
   ) {
     this.reporter = opts.reporter;
     this.metrics = opts.metrics;
-    this.sampler = trainSampler(cfg, data);
+    const { kind, warmup } = cfg.negatives;
+    if (kind === 'hard') {
+      const n = executor.numLayers;
+      const layers = Array.from({ length: n }, (_, i) => i).slice(cfg.eval.skipFirst ? 1 : 0);
+      this.predictions = new PredictionTable(data.train.count, layers);
+      this.predictions.restore(resume?.state.tensors.get(PREDICTIONS_TENSOR));
+    }
+    const predictions = this.predictions;
+    this.sampler = trainSampler(
+      cfg,
+      data,
+      predictions ? (epoch) => (epoch >= warmup ? predictions.probs : null) : undefined,
+    );
     this.batches = this.sampler.batchesPerEpoch;
     this.metricsFile = join(cfg.output.dir, RUN_FILES.metrics);
     this.point = { epoch: resume?.epoch ?? 0, state: resume?.state };
@@ -135,7 +150,10 @@ class Training {
         reporter.log(
           `evaluated ${final.count} test images in ${((performance.now() - t0) / 1000).toFixed(1)}s`,
         );
-        const weightsFile = await this.finish(final, await executor.exportState(epochs));
+        const weightsFile = await this.finish(
+          final,
+          this.withPredictions(await executor.exportState(epochs)),
+        );
         return {
           epochs: this.records,
           final,
@@ -164,10 +182,13 @@ class Training {
       const progress = (epoch * batches + batch.index) / (epochs * batches);
       lr = learningRateAt(cfg.optimizer.lr, progress, cfg.train.cooldown);
       this.tally.sizes[batch.index] = batch.size;
-      await executor.train({ epoch, index: batch.index, size: batch.size, x: batch.x }, lr);
+      this.predictions?.expect(batch.index, batch.rows);
+      const { index, size, x, labels } = batch;
+      await executor.train({ epoch, index, size, x, labels }, lr);
       metrics?.onBatchSent(batch.size, lr);
     }
     await executor.drain();
+    this.predictions?.commit();
     const record = this.tally.record((performance.now() - t0) / 1000, lr);
     const last = epoch === epochs - 1;
     if (!last && every(cfg.train.evalEvery, epoch)) {
@@ -190,7 +211,7 @@ class Training {
    * stays `latest`, and the run goes on.
    */
   private async checkpoint(epoch: number): Promise<void> {
-    const state = await this.executor.exportState(epoch);
+    const state = this.withPredictions(await this.executor.exportState(epoch));
     this.point = { epoch, state };
     const { dir, keepCheckpoints } = this.cfg.output;
     try {
@@ -200,6 +221,12 @@ class Training {
       if (!(err instanceof SystemError)) throw err;
       this.reporter.log(`warning: [${err.code}] ${err.message}; the last checkpoint stays`);
     }
+  }
+
+  /** `state` with the prediction table hard negatives draw from, which a resume needs. */
+  private withPredictions(state: ModelState): ModelState {
+    if (this.predictions) state.tensors.set(PREDICTIONS_TENSOR, this.predictions.save());
+    return state;
   }
 
   /** After a failure the executor recovers from: back to the recovery point, on every layer. */
@@ -228,6 +255,7 @@ class Training {
     this.lines = this.lines.filter((l) => lineEpoch(l) <= point.epoch);
     await writeFileAtomic(this.metricsFile, this.lines.map((l) => l + '\n').join(''), 'metrics');
     this.tally = new EpochTally(executor.numLayers, point.epoch, this.batches);
+    this.predictions?.restore(point.state?.tensors.get(PREDICTIONS_TENSOR));
     await executor.rollback(point.state);
     reporter.log(
       `recovered in ${((performance.now() - t0) / 1000).toFixed(1)}s: training again from ` +
@@ -247,6 +275,7 @@ class Training {
     }
     this.lineage[r.layer - 1]! += 1;
     this.metrics?.onLineage(r.layer, this.lineage[r.layer - 1]!);
+    if (r.logits) this.predictions?.add(r.index, r.layer, r.logits);
     if (added === 'batch-done') {
       const { done, samples, lastLosses } = this.tally;
       this.reporter.batch(done, samples, lastLosses);
@@ -343,7 +372,11 @@ export async function evaluateSplit(
   }
 }
 
-/** Accuracy on a split: overlay each label, sum goodness over layers, argmax. */
+/**
+ * Accuracy on a split: overlay each label, sum goodness over layers, argmax; with readouts
+ * also one neutral pass each, summing the readouts' log-probabilities, and the figures of the
+ * method eval.rule names on top.
+ */
 async function evaluate(
   cfg: RunConfig,
   executor: Executor,
@@ -351,9 +384,18 @@ async function evaluate(
   dim: number,
   epoch: number,
 ): Promise<EvalResult> {
-  const acc = new EvalAccumulator(executor.numLayers, cfg.eval.skipFirst);
-  await executor.evaluate(evalBatches(split, dim, cfg), epoch, (b, g) => acc.add(g, b.labels));
-  return acc.result();
+  const by = async (rule: 'goodness' | 'readout') => {
+    const acc = new EvalAccumulator(executor.numLayers, cfg.eval.skipFirst);
+    await executor.evaluate(evalBatches(split, dim, cfg, rule), epoch, (b, g) =>
+      acc.add(g, b.labels),
+    );
+    return acc.result();
+  };
+  const goodness = await by('goodness');
+  if (!cfg.model.readout) return goodness;
+  const readout = await by('readout');
+  const chosen = cfg.eval.rule === 'readout' ? readout : goodness;
+  return { ...chosen, method: cfg.eval.rule, goodness, readout };
 }
 
 async function loadData(cfg: RunConfig, reporter: Reporter): Promise<RunData> {

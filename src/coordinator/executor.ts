@@ -13,8 +13,13 @@ export interface TrainBatch {
   index: number;
   /** Positive samples; x holds as many negatives after them. */
   size: number;
-  /** [2 * size, dim]: the positive rows, then the negative rows. Handed over: not reused. */
+  /**
+   * [2 * size, dim]: the positive rows, then the negative rows; with readouts, then the
+   * neutral rows ([3 * size, dim]). Handed over: not reused.
+   */
   x: Float32Array;
+  /** The true labels (the readouts train on them). */
+  labels: Uint8Array;
 }
 
 /** One layer's result for one training batch. */
@@ -25,6 +30,8 @@ export interface TrainReport {
   index: number;
   stats: StepStats;
   timing: StageTiming;
+  /** With readouts: the layer's logits for the batch's neutral rows [size, classes]. */
+  logits?: Float32Array;
 }
 
 /**
@@ -33,7 +40,10 @@ export interface TrainReport {
  */
 export type TrainListener = (report: TrainReport) => void;
 
-/** Receives the per-layer goodness of one evaluation batch ([layer][row]). */
+/**
+ * Receives the per-layer scores of one evaluation batch ([layer][c * images + i]): goodness,
+ * or with rule 'readout' the readouts' log-probabilities, in the same layout.
+ */
 export type GoodnessListener = (batch: EvalBatch, goodness: Float32Array[]) => void;
 
 export interface Executor {

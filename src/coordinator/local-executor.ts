@@ -44,7 +44,7 @@ export class LocalExecutor implements Executor {
     this.net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
     if (state) {
       this.net.importState(state.tensors);
-      this.net.layers.forEach((l, i) => (l.optimizer.step = state.optimizerSteps[i] ?? 0));
+      this.net.layers.forEach((l, i) => (l.steps = state.optimizerSteps[i] ?? 0));
     }
   }
 
@@ -63,14 +63,15 @@ export class LocalExecutor implements Executor {
   }
 
   async train(batch: TrainBatch, lr: number): Promise<void> {
-    const stats = this.network().trainBatch(batch.x, batch.size, lr);
-    stats.forEach(({ seconds, ...s }, i) =>
+    const stats = this.network().trainBatch(batch.x, batch.size, lr, batch.labels);
+    stats.forEach(({ seconds, logits, readoutLoss: _, ...s }, i) =>
       this.onTrain({
         layer: i + 1,
         epoch: batch.epoch,
         index: batch.index,
         stats: s,
         timing: { stepSeconds: seconds, waitSeconds: 0, transportSeconds: 0, blockedSeconds: 0 },
+        ...(logits && { logits }),
       }),
     );
   }
@@ -84,14 +85,21 @@ export class LocalExecutor implements Executor {
     onGoodness: GoodnessListener,
   ): Promise<void> {
     const net = this.network();
-    for (const b of batches) onGoodness(b, net.goodness(b.x, NUM_CLASSES * b.images));
+    for (const b of batches) {
+      onGoodness(
+        b,
+        b.rule === 'readout'
+          ? net.readoutScores(b.x, b.images)
+          : net.goodness(b.x, NUM_CLASSES * b.images),
+      );
+    }
   }
 
   async exportState(): Promise<ModelState> {
     const net = this.network();
     return {
       tensors: net.exportState(true),
-      optimizerSteps: net.layers.map((l) => l.optimizer.step),
+      optimizerSteps: net.layers.map((l) => l.steps),
     };
   }
 

@@ -7,7 +7,7 @@
 // abandoned attempt (its batches still in flight, its late reports) can reach the next one.
 import { randomUUID } from 'node:crypto';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
-import type { RunConfig } from '../config/config.js';
+import { ConfigError, type RunConfig } from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
 import { MAX_HEADER_BYTES, type WeightsMessage } from '../transport/wire.js';
@@ -44,6 +44,16 @@ export class PipelineExecutor implements Executor {
   private markerId = 0;
 
   constructor(cfg: RunConfig, opts: PipelineOptions) {
+    if (cfg.model.readout) {
+      // Refused before any socket opens, rather than half-run.
+      throw new ConfigError(
+        'CONFIG_INVALID',
+        'model.readout',
+        true,
+        'model.readout (and with it hard negatives and eval.rule "readout") runs with --local ' +
+          'only so far: stages do not train readouts yet',
+      );
+    }
     this.cfg = cfg;
     this.opts = opts;
     this.numLayers = cfg.model.layers.length - 1;

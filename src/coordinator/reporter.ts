@@ -96,7 +96,13 @@ export class ConsoleReporter implements Reporter {
       )
       .join(' | ');
     let line = `epoch ${r.epoch}/${this.epochs} ${r.seconds.toFixed(1)}s ${r.samplesPerSec.toFixed(0)} samples/s lr ${r.lr.toExponential(2)} | ${layers}`;
-    if (r.eval) line += ` | test acc ${pct(r.eval.accuracy)} (${r.eval.rule})`;
+    if (r.eval?.goodness && r.eval.readout) {
+      line +=
+        ` | test acc goodness ${pct(r.eval.goodness.accuracy)}, ` +
+        `readout ${pct(r.eval.readout.accuracy)} (${r.eval.rule})`;
+    } else if (r.eval) {
+      line += ` | test acc ${pct(r.eval.accuracy)} (${r.eval.rule})`;
+    }
     this.out.write(`${line}\n`);
   }
 
@@ -117,10 +123,19 @@ export function formatSeconds(s: number): string {
 
 /** The evaluation summary printed at the end of a run or by `ffx-coordinator eval`. */
 export function formatEval(r: EvalResult, classNames?: readonly string[]): string {
-  const sets = r.perLayerSet.map((s) => `${s.name} ${pct(s.accuracy)}`).join(', ');
+  const sets = (e: EvalResult) =>
+    e.perLayerSet.map((s) => `${s.name} ${pct(s.accuracy)}`).join(', ');
+  const how = r.method === 'readout' ? 'readout log-probabilities' : 'goodness';
+  const both =
+    r.goodness && r.readout
+      ? [
+          `per layer set, goodness: ${sets(r.goodness)}`,
+          `per layer set, readout: ${sets(r.readout)}`,
+        ]
+      : [`per layer set: ${sets(r)}`];
   return [
-    `test accuracy ${pct(r.accuracy)} (${r.count} images, goodness summed over ${r.rule})`,
-    `per layer set: ${sets}`,
+    `test accuracy ${pct(r.accuracy)} (${r.count} images, ${how} summed over ${r.rule})`,
+    ...both,
     'confusion matrix (rows: true label, columns: predicted):',
     formatConfusion(r.confusion, classNames),
   ].join('\n');

@@ -71,7 +71,11 @@ export async function prepareData(cfg: RunConfig, log: (line: string) => void): 
  * The training batches of a run: order and negatives depend on the seed and the epoch alone,
  * so every executor, and a resumed run, sees the same batches.
  */
-export function trainSampler(cfg: RunConfig, data: RunData): BatchSampler {
+export function trainSampler(
+  cfg: RunConfig,
+  data: RunData,
+  hardProbs?: (epoch: number) => Float32Array | null,
+): BatchSampler {
   return new BatchSampler({
     images: data.train.images,
     labels: data.train.labels,
@@ -85,14 +89,23 @@ export function trainSampler(cfg: RunConfig, data: RunData): BatchSampler {
     jitter: cfg.data.jitter,
     imageShape: data.shape,
     background: data.background,
+    neutral: cfg.model.readout,
+    hardNegatives: hardProbs && { fraction: cfg.negatives.hard, probs: hardProbs },
   });
 }
 
-/** One evaluation batch: `images` images, each with every label overlaid. */
+/**
+ * One evaluation batch: `images` images, each with every label overlaid (rule 'goodness'), or
+ * each once with a neutral label (rule 'readout').
+ */
 export interface EvalBatch {
   index: number;
   images: number;
-  /** [NUM_CLASSES * images, dim], label-major: image i with label c is row c * images + i. */
+  rule: 'goodness' | 'readout';
+  /**
+   * 'goodness': [NUM_CLASSES * images, dim], label-major: image i with label c is row
+   * c * images + i. 'readout': [images, dim].
+   */
   x: Float32Array;
   labels: Uint8Array;
 }
@@ -101,12 +114,30 @@ export interface EvalBatch {
  * A split as evaluation batches of `cfg.eval.batchSize` images. Each batch has a buffer of its
  * own: an executor may still be sending one while the next is made.
  */
-export function* evalBatches(split: Split, dim: number, cfg: RunConfig): Generator<EvalBatch> {
+export function* evalBatches(
+  split: Split,
+  dim: number,
+  cfg: RunConfig,
+  rule: EvalBatch['rule'] = 'goodness',
+): Generator<EvalBatch> {
   const b = Math.min(cfg.eval.batchSize, split.count);
+  const onValue = cfg.model.overlayValue;
   for (let start = 0, index = 0; start < split.count; start += b, index++) {
     const n = Math.min(b, split.count - start);
-    const x = new Float32Array(NUM_CLASSES * n * dim);
-    overlayAllLabels(split.images, start, n, dim, x, cfg.model.overlayValue);
-    yield { index, images: n, x, labels: split.labels.subarray(start, start + n) };
+    let x: Float32Array;
+    if (rule === 'goodness') {
+      x = overlayAllLabels(
+        split.images,
+        start,
+        n,
+        dim,
+        new Float32Array(NUM_CLASSES * n * dim),
+        onValue,
+      );
+    } else {
+      x = split.images.slice(start * dim, (start + n) * dim);
+      for (let i = 0; i < n; i++) x.fill(onValue / NUM_CLASSES, i * dim, i * dim + NUM_CLASSES);
+    }
+    yield { index, images: n, rule, x, labels: split.labels.subarray(start, start + n) };
   }
 }

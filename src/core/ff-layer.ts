@@ -25,6 +25,7 @@ import * as tf from '@tensorflow/tfjs';
 import { ownedVariable } from './host-memory.js';
 import type { NamedTensor } from './safetensors.js';
 import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
+import { Readout } from './readout.js';
 
 export const GOODNESS_TYPES = ['mean', 'sum'] as const;
 export type GoodnessType = (typeof GOODNESS_TYPES)[number];
@@ -44,6 +45,8 @@ export interface LayerConfig {
   /** Weight of the peer-normalisation term (0: off) and the decay of its running mean. */
   peerNorm?: number;
   peerDecay?: number;
+  /** A softmax readout on this layer (readout.ts), trained on the batch's neutral rows. */
+  readout?: boolean;
 }
 
 export interface StepStats {
@@ -99,6 +102,7 @@ export class FFLayer {
   readonly optimizer: LayerOptimizer;
   /** Peer normalisation's running mean of each unit's activity on positive data (with it on). */
   readonly peerMean: tf.Variable<tf.Rank.R1> | null;
+  readonly readout: Readout | null;
   // The sign column (+1 pos rows, -1 neg rows), built once per batch size.
   private readonly signs = new Map<number, tf.Tensor1D>();
 
@@ -116,6 +120,24 @@ export class FFLayer {
     );
     this.optimizer = new LayerOptimizer(optimizer, [this.weight, this.bias]);
     this.peerMean = this.peerWeight() > 0 ? ownedVariable(tf.zeros([config.outDim]), false) : null;
+    this.readout = config.readout ? new Readout(config.outDim, optimizer) : null;
+  }
+
+  /** Training steps taken (one per batch): the optimizers' bias corrections depend on it. */
+  get steps(): number {
+    return this.optimizer.step;
+  }
+
+  /** Resuming: the steps a checkpoint had taken (the readout steps with its layer). */
+  set steps(n: number) {
+    this.optimizer.step = n;
+    if (this.readout) this.readout.optimizer.step = n;
+  }
+
+  /** The readout's log-probabilities [rows, classes] for activities `h` of neutral rows. */
+  readoutScores(h: tf.Tensor2D): tf.Tensor2D {
+    if (!this.readout) throw new Error('this layer has no readout');
+    return tf.tidy(() => tf.logSoftmax(this.readout!.logits(this.normalise(h))) as tf.Tensor2D);
   }
 
   /** H = relu(normalise(x) W^T + b), no gradient bookkeeping. */
@@ -133,15 +155,42 @@ export class FFLayer {
   }
 
   /**
-   * One training step on x = [pos; neg] (2*nPos rows). Returns H of this step (owned by the
-   * caller) and a [3] tensor of loss, mean pos goodness, mean neg goodness.
+   * One training step on x = [pos; neg] (2*nPos rows), or with a readout x = [pos; neg;
+   * neutral] (3*nPos rows) and the true `labels`: the FF loss is over pos and neg, the readout
+   * trains on the neutral rows. Returns H of every row (owned by the caller), a [3] tensor of
+   * loss, mean pos goodness, mean neg goodness, and with a readout its logits for the neutral
+   * rows before its update (owned by the caller) and its loss.
    */
-  trainStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
-    if (x.shape[0] !== 2 * nPos || x.shape[1] !== this.config.inDim) {
+  trainStep(
+    x: tf.Tensor2D,
+    nPos: number,
+    lr: number,
+    labels?: ArrayLike<number>,
+  ): { h: tf.Tensor2D; stats: tf.Tensor1D; logits?: tf.Tensor2D; readoutLoss?: number } {
+    const rows = this.readout ? 3 * nPos : 2 * nPos;
+    if (x.shape[0] !== rows || x.shape[1] !== this.config.inDim) {
       throw new Error(
-        `trainStep: expected [${2 * nPos}, ${this.config.inDim}], got [${x.shape.join(', ')}]`,
+        `trainStep: expected [${rows}, ${this.config.inDim}], got [${x.shape.join(', ')}]`,
       );
     }
+    if (!this.readout) return this.ffStep(x, nPos, lr);
+    if (labels?.length !== nPos) throw new Error(`trainStep: needs the ${nPos} labels`);
+    const { inDim } = this.config;
+    const [ff, neutral] = tf.tidy(() => [
+      tf.slice(x, [0, 0], [2 * nPos, inDim]),
+      tf.slice(x, [2 * nPos, 0], [nPos, inDim]),
+    ]);
+    // The neutral rows' activities with the weights before the update, as pos and neg get.
+    const hNeutral = this.forward(neutral!);
+    const step = this.ffStep(ff!, nPos, lr);
+    const hn = tf.tidy(() => this.normalise(hNeutral));
+    const { logits, loss } = this.readout.trainStep(hn, labels, lr);
+    const h = tf.concat([step.h, hNeutral]);
+    tf.dispose([ff!, neutral!, hNeutral, hn, step.h]);
+    return { h, stats: step.stats, logits, readoutLoss: loss };
+  }
+
+  private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
     return tf.tidy(() => {
       const rows = 2 * nPos;
       const s = this.signsFor(nPos);
@@ -236,6 +285,8 @@ export class FFLayer {
       for (const [name, t] of this.optimizer.state(names))
         out.set(name, { shape: [...t.shape], data: t.dataSync() as Float32Array });
     }
+    for (const [name, t] of this.readout?.exportState(prefix, withOptimizer) ?? [])
+      out.set(name, t);
     return out;
   }
 
@@ -263,6 +314,7 @@ export class FFLayer {
       }
       tf.tidy(() => v.assign(tf.tensor(t.data, v.shape)));
     }
+    this.readout?.importState(prefix, tensors);
   }
 
   dispose(): void {
@@ -270,6 +322,7 @@ export class FFLayer {
     this.bias.dispose();
     this.optimizer.dispose();
     this.peerMean?.dispose();
+    this.readout?.dispose();
     for (const s of this.signs.values()) s.dispose();
     this.signs.clear();
   }

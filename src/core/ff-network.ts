@@ -15,6 +15,16 @@ export interface ModelConfig {
   normEps: number;
   /** Peer normalisation: the weight of its term (0: off) and the decay of its running mean. */
   peerNorm?: { weight: number; decay: number };
+  /** A softmax readout on every layer. */
+  readout?: boolean;
+}
+
+/** A layer's report of one training step. */
+export interface LayerStep extends StepStats {
+  seconds: number;
+  /** With a readout: its logits for the batch's neutral rows [nPos, classes], and its loss. */
+  logits?: Float32Array;
+  readoutLoss?: number;
 }
 
 /**
@@ -64,6 +74,7 @@ export function buildLayer(
       seed: layerSeed(runSeed, index),
       peerNorm: model.peerNorm?.weight ?? 0,
       peerDecay: model.peerNorm?.decay ?? 0.9,
+      readout: model.readout ?? false,
     },
     optimizer,
   );
@@ -77,32 +88,62 @@ export class FFNetwork {
   }
 
   /**
-   * Trains every layer on one batch x = [pos; neg] (2*nPos rows); returns stats per layer, with
-   * the seconds each layer's step took.
+   * Trains every layer on one batch x = [pos; neg] (2*nPos rows; with readouts [pos; neg;
+   * neutral] and the true `labels`); returns stats per layer, with the seconds each layer's
+   * step took.
    */
-  trainBatch(x: Float32Array, nPos: number, lr: number): (StepStats & { seconds: number })[] {
+  trainBatch(x: Float32Array, nPos: number, lr: number, labels?: ArrayLike<number>): LayerStep[] {
     const inDim = this.layers[0]!.config.inDim;
-    let input = tf.tensor2d(x, [2 * nPos, inDim]);
-    const stats: (StepStats & { seconds: number })[] = [];
+    let input = tf.tensor2d(x, [x.length / inDim, inDim]);
+    const stats: LayerStep[] = [];
     try {
       for (const layer of this.layers) {
         const t0 = performance.now();
-        const step = layer.trainStep(input, nPos, lr);
+        const step = layer.trainStep(input, nPos, lr, labels);
         input.dispose();
         input = step.h;
         const [loss, goodnessPos, goodnessNeg] = step.stats.dataSync();
         step.stats.dispose();
-        stats.push({
+        const out: LayerStep = {
           loss: loss!,
           goodnessPos: goodnessPos!,
           goodnessNeg: goodnessNeg!,
-          seconds: (performance.now() - t0) / 1000,
-        });
+          seconds: 0,
+        };
+        if (step.logits) {
+          out.logits = step.logits.dataSync() as Float32Array;
+          out.readoutLoss = step.readoutLoss!;
+          step.logits.dispose();
+        }
+        out.seconds = (performance.now() - t0) / 1000;
+        stats.push(out);
       }
     } finally {
       input.dispose();
     }
     return stats;
+  }
+
+  /**
+   * Every layer's readout log-probabilities for images with a neutral label (x: [rows, dim]),
+   * label-major as goodness() gives them: value c*rows + i is image i's for label c.
+   */
+  readoutScores(x: Float32Array, rows: number): Float32Array[] {
+    let input = tf.tensor2d(x, [rows, this.layers[0]!.config.inDim]);
+    const out: Float32Array[] = [];
+    try {
+      for (const layer of this.layers) {
+        const h = layer.forward(input);
+        input.dispose();
+        input = h;
+        const s = tf.tidy(() => tf.transpose(layer.readoutScores(h)));
+        out.push(s.dataSync() as Float32Array);
+        s.dispose();
+      }
+    } finally {
+      input.dispose();
+    }
+    return out;
   }
 
   /** Goodness of every row of x at every layer (for evaluation: x holds label overlays). */

@@ -17,6 +17,13 @@ export interface EvalResult {
   perLayerSet: { name: string; accuracy: number }[];
   /** confusion[true][predicted], for the configured rule. */
   confusion: number[][];
+  /**
+   * With readouts, how the run predicts (eval.rule: the figures above are that method's), and
+   * both methods' figures side by side.
+   */
+  method?: 'goodness' | 'readout';
+  goodness?: EvalResult;
+  readout?: EvalResult;
 }
 
 /** The sets reported: every layer, all but the first, and each layer alone. */

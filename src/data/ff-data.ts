@@ -207,6 +207,15 @@ export function sampleHardNegativeLabels(
   return out;
 }
 
+/** The rows of `probs` ([*, NUM_CLASSES]) of the given images, in their order. */
+function rowsOf(probs: Float32Array, rows: Uint32Array): Float32Array {
+  const out = new Float32Array(rows.length * NUM_CLASSES);
+  rows.forEach((r, i) =>
+    out.set(probs.subarray(r * NUM_CLASSES, (r + 1) * NUM_CLASSES), i * NUM_CLASSES),
+  );
+  return out;
+}
+
 export interface BatchSamplerOptions {
   /** count*dim pixels, already scaled (see toFloat). */
   images: Float32Array;
@@ -228,6 +237,14 @@ export interface BatchSamplerOptions {
   imageShape?: readonly [number, number];
   /** The scaled value of a black pixel (0 with 'unit' scaling). */
   background?: number;
+  /** Each image a third time after the negatives, with a neutral label (for a readout). */
+  neutral?: boolean;
+  /**
+   * Hard negatives: `fraction` of the negative labels drawn from `probs(epoch)`, predicted
+   * probabilities of every training image ([count, NUM_CLASSES], by image index; null for
+   * uniform negatives that epoch). Read once as each epoch starts.
+   */
+  hardNegatives?: { fraction: number; probs: (epoch: number) => Float32Array | null };
 }
 
 /** Rng stream of the jitter draws: epoch e uses JITTER_STREAM + e, apart from the order's. */
@@ -265,13 +282,25 @@ export function shiftImage(
 export interface Batch {
   index: number;
   size: number;
-  /** [2*size, dim]: positive rows first, then negative rows; the layout the trainer sends. */
+  /**
+   * [2*size, dim]: positive rows first, then negative rows; the layout the trainer sends.
+   * With neutral rows, [3*size, dim]: those come last.
+   */
   x: Float32Array;
   /** Views of x. */
   pos: Float32Array;
   neg: Float32Array;
+  /** Empty without neutral rows. */
+  neutral: Float32Array;
   labels: Uint8Array;
   negLabels: Uint8Array;
+  /** Which training image each row is (its index in the data set). */
+  rows: Uint32Array;
+}
+
+/** The neutral label: every label pixel onValue / NUM_CLASSES (they sum to onValue). */
+function writeNeutral(out: Float32Array, offset: number, onValue: number): void {
+  out.fill(onValue / NUM_CLASSES, offset, offset + NUM_CLASSES);
 }
 
 /**
@@ -325,14 +354,19 @@ export class BatchSampler {
     const order = shuffle ? rng.permutation(this.count) : null;
     const jitterRng = jitter > 0 ? Rng.derive(this.opts.seed, JITTER_STREAM + epochIndex) : null;
     const [rows, cols] = this.opts.imageShape ?? [0, 0];
+    const copies = this.opts.neutral ? 3 : 2;
+    const hard = this.opts.hardNegatives;
+    const probs = hard?.probs(epochIndex) ?? null;
     for (let index = 0; index < this.batchesPerEpoch; index++) {
       const start = index * this.batchSize;
       const size = Math.min(this.batchSize, this.count - start);
       // Fresh arrays per batch: the consumer may still be sending the previous one.
-      const x = new Float32Array(2 * size * dim);
+      const x = new Float32Array(copies * size * dim);
       const batchLabels = new Uint8Array(size);
+      const batchRows = new Uint32Array(size);
       for (let i = 0; i < size; i++) {
         const row = order ? order[start + i]! : start + i;
+        batchRows[i] = row;
         const image = images.subarray(row * dim, (row + 1) * dim);
         if (jitterRng) {
           const dy = jitterRng.int(2 * jitter + 1) - jitter;
@@ -345,19 +379,27 @@ export class BatchSampler {
         }
         batchLabels[i] = labels[row]!;
       }
-      const negLabels = sampleNegativeLabels(batchLabels, rng);
+      const negLabels = probs
+        ? sampleHardNegativeLabels(batchLabels, rowsOf(probs, batchRows), hard!.fraction, rng)
+        : sampleNegativeLabels(batchLabels, rng);
       for (let i = 0; i < size; i++) {
         writeOneHot(x, i * dim, batchLabels[i]!, onValue);
         writeOneHot(x, (size + i) * dim, negLabels[i]!, onValue);
+      }
+      if (copies === 3) {
+        x.copyWithin(2 * size * dim, 0, size * dim);
+        for (let i = 0; i < size; i++) writeNeutral(x, (2 * size + i) * dim, onValue);
       }
       yield {
         index,
         size,
         x,
         pos: x.subarray(0, size * dim),
-        neg: x.subarray(size * dim),
+        neg: x.subarray(size * dim, 2 * size * dim),
+        neutral: x.subarray(2 * size * dim, copies * size * dim),
         labels: batchLabels,
         negLabels,
+        rows: batchRows,
       };
     }
   }

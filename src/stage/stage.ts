@@ -604,7 +604,7 @@ export class Stage {
             `layer ${layer}: cannot resume: ${(err as Error).message}`,
           );
         }
-        fresh.optimizer.step = config.optimizerStep;
+        fresh.steps = config.optimizerStep;
       }
       this.layer?.dispose();
       this.layer = fresh;
@@ -792,7 +792,7 @@ export class Stage {
         layer: this.opts.layer,
         run: run.id,
         epoch: header.epoch,
-        optimizerStep: layer.optimizer.step,
+        optimizerStep: layer.steps,
         tensors,
       });
       return;

@@ -1,0 +1,112 @@
+// Runs with readouts and hard negatives (single process): both prediction rules reported, the
+// saved weights reproduce them, and a run resumed from a checkpoint ends with the bits of one
+// that went straight through (the table hard negatives draw from is in the checkpoint).
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { EvalResult } from '../src/core/predict.js';
+import { decodeSafetensors } from '../src/core/safetensors.js';
+import { smallRun, trainLocally } from './helpers/runs.js';
+import { killAll, ROOT, runNode } from './helpers/spawn.js';
+import { maxWeightDiff } from './helpers/weights.js';
+
+const CLI = join(ROOT, 'dist', 'src', 'cli', 'ffx-coordinator.js');
+const READOUT = [
+  '--set',
+  'model.readout=true',
+  '--set',
+  'negatives.kind=hard',
+  '--set',
+  'negatives.hard=0.7',
+  '--set',
+  'eval.rule=readout',
+];
+
+describe('readout and hard negatives', () => {
+  let dir = '';
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ffx-readout-'));
+  });
+  after(async () => {
+    killAll();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reports both rules; eval --local of the saved weights reproduces them', async () => {
+    const run = await trainLocally([...smallRun(3), ...READOUT], join(dir, 'full'), 120_000);
+    assert.equal(run.code, 0, run.stderr);
+    const saved = JSON.parse(await readFile(join(dir, 'full', 'eval.json'), 'utf8')) as EvalResult;
+    assert.equal(saved.method, 'readout');
+    assert.equal(saved.accuracy, saved.readout!.accuracy);
+    assert.deepEqual(saved.confusion, saved.readout!.confusion);
+    assert.ok(saved.goodness!.accuracy > 0.5, `goodness ${saved.goodness!.accuracy}`);
+    assert.ok(saved.readout!.accuracy > 0.5, `readout ${saved.readout!.accuracy}`);
+    const names = [
+      ...decodeSafetensors(await readFile(join(dir, 'full', 'model.safetensors'))).tensors.keys(),
+    ];
+    for (const n of ['layers.0.readout.weight', 'layers.1.readout.bias', 'negatives.predictions']) {
+      assert.ok(names.includes(n), n);
+    }
+
+    const again = await runNode(
+      [
+        CLI,
+        'eval',
+        '--local',
+        '--backend',
+        'wasm',
+        '--threads',
+        '1',
+        '--json',
+        '--weights',
+        join(dir, 'full', 'model.safetensors'),
+      ],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(again.code, 0, again.stderr);
+    const result = JSON.parse(again.stdout.trim().split('\n').at(-1)!) as EvalResult;
+    assert.deepEqual(result.readout, saved.readout);
+    assert.deepEqual(result.goodness, saved.goodness);
+  });
+
+  it('a run resumed after epoch 2 ends with the bits of one that went straight through', async () => {
+    // The full run's checkpoint after epoch 2 holds epoch 2's predictions: epoch 3 draws its
+    // hard negatives from them, resumed or not.
+    const resumed = await trainLocally(
+      [...smallRun(3), ...READOUT, '--resume', join(dir, 'full', 'checkpoint-epoch2.safetensors')],
+      join(dir, 'resumed'),
+      120_000,
+    );
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.equal(
+      await maxWeightDiff(
+        join(dir, 'full', 'model.safetensors'),
+        join(dir, 'resumed', 'model.safetensors'),
+      ),
+      0,
+    );
+    // Hard negatives changed what was trained: not the weights of uniform negatives.
+    const uniform = await trainLocally(
+      [...smallRun(3), '--set', 'model.readout=true'],
+      join(dir, 'uniform'),
+      120_000,
+    );
+    assert.equal(uniform.code, 0, uniform.stderr);
+    assert.ok(
+      (await maxWeightDiff(
+        join(dir, 'full', 'model.safetensors'),
+        join(dir, 'uniform', 'model.safetensors'),
+      ).catch(() => 1)) > 0,
+    );
+  });
+
+  it('a distributed run refuses readouts for now, naming the key (exit 2)', async () => {
+    const r = await runNode([CLI, 'train', ...smallRun(1), ...READOUT, '--register-timeout', '5'], {
+      timeoutMs: 30_000,
+    });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /CONFIG_INVALID.*model\.readout/);
+  });
+});
