@@ -76,6 +76,7 @@ function forged(i: number): ControlMessage {
       waitMs: 0,
       transportMs: 0,
       blockedMs: 0,
+      logits: new Float32Array(0),
     },
     {
       type: 'weights',

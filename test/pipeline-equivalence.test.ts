@@ -107,4 +107,34 @@ describe('3-stage pipeline vs single-process reference', () => {
       (await maxWeightDiff(a!, join(dir, 'local', 'model.safetensors')).catch(() => 1)) > 0,
     );
   });
+
+  it('with readouts and hard negatives, over 2 epochs: the same bits and the same predictions', async () => {
+    // Epoch 2 draws hard negatives from what the readouts predicted in epoch 1: the stages'
+    // logits, gathered by the coordinator, must be the ones the single process computes.
+    const run = [
+      ...RUN.map((a, i) => (RUN[i - 1] === '--epochs' ? '2' : a)),
+      '--set',
+      'model.readout=true',
+      '--set',
+      'negatives.kind=hard',
+      '--set',
+      'eval.rule=readout',
+    ];
+    const local = await trainLocally(run, join(dir, 'local-readout'), 90_000);
+    assert.equal(local.code, 0, local.stderr);
+    const piped = await trainPipelined(run, join(dir, 'piped-readout'));
+    assert.equal(piped.code, 0, piped.stderr);
+    const [a, b] = ['local-readout', 'piped-readout'].map((r) => join(dir, r));
+    assert.equal(
+      await maxWeightDiff(join(a!, 'model.safetensors'), join(b!, 'model.safetensors')),
+      0,
+    );
+    const { tensors } = decodeSafetensors(await readFile(join(b!, 'model.safetensors')));
+    assert.ok(tensors.get('negatives.predictions')!.data.some((p) => p > 0.5));
+    assert.ok(tensors.has('layers.2.readout.weight'));
+    const ea = JSON.parse(await readFile(join(a!, 'eval.json'), 'utf8')) as EvalResult;
+    const eb = JSON.parse(await readFile(join(b!, 'eval.json'), 'utf8')) as EvalResult;
+    assert.equal(eb.method, 'readout');
+    assert.deepEqual(eb, ea);
+  });
 });

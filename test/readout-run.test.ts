@@ -101,12 +101,4 @@ describe('readout and hard negatives', () => {
       ).catch(() => 1)) > 0,
     );
   });
-
-  it('a distributed run refuses readouts for now, naming the key (exit 2)', async () => {
-    const r = await runNode([CLI, 'train', ...smallRun(1), ...READOUT, '--register-timeout', '5'], {
-      timeoutMs: 30_000,
-    });
-    assert.equal(r.code, 2, r.stderr);
-    assert.match(r.stderr, /CONFIG_INVALID.*model\.readout/);
-  });
 });

@@ -91,6 +91,8 @@ describe('ffx-stage protocol', () => {
           threshold: 2,
           normEps: 1e-8,
           overlayValue: 1,
+          peerNorm: { weight: 0, decay: 0.9 },
+          readout: false,
         },
         optimizer: {
           type: 'adam',
@@ -214,6 +216,42 @@ describe('ffx-stage protocol', () => {
             tensors: [{ name: 'x', shape: [8, IN] }],
           },
           [new Float32Array(8 * IN)],
+        ),
+      'BAD_SHAPE',
+    ],
+    [
+      'labels for a readout this layer does not have',
+      () =>
+        encodeData(
+          {
+            kind: 'train',
+            run: 'test',
+            epoch: 0,
+            seq: 1,
+            nPos: 3,
+            lr: 0.01,
+            tensors: [
+              { name: 'x', shape: [9, IN] },
+              { name: 'y', shape: [3] },
+            ],
+          },
+          [new Float32Array(9 * IN), new Float32Array([1, 2, 3])],
+        ),
+      'BAD_SHAPE',
+    ],
+    [
+      'a readout evaluation on a layer without one',
+      () =>
+        encodeData(
+          {
+            kind: 'eval',
+            run: 'test',
+            epoch: 0,
+            seq: 1,
+            images: 2,
+            tensors: [{ name: 'x', shape: [2, IN] }],
+          },
+          [new Float32Array(2 * IN)],
         ),
       'BAD_SHAPE',
     ],

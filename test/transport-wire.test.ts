@@ -164,14 +164,38 @@ describe('data round trips', () => {
     assert.deepEqual(again.header, first);
   });
 
-  it('extra tensors after x round-trip in order', () => {
-    const x = ramp(4, 3);
-    const w = new Float32Array([1, 2]);
+  it("a readout run's labels 'y' round-trip after x, which then has 3 * nPos rows", () => {
+    const x = ramp(6, 3);
+    const y = new Float32Array([3, 9]);
     const init = trainHeader(2, 3);
-    init.tensors.push({ name: 'w', shape: [2] });
-    const { tensors } = decodeData(encodeData(init, [x, w]));
+    init.tensors = [
+      { name: 'x', shape: [6, 3] },
+      { name: 'y', shape: [2] },
+    ];
+    const { tensors } = decodeData(encodeData(init, [x, y]), { checkFinite: true });
     assertSameBytes(tensors[0]!, x);
-    assertSameBytes(tensors[1]!, w);
+    assertSameBytes(tensors[1]!, y);
+    // Any other extra tensor, 2 * nPos rows with labels, or labels that are no class: refused.
+    const other = { ...init, tensors: [init.tensors[0]!, { name: 'w', shape: [2] }] };
+    assert.throws(() => encodeData(other, [x, y]), rejects('BAD_SHAPE', "'w' [2]"));
+    const short = { ...init, tensors: [{ name: 'x', shape: [4, 3] }, init.tensors[1]!] };
+    assert.throws(() => encodeData(short, [ramp(4, 3), y]), rejects('BAD_SHAPE', '3 * nPos'));
+    for (const bad of [10, 2.5, -1]) {
+      const frames = encodeData(init, [x, new Float32Array([1, bad])]);
+      assert.throws(
+        () => decodeData(frames, { checkFinite: true }),
+        rejects('BAD_SHAPE', `y[1] is ${bad}`),
+      );
+    }
+  });
+
+  it('an eval message of neutral rows (one per image, for the readouts) round-trips', () => {
+    const x = ramp(3, 4);
+    const header = { kind: 'eval' as const, run: 'r', epoch: 0, seq: 0, images: 3 };
+    const { tensors } = decodeData(
+      encodeData({ ...header, tensors: [{ name: 'x', shape: [3, 4] }] }, [x]),
+    );
+    assertSameBytes(tensors[0]!, x);
   });
 
   it('an unaligned frame decodes correctly through one bulk copy', () => {
@@ -367,7 +391,7 @@ describe('malformed data messages are rejected with a code and the field named',
     };
     assert.throws(
       () => decodeData(rawFrames(header, new Uint8Array(x.buffer))),
-      rejects('BAD_SHAPE', 'images', '10 * 3', '[20, 4]'),
+      rejects('BAD_SHAPE', 'images', '10 * images = 30', '[20, 4]'),
     );
   });
 
@@ -519,6 +543,7 @@ describe('control and result messages', () => {
       waitMs: 0,
       transportMs: 0.5,
       blockedMs: 0.25,
+      logits: new Float32Array(0),
     },
     { type: 'ack', layer: 2, run: 'r1', op: 'end', id: 3, epoch: 0 },
     { type: 'rejected', layer: 1, run: 'r1', code: 'BAD_WIDTH', reason: 'width 500, expects 784' },

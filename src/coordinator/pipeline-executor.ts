@@ -7,7 +7,7 @@
 // abandoned attempt (its batches still in flight, its late reports) can reach the next one.
 import { randomUUID } from 'node:crypto';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
-import { ConfigError, type RunConfig } from '../config/config.js';
+import type { RunConfig } from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
 import { MAX_HEADER_BYTES, type WeightsMessage } from '../transport/wire.js';
@@ -44,16 +44,6 @@ export class PipelineExecutor implements Executor {
   private markerId = 0;
 
   constructor(cfg: RunConfig, opts: PipelineOptions) {
-    if (cfg.model.readout) {
-      // Refused before any socket opens, rather than half-run.
-      throw new ConfigError(
-        'CONFIG_INVALID',
-        'model.readout',
-        true,
-        'model.readout (and with it hard negatives and eval.rule "readout") runs with --local ' +
-          'only so far: stages do not train readouts yet',
-      );
-    }
     this.cfg = cfg;
     this.opts = opts;
     this.numLayers = cfg.model.layers.length - 1;
@@ -93,6 +83,7 @@ export class PipelineExecutor implements Executor {
           transportSeconds: msg.transportMs / 1000,
           blockedSeconds: msg.blockedMs / 1000,
         },
+        ...(msg.logits.length > 0 && { logits: msg.logits }),
       });
     });
     await this.cluster.bind();
@@ -124,18 +115,22 @@ export class PipelineExecutor implements Executor {
   }
 
   async train(batch: TrainBatch, lr: number): Promise<void> {
-    const rows = 2 * batch.size;
+    const { size } = batch;
+    const readout = this.cfg.model.readout;
+    const rows = (readout ? 3 : 2) * size;
+    const x = { name: 'x', shape: [rows, batch.x.length / rows] };
     await this.cluster.send(
       {
         kind: 'train',
         run: this.cluster.run,
         epoch: batch.epoch,
         seq: batch.index,
-        nPos: batch.size,
+        nPos: size,
         lr,
-        tensors: [{ name: 'x', shape: [rows, batch.x.length / rows] }],
+        // With readouts, the labels they train on travel with the batch.
+        tensors: readout ? [x, { name: 'y', shape: [size] }] : [x],
       },
-      [batch.x],
+      readout ? [batch.x, Float32Array.from(batch.labels)] : [batch.x],
     );
     this.sent++;
     this.workSentAt.push(Date.now());
@@ -170,7 +165,7 @@ export class PipelineExecutor implements Executor {
         pending.set(batch.index, { batch, goodness: [], got: 0 });
         sent++;
         this.workSentAt.push(Date.now());
-        const rows = NUM_CLASSES * batch.images;
+        const rows = batch.rule === 'readout' ? batch.images : NUM_CLASSES * batch.images;
         await this.cluster.send(
           {
             kind: 'eval',

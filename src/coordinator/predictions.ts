@@ -4,6 +4,7 @@
 // the previous epoch wrote (frozen as it starts) and writes a new one. Everything in it comes
 // from the layers' reports in layer order, so it is the same whichever executor ran them.
 import { NUM_CLASSES } from '../data/ff-data.js';
+import { FfxError } from '../errors.js';
 import type { NamedTensor } from '../core/safetensors.js';
 
 /** The table's tensor in a checkpoint: [images, classes] probabilities. */
@@ -44,6 +45,13 @@ export class PredictionTable {
     const batch = this.pending.get(index);
     const at = this.layers.indexOf(layer - 1);
     if (!batch || at < 0) return;
+    if (logits.length !== batch.rows.length * NUM_CLASSES) {
+      throw new FfxError(
+        'CLUSTER_STAGE_ERROR',
+        `layer ${layer}: ${logits.length} readout logits for batch ${index + 1} of ` +
+          `${batch.rows.length} images (${batch.rows.length * NUM_CLASSES} expected)`,
+      );
+    }
     batch.logits[at] = logits;
     if (this.layers.some((_, i) => batch.logits[i] === undefined)) return;
     this.pending.delete(index);

@@ -112,8 +112,9 @@ const CONTROL_MAX_BYTES = 2 * 1024 ** 3;
 
 /** The largest data message of a run, for a stage whose input is `inDim` wide. */
 function largestDataMessage(config: ConfigMessage, inDim: number): number {
-  const rows = Math.max(2 * config.batchSize, NUM_CLASSES * config.evalBatchSize);
-  return rows * inDim * 4 + MAX_HEADER_BYTES;
+  // With readouts a batch carries its images a third time (neutral rows), and their labels.
+  const rows = Math.max(3 * config.batchSize, NUM_CLASSES * config.evalBatchSize);
+  return rows * inDim * 4 + config.batchSize * 4 + MAX_HEADER_BYTES;
 }
 
 /** Timing of a forward that did not happen (the last stage). */
@@ -633,7 +634,7 @@ export class Stage {
     try {
       msg = decodeData(frames);
       if (run && msg.header.run === run.id) {
-        checkBatch(msg.header, run.config);
+        checkBatch(msg.header, run.config, this.layer!.readout !== null);
         checkData(msg, { width: this.layer!.config.inDim, checkFinite: true });
       }
     } catch (err) {
@@ -655,7 +656,7 @@ export class Stage {
     try {
       switch (header.kind) {
         case 'train':
-          await this.onTrain(run, header, msg.tensors[0]!, waitMs, decodeMs);
+          await this.onTrain(run, header, msg.tensors, waitMs, decodeMs);
           break;
         case 'eval':
           await this.onEval(run, header, msg.tensors[0]!, waitMs, decodeMs);
@@ -693,7 +694,7 @@ export class Stage {
   private async onTrain(
     run: Run,
     header: TrainHeader,
-    x: Float32Array,
+    [x, y]: Float32Array[],
     waitMs: number,
     decodeMs: number,
   ): Promise<void> {
@@ -705,15 +706,18 @@ export class Stage {
     this.enter('training', `train batch ${header.seq} of epoch ${header.epoch + 1}`);
     const layer = this.layer!;
     const t0 = performance.now();
-    const input = tf.tensor2d(x, [2 * header.nPos, layer.config.inDim]);
-    const { h, stats } = layer.trainStep(input, header.nPos, header.lr);
+    const input = tf.tensor2d(x!, [x!.length / layer.config.inDim, layer.config.inDim]);
+    const { h, stats, logits } = layer.trainStep(input, header.nPos, header.lr, y);
     input.dispose();
     // The last stage has nowhere to send its activations: no copy out of the backend.
     const out = run.downstream ? (h.dataSync() as Float32Array) : null;
     const [loss, goodnessPos, goodnessNeg] = stats.dataSync() as Float32Array;
-    tf.dispose([h, stats]);
+    const readout = logits ? (logits.dataSync() as Float32Array) : new Float32Array(0);
+    tf.dispose([h, stats, logits]);
     const stepMs = performance.now() - t0;
-    const { encodeMs, blockedMs } = out ? await this.forward(run, header, [out]) : NOT_SENT;
+    // The labels travel on with the activations: every readout downstream trains on them.
+    const sent = y ? [out!, y] : [out!];
+    const { encodeMs, blockedMs } = out ? await this.forward(run, header, sent) : NOT_SENT;
     const transportMs = decodeMs + encodeMs;
     await this.sendResult(run, {
       type: 'stats',
@@ -728,6 +732,7 @@ export class Stage {
       waitMs,
       transportMs,
       blockedMs,
+      logits: readout,
     });
     this.opts.metrics?.onTrainStep({
       samples: header.nPos,
@@ -753,10 +758,16 @@ export class Stage {
     this.enter('evaluating', `eval batch ${header.seq}`);
     const layer = this.layer!;
     const t0 = performance.now();
-    const input = tf.tensor2d(x, [header.tensors[0]!.shape[0]!, layer.config.inDim]);
+    const rows = header.tensors[0]!.shape[0]!;
+    const input = tf.tensor2d(x, [rows, layer.config.inDim]);
     const h = layer.forward(input);
     input.dispose();
-    const g = layer.goodness(h);
+    // One row per image: neutral labels, the readout's log-probabilities, label-major as
+    // goodness is.
+    const g =
+      rows === header.images
+        ? tf.tidy(() => tf.transpose(layer.readoutScores(h)).reshape([-1]))
+        : layer.goodness(h);
     const goodness = g.dataSync() as Float32Array;
     const out = run.downstream ? (h.dataSync() as Float32Array) : null;
     tf.dispose([h, g]);
@@ -834,9 +845,10 @@ export class Stage {
     if (!run.downstream) return NOT_SENT;
     const t0 = performance.now();
     const outDim = this.layer!.config.outDim;
+    // 'x' becomes this layer's activations; other tensors ('y') pass on as they came.
     const shaped = header.tensors
       .slice(0, tensors.length)
-      .map((t) => ({ name: t.name, shape: [t.shape[0]!, outDim] }));
+      .map((t, i) => (i === 0 ? { name: t.name, shape: [t.shape[0]!, outDim] } : t));
     const frames = encodeData({ ...header, tensors: shaped }, tensors);
     this.opts.metrics?.onSent(
       header.kind,
@@ -910,7 +922,18 @@ function delay(ms: number): Promise<void> {
 }
 
 /** A batch no larger than the run's: the size this stage checked its memory for. */
-function checkBatch(header: DataHeader, config: ConfigMessage): void {
+function checkBatch(header: DataHeader, config: ConfigMessage, readout: boolean): void {
+  if (header.kind === 'train' && (header.tensors.length === 2) !== readout) {
+    throw new ProtocolError(
+      'BAD_SHAPE',
+      readout
+        ? "a train message of this run carries the labels 'y' (its layers have readouts)"
+        : "a train message of this run carries no labels 'y' (its layers have no readouts)",
+    );
+  }
+  if (header.kind === 'eval' && !readout && header.tensors[0]!.shape[0] === header.images) {
+    throw new ProtocolError('BAD_SHAPE', 'a readout evaluation, but this layer has no readout');
+  }
   const [n, max, what] =
     header.kind === 'train'
       ? [header.nPos, config.batchSize, 'nPos']

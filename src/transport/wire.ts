@@ -6,7 +6,7 @@ import { Packr } from 'msgpackr';
 import { NUM_CLASSES } from '../data/classes.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 6;
+export const PROTOCOL_VERSION = 7;
 /** The largest data header (frame 0) a receiver decodes. */
 export const MAX_HEADER_BYTES = 64 * 1024;
 
@@ -40,7 +40,11 @@ interface HeaderBase {
   tensors: TensorSpec[];
 }
 
-/** Tensor 'x' (first) is [2 * nPos, d]: the positive rows, then the negative rows. */
+/**
+ * Tensor 'x' (first) is [2 * nPos, d]: the positive rows, then the negative rows. In a run
+ * with readouts, x is [3 * nPos, d] (then the neutral rows) and tensor 'y' [nPos] holds the
+ * true labels (as floats), which the readouts train on.
+ */
 export interface TrainHeader extends HeaderBase {
   kind: 'train';
   nPos: number;
@@ -50,7 +54,7 @@ export interface TrainHeader extends HeaderBase {
 
 /**
  * Tensor 'x' (first) is [NUM_CLASSES * images, d], label-major: image i with label c is row
- * c * images + i.
+ * c * images + i; or, to evaluate the readouts, [images, d]: each image once, neutral label.
  */
 export interface EvalHeader extends HeaderBase {
   kind: 'eval';
@@ -160,6 +164,15 @@ export function checkData(msg: DataMessage, expect: DecodeExpect): void {
   if (expect.checkFinite) {
     header.tensors.forEach((spec, i) => checkFinite(spec, tensors[i]!));
   }
+  const y = header.tensors[1]?.name === 'y' ? tensors[1] : undefined;
+  y?.forEach((label, i) => {
+    if (!Number.isInteger(label) || label < 0 || label >= NUM_CLASSES) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `tensor 'y' holds labels 0..${NUM_CLASSES - 1}; y[${i}] is ${label}`,
+      );
+    }
+  });
 }
 
 function checkDataHeader(h: Obj): DataHeader {
@@ -192,15 +205,6 @@ function checkDataHeader(h: Obj): DataHeader {
     }
     return header;
   }
-  let rows: number;
-  if (header.kind === 'train') {
-    check(h, 'header', 'nPos', 'posint');
-    check(h, 'header', 'lr', 'finite');
-    rows = 2 * header.nPos;
-  } else {
-    check(h, 'header', 'images', 'posint');
-    rows = NUM_CLASSES * header.images;
-  }
   const x = tensors[0];
   if (x === undefined || x.name !== 'x' || x.shape.length !== 2) {
     throw new ProtocolError(
@@ -209,14 +213,37 @@ function checkDataHeader(h: Obj): DataHeader {
         (x === undefined ? 'no tensors' : `'${x.name}' ${fmtShape(x.shape)}`),
     );
   }
-  if (x.shape[0] !== rows) {
-    const why =
-      header.kind === 'train'
-        ? `2 * nPos = 2 * ${header.nPos}`
-        : `${NUM_CLASSES} * images = ${NUM_CLASSES} * ${header.images}`;
+  let rows: number[];
+  let why: string;
+  if (header.kind === 'train') {
+    check(h, 'header', 'nPos', 'posint');
+    check(h, 'header', 'lr', 'finite');
+    const n = header.nPos;
+    const y = tensors[1];
+    if (tensors.length > 2 || (y && (y.name !== 'y' || y.shape.join() !== String(n)))) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `a train message carries 'x' and optionally 'y' [${n}]; got ` +
+          tensors.map((t) => `'${t.name}' ${fmtShape(t.shape)}`).join(', '),
+      );
+    }
+    rows = [y ? 3 * n : 2 * n];
+    why = y ? `3 * nPos = 3 * ${n} (with labels 'y')` : `2 * nPos = 2 * ${n}`;
+  } else {
+    check(h, 'header', 'images', 'posint');
+    if (tensors.length !== 1) {
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        `an eval message carries one tensor 'x'; got ${tensors.length}`,
+      );
+    }
+    rows = [NUM_CLASSES * header.images, header.images];
+    why = `${NUM_CLASSES} * images = ${NUM_CLASSES * header.images} or images = ${header.images}`;
+  }
+  if (!rows.includes(x.shape[0]!)) {
     throw new ProtocolError(
       'BAD_SHAPE',
-      `tensor 'x' shape ${fmtShape(x.shape)} must have ${why} = ${rows} rows`,
+      `tensor 'x' shape ${fmtShape(x.shape)} must have ${why} rows`,
     );
   }
   return header;
@@ -438,6 +465,8 @@ export interface StatsMessage {
   waitMs: number;
   /** Time spent decoding this message and encoding the activations. */
   transportMs: number;
+  /** With a readout: its logits for the batch's neutral rows [nPos, classes]; else empty. */
+  logits: Float32Array;
   /** Time the send downstream waited for room (backpressure from a slower next stage). */
   blockedMs: number;
 }
@@ -559,6 +588,7 @@ const CONTROL_FIELDS = {
     waitMs: 'number',
     transportMs: 'number',
     blockedMs: 'number',
+    logits: 'f32',
   },
   goodness: {
     layer: 'uint',
