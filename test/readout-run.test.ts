@@ -69,6 +69,59 @@ describe('readout and hard negatives', () => {
     const result = JSON.parse(again.stdout.trim().split('\n').at(-1)!) as EvalResult;
     assert.deepEqual(result.readout, saved.readout);
     assert.deepEqual(result.goodness, saved.goodness);
+
+    // One rule alone: the readout's one pass per image, or goodness's ten.
+    const weights = join(dir, 'full', 'model.safetensors');
+    const only = async (rule: string) => {
+      const r = await runNode(
+        [
+          CLI,
+          'eval',
+          '--local',
+          '--backend',
+          'wasm',
+          '--threads',
+          '1',
+          '--json',
+          '--rule',
+          rule,
+          '--weights',
+          weights,
+        ],
+        { timeoutMs: 60_000 },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as EvalResult;
+    };
+    const readout = await only('readout');
+    assert.equal(readout.method, 'readout');
+    assert.equal(readout.accuracy, saved.readout!.accuracy);
+    assert.deepEqual(readout.perLayerSet, saved.readout!.perLayerSet);
+    assert.equal(readout.goodness, undefined);
+    const goodness = await only('goodness');
+    assert.equal(goodness.method, 'goodness');
+    assert.deepEqual(goodness.confusion, saved.goodness!.confusion);
+  });
+
+  it('eval --rule readout of a model without readouts is a config error (exit 2)', async () => {
+    const plain = await trainLocally(smallRun(1), join(dir, 'plain'), 120_000);
+    assert.equal(plain.code, 0, plain.stderr);
+    const r = await runNode(
+      [
+        CLI,
+        'eval',
+        '--local',
+        '--backend',
+        'wasm',
+        '--rule',
+        'readout',
+        '--weights',
+        join(dir, 'plain', 'model.safetensors'),
+      ],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /CONFIG_INVALID.*--rule readout needs a model with readouts/);
   });
 
   it('a run resumed after epoch 2 ends with the bits of one that went straight through', async () => {

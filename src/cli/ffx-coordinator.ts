@@ -138,7 +138,12 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
       ? new LocalExecutor(cfg)
       : new PipelineExecutor(cfg, await pipelineOptions(a, 'eval', reporter, metrics));
     metrics?.onRun(executor.run, cfg.name);
-    result = await evaluateSplit(cfg, executor, split, { reporter, state });
+    const rule = a.rule as 'both' | 'goodness' | 'readout';
+    result = await evaluateSplit(cfg, executor, split, {
+      reporter,
+      state,
+      ...(rule !== 'both' && { only: rule }),
+    });
     metrics?.onEval(result);
   } finally {
     await exporter?.server.close();
@@ -246,6 +251,12 @@ export function buildCli(argv: string[]) {
               choices: ['test', 'train'] as const,
               default: 'test' as const,
               describe: 'which split to evaluate',
+            })
+            .option('rule', {
+              choices: ['both', 'goodness', 'readout'] as const,
+              default: 'both' as const,
+              describe:
+                'how to predict: goodness (10 passes per image), readout (one pass; needs model.readout), or both side by side',
             })
             .option('json', {
               type: 'boolean',
