@@ -50,29 +50,10 @@ describe('readout and hard negatives', () => {
       assert.ok(names.includes(n), n);
     }
 
-    const again = await runNode(
-      [
-        CLI,
-        'eval',
-        '--local',
-        '--backend',
-        'wasm',
-        '--threads',
-        '1',
-        '--json',
-        '--weights',
-        join(dir, 'full', 'model.safetensors'),
-      ],
-      { timeoutMs: 60_000 },
-    );
-    assert.equal(again.code, 0, again.stderr);
-    const result = JSON.parse(again.stdout.trim().split('\n').at(-1)!) as EvalResult;
-    assert.deepEqual(result.readout, saved.readout);
-    assert.deepEqual(result.goodness, saved.goodness);
-
-    // One rule alone: the readout's one pass per image, or goodness's ten.
+    // The saved weights alone give the same figures, both rules and each one alone (the
+    // readout's one pass per image, or goodness's ten).
     const weights = join(dir, 'full', 'model.safetensors');
-    const only = async (rule: string) => {
+    const evalOf = async (rule: string) => {
       const r = await runNode(
         [
           CLI,
@@ -93,12 +74,15 @@ describe('readout and hard negatives', () => {
       assert.equal(r.code, 0, r.stderr);
       return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as EvalResult;
     };
-    const readout = await only('readout');
+    const both = await evalOf('both');
+    assert.deepEqual(both.readout, saved.readout);
+    assert.deepEqual(both.goodness, saved.goodness);
+    const readout = await evalOf('readout');
     assert.equal(readout.method, 'readout');
     assert.equal(readout.accuracy, saved.readout!.accuracy);
     assert.deepEqual(readout.perLayerSet, saved.readout!.perLayerSet);
     assert.equal(readout.goodness, undefined);
-    const goodness = await only('goodness');
+    const goodness = await evalOf('goodness');
     assert.equal(goodness.method, 'goodness');
     assert.deepEqual(goodness.confusion, saved.goodness!.confusion);
   });

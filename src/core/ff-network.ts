@@ -129,25 +129,20 @@ export class FFNetwork {
    * label-major as goodness() gives them: value c*rows + i is image i's for label c.
    */
   readoutScores(x: Float32Array, rows: number): Float32Array[] {
-    let input = tf.tensor2d(x, [rows, this.layers[0]!.config.inDim]);
-    const out: Float32Array[] = [];
-    try {
-      for (const layer of this.layers) {
-        const h = layer.forward(input);
-        input.dispose();
-        input = h;
-        const s = tf.tidy(() => tf.transpose(layer.readoutScores(h)));
-        out.push(s.dataSync() as Float32Array);
-        s.dispose();
-      }
-    } finally {
-      input.dispose();
-    }
-    return out;
+    return this.perLayer(x, rows, (layer, h) => tf.transpose(layer.readoutScores(h)));
   }
 
   /** Goodness of every row of x at every layer (for evaluation: x holds label overlays). */
   goodness(x: Float32Array, rows: number): Float32Array[] {
+    return this.perLayer(x, rows, (layer, h) => layer.goodness(h));
+  }
+
+  /** x ([rows, dim]) forward through every layer; `score` of each layer's activations. */
+  private perLayer(
+    x: Float32Array,
+    rows: number,
+    score: (layer: FFLayer, h: tf.Tensor2D) => tf.Tensor,
+  ): Float32Array[] {
     let input = tf.tensor2d(x, [rows, this.layers[0]!.config.inDim]);
     const out: Float32Array[] = [];
     try {
@@ -155,9 +150,9 @@ export class FFNetwork {
         const h = layer.forward(input);
         input.dispose();
         input = h;
-        const g = layer.goodness(h);
-        out.push(g.dataSync() as Float32Array);
-        g.dispose();
+        const s = tf.tidy(() => score(layer, h));
+        out.push(s.dataSync() as Float32Array);
+        s.dispose();
       }
     } finally {
       input.dispose();
