@@ -124,9 +124,19 @@ function goodnessChart(epochs: EpochPoint[], threshold: number | undefined): Cha
   };
 }
 
+/** An evaluation's accuracy per layer set: with readouts, each rule's, "(readout)" marked. */
+function setAccuracies(ev: EvalPoint | undefined): { name: string; accuracy: number }[] {
+  if (!ev) return [];
+  if (!ev.byRule) return ev.perLayerSet;
+  return [
+    ...ev.byRule.goodness,
+    ...ev.byRule.readout.map((s) => ({ ...s, name: `${s.name} (readout)` })),
+  ];
+}
+
 function accuracyChart(epochs: EpochPoint[], final: EvalPoint | undefined): Chart | undefined {
   const rows = epochs.flatMap((e) =>
-    (e.eval?.perLayerSet ?? []).map((s) => ({
+    setAccuracies(e.eval).map((s) => ({
       epoch: e.epoch,
       set: s.name,
       accuracy: s.accuracy,
@@ -134,7 +144,7 @@ function accuracyChart(epochs: EpochPoint[], final: EvalPoint | undefined): Char
     })),
   );
   const last = epochs.at(-1)?.epoch ?? 0;
-  for (const s of final?.perLayerSet ?? []) {
+  for (const s of setAccuracies(final)) {
     // eval.json is the evaluation after the last epoch.
     rows.push({ epoch: last, set: s.name, accuracy: s.accuracy, when: 'final' });
   }

@@ -161,13 +161,21 @@ function lastEval(run: RunFiles): EvalPoint | undefined {
 
 function layerSetTable(ev: EvalPoint | undefined): string {
   if (!ev || ev.perLayerSet.length === 0) return '';
-  const rows = ev.perLayerSet
-    .map((s) => `<tr><td>${esc(s.name)}</td><td class="num">${pct(s.accuracy)}</td></tr>`)
+  const cell = (a: number | undefined) => `<td class="num">${a === undefined ? '' : pct(a)}</td>`;
+  const by = ev.byRule;
+  const rows = (by?.goodness ?? ev.perLayerSet)
+    .map((s) => {
+      const readout = by?.readout.find((r) => r.name === s.name)?.accuracy;
+      return `<tr><td>${esc(s.name)}</td>${cell(s.accuracy)}${by ? cell(readout) : ''}</tr>`;
+    })
     .join('\n');
+  const head = by
+    ? '<th class="num">goodness</th><th class="num">readout</th>'
+    : '<th class="num">accuracy</th>';
   return `<section class="card" id="layer-sets">
 <h2>Accuracy per layer set</h2>
 <p class="caption">${esc(String(ev.count))} test images; the run predicts with "${esc(ev.rule)}".</p>
-<table><thead><tr><th>layers</th><th class="num">accuracy</th></tr></thead>
+<table><thead><tr><th>layers</th>${head}</tr></thead>
 <tbody>
 ${rows}
 </tbody></table>

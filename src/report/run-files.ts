@@ -26,7 +26,11 @@ export interface EvalPoint {
   perLayerSet: { name: string; accuracy: number }[];
   /** confusion[true][predicted]; empty if the file had none that is square. */
   confusion: number[][];
+  /** A run with readouts: accuracy per layer set of each rule, side by side. */
+  byRule?: { goodness: SetAccuracy[]; readout: SetAccuracy[] };
 }
+
+type SetAccuracy = { name: string; accuracy: number };
 
 export interface EpochPoint {
   epoch: number;
@@ -147,18 +151,23 @@ function epochPoint(v: unknown): EpochPoint | undefined {
 function evalPoint(v: unknown): EvalPoint | undefined {
   const head = numbers(v, ['count', 'accuracy'] as const);
   if (!head || !isObject(v)) return undefined;
-  const perLayerSet =
-    all(v.perLayerSet, (x) =>
-      isObject(x) && typeof x.name === 'string' && finite(x.accuracy)
-        ? { name: x.name, accuracy: x.accuracy }
-        : undefined,
-    ) ?? [];
+  const sets = (w: unknown): SetAccuracy[] =>
+    (isObject(w) &&
+      all(w.perLayerSet, (x) =>
+        isObject(x) && typeof x.name === 'string' && finite(x.accuracy)
+          ? { name: x.name, accuracy: x.accuracy }
+          : undefined,
+      )) ||
+    [];
   const confusion = all(v.confusion, (row) => all(row, (c) => (finite(c) ? c : undefined))) ?? [];
   const square = confusion.every((row) => row.length === confusion.length);
-  return {
+  const point: EvalPoint = {
     ...head,
     rule: typeof v.rule === 'string' ? v.rule : 'all',
-    perLayerSet,
+    perLayerSet: sets(v),
     confusion: square ? confusion : [],
   };
+  const [goodness, readout] = [sets(v.goodness), sets(v.readout)];
+  if (goodness.length > 0 && readout.length > 0) point.byRule = { goodness, readout };
+  return point;
 }
