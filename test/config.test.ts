@@ -159,6 +159,41 @@ describe('validateConfig', () => {
     );
     assert.equal(ok.eval.skipFirst, true);
   });
+
+  it('refuses hard negatives and the readout rule without readouts, and a bad peerNorm', () => {
+    assertRejected(
+      { negatives: { kind: 'hard' } },
+      'CONFIG_INVALID',
+      'negatives.kind',
+      /'uniform' unless model.readout is true/,
+    );
+    assertRejected(
+      { eval: { rule: 'readout' } },
+      'CONFIG_INVALID',
+      'eval.rule',
+      /'goodness' unless model.readout is true/,
+    );
+    assertRejected(
+      { model: { peerNorm: { weight: 0.1, decay: 2 } } },
+      'CONFIG_INVALID',
+      'model.peerNorm.decay',
+      /<= 1/,
+    );
+    assertRejected(
+      { model: { peerNorm: { weight: 0.1, decay: 0.9, wieght: 1 } } },
+      'CONFIG_UNKNOWN_KEY',
+      'model.peerNorm.wieght',
+      /known here: weight, decay/,
+    );
+    const ok = validateConfig(
+      withDefaults({
+        model: { readout: true },
+        negatives: { kind: 'hard' },
+        eval: { rule: 'readout' },
+      }),
+    );
+    assert.equal(ok.negatives.kind, 'hard');
+  });
 });
 
 describe('validateSection (what a stage checks in its config message)', () => {

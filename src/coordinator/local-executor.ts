@@ -51,9 +51,10 @@ export class LocalExecutor implements Executor {
   private checkMemory(): void {
     const { cfg } = this;
     const widest = Math.max(...cfg.model.layers);
-    // A step holds a few [2B, width] activations per layer; an eval batch [10B, width].
+    // A step holds a few [2B, width] activations per layer ([3B, width] with readouts); an
+    // eval batch [10B, width].
     checkMemoryBudget(
-      2 * cfg.train.batchSize * widest * 4 * 6,
+      (cfg.model.readout ? 3 : 2) * cfg.train.batchSize * widest * 4 * 6,
       `training batch of ${cfg.train.batchSize}`,
     );
     checkMemoryBudget(
@@ -64,7 +65,7 @@ export class LocalExecutor implements Executor {
 
   async train(batch: TrainBatch, lr: number): Promise<void> {
     const stats = this.network().trainBatch(batch.x, batch.size, lr, batch.labels);
-    stats.forEach(({ seconds, logits, readoutLoss: _, ...s }, i) =>
+    stats.forEach(({ seconds, logits, ...s }, i) =>
       this.onTrain({
         layer: i + 1,
         epoch: batch.epoch,

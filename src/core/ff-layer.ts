@@ -159,14 +159,14 @@ export class FFLayer {
    * neutral] (3*nPos rows) and the true `labels`: the FF loss is over pos and neg, the readout
    * trains on the neutral rows. Returns H of every row (owned by the caller), a [3] tensor of
    * loss, mean pos goodness, mean neg goodness, and with a readout its logits for the neutral
-   * rows before its update (owned by the caller) and its loss.
+   * rows before its update (owned by the caller).
    */
   trainStep(
     x: tf.Tensor2D,
     nPos: number,
     lr: number,
     labels?: ArrayLike<number>,
-  ): { h: tf.Tensor2D; stats: tf.Tensor1D; logits?: tf.Tensor2D; readoutLoss?: number } {
+  ): { h: tf.Tensor2D; stats: tf.Tensor1D; logits?: tf.Tensor2D } {
     const rows = this.readout ? 3 * nPos : 2 * nPos;
     if (x.shape[0] !== rows || x.shape[1] !== this.config.inDim) {
       throw new Error(
@@ -184,10 +184,10 @@ export class FFLayer {
     const hNeutral = this.forward(neutral!);
     const step = this.ffStep(ff!, nPos, lr);
     const hn = tf.tidy(() => this.normalise(hNeutral));
-    const { logits, loss } = this.readout.trainStep(hn, labels, lr);
+    const { logits } = this.readout.trainStep(hn, labels, lr);
     const h = tf.concat([step.h, hNeutral]);
     tf.dispose([ff!, neutral!, hNeutral, hn, step.h]);
-    return { h, stats: step.stats, logits, readoutLoss: loss };
+    return { h, stats: step.stats, logits };
   }
 
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {

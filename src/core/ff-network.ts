@@ -22,9 +22,8 @@ export interface ModelConfig {
 /** A layer's report of one training step. */
 export interface LayerStep extends StepStats {
   seconds: number;
-  /** With a readout: its logits for the batch's neutral rows [nPos, classes], and its loss. */
+  /** With a readout: its logits for the batch's neutral rows [nPos, classes]. */
   logits?: Float32Array;
-  readoutLoss?: number;
 }
 
 /**
@@ -112,7 +111,6 @@ export class FFNetwork {
         };
         if (step.logits) {
           out.logits = step.logits.dataSync() as Float32Array;
-          out.readoutLoss = step.readoutLoss!;
           step.logits.dispose();
         }
         out.seconds = (performance.now() - t0) / 1000;

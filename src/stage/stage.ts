@@ -575,7 +575,11 @@ export class Stage {
     // The run's largest batches must fit this backend: refused now, not crashed on later.
     const widest = Math.max(inDim, outDim);
     try {
-      checkMemoryBudget(2 * config.batchSize * widest * 4 * 6, `a batch of ${config.batchSize}`);
+      const copies = model.readout ? 3 : 2; // a readout run carries each image a third time
+      checkMemoryBudget(
+        copies * config.batchSize * widest * 4 * 6,
+        `a batch of ${config.batchSize}`,
+      );
       checkMemoryBudget(
         NUM_CLASSES * config.evalBatchSize * widest * 4 * 4,
         `an evaluation batch of ${config.evalBatchSize} images`,
