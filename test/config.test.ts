@@ -160,7 +160,7 @@ describe('validateConfig', () => {
     assert.equal(ok.eval.skipFirst, true);
   });
 
-  it('refuses hard negatives and the readout rule without readouts, and a bad peerNorm', () => {
+  it('refuses hard negatives and the readout rule without readouts, a bad peerNorm or loss', () => {
     assertRejected(
       { negatives: { kind: 'hard' } },
       'CONFIG_INVALID',
@@ -185,14 +185,17 @@ describe('validateConfig', () => {
       'model.peerNorm.wieght',
       /known here: weight, decay/,
     );
+    assertRejected({ model: { loss: 'hinge' } }, 'CONFIG_INVALID', 'model.loss', /symba/);
+    assertRejected({ model: { loss: 'symba', alpha: 0 } }, 'CONFIG_INVALID', 'model.alpha', />/);
     const ok = validateConfig(
       withDefaults({
-        model: { readout: true },
+        model: { readout: true, loss: 'symba', alpha: 0.05 },
         negatives: { kind: 'hard' },
         eval: { rule: 'readout' },
       }),
     );
     assert.equal(ok.negatives.kind, 'hard');
+    assert.equal(ok.model.loss, 'symba');
   });
 });
 

@@ -4,7 +4,13 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/backend/backend.js';
-import { activeRows, FFLayer, type GoodnessType, type LayerConfig } from '../src/core/ff-layer.js';
+import {
+  activeRows,
+  FFLayer,
+  type GoodnessType,
+  type LayerConfig,
+  type LossType,
+} from '../src/core/ff-layer.js';
 import { DEFAULT_OPTIMIZER, LayerOptimizer, type OptimizerConfig } from '../src/core/optimizer.js';
 import { ownedVariable } from '../src/core/host-memory.js';
 import type { NamedTensor } from '../src/core/safetensors.js';
@@ -109,14 +115,23 @@ before(async () => {
 describe('FFLayer closed-form gradient', () => {
   // Thresholds near each variant's typical goodness, so the sigmoids are not saturated and
   // every term of the gradient matters.
-  const variants: { goodness: GoodnessType; negate: boolean; threshold: number }[] = [
+  // SymBa's alpha is set so that the goodness differences land in the sigmoid's slope.
+  const variants: {
+    goodness: GoodnessType;
+    negate: boolean;
+    threshold: number;
+    loss?: LossType;
+    alpha?: number;
+  }[] = [
     { goodness: 'mean', negate: false, threshold: 0.2 },
     { goodness: 'mean', negate: true, threshold: -0.2 },
     { goodness: 'sum', negate: false, threshold: 1.5 },
     { goodness: 'sum', negate: true, threshold: -1.5 },
+    { goodness: 'mean', negate: false, threshold: 0, loss: 'symba', alpha: 8 },
+    { goodness: 'sum', negate: true, threshold: 0, loss: 'symba', alpha: 2 },
   ];
   for (const v of variants) {
-    it(`equals tfjs autograd of lossOf (goodness ${v.goodness}, negate ${v.negate})`, () => {
+    it(`equals tfjs autograd of lossOf (loss ${v.loss ?? 'threshold'}, goodness ${v.goodness}, negate ${v.negate})`, () => {
       // The closed form in trainStep is hand-derived; autograd of lossOf (the same loss written
       // as plain differentiable ops) is the reference. A wrong sign, a missing 1/2B or 2/k, or a
       // relu mask error would show up as a mismatch far above float32 rounding.

@@ -81,15 +81,20 @@ describe('3-stage pipeline vs single-process reference', () => {
     assert.ok(ea.accuracy > 0.2, `accuracy ${ea.accuracy} after one epoch on 2,000 images`);
   });
 
-  it('with peer normalisation and jittered images, over 2 epochs: the same bits too', async () => {
+  it('with SymBa loss, peer normalisation and jittered images, over 2 epochs: the same bits too', async () => {
     // Jitter draws per epoch, and the peer term's running means carry from step to step and
-    // epoch to epoch: both must be the same in every stage as in the one process.
+    // epoch to epoch: both must be the same in every stage as in the one process. SymBa pairs
+    // row i with row B+i, so a stage must keep the batch's halves in the coordinator's order.
     const run = [
       ...RUN.map((a, i) => (RUN[i - 1] === '--epochs' ? '2' : a)),
       '--set',
       'model.peerNorm.weight=0.05',
       '--set',
       'data.jitter=1',
+      '--set',
+      'model.loss=symba',
+      '--set',
+      'model.alpha=0.05',
     ];
     const local = await trainLocally(run, join(dir, 'local-extras'), 90_000);
     assert.equal(local.code, 0, local.stderr);

@@ -2,7 +2,7 @@
 // Precedence: command-line flags > FFX_* environment (via the CLI) > config file > defaults.
 import { readFile } from 'node:fs/promises';
 import { DEFAULT_OPTIMIZER, OPTIMIZER_TYPES, type OptimizerConfig } from '../core/optimizer.js';
-import { GOODNESS_TYPES, type GoodnessType } from '../core/ff-layer.js';
+import { GOODNESS_TYPES, LOSS_TYPES, type GoodnessType, type LossType } from '../core/ff-layer.js';
 import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
 import { FfxError, type ErrorCode } from '../errors.js';
 
@@ -27,6 +27,13 @@ export interface RunConfig {
     goodness: GoodnessType;
     negate: boolean;
     threshold: number;
+    /**
+     * The layers' objective: 'threshold' (Hinton's: positive goodness above the threshold,
+     * negative below) or 'symba' (each image's positive goodness above its negative's, by a
+     * margin scaled with `alpha`; the threshold is then unused).
+     */
+    loss: LossType;
+    alpha: number;
     normEps: number;
     /** Value written into the label pixel of the overlay. */
     overlayValue: number;
@@ -93,6 +100,8 @@ export const DEFAULT_CONFIG: RunConfig = {
     goodness: 'mean',
     negate: false,
     threshold: 1,
+    loss: 'threshold',
+    alpha: 1,
     normEps: 1e-8,
     overlayValue: 1,
     peerNorm: { weight: 0, decay: 0.9 },
@@ -196,6 +205,8 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     goodness: oneOf(GOODNESS_TYPES),
     negate: bool,
     threshold: num(-Infinity),
+    loss: oneOf(LOSS_TYPES),
+    alpha: num(0, Infinity, true),
     normEps: num(0, Infinity, true),
     overlayValue: num(0, Infinity, true),
     peerNorm: record({ weight: num(0), decay: num(0, 1) }),

@@ -3,10 +3,15 @@
 // For a batch X = [pos; neg] (2B x in) and sign s = +1 (pos) / -1 (neg):
 //   Xn = X / (rms(X)_row + eps),  Z = Xn W^T + b,  H = relu(Z)     (W is [out, in])
 //   g  = mean(H^2, 1)            (or sum; `negate` flips it so positives aim low)
-//   L  = mean(softplus(-s (g - theta)))
+//   L  = mean(softplus(-s (g - theta)))                      (loss 'threshold', Hinton's)
 // The gradient is local and closed-form, so a step is two matrix products:
 //   dL/dg = -s sigmoid(-s (g - theta)) / 2B,  dL/dZ = dL/dg * dg/dH (= 2H/k, zero where Z<=0)
 //   dW = dL/dZ^T Xn,  db = colsum(dL/dZ).
+// Loss 'symba' (Lee & Song's SymBa) compares each image's positive row i with its negative
+// row B+i instead of both with a threshold, so the two sides get equal weight:
+//   d_i = alpha (g_i - g_B+i),  L = mean_i softplus(-d_i),
+//   dL/dg_i = -alpha sigmoid(-d_i) / B = -dL/dg_B+i,
+// the same column form as above with the pair's weight on both of its rows.
 // Peer normalisation (Hinton's, optional) keeps every unit about as active as the layer's
 // average: a running mean of each unit's activity on positive data,
 //   m = decay m_prev + (1 - decay) mean_pos(H)         (m_prev: a constant of the step)
@@ -29,6 +34,8 @@ import { Readout } from './readout.js';
 
 export const GOODNESS_TYPES = ['mean', 'sum'] as const;
 export type GoodnessType = (typeof GOODNESS_TYPES)[number];
+export const LOSS_TYPES = ['threshold', 'symba'] as const;
+export type LossType = (typeof LOSS_TYPES)[number];
 
 export interface LayerConfig {
   inDim: number;
@@ -38,6 +45,10 @@ export interface LayerConfig {
   /** Positive data aims for goodness below the threshold instead of above. */
   negate: boolean;
   threshold: number;
+  /** 'threshold' (default): each row against the threshold; 'symba': each positive row against its negative. */
+  loss?: LossType;
+  /** SymBa's scale of the goodness difference (default 1). */
+  alpha?: number;
   /** Added to the row norm before dividing (keeps all-zero rows finite). */
   normEps: number;
   /** Seed of the weight initialisation. */
@@ -192,18 +203,14 @@ export class FFLayer {
 
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
     return tf.tidy(() => {
-      const rows = 2 * nPos;
       const s = this.signsFor(nPos);
       const xn = this.normalise(x);
       const hT = this.activationsT(xn); // [out, rows]
       const h = tf.transpose(hT); // [rows, out]: what the next layer gets
       const g = this.goodness(h);
-      // t > 0 when the row is on the right side of the threshold.
-      const t = tf.mul(s, tf.sub(g, this.config.threshold));
-      const loss = tf.mean(tf.softplus(tf.neg(t)));
-      // dL/dg * dg/dH = -s sigmoid(-t)/2B * (+-2/k) * H; fold the scalars into the column.
-      const rowWeight = tf.sigmoid(tf.neg(t));
-      const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() / rows) as tf.Tensor1D;
+      const { loss, rowWeight, scale } = this.lossTerms(g, nPos);
+      // dL/dg * dg/dH = -s rowWeight scale * (+-2/k) * H; fold the scalars into the column.
+      const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() * scale) as tf.Tensor1D;
       const peer = this.peerStep(h, nPos);
       let active = activeRows(rowWeight.dataSync());
       // The peer term reaches every positive row, saturated or not.
@@ -229,13 +236,39 @@ export class FFLayer {
    */
   lossOf(x: tf.Tensor2D, nPos: number): tf.Scalar {
     return tf.tidy(() => {
-      const s = this.signsFor(nPos);
       const h = tf.transpose(this.activationsT(this.normalise(x))) as tf.Tensor2D;
-      const g = this.goodness(h);
-      const ff = tf.mean(tf.softplus(tf.neg(tf.mul(s, tf.sub(g, this.config.threshold)))));
+      const ff = this.lossTerms(this.goodness(h), nPos).loss;
       const peer = this.peerStep(h, nPos);
       return (peer ? tf.add(ff, peer.loss) : ff) as tf.Scalar;
     });
+  }
+
+  /**
+   * The FF loss of goodness `g` ([pos; neg], nPos each), each row's weight sigmoid(-t) in
+   * dL/dg, and the factor that makes it the gradient: dL/dg = -s rowWeight scale.
+   */
+  private lossTerms(
+    g: tf.Tensor1D,
+    nPos: number,
+  ): { loss: tf.Scalar; rowWeight: tf.Tensor1D; scale: number } {
+    if (this.config.loss === 'symba') {
+      const alpha = this.config.alpha ?? 1;
+      // d > 0 when the positive row beats its negative.
+      const d = tf.mul(tf.sub(g.slice(0, nPos), g.slice(nPos)), alpha);
+      const w = tf.sigmoid(tf.neg(d));
+      return {
+        loss: tf.mean(tf.softplus(tf.neg(d))),
+        rowWeight: tf.concat([w, w]) as tf.Tensor1D,
+        scale: alpha / nPos,
+      };
+    }
+    // t > 0 when the row is on the right side of the threshold.
+    const t = tf.mul(this.signsFor(nPos), tf.sub(g, this.config.threshold));
+    return {
+      loss: tf.mean(tf.softplus(tf.neg(t))),
+      rowWeight: tf.sigmoid(tf.neg(t)) as tf.Tensor1D,
+      scale: 1 / (2 * nPos),
+    };
   }
 
   /**

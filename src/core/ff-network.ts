@@ -2,7 +2,7 @@
 // that a distributed pipeline must reproduce. Layer l trains on the activations layer l-1
 // produced for the same batch in the same step, exactly as stage l would receive them.
 import * as tf from '@tensorflow/tfjs';
-import { FFLayer, type GoodnessType, type StepStats } from './ff-layer.js';
+import { FFLayer, type GoodnessType, type LossType, type StepStats } from './ff-layer.js';
 import type { OptimizerConfig } from './optimizer.js';
 import type { NamedTensor } from './safetensors.js';
 
@@ -12,6 +12,9 @@ export interface ModelConfig {
   goodness: GoodnessType;
   negate: boolean;
   threshold: number;
+  /** The FF objective ('threshold' when absent) and SymBa's alpha. */
+  loss?: LossType;
+  alpha?: number;
   normEps: number;
   /** Peer normalisation: the weight of its term (0: off) and the decay of its running mean. */
   peerNorm?: { weight: number; decay: number };
@@ -69,6 +72,8 @@ export function buildLayer(
       goodness: model.goodness,
       negate: model.negate,
       threshold: model.threshold,
+      loss: model.loss ?? 'threshold',
+      alpha: model.alpha ?? 1,
       normEps: model.normEps,
       seed: layerSeed(runSeed, index),
       peerNorm: model.peerNorm?.weight ?? 0,

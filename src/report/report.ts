@@ -45,7 +45,9 @@ export function renderReport(run: RunFiles, vega: string): string {
   const classes = DATASET_NAMES.includes(dataset as DatasetName)
     ? classNames(dataset as DatasetName)
     : [];
-  const threshold = typeof model.threshold === 'number' ? model.threshold : undefined;
+  // SymBa's loss has no threshold for the goodness to cross.
+  const threshold =
+    typeof model.threshold === 'number' && model.loss !== 'symba' ? model.threshold : undefined;
   const list = charts(run.epochs, run.final, lastEval(run), threshold, classes);
   const specs = list.map((c) => ({ id: c.id, spec: compile(c.spec).spec }));
   const name = String(cfg.name ?? run.dir);
