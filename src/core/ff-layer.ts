@@ -186,28 +186,27 @@ export class FFLayer {
     }
     if (!this.readout) return this.ffStep(x, nPos, lr);
     if (labels?.length !== nPos) throw new Error(`trainStep: needs the ${nPos} labels`);
-    const { inDim } = this.config;
-    const [ff, neutral] = tf.tidy(() => [
-      tf.slice(x, [0, 0], [2 * nPos, inDim]),
-      tf.slice(x, [2 * nPos, 0], [nPos, inDim]),
-    ]);
-    // The neutral rows' activities with the weights before the update, as pos and neg get.
-    const hNeutral = this.forward(neutral!);
-    const step = this.ffStep(ff!, nPos, lr);
-    const hn = tf.tidy(() => this.normalise(hNeutral));
+    // One product for all three thirds: the neutral rows' activities come with the weights
+    // before the update, as pos and neg get, and only pos and neg enter the FF loss.
+    const step = this.ffStep(x, nPos, lr);
+    const hn = tf.tidy(() => this.normalise(tf.slice(step.h, [2 * nPos, 0], [nPos, -1])));
     const { logits } = this.readout.trainStep(hn, labels, lr);
-    const h = tf.concat([step.h, hNeutral]);
-    tf.dispose([ff!, neutral!, hNeutral, hn, step.h]);
-    return { h, stats: step.stats, logits };
+    hn.dispose();
+    return { h: step.h, stats: step.stats, logits };
   }
 
+  /**
+   * The FF step on the first 2*nPos rows of x ([pos; neg]); rows after them (a readout's
+   * neutral ones) are only carried forward. Returns H of every row.
+   */
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
     return tf.tidy(() => {
       const s = this.signsFor(nPos);
-      const xn = this.normalise(x);
-      const hT = this.activationsT(xn); // [out, rows]
+      let xn = this.normalise(x);
+      let hT = this.activationsT(xn); // [out, rows]
       const h = tf.transpose(hT); // [rows, out]: what the next layer gets
-      const g = this.goodness(h);
+      const ffRows = 2 * nPos;
+      const g = this.goodness(x.shape[0] > ffRows ? tf.slice(h, [0, 0], [ffRows, -1]) : h);
       const { loss, rowWeight, scale } = this.lossTerms(g, nPos);
       // dL/dg * dg/dH = -s rowWeight scale * (+-2/k) * H; fold the scalars into the column.
       const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() * scale) as tf.Tensor1D;
@@ -215,6 +214,9 @@ export class FFLayer {
       let active = activeRows(rowWeight.dataSync());
       // The peer term reaches every positive row, saturated or not.
       if (peer && active) active = withRows(active, nPos);
+      if (!active && x.shape[0] > ffRows) {
+        [hT, xn] = [tf.slice(hT, [0, 0], [-1, ffRows]), tf.slice(xn, [0, 0], [ffRows, -1])];
+      }
       const { dw, db } = this.gradient(hT, col, xn, active, peer && { ...peer, nPos });
       const total = peer ? tf.add(loss, peer.loss) : loss;
       const stats = tf.stack([total, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
