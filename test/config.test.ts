@@ -381,10 +381,19 @@ describe('shipped config files', () => {
   it('config/*.json all validate, with 784-pixel inputs', async () => {
     // The input width must match the 28x28 datasets ffx knows, or training fails at start-up.
     const names = (await readdir(join(ROOT, 'config'))).filter((n) => n.endsWith('.json'));
-    assert.deepEqual(names.sort(), ['demo.json', 'fashion-mnist-fast.json', 'mnist-hinton.json']);
+    assert.deepEqual(names.sort(), [
+      'demo.json',
+      'fashion-mnist-best.json',
+      'fashion-mnist-fast.json',
+      'mnist-hinton.json',
+    ]);
     for (const name of names) {
       const cfg = await loadConfig(join(ROOT, 'config', name));
       assert.equal(cfg.model.layers[0], 784, `${name}: model.layers[0]`);
     }
+    // The best recipe is the one with Hinton's extras: readouts and hard negatives.
+    const best = await loadConfig(join(ROOT, 'config', 'fashion-mnist-best.json'));
+    assert.equal(best.model.readout, true);
+    assert.equal(best.negatives.kind, 'hard');
   });
 });

@@ -4,6 +4,12 @@ import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/backend/backend.js';
+import {
+  buildLayer,
+  layerPrefix,
+  layerStateFloats,
+  type ModelConfig,
+} from '../src/core/ff-network.js';
 import { DEFAULT_OPTIMIZER, type OptimizerConfig } from '../src/core/optimizer.js';
 import { Readout, READOUT_CLASSES } from '../src/core/readout.js';
 import { Rng } from '../src/data/rng.js';
@@ -146,6 +152,40 @@ describe('Readout', () => {
     } finally {
       hn.dispose();
       r.dispose();
+    }
+  });
+});
+
+describe('layerStateFloats: the bound on a stage weights message', () => {
+  it('counts every float a layer saves, with readouts, peer means and each optimizer', () => {
+    // A bound short of the real size makes ZeroMQ drop the stage's weights message: the run
+    // then waits for it until its progress timeout, at every checkpoint.
+    for (const type of ['adam', 'sgd'] as const) {
+      for (const readout of [false, true]) {
+        for (const weight of [0, 0.1]) {
+          const model: ModelConfig = {
+            layers: [20, 7, 5],
+            goodness: 'sum',
+            negate: false,
+            threshold: 5,
+            normEps: 1e-8,
+            readout,
+            peerNorm: { weight, decay: 0.9 },
+          };
+          const optimizer = { ...DEFAULT_OPTIMIZER, type };
+          for (const index of [0, 1]) {
+            const layer = buildLayer(model, optimizer, 1, index);
+            const saved = layer.exportState(layerPrefix(index), true);
+            const floats = [...saved.values()].reduce((n, t) => n + t.data.length, 0);
+            layer.dispose();
+            assert.equal(
+              layerStateFloats(model, optimizer, index),
+              floats,
+              `${type}, readout ${readout}, peer ${weight}, layer ${index}`,
+            );
+          }
+        }
+      }
     }
   });
 });

@@ -10,6 +10,7 @@ import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
+import { layerStateFloats } from '../core/ff-network.js';
 import { MAX_HEADER_BYTES, type WeightsMessage } from '../transport/wire.js';
 import { Cluster, ClusterError, type ClusterOptions } from './cluster.js';
 import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
@@ -257,12 +258,9 @@ export class PipelineExecutor implements Executor {
  * optimizer slots, or an eval batch's goodness; with room for the header.
  */
 function largestResult(cfg: RunConfig): number {
-  const slots = cfg.optimizer.type === 'sgd' ? 1 : 2;
-  const widths = cfg.model.layers;
   let largest = NUM_CLASSES * cfg.eval.batchSize * 4;
-  for (let i = 0; i + 1 < widths.length; i++) {
-    const params = widths[i + 1]! * (widths[i]! + 1);
-    largest = Math.max(largest, params * (1 + slots) * 4);
+  for (let i = 0; i + 1 < cfg.model.layers.length; i++) {
+    largest = Math.max(largest, layerStateFloats(cfg.model, cfg.optimizer, i) * 4);
   }
   return largest + MAX_HEADER_BYTES; // room for the message's other fields
 }

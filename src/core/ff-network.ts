@@ -5,6 +5,7 @@ import * as tf from '@tensorflow/tfjs';
 import { FFLayer, type GoodnessType, type LossType, type StepStats } from './ff-layer.js';
 import type { OptimizerConfig } from './optimizer.js';
 import type { NamedTensor } from './safetensors.js';
+import { READOUT_CLASSES } from './readout.js';
 
 export interface ModelConfig {
   /** Widths from the input to the last layer, e.g. [784, 1000, 1000]. */
@@ -82,6 +83,25 @@ export function buildLayer(
     },
     optimizer,
   );
+}
+
+/**
+ * How many float32 values layer `index`'s exportState(true) holds: weight and bias, with a
+ * peer-normalisation mean and a readout's weight and bias, each parameter with its optimizer
+ * slots. What a stage's weights message carries, so the coordinator can bound its size.
+ */
+export function layerStateFloats(
+  model: ModelConfig,
+  optimizer: OptimizerConfig,
+  index: number,
+): number {
+  const inDim = model.layers[index]!;
+  const outDim = model.layers[index + 1]!;
+  const copies = 1 + (optimizer.type === 'sgd' ? 1 : 2); // the value and its slots
+  let params = outDim * (inDim + 1);
+  if (model.readout) params += READOUT_CLASSES * (outDim + 1);
+  const peer = (model.peerNorm?.weight ?? 0) > 0 ? outDim : 0;
+  return params * copies + peer;
 }
 
 export class FFNetwork {
