@@ -166,7 +166,7 @@ async function runReport(dir: string, reporter: Reporter): Promise<string | unde
     return await writeReport(dir);
   } catch (err) {
     const code = err instanceof FfxError ? `[${err.code}] ` : '';
-    reporter.log(`warning: no report: ${code}${(err as Error).message}`);
+    reporter.warn(`warning: no report: ${code}${(err as Error).message}`);
     return undefined;
   }
 }

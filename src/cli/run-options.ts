@@ -63,7 +63,7 @@ export function commonOptions<T>(y: Argv<T>) {
       alias: 'q',
       type: 'boolean',
       default: false,
-      describe: 'print only results and errors',
+      describe: 'print only results, warnings and errors',
     })
     .option('verbose', verboseOption);
 }

@@ -219,7 +219,7 @@ class Training {
       this.reporter.log(`checkpoint ${file}`);
     } catch (err) {
       if (!(err instanceof SystemError)) throw err;
-      this.reporter.log(`warning: [${err.code}] ${err.message}; the last checkpoint stays`);
+      this.reporter.warn(`warning: [${err.code}] ${err.message}; the last checkpoint stays`);
     }
   }
 
@@ -235,7 +235,7 @@ class Training {
     const t0 = performance.now();
     this.recoveries++;
     const code = err instanceof FfxError ? ` [${err.code}]` : '';
-    reporter.log(
+    reporter.warn(
       `recovering${code}: ${err.message}; rolling every layer back to epoch ${point.epoch} ` +
         `(recovery ${this.recoveries} of at most ${this.opts.maxRecoveries ?? 0})`,
     );

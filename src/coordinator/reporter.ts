@@ -6,6 +6,8 @@ import { formatConfusion } from '../core/predict.js';
 
 export interface Reporter {
   log(line: string): void;
+  /** What the user must see even with `quiet`: a recovery, a checkpoint that failed. */
+  warn(line: string): void;
   startEpoch(epoch: number, epochs: number, batches: number): void;
   /** After each batch: batches done this epoch, samples done this epoch, loss per layer. */
   batch(done: number, samples: number, losses: number[]): void;
@@ -43,7 +45,10 @@ export class ConsoleReporter implements Reporter {
   }
 
   log(line: string): void {
-    if (this.quiet) return;
+    if (!this.quiet) this.warn(line);
+  }
+
+  warn(line: string): void {
     this.clearLine();
     this.out.write(`${line}\n`);
   }
@@ -164,6 +169,10 @@ export class JsonReporter implements Reporter {
 
   log(message: string): void {
     this.emit('log', { message });
+  }
+
+  warn(message: string): void {
+    this.emit('warning', { message });
   }
 
   startEpoch(epoch: number, epochs: number, batches: number): void {
