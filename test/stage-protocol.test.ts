@@ -16,6 +16,7 @@ import {
   type ControlMessage,
 } from '../src/transport/wire.js';
 import { killAll, ROOT, startNode, type Started } from './helpers/spawn.js';
+import { DEFAULT_CONFIG } from '../src/config/config.js';
 
 const IN = 20;
 
@@ -84,15 +85,13 @@ describe('ffx-stage protocol', () => {
         run: 'test',
         layer: 1,
         numLayers: 1,
+        // Every model key a stage checks, so a new one cannot leave this config short.
         model: {
+          ...DEFAULT_CONFIG.model,
           layers: [IN, OUT],
           goodness: 'sum',
-          negate: false,
           threshold: 2,
-          normEps: 1e-8,
           overlayValue: 1,
-          peerNorm: { weight: 0, decay: 0.9 },
-          readout: false,
         },
         optimizer: {
           type: 'adam',
