@@ -37,6 +37,8 @@ describe('ffx-stage protocol', () => {
       const [, frame] = await router.receive();
       const msg = decodeControl(frame!);
       if (msg.type === type) return msg;
+      // A stage that refuses (a config short of a key, say) says why: fail on it, not hang.
+      if (msg.type === 'error') assert.fail(`waiting for ${type}, the stage said ${msg.message}`);
     }
   }
 
