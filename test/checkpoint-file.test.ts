@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { writeFileAtomic, WRITE_FAULT_ENV } from '../src/checkpoint/atomic-file.js';
 import {
   LATEST,
+  checkpointConfig,
   checkpointName,
   commitCheckpoint,
   readCheckpoint,
@@ -122,6 +123,27 @@ describe('checkpoint files', () => {
     // A first-format file has no checksums, and still loads.
     const v1 = await write('v1.safetensors', { format: 'ffx-checkpoint-v1', epoch: '1' });
     assert.equal((await readCheckpoint(v1, MODEL, 5)).epoch, 1);
+  });
+
+  it('reads the config of a checkpoint written before a key existed, with its default', async () => {
+    const old = structuredClone(CFG) as unknown as Record<string, Record<string, unknown>>;
+    delete old.model!.loss;
+    delete old.eval!.layers;
+    const file = join(dir, 'old-config.safetensors');
+    await writeFile(
+      file,
+      encodeSafetensors(state(1).tensors, { epoch: '1', config: JSON.stringify(old) }),
+    );
+    const cfg = await checkpointConfig(file);
+    assert.equal(cfg?.model.loss, 'threshold');
+    assert.deepEqual(cfg?.eval.layers, []);
+    // A key that is wrong, not missing, is still refused.
+    old.eval!.layers = 'two';
+    await writeFile(
+      file,
+      encodeSafetensors(state(1).tensors, { epoch: '1', config: JSON.stringify(old) }),
+    );
+    await assert.rejects(checkpointConfig(file), refused('CHECKPOINT_CORRUPT', 'eval.layers'));
   });
 
   it('moves `latest` only after the checkpoint, and keeps the newest K', async () => {

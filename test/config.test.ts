@@ -197,6 +197,55 @@ describe('validateConfig', () => {
     assert.equal(ok.negatives.kind, 'hard');
     assert.equal(ok.model.loss, 'symba');
   });
+
+  it('takes eval.layers as distinct layer numbers of the model, not with skipFirst', () => {
+    const ok = validateConfig(withDefaults({ eval: { layers: [1] } }));
+    assert.deepEqual(ok.eval.layers, [1]);
+    assertRejected({ eval: { layers: [3] } }, 'CONFIG_INVALID', 'eval.layers', /from 1 to 2/);
+    assertRejected({ eval: { layers: [0] } }, 'CONFIG_INVALID', 'eval.layers', /layer numbers/);
+    assertRejected({ eval: { layers: [1, 1] } }, 'CONFIG_INVALID', 'eval.layers', /repeats/);
+    assertRejected(
+      { eval: { layers: [2], skipFirst: true } },
+      'CONFIG_INVALID',
+      'eval.skipFirst',
+      /false when eval.layers names the layers/,
+    );
+  });
+
+  it("takes one loss per layer, with 'softmax' on the first layer only", () => {
+    const ok = validateConfig(withDefaults({ model: { loss: ['softmax', 'threshold'] } }));
+    assert.deepEqual(ok.model.loss, ['softmax', 'threshold']);
+    assertRejected(
+      { model: { loss: ['softmax'] } },
+      'CONFIG_INVALID',
+      'model.loss',
+      /one loss per layer \(2\)/,
+    );
+    assertRejected(
+      { model: { loss: ['threshold', 'softmax'] } },
+      'CONFIG_INVALID',
+      'model.loss',
+      /'softmax' on the first layer only .* layer 2 has it/,
+    );
+    // A single 'softmax' means every layer: refused for a model of two.
+    assertRejected({ model: { loss: 'softmax' } }, 'CONFIG_INVALID', 'model.loss', /layer 2/);
+    assertRejected(
+      { model: { loss: ['softmax', 'hinge'] } },
+      'CONFIG_INVALID',
+      'model.loss[1]',
+      /one of threshold, symba, softmax/,
+    );
+    assertRejected({ model: { loss: [] } }, 'CONFIG_INVALID', 'model.loss', /a list of them/);
+    // A stage checks the section it is sent under the same rules.
+    assert.throws(
+      () => validateSection('model', { ...DEFAULT_CONFIG.model, loss: ['threshold', 'softmax'] }),
+      /'softmax' on the first layer only/,
+    );
+    assert.equal(
+      validateConfig(withDefaults({ model: { layers: [784, 500], loss: 'softmax' } })).model.loss,
+      'softmax',
+    );
+  });
 });
 
 describe('validateSection (what a stage checks in its config message)', () => {
@@ -391,9 +440,11 @@ describe('shipped config files', () => {
       const cfg = await loadConfig(join(ROOT, 'config', name));
       assert.equal(cfg.model.layers[0], 784, `${name}: model.layers[0]`);
     }
-    // The best recipe is the one with Hinton's extras: readouts and hard negatives.
+    // The best recipe: readouts, hard negatives, and the first layer's softmax over labels.
     const best = await loadConfig(join(ROOT, 'config', 'fashion-mnist-best.json'));
     assert.equal(best.model.readout, true);
     assert.equal(best.negatives.kind, 'hard');
+    assert.deepEqual(best.model.loss, ['softmax', 'threshold']);
+    assert.deepEqual(best.eval.layers, [1]);
   });
 });

@@ -14,6 +14,7 @@ import {
 import { DEFAULT_OPTIMIZER, LayerOptimizer, type OptimizerConfig } from '../src/core/optimizer.js';
 import { ownedVariable } from '../src/core/host-memory.js';
 import type { NamedTensor } from '../src/core/safetensors.js';
+import { overlayAllLabels } from '../src/data/ff-data.js';
 import { Rng } from '../src/data/rng.js';
 import {
   assertFlushed,
@@ -292,6 +293,116 @@ describe('FFLayer closed-form gradient', () => {
     const x = tf.zeros([2 * N_POS + 1, IN]) as tf.Tensor2D;
     try {
       assert.throws(() => layer.trainStep(x, N_POS, 1), /expected \[10, 12\], got \[11, 12\]/);
+    } finally {
+      x.dispose();
+      layer.dispose();
+    }
+  });
+});
+
+describe("FFLayer loss 'softmax'", () => {
+  const DIM = 26; // the ten label columns and an image of 16
+  const VALUE = 2; // the overlay's value
+
+  /** Noise rows with a label overlay: positive row i has label i % 10, its negative another. */
+  function overlaid(seed: number): { x: Float32Array; labels: number[] } {
+    const x = batch(seed, N_POS, DIM);
+    const labels = Array.from({ length: N_POS }, (_, i) => (i * 7) % 10);
+    for (let r = 0; r < 2 * N_POS; r++) {
+      const label = r < N_POS ? labels[r]! : (labels[r - N_POS]! + 3) % 10;
+      x.fill(0, r * DIM, r * DIM + 10);
+      x[r * DIM + label] = VALUE;
+    }
+    return { x, labels };
+  }
+
+  const variants: { goodness: GoodnessType; negate: boolean; alpha: number; peerNorm?: number }[] =
+    [
+      { goodness: 'mean', negate: false, alpha: 8 },
+      { goodness: 'sum', negate: false, alpha: 1.5 },
+      { goodness: 'sum', negate: true, alpha: 2 },
+      { goodness: 'sum', negate: false, alpha: 1.5, peerNorm: 3 },
+    ];
+  for (const v of variants) {
+    it(`equals tfjs autograd of the ten overlays written out (goodness ${v.goodness}, negate ${v.negate}, peer norm ${v.peerNorm ?? 0})`, () => {
+      // The step scores all ten labels from one product (the overlay moves ten columns);
+      // lossOf builds each label's rows and runs them through the layer, so a wrong column
+      // update, overlay value or norm shows as a mismatch.
+      const cfg = layerConfig({ inDim: DIM, loss: 'softmax', threshold: 0, ...v });
+      const layer = new FFLayer(cfg, PLAIN_SGD);
+      const x = tf.tensor2d(overlaid(21).x, [2 * N_POS, DIM]);
+      try {
+        if (layer.peerMean) layer.peerMean.assign(tf.tensor1d([0.1, 0.9, 0.3, 0, 1.4, 0.2, 0.6]));
+        const { value, grads } = tf.variableGrads(
+          () => layer.lossOf(x, N_POS),
+          [layer.weight, layer.bias],
+        );
+        const autoW = grads[layer.weight.name]!.dataSync();
+        const autoB = grads[layer.bias.name]!.dataSync();
+        const autoLoss = value.dataSync()[0]!;
+        tf.dispose([value, ...Object.values(grads)]);
+        const before = params(layer);
+        const stats = step(layer, x, 1);
+        const after = params(layer);
+        const dW = before.w.map((w, i) => w - after.w[i]!);
+        const dB = before.b.map((b, i) => b - after.b[i]!);
+        assert.ok(maxAbs(autoW) > 1e-3, `autograd dW too small: ${maxAbs(autoW)}`);
+        // The label columns get their own terms: they must move, and match.
+        const labelCols = Array.from(autoW).filter((_, i) => i % DIM < 10);
+        assert.ok(maxAbs(labelCols) > 1e-3, 'label columns of dW too small to test');
+        const tolW = 1e-5 * Math.max(1, maxAbs(autoW));
+        assert.ok(maxAbsDiff(dW, autoW) < tolW, `dW differs by ${maxAbsDiff(dW, autoW)}`);
+        assert.ok(maxAbsDiff(dB, autoB) < 1e-5 * Math.max(1, maxAbs(autoB)));
+        assert.ok(Math.abs(stats[0]! - autoLoss) < 1e-5, `loss ${stats[0]} vs ${autoLoss}`);
+      } finally {
+        x.dispose();
+        layer.dispose();
+      }
+    });
+  }
+
+  it('is the cross-entropy of the goodness the evaluation overlays give', () => {
+    // Evaluation overlays each label in turn (overlayAllLabels) and takes the most goodness;
+    // the loss must be the cross-entropy of exactly those scores.
+    const alpha = 1.5;
+    const cfg = layerConfig({ inDim: DIM, goodness: 'sum', loss: 'softmax', alpha });
+    const layer = new FFLayer(cfg, PLAIN_SGD);
+    const { x: xs, labels } = overlaid(22);
+    const all = overlayAllLabels(xs, 0, N_POS, DIM, new Float32Array(10 * N_POS * DIM), VALUE);
+    const x = tf.tensor2d(xs, [2 * N_POS, DIM]);
+    const xAll = tf.tensor2d(all, [10 * N_POS, DIM]);
+    try {
+      const h = layer.forward(xAll);
+      const gt = layer.goodness(h);
+      const g = gt.dataSync();
+      tf.dispose([h, gt]);
+      let want = 0;
+      for (let i = 0; i < N_POS; i++) {
+        const s = Array.from({ length: 10 }, (_, c) => alpha * g[c * N_POS + i]!);
+        const max = Math.max(...s);
+        const lse = max + Math.log(s.reduce((a, v) => a + Math.exp(v - max), 0));
+        want += (lse - s[labels[i]!]!) / N_POS;
+      }
+      assert.ok(want > 0.1, `a loss worth comparing: ${want}`);
+      const stats = step(layer, x, 1);
+      assert.ok(Math.abs(stats[0]! - want) < 1e-5 * Math.max(1, want), `${stats[0]} vs ${want}`);
+    } finally {
+      tf.dispose([x, xAll]);
+      layer.dispose();
+    }
+  });
+
+  it('refuses positive rows without a one-hot overlay, and an input with no image', () => {
+    const layer = new FFLayer(layerConfig({ inDim: DIM, loss: 'softmax' }), PLAIN_SGD);
+    const { x: xs } = overlaid(23);
+    xs[3 * DIM + 5] = 1; // row 3 now has two labels
+    const x = tf.tensor2d(xs, [2 * N_POS, DIM]);
+    try {
+      assert.throws(() => step(layer, x, 1), /one-hot overlay in its first 10 columns; row 3 has/);
+      assert.throws(
+        () => new FFLayer(layerConfig({ inDim: 10, loss: 'softmax' }), PLAIN_SGD),
+        /needs an input with the 10-column label overlay/,
+      );
     } finally {
       x.dispose();
       layer.dispose();

@@ -1,7 +1,7 @@
 // Prediction from per-layer goodness: hand-made goodness arrays with a known answer per rule.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { EvalAccumulator, formatConfusion, layerSets } from '../src/core/predict.js';
+import { EvalAccumulator, formatConfusion, layerSets, ruleLayers } from '../src/core/predict.js';
 import { NUM_CLASSES } from '../src/data/ff-data.js';
 
 /**
@@ -52,12 +52,26 @@ describe('layerSets', () => {
   it('has only "all" for a single layer (the other sets would repeat it or be empty)', () => {
     assert.deepEqual(layerSets(1), [{ name: 'all', layers: [0] }]);
   });
+
+  it("adds the rule's set when it is none of those, named after its layers", () => {
+    assert.deepEqual(layerSets(3, [0, 2]).at(-1), { name: 'layers1+3', layers: [0, 2] });
+    assert.equal(layerSets(3, [1, 2]).length, 5, 'skip-first is already there');
+  });
+});
+
+describe('ruleLayers', () => {
+  it('takes eval.layers (1-based, any order), else all, else all but the first', () => {
+    assert.deepEqual(ruleLayers(3, { skipFirst: false, layers: [3, 1] }), [0, 2]);
+    assert.deepEqual(ruleLayers(3, { skipFirst: false, layers: [] }), [0, 1, 2]);
+    assert.deepEqual(ruleLayers(3, { skipFirst: true, layers: [] }), [1, 2]);
+    assert.deepEqual(ruleLayers(1, { skipFirst: true }), [0]);
+  });
 });
 
 describe('EvalAccumulator', () => {
   it('sums goodness over each layer set and takes the argmax per image', () => {
     // Values in the table above; a row-major (i*10 + c) reading of the layout would scramble it.
-    const acc = new EvalAccumulator(2, false);
+    const acc = new EvalAccumulator(2, [0, 1]);
     acc.add([L1, L2], LABELS);
     const r = acc.result();
     assert.equal(r.count, 4);
@@ -81,7 +95,7 @@ describe('EvalAccumulator', () => {
   it('with skipFirst, reports and confuses on the sum without layer 1', () => {
     // Same goodness: the rule is now skip-first, so image 0 is predicted 7 and the accuracy is
     // 2/4; the per-set figures do not depend on the rule.
-    const acc = new EvalAccumulator(2, true);
+    const acc = new EvalAccumulator(2, [1]);
     acc.add([L1, L2], LABELS);
     const r = acc.result();
     assert.equal(r.rule, 'skip-first');
@@ -99,7 +113,7 @@ describe('EvalAccumulator', () => {
   });
 
   it('with skipFirst and one layer, falls back to "all"', () => {
-    const acc = new EvalAccumulator(1, true);
+    const acc = new EvalAccumulator(1, ruleLayers(1, { skipFirst: true }));
     acc.add([L2], LABELS);
     const r = acc.result();
     assert.equal(r.rule, 'all');
@@ -107,10 +121,21 @@ describe('EvalAccumulator', () => {
     assert.deepEqual(r.perLayerSet, [{ name: 'all', accuracy: 2 / 4 }]);
   });
 
+  it('with the rule on layer 1 alone, reports and confuses on it', () => {
+    const acc = new EvalAccumulator(2, ruleLayers(2, { skipFirst: false, layers: [1] }));
+    acc.add([L1, L2], LABELS);
+    const r = acc.result();
+    assert.equal(r.rule, 'layer1');
+    assert.equal(r.accuracy, 2 / 4);
+    // Layer 1 predicts 3, 0, 9, 8.
+    assert.equal(r.confusion[5]![0], 1);
+    assert.equal(r.confusion[4]![8], 1);
+  });
+
   it('accumulates over batches of different sizes', () => {
     // Batch 1 = images 0..3 above (3 right under "all"); batch 2 = one image, label 2, with
     // L1 peak 2 (1.5) and L2 peak 6 (1): "all" predicts 2 (right), layer2 alone 6 (wrong).
-    const acc = new EvalAccumulator(2, false);
+    const acc = new EvalAccumulator(2, [0, 1]);
     acc.add([L1, L2], Uint8Array.from(LABELS));
     acc.add([goodness(1, [[2, 1.5]]), goodness(1, [[6, 1]])], [2]);
     const r = acc.result();
@@ -127,7 +152,7 @@ describe('EvalAccumulator', () => {
 
   it('breaks ties towards the lowest label', () => {
     // All-equal goodness: argmax keeps the first maximum, label 0.
-    const acc = new EvalAccumulator(1, false);
+    const acc = new EvalAccumulator(1, [0]);
     acc.add([new Float32Array(NUM_CLASSES * 2).fill(0.5)], [0, 7]);
     const r = acc.result();
     assert.equal(r.accuracy, 1 / 2);
@@ -135,19 +160,19 @@ describe('EvalAccumulator', () => {
   });
 
   it('rejects goodness that is not 10 values per image', () => {
-    const acc = new EvalAccumulator(2, false);
+    const acc = new EvalAccumulator(2, [0, 1]);
     assert.throws(() => acc.add([L1, new Float32Array(39)], LABELS), /39 values, expected 40/);
   });
 
   it('reports accuracy 0, not NaN, before any batch', () => {
-    const r = new EvalAccumulator(2, false).result();
+    const r = new EvalAccumulator(2, [0, 1]).result();
     assert.equal(r.count, 0);
     assert.equal(r.accuracy, 0);
     assert.deepEqual(r.confusion, zeros());
   });
 
   it('returns a copy of the confusion matrix', () => {
-    const acc = new EvalAccumulator(2, false);
+    const acc = new EvalAccumulator(2, [0, 1]);
     acc.add([L1, L2], LABELS);
     acc.result().confusion[3]![3] = 99;
     assert.equal(acc.result().confusion[3]![3], 1);

@@ -451,7 +451,7 @@ describe('CoordinatorMetrics', () => {
     // right), skip-first -> 1 (wrong), layer1 right, layer2 and layer3 wrong.
     const g = (label: number, v: number) =>
       Float32Array.from({ length: 10 }, (_, c) => (c === label ? v : 0));
-    const acc = new EvalAccumulator(3, true);
+    const acc = new EvalAccumulator(3, [1, 2]);
     acc.add([g(0, 3), g(1, 1), g(1, 1)], [0]);
     metrics.onEpoch({
       epoch: 2,

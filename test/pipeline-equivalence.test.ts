@@ -113,11 +113,16 @@ describe('3-stage pipeline vs single-process reference', () => {
     );
   });
 
-  it('with readouts and hard negatives, over 2 epochs: the same bits and the same predictions', async () => {
+  it('with readouts, hard negatives and the softmax loss, over 2 epochs: the same bits and the same predictions', async () => {
     // Epoch 2 draws hard negatives from what the readouts predicted in epoch 1: the stages'
     // logits, gathered by the coordinator, must be the ones the single process computes.
+    // The first layer scores all ten labels of each positive row (loss 'softmax').
     const run = [
       ...RUN.map((a, i) => (RUN[i - 1] === '--epochs' ? '2' : a)),
+      '--set',
+      'model.loss=["softmax","threshold","threshold"]',
+      '--set',
+      'model.alpha=0.1',
       '--set',
       'model.readout=true',
       '--set',

@@ -13,7 +13,7 @@ import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { layerPrefix, type ModelConfig } from '../core/ff-network.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
-import { validateConfig, type RunConfig } from '../config/config.js';
+import { DEFAULT_CONFIG, mergeConfig, validateConfig, type RunConfig } from '../config/config.js';
 import { FfxError, fileError, isFfxError, withFile, type ErrorCode } from '../errors.js';
 import { writeFileAtomic } from './atomic-file.js';
 
@@ -150,7 +150,9 @@ export async function checkpointConfig(file: string): Promise<RunConfig | undefi
   const { metadata } = await readFileOf(file);
   if (!metadata.config) return undefined;
   try {
-    return validateConfig(JSON.parse(metadata.config));
+    // Over the defaults: a key added since the checkpoint was written takes its default, which
+    // is what that version did without it.
+    return validateConfig(mergeConfig(DEFAULT_CONFIG, JSON.parse(metadata.config)));
   } catch (err) {
     if (!isFfxError(err) && !(err instanceof SyntaxError)) throw err;
     throw new CheckpointError(

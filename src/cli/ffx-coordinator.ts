@@ -7,6 +7,7 @@ import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { readCheckpoint } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
 import { classNames } from '../data/class-names.js';
+import { ruleLayers } from '../core/predict.js';
 import { evaluateSplit, train as trainRun } from '../coordinator/driver.js';
 import type { Executor } from '../coordinator/executor.js';
 import { LocalExecutor } from '../coordinator/local-executor.js';
@@ -103,7 +104,9 @@ async function startProcess(
   }
   if (!a.metrics) return undefined;
   const registry = createRegistry('coordinator', {}, { backend });
-  const metrics = new CoordinatorMetrics(registry, { numLayers: cfg.model.layers.length - 1 });
+  const numLayers = cfg.model.layers.length - 1;
+  const rule = ruleLayers(numLayers, cfg.eval);
+  const metrics = new CoordinatorMetrics(registry, { numLayers, rule });
   const asked = a['metrics-port'] as number | undefined;
   const server = await MetricsServer.start(registry, {
     host: a['metrics-host'] as string,

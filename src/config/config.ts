@@ -28,11 +28,13 @@ export interface RunConfig {
     negate: boolean;
     threshold: number;
     /**
-     * The layers' objective: 'threshold' (Hinton's: positive goodness above the threshold,
-     * negative below) or 'symba' (each image's positive goodness above its negative's, by a
-     * margin scaled with `alpha`; the threshold is then unused).
+     * The layers' objective, one for all or a list with one per layer: 'threshold' (Hinton's:
+     * positive goodness above the threshold, negative below), 'symba' (each image's positive
+     * goodness above its negative's, by a margin scaled with `alpha`) or 'softmax' (first
+     * layer only: the cross-entropy of the true label among the goodness, times `alpha`, of
+     * all ten label overlays, the scores the goodness rule predicts with).
      */
-    loss: LossType;
+    loss: LossType | LossType[];
     alpha: number;
     normEps: number;
     /** Value written into the label pixel of the overlay. */
@@ -73,6 +75,11 @@ export interface RunConfig {
     /** Leave the first layer out of the goodness sum, as Hinton does. */
     skipFirst: boolean;
     /**
+     * The layers (1-based) whose scores the prediction rule sums; empty: all of them (all but
+     * the first with skipFirst). Every layer set is reported whatever this says.
+     */
+    layers: number[];
+    /**
      * How the run predicts: 'goodness' (each label overlaid in turn, the one with the most
      * goodness) or 'readout' (one pass with a neutral label; needs model.readout).
      */
@@ -110,7 +117,7 @@ export const DEFAULT_CONFIG: RunConfig = {
   negatives: { kind: 'uniform', hard: 0.5, warmup: 1 },
   optimizer: { ...DEFAULT_OPTIMIZER },
   train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1 },
-  eval: { batchSize: 1000, skipFirst: false, rule: 'goodness' },
+  eval: { batchSize: 1000, skipFirst: false, layers: [], rule: 'goodness' },
   output: { dir: 'runs/ffx', checkpointEvery: 1, keepCheckpoints: 3 },
 };
 
@@ -175,6 +182,43 @@ const widths: Rule = (k, v) => {
   }
 };
 
+const losses: Rule = (k, v) => {
+  const what = `one of ${LOSS_TYPES.join(', ')}, or a list of them (one per layer)`;
+  if (Array.isArray(v)) {
+    if (v.length === 0) fail(k, v, what);
+    v.forEach((x, i) => oneOf(LOSS_TYPES)(`${k}[${i}]`, x));
+  } else if (typeof v !== 'string' || !(LOSS_TYPES as readonly string[]).includes(v)) {
+    fail(k, v, what);
+  }
+};
+
+const layerList: Rule = (k, v) => {
+  if (!Array.isArray(v) || !v.every((l) => Number.isInteger(l) && l >= 1))
+    fail(k, v, 'a list of layer numbers (1 for the first layer)');
+  if (new Set(v as number[]).size !== (v as number[]).length) fail(k, v, 'a list without repeats');
+};
+
+/**
+ * What the model's keys must agree on: one loss per layer, and 'softmax' only where the
+ * label overlay is, the first layer's input.
+ */
+function checkModel(model: RunConfig['model']): void {
+  const layers = model.layers.length - 1;
+  const list =
+    typeof model.loss === 'string' ? new Array<LossType>(layers).fill(model.loss) : model.loss;
+  if (list.length !== layers) {
+    fail('model.loss', model.loss, `one loss per layer (${layers}), or a single one for all`);
+  }
+  const late = list.findIndex((l, i) => i > 0 && l === 'softmax');
+  if (late > 0) {
+    fail(
+      'model.loss',
+      model.loss,
+      `'softmax' on the first layer only (it reads the label overlay of the input); layer ${late + 1} has it`,
+    );
+  }
+}
+
 /** An object with exactly these keys, each checked by its rule. */
 const record =
   (rules: Record<string, Rule>): Rule =>
@@ -205,7 +249,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     goodness: oneOf(GOODNESS_TYPES),
     negate: bool,
     threshold: num(-Infinity),
-    loss: oneOf(LOSS_TYPES),
+    loss: losses,
     alpha: num(0, Infinity, true),
     normEps: num(0, Infinity, true),
     overlayValue: num(0, Infinity, true),
@@ -223,7 +267,12 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     weightDecay: num(0),
   },
   train: { epochs: int(1), batchSize: int(1), cooldown: num(0, 1), evalEvery: int(0) },
-  eval: { batchSize: int(1), skipFirst: bool, rule: oneOf(['goodness', 'readout']) },
+  eval: {
+    batchSize: int(1),
+    skipFirst: bool,
+    layers: layerList,
+    rule: oneOf(['goodness', 'readout']),
+  },
   output: { dir: str, checkpointEvery: int(0), keepCheckpoints: int(0) },
 };
 
@@ -256,8 +305,16 @@ export function validateConfig(raw: unknown): RunConfig {
     if (!(section in obj)) fail(section, undefined, 'present (a section of the config)');
   }
   const cfg = obj as unknown as RunConfig;
+  checkModel(cfg.model);
   if (cfg.eval.skipFirst && cfg.model.layers.length < 3) {
     fail('eval.skipFirst', true, 'false when the model has a single layer');
+  }
+  const numLayers = cfg.model.layers.length - 1;
+  if (cfg.eval.layers.some((l) => l > numLayers)) {
+    fail('eval.layers', cfg.eval.layers, `layer numbers from 1 to ${numLayers}`);
+  }
+  if (cfg.eval.skipFirst && cfg.eval.layers.length > 0) {
+    fail('eval.skipFirst', true, 'false when eval.layers names the layers');
   }
   // Hard negatives come from the readout's predictions; the readout rule needs one.
   if (cfg.negatives.kind === 'hard' && !cfg.model.readout) {
@@ -289,6 +346,7 @@ export function validateSection<K extends 'model' | 'optimizer'>(
   for (const key of Object.keys(rules)) {
     if (!(key in obj)) fail(`${name}.${key}`, undefined, 'present');
   }
+  if (name === 'model') checkModel(obj as RunConfig['model']);
   return obj as RunConfig[K];
 }
 

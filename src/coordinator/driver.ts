@@ -21,7 +21,7 @@ import {
 import { ConfigError, type RunConfig } from '../config/config.js';
 import type { StepStats } from '../core/ff-layer.js';
 import { learningRateAt } from '../core/optimizer.js';
-import { EvalAccumulator, type EvalResult } from '../core/predict.js';
+import { EvalAccumulator, ruleLayers, type EvalResult } from '../core/predict.js';
 import { FfxError, SystemError, withFile } from '../errors.js';
 import { plural } from '../log.js';
 import type { CoordinatorMetrics } from '../metrics/index.js';
@@ -108,8 +108,7 @@ class Training {
     const { kind, warmup } = cfg.negatives;
     if (kind === 'hard') {
       const n = executor.numLayers;
-      const layers = Array.from({ length: n }, (_, i) => i).slice(cfg.eval.skipFirst ? 1 : 0);
-      this.predictions = new PredictionTable(data.train.count, layers);
+      this.predictions = new PredictionTable(data.train.count, ruleLayers(n, cfg.eval));
       this.predictions.restore(resume?.state.tensors.get(PREDICTIONS_TENSOR));
     }
     const predictions = this.predictions;
@@ -386,7 +385,7 @@ async function evaluate(
   only?: 'goodness' | 'readout',
 ): Promise<EvalResult> {
   const by = async (rule: 'goodness' | 'readout') => {
-    const acc = new EvalAccumulator(executor.numLayers, cfg.eval.skipFirst);
+    const acc = new EvalAccumulator(executor.numLayers, ruleLayers(executor.numLayers, cfg.eval));
     await executor.evaluate(evalBatches(split, dim, cfg, rule), epoch, (b, g) =>
       acc.add(g, b.labels),
     );

@@ -12,6 +12,16 @@
 //   d_i = alpha (g_i - g_B+i),  L = mean_i softplus(-d_i),
 //   dL/dg_i = -alpha sigmoid(-d_i) / B = -dL/dg_B+i,
 // the same column form as above with the pair's weight on both of its rows.
+// Loss 'softmax' (first layer only: its input carries the label overlay in its first C = 10
+// columns) scores each positive image under every label at once and takes the cross-entropy
+// of the true one, as the goodness rule predicts:
+//   z_k = A + c w_k  (A: the pre-activation with the label columns zeroed, w_k: column k of W,
+//                     c: the overlay value after normalisation; the norm is the same for all k)
+//   g_k = goodness(relu(z_k)),  P = softmax(alpha g),  L = -mean_i log P[i, y_i]
+//   dL/dg_k = alpha (P_k - [k = y]) / B,  dL/dz_k = dL/dg_k * dg/dH,
+//   dW = (sum_k dz_k)^T Xm  + column k: sum_i c_i dz_k[i],  db = colsum(sum_k dz_k).
+// One product gives all ten labels (the overlay moves only C input columns), so it costs
+// little more than the threshold loss; negative rows only pass on to the next layer.
 // Peer normalisation (Hinton's, optional) keeps every unit about as active as the layer's
 // average: a running mean of each unit's activity on positive data,
 //   m = decay m_prev + (1 - decay) mean_pos(H)         (m_prev: a constant of the step)
@@ -30,11 +40,14 @@ import * as tf from '@tensorflow/tfjs';
 import { ownedVariable } from './host-memory.js';
 import type { NamedTensor } from './safetensors.js';
 import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
-import { Readout } from './readout.js';
+import { Readout, READOUT_CLASSES } from './readout.js';
+
+/** The label overlay's width: the first columns of the first layer's input. */
+const LABELS = READOUT_CLASSES;
 
 export const GOODNESS_TYPES = ['mean', 'sum'] as const;
 export type GoodnessType = (typeof GOODNESS_TYPES)[number];
-export const LOSS_TYPES = ['threshold', 'symba'] as const;
+export const LOSS_TYPES = ['threshold', 'symba', 'softmax'] as const;
 export type LossType = (typeof LOSS_TYPES)[number];
 
 export interface LayerConfig {
@@ -45,9 +58,12 @@ export interface LayerConfig {
   /** Positive data aims for goodness below the threshold instead of above. */
   negate: boolean;
   threshold: number;
-  /** 'threshold' (default): each row against the threshold; 'symba': each positive row against its negative. */
+  /**
+   * 'threshold' (default): each row against the threshold; 'symba': each positive row against
+   * its negative; 'softmax': each positive image's goodness under every label (first layer).
+   */
   loss?: LossType;
-  /** SymBa's scale of the goodness difference (default 1). */
+  /** The scale of goodness in 'symba' and 'softmax' (default 1). */
   alpha?: number;
   /** Added to the row norm before dividing (keeps all-zero rows finite). */
   normEps: number;
@@ -106,6 +122,38 @@ function withRows(active: Int32Array, n: number): Int32Array {
   return out;
 }
 
+/** Peer normalisation's part of a step: the running mean it leads to, its loss, dL/dH per unit. */
+interface PeerStep {
+  mean: tf.Tensor1D;
+  loss: tf.Scalar;
+  grad: tf.Tensor1D;
+}
+
+/**
+ * Each row's label and overlay value from the first LABELS columns of `rows` rows (a one-hot
+ * times the value, as the data's overlay writes it). Loss 'softmax' needs the true label of
+ * each positive row; anything but such an overlay there is an error, not a guess.
+ */
+export function labelOverlay(
+  cols: ArrayLike<number>,
+  rows: number,
+): { labels: Int32Array; value: Float32Array } {
+  const labels = new Int32Array(rows);
+  const value = new Float32Array(rows);
+  for (let i = 0; i < rows; i++) {
+    const row = Array.from({ length: LABELS }, (_, k) => cols[i * LABELS + k]!);
+    const set = row.filter((v) => v !== 0);
+    if (set.length !== 1 || !(set[0]! > 0)) {
+      throw new Error(
+        `loss 'softmax' reads each positive row's label from a one-hot overlay in its first ${LABELS} columns; row ${i} has [${row.join(', ')}] there`,
+      );
+    }
+    labels[i] = row.indexOf(set[0]!);
+    value[i] = set[0]!;
+  }
+  return { labels, value };
+}
+
 export class FFLayer {
   readonly config: LayerConfig;
   readonly weight: tf.Variable<tf.Rank.R2>;
@@ -118,6 +166,11 @@ export class FFLayer {
   private readonly signs = new Map<number, tf.Tensor1D>();
 
   constructor(config: LayerConfig, optimizer: OptimizerConfig) {
+    if (config.loss === 'softmax' && config.inDim <= LABELS) {
+      throw new RangeError(
+        `loss 'softmax' needs an input with the ${LABELS}-column label overlay and an image; got ${config.inDim} columns`,
+      );
+    }
     this.config = config;
     // Kaiming-uniform-like init, as torch.nn.Linear does: U(-1/sqrt(in), 1/sqrt(in)).
     const bound = 1 / Math.sqrt(config.inDim);
@@ -201,25 +254,18 @@ export class FFLayer {
    */
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
     return tf.tidy(() => {
-      const s = this.signsFor(nPos);
-      let xn = this.normalise(x);
-      let hT = this.activationsT(xn); // [out, rows]
+      const xn = this.normalise(x);
+      const zT = this.preactivationsT(xn); // [out, rows]
+      const hT = tf.relu(zT);
       const h = tf.transpose(hT); // [rows, out]: what the next layer gets
       const ffRows = 2 * nPos;
       const g = this.goodness(x.shape[0] > ffRows ? tf.slice(h, [0, 0], [ffRows, -1]) : h);
-      const { loss, rowWeight, scale } = this.lossTerms(g, nPos);
-      // dL/dg * dg/dH = -s rowWeight scale * (+-2/k) * H; fold the scalars into the column.
-      const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() * scale) as tf.Tensor1D;
       const peer = this.peerStep(h, nPos);
-      let active = activeRows(rowWeight.dataSync());
-      // The peer term reaches every positive row, saturated or not.
-      if (peer && active) active = withRows(active, nPos);
-      if (!active && x.shape[0] > ffRows) {
-        [hT, xn] = [tf.slice(hT, [0, 0], [-1, ffRows]), tf.slice(xn, [0, 0], [ffRows, -1])];
-      }
-      const { dw, db } = this.gradient(hT, col, xn, active, peer && { ...peer, nPos });
-      const total = peer ? tf.add(loss, peer.loss) : loss;
-      const stats = tf.stack([total, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
+      const { loss, dw, db } =
+        this.config.loss === 'softmax'
+          ? this.labelGradient(xn, zT, nPos, peer)
+          : this.rowGradient(xn, hT, g, nPos, peer);
+      const stats = tf.stack([loss, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       if (peer) this.peerMean!.assign(peer.mean);
       this.optimizer.apply(
         new Map<tf.Variable, tf.Tensor>([
@@ -233,16 +279,120 @@ export class FFLayer {
   }
 
   /**
+   * Loss and gradient of the losses that score each row on its own goodness `g` ('threshold',
+   * 'symba'), with the peer term when on; rows after the first 2*nPos carry no loss.
+   */
+  private rowGradient(
+    xn: tf.Tensor2D,
+    hT: tf.Tensor2D,
+    g: tf.Tensor1D,
+    nPos: number,
+    peer: PeerStep | null,
+  ): { loss: tf.Scalar; dw: tf.Tensor2D; db: tf.Tensor1D } {
+    const s = this.signsFor(nPos);
+    const ffRows = 2 * nPos;
+    const { loss, rowWeight, scale } = this.lossTerms(g, nPos);
+    // dL/dg * dg/dH = -s rowWeight scale * (+-2/k) * H; fold the scalars into the column.
+    const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() * scale) as tf.Tensor1D;
+    let active = activeRows(rowWeight.dataSync());
+    // The peer term reaches every positive row, saturated or not.
+    if (peer && active) active = withRows(active, nPos);
+    if (!active && xn.shape[0] > ffRows) {
+      [hT, xn] = [tf.slice(hT, [0, 0], [-1, ffRows]), tf.slice(xn, [0, 0], [ffRows, -1])];
+    }
+    const { dw, db } = this.gradient(hT, col, xn, active, peer && { ...peer, nPos });
+    return { loss: peer ? tf.add(loss, peer.loss) : loss, dw, db };
+  }
+
+  /**
+   * Loss 'softmax': the cross-entropy of each positive image's true label among the goodness
+   * of all ten label overlays (see the top of this file), with the peer term when on. `xn`
+   * and `zT` are the normalised input and the pre-activations of the whole batch.
+   */
+  private labelGradient(
+    xn: tf.Tensor2D,
+    zT: tf.Tensor2D,
+    nPos: number,
+    peer: PeerStep | null,
+  ): { loss: tf.Scalar; dw: tf.Tensor2D; db: tf.Tensor1D } {
+    const { outDim: out, inDim } = this.config;
+    const alpha = this.config.alpha ?? 1;
+    const xp = tf.slice(xn, [0, 0], [nPos, -1]);
+    const { labels, value } = labelOverlay(tf.slice(xp, [0, 0], [-1, LABELS]).dataSync(), nPos);
+    const y = tf.tensor1d(labels, 'int32');
+    const c = tf.tensor1d(value);
+    const zpT = tf.slice(zT, [0, 0], [-1, nPos]);
+    // A = Z_pos - c w_y: the pre-activation without the label; z_k = A + c w_k, [C, out, B].
+    const aT = tf.sub(zpT, tf.mul(tf.gather(this.weight, y, 1), tf.reshape(c, [1, nPos])));
+    const wLabels = tf.transpose(tf.slice(this.weight, [0, 0], [-1, LABELS])); // [C, out]
+    const zAll = tf.add(
+      tf.reshape(aT, [1, out, nPos]),
+      tf.mul(tf.reshape(wLabels, [LABELS, out, 1]), tf.reshape(c, [1, 1, nPos])),
+    );
+    const hAll = tf.relu(zAll);
+    const dgScale = this.dgScale();
+    const gAll = tf.mul(tf.sum(tf.square(hAll), 1), dgScale / 2); // [C, B]
+    const logP = tf.logSoftmax(tf.mul(tf.transpose(gAll), alpha)); // [B, C]
+    const onehot = tf.cast(tf.oneHot(y, LABELS), 'float32');
+    const loss = tf.neg(tf.mean(tf.sum(tf.mul(onehot, logP), 1))) as tf.Scalar;
+    const dG = tf.mul(tf.sub(tf.exp(logP), onehot), alpha / nPos); // dL/dg, [B, C]
+    let dz = tf.mul(tf.reshape(tf.transpose(dG), [LABELS, 1, nPos]), tf.mul(hAll, dgScale));
+    if (peer) {
+      // The peer term is on the positive rows: z_y of each image.
+      const term = tf.mul(tf.cast(tf.greater(zpT, 0), 'float32'), tf.reshape(peer.grad, [out, 1]));
+      const atLabel = tf.reshape(tf.transpose(onehot), [LABELS, 1, nPos]);
+      dz = tf.add(dz, tf.mul(atLabel, tf.reshape(term, [1, out, nPos])));
+    }
+    const daT = tf.sum(dz, 0); // [out, B]
+    const keep = tf.concat([tf.zeros([1, LABELS]), tf.ones([1, inDim - LABELS])], 1);
+    // Column k of W also moves the label-k overlay: sum_i c_i dz_k[i], [C, out].
+    const cols = tf.reshape(
+      tf.matMul(tf.reshape(dz, [LABELS * out, nPos]), tf.reshape(c, [nPos, 1])),
+      [LABELS, out],
+    );
+    const dw = tf.add(
+      tf.matMul(daT, tf.mul(xp, keep)),
+      tf.pad(tf.transpose(cols), [
+        [0, 0],
+        [0, inDim - LABELS],
+      ]),
+    ) as tf.Tensor2D;
+    return { loss: peer ? tf.add(loss, peer.loss) : loss, dw, db: tf.sum(daT, 1) };
+  }
+
+  /**
    * The loss of a batch as a differentiable function of the variables (for autograd checks):
    * the FF loss, plus the peer term with the running mean as it stands.
    */
   lossOf(x: tf.Tensor2D, nPos: number): tf.Scalar {
     return tf.tidy(() => {
       const h = tf.transpose(this.activationsT(this.normalise(x))) as tf.Tensor2D;
-      const ff = this.lossTerms(this.goodness(h), nPos).loss;
+      const ff =
+        this.config.loss === 'softmax'
+          ? this.labelLoss(tf.slice(x, [0, 0], [nPos, -1]))
+          : this.lossTerms(this.goodness(h), nPos).loss;
       const peer = this.peerStep(h, nPos);
       return (peer ? tf.add(ff, peer.loss) : ff) as tf.Scalar;
     });
+  }
+
+  /**
+   * Loss 'softmax' written the long way, for autograd checks: each positive row `xp` once per
+   * label, with that label's overlay written in, through the whole layer.
+   */
+  private labelLoss(xp: tf.Tensor2D): tf.Scalar {
+    const nPos = xp.shape[0];
+    const { labels, value } = labelOverlay(tf.slice(xp, [0, 0], [-1, LABELS]).dataSync(), nPos);
+    const image = tf.slice(xp, [0, LABELS], [-1, -1]);
+    const variants = Array.from({ length: LABELS }, (_, k) => {
+      const overlay = tf.mul(tf.reshape(tf.tensor1d(value), [nPos, 1]), tf.oneHot([k], LABELS));
+      return tf.concat([overlay, image], 1) as tf.Tensor2D;
+    });
+    const h = tf.transpose(this.activationsT(this.normalise(tf.concat(variants, 0))));
+    const g = tf.reshape(this.goodness(h), [LABELS, nPos]);
+    const logP = tf.logSoftmax(tf.mul(tf.transpose(g), this.config.alpha ?? 1));
+    const onehot = tf.oneHot(tf.tensor1d(labels, 'int32'), LABELS);
+    return tf.neg(tf.mean(tf.sum(tf.mul(onehot, logP), 1))) as tf.Scalar;
   }
 
   /**
@@ -277,10 +427,7 @@ export class FFLayer {
    * Peer normalisation of a step whose activations are `h` (null when off): the running mean
    * it leads to, its loss, and dL/dH per unit on a positive row (`grad`).
    */
-  private peerStep(
-    h: tf.Tensor2D,
-    nPos: number,
-  ): { mean: tf.Tensor1D; loss: tf.Scalar; grad: tf.Tensor1D } | null {
+  private peerStep(h: tf.Tensor2D, nPos: number): PeerStep | null {
     if (!this.peerMean) return null;
     const w = this.peerWeight();
     const decay = this.config.peerDecay ?? 0.9;
@@ -371,14 +518,19 @@ export class FFLayer {
 
   /** H^T = relu(W Xn^T + b), [out, rows]. */
   private activationsT(xn: tf.Tensor2D): tf.Tensor2D {
+    return tf.tidy(() => tf.relu(this.preactivationsT(xn)));
+  }
+
+  /** Z^T = W Xn^T + b, [out, rows]. */
+  private preactivationsT(xn: tf.Tensor2D): tf.Tensor2D {
     // Transpose then multiply: matMul's transpose flags are ~13x slower on wasm.
     // Not tf.fused.matMul: its wasm kernel reads the bias's stored rank-1 shape through the
     // reshape and adds it along the wrong axis.
     const bias = tf.reshape(this.bias, [this.config.outDim, 1]);
-    const hT = tf.relu(tf.add(tf.matMul(this.weight, tf.transpose(xn)), bias));
+    const zT = tf.add(tf.matMul(this.weight, tf.transpose(xn)), bias);
     // The reshape shares the bias's storage; release it so the optimizer may update in place.
     bias.dispose();
-    return hT as tf.Tensor2D;
+    return zT as tf.Tensor2D;
   }
 
   /**

@@ -13,8 +13,11 @@ export interface ModelConfig {
   goodness: GoodnessType;
   negate: boolean;
   threshold: number;
-  /** The FF objective ('threshold' when absent) and SymBa's alpha. */
-  loss?: LossType;
+  /**
+   * The FF objective ('threshold' when absent), for every layer or a list with one per layer,
+   * and the scale of goodness that 'symba' and 'softmax' use.
+   */
+  loss?: LossType | LossType[];
   alpha?: number;
   normEps: number;
   /** Peer normalisation: the weight of its term (0: off) and the decay of its running mean. */
@@ -52,6 +55,12 @@ export function layerSeed(runSeed: number, index: number): number {
   return (runSeed * 7919 + index * 104729) % 2147483647;
 }
 
+/** The objective of layer `index` (0-based). */
+export function layerLoss(model: Pick<ModelConfig, 'loss'>, index: number): LossType {
+  const loss = model.loss ?? 'threshold';
+  return typeof loss === 'string' ? loss : (loss[index] ?? 'threshold');
+}
+
 /** Builds layer `index` of a model: what a pipeline stage does for its own layer. */
 export function buildLayer(
   model: ModelConfig,
@@ -73,7 +82,7 @@ export function buildLayer(
       goodness: model.goodness,
       negate: model.negate,
       threshold: model.threshold,
-      loss: model.loss ?? 'threshold',
+      loss: layerLoss(model, index),
       alpha: model.alpha ?? 1,
       normEps: model.normEps,
       seed: layerSeed(runSeed, index),

@@ -11,7 +11,7 @@ export interface LayerSet {
 
 export interface EvalResult {
   count: number;
-  /** Accuracy of the configured prediction rule (all layers, or all but the first). */
+  /** Accuracy of the configured prediction rule (the layer set eval.layers / skipFirst name). */
   accuracy: number;
   rule: string;
   perLayerSet: { name: string; accuracy: number }[];
@@ -26,13 +26,36 @@ export interface EvalResult {
   readout?: EvalResult;
 }
 
-/** The sets reported: every layer, all but the first, and each layer alone. */
-export function layerSets(numLayers: number): LayerSet[] {
+/**
+ * The sets reported: every layer, all but the first, and each layer alone; with `rule` (0-based
+ * layers) not among them, that set too, named after its layers ("layers1+3").
+ */
+export function layerSets(numLayers: number, rule?: readonly number[]): LayerSet[] {
   const all = Array.from({ length: numLayers }, (_, i) => i);
   const sets: LayerSet[] = [{ name: 'all', layers: all }];
   if (numLayers > 1) sets.push({ name: 'skip-first', layers: all.slice(1) });
   if (numLayers > 1) for (const i of all) sets.push({ name: `layer${i + 1}`, layers: [i] });
+  if (rule && !sets.some((s) => sameLayers(s.layers, rule))) {
+    sets.push({ name: `layers${rule.map((l) => l + 1).join('+')}`, layers: [...rule] });
+  }
   return sets;
+}
+
+/**
+ * The 0-based layers whose scores the prediction rule sums: `layers` (1-based, as a config's
+ * eval.layers gives them) when any, else all, or all but the first with `skipFirst`.
+ */
+export function ruleLayers(
+  numLayers: number,
+  opts: { skipFirst: boolean; layers?: readonly number[] },
+): number[] {
+  if (opts.layers?.length) return [...opts.layers].map((l) => l - 1).sort((a, b) => a - b);
+  const all = Array.from({ length: numLayers }, (_, i) => i);
+  return opts.skipFirst && numLayers > 1 ? all.slice(1) : all;
+}
+
+function sameLayers(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((l, i) => l === b[i]);
 }
 
 /**
@@ -47,9 +70,10 @@ export class EvalAccumulator {
   private readonly confusion: number[][];
   private count = 0;
 
-  constructor(numLayers: number, skipFirst: boolean) {
-    this.sets = layerSets(numLayers);
-    this.ruleIndex = skipFirst && numLayers > 1 ? 1 : 0;
+  /** `rule`: the 0-based layers the prediction rule sums (ruleLayers). */
+  constructor(numLayers: number, rule: readonly number[]) {
+    this.sets = layerSets(numLayers, rule);
+    this.ruleIndex = this.sets.findIndex((s) => sameLayers(s.layers, rule));
     this.correct = this.sets.map(() => 0);
     this.confusion = Array.from({ length: NUM_CLASSES }, () =>
       new Array<number>(NUM_CLASSES).fill(0),

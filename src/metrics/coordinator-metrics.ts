@@ -56,6 +56,8 @@ export type EvalResultLike = Pick<EvalResult, 'perLayerSet'>;
 export interface CoordinatorMetricsOptions {
   /** Layers (= stages) of the run: bounds the `layer` and `set` labels. */
   numLayers: number;
+  /** The layers (0-based) of the run's prediction rule, when eval.layers names a set of its own. */
+  rule?: readonly number[];
   /** Unix time in seconds (tests pass a fixed clock). */
   now?: () => number;
 }
@@ -107,7 +109,7 @@ export class CoordinatorMetrics {
     }
     this.numLayers = numLayers;
     this.now = opts.now ?? (() => Date.now() / 1000);
-    this.evalSets = new Set(layerSets(numLayers).map((s) => s.name));
+    this.evalSets = new Set(layerSets(numLayers, opts.rule).map((s) => s.name));
     this.stagesSource = () => ({ expected: numLayers, registered: 0, up: 0 });
 
     // Point in time: one read of the cluster per gauge per scrape.
@@ -211,7 +213,7 @@ export class CoordinatorMetrics {
     if (record.eval) this.onEval(record.eval);
   }
 
-  /** An evaluation: accuracy of every layer set of layerSets(numLayers); other names are ignored. */
+  /** An evaluation: accuracy of every layer set of layerSets(numLayers, rule); other names are ignored. */
   onEval(result: EvalResultLike): void {
     for (const { name, accuracy } of result.perLayerSet) {
       if (this.evalSets.has(name)) set(this.evalAccuracy, { set: name }, accuracy);

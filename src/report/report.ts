@@ -45,9 +45,12 @@ export function renderReport(run: RunFiles, vega: string): string {
   const classes = DATASET_NAMES.includes(dataset as DatasetName)
     ? classNames(dataset as DatasetName)
     : [];
-  // SymBa's loss has no threshold for the goodness to cross.
+  // Only the threshold loss has a threshold for the goodness to cross.
+  const losses = [model.loss ?? 'threshold'].flat();
   const threshold =
-    typeof model.threshold === 'number' && model.loss !== 'symba' ? model.threshold : undefined;
+    typeof model.threshold === 'number' && losses.includes('threshold')
+      ? model.threshold
+      : undefined;
   const list = charts(run.epochs, run.final, lastEval(run), threshold, classes);
   const specs = list.map((c) => ({ id: c.id, spec: compile(c.spec).spec }));
   const name = String(cfg.name ?? run.dir);
