@@ -102,6 +102,27 @@ function lossValue(layer: FFLayer, x: tf.Tensor2D, nPos = N_POS): number {
   return v;
 }
 
+/**
+ * Autograd of lossOf on x, then one step at lr 1: with PLAIN_SGD, W before - W after is the
+ * gradient the closed form computed. Returns both, and the step's [loss, g+, g-].
+ */
+function autogradAndStep(layer: FFLayer, x: tf.Tensor2D) {
+  const { value, grads } = tf.variableGrads(
+    () => layer.lossOf(x, N_POS),
+    [layer.weight, layer.bias],
+  );
+  const autoW = grads[layer.weight.name]!.dataSync().slice();
+  const autoB = grads[layer.bias.name]!.dataSync().slice();
+  const autoLoss = value.dataSync()[0]!;
+  tf.dispose([value, ...Object.values(grads)]);
+  const before = params(layer);
+  const stats = step(layer, x, 1);
+  const after = params(layer);
+  const dW = before.w.map((w, i) => w - after.w[i]!);
+  const dB = before.b.map((b, i) => b - after.b[i]!);
+  return { autoW, autoB, autoLoss, dW, dB, stats };
+}
+
 /** Makes the layer's optimizer take the tfjs-ops path (the one native and GPU backends use). */
 function forceOpsPath(layer: FFLayer): void {
   forceOps(layer.optimizer);
@@ -139,21 +160,7 @@ describe('FFLayer closed-form gradient', () => {
       const layer = new FFLayer(layerConfig(v), PLAIN_SGD);
       const x = tf.tensor2d(batch(11), [2 * N_POS, IN]);
       try {
-        const { value, grads } = tf.variableGrads(
-          () => layer.lossOf(x, N_POS),
-          [layer.weight, layer.bias],
-        );
-        const autoW = grads[layer.weight.name]!.dataSync();
-        const autoB = grads[layer.bias.name]!.dataSync();
-        const autoLoss = value.dataSync()[0]!;
-        tf.dispose([value, ...Object.values(grads)]);
-
-        const before = params(layer);
-        const stats = step(layer, x, 1);
-        const after = params(layer);
-        const dW = before.w.map((w, i) => w - after.w[i]!);
-        const dB = before.b.map((b, i) => b - after.b[i]!);
-
+        const { autoW, autoB, autoLoss, dW, dB, stats } = autogradAndStep(layer, x);
         // Not a vacuous comparison: the gradient has a size well above the tolerance.
         assert.ok(maxAbs(autoW) > 1e-3, `autograd dW too small: ${maxAbs(autoW)}`);
         assert.ok(maxAbs(autoB) > 1e-3, `autograd db too small: ${maxAbs(autoB)}`);
@@ -333,19 +340,7 @@ describe("FFLayer loss 'softmax'", () => {
       const x = tf.tensor2d(overlaid(21).x, [2 * N_POS, DIM]);
       try {
         if (layer.peerMean) layer.peerMean.assign(tf.tensor1d([0.1, 0.9, 0.3, 0, 1.4, 0.2, 0.6]));
-        const { value, grads } = tf.variableGrads(
-          () => layer.lossOf(x, N_POS),
-          [layer.weight, layer.bias],
-        );
-        const autoW = grads[layer.weight.name]!.dataSync();
-        const autoB = grads[layer.bias.name]!.dataSync();
-        const autoLoss = value.dataSync()[0]!;
-        tf.dispose([value, ...Object.values(grads)]);
-        const before = params(layer);
-        const stats = step(layer, x, 1);
-        const after = params(layer);
-        const dW = before.w.map((w, i) => w - after.w[i]!);
-        const dB = before.b.map((b, i) => b - after.b[i]!);
+        const { autoW, autoB, autoLoss, dW, dB, stats } = autogradAndStep(layer, x);
         assert.ok(maxAbs(autoW) > 1e-3, `autograd dW too small: ${maxAbs(autoW)}`);
         // The label columns get their own terms: they must move, and match.
         const labelCols = Array.from(autoW).filter((_, i) => i % DIM < 10);

@@ -134,7 +134,7 @@ interface PeerStep {
  * times the value, as the data's overlay writes it). Loss 'softmax' needs the true label of
  * each positive row; anything but such an overlay there is an error, not a guess.
  */
-export function labelOverlay(
+function labelOverlay(
   cols: ArrayLike<number>,
   rows: number,
 ): { labels: Int32Array; value: Float32Array } {
