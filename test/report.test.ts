@@ -10,6 +10,8 @@ import type { Browser } from 'puppeteer-core';
 import type { EpochRecord } from '../src/coordinator/epoch-record.js';
 import type { EvalResult } from '../src/core/predict.js';
 import { classNames } from '../src/data/class-names.js';
+import { renderReport } from '../src/report/report.js';
+import type { EpochPoint, RunFiles } from '../src/report/run-files.js';
 import { chartMarks, launchBrowser, openFile } from './helpers/browser.js';
 import { smallRun, trainPipelined } from './helpers/runs.js';
 import { killAll, ROOT, runNode } from './helpers/spawn.js';
@@ -217,5 +219,37 @@ describe('run report', () => {
     });
     assert.equal(r.code, 2);
     assert.match(r.stderr, /REPORT_NOT_A_RUN.*no readable config\.json/);
+  });
+});
+
+describe('run report: the goodness chart and the losses', () => {
+  const epoch: EpochPoint = {
+    epoch: 1,
+    seconds: 1,
+    samplesPerSec: 1,
+    lr: 0.001,
+    layers: [
+      { loss: 0.4, goodnessPos: 300, goodnessNeg: 200 },
+      { loss: 4, goodnessPos: 1100, goodnessNeg: 850 },
+    ],
+    stages: [],
+  };
+  const caption = (loss: unknown): string => {
+    const run: RunFiles = {
+      dir: 'r',
+      config: { model: { threshold: 1000, loss } },
+      epochs: [epoch],
+      final: undefined,
+      skippedLines: 0,
+    };
+    const html = renderReport(run, '');
+    const at = html.indexOf('Goodness of positive and negative data');
+    return /<p class="caption">([^<]*)<\/p>/.exec(html.slice(at))![1]!;
+  };
+
+  it('draws the threshold for the layers that have the threshold loss, and says which', () => {
+    assert.match(caption(undefined), /above the threshold \(1000, dotted\), negative/);
+    assert.match(caption(['softmax', 'threshold']), /\(1000, dotted; layer 2\)/);
+    assert.match(caption('symba'), /no threshold/);
   });
 });

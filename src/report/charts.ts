@@ -31,7 +31,8 @@ export function charts(
   final: EvalPoint | undefined,
   /** eval.json, or else the last epoch's evaluation. */
   last: EvalPoint | undefined,
-  threshold: number | undefined,
+  /** model.threshold, and the layers it applies to when not all (a list of losses). */
+  threshold: Threshold | undefined,
   classes: readonly string[],
 ): Chart[] {
   const out: Chart[] = [];
@@ -83,7 +84,12 @@ function lossChart(epochs: EpochPoint[]): Chart {
   };
 }
 
-function goodnessChart(epochs: EpochPoint[], threshold: number | undefined): Chart {
+export interface Threshold {
+  value: number;
+  layers?: number[];
+}
+
+function goodnessChart(epochs: EpochPoint[], threshold: Threshold | undefined): Chart {
   const rows = epochs.flatMap((e) =>
     e.layers.flatMap((l, i) => [
       { epoch: e.epoch, layer: layerName(i), data: 'positive', goodness: l.goodnessPos },
@@ -108,7 +114,7 @@ function goodnessChart(epochs: EpochPoint[], threshold: number | undefined): Cha
   const layer: object[] = [lines];
   if (threshold !== undefined) {
     layer.push({
-      data: { values: [{ threshold }] },
+      data: { values: [{ threshold: threshold.value }] },
       mark: { type: 'rule', color: '#888', strokeDash: [2, 2], tooltip: true },
       encoding: { y: { field: 'threshold', type: 'quantitative' } },
     });
@@ -117,9 +123,9 @@ function goodnessChart(epochs: EpochPoint[], threshold: number | undefined): Cha
     id: 'goodness',
     title: 'Goodness of positive and negative data',
     caption:
-      'Mean goodness per layer: positive data should rise above the threshold' +
-      (threshold !== undefined ? ` (${threshold}, dotted)` : '') +
-      ', negative data fall below it.',
+      threshold === undefined
+        ? "Mean goodness per layer, of positive and negative data: no threshold, the layers' losses compare them."
+        : `Mean goodness per layer: positive data should rise above the threshold (${threshold.value}, dotted${threshold.layers ? `; ${threshold.layers.length === 1 ? 'layer' : 'layers'} ${threshold.layers.join(', ')}` : ''}), negative data fall below it.`,
     spec: base(rows, { layer }),
   };
 }

@@ -45,11 +45,14 @@ export function renderReport(run: RunFiles, vega: string): string {
   const classes = DATASET_NAMES.includes(dataset as DatasetName)
     ? classNames(dataset as DatasetName)
     : [];
-  // Only the threshold loss has a threshold for the goodness to cross.
+  // Only the threshold loss has a threshold for the goodness to cross; with a list of losses,
+  // only the layers that have it.
   const losses = [model.loss ?? 'threshold'].flat();
+  const layers =
+    losses.length > 1 ? losses.flatMap((l, i) => (l === 'threshold' ? [i + 1] : [])) : undefined;
   const threshold =
     typeof model.threshold === 'number' && losses.includes('threshold')
-      ? model.threshold
+      ? { value: model.threshold, layers }
       : undefined;
   const list = charts(run.epochs, run.final, lastEval(run), threshold, classes);
   const specs = list.map((c) => ({ id: c.id, spec: compile(c.spec).spec }));
