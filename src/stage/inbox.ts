@@ -3,6 +3,7 @@
 // when either bound is reached it stops reading, the socket's own small queue fills, and
 // ZeroMQ's high-water mark holds the upstream back. Nothing is dropped here.
 import type { Pull } from 'zeromq';
+import { setMaxMessageSizeForBind } from '../transport/sockets.js';
 
 export interface InboxLimits {
   /** Messages queued ahead of the one being handled. */
@@ -59,7 +60,7 @@ export class Inbox {
 
   private async bindAgain(endpoint: string, maxBytes: number): Promise<void> {
     await this.socket.unbind(endpoint);
-    this.socket.maxMessageSize = maxBytes;
+    setMaxMessageSizeForBind(this.socket, maxBytes);
     // ZeroMQ's I/O thread closes the old listener after unbind() resolves; on a busy machine
     // the port can still be held for a moment.
     for (let waited = 0; ; waited += 10) {

@@ -68,6 +68,28 @@ export function dataPull(options: DataSocketOptions = {}): Pull {
 }
 
 /** Closes every socket given; never throws, so it is safe in `finally` and cleanup paths. */
+const NEXT_BIND_WARNING = 'will not take effect until next connect/bind';
+
+/**
+ * Sets the largest message an unbound `socket` accepts, for the bind that follows. zeromq.js 6
+ * counts a bind that failed (EADDRINUSE while an old listener lets go of its port) as an
+ * endpoint, so once a rebind has retried it believes the socket is still bound and warns, on
+ * every later rebind, that the option waits for the next bind: that bind is the next call, so
+ * the warning is dropped (any other warning passes).
+ */
+export function setMaxMessageSizeForBind(socket: Socket, bytes: number): void {
+  const emit = process.emitWarning;
+  process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+    if (String(warning).includes(NEXT_BIND_WARNING)) return;
+    (emit as (...a: unknown[]) => void).call(process, warning, ...rest);
+  }) as typeof process.emitWarning;
+  try {
+    socket.maxMessageSize = bytes;
+  } finally {
+    process.emitWarning = emit;
+  }
+}
+
 export function closeAll(...sockets: (Socket | null | undefined)[]): void {
   for (const s of sockets) {
     try {
