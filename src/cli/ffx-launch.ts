@@ -308,8 +308,19 @@ async function main(): Promise<void> {
       Promise.all(children.map((c) => c.exited)),
       new Promise<null>((r) => setTimeout(() => r(null), grace).unref()),
     ]);
-    if (exits === null) failed = `stages did not exit within ${grace / 1000}s after the run`;
-    else {
+    if (exits === null) {
+      // A stage started again after the coordinator sent its stop marker has no run to join
+      // and waits for the next coordinator: stopped below, it is no failure. Any other stage
+      // still here missed the end of the run.
+      const stuck = children.filter((c) => c !== children[0] && c.proc.exitCode === null);
+      const late = stuck.filter((c) => c.restarts > 0);
+      for (const c of late) {
+        terminal.line(`ffx-launch: ${c.name} was started again after the run ended; stopping it`);
+      }
+      if (late.length < stuck.length) {
+        failed = `stages did not exit within ${grace / 1000}s after the run`;
+      }
+    } else {
       const i = exits.findIndex((e) => statusOf(e) !== 0);
       if (i >= 0) failed = `${children[i]!.name} ${describeExit(exits[i]!)}`;
     }
