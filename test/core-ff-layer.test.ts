@@ -23,6 +23,7 @@ import {
   forceOps,
   runFlushScenario,
 } from './helpers/optimizer-paths.js';
+import { referenceLoss } from './helpers/ff-reference.js';
 
 const IN = 12;
 const OUT = 7;
@@ -96,19 +97,19 @@ function step(layer: FFLayer, x: tf.Tensor2D, lr: number, nPos = N_POS): number[
 }
 
 function lossValue(layer: FFLayer, x: tf.Tensor2D, nPos = N_POS): number {
-  const l = layer.lossOf(x, nPos);
+  const l = referenceLoss(layer, x, nPos);
   const v = l.dataSync()[0]!;
   l.dispose();
   return v;
 }
 
 /**
- * Autograd of lossOf on x, then one step at lr 1: with PLAIN_SGD, W before - W after is the
+ * Autograd of the reference loss (helpers/ff-reference.ts) on x, then one step at lr 1: with PLAIN_SGD, W before - W after is the
  * gradient the closed form computed. Returns both, and the step's [loss, g+, g-].
  */
 function autogradAndStep(layer: FFLayer, x: tf.Tensor2D) {
   const { value, grads } = tf.variableGrads(
-    () => layer.lossOf(x, N_POS),
+    () => referenceLoss(layer, x, N_POS),
     [layer.weight, layer.bias],
   );
   const autoW = grads[layer.weight.name]!.dataSync().slice();
@@ -153,8 +154,8 @@ describe('FFLayer closed-form gradient', () => {
     { goodness: 'sum', negate: true, threshold: 0, loss: 'symba', alpha: 2 },
   ];
   for (const v of variants) {
-    it(`equals tfjs autograd of lossOf (loss ${v.loss ?? 'threshold'}, goodness ${v.goodness}, negate ${v.negate})`, () => {
-      // The closed form in trainStep is hand-derived; autograd of lossOf (the same loss written
+    it(`equals tfjs autograd of the reference loss (loss ${v.loss ?? 'threshold'}, goodness ${v.goodness}, negate ${v.negate})`, () => {
+      // The closed form in trainStep is hand-derived; autograd of the reference loss (the same loss written
       // as plain differentiable ops) is the reference. A wrong sign, a missing 1/2B or 2/k, or a
       // relu mask error would show up as a mismatch far above float32 rounding.
       const layer = new FFLayer(layerConfig(v), PLAIN_SGD);
@@ -178,7 +179,7 @@ describe('FFLayer closed-form gradient', () => {
     });
   }
 
-  it('with peer normalisation, equals tfjs autograd of lossOf, and moves the running mean', () => {
+  it('with peer normalisation, equals tfjs autograd of the reference loss, and moves the running mean', () => {
     const cfg = layerConfig({ goodness: 'sum', threshold: 1.5, peerNorm: 3, peerDecay: 0.8 });
     const layer = new FFLayer(cfg, PLAIN_SGD);
     const plain = new FFLayer({ ...cfg, peerNorm: 0 }, PLAIN_SGD);
@@ -188,7 +189,10 @@ describe('FFLayer closed-form gradient', () => {
       layer.peerMean!.assign(tf.tensor1d([0.1, 0.9, 0.3, 0, 1.4, 0.2, 0.6]));
       assert.equal(plain.peerMean, null);
       const grad = (l: FFLayer) => {
-        const { value, grads } = tf.variableGrads(() => l.lossOf(x, N_POS), [l.weight, l.bias]);
+        const { value, grads } = tf.variableGrads(
+          () => referenceLoss(l, x, N_POS),
+          [l.weight, l.bias],
+        );
         const out = {
           loss: value.dataSync()[0]!,
           w: grads[l.weight.name]!.dataSync().slice(),
@@ -333,7 +337,7 @@ describe("FFLayer loss 'softmax'", () => {
   for (const v of variants) {
     it(`equals tfjs autograd of the ten overlays written out (goodness ${v.goodness}, negate ${v.negate}, peer norm ${v.peerNorm ?? 0})`, () => {
       // The step scores all ten labels from one product (the overlay moves ten columns);
-      // lossOf builds each label's rows and runs them through the layer, so a wrong column
+      // the reference builds each label's rows and runs them through the layer, so a wrong column
       // update, overlay value or norm shows as a mismatch.
       const cfg = layerConfig({ inDim: DIM, loss: 'softmax', threshold: 0, ...v });
       const layer = new FFLayer(cfg, PLAIN_SGD);
@@ -435,7 +439,10 @@ describe('FFLayer saturated rows', () => {
         'skipped terms are not exact zeros',
       );
 
-      const { grads } = tf.variableGrads(() => layer.lossOf(x, N_POS), [layer.weight, layer.bias]);
+      const { grads } = tf.variableGrads(
+        () => referenceLoss(layer, x, N_POS),
+        [layer.weight, layer.bias],
+      );
       const autoW = grads[layer.weight.name]!.dataSync();
       const autoB = grads[layer.bias.name]!.dataSync();
       tf.dispose(Object.values(grads));
@@ -568,7 +575,7 @@ describe('LayerOptimizer in-place path', () => {
     // The fused path writes weights through the wasm heap under the same tensor id; XNNPACK
     // caches packed weights by id, so without hostWritten the next matMul would use the old
     // weights. A fresh layer loaded with the exported weights has never been packed: its loss
-    // is the truth. Both the live layer's lossOf and the loss the next step reports must match.
+    // is the truth. Both the live layer's reference loss and the loss the next step reports must match.
     const opt = optimizer({ type: 'adam', lr: 0.05 });
     const layer = new FFLayer(layerConfig(), opt);
     const x = tf.tensor2d(batch(41), [2 * N_POS, IN]);
@@ -582,7 +589,10 @@ describe('LayerOptimizer in-place path', () => {
         const live = lossValue(layer, x);
         const reported = step(layer, x, opt.lr)[0]!;
         assert.ok(Math.abs(truth - prevLoss) > 1e-4, 'the update changed the loss');
-        assert.ok(Math.abs(live - truth) < 1e-6, `step ${k}: lossOf ${live}, fresh ${truth}`);
+        assert.ok(
+          Math.abs(live - truth) < 1e-6,
+          `step ${k}: reference loss ${live}, fresh ${truth}`,
+        );
         assert.ok(Math.abs(reported - truth) < 1e-6, `step ${k + 1} reported ${reported}`);
         prevLoss = reported;
       }
@@ -677,7 +687,7 @@ describe('FFLayer resources', () => {
     ['ops', 0],
     ['fused', 0.1],
   ] as const) {
-    it(`trainStep, forward, goodness and lossOf leak no tensors (${path} optimizer path, peer norm ${peerNorm})`, () => {
+    it(`trainStep, forward, goodness and the reference loss leak no tensors (${path} optimizer path, peer norm ${peerNorm})`, () => {
       // tfjs never garbage-collects tensors: one leaked per step is a leak per batch.
       const layer = new FFLayer(
         layerConfig({ peerNorm }),
@@ -697,7 +707,11 @@ describe('FFLayer resources', () => {
           lossValue(layer, x);
         }
         layer.exportState('l', true);
-        assert.equal(tf.memory().numTensors, base, 'after forward/goodness/lossOf/exportState');
+        assert.equal(
+          tf.memory().numTensors,
+          base,
+          'after forward/goodness/reference loss/exportState',
+        );
       } finally {
         x.dispose();
         layer.dispose();

@@ -13,6 +13,7 @@ import {
 import { DEFAULT_OPTIMIZER, type OptimizerConfig } from '../src/core/optimizer.js';
 import { Readout, READOUT_CLASSES } from '../src/core/readout.js';
 import { Rng } from '../src/data/rng.js';
+import { readoutLoss } from './helpers/ff-reference.js';
 
 const IN = 9;
 const N = 12;
@@ -44,7 +45,7 @@ before(async () => {
 });
 
 describe('Readout', () => {
-  it('its closed-form step equals tfjs autograd of lossOf, and returns the logits before it', () => {
+  it('its closed-form step equals tfjs autograd of the reference loss, and returns the logits before it', () => {
     const r = new Readout(IN, PLAIN_SGD);
     const { x, labels } = data(3);
     const hn = tf.tensor2d(x, [N, IN]);
@@ -52,7 +53,10 @@ describe('Readout', () => {
       // Away from zero, where every term of the gradient matters.
       r.weight.assign(tf.randomNormal([READOUT_CLASSES, IN], 0, 0.5, 'float32', 7));
       r.bias.assign(tf.randomNormal([READOUT_CLASSES], 0, 0.5, 'float32', 8));
-      const { value, grads } = tf.variableGrads(() => r.lossOf(hn, labels), [r.weight, r.bias]);
+      const { value, grads } = tf.variableGrads(
+        () => readoutLoss(r, hn, labels),
+        [r.weight, r.bias],
+      );
       const autoW = grads[r.weight.name]!.dataSync().slice();
       const autoB = grads[r.bias.name]!.dataSync().slice();
       const autoLoss = value.dataSync()[0]!;
@@ -145,7 +149,7 @@ describe('Readout', () => {
       for (let i = 0; i < 5; i++) {
         r.trainStep(hn, labels, 0.01).logits.dispose();
         r.logits(hn).dispose();
-        r.lossOf(hn, labels).dispose();
+        readoutLoss(r, hn, labels).dispose();
       }
       r.exportState('l', true);
       assert.equal(tf.memory().numTensors, base);

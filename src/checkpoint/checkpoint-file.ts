@@ -16,6 +16,7 @@ import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/
 import { DEFAULT_CONFIG, mergeConfig, validateConfig, type RunConfig } from '../config/config.js';
 import { FfxError, fileError, isFfxError, withFile, type ErrorCode } from '../errors.js';
 import { writeFileAtomic } from './atomic-file.js';
+import { RUN_FILES } from './run-dir.js';
 
 const FORMAT = 'ffx-checkpoint-v2';
 /** Files of the first format have no checksums; they still load. */
@@ -23,18 +24,6 @@ const FORMATS = ['ffx-checkpoint-v1', FORMAT];
 
 /** The pointer to the newest complete checkpoint of a run, in its output directory. */
 export const LATEST = 'latest';
-
-/** The other files of a run directory (the checkpoints aside). */
-export const RUN_FILES = {
-  /** The resolved config, written as the run starts. */
-  config: 'config.json',
-  /** One line per epoch. */
-  metrics: 'metrics.jsonl',
-  /** The final evaluation, written as the run ends. */
-  eval: 'eval.json',
-  /** The run's report (src/report), written as the run ends. */
-  report: 'report.html',
-} as const;
 
 /** A checkpoint that cannot serve the run: it is missing, damaged, or does not fit the model. */
 export class CheckpointError extends FfxError<ErrorCode<'checkpoint'>> {}

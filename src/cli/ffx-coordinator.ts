@@ -5,7 +5,7 @@
 import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { readCheckpoint } from '../checkpoint/checkpoint-file.js';
-import type { RunConfig } from '../config/config.js';
+import { checkEvalRule, type RunConfig } from '../config/config.js';
 import { classNames } from '../data/class-names.js';
 import { ruleLayers } from '../core/predict.js';
 import { evaluateSplit, train as trainRun } from '../coordinator/driver.js';
@@ -130,6 +130,8 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   if (!a.local && weights)
     throw new UsageError("--weights goes with --local; without it, eval uses the stages' layers");
   const cfg = await runConfig(a, weights);
+  const rule = a.rule as 'both' | 'goodness' | 'readout';
+  checkEvalRule(cfg, rule);
   const exporter = await startProcess(a, cfg, reporter);
   let result;
   try {
@@ -141,7 +143,6 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
       ? new LocalExecutor(cfg)
       : new PipelineExecutor(cfg, await pipelineOptions(a, 'eval', reporter, metrics));
     metrics?.onRun(executor.run, cfg.name);
-    const rule = a.rule as 'both' | 'goodness' | 'readout';
     result = await evaluateSplit(cfg, executor, split, {
       reporter,
       state,

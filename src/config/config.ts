@@ -219,20 +219,33 @@ function checkModel(model: RunConfig['model']): void {
   }
 }
 
-/** An object with exactly these keys, each checked by its rule. */
+/** Keys a config may leave out (every other key is present once merged over the defaults). */
+const OPTIONAL_KEYS: ReadonlySet<string> = new Set(['data.dataDir']);
+
+/**
+ * `value` as an object whose keys are those of `rules`, each checked by its rule: an unknown
+ * key is an error (usually a typo), and so is a missing one unless OPTIONAL_KEYS lists it.
+ * `where` is the object's dotted path ('' for the whole config).
+ */
+function checkRecord(where: string, value: unknown, rules: Record<string, Rule>): void {
+  const at = (sub: string) => (where ? `${where}.${sub}` : sub);
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    fail(where || 'config', value, 'an object');
+  const o = value as Record<string, unknown>;
+  for (const [sub, x] of Object.entries(o)) {
+    const rule = rules[sub];
+    if (!rule) throw unknownKey(at(sub), x, Object.keys(rules));
+    rule(at(sub), x);
+  }
+  for (const sub of Object.keys(rules)) {
+    if (!(sub in o) && !OPTIONAL_KEYS.has(at(sub))) fail(at(sub), undefined, 'present');
+  }
+}
+
 const record =
   (rules: Record<string, Rule>): Rule =>
-  (k, v) => {
-    if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(k, v, 'an object');
-    const o = v as Record<string, unknown>;
-    for (const [sub, x] of Object.entries(o)) {
-      const rule = rules[sub];
-      if (!rule) throw unknownKey(`${k}.${sub}`, x, Object.keys(rules));
-      rule(`${k}.${sub}`, x);
-    }
-    for (const sub of Object.keys(rules))
-      if (!(sub in o)) fail(`${k}.${sub}`, undefined, 'present');
-  };
+  (k, v) =>
+    checkRecord(k, v, rules);
 
 const SCHEMA: Record<string, Record<string, Rule>> = {
   '': { name: str, seed: int(0) },
@@ -276,35 +289,17 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
   output: { dir: str, checkpointEvery: int(0), keepCheckpoints: int(0) },
 };
 
+/** The whole config: every section a record of its keys, the top-level keys beside them. */
+const TOP_LEVEL: Record<string, Rule> = Object.fromEntries(
+  Object.entries(SCHEMA).flatMap(([section, rules]) =>
+    section === '' ? Object.entries(rules) : [[section, record(rules)]],
+  ),
+);
+
 /** Checks every key against the schema; unknown keys are errors (they are usually typos). */
 export function validateConfig(raw: unknown): RunConfig {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
-    fail('config', raw, 'an object');
-  const obj = raw as Record<string, unknown>;
-  for (const [key, value] of Object.entries(obj)) {
-    const section = SCHEMA[key];
-    if (section && key !== '') {
-      if (typeof value !== 'object' || value === null || Array.isArray(value))
-        fail(key, value, 'an object');
-      for (const [sub, v] of Object.entries(value as Record<string, unknown>)) {
-        const rule = section[sub];
-        if (!rule) throw unknownKey(`${key}.${sub}`, v, Object.keys(section));
-        rule(`${key}.${sub}`, v);
-      }
-    } else {
-      const rule = SCHEMA['']![key];
-      if (!rule)
-        throw unknownKey(key, value, [
-          ...Object.keys(SCHEMA['']!),
-          ...Object.keys(SCHEMA).filter(Boolean),
-        ]);
-      rule(key, value);
-    }
-  }
-  for (const section of Object.keys(SCHEMA).filter(Boolean)) {
-    if (!(section in obj)) fail(section, undefined, 'present (a section of the config)');
-  }
-  const cfg = obj as unknown as RunConfig;
+  checkRecord('', raw, TOP_LEVEL);
+  const cfg = raw as RunConfig;
   checkModel(cfg.model);
   if (cfg.eval.skipFirst && cfg.model.layers.length < 3) {
     fail('eval.skipFirst', true, 'false when the model has a single layer');
@@ -327,6 +322,21 @@ export function validateConfig(raw: unknown): RunConfig {
 }
 
 /**
+ * `ffx-coordinator eval --rule`: a rule that only one method answers must be one this model
+ * has ('readout' needs readouts); 'both' and 'goodness' always are.
+ */
+export function checkEvalRule(cfg: RunConfig, rule: 'both' | 'goodness' | 'readout'): void {
+  if (rule === 'readout' && !cfg.model.readout) {
+    throw new ConfigError(
+      'CONFIG_INVALID',
+      'model.readout',
+      false,
+      'eval --rule readout needs a model with readouts (model.readout true); this one has none',
+    );
+  }
+}
+
+/**
  * Checks one section given whole, with every key present and none unknown: what a stage does
  * with the model and optimizer its coordinator sends, under the rules of a config file.
  */
@@ -334,20 +344,9 @@ export function validateSection<K extends 'model' | 'optimizer'>(
   name: K,
   value: unknown,
 ): RunConfig[K] {
-  const rules = SCHEMA[name]!;
-  if (typeof value !== 'object' || value === null || Array.isArray(value))
-    fail(name, value, 'an object');
-  const obj = value as Record<string, unknown>;
-  for (const [key, v] of Object.entries(obj)) {
-    const rule = rules[key];
-    if (!rule) throw unknownKey(`${name}.${key}`, v, Object.keys(rules));
-    rule(`${name}.${key}`, v);
-  }
-  for (const key of Object.keys(rules)) {
-    if (!(key in obj)) fail(`${name}.${key}`, undefined, 'present');
-  }
-  if (name === 'model') checkModel(obj as RunConfig['model']);
-  return obj as RunConfig[K];
+  checkRecord(name, value, SCHEMA[name]!);
+  if (name === 'model') checkModel(value as RunConfig['model']);
+  return value as RunConfig[K];
 }
 
 function unknownKey(key: string, value: unknown, known: string[]): ConfigError {

@@ -7,27 +7,29 @@
 // Recovery is replay. Everything a run computes depends only on (seed, epoch, batch) and the
 // state at the last checkpoint, so when a stage is lost the driver rolls every layer back to
 // that state and trains again from there: the run ends with the weights of one that was never
-// interrupted. The ledger counts what each layer trained per (epoch, batch), exactly once in
-// the final lineage.
-import { appendFile, mkdir, readFile, rm } from 'node:fs/promises';
+// interrupted. The lineage (lineage.ts) counts what each layer trained per (epoch, batch),
+// exactly once; the epoch's tally (epoch-tally.ts) sums its reports into the epoch's record,
+// which metrics.jsonl logs (checkpoint/run-dir.ts).
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
 import {
-  RUN_FILES,
   commitCheckpoint,
   readCheckpoint,
   type ModelState,
 } from '../checkpoint/checkpoint-file.js';
-import { ConfigError, type RunConfig } from '../config/config.js';
-import type { StepStats } from '../core/ff-layer.js';
+import { MetricsLog, RUN_FILES } from '../checkpoint/run-dir.js';
+import type { RunConfig } from '../config/config.js';
 import { learningRateAt } from '../core/optimizer.js';
 import { EvalAccumulator, ruleLayers, type EvalResult } from '../core/predict.js';
 import { FfxError, SystemError, withFile } from '../errors.js';
 import { plural } from '../log.js';
 import type { CoordinatorMetrics } from '../metrics/index.js';
 import type { BatchSampler } from '../data/ff-data.js';
-import type { EpochRecord, StageTiming } from './epoch-record.js';
+import type { EpochRecord } from './epoch-record.js';
+import { EpochTally } from './epoch-tally.js';
 import type { Executor, TrainReport } from './executor.js';
+import { Lineage } from './lineage.js';
 import { PREDICTIONS_TENSOR, PredictionTable } from './predictions.js';
 import type { Reporter } from './reporter.js';
 import { evalBatches, prepareData, trainSampler, type RunData, type Split } from './run-data.js';
@@ -83,16 +85,11 @@ class Training {
   private readonly metrics: CoordinatorMetrics | undefined;
   private readonly sampler: BatchSampler;
   private readonly batches: number;
-  private readonly metricsFile: string;
+  private readonly log: MetricsLog;
   private point: RecoveryPoint;
   private tally: EpochTally;
-  /** The lineage's epoch records, as metrics.jsonl holds them (earlier runs' lines included). */
-  private lines: string[] = [];
   private readonly records: EpochRecord[] = [];
-  /** Per layer: batches trained in the final lineage so far, and batches trained again. */
-  private readonly lineage: number[];
-  private readonly replayed: number[];
-  private recoveries = 0;
+  private readonly lineage: Lineage;
   /** With hard negatives: what the readouts predicted for each training image. */
   private readonly predictions: PredictionTable | null = null;
 
@@ -118,15 +115,13 @@ class Training {
       predictions ? (epoch) => (epoch >= warmup ? predictions.probs : null) : undefined,
     );
     this.batches = this.sampler.batchesPerEpoch;
-    this.metricsFile = join(cfg.output.dir, RUN_FILES.metrics);
+    this.log = new MetricsLog(cfg.output.dir);
     this.point = { epoch: resume?.epoch ?? 0, state: resume?.state };
     this.tally = new EpochTally(executor.numLayers, 0, this.batches);
     // Each batch is one optimizer step: a checkpoint's step counts are what it has trained.
-    this.lineage = Array.from(
-      { length: executor.numLayers },
-      (_, i) => resume?.state.optimizerSteps[i] ?? 0,
+    this.lineage = new Lineage(
+      Array.from({ length: executor.numLayers }, (_, i) => resume?.state.optimizerSteps[i] ?? 0),
     );
-    this.replayed = new Array<number>(executor.numLayers).fill(0);
   }
 
   async run(): Promise<TrainResult> {
@@ -158,12 +153,12 @@ class Training {
           final,
           weightsFile,
           seconds: (performance.now() - started) / 1000,
-          recoveries: this.recoveries,
-          replayed: this.replayed,
+          recoveries: this.lineage.recoveries,
+          replayed: this.lineage.replayed,
         };
       } catch (err) {
         const max = this.opts.maxRecoveries ?? 0;
-        if (!executor.recoverable(err) || this.recoveries >= max) throw err;
+        if (!executor.recoverable(err) || this.lineage.recoveries >= max) throw err;
         await this.rollBack(err as Error);
         epoch = this.point.epoch;
       }
@@ -196,11 +191,7 @@ class Training {
     reporter.endEpoch(record);
     metrics?.onEpoch(record);
     this.records.push(record);
-    const line = JSON.stringify(record);
-    this.lines.push(line);
-    await withFile(this.metricsFile, `cannot append to ${this.metricsFile}`, () =>
-      appendFile(this.metricsFile, line + '\n'),
-    );
+    await this.log.append(record);
     if (!last && every(cfg.output.checkpointEvery, epoch)) await this.checkpoint(epoch + 1);
   }
 
@@ -230,29 +221,27 @@ class Training {
 
   /** After a failure the executor recovers from: back to the recovery point, on every layer. */
   private async rollBack(err: Error): Promise<void> {
-    const { executor, reporter, metrics, point } = this;
+    const { executor, reporter, metrics, point, lineage } = this;
     const t0 = performance.now();
-    this.recoveries++;
+    // What the abandoned lineage trained since the point is trained again: count it.
+    const dropped = [...this.records.filter((r) => r.epoch > point.epoch), this.tally.record(0, 0)];
+    const lost = lineage.rollBack(dropped);
     const code = err instanceof FfxError ? ` [${err.code}]` : '';
     reporter.warn(
       `recovering${code}: ${err.message}; rolling every layer back to epoch ${point.epoch} ` +
-        `(recovery ${this.recoveries} of at most ${this.opts.maxRecoveries ?? 0})`,
+        `(recovery ${lineage.recoveries} of at most ${this.opts.maxRecoveries ?? 0})`,
     );
     metrics?.onRecovery();
-    // What the abandoned lineage trained since the point is trained again: count it.
-    const kept = this.records.filter((r) => r.epoch <= point.epoch);
-    const dropped = [...this.records.filter((r) => r.epoch > point.epoch), this.tally.record(0, 0)];
-    for (const r of dropped) {
-      r.batches.forEach((n, l) => {
-        this.replayed[l]! += n;
-        this.lineage[l]! -= n;
-        metrics?.onReplayed(l + 1, n);
-        metrics?.onLineage(l + 1, this.lineage[l]!);
-      });
-    }
-    this.records.splice(0, this.records.length, ...kept);
-    this.lines = this.lines.filter((l) => lineEpoch(l) <= point.epoch);
-    await writeFileAtomic(this.metricsFile, this.lines.map((l) => l + '\n').join(''), 'metrics');
+    lost.forEach((n, l) => {
+      metrics?.onReplayed(l + 1, n);
+      metrics?.onLineage(l + 1, lineage.batches[l]!);
+    });
+    this.records.splice(
+      0,
+      this.records.length,
+      ...this.records.filter((r) => r.epoch <= point.epoch),
+    );
+    await this.log.rewind(point.epoch);
     this.tally = new EpochTally(executor.numLayers, point.epoch, this.batches);
     this.predictions?.restore(point.state?.tensors.get(PREDICTIONS_TENSOR));
     await executor.rollback(point.state);
@@ -272,8 +261,7 @@ class Training {
       this.metrics?.onDuplicate(r.layer);
       return;
     }
-    this.lineage[r.layer - 1]! += 1;
-    this.metrics?.onLineage(r.layer, this.lineage[r.layer - 1]!);
+    this.metrics?.onLineage(r.layer, this.lineage.trained(r.layer));
     if (r.logits) this.predictions?.add(r.index, r.layer, r.logits);
     if (added === 'batch-done') {
       const { done, samples, lastLosses } = this.tally;
@@ -284,27 +272,22 @@ class Training {
   }
 
   /**
-   * The output directory with the resolved config; metrics.jsonl keeps the lines of the epochs
-   * the run starts after (a resumed run's lineage) and nothing later, and the eval.json and
-   * report.html of an earlier run in it (--overwrite, or a resume of a finished run) go: they
-   * would describe that run until this one ends.
+   * The output directory with the resolved config and the run's epoch log (metrics.jsonl,
+   * from the epoch the run starts after); the eval.json and report.html of an earlier run in it
+   * (--overwrite, or a resume of a finished run) go: they would describe that run until this
+   * one ends.
    */
   private async prepareOutput(): Promise<void> {
-    const { cfg, metricsFile, point } = this;
-    const dir = cfg.output.dir;
+    const { dir } = this.cfg.output;
     await withFile(dir, `cannot write the output directory ${dir}`, () =>
       mkdir(dir, { recursive: true }),
     );
     await writeFileAtomic(
       join(dir, RUN_FILES.config),
-      JSON.stringify(cfg, null, 2) + '\n',
+      JSON.stringify(this.cfg, null, 2) + '\n',
       'config',
     );
-    if (point.epoch > 0) {
-      const text = await readFile(metricsFile, 'utf8').catch(() => '');
-      this.lines = text.split('\n').filter((l) => l !== '' && lineEpoch(l) <= point.epoch);
-    }
-    await writeFileAtomic(metricsFile, this.lines.map((l) => l + '\n').join(''), 'metrics');
+    await this.log.open(this.point.epoch);
     for (const name of [RUN_FILES.eval, RUN_FILES.report]) {
       const file = join(dir, name);
       await withFile(file, `cannot remove ${file}`, () => rm(file, { force: true }));
@@ -326,26 +309,8 @@ class Training {
       name,
     );
     await writeFileAtomic(join(dir, RUN_FILES.eval), JSON.stringify(final, null, 2) + '\n', 'eval');
-    this.reporter.log(
-      `lineage: each layer trained ${this.lineage.join(', ')} batches ` +
-        `(${plural(cfg.train.epochs, 'epoch')} x ${this.batches}); ` +
-        `${plural(this.recoveries, 'recovery', 'recoveries')}, ` +
-        `${plural(
-          this.replayed.reduce((a, b) => a + b, 0),
-          'batch step',
-        )} replayed`,
-    );
+    this.reporter.log(this.lineage.summary(cfg.train.epochs, this.batches));
     return weightsFile;
-  }
-}
-
-/** The epoch of a metrics.jsonl line (Infinity if it has none: dropped on a rewind). */
-function lineEpoch(line: string): number {
-  try {
-    const epoch = (JSON.parse(line) as { epoch?: unknown }).epoch;
-    return typeof epoch === 'number' ? epoch : Infinity;
-  } catch {
-    return Infinity;
   }
 }
 
@@ -391,14 +356,6 @@ async function evaluate(
     );
     return acc.result();
   };
-  if (only === 'readout' && !cfg.model.readout) {
-    throw new ConfigError(
-      'CONFIG_INVALID',
-      'model.readout',
-      false,
-      'eval --rule readout needs a model with readouts (model.readout true); this one has none',
-    );
-  }
   if (only) return { ...(await by(only)), method: only };
   const goodness = await by('goodness');
   if (!cfg.model.readout) return goodness;
@@ -419,90 +376,4 @@ async function loadData(cfg: RunConfig, reporter: Reporter): Promise<RunData> {
 /** True after every `n`-th epoch (0-based `epoch`); never for n = 0. */
 function every(n: number, epoch: number): boolean {
   return n > 0 && (epoch + 1) % n === 0;
-}
-
-/**
- * One epoch's reports, summed per layer with each batch's size as its weight, each (layer,
- * batch) once. A layer's reports arrive in batch order, so the sums are the same floats
- * whichever executor produced them.
- */
-class EpochTally {
-  /** Positive samples per batch index, set as each batch is sent. */
-  readonly sizes: number[] = [];
-  /** Batches, and their samples, that every layer has reported. */
-  done = 0;
-  samples = 0;
-  readonly lastLosses: number[];
-  private readonly seen: Uint8Array[];
-  private readonly distinct: number[];
-  private readonly sums: { loss: number; goodnessPos: number; goodnessNeg: number }[];
-  private readonly times: StageTiming[];
-
-  constructor(
-    private readonly numLayers: number,
-    readonly epoch: number,
-    batches: number,
-  ) {
-    this.lastLosses = new Array<number>(numLayers).fill(NaN);
-    this.seen = Array.from({ length: numLayers }, () => new Uint8Array(batches));
-    this.distinct = new Array<number>(numLayers).fill(0);
-    this.sums = Array.from({ length: numLayers }, () => ({
-      loss: 0,
-      goodnessPos: 0,
-      goodnessNeg: 0,
-    }));
-    this.times = Array.from({ length: numLayers }, () => ({
-      stepSeconds: 0,
-      waitSeconds: 0,
-      transportSeconds: 0,
-      blockedSeconds: 0,
-    }));
-  }
-
-  /** Adds one report: 'duplicate' if that (layer, batch) was in, 'batch-done' for the last layer's. */
-  add(r: TrainReport): 'added' | 'batch-done' | 'duplicate' {
-    const seen = this.seen[r.layer - 1]!;
-    if (r.index >= seen.length || seen[r.index]) return 'duplicate';
-    if (!Number.isFinite(r.stats.loss)) {
-      throw new FfxError(
-        'NON_FINITE_LOSS',
-        `layer ${r.layer}: loss is ${r.stats.loss} at epoch ${r.epoch + 1}, batch ${r.index + 1}; lower optimizer.lr`,
-      );
-    }
-    seen[r.index] = 1;
-    this.distinct[r.layer - 1]! += 1;
-    const size = this.sizes[r.index] ?? 0;
-    const sum = this.sums[r.layer - 1]!;
-    sum.loss += r.stats.loss * size;
-    sum.goodnessPos += r.stats.goodnessPos * size;
-    sum.goodnessNeg += r.stats.goodnessNeg * size;
-    const t = this.times[r.layer - 1]!;
-    t.stepSeconds += r.timing.stepSeconds;
-    t.waitSeconds += r.timing.waitSeconds;
-    t.transportSeconds += r.timing.transportSeconds;
-    t.blockedSeconds += r.timing.blockedSeconds;
-    this.lastLosses[r.layer - 1] = r.stats.loss;
-    if (r.layer !== this.numLayers) return 'added';
-    // The last layer's report: that batch has passed every layer.
-    this.done++;
-    this.samples += size;
-    return 'batch-done';
-  }
-
-  record(seconds: number, lr: number): EpochRecord {
-    const samples = this.samples;
-    return {
-      epoch: this.epoch + 1,
-      seconds,
-      samplesPerSec: samples / seconds,
-      lr,
-      batches: [...this.distinct],
-      layers: this.sums.map((s): StepStats => ({
-        loss: s.loss / samples,
-        goodnessPos: s.goodnessPos / samples,
-        goodnessNeg: s.goodnessNeg / samples,
-      })),
-      stages: this.times.map((t) => ({ ...t })),
-    };
-  }
 }

@@ -2,10 +2,9 @@
 // reference a pipeline of stages must reproduce. Layer l trains on the activations layer l-1
 // produced for the same batch in the same step, exactly as stage l receives them.
 import { randomUUID } from 'node:crypto';
-import { checkMemoryBudget } from '../backend/backend.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
-import { FFNetwork } from '../core/ff-network.js';
+import { FFNetwork, checkRunMemory } from '../core/ff-network.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
 import type { EvalBatch } from './run-data.js';
@@ -25,7 +24,8 @@ export class LocalExecutor implements Executor {
 
   async start(onTrain: TrainListener, state?: ModelState): Promise<void> {
     this.onTrain = onTrain;
-    this.checkMemory();
+    const { model, train, eval: ev } = this.cfg;
+    checkRunMemory(Math.max(...model.layers), train.batchSize, ev.batchSize, model.readout);
     this.build(state);
   }
 
@@ -46,21 +46,6 @@ export class LocalExecutor implements Executor {
       this.net.importState(state.tensors);
       this.net.layers.forEach((l, i) => (l.steps = state.optimizerSteps[i] ?? 0));
     }
-  }
-
-  private checkMemory(): void {
-    const { cfg } = this;
-    const widest = Math.max(...cfg.model.layers);
-    // A step holds a few [2B, width] activations per layer ([3B, width] with readouts); an
-    // eval batch [10B, width].
-    checkMemoryBudget(
-      (cfg.model.readout ? 3 : 2) * cfg.train.batchSize * widest * 4 * 6,
-      `training batch of ${cfg.train.batchSize}`,
-    );
-    checkMemoryBudget(
-      NUM_CLASSES * cfg.eval.batchSize * widest * 4 * 4,
-      `evaluation batch of ${cfg.eval.batchSize} images (${NUM_CLASSES * cfg.eval.batchSize} rows)`,
-    );
   }
 
   async train(batch: TrainBatch, lr: number): Promise<void> {

@@ -7,21 +7,9 @@
 // The gradient is local and closed-form, so a step is two matrix products:
 //   dL/dg = -s sigmoid(-s (g - theta)) / 2B,  dL/dZ = dL/dg * dg/dH (= 2H/k, zero where Z<=0)
 //   dW = dL/dZ^T Xn,  db = colsum(dL/dZ).
-// Loss 'symba' (Lee & Song's SymBa) compares each image's positive row i with its negative
-// row B+i instead of both with a threshold, so the two sides get equal weight:
-//   d_i = alpha (g_i - g_B+i),  L = mean_i softplus(-d_i),
-//   dL/dg_i = -alpha sigmoid(-d_i) / B = -dL/dg_B+i,
-// the same column form as above with the pair's weight on both of its rows.
-// Loss 'softmax' (first layer only: its input carries the label overlay in its first C = 10
-// columns) scores each positive image under every label at once and takes the cross-entropy
-// of the true one, as the goodness rule predicts:
-//   z_k = A + c w_k  (A: the pre-activation with the label columns zeroed, w_k: column k of W,
-//                     c: the overlay value after normalisation; the norm is the same for all k)
-//   g_k = goodness(relu(z_k)),  P = softmax(alpha g),  L = -mean_i log P[i, y_i]
-//   dL/dg_k = alpha (P_k - [k = y]) / B,  dL/dz_k = dL/dg_k * dg/dH,
-//   dW = (sum_k dz_k)^T Xm  + column k: sum_i c_i dz_k[i],  db = colsum(sum_k dz_k).
-// One product gives all ten labels (the overlay moves only C input columns), so it costs
-// little more than the threshold loss; negative rows only pass on to the next layer.
+// The losses live in loss/, each beside its derivation: 'threshold' (Hinton's, above), 'symba'
+// (each positive row against its own negative) and 'softmax' (first layer: the cross-entropy of
+// the true label among all ten label overlays, from one product).
 // Peer normalisation (Hinton's, optional) keeps every unit about as active as the layer's
 // average: a running mean of each unit's activity on positive data,
 //   m = decay m_prev + (1 - decay) mean_pos(H)         (m_prev: a constant of the step)
@@ -40,15 +28,15 @@ import * as tf from '@tensorflow/tfjs';
 import { ownedVariable } from './host-memory.js';
 import type { NamedTensor } from './safetensors.js';
 import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
-import { Readout, READOUT_CLASSES } from './readout.js';
+import { Readout } from './readout.js';
+import type { Gradient, PeerStep } from './loss/loss.js';
+import { LOSSES, type LossType } from './loss/losses.js';
+import { LABELS } from './loss/softmax.js';
 
-/** The label overlay's width: the first columns of the first layer's input. */
-const LABELS = READOUT_CLASSES;
+export { LOSS_TYPES, type LossType } from './loss/losses.js';
 
 export const GOODNESS_TYPES = ['mean', 'sum'] as const;
 export type GoodnessType = (typeof GOODNESS_TYPES)[number];
-export const LOSS_TYPES = ['threshold', 'symba', 'softmax'] as const;
-export type LossType = (typeof LOSS_TYPES)[number];
 
 export interface LayerConfig {
   inDim: number;
@@ -120,38 +108,6 @@ function withRows(active: Int32Array, n: number): Int32Array {
   for (let r = 0; r < n; r++) out[r] = r;
   out.set(rest, n);
   return out;
-}
-
-/** Peer normalisation's part of a step: the running mean it leads to, its loss, dL/dH per unit. */
-interface PeerStep {
-  mean: tf.Tensor1D;
-  loss: tf.Scalar;
-  grad: tf.Tensor1D;
-}
-
-/**
- * Each row's label and overlay value from the first LABELS columns of `rows` rows (a one-hot
- * times the value, as the data's overlay writes it). Loss 'softmax' needs the true label of
- * each positive row; anything but such an overlay there is an error, not a guess.
- */
-function labelOverlay(
-  cols: ArrayLike<number>,
-  rows: number,
-): { labels: Int32Array; value: Float32Array } {
-  const labels = new Int32Array(rows);
-  const value = new Float32Array(rows);
-  for (let i = 0; i < rows; i++) {
-    const row = Array.from({ length: LABELS }, (_, k) => cols[i * LABELS + k]!);
-    const set = row.filter((v) => v !== 0);
-    if (set.length !== 1 || !(set[0]! > 0)) {
-      throw new Error(
-        `loss 'softmax' reads each positive row's label from a one-hot overlay in its first ${LABELS} columns; row ${i} has [${row.join(', ')}] there`,
-      );
-    }
-    labels[i] = row.indexOf(set[0]!);
-    value[i] = set[0]!;
-  }
-  return { labels, value };
 }
 
 export class FFLayer {
@@ -261,11 +217,23 @@ export class FFLayer {
       const ffRows = 2 * nPos;
       const g = this.goodness(x.shape[0] > ffRows ? tf.slice(h, [0, 0], [ffRows, -1]) : h);
       const peer = this.peerStep(h, nPos);
-      const { loss, dw, db } =
-        this.config.loss === 'softmax'
-          ? this.labelGradient(xn, zT, nPos, peer)
-          : this.rowGradient(xn, hT, g, nPos, peer);
-      const stats = tf.stack([loss, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
+      const loss = LOSSES[this.config.loss ?? 'threshold'];
+      const {
+        loss: value,
+        dw,
+        db,
+      } = loss.kind === 'label'
+        ? loss.gradient({
+            xn,
+            zT,
+            nPos,
+            weight: this.weight,
+            alpha: this.config.alpha ?? 1,
+            dgScale: this.dgScale(),
+            peer,
+          })
+        : this.rowGradient(xn, hT, g, nPos, peer);
+      const stats = tf.stack([value, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       if (peer) this.peerMean!.assign(peer.mean);
       this.optimizer.apply(
         new Map<tf.Variable, tf.Tensor>([
@@ -279,8 +247,8 @@ export class FFLayer {
   }
 
   /**
-   * Loss and gradient of the losses that score each row on its own goodness `g` ('threshold',
-   * 'symba'), with the peer term when on; rows after the first 2*nPos carry no loss.
+   * Loss and gradient of a row loss (one that scores each row on its own goodness `g`:
+   * loss/loss.ts), with the peer term when on; rows after the first 2*nPos carry no loss.
    */
   private rowGradient(
     xn: tf.Tensor2D,
@@ -288,10 +256,18 @@ export class FFLayer {
     g: tf.Tensor1D,
     nPos: number,
     peer: PeerStep | null,
-  ): { loss: tf.Scalar; dw: tf.Tensor2D; db: tf.Tensor1D } {
+  ): Gradient {
     const s = this.signsFor(nPos);
     const ffRows = 2 * nPos;
-    const { loss, rowWeight, scale } = this.lossTerms(g, nPos);
+    const rowLoss = LOSSES[this.config.loss ?? 'threshold'];
+    if (rowLoss.kind !== 'row') throw new Error(`loss '${this.config.loss}' is not a row loss`);
+    const { loss, rowWeight, scale } = rowLoss.terms({
+      g,
+      nPos,
+      signs: s,
+      threshold: this.config.threshold,
+      alpha: this.config.alpha ?? 1,
+    });
     // dL/dg * dg/dH = -s rowWeight scale * (+-2/k) * H; fold the scalars into the column.
     const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() * scale) as tf.Tensor1D;
     let active = activeRows(rowWeight.dataSync());
@@ -302,125 +278,6 @@ export class FFLayer {
     }
     const { dw, db } = this.gradient(hT, col, xn, active, peer && { ...peer, nPos });
     return { loss: peer ? tf.add(loss, peer.loss) : loss, dw, db };
-  }
-
-  /**
-   * Loss 'softmax': the cross-entropy of each positive image's true label among the goodness
-   * of all ten label overlays (see the top of this file), with the peer term when on. `xn`
-   * and `zT` are the normalised input and the pre-activations of the whole batch.
-   */
-  private labelGradient(
-    xn: tf.Tensor2D,
-    zT: tf.Tensor2D,
-    nPos: number,
-    peer: PeerStep | null,
-  ): { loss: tf.Scalar; dw: tf.Tensor2D; db: tf.Tensor1D } {
-    const { outDim: out, inDim } = this.config;
-    const alpha = this.config.alpha ?? 1;
-    const xp = tf.slice(xn, [0, 0], [nPos, -1]);
-    const { labels, value } = labelOverlay(tf.slice(xp, [0, 0], [-1, LABELS]).dataSync(), nPos);
-    const y = tf.tensor1d(labels, 'int32');
-    const c = tf.tensor1d(value);
-    const zpT = tf.slice(zT, [0, 0], [-1, nPos]);
-    // A = Z_pos - c w_y: the pre-activation without the label; z_k = A + c w_k, [C, out, B].
-    const aT = tf.sub(zpT, tf.mul(tf.gather(this.weight, y, 1), tf.reshape(c, [1, nPos])));
-    const wLabels = tf.transpose(tf.slice(this.weight, [0, 0], [-1, LABELS])); // [C, out]
-    const zAll = tf.add(
-      tf.reshape(aT, [1, out, nPos]),
-      tf.mul(tf.reshape(wLabels, [LABELS, out, 1]), tf.reshape(c, [1, 1, nPos])),
-    );
-    const hAll = tf.relu(zAll);
-    const dgScale = this.dgScale();
-    const gAll = tf.mul(tf.sum(tf.square(hAll), 1), dgScale / 2); // [C, B]
-    const logP = tf.logSoftmax(tf.mul(tf.transpose(gAll), alpha)); // [B, C]
-    const onehot = tf.cast(tf.oneHot(y, LABELS), 'float32');
-    const loss = tf.neg(tf.mean(tf.sum(tf.mul(onehot, logP), 1))) as tf.Scalar;
-    const dG = tf.mul(tf.sub(tf.exp(logP), onehot), alpha / nPos); // dL/dg, [B, C]
-    let dz = tf.mul(tf.reshape(tf.transpose(dG), [LABELS, 1, nPos]), tf.mul(hAll, dgScale));
-    if (peer) {
-      // The peer term is on the positive rows: z_y of each image.
-      const term = tf.mul(tf.cast(tf.greater(zpT, 0), 'float32'), tf.reshape(peer.grad, [out, 1]));
-      const atLabel = tf.reshape(tf.transpose(onehot), [LABELS, 1, nPos]);
-      dz = tf.add(dz, tf.mul(atLabel, tf.reshape(term, [1, out, nPos])));
-    }
-    const daT = tf.sum(dz, 0); // [out, B]
-    const keep = tf.concat([tf.zeros([1, LABELS]), tf.ones([1, inDim - LABELS])], 1);
-    // Column k of W also moves the label-k overlay: sum_i c_i dz_k[i], [C, out].
-    const cols = tf.reshape(
-      tf.matMul(tf.reshape(dz, [LABELS * out, nPos]), tf.reshape(c, [nPos, 1])),
-      [LABELS, out],
-    );
-    const dw = tf.add(
-      tf.matMul(daT, tf.mul(xp, keep)),
-      tf.pad(tf.transpose(cols), [
-        [0, 0],
-        [0, inDim - LABELS],
-      ]),
-    ) as tf.Tensor2D;
-    return { loss: peer ? tf.add(loss, peer.loss) : loss, dw, db: tf.sum(daT, 1) };
-  }
-
-  /**
-   * The loss of a batch as a differentiable function of the variables (for autograd checks):
-   * the FF loss, plus the peer term with the running mean as it stands.
-   */
-  lossOf(x: tf.Tensor2D, nPos: number): tf.Scalar {
-    return tf.tidy(() => {
-      const h = tf.transpose(this.activationsT(this.normalise(x))) as tf.Tensor2D;
-      const ff =
-        this.config.loss === 'softmax'
-          ? this.labelLoss(tf.slice(x, [0, 0], [nPos, -1]))
-          : this.lossTerms(this.goodness(h), nPos).loss;
-      const peer = this.peerStep(h, nPos);
-      return (peer ? tf.add(ff, peer.loss) : ff) as tf.Scalar;
-    });
-  }
-
-  /**
-   * Loss 'softmax' written the long way, for autograd checks: each positive row `xp` once per
-   * label, with that label's overlay written in, through the whole layer.
-   */
-  private labelLoss(xp: tf.Tensor2D): tf.Scalar {
-    const nPos = xp.shape[0];
-    const { labels, value } = labelOverlay(tf.slice(xp, [0, 0], [-1, LABELS]).dataSync(), nPos);
-    const image = tf.slice(xp, [0, LABELS], [-1, -1]);
-    const variants = Array.from({ length: LABELS }, (_, k) => {
-      const overlay = tf.mul(tf.reshape(tf.tensor1d(value), [nPos, 1]), tf.oneHot([k], LABELS));
-      return tf.concat([overlay, image], 1) as tf.Tensor2D;
-    });
-    const h = tf.transpose(this.activationsT(this.normalise(tf.concat(variants, 0))));
-    const g = tf.reshape(this.goodness(h), [LABELS, nPos]);
-    const logP = tf.logSoftmax(tf.mul(tf.transpose(g), this.config.alpha ?? 1));
-    const onehot = tf.oneHot(tf.tensor1d(labels, 'int32'), LABELS);
-    return tf.neg(tf.mean(tf.sum(tf.mul(onehot, logP), 1))) as tf.Scalar;
-  }
-
-  /**
-   * The FF loss of goodness `g` ([pos; neg], nPos each), each row's weight sigmoid(-t) in
-   * dL/dg, and the factor that makes it the gradient: dL/dg = -s rowWeight scale.
-   */
-  private lossTerms(
-    g: tf.Tensor1D,
-    nPos: number,
-  ): { loss: tf.Scalar; rowWeight: tf.Tensor1D; scale: number } {
-    if (this.config.loss === 'symba') {
-      const alpha = this.config.alpha ?? 1;
-      // d > 0 when the positive row beats its negative.
-      const d = tf.mul(tf.sub(g.slice(0, nPos), g.slice(nPos)), alpha);
-      const w = tf.sigmoid(tf.neg(d));
-      return {
-        loss: tf.mean(tf.softplus(tf.neg(d))),
-        rowWeight: tf.concat([w, w]) as tf.Tensor1D,
-        scale: alpha / nPos,
-      };
-    }
-    // t > 0 when the row is on the right side of the threshold.
-    const t = tf.mul(this.signsFor(nPos), tf.sub(g, this.config.threshold));
-    return {
-      loss: tf.mean(tf.softplus(tf.neg(t))),
-      rowWeight: tf.sigmoid(tf.neg(t)) as tf.Tensor1D,
-      scale: 1 / (2 * nPos),
-    };
   }
 
   /**

@@ -2,6 +2,7 @@
 // that a distributed pipeline must reproduce. Layer l trains on the activations layer l-1
 // produced for the same batch in the same step, exactly as stage l would receive them.
 import * as tf from '@tensorflow/tfjs';
+import { checkMemoryBudget } from '../backend/backend.js';
 import { FFLayer, type GoodnessType, type LossType, type StepStats } from './ff-layer.js';
 import type { OptimizerConfig } from './optimizer.js';
 import type { NamedTensor } from './safetensors.js';
@@ -24,6 +25,24 @@ export interface ModelConfig {
   peerNorm?: { weight: number; decay: number };
   /** A softmax readout on every layer. */
   readout?: boolean;
+}
+
+/**
+ * Refuses, before anything is built, a run whose batches would not fit the backend's memory:
+ * a training step holds a few [2B, width] activations per layer ([3B, width] with readouts),
+ * an evaluation batch [10B, width]. `widest` is the widest input or output of the layers held.
+ */
+export function checkRunMemory(
+  widest: number,
+  batchSize: number,
+  evalBatchSize: number,
+  readout: boolean,
+): void {
+  checkMemoryBudget((readout ? 3 : 2) * batchSize * widest * 4 * 6, `a batch of ${batchSize}`);
+  checkMemoryBudget(
+    READOUT_CLASSES * evalBatchSize * widest * 4 * 4,
+    `an evaluation batch of ${evalBatchSize} images (${READOUT_CLASSES * evalBatchSize} rows)`,
+  );
 }
 
 /** A layer's report of one training step. */

@@ -75,14 +75,6 @@ export class Readout {
     return { logits, loss: value };
   }
 
-  /** The loss as a differentiable function of the variables (for autograd checks). */
-  lossOf(hn: tf.Tensor2D, labels: ArrayLike<number>): tf.Scalar {
-    return tf.tidy(() => {
-      const logP = tf.logSoftmax(this.logits(hn));
-      return tf.neg(tf.mean(tf.sum(tf.mul(this.oneHot(labels), logP), 1))) as tf.Scalar;
-    });
-  }
-
   /** `<prefix>.readout.weight` [classes, in], `.bias`, and the optimizer's slots with them. */
   exportState(prefix: string, withOptimizer: boolean): Map<string, NamedTensor> {
     const out = new Map<string, NamedTensor>();

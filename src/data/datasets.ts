@@ -1,10 +1,8 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream, readFileSync } from 'node:fs';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
+import { ffxPackage } from '../package.js';
+import { downloadVerified, type DownloadOptions, type FetchLike } from './download.js';
 import { DataError, isDataError } from './errors.js';
 import { readIdxFile, type IdxArray } from './idx.js';
 
@@ -33,27 +31,21 @@ export interface Dataset {
   source: string;
 }
 
-export type FetchLike = (url: string, init: { signal: AbortSignal }) => Promise<Response>;
+export type { FetchLike };
 
-export interface LoadOptions {
+export interface LoadOptions extends DownloadOptions {
   /** Searched first, both as is and with /<name> appended. */
   dataDir?: string;
   /** Defaults to defaultCacheDir(); downloads go to <cacheDir>/datasets/<name>/. */
   cacheDir?: string;
   /** Download from the public mirrors when no local copy is found. Default true. */
   download?: boolean;
-  log?: (line: string) => void;
-  /** Draw a progress bar on stderr while downloading, when stderr is a TTY. Default true. */
-  progress?: boolean;
-  fetchImpl?: FetchLike;
   /** Base URLs (ending in '/') to download from instead of the public mirrors. */
   mirrors?: readonly string[];
   /** Expected SHA-256 of the downloaded .gz files, instead of the built-in ones (tests). */
   sha256?: Partial<Record<IdxFileName, string>>;
   /** System directories to search instead of /usr/share/datasets/<name> (tests). */
   systemDirs?: readonly string[];
-  /** Give up on a mirror that sends nothing for this long (ms). Default 5000. */
-  timeoutMs?: number;
 }
 
 export const IDX_FILE_NAMES = [
@@ -107,7 +99,6 @@ const REMOTE: Record<Exclude<DatasetName, 'fashion-mnist-sample'>, RemoteDataset
 
 const SAMPLE_TRAIN = 8000;
 const SAMPLE_TEST = 2000;
-const DEFAULT_TIMEOUT_MS = 5000;
 
 export function isDatasetName(name: string): name is DatasetName {
   return (DATASET_NAMES as readonly string[]).includes(name);
@@ -312,23 +303,12 @@ function makeSplit(
   return { images: images.data, labels: data, count, rows, cols };
 }
 
-let cachedRoot: string | undefined;
-
-/** Walks up from this module to ffx's package.json, so it works from src/ and from dist/src/. */
+/** ffx's package root: the shipped sample lives under it. */
 function packageRoot(): string {
-  if (cachedRoot) return cachedRoot;
-  const start = dirname(fileURLToPath(import.meta.url));
-  for (let dir = start; ; dir = dirname(dir)) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: unknown };
-      if (pkg.name === 'ffx') return (cachedRoot = dir);
-    } catch {
-      // No (readable) package.json here; keep walking up.
-    }
-    if (dirname(dir) === dir) {
-      throw new DataError('DATASET_NOT_FOUND', `cannot find ffx's package.json above ${start}`);
-    }
-  }
+  const pkg = ffxPackage();
+  if (!pkg)
+    throw new DataError('DATASET_NOT_FOUND', "cannot find ffx's package.json above this module");
+  return pkg.root;
 }
 
 /** The first 10,000 Fashion-MNIST training images, split 8,000 / 2,000 by views. */
@@ -372,131 +352,11 @@ async function downloadAll(remote: RemoteDataset, dir: string, opts: LoadOptions
   for (const file of IDX_FILE_NAMES) {
     const target = join(dir, `${file}.gz`);
     if ((await isFile(target)) || (await isFile(join(dir, file)))) continue;
-    const expected = (opts.sha256?.[file] ?? remote.sha256[file]).toLowerCase();
-    const failures: string[] = [];
-    let done = false;
-    for (const mirror of mirrors) {
-      const url = new URL(`${file}.gz`, mirror).href;
-      try {
-        await downloadFile(url, target, expected, opts);
-        done = true;
-        break;
-      } catch (err) {
-        // A wrong checksum is not a flaky mirror: it must stop the run, not be retried elsewhere.
-        if (isDataError(err, 'DATASET_CHECKSUM')) throw err;
-        failures.push(`${url}: ${describeError(err)}`);
-      }
-    }
-    if (!done) {
-      throw new DataError(
-        'DATASET_DOWNLOAD',
-        `could not download ${file}.gz (${failures.join('; ') || 'no mirrors'})`,
-        target,
-      );
-    }
+    await downloadVerified(
+      mirrors.map((mirror) => new URL(`${file}.gz`, mirror).href),
+      target,
+      (opts.sha256?.[file] ?? remote.sha256[file]).toLowerCase(),
+      opts,
+    );
   }
-}
-
-function describeError(err: unknown): string {
-  if (!(err instanceof Error)) return String(err);
-  // fetch() reports "fetch failed" and keeps the useful part (ENOTFOUND, ECONNREFUSED) in cause.
-  const cause = err.cause instanceof Error ? `: ${err.cause.message}` : '';
-  return `${err.message}${cause}`;
-}
-
-/** Streams url to a temp file beside target while hashing it, then renames it into place. */
-async function downloadFile(
-  url: string,
-  target: string,
-  expectedSha256: string,
-  opts: LoadOptions,
-): Promise<void> {
-  const fetchImpl = opts.fetchImpl ?? fetch;
-  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const tmp = `${target}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-  const abort = new AbortController();
-  // One timer for both "no answer" and "stalled": refreshed on every chunk.
-  const timer = setTimeout(
-    () => abort.abort(new Error(`timed out: nothing received for ${timeoutMs} ms`)),
-    timeoutMs,
-  );
-  try {
-    const res = await fetchImpl(url, { signal: abort.signal });
-    if (!res.ok || !res.body) {
-      await res.body?.cancel();
-      throw new Error(`HTTP ${res.status} ${res.statusText}`.trim());
-    }
-    timer.refresh();
-    const total = Number(res.headers.get('content-length')) || 0;
-    const report = progressReporter(url, total, opts);
-    const hash = createHash('sha256');
-    let received = 0;
-    const body = res.body;
-    await pipeline(async function* () {
-      for await (const chunk of body as AsyncIterable<Uint8Array>) {
-        timer.refresh();
-        hash.update(chunk);
-        received += chunk.length;
-        report(received, false);
-        yield chunk;
-      }
-    }, createWriteStream(tmp));
-    report(received, true);
-    const actual = hash.digest('hex');
-    if (actual !== expectedSha256) {
-      throw new DataError(
-        'DATASET_CHECKSUM',
-        `${url}: SHA-256 mismatch: expected ${expectedSha256}, got ${actual} (${received} bytes); the download was discarded`,
-        target,
-      );
-    }
-    await rename(tmp, target);
-  } catch (err) {
-    if (abort.signal.aborted && !isDataError(err)) throw abort.signal.reason;
-    throw err;
-  } finally {
-    clearTimeout(timer);
-    await rm(tmp, { force: true });
-  }
-}
-
-/** A bar on a TTY; elsewhere a log line at start, every 25% and at the end. */
-function progressReporter(
-  url: string,
-  total: number,
-  opts: LoadOptions,
-): (received: number, done: boolean) => void {
-  const file = url.slice(url.lastIndexOf('/') + 1);
-  const human = (n: number): string =>
-    n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${Math.ceil(n / 1e3)} kB`;
-  const size = total > 0 ? human(total) : 'unknown size';
-  const log = opts.log ?? (() => {});
-  const stderr = process.stderr;
-  if (opts.progress !== false && stderr.isTTY) {
-    let last = 0;
-    return (received, done) => {
-      const now = Date.now();
-      if (!done && now - last < 100) return;
-      last = now;
-      const width = 30;
-      const frac = total > 0 ? Math.min(received / total, 1) : 0;
-      const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
-      const pct = total > 0 ? `${Math.floor(frac * 100)}%`.padStart(4) : '';
-      stderr.write(`\r${file} [${bar}] ${pct} ${human(received)} / ${size}`);
-      if (done) stderr.write('\n');
-    };
-  }
-  log(`downloading ${url} (${size})`);
-  let quarter = 0;
-  return (received, done) => {
-    if (done) {
-      log(`downloaded ${file} (${human(received)})`);
-      return;
-    }
-    const q = total > 0 ? Math.floor((4 * received) / total) : 0;
-    if (q > quarter && q < 4) {
-      quarter = q;
-      log(`${file}: ${q * 25}% of ${size}`);
-    }
-  };
 }

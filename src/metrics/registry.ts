@@ -5,12 +5,10 @@
 //
 // Also the small helpers the metric classes record through: they create metrics from the
 // catalog and never throw on a value, because a NaN loss must not break a scrape or a stage.
-import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { BUILD_INFO, RUN_INFO } from './catalog.js';
 import { MetricsError } from './errors.js';
+import { ffxPackage } from '../package.js';
 
 export type Role = 'stage' | 'coordinator';
 
@@ -99,7 +97,7 @@ export function createRegistry(
   const info = gauge(registry, BUILD_INFO);
   info.set(
     {
-      version: build.version ?? packageVersion(),
+      version: build.version ?? ffxPackage()?.version ?? 'unknown',
       node: process.version,
       backend: build.backend ?? 'unknown',
     },
@@ -220,25 +218,5 @@ export function sample(source: () => number): number {
     return typeof v === 'number' ? v : NaN;
   } catch {
     return NaN;
-  }
-}
-
-let version: string | undefined;
-
-/** ffx's version, from the package.json above this module (src/ or dist/src/). */
-function packageVersion(): string {
-  if (version !== undefined) return version;
-  version = 'unknown';
-  for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as {
-        name?: unknown;
-        version?: unknown;
-      };
-      if (pkg.name === 'ffx' && typeof pkg.version === 'string') return (version = pkg.version);
-    } catch {
-      // No (readable) package.json here; keep walking up.
-    }
-    if (dirname(dir) === dir) return version;
   }
 }

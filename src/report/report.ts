@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compile } from 'vega-lite';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
-import { RUN_FILES } from '../checkpoint/checkpoint-file.js';
+import { RUN_FILES } from '../checkpoint/run-dir.js';
 import { classNames } from '../data/class-names.js';
 import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
 import { charts, type Chart } from './charts.js';

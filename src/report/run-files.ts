@@ -3,7 +3,7 @@
 // counted, never trusted: the report of a half-written or hand-edited run still opens.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { RUN_FILES } from '../checkpoint/checkpoint-file.js';
+import { RUN_FILES } from '../checkpoint/run-dir.js';
 import { UsageError, withFile } from '../errors.js';
 
 export interface LayerPoint {
