@@ -12,12 +12,14 @@ import { layerTensors } from '../core/ff-network.js';
 import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.js';
 import { RateLimitedLog } from '../log.js';
 import type { CoordinatorMetrics, DropReason } from '../metrics/index.js';
+import { UNREGISTERED_MAX_BYTES } from '../transport/bounds.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
   PROTOCOL_VERSION,
   decodeControl,
   encodeControl,
   encodeData,
+  isResult,
   type DataHeaderInit,
   type ControlMessage,
   type HelloMessage,
@@ -33,9 +35,6 @@ import {
   type KeyPair,
   type TrustedKey,
 } from '../transport/curve.js';
-
-/** The largest message the coordinator decodes from a connection that registered no layer. */
-const UNREGISTERED_MAX_BYTES = 64 * 1024;
 
 /** Failures of a stage that another attempt, with that stage back or replaced, gets past. */
 const RECOVERABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
@@ -638,16 +637,4 @@ export class Cluster {
     this.opts.metrics?.onDropped(reason);
     this.dropLog.line(reason, `coordinator: dropped ${what}`);
   }
-}
-
-const RESULT_TYPES: ReadonlySet<string> = new Set<ResultMessage['type']>([
-  'stats',
-  'goodness',
-  'ack',
-  'rejected',
-  'weights',
-]);
-
-function isResult(msg: ControlMessage): msg is ResultMessage {
-  return RESULT_TYPES.has(msg.type);
 }

@@ -5,12 +5,17 @@
 // slow. What the coordinator answers is passed on to the main thread.
 import { parentPort, workerData } from 'node:worker_threads';
 import { Dealer } from 'zeromq';
+import { HEARTBEAT_MAX_BYTES } from '../transport/bounds.js';
 import { curveClient } from '../transport/curve.js';
 import { decodeControl, encodeControl } from '../transport/wire.js';
 import type { HeartbeatNews, HeartbeatSettings } from './heartbeat.js';
 
 const settings = workerData as HeartbeatSettings;
-const socket = new Dealer({ linger: 0, sendHighWaterMark: 16, maxMessageSize: 4096 });
+const socket = new Dealer({
+  linger: 0,
+  sendHighWaterMark: 16,
+  maxMessageSize: HEARTBEAT_MAX_BYTES,
+});
 if (settings.security) {
   curveClient(socket, settings.security.keys, settings.security.coordinatorKey);
 }

@@ -3,6 +3,7 @@
 // when either bound is reached it stops reading, the socket's own small queue fills, and
 // ZeroMQ's high-water mark holds the upstream back. Nothing is dropped here.
 import type { Pull } from 'zeromq';
+import { INBOX_BYTES, INBOX_MESSAGES } from '../transport/bounds.js';
 import { setMaxMessageSizeForBind } from '../transport/sockets.js';
 
 export interface InboxLimits {
@@ -19,7 +20,7 @@ export interface InboxLimits {
 const REBIND_WAIT_MS = 2000;
 
 /** Two messages ahead keep a stage busy; 256 MiB holds two of the largest evaluation batches. */
-export const DEFAULT_INBOX_LIMITS: InboxLimits = { messages: 2, bytes: 256 * 1024 ** 2 };
+export const DEFAULT_INBOX_LIMITS: InboxLimits = { messages: INBOX_MESSAGES, bytes: INBOX_BYTES };
 
 export class Inbox {
   private readonly queue: Buffer[][] = [];

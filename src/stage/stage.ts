@@ -37,7 +37,14 @@ import {
   handshake,
 } from '../transport/sockets.js';
 import {
+  CONTROL_MAX_BYTES,
+  HELLO_INTERVAL_MS,
+  INBOUND_HWM,
   MAX_HEADER_BYTES,
+  PAST_RUNS,
+  PRE_CONFIG_MAX_BYTES,
+} from '../transport/bounds.js';
+import {
   PROTOCOL_VERSION,
   checkData,
   decodeControl,
@@ -100,16 +107,6 @@ export interface StageSecurity {
 
 export class StageError extends FfxError<ErrorCode<'stage'>> {}
 
-/** How often a stage without a run says hello again. */
-const HELLO_INTERVAL_MS = 2000;
-/** Runs remembered after they end, so their leftover messages are recognised as such. */
-const PAST_RUNS = 16;
-
-/** The largest data message before a config says more. */
-const PRE_CONFIG_MAX_BYTES = 64 * 1024;
-/** The largest control message: a config carrying a layer's resume state. */
-const CONTROL_MAX_BYTES = 2 * 1024 ** 3;
-
 /** The largest data message of a run, for a stage whose input is `inDim` wide. */
 function largestDataMessage(config: ConfigMessage, inDim: number): number {
   // With readouts a batch carries its images a third time (neutral rows), and their labels.
@@ -168,7 +165,7 @@ export class Stage {
     // One message queued per connection: beyond it ZeroMQ holds the sender back, so a peer
     // holds at most one message of this stage's memory (the run's upstream keeps the pipeline
     // full from its own queue).
-    this.inbound = dataPull({ highWaterMark: 1 });
+    this.inbound = dataPull({ highWaterMark: INBOUND_HWM });
     // Until a config says how large this run's messages are, a stranger gets little room.
     this.inbound.maxMessageSize = PRE_CONFIG_MAX_BYTES;
     if (opts.security) {

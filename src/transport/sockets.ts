@@ -2,12 +2,7 @@
 // PULL and the upstream PUSH connects to it, so the upstream's queue survives a restart.
 import { createServer } from 'node:net';
 import { Pull, Push, type MessageLike, type Socket } from 'zeromq';
-
-/**
- * Messages queued per peer on each side of a data connection. Small on purpose: a slow stage
- * must throttle its upstream (send() stays pending) instead of letting queues grow in memory.
- */
-export const DATA_HWM = 4;
+import { DATA_HWM } from './bounds.js';
 
 /**
  * How long close() may keep flushing queued messages (e.g. the final stop marker, a stage's

@@ -4,11 +4,10 @@
 // here, so a stage or coordinator only ever sees well-formed messages or a ProtocolError.
 import { Packr } from 'msgpackr';
 import { NUM_CLASSES } from '../data/classes.js';
+import { MAX_HEADER_BYTES } from './bounds.js';
 import { ProtocolError } from './errors.js';
 
 export const PROTOCOL_VERSION = 7;
-/** The largest data header (frame 0) a receiver decodes. */
-export const MAX_HEADER_BYTES = 64 * 1024;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -69,6 +68,27 @@ export interface MarkerHeader extends HeaderBase {
 }
 
 export type DataHeader = TrainHeader | EvalHeader | MarkerHeader;
+
+/**
+ * Every data header's fields besides `v`, `kind` and `tensors` (checked on their own), and each
+ * kind's own: the rules decodeData checks, and the tables docs/protocol.md must list.
+ */
+export const HEADER_FIELDS = {
+  run: 'string',
+  epoch: 'uint',
+  seq: 'uint',
+} as const satisfies Record<Exclude<keyof HeaderBase, 'v' | 'tensors'>, Rule>;
+
+export const DATA_FIELDS = {
+  train: { nPos: 'posint', lr: 'finite' },
+  eval: { images: 'posint' },
+  marker: { op: MARKER_OPS, id: 'uint' },
+} as const satisfies {
+  [K in DataKind]: Record<
+    Exclude<keyof Extract<DataHeader, { kind: K }>, keyof HeaderBase | 'kind'>,
+    Rule
+  >;
+};
 
 /** A header as a sender writes it: `v` is filled in by encodeData (a forwarded header may keep it). */
 export type DataHeaderInit = WithOptionalV<DataHeader>;
@@ -188,15 +208,16 @@ function checkDataHeader(h: Obj): DataHeader {
       `header.kind must be one of ${DATA_KINDS.join(', ')}; got ${show(h.kind)}`,
     );
   }
-  check(h, 'header', 'run', 'string');
-  check(h, 'header', 'epoch', 'uint');
-  check(h, 'header', 'seq', 'uint');
+  for (const [key, rule] of Object.entries({
+    ...HEADER_FIELDS,
+    ...DATA_FIELDS[h.kind as DataKind],
+  }) as [string, Rule][]) {
+    check(h, 'header', key, rule);
+  }
   const tensors = checkTensorSpecs(h.tensors);
   const header = h as unknown as DataHeader;
 
   if (header.kind === 'marker') {
-    check(h, 'header', 'op', MARKER_OPS);
-    check(h, 'header', 'id', 'uint');
     if (tensors.length !== 0) {
       throw new ProtocolError(
         'BAD_SHAPE',
@@ -216,8 +237,6 @@ function checkDataHeader(h: Obj): DataHeader {
   let rows: number[];
   let why: string;
   if (header.kind === 'train') {
-    check(h, 'header', 'nPos', 'posint');
-    check(h, 'header', 'lr', 'finite');
     const n = header.nPos;
     const y = tensors[1];
     if (tensors.length > 2 || (y && (y.name !== 'y' || y.shape.join() !== String(n)))) {
@@ -230,7 +249,6 @@ function checkDataHeader(h: Obj): DataHeader {
     rows = [y ? 3 * n : 2 * n];
     why = y ? `3 * nPos = 3 * ${n} (with labels 'y')` : `2 * nPos = 2 * ${n}`;
   } else {
-    check(h, 'header', 'images', 'posint');
     if (tensors.length !== 1) {
       throw new ProtocolError(
         'BAD_SHAPE',
@@ -525,6 +543,19 @@ export interface WeightsMessage {
 export type ResultMessage =
   StatsMessage | GoodnessMessage | AckMessage | RejectedMessage | WeightsMessage;
 
+/** The messages a stage sends the coordinator about a run's work (the rest is control). */
+export const RESULT_TYPES = [
+  'stats',
+  'goodness',
+  'ack',
+  'rejected',
+  'weights',
+] as const satisfies readonly ResultMessage['type'][];
+
+export function isResult(msg: ControlMessage): msg is ResultMessage {
+  return (RESULT_TYPES as readonly string[]).includes(msg.type);
+}
+
 export type ControlMessage =
   | HelloMessage
   | ConfigMessage
@@ -542,7 +573,8 @@ type Rule =
 // 'f32' and 'tensors' carry float32 data, moved as msgpack bin (see encodeControl).
 type FieldRule = Rule | 'string|null' | 'f32' | 'tensors';
 
-const CONTROL_FIELDS = {
+/** Every control and result message's fields: the rules decodeControl checks. */
+export const CONTROL_FIELDS = {
   hello: {
     layer: 'uint',
     version: 'uint',
