@@ -1,9 +1,14 @@
 // The coordinator's side of a distributed run: registers the stages, hands out the config and
-// topology, feeds the first stage, and collects what stages report. It watches every stage two
-// ways: one it no longer hears from (no heartbeat, no result) is lost; one that heartbeats but
-// makes no progress with work outstanding is stalled. Either fails the current attempt with an
-// error that names the layer; the executor may then start another attempt (register()) with
-// the stages that are there, replacements included.
+// topology, feeds the first stage, and collects what stages report. Its phase says where it is:
+//
+//   registering --every stage ready--> running --a stage lost or stalled, an error--> failed
+//   failed --register() again (a rollback)--> recovering --every stage ready--> running
+//   (any phase) --close()--> closed
+//
+// While running it watches every stage (liveness.ts): one it no longer hears from is lost, one
+// that heartbeats but makes no progress with work outstanding is stalled. Either fails the
+// attempt with an error that names the layer; the executor may then start another attempt
+// (register()) with the stages that are there, replacements included.
 import { hostname } from 'node:os';
 import { Router, type Push } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
@@ -12,6 +17,7 @@ import { layerTensors } from '../core/ff-network.js';
 import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.js';
 import { RateLimitedLog } from '../log.js';
 import type { CoordinatorMetrics, DropReason } from '../metrics/index.js';
+import { Liveness } from './liveness.js';
 import { UNREGISTERED_MAX_BYTES } from '../transport/bounds.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
@@ -88,11 +94,10 @@ export interface ClusterOptions {
 interface StageInfo {
   hello: HelloMessage;
   identity: Buffer;
-  lastSeen: number;
-  /** The longest silence seen from this stage while it was healthy. */
-  longestGap: number;
   ready: boolean;
 }
+
+export type ClusterPhase = 'registering' | 'running' | 'recovering' | 'failed' | 'closed';
 
 type Listener = (msg: ResultMessage) => void;
 
@@ -104,14 +109,16 @@ export class Cluster {
   private readonly router: Router;
   private readonly routerOut: SerialSender;
   private controlEndpoint = '';
+  private phaseNow: ClusterPhase = 'registering';
+  /** Attempts registered so far: the first registers, every later one recovers. */
+  private attempts = 0;
   private feed: Push | null = null;
   private readonly listeners = new Set<Listener>();
+  private readonly liveness: Liveness;
   private watchdog: NodeJS.Timeout | null = null;
   private failure: Error | null = null;
   private readonly failureWaiters = new Set<(err: Error) => void>();
   private readonly onAbort = () => this.fail(this.opts.signal!.reason as Error);
-  private progressAge: (layer: number) => number = () => 0;
-  private closed = false;
   private readonly opts: ClusterOptions;
   private readonly dropLog: RateLimitedLog;
   private zap: ZapHandler | null = null;
@@ -124,6 +131,7 @@ export class Cluster {
     this.run = run;
     this.opts = opts;
     this.dropLog = new RateLimitedLog(opts.log);
+    this.liveness = new Liveness(numLayers, opts);
     this.router = new Router({ linger: LINGER_MS, maxMessageSize: opts.maxMessageBytes });
     if (opts.security) curveServer(this.router, opts.security.keys, 'control');
     this.routerOut = new SerialSender(this.router);
@@ -132,25 +140,19 @@ export class Cluster {
     opts.metrics?.setStagesSource(() => ({
       expected: this.numLayers,
       registered: this.stages.size,
-      up: [...this.stages.values()].filter((s) => !this.silentTooLong(s, Date.now())).length,
+      up: [...this.stages.keys()].filter((layer) => !this.liveness.isSilent(layer)).length,
     }));
     opts.metrics?.setStageAgesSource(() =>
-      Array.from({ length: this.numLayers }, (_, i) => {
-        const s = this.stages.get(i + 1);
-        return {
-          heartbeat: s ? (Date.now() - s.lastSeen) / 1000 : NaN,
-          progress: this.progressAge(i + 1) / 1000,
-        };
-      }),
+      Array.from({ length: this.numLayers }, (_, i) => ({
+        heartbeat: this.liveness.silenceMs(i + 1) / 1000,
+        progress: this.liveness.progressMs(i + 1) / 1000,
+      })),
     );
   }
 
-  /**
-   * Where the progress check reads how long a layer has had work outstanding without a result
-   * (ms; 0 when it has none): the executor knows what it sent.
-   */
-  setProgressSource(source: (layer: number) => number): void {
-    this.progressAge = source;
+  /** Where the cluster is: see the top of this file. */
+  get phase(): ClusterPhase {
+    return this.phaseNow;
   }
 
   /** Binds the control socket and starts reading it. */
@@ -190,8 +192,11 @@ export class Cluster {
     timeoutMs = this.opts.registerTimeoutMs,
   ): Promise<void> {
     if (this.failure && !(this.opts.signal?.aborted ?? false)) this.failure = null;
+    this.attempts++;
+    if (!this.failure) this.phaseNow = this.attempts === 1 ? 'registering' : 'recovering';
     closeAll(this.feed);
     this.feed = null;
+    this.liveness.resetProgress();
     const deadline = Date.now() + timeoutMs;
     const left = () => Math.max(0, deadline - Date.now());
     const endpoint = this.controlEndpoint.replace('0.0.0.0', hostname());
@@ -211,8 +216,7 @@ export class Cluster {
       // Downstream first, each ready before the next: a stage raises its message-size limit
       // when it takes its config, before its upstream (configured next) connects to it.
       const sentTo = new Map<number, Buffer>();
-      const silent = () =>
-        [...this.stages].filter(([, s]) => this.silentTooLong(s, Date.now())).map(([l]) => l);
+      const silent = () => [...this.stages.keys()].filter((l) => this.liveness.isSilent(l));
       const changed = () =>
         silent().length > 0 ||
         [...sentTo].some(([l, id]) => !this.stages.get(l)?.identity.equals(id));
@@ -255,6 +259,7 @@ export class Cluster {
         [1],
       );
     }
+    this.phaseNow = 'running';
   }
 
   private configFor(
@@ -290,6 +295,8 @@ export class Cluster {
   /** Sends one data message to the first stage; waits while the pipeline is full (backpressure). */
   async send(header: DataHeaderInit, tensors: Float32Array[]): Promise<void> {
     await this.guard(this.feed!.send(encodeData(header, tensors)));
+    // Every stage answers a batch and a weights marker; an end or stop marker only the last.
+    if (header.kind !== 'marker' || header.op === 'weights') this.liveness.sent();
   }
 
   /** Calls `fn` with every result message of the current attempt until the returned function is called. */
@@ -339,15 +346,17 @@ export class Cluster {
     for (const s of this.stages.values()) {
       await this.routerOut.send([s.identity, msg]).catch(() => {});
     }
-    const now = Date.now();
-    for (const [layer, s] of this.stages) {
-      if (this.silentTooLong(s, now) || this.stuck.has(layer)) this.stages.delete(layer);
+    for (const layer of [...this.stages.keys()]) {
+      if (this.liveness.isSilent(layer) || this.stuck.has(layer)) {
+        this.stages.delete(layer);
+        this.liveness.left(layer);
+      }
     }
     this.stuck.clear();
   }
 
   close(): void {
-    this.closed = true;
+    this.phaseNow = 'closed';
     this.opts.signal?.removeEventListener('abort', this.onAbort);
     if (this.watchdog) clearInterval(this.watchdog);
     closeAll(this.feed, this.router);
@@ -372,6 +381,7 @@ export class Cluster {
   private fail(err: Error): void {
     if (this.failure) return;
     this.failure = err;
+    if (this.phaseNow !== 'closed') this.phaseNow = 'failed';
     for (const w of this.failureWaiters) w(err);
     this.failureWaiters.clear();
   }
@@ -382,57 +392,39 @@ export class Cluster {
     return out;
   }
 
-  private silentTooLong(s: StageInfo, now: number): boolean {
-    return now - s.lastSeen > this.opts.heartbeatTimeoutMs + 2 * s.longestGap;
-  }
-
-  /** A sign of life from a stage: a heartbeat or a result. */
-  private heard(s: StageInfo): void {
-    const now = Date.now();
-    if (!this.silentTooLong(s, now)) s.longestGap = Math.max(s.longestGap, now - s.lastSeen);
-    s.lastSeen = now;
-  }
-
-  /** Every stage heard from lately (else lost), and progressing when it has work (else stalled). */
+  /** While running: the liveness rule's verdict fails the attempt, naming the layer. */
   private watch(): void {
-    if (this.failure || !this.feed) return; // between attempts, registration has its timeout
-    const now = Date.now();
-    for (const [layer, s] of this.stages) {
-      if (this.silentTooLong(s, now)) {
-        this.opts.metrics?.onStageLost(layer);
-        this.fail(
-          new ClusterError(
-            'CLUSTER_STAGE_LOST',
-            `layer ${layer} (pid ${s.hello.pid} on ${s.hello.host}) stopped answering: no heartbeat for ` +
-              `${((now - s.lastSeen) / 1000).toFixed(1)}s`,
-            [layer],
-          ),
-        );
-        return;
-      }
-    }
-    // Upstream first: a stuck stage starves the ones after it, which are not to blame.
-    for (let layer = 1; layer <= this.numLayers; layer++) {
-      const age = this.progressAge(layer);
-      if (age > this.opts.progressTimeoutMs) {
-        this.opts.metrics?.onStageStalled(layer);
-        this.stuck.add(layer); // a replacement may take the layer, or the stage itself again
-        const s = this.stages.get(layer);
-        this.fail(
-          new ClusterError(
-            'CLUSTER_STAGE_STALLED',
-            `layer ${layer}${s ? ` (pid ${s.hello.pid} on ${s.hello.host})` : ''} is alive but made no ` +
-              `progress for ${(age / 1000).toFixed(1)}s with work outstanding`,
-            [layer],
-          ),
-        );
-        return;
-      }
+    if (this.phaseNow !== 'running') return; // registration has its own timeout
+    const v = this.liveness.verdict();
+    if (!v) return;
+    const s = this.stages.get(v.layer);
+    const who = s ? ` (pid ${s.hello.pid} on ${s.hello.host})` : '';
+    if (v.kind === 'lost') {
+      this.opts.metrics?.onStageLost(v.layer);
+      this.fail(
+        new ClusterError(
+          'CLUSTER_STAGE_LOST',
+          `layer ${v.layer}${who} stopped answering: no heartbeat for ` +
+            `${(v.silentMs / 1000).toFixed(1)}s`,
+          [v.layer],
+        ),
+      );
+    } else {
+      this.opts.metrics?.onStageStalled(v.layer);
+      this.stuck.add(v.layer); // a replacement may take the layer, or the stage itself again
+      this.fail(
+        new ClusterError(
+          'CLUSTER_STAGE_STALLED',
+          `layer ${v.layer}${who} is alive but made no progress for ` +
+            `${(v.waitedMs / 1000).toFixed(1)}s with work outstanding`,
+          [v.layer],
+        ),
+      );
     }
   }
 
   private async controlLoop(): Promise<void> {
-    while (!this.closed) {
+    while (this.phaseNow !== 'closed') {
       let identity: Buffer;
       let frame: Buffer | undefined;
       try {
@@ -483,10 +475,13 @@ export class Cluster {
       );
       return;
     }
-    this.heard(s); // a busy stage's results are signs of life
+    this.liveness.heard(msg.layer); // a busy stage's results are signs of life
     if (msg.run !== this.run) {
       this.drop('stale', `a '${msg.type}' of run ${msg.run}, not the current ${this.run}`);
       return;
+    }
+    if (msg.type === 'stats' || msg.type === 'goodness' || msg.type === 'weights') {
+      this.liveness.answered(msg.layer);
     }
     if (msg.type === 'ready') {
       s.ready = true;
@@ -511,7 +506,7 @@ export class Cluster {
   private async onHeartbeat(layer: number, token: string, identity: Buffer): Promise<void> {
     const s = this.stages.get(layer);
     if (s && s.hello.token === token) {
-      this.heard(s);
+      this.liveness.heard(layer);
       // Heartbeats both ways: a registered stage learns its coordinator is alive.
       await this.routerOut
         .send([identity, encodeControl({ type: 'heartbeat', layer, token })])
@@ -549,10 +544,10 @@ export class Cluster {
     const known = this.stages.get(msg.layer);
     if (known?.identity.equals(identity)) {
       known.hello = msg; // the same stage again: it may have been between runs
-      this.heard(known);
+      this.liveness.heard(msg.layer);
       return;
     }
-    if (known && this.feed) {
+    if (known && this.phaseNow === 'running') {
       // A replacement for a stage of the running attempt (checkHello let it in only because
       // that one is lost): the attempt cannot go on without it.
       this.opts.metrics?.onStageLost(msg.layer);
@@ -565,13 +560,8 @@ export class Cluster {
         ),
       );
     }
-    this.stages.set(msg.layer, {
-      hello: msg,
-      identity,
-      lastSeen: Date.now(),
-      longestGap: 0,
-      ready: false,
-    });
+    this.stages.set(msg.layer, { hello: msg, identity, ready: false });
+    this.liveness.joined(msg.layer);
     this.opts.log(
       `coordinator: hello from layer ${msg.layer} (${msg.host}, pid ${msg.pid}, ${msg.backend}), ` +
         `data at ${msg.endpoint}` +
@@ -616,11 +606,7 @@ export class Cluster {
       }
     }
     const existing = this.stages.get(msg.layer);
-    if (
-      existing &&
-      !existing.identity.equals(identity) &&
-      !this.silentTooLong(existing, Date.now())
-    ) {
+    if (existing && !existing.identity.equals(identity) && !this.liveness.isSilent(msg.layer)) {
       return [
         'STAGE_LAYER_TAKEN',
         `layer ${msg.layer} is served by another stage, heard from lately`,

@@ -38,11 +38,6 @@ export class PipelineExecutor implements Executor {
   /** This attempt's training batches sent, and training reports received. */
   private sent = 0;
   private reported = 0;
-  /** This attempt's messages that each layer answers (train, eval, weights): when each went. */
-  private workSentAt: number[] = [];
-  /** Per layer: this attempt's answers to those, and when the last came. */
-  private answered: number[];
-  private lastAnswer: number[];
   private markerId = 0;
 
   constructor(cfg: RunConfig, opts: PipelineOptions) {
@@ -54,24 +49,10 @@ export class PipelineExecutor implements Executor {
       ...opts,
       maxMessageBytes: largestResult(cfg),
     });
-    this.answered = new Array<number>(this.numLayers).fill(0);
-    this.lastAnswer = new Array<number>(this.numLayers).fill(0);
-    this.cluster.setProgressSource((layer) => this.progressAge(layer));
-  }
-
-  /** How long `layer` has had work outstanding without answering (ms; 0 with none). */
-  private progressAge(layer: number): number {
-    const oldest = this.workSentAt[this.answered[layer - 1]!];
-    if (oldest === undefined) return 0;
-    return Date.now() - Math.max(oldest, this.lastAnswer[layer - 1]!);
   }
 
   async start(onTrain: TrainListener, state?: ModelState): Promise<void> {
     this.cluster.subscribe((msg) => {
-      if (msg.type === 'stats' || msg.type === 'goodness' || msg.type === 'weights') {
-        this.answered[msg.layer - 1]! += 1;
-        this.lastAnswer[msg.layer - 1] = Date.now();
-      }
       if (msg.type !== 'stats') return;
       this.reported++;
       onTrain({
@@ -105,9 +86,6 @@ export class PipelineExecutor implements Executor {
     await this.cluster.stopAll('rolling back to the last checkpoint', false);
     this.attempt++;
     this.sent = this.reported = 0;
-    this.workSentAt = [];
-    this.answered.fill(0);
-    this.lastAnswer.fill(0);
     const run = `${this.run}.${this.attempt}`;
     this.opts.log(
       `coordinator: attempt ${this.attempt + 1} (run ${run}): waiting up to ` +
@@ -135,7 +113,6 @@ export class PipelineExecutor implements Executor {
       readout ? [batch.x, Float32Array.from(batch.labels)] : [batch.x],
     );
     this.sent++;
-    this.workSentAt.push(Date.now());
   }
 
   // Every stage's report of every batch, not the last stage's alone: reports from different
@@ -166,7 +143,6 @@ export class PipelineExecutor implements Executor {
       for (const batch of batches) {
         pending.set(batch.index, { batch, goodness: [], got: 0 });
         sent++;
-        this.workSentAt.push(Date.now());
         const rows = batch.rule === 'readout' ? batch.images : NUM_CLASSES * batch.images;
         await this.cluster.send(
           {
@@ -194,7 +170,6 @@ export class PipelineExecutor implements Executor {
     });
     try {
       await this.marker('weights', epoch);
-      this.workSentAt.push(Date.now());
       await this.cluster.until(() => parts.size === this.numLayers);
     } finally {
       unsubscribe();

@@ -33,7 +33,10 @@ export class Inbox {
   /** A rebind() under way: the socket takes no receive() until it is done. */
   private rebinding: Promise<void> | null = null;
 
-  /** Takes over `socket` (bound or connected): reads from it until close(). */
+  /** The endpoint bind() bound (with the port ZeroMQ picked for `*`). */
+  endpoint = '';
+
+  /** Takes over `socket`: reads from it until close(), once bound. */
   constructor(
     private readonly socket: Pull,
     private readonly limits: InboxLimits = DEFAULT_INBOX_LIMITS,
@@ -41,13 +44,20 @@ export class Inbox {
     this.reading = this.readLoop();
   }
 
+  /** Binds the socket to `endpoint`; resolves with the endpoint bound. */
+  async bind(endpoint: string): Promise<string> {
+    await this.socket.bind(endpoint);
+    this.endpoint = this.socket.lastEndpoint ?? endpoint;
+    return this.endpoint;
+  }
+
   /**
-   * Binds `endpoint` again with `maxBytes` the largest message ZeroMQ accepts (a larger one
-   * drops its connection before it is read into memory). A listener takes its options when it
-   * binds; unbinding also drops every connection it accepted.
+   * Binds the same endpoint again with `maxBytes` the largest message ZeroMQ accepts (a larger
+   * one drops its connection before it is read into memory). A listener takes its options when
+   * it binds; unbinding also drops every connection it accepted.
    */
-  async rebind(endpoint: string, maxBytes: number): Promise<void> {
-    const done = this.bindAgain(endpoint, maxBytes);
+  async rebind(maxBytes: number): Promise<void> {
+    const done = this.bindAgain(this.endpoint, maxBytes);
     this.rebinding = done.then(
       () => {},
       () => {},

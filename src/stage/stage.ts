@@ -4,29 +4,54 @@
 // stages work at once on consecutive batches. After a run it keeps its layer and waits for the
 // next coordinator. The protocol is described in docs/protocol.md.
 //
-// Its life is a small state machine, one state at a time, each change logged (--verbose) and
-// exported as ffx_stage_state{state}:
+// The stage is a dispatcher: each message goes to the handler of its kind, if the state the
+// stage is in accepts it (stage-states.ts, which also lists every transition; enter() refuses
+// any other). Checking a config and building the run's layer is run-setup.ts; hellos, the
+// config deadline and the coordinator watch are registration.ts; heartbeats heartbeat.ts.
+// Each state change is logged (--verbose) and exported as ffx_stage_state{state}:
 //
-//   waiting --config--> configured --train--> training <--> evaluating
-//      ^                   |  (any of these: end marker, or abort)   |
-//      |                   v                                          v
-//      +---------------- between-runs <-------------------------------+
-//   (any state) --stop marker, stop, SIGTERM/SIGINT--> closing
+// STATE DIAGRAM (from stage-states.ts; test/stage-states.test.ts keeps it so)
+//   waiting       --config-->  configured
+//   waiting       --stop marker, stop, SIGTERM/SIGINT, fatal-->  closing
+//   configured    --train-->  training
+//   configured    --eval-->  evaluating
+//   configured    --end marker, abort, coordinator lost or replaced-->  between-runs
+//   configured    --stop marker, stop, SIGTERM/SIGINT, fatal-->  closing
+//   training      --eval-->  evaluating
+//   training      --end marker, abort, coordinator lost or replaced-->  between-runs
+//   training      --stop marker, stop, SIGTERM/SIGINT, fatal-->  closing
+//   evaluating    --train-->  training
+//   evaluating    --end marker, abort, coordinator lost or replaced-->  between-runs
+//   evaluating    --stop marker, stop, SIGTERM/SIGINT, fatal-->  closing
+//   between-runs  --config-->  configured
+//   between-runs  --stop marker, stop, SIGTERM/SIGINT, fatal-->  closing
+// END STATE DIAGRAM
 //
 // Every wait can be cut short: close() ends the inbox, the run's sockets and the timers, so the
 // stage leaves promptly from any state.
 import * as tf from '@tensorflow/tfjs';
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import { Dealer, type Pull, Push } from 'zeromq';
-import { checkMemoryBudget, type BackendInfo } from '../backend/backend.js';
-import { NUM_CLASSES } from '../data/classes.js';
-import { ConfigError, validateSection } from '../config/config.js';
+import { Dealer, type Push } from 'zeromq';
+import type { BackendInfo } from '../backend/backend.js';
 import type { FFLayer } from '../core/ff-layer.js';
-import { buildLayer, layerPrefix } from '../core/ff-network.js';
-import { FfxError, addressError, type ErrorCode } from '../errors.js';
+import { layerPrefix } from '../core/ff-network.js';
+import { addressError, type ErrorCode } from '../errors.js';
 import { RateLimitedLog, log } from '../log.js';
-import { STAGE_STATES, type StageMetrics, type StageState } from '../metrics/index.js';
+import type { StageMetrics } from '../metrics/index.js';
+import {
+  CONTROL_MAX_BYTES,
+  INBOUND_HWM,
+  PAST_RUNS,
+  PRE_CONFIG_MAX_BYTES,
+} from '../transport/bounds.js';
+import {
+  ZapHandler,
+  curveClient,
+  curveServer,
+  helloProof,
+  type KeyPair,
+} from '../transport/curve.js';
 import { ProtocolError, isProtocolError } from '../transport/errors.js';
 import {
   LINGER_MS,
@@ -36,14 +61,6 @@ import {
   dataPush,
   handshake,
 } from '../transport/sockets.js';
-import {
-  CONTROL_MAX_BYTES,
-  HELLO_INTERVAL_MS,
-  INBOUND_HWM,
-  MAX_HEADER_BYTES,
-  PAST_RUNS,
-  PRE_CONFIG_MAX_BYTES,
-} from '../transport/bounds.js';
 import {
   PROTOCOL_VERSION,
   checkData,
@@ -60,17 +77,22 @@ import {
   type ResultMessage,
   type TrainHeader,
 } from '../transport/wire.js';
+import { StageError } from './errors.js';
 import { Heartbeat } from './heartbeat.js';
-import {
-  ZapHandler,
-  curveClient,
-  curveServer,
-  helloProof,
-  type KeyPair,
-} from '../transport/curve.js';
 import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
+import { Registration } from './registration.js';
+import { largestDataMessage, setUpRun } from './run-setup.js';
+import {
+  STAGE_STATES,
+  STAGE_INPUTS,
+  accepts,
+  checkTransition,
+  serving,
+  type StageInput,
+  type StageState,
+} from './stage-states.js';
 
-export { STAGE_STATES, type StageState };
+export { STAGE_STATES, StageError, type StageState };
 
 export interface StageOptions {
   /** 1-based layer index. */
@@ -105,15 +127,6 @@ export interface StageSecurity {
   coordinatorKey: string;
 }
 
-export class StageError extends FfxError<ErrorCode<'stage'>> {}
-
-/** The largest data message of a run, for a stage whose input is `inDim` wide. */
-function largestDataMessage(config: ConfigMessage, inDim: number): number {
-  // With readouts a batch carries its images a third time (neutral rows), and their labels.
-  const rows = Math.max(3 * config.batchSize, NUM_CLASSES * config.evalBatchSize);
-  return rows * inDim * 4 + config.batchSize * 4 + MAX_HEADER_BYTES;
-}
-
 /** Timing of a forward that did not happen (the last stage). */
 const NOT_SENT = { encodeMs: 0, blockedMs: 0 } as const;
 
@@ -136,43 +149,33 @@ export class Stage {
   private state: StageState = 'waiting';
   private layer: FFLayer | null = null;
   private current: Run | null = null;
+  /** Ids of the runs served before (the last PAST_RUNS): their leftovers are known as such. */
   private readonly pastRuns: string[] = [];
   private readonly inbox: Inbox;
   private readonly control = new Dealer({ linger: 0, maxMessageSize: CONTROL_MAX_BYTES });
-  /** A random secret of this process: its heartbeats carry it, so no one else's count. */
-  private readonly token = randomBytes(16).toString('hex');
   private readonly controlOut = new SerialSender(this.control);
+  /** A random secret of this process: its hellos and heartbeats carry it, so no one else's count. */
+  private readonly token = randomBytes(16).toString('hex');
+  /** Hellos, the config deadline and the coordinator watch; heartbeats (from run() on). */
+  private registration: Registration | null = null;
   private heartbeat: Heartbeat | null = null;
-  private coordinatorCheck: NodeJS.Timeout | null = null;
-  /** When the coordinator was last heard from, and whether its silence was noticed once. */
-  private lastHeard = Date.now();
-  private silentOnce = false;
-  private helloTimer: NodeJS.Timeout | null = null;
-  private configDeadline: NodeJS.Timeout | null = null;
-  private closing = false;
+  private zap: ZapHandler | null = null;
+  /** Why the stage gave up, thrown by run(). */
   private fatal: Error | null = null;
   private readonly rejectionLog = new RateLimitedLog((line) => log.info(line));
   /** Debug lines about leftovers: a peer that knows an old run's id can send any number. */
   private readonly leftoverLog = new RateLimitedLog((line) => log.debug(line));
 
-  private readonly inbound: Pull;
-  /** The inbound socket's bound endpoint, once bound (the port ZeroMQ picked for `*`). */
-  private bound = '';
-  private zap: ZapHandler | null = null;
-
   constructor(opts: StageOptions) {
     this.opts = opts;
-    // One message queued per connection: beyond it ZeroMQ holds the sender back, so a peer
-    // holds at most one message of this stage's memory (the run's upstream keeps the pipeline
-    // full from its own queue).
-    this.inbound = dataPull({ highWaterMark: INBOUND_HWM });
+    const inbound = dataPull({ highWaterMark: INBOUND_HWM });
     // Until a config says how large this run's messages are, a stranger gets little room.
-    this.inbound.maxMessageSize = PRE_CONFIG_MAX_BYTES;
+    inbound.maxMessageSize = PRE_CONFIG_MAX_BYTES;
     if (opts.security) {
-      curveServer(this.inbound, opts.security.keys, 'data');
+      curveServer(inbound, opts.security.keys, 'data');
       curveClient(this.control, opts.security.keys, opts.security.coordinatorKey);
     }
-    this.inbox = new Inbox(this.inbound, opts.inbox ?? DEFAULT_INBOX_LIMITS);
+    this.inbox = new Inbox(inbound, opts.inbox ?? DEFAULT_INBOX_LIMITS);
     opts.metrics?.setInboundQueueDepth(() => this.inbox.depth);
     opts.metrics?.setInboundQueueBytes(() => this.inbox.bytes);
     opts.metrics?.setState(this.state);
@@ -204,9 +207,8 @@ export class Stage {
       );
     }
     try {
-      await this.inbound.bind(opts.listen);
-      this.bound = this.inbound.lastEndpoint ?? opts.listen;
-      this.endpoint = opts.advertise ?? this.bound.replace('0.0.0.0', hostname());
+      const bound = await this.inbox.bind(opts.listen);
+      this.endpoint = opts.advertise ?? bound.replace('0.0.0.0', hostname());
     } catch (err) {
       await this.shutdown();
       throw addressError(err, opts.listen, `layer ${opts.layer}: cannot listen for data`);
@@ -223,11 +225,19 @@ export class Stage {
         security: opts.security,
       },
       (news) => {
-        this.lastHeard = Date.now();
+        this.registration?.heard();
         if (news.error) this.onError(news.error.run, news.error.code, '');
       },
     );
-    this.coordinatorCheck = setInterval(() => this.checkCoordinator(), intervalMs);
+    this.registration = new Registration(
+      { checkIntervalMs: intervalMs, coordinatorTimeoutMs: opts.coordinatorTimeoutMs ?? 30_000 },
+      {
+        hello: () => this.sendControl(this.hello()),
+        noConfig: (timeoutMs) => this.fail(this.noConfigError(timeoutMs)),
+        serving: () => this.current !== null,
+        coordinatorLost: (silentMs) => this.onCoordinatorLost(silentMs),
+      },
+    );
     log.info(`layer ${opts.layer}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`);
     this.register(opts.configTimeoutMs ?? 120_000);
     try {
@@ -252,11 +262,10 @@ export class Stage {
    * Safe to call more than once.
    */
   async close(reason = 'closing'): Promise<void> {
-    if (this.closing) return;
-    this.closing = true;
-    this.enter('closing', reason);
-    this.stopRegistering();
+    if (this.state === 'closing') return;
     const run = this.current;
+    this.enter('closing', reason);
+    this.registration?.stop();
     if (run) {
       this.sendControl({
         type: 'error',
@@ -277,86 +286,58 @@ export class Stage {
   // States
   // -------------------------------------------------------------------------------------------
 
+  /** The one way the state changes: along a transition of stage-states.ts, or a thrown bug. */
   private enter(next: StageState, why: string): void {
     if (this.state === next) return;
+    checkTransition(this.state, next);
     log.debug(`layer ${this.opts.layer}: ${this.state} -> ${next} (${why})`);
     this.state = next;
     this.opts.metrics?.setState(next);
   }
 
-  /**
-   * Serving a run, the coordinator must be heard from (it answers every heartbeat). Silence is
-   * counted only on a second check in a row: a long step can hold the first one up, and by the
-   * second the event loop has read what the coordinator sent meanwhile.
-   */
-  private checkCoordinator(): void {
-    const run = this.current;
-    const timeout = this.opts.coordinatorTimeoutMs ?? 30_000;
-    const silent = Date.now() - this.lastHeard > timeout;
-    if (!run || !silent) {
-      this.silentOnce = false;
-      return;
-    }
-    if (!this.silentOnce) {
-      this.silentOnce = true;
-      return;
-    }
-    this.silentOnce = false;
-    log.info(
-      `layer ${this.opts.layer}: lost the coordinator (not heard from for ` +
-        `${((Date.now() - this.lastHeard) / 1000).toFixed(0)}s); dropping run ${run.id}, ` +
-        'waiting for a coordinator',
-    );
-    this.endRun(run, 'the coordinator is lost');
-    this.register(Infinity);
+  /** Says hello now and every few seconds until a config arrives (not while closing). */
+  private register(timeoutMs: number): void {
+    if (this.state !== 'closing') this.registration?.register(timeoutMs);
   }
 
-  /** Says hello now and every HELLO_INTERVAL_MS until a config arrives. */
-  private register(timeoutMs: number): void {
-    if (this.closing) return;
-    const hello: ControlMessage = {
+  private hello(): ControlMessage {
+    const { layer, security } = this.opts;
+    return {
       type: 'hello',
-      layer: this.opts.layer,
+      layer,
       version: PROTOCOL_VERSION,
       backend: this.opts.backend.name,
       endpoint: this.endpoint,
       pid: process.pid,
       host: hostname(),
       token: this.token,
-      key: this.opts.security?.keys.publicKey ?? '',
-      proof: this.opts.security
-        ? helloProof(
-            this.opts.security.keys.secretKey,
-            this.opts.security.coordinatorKey,
-            this.opts.layer,
-            this.token,
-          )
+      key: security?.keys.publicKey ?? '',
+      proof: security
+        ? helloProof(security.keys.secretKey, security.coordinatorKey, layer, this.token)
         : '',
     };
-    this.stopRegistering();
-    this.sendControl(hello);
-    this.helloTimer = setInterval(() => this.sendControl(hello), HELLO_INTERVAL_MS);
-    if (timeoutMs < Infinity) {
-      this.configDeadline = setTimeout(
-        () =>
-          this.fail(
-            new StageError(
-              'STAGE_NO_CONFIG',
-              `no config from the coordinator at ${this.opts.coordinator} within ${timeoutMs / 1000}s` +
-                (this.opts.security
-                  ? ''
-                  : ' (if it uses CurveZMQ keys, this stage needs --key and --trust too)'),
-            ),
-          ),
-        timeoutMs,
-      );
-    }
   }
 
-  private stopRegistering(): void {
-    if (this.helloTimer) clearInterval(this.helloTimer);
-    if (this.configDeadline) clearTimeout(this.configDeadline);
-    this.helloTimer = this.configDeadline = null;
+  private noConfigError(timeoutMs: number): StageError {
+    return new StageError(
+      'STAGE_NO_CONFIG',
+      `no config from the coordinator at ${this.opts.coordinator} within ${timeoutMs / 1000}s` +
+        (this.opts.security
+          ? ''
+          : ' (if it uses CurveZMQ keys, this stage needs --key and --trust too)'),
+    );
+  }
+
+  /** The coordinator of the run served went silent: drop the run, wait for a new one. */
+  private onCoordinatorLost(silentMs: number): void {
+    const run = this.current;
+    if (!run) return;
+    log.info(
+      `layer ${this.opts.layer}: lost the coordinator (not heard from for ` +
+        `${(silentMs / 1000).toFixed(0)}s); dropping run ${run.id}, waiting for a coordinator`,
+    );
+    this.endRun(run, 'the coordinator is lost');
+    this.register(Infinity);
   }
 
   /** The stage cannot go on: remember why, and close. */
@@ -378,15 +359,13 @@ export class Stage {
     // Closing the data socket unblocks a send waiting on a downstream stage that may be gone;
     // what it had queued (e.g. a forwarded end marker) still goes out during its linger.
     closeAll(run.downstream);
-    if (!this.closing) this.enter('between-runs', why);
+    if (this.state !== 'closing') this.enter('between-runs', why);
   }
 
   private async shutdown(): Promise<void> {
-    this.closing = true;
     this.enter('closing', 'shutting down');
-    this.stopRegistering();
+    this.registration?.close();
     await this.heartbeat?.close();
-    if (this.coordinatorCheck) clearInterval(this.coordinatorCheck);
     if (this.current) this.endRun(this.current, 'the stage is closing');
     await this.inbox.close();
     this.zap?.close();
@@ -404,7 +383,7 @@ export class Stage {
   // -------------------------------------------------------------------------------------------
 
   private async controlLoop(): Promise<void> {
-    while (!this.closing) {
+    while (this.state !== 'closing') {
       let frame: Buffer | undefined;
       try {
         [frame] = await this.control.receive();
@@ -419,7 +398,15 @@ export class Stage {
         this.logRejection(`control:${err.code}`, `ignored a bad control message (${err.code})`);
         continue;
       }
-      this.lastHeard = Date.now();
+      this.registration?.heard();
+      if (!isStageInput(msg.type)) {
+        log.debug(`layer ${this.opts.layer}: ignored a '${msg.type}' control message`);
+        continue;
+      }
+      if (!accepts(this.state, msg.type)) {
+        this.notNow(msg);
+        continue;
+      }
       switch (msg.type) {
         case 'config':
           await this.onConfig(msg);
@@ -438,24 +425,38 @@ export class Stage {
           break;
         case 'heartbeat':
           break; // the coordinator is alive: noted above
-        default:
-          log.debug(`layer ${this.opts.layer}: ignored a '${msg.type}' control message`);
       }
+    }
+  }
+
+  /** A control message the current state does not act on. */
+  private notNow(msg: ControlMessage): void {
+    const { layer } = this.opts;
+    if (msg.type === 'config') {
+      // Hellos go out only while waiting: a config now is a late answer to an old one.
+      log.info(
+        `layer ${layer}: ignored a config for run ${msg.run} while serving run ${this.current?.id}`,
+      );
+    } else if (msg.type === 'abort') {
+      log.debug(`layer ${layer}: ignored an abort of run ${msg.run}, not served here`);
     }
   }
 
   private async onConfig(config: ConfigMessage): Promise<void> {
     const { layer } = this.opts;
-    if (this.state !== 'waiting' && this.state !== 'between-runs') {
-      // Hellos go out only while waiting: a config now is a late answer to an old one.
-      log.info(
-        `layer ${layer}: ignored a config for run ${config.run} while serving run ${this.current?.id}`,
-      );
-      return;
-    }
     let run: Run;
     try {
-      run = this.setUp(config);
+      const held = this.layer;
+      this.layer = setUpRun(config, layer, held);
+      if (this.layer !== held) held?.dispose();
+      const link = config.next ? this.downstreamTo(config) : null;
+      run = {
+        config,
+        id: config.run,
+        downstream: link?.push ?? null,
+        linked: link?.linked ?? Promise.resolve(true),
+        over: false,
+      };
     } catch (err) {
       if (!(err instanceof StageError)) throw err;
       // This coordinator cannot use this stage; say why, and stay available.
@@ -473,10 +474,14 @@ export class Stage {
     // listener takes its limits when it binds, so it binds again (the same endpoint); strangers
     // connected before are dropped with the old listener.
     try {
-      await this.inbox.rebind(this.bound, largestDataMessage(config, this.layer!.config.inDim));
+      await this.inbox.rebind(largestDataMessage(config, this.layer.config.inDim));
     } catch (err) {
       this.fail(
-        addressError(err, this.bound, `layer ${layer}: cannot listen for data again`) as Error,
+        addressError(
+          err,
+          this.inbox.endpoint,
+          `layer ${layer}: cannot listen for data again`,
+        ) as Error,
       );
       return;
     }
@@ -491,13 +496,13 @@ export class Stage {
       this.sendControl({ type: 'error', run: config.run, layer, code: 'STAGE_LINK_DOWN', message });
       return;
     }
-    this.stopRegistering();
+    this.registration?.stop();
     this.current = run;
     this.opts.metrics?.onRun(run.id);
     this.heartbeat?.start();
     this.enter('configured', `config of run ${config.run}`);
     this.sendControl({ type: 'ready', layer, run: run.id });
-    const { inDim, outDim } = this.layer!.config;
+    const { inDim, outDim } = this.layer.config;
     log.info(
       `layer ${layer}/${config.numLayers}: ${inDim}-${outDim}, run ${config.run} (${config.mode}), ` +
         `downstream ${config.next ?? '(last stage)'}`,
@@ -533,10 +538,8 @@ export class Stage {
       this.register(Infinity);
       return;
     }
-    // Without a run the stage is saying hello anyway.
-    if (code === 'STAGE_UNKNOWN' || (this.state !== 'waiting' && this.state !== 'between-runs')) {
-      return;
-    }
+    // Without a run the stage is saying hello anyway; serving one, a refusal is not for it.
+    if (code === 'STAGE_UNKNOWN' || serving(this.state) || this.state === 'closing') return;
     if (code === 'STAGE_LAYER_TAKEN') {
       this.logRejection(code, `the coordinator says: ${message}; waiting to take over`);
       return;
@@ -544,81 +547,6 @@ export class Stage {
     this.fail(
       new StageError('STAGE_REFUSED', `the coordinator refused this stage (${code}): ${message}`),
     );
-  }
-
-  /** Checks the config against this stage and builds the run it describes. */
-  private setUp(config: ConfigMessage): Run {
-    const { layer } = this.opts;
-    const bad = (message: string) =>
-      new StageError('STAGE_BAD_CONFIG', `layer ${layer}: config of run ${config.run}: ${message}`);
-    if (config.layer !== layer) throw bad(`it is for layer ${config.layer}`);
-    if (config.numLayers < layer) throw bad(`numLayers ${config.numLayers} < this layer`);
-    if ((config.next === null) !== (layer === config.numLayers)) {
-      throw bad(`next is ${config.next} for layer ${layer} of ${config.numLayers}`);
-    }
-    let model, optimizer;
-    try {
-      model = validateSection('model', config.model);
-      optimizer = validateSection('optimizer', config.optimizer);
-    } catch (err) {
-      if (err instanceof ConfigError) throw bad(err.message);
-      throw err;
-    }
-    const index = this.layerIndex;
-    const [inDim, outDim] = [model.layers[index], model.layers[index + 1]];
-    if (inDim === undefined || outDim === undefined) {
-      throw bad(`model.layers ${model.layers.join('-')} has no layer ${layer}`);
-    }
-    // The run's largest batches must fit this backend: refused now, not crashed on later.
-    const widest = Math.max(inDim, outDim);
-    try {
-      const copies = model.readout ? 3 : 2; // a readout run carries each image a third time
-      checkMemoryBudget(
-        copies * config.batchSize * widest * 4 * 6,
-        `a batch of ${config.batchSize}`,
-      );
-      checkMemoryBudget(
-        NUM_CLASSES * config.evalBatchSize * widest * 4 * 4,
-        `an evaluation batch of ${config.evalBatchSize} images`,
-      );
-    } catch (err) {
-      throw bad((err as Error).message);
-    }
-    if (config.mode === 'eval') {
-      const held = this.layer?.config;
-      if (!held || held.inDim !== inDim || held.outDim !== outDim) {
-        const has = held ? `${held.inDim}-${held.outDim}` : 'no trained layer';
-        throw new StageError(
-          'STAGE_NO_WEIGHTS',
-          `layer ${layer}: asked to evaluate ${inDim}-${outDim}, but this stage holds ${has}`,
-        );
-      }
-    } else {
-      const fresh = buildLayer(model, optimizer, config.seed, index);
-      if (Object.keys(config.state).length > 0) {
-        // Resuming: the checkpoint's weights and optimizer state replace the fresh ones.
-        try {
-          fresh.importState(layerPrefix(index), new Map(Object.entries(config.state)));
-        } catch (err) {
-          fresh.dispose();
-          throw new StageError(
-            'STAGE_BAD_STATE',
-            `layer ${layer}: cannot resume: ${(err as Error).message}`,
-          );
-        }
-        fresh.steps = config.optimizerStep;
-      }
-      this.layer?.dispose();
-      this.layer = fresh;
-    }
-    const link = config.next ? this.downstreamTo(config) : null;
-    return {
-      config,
-      id: config.run,
-      downstream: link?.push ?? null,
-      linked: link?.linked ?? Promise.resolve(true),
-      over: false,
-    };
   }
 
   // -------------------------------------------------------------------------------------------
@@ -648,7 +576,7 @@ export class Stage {
     }
     const { header } = msg;
     metrics?.onReceived(header.kind, bytes);
-    if (!run || header.run !== run.id) {
+    if (!run || header.run !== run.id || !accepts(this.state, header.kind)) {
       metrics?.onInputWait(waitMs / 1000);
       this.foreign(header, run);
       return;
@@ -944,4 +872,8 @@ function checkBatch(header: DataHeader, config: ConfigMessage, readout: boolean)
   if (n > max) {
     throw new ProtocolError('BAD_SHAPE', `header.${what} is ${n}, more than this run's ${max}`);
   }
+}
+
+function isStageInput(type: string): type is StageInput & ControlMessage['type'] {
+  return (STAGE_INPUTS as readonly string[]).includes(type);
 }
