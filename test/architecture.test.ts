@@ -1,4 +1,4 @@
-// The shape of src/ as DESIGN.md draws it: no import cycles (type imports included), layers
+// The shape of src/ as docs/architecture.md draws it: no import cycles (type imports included), layers
 // that only import downward, and the training schedule in one driver that neither executor
 // owns.
 import assert from 'node:assert/strict';

@@ -277,7 +277,7 @@ describe('FFLayer closed-form gradient', () => {
   });
 
   it('hands on the activations computed before the update', () => {
-    // DESIGN.md §4: H sent downstream is this step's H, before the weights change; the pipeline
+    // ff-layer.ts: H sent downstream is this step's H, before the weights change; the pipeline
     // and the single-process reference must agree on that choice.
     const layer = new FFLayer(layerConfig(), PLAIN_SGD);
     const x = tf.tensor2d(batch(12), [2 * N_POS, IN]);

@@ -7,12 +7,11 @@
 // everything down; the exit status says whether the run succeeded. The children watch the
 // launcher and leave if it dies, even by SIGKILL.
 //   ffx-launch --config config/demo.json [any ffx-coordinator train flag]
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { availableParallelism, constants, tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { freePort } from '../transport/sockets.js';
@@ -30,41 +29,17 @@ import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
 import { PARENT_ENV } from './parent-watch.js';
 import { Terminal, relay } from './relay.js';
 import { PROGRESS_BAR_ENV } from '../coordinator/reporter.js';
+import type { RunConfig } from '../config/config.js';
+import { plural } from '../log.js';
 import { LATEST } from '../checkpoint/checkpoint-file.js';
 import { writeClusterKeys } from '../transport/curve.js';
+import { Supervisor, type ChildSpec } from './supervisor.js';
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 /** The launcher's stderr, shared by its children's lines and the coordinator's progress bar. */
 const terminal = new Terminal(process.stderr);
 /** Its stdout: the children's results (no bar there). */
 const results = new Terminal(process.stdout);
-
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-interface Child {
-  name: string;
-  script: string;
-  /** The command line; `restart` is true when the child is started again. */
-  args: (restart: boolean) => string[];
-  proc: ChildProcess;
-  exited: Promise<Exit>;
-  restarts: number;
-}
-
-/** A process's exit status as a shell reports it: 128 + the signal's number for a signal. */
-function statusOf(e: Exit): number {
-  return e.code ?? 128 + (e.signal ? (constants.signals[e.signal] ?? 0) : 0);
-}
-
-/** "exited with status 1", or "was killed by SIGKILL (status 137)". */
-function describeExit(e: Exit): string {
-  return e.signal
-    ? `was killed by ${e.signal} (status ${statusOf(e)})`
-    : `exited with status ${e.code}`;
-}
 
 /**
  * Flags of `ffx-coordinator train` that make no sense here: hidden from --help, and refused
@@ -83,6 +58,50 @@ const NOT_HERE: Record<string, string> = {
 
 async function main(): Promise<void> {
   const argv = hideBin(process.argv);
+  const a = await parseArgs(argv);
+  const cfg = await runConfig(a, await resumeFile(a));
+  await claimOutput(a, cfg);
+  const plan = await planLaunch(a, cfg, argv);
+  terminal.line(
+    `ffx-launch: ${plan.layers} stages (${plural(plan.threads, 'thread')} each) + coordinator on ` +
+      `${plan.control}; data over ${a.transport}${a.keys ? ' with CurveZMQ' : ''}; ` +
+      `dataset ${cfg.data.dataset}`,
+  );
+  const supervisor = new Supervisor({
+    maxRestarts: a['max-restarts'] as number,
+    graceMs: (a.grace as number) * 1000,
+    log: (line) => terminal.line(`ffx-launch: ${line}`),
+    started: ({ spec, proc }) => {
+      // "[stage 2] ..." says who: the child's own "layer 2: " (or "coordinator: ") would
+      // repeat it.
+      const own =
+        spec.name === 'coordinator' ? 'coordinator: ' : `layer ${spec.name.split(' ')[1]}: `;
+      relay(proc.stderr!, terminal, `[${spec.name}]`, own);
+      relay(proc.stdout!, results, `[${spec.name}]`, own);
+    },
+  });
+  for (const spec of plan.specs) supervisor.start(spec);
+  terminal.line(`ffx-launch: started ${supervisor.pids()}`);
+  if (plan.metricsPorts.length > 0) {
+    terminal.line(
+      `ffx-launch: metrics at ${plan.metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`).join(' ')} ` +
+        '(coordinator, then stage 1..L)',
+    );
+  }
+  const onSignal = () => {
+    terminal.line('ffx-launch: interrupted, stopping every process');
+    supervisor.interrupt();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const outcome = await supervisor.run();
+  if (plan.socketDir) await rm(plan.socketDir, { recursive: true, force: true });
+  if (outcome === 'interrupted') process.exitCode = 130;
+  else if (outcome !== 'ok') throw new LaunchError(outcome);
+}
+
+/** The command line: ffx-coordinator train's flags (less those that make no sense here), and the launcher's own. */
+async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, unknown>> {
   const options = trainOptions(commonOptions(flagsFromEnv(yargs(argv))));
   for (const flag of Object.keys(NOT_HERE)) options.hide(flag);
   const a = (await options
@@ -125,14 +144,44 @@ async function main(): Promise<void> {
       throw new UsageError(`--${flag}: ${why}`);
     }
   }
-  const cfg = await runConfig(a, await resumeFile(a));
-  await claimOutput(a, cfg);
+  return a;
+}
+
+/** The launcher's own flags: everything else on its command line goes to the coordinator. */
+const OWN_FLAGS = new Set([
+  '--stage-threads',
+  '--transport',
+  '--grace',
+  '--max-restarts',
+  '--keys',
+  '--backend',
+  '--out', // given to the coordinator as claimed
+  '-o',
+]);
+
+interface LaunchPlan {
+  layers: number;
+  threads: number;
+  control: string;
+  /** The coordinator first (its exit 0 ends the run), then stage 1..L. */
+  specs: ChildSpec[];
+  /** Metrics ports handed out: the coordinator's, then stage 1..L's. */
+  metricsPorts: number[];
+  /** Where ipc sockets live, to remove at the end (null: tcp, or Linux's abstract namespace). */
+  socketDir: string | null;
+}
+
+/** Every process of the run, on free loopback ports (and sockets) of its own. */
+async function planLaunch(
+  a: CommonArgs & Record<string, unknown>,
+  cfg: RunConfig,
+  argv: string[],
+): Promise<LaunchPlan> {
   const layers = cfg.model.layers.length - 1;
   const threads =
     (a['stage-threads'] as number | undefined) ??
     Math.max(1, Math.floor(availableParallelism() / layers));
-  const port = await freePort();
-  const control = `tcp://127.0.0.1:${port}`;
+  const control = `tcp://127.0.0.1:${await freePort()}`;
   // Loopback tcp costs the sending side's ZeroMQ I/O thread ~7% of a core per stage link (the
   // kernel runs the receiver's network stack on the sender's time); Unix sockets do not. On
   // Linux they live in the abstract namespace: no files, nothing left behind whatever happens.
@@ -150,55 +199,24 @@ async function main(): Promise<void> {
   const keyArgs = (name: string) =>
     keysDir ? ['--key', join(keysDir, `${name}.key`), '--trust', join(keysDir, 'trusted.pub')] : [];
   if (keysDir && !existsSync(join(keysDir, 'trusted.pub'))) await writeClusterKeys(keysDir, layers);
-  terminal.line(
-    `ffx-launch: ${layers} stages (${threads} thread${threads === 1 ? '' : 's'} each) + coordinator on ${control}; ` +
-      `data over ${a.transport}${keysDir ? ' with CurveZMQ' : ''}; dataset ${cfg.data.dataset}`,
-  );
-
-  // The coordinator gets the user's flags minus the launcher's own.
-  const own = new Set([
-    '--stage-threads',
-    '--transport',
-    '--grace',
-    '--max-restarts',
-    '--keys',
-    '--backend',
-    '--out', // given to the coordinator as claimed (below)
-    '-o',
-  ]);
   const forwarded: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!.split('=')[0]!;
-    if (own.has(flag)) {
+    if (OWN_FLAGS.has(flag)) {
       if (!argv[i]!.includes('=')) i++; // skip its value
       continue;
     }
     forwarded.push(argv[i]!);
   }
-  const children: Child[] = [];
   // On a terminal, the coordinator draws its progress bar, and it stays on the last row.
   const bar = Boolean(process.stderr.isTTY) && !process.env.CI;
-  const spawnChild = (c: Omit<Child, 'proc' | 'exited'>): Child => {
-    const proc = spawn(process.execPath, [here(c.script), ...c.args(c.restarts > 0)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      // The child leaves by itself if this launcher dies, even by SIGKILL (parent-watch.ts).
-      env: {
-        ...PIPELINE_MALLOC_ENV,
-        ...process.env,
-        [PARENT_ENV]: String(process.pid),
-        ...(bar && c.name === 'coordinator' ? { [PROGRESS_BAR_ENV]: '1' } : {}),
-      },
-    });
-    // "[stage 2] ..." says who: the child's own "layer 2: " (or "coordinator: ") would repeat it.
-    const own = c.name === 'coordinator' ? 'coordinator: ' : `layer ${c.name.split(' ')[1]}: `;
-    relay(proc.stderr!, terminal, `[${c.name}]`, own);
-    relay(proc.stdout!, results, `[${c.name}]`, own);
-    const exited = new Promise<Exit>((resolve) =>
-      proc.on('exit', (code, signal) => resolve({ code, signal })),
-    );
-    return { ...c, proc, exited };
-  };
-  // Every process on a free loopback port of its own: no clash with anything else running.
+  // Every child leaves by itself if this launcher dies, even by SIGKILL (parent-watch.ts).
+  const env = (extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
+    ...PIPELINE_MALLOC_ENV,
+    ...process.env,
+    [PARENT_ENV]: String(process.pid),
+    ...extra,
+  });
   const metricsPorts: number[] = [];
   const metricsArgs = async (): Promise<string[]> => {
     if (!a.metrics) return ['--no-metrics'];
@@ -207,11 +225,11 @@ async function main(): Promise<void> {
     return ['--metrics-host', '127.0.0.1', '--metrics-port', String(port)];
   };
   const coordinatorMetrics = await metricsArgs();
-  children.push(
-    spawnChild({
+  const specs: ChildSpec[] = [
+    {
       name: 'coordinator',
-      script: './ffx-coordinator.js',
-      restarts: 0,
+      script: here('./ffx-coordinator.js'),
+      env: env(bar ? { [PROGRESS_BAR_ENV]: '1' } : {}),
       // Started again, it resumes from the run's latest checkpoint when there is one.
       args: (restart) => [
         'train',
@@ -226,8 +244,8 @@ async function main(): Promise<void> {
         ...keyArgs('coordinator'),
         ...coordinatorMetrics,
       ],
-    }),
-  );
+    },
+  ];
   for (let layer = 1; layer <= layers; layer++) {
     const stageArgs = [
       '--layer',
@@ -244,91 +262,14 @@ async function main(): Promise<void> {
       ...(a.verbose ? ['--verbose'] : []),
       ...(await metricsArgs()),
     ];
-    children.push(
-      spawnChild({
-        name: `stage ${layer}`,
-        script: './ffx-stage.js',
-        restarts: 0,
-        args: () => stageArgs,
-      }),
-    );
+    specs.push({
+      name: `stage ${layer}`,
+      script: here('./ffx-stage.js'),
+      env: env(),
+      args: () => stageArgs,
+    });
   }
-  const pids = () => children.map((c) => `${c.name} (pid ${c.proc.pid})`).join(', ');
-  terminal.line(`ffx-launch: started ${pids()}`);
-  if (metricsPorts.length > 0) {
-    terminal.line(
-      `ffx-launch: metrics at ${metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`).join(' ')} ` +
-        '(coordinator, then stage 1..L)',
-    );
-  }
-
-  let interrupted = false;
-  const onSignal = () => {
-    interrupted = true;
-    terminal.line('ffx-launch: interrupted, stopping every process');
-    void stopAll(children, 0);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-
-  // The run is over when the coordinator exits 0. A stage may exit 0 first: it saw the stop
-  // marker while the coordinator was still writing. A child killed by a signal is started
-  // again (bounded); any other failure ends the run.
-  const maxRestarts = a['max-restarts'] as number;
-  let failed: string | null = null;
-  const watching = new Set(children);
-  for (;;) {
-    const { c, exit } = await Promise.race(
-      [...watching].map((c) => c.exited.then((exit) => ({ c, exit }))),
-    );
-    if (interrupted) break;
-    watching.delete(c);
-    const isCoordinator = c === children[0];
-    if (statusOf(exit) === 0) {
-      if (isCoordinator) break;
-      continue;
-    }
-    if (exit.signal && c.restarts < maxRestarts) {
-      const again = spawnChild({ ...c, restarts: c.restarts + 1 });
-      children[children.indexOf(c)] = again;
-      watching.add(again);
-      terminal.line(
-        `ffx-launch: ${c.name} ${describeExit(exit)}; started again as pid ${again.proc.pid} ` +
-          `(restart ${again.restarts} of ${maxRestarts})`,
-      );
-      continue;
-    }
-    failed = `${c.name} ${describeExit(exit)}`;
-    break;
-  }
-  if (!failed && !interrupted) {
-    // Stages got the stop marker and leave on their own.
-    const grace = (a.grace as number) * 1000;
-    const exits = await Promise.race([
-      Promise.all(children.map((c) => c.exited)),
-      new Promise<null>((r) => setTimeout(() => r(null), grace).unref()),
-    ]);
-    if (exits === null) {
-      // A stage started again after the coordinator sent its stop marker has no run to join
-      // and waits for the next coordinator: stopped below, it is no failure. Any other stage
-      // still here missed the end of the run.
-      const stuck = children.filter((c) => c !== children[0] && c.proc.exitCode === null);
-      const late = stuck.filter((c) => c.restarts > 0);
-      for (const c of late) {
-        terminal.line(`ffx-launch: ${c.name} was started again after the run ended; stopping it`);
-      }
-      if (late.length < stuck.length) {
-        failed = `stages did not exit within ${grace / 1000}s after the run`;
-      }
-    } else {
-      const i = exits.findIndex((e) => statusOf(e) !== 0);
-      if (i >= 0) failed = `${children[i]!.name} ${describeExit(exits[i]!)}`;
-    }
-  }
-  await stopAll(children, 3000);
-  if (socketDir) await rm(socketDir, { recursive: true, force: true });
-  if (interrupted) process.exitCode = 130;
-  else if (failed) throw new LaunchError(failed);
+  return { layers, threads, control, specs, metricsPorts, socketDir };
 }
 
 /** `args` without `flag` and its value (`--flag v` or `--flag=v`). */
@@ -345,18 +286,6 @@ export class LaunchError extends FfxError<'LAUNCH_FAILED'> {
   constructor(message: string) {
     super('LAUNCH_FAILED', message);
   }
-}
-
-/** SIGTERM to every live child, SIGKILL to those still alive after `graceMs`. */
-async function stopAll(children: Child[], graceMs: number): Promise<void> {
-  const live = children.filter((c) => c.proc.exitCode === null && c.proc.signalCode === null);
-  for (const c of live) c.proc.kill('SIGTERM');
-  await Promise.race([
-    Promise.all(live.map((c) => c.exited)),
-    new Promise((r) => setTimeout(r, graceMs).unref()),
-  ]);
-  for (const c of live)
-    if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
 }
 
 runMain(main);
