@@ -116,15 +116,13 @@ export class Cluster {
   private readonly listeners = new Set<Listener>();
   private readonly liveness: Liveness;
   private watchdog: NodeJS.Timeout | null = null;
-  private failure: Error | null = null;
-  private readonly failureWaiters = new Set<(err: Error) => void>();
+  /** What failed the current attempt: every wait of the attempt rejects with it. */
+  private readonly failure = new FailureLatch();
   private readonly onAbort = () => this.fail(this.opts.signal!.reason as Error);
   private readonly opts: ClusterOptions;
   private readonly dropLog: RateLimitedLog;
   private zap: ZapHandler | null = null;
   private readonly controlChecks = new Set<() => void>();
-  /** Layers whose stage was found stuck: forgotten at the end of the attempt, as lost ones are. */
-  private readonly stuck = new Set<number>();
 
   constructor(numLayers: number, run: string, opts: ClusterOptions) {
     this.numLayers = numLayers;
@@ -191,9 +189,9 @@ export class Cluster {
     run: string,
     timeoutMs = this.opts.registerTimeoutMs,
   ): Promise<void> {
-    if (this.failure && !(this.opts.signal?.aborted ?? false)) this.failure = null;
+    if (!(this.opts.signal?.aborted ?? false)) this.failure.reset();
     this.attempts++;
-    if (!this.failure) this.phaseNow = this.attempts === 1 ? 'registering' : 'recovering';
+    if (!this.failure.error) this.phaseNow = this.attempts === 1 ? 'registering' : 'recovering';
     closeAll(this.feed);
     this.feed = null;
     this.liveness.resetProgress();
@@ -294,7 +292,7 @@ export class Cluster {
 
   /** Sends one data message to the first stage; waits while the pipeline is full (backpressure). */
   async send(header: DataHeaderInit, tensors: Float32Array[]): Promise<void> {
-    await this.guard(this.feed!.send(encodeData(header, tensors)));
+    await this.failure.guard(this.feed!.send(encodeData(header, tensors)));
     // Every stage answers a batch and a weights marker; an end or stop marker only the last.
     if (header.kind !== 'marker' || header.op === 'weights') this.liveness.sent();
   }
@@ -327,7 +325,7 @@ export class Cluster {
       if (timeout) timer = setTimeout(() => reject(timeout.error()), timeout.ms);
     });
     try {
-      await this.guard(wait);
+      await this.failure.guard(wait);
     } finally {
       unsubscribe();
       clearTimeout(timer);
@@ -347,12 +345,11 @@ export class Cluster {
       await this.routerOut.send([s.identity, msg]).catch(() => {});
     }
     for (const layer of [...this.stages.keys()]) {
-      if (this.liveness.isSilent(layer) || this.stuck.has(layer)) {
+      if (this.liveness.failedThisAttempt(layer)) {
         this.stages.delete(layer);
         this.liveness.left(layer);
       }
     }
-    this.stuck.clear();
   }
 
   close(): void {
@@ -363,27 +360,10 @@ export class Cluster {
     this.zap?.close();
   }
 
-  /** Rejects with the attempt's failure if one happens before `p` settles. */
-  private async guard<T>(p: Promise<T>): Promise<T> {
-    if (this.failure) throw this.failure;
-    let reject: (err: Error) => void = () => {};
-    const failed = new Promise<never>((_, r) => (reject = r));
-    this.failureWaiters.add(reject);
-    try {
-      return await Promise.race([p, failed]);
-    } finally {
-      // One waiter per pending call, not one per call ever made.
-      this.failureWaiters.delete(reject);
-    }
-  }
-
   /** Fails the attempt: every pending wait, and every later one, rejects with `err`. */
   private fail(err: Error): void {
-    if (this.failure) return;
-    this.failure = err;
+    if (!this.failure.set(err)) return;
     if (this.phaseNow !== 'closed') this.phaseNow = 'failed';
-    for (const w of this.failureWaiters) w(err);
-    this.failureWaiters.clear();
   }
 
   private missing(): number[] {
@@ -411,7 +391,7 @@ export class Cluster {
       );
     } else {
       this.opts.metrics?.onStageStalled(v.layer);
-      this.stuck.add(v.layer); // a replacement may take the layer, or the stage itself again
+      this.liveness.stalled(v.layer); // a replacement may take the layer, or the stage again
       this.fail(
         new ClusterError(
           'CLUSTER_STAGE_STALLED',
@@ -622,5 +602,41 @@ export class Cluster {
   private drop(reason: DropReason, what: string): void {
     this.opts.metrics?.onDropped(reason);
     this.dropLog.line(reason, `coordinator: dropped ${what}`);
+  }
+}
+
+/**
+ * The failure of an attempt, once it happens: every wait guarded by it rejects with the error,
+ * pending ones at once and later ones when they start, until reset() (the next attempt).
+ */
+class FailureLatch {
+  error: Error | null = null;
+  private readonly waiters = new Set<(err: Error) => void>();
+
+  /** Sets the failure (the first one wins); false if one was set already. */
+  set(err: Error): boolean {
+    if (this.error) return false;
+    this.error = err;
+    for (const w of this.waiters) w(err);
+    this.waiters.clear();
+    return true;
+  }
+
+  reset(): void {
+    this.error = null;
+  }
+
+  /** `p`, unless the attempt fails first: then its failure. */
+  async guard<T>(p: Promise<T>): Promise<T> {
+    if (this.error) throw this.error;
+    let reject: (err: Error) => void = () => {};
+    const failed = new Promise<never>((_, r) => (reject = r));
+    this.waiters.add(reject);
+    try {
+      return await Promise.race([p, failed]);
+    } finally {
+      // One waiter per pending call, not one per call ever made.
+      this.waiters.delete(reject);
+    }
   }
 }

@@ -33,6 +33,8 @@ interface SilenceClock {
 
 export class Liveness {
   private readonly silence = new Map<number, SilenceClock>();
+  /** Layers whose stage was found stalled in this attempt. */
+  private readonly stuck = new Set<number>();
   /** When each message every layer answers went out, in order. */
   private sentAt: number[] = [];
   /** Per layer: answers so far, and when the last came. */
@@ -58,6 +60,17 @@ export class Liveness {
   /** The stage of `layer` is forgotten (a replacement may join). */
   left(layer: number): void {
     this.silence.delete(layer);
+    this.stuck.delete(layer);
+  }
+
+  /** The stage of `layer` was found stalled (a verdict acted on). */
+  stalled(layer: number): void {
+    this.stuck.add(layer);
+  }
+
+  /** Whether the stage of `layer` was lost or stalled: the next attempt does without it. */
+  failedThisAttempt(layer: number): boolean {
+    return this.isSilent(layer) || this.stuck.has(layer);
   }
 
   /** A sign of life from the stage of `layer`. */
@@ -84,8 +97,9 @@ export class Liveness {
 
   // -- progress --------------------------------------------------------------------------------
 
-  /** A new attempt: nothing is outstanding. */
+  /** A new attempt: nothing is outstanding, and no stage is stalled. */
   resetProgress(): void {
+    this.stuck.clear();
     this.sentAt = [];
     this.answers.fill(0);
     this.lastAnswer.fill(0);

@@ -1,15 +1,16 @@
 // The scrape endpoint: GET /metrics renders the registry, everything else is 404. One server
 // per process, owned by whoever started it, closed with close(). The HTTP server runs on a
 // thread of its own (metrics-worker.ts), so a scrape is answered at once whatever this thread
-// is computing; this thread renders the registry when asked, and once a second while scraped.
+// is computing; this thread renders the registry when asked, and once a second in any case, so
+// that a scrape that comes mid-step (the first one of a process, an ad-hoc curl, a scraper
+// whose interval is long) gets numbers at most a second and a step old.
 import { Worker } from 'node:worker_threads';
 import type { Registry } from 'prom-client';
 import { MetricsError } from './errors.js';
 import type { FromWorker, ToWorker, WorkerSettings } from './metrics-worker.js';
 
-/** How often the rendering a scrape falls back on is renewed, while scrapes come. */
+/** How often the rendering a scrape falls back on is renewed. */
 const REFRESH_MS = 1000;
-const REFRESH_WHILE_SCRAPED_MS = 60_000;
 
 /** The coordinator's /metrics port; stage N uses this + N. */
 export const DEFAULT_METRICS_PORT = 9464;
@@ -33,7 +34,6 @@ export class MetricsServer {
   private readonly worker: Worker;
   private readonly registry: Registry;
   private readonly refresher: NodeJS.Timeout;
-  private lastScrape = 0;
   private closing: Promise<void> | null = null;
 
   private constructor(worker: Worker, registry: Registry, host: string, port: number) {
@@ -42,16 +42,11 @@ export class MetricsServer {
     this.host = host;
     this.port = port;
     worker.on('message', (m: FromWorker) => {
-      if (m.type === 'collect') {
-        this.lastScrape = Date.now();
-        void this.render(m.id);
-      }
+      if (m.type === 'collect') void this.render(m.id);
     });
-    // While someone scrapes, a rendering a second at most old waits in the worker for the
-    // scrapes that come while this thread is in a long step.
-    this.refresher = setInterval(() => {
-      if (Date.now() - this.lastScrape < REFRESH_WHILE_SCRAPED_MS) void this.render(0);
-    }, REFRESH_MS).unref();
+    // A rendering a second at most old waits in the worker for the scrapes that come while
+    // this thread is in a long step (whoever scrapes, however rarely).
+    this.refresher = setInterval(() => void this.render(0), REFRESH_MS).unref();
     void this.render(0); // now, while this thread is free: the first scrape may come mid-step
   }
 

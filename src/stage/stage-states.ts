@@ -1,7 +1,7 @@
 // A stage's life as data: its states (exported as ffx_stage_state{state}), every transition it
 // may make and what makes it, and the messages each state acts on. stage.ts refuses anything
 // else (a transition not listed here is a bug, and throws), its header draws the diagram that
-// renderDiagram() makes from these tables, and test/stage-states.test.ts holds the two together.
+// renderDiagram() makes from these tables, and test/unit/stage-states.test.ts holds the two together.
 import { STAGE_STATES, type StageState } from '../metrics/index.js';
 
 export { STAGE_STATES, type StageState };

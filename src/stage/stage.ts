@@ -10,7 +10,7 @@
 // config deadline and the coordinator watch are registration.ts; heartbeats heartbeat.ts.
 // Each state change is logged (--verbose) and exported as ffx_stage_state{state}:
 //
-// STATE DIAGRAM (from stage-states.ts; test/stage-states.test.ts keeps it so)
+// STATE DIAGRAM (from stage-states.ts; test/unit/stage-states.test.ts keeps it so)
 //   waiting       --config-->  configured
 //   waiting       --stop marker, stop, SIGTERM/SIGINT, fatal-->  closing
 //   configured    --train-->  training

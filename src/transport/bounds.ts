@@ -1,5 +1,5 @@
 // The protocol's fixed bounds: the sizes, queues, intervals and memories both sides rely on.
-// docs/protocol.md lists every one in its "Bounds" table, which test/protocol-doc.test.ts holds
+// docs/protocol.md lists every one in its "Bounds" table, which test/unit/protocol-doc.test.ts holds
 // to these values: a change here fails that test until the document says it.
 
 /** The largest data header (frame 0) a receiver decodes. */

@@ -1,4 +1,16 @@
-// The small training run the distributed tests share.
+// The small training run the distributed tests share, and the single-process references they
+// are compared with.
+import { createHash } from 'node:crypto';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, runNode, type RunResult } from './spawn.js';
 
@@ -72,4 +84,56 @@ export function trainLocally(args: string[], out: string, timeoutMs = 90_000): P
     ],
     { timeoutMs },
   );
+}
+
+let buildHash: string | undefined;
+
+/** A hash of the build under test (dist/src): references trained by another build are not reused. */
+function currentBuild(): string {
+  if (buildHash) return buildHash;
+  const hash = createHash('sha256');
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+      a.name < b.name ? -1 : 1,
+    )) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else hash.update(p).update(readFileSync(p));
+    }
+  };
+  walk(join(ROOT, 'dist', 'src'));
+  return (buildHash = hash.digest('hex').slice(0, 16));
+}
+
+/**
+ * The single-process reference of a run (`args`: its flags, as trainLocally takes them),
+ * trained once per build and shared by every test that compares a distributed run with it,
+ * whichever test file asks first: a run directory in the system's temp dir, keyed by the build
+ * and the flags, moved into place only once complete. Resolves with its path.
+ */
+export async function referenceRun(args: string[], timeoutMs = 120_000): Promise<string> {
+  const root = join(tmpdir(), 'ffx-test-references');
+  const build = join(root, currentBuild());
+  const dir = join(
+    build,
+    createHash('sha256').update(JSON.stringify(args)).digest('hex').slice(0, 16),
+  );
+  if (existsSync(join(dir, 'model.safetensors'))) return dir;
+  mkdirSync(build, { recursive: true });
+  // References of other builds are stale.
+  for (const old of readdirSync(root)) {
+    if (join(root, old) !== build) rmSync(join(root, old), { recursive: true, force: true });
+  }
+  const partial = mkdtempSync(join(build, 'partial-'));
+  const r = await trainLocally(args, partial, timeoutMs);
+  if (r.code !== 0) {
+    rmSync(partial, { recursive: true, force: true });
+    throw new Error(`the reference run failed (${r.code}):\n${r.stderr.slice(-3000)}`);
+  }
+  try {
+    renameSync(partial, dir);
+  } catch {
+    rmSync(partial, { recursive: true, force: true }); // another test file made it meanwhile
+  }
+  return dir;
 }
