@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from '../src/cli/yargs.js';
 import { initBackend, type BackendChoice } from '../src/backend/backend.js';
 import { FFLayer } from '../src/core/ff-layer.js';
-import { hostWritten } from '../src/core/host-memory.js';
+import { hostWritten, readFloats } from '../src/core/host-memory.js';
 import { DEFAULT_OPTIMIZER } from '../src/core/optimizer.js';
 
 interface Row {
@@ -59,7 +59,7 @@ function benchShape(
   const stepMs = timeIt(() => {
     const { h, stats } = layer.trainStep(x, batch, 1e-3);
     stats.dataSync(); // the trainer reads the stats every step: part of the cost
-    h.dataSync(); // and the activations go to the next layer
+    readFloats(h); // and the activations go to the next stage, as a stage copies them out
     h.dispose();
     stats.dispose();
   }, minMs);

@@ -2,24 +2,27 @@
 //
 // The native packages (@tensorflow/tfjs-node-gpu, @tensorflow/tfjs-node) are optional
 // dependencies: their install downloads libtensorflow, which fails without a network, so
-// `auto` probes them and falls back to wasm (XNNPACK + SIMD) and finally to pure JS.
-// A backend that was asked for by name and cannot load is an error, never a fallback.
+// `auto` probes them and falls back to wasm with its matrix products on the machine's BLAS
+// (wasm+blas: blas.ts, where ffx-blas was built), to plain wasm (XNNPACK + SIMD) and finally
+// to pure JS. A backend that was asked for by name and cannot load is an error, never a
+// fallback.
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { availableParallelism } from 'node:os';
 import { setWasmPaths, getThreadsCount, version_wasm } from '@tensorflow/tfjs-backend-wasm';
 import { initWasmThreaded, WASM_THREADS_VERSION } from './wasm-threads.js';
+import { loadBlasAddon, useBlasKernels, type BlasAddon } from './blas.js';
 import { FfxError, type ErrorCode } from '../errors.js';
 import { log as processLog } from '../log.js';
 
-export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm+blas', 'wasm', 'cpu'] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
-export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
+export type BackendName = Exclude<BackendChoice, 'auto'>;
 
 export interface BackendInfo {
   name: BackendName;
-  /** npm package that provides the kernels. */
+  /** npm package that provides the kernels (and with wasm+blas, the BLAS library and CPU kernels). */
   package: string;
   device: 'gpu' | 'cpu';
   /** Compute threads the backend uses (native backends manage their own pool: 0 = unknown). */
@@ -111,12 +114,17 @@ export async function initBackend(
   } else if (choice === 'auto') {
     const failures: string[] = [];
     let got: BackendInfo | undefined;
-    for (const attempt of [loadTensorflowGpu, loadTensorflowCpu, loadWasm, loadCpu]) {
+    for (const attempt of [loadTensorflowGpu, loadTensorflowCpu, loadWasmBlas, loadWasm, loadCpu]) {
       try {
         got = await attempt(options);
         break;
       } catch (err) {
         failures.push((err as Error).message);
+        // The native path is left out where it was not built: say why, once, in words.
+        if (attempt === loadWasmBlas)
+          log(
+            `backend auto: no native BLAS (${(err as Error).message}); matrix products run on wasm`,
+          );
       }
     }
     if (!got) {
@@ -126,8 +134,9 @@ export async function initBackend(
         `no backend could load:\n  ${failures.join('\n  ')}`,
       );
     }
-    if (failures.length > 0)
-      log(`backend auto: skipped ${failures.map((f) => f.split(':')[0]).join(', ')}`);
+    const skipped = failures.filter((f) => !f.startsWith(BLAS_PACKAGE));
+    if (skipped.length > 0)
+      log(`backend auto: skipped ${skipped.map((f) => f.split(':')[0]).join(', ')}`);
     info = got;
   } else if (choice === 'tensorflow') {
     try {
@@ -145,6 +154,8 @@ export async function initBackend(
         );
       }
     }
+  } else if (choice === 'wasm+blas') {
+    info = await loadWasmBlas(options);
   } else if (choice === 'wasm') {
     info = await loadWasm(options);
   } else {
@@ -153,7 +164,7 @@ export async function initBackend(
   active = info;
   log(
     `backend ${info.name} (${info.package}, ${info.device}` +
-      (info.name === 'wasm'
+      (info.name.startsWith('wasm')
         ? `, simd ${info.simd ? 'on' : 'off'}, ${info.threads} thread${info.threads === 1 ? '' : 's'}`
         : '') +
       ')',
@@ -233,6 +244,8 @@ function checkThreads(threads: number): void {
 
 async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
   const pkg = '@tensorflow/tfjs-backend-wasm';
+  // Started already (by wasm+blas, whose kernels then could not be used): as it is.
+  if (tf.getBackend() === 'wasm') return wasmInfo(pkg, true);
   const threads = options.threads ?? Math.min(availableParallelism(), MAX_WASM_THREADS);
   // In Node the .wasm binaries must be given as file paths; the default is a URL relative to
   // the page, which does not exist here.
@@ -270,6 +283,10 @@ async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
   } else {
     await useBackend('wasm', pkg);
   }
+  return wasmInfo(pkg, simd);
+}
+
+function wasmInfo(pkg: string, simd: boolean): BackendInfo {
   return {
     name: 'wasm',
     package: pkg,
@@ -277,6 +294,41 @@ async function loadWasm(options: BackendOptions): Promise<BackendInfo> {
     threads: getThreadsCount(),
     simd,
     memoryLimitBytes: WASM_MEMORY_LIMIT,
+  };
+}
+
+const BLAS_PACKAGE = 'ffx-blas';
+
+/**
+ * wasm, with its matrix products on the machine's CBLAS through ffx-blas (blas.ts), on as many
+ * threads as wasm. Fails, before wasm starts, where ffx-blas was not built or finds no CBLAS.
+ */
+async function loadWasmBlas(options: BackendOptions): Promise<BackendInfo> {
+  let blas: BlasAddon;
+  try {
+    blas = loadBlasAddon();
+  } catch (err) {
+    throw new BackendError(
+      'BACKEND_UNAVAILABLE',
+      'wasm+blas',
+      `${BLAS_PACKAGE}: ${(err as Error).message}`,
+    );
+  }
+  const wasm = await loadWasm(options);
+  try {
+    useBlasKernels(blas, wasm.threads);
+  } catch (err) {
+    throw new BackendError(
+      'BACKEND_UNAVAILABLE',
+      'wasm+blas',
+      `${BLAS_PACKAGE}: ${(err as Error).message}`,
+    );
+  }
+  const cpu = blas.corename ? `, ${blas.corename} kernels` : '';
+  return {
+    ...wasm,
+    name: 'wasm+blas',
+    package: `${wasm.package} + ${BLAS_PACKAGE} (${blas.library}${cpu})`,
   };
 }
 
@@ -292,6 +344,15 @@ async function loadCpu(_options: BackendOptions): Promise<BackendInfo> {
     simd: false,
     memoryLimitBytes: Infinity,
   };
+}
+
+/**
+ * Whether the active backend's matrix products take a transposed operand as cheaply as a plain
+ * one (its sgemm does; XNNPACK on wasm repacks it, ~13x slower): layers then skip explicit
+ * transposes (core/ff-layer.ts).
+ */
+export function matMulTransposesFree(): boolean {
+  return active?.name === 'wasm+blas';
 }
 
 /** Throws a clear error when a working set would not fit the backend's address space. */

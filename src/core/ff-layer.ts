@@ -16,9 +16,13 @@
 //   L += peerNorm mean_j (mean_k m_k - m_j)^2,
 // so dL/dH[r,j] = peerNorm (2/out) (m_j - mean(m)) (1 - decay)/B on the B positive rows, and
 // m becomes m_prev for the next step.
-// Both products are computed transposed, Z^T = W Xn^T and dW = dZ^T Xn, so that the big
+// On wasm both products are computed transposed, Z^T = W Xn^T and dW = dZ^T Xn, so that the big
 // operand (W) is never the one XNNPACK repacks: on wasm, repacking a changed 2000x2000 weight
 // costs as much as a third of the product itself, and the small batch operand is cheap to pack.
+// Where the products run on BLAS (backend wasm+blas), transposes are free flags of sgemm and an
+// explicit transpose is a pass over memory: there the layer keeps rows first (`rowsFirst`),
+// Z = Xn W^T and dW = dZ^T Xn with no transposed copy of anything. The two orders round
+// differently, so each backend keeps one: the same backend always gives the same bits.
 // Rows far past the threshold (sigmoid(-t) below float32 resolution of the batch's largest
 // weight) are left out of the weight-gradient product: see activeRows.
 // The activations handed to the next layer are this step's H, computed *before* the update:
@@ -29,6 +33,7 @@ import { ownedVariable } from './host-memory.js';
 import type { NamedTensor } from './safetensors.js';
 import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
 import { Readout } from './readout.js';
+import { matMulTransposesFree } from '../backend/backend.js';
 import type { Gradient, PeerStep } from './loss/loss.js';
 import { LOSSES, type LossType } from './loss/losses.js';
 import { LABELS } from './loss/softmax.js';
@@ -62,6 +67,11 @@ export interface LayerConfig {
   peerDecay?: number;
   /** A softmax readout on this layer (readout.ts), trained on the batch's neutral rows. */
   readout?: boolean;
+  /**
+   * Activations rows first ([rows, out]) rather than transposed (the wasm order); default:
+   * where the backend's matrix products take transposes for free (wasm+blas).
+   */
+  rowsFirst?: boolean;
 }
 
 export interface StepStats {
@@ -120,6 +130,8 @@ export class FFLayer {
   readonly readout: Readout | null;
   // The sign column (+1 pos rows, -1 neg rows), built once per batch size.
   private readonly signs = new Map<number, tf.Tensor1D>();
+  /** Whether activations are [rows, out] in the step (else [out, rows]: see the top). */
+  private readonly rowsFirst: boolean;
 
   constructor(config: LayerConfig, optimizer: OptimizerConfig) {
     if (config.loss === 'softmax' && config.inDim <= LABELS) {
@@ -128,6 +140,7 @@ export class FFLayer {
       );
     }
     this.config = config;
+    this.rowsFirst = config.rowsFirst ?? matMulTransposesFree();
     // Kaiming-uniform-like init, as torch.nn.Linear does: U(-1/sqrt(in), 1/sqrt(in)).
     const bound = 1 / Math.sqrt(config.inDim);
     this.weight = ownedVariable(
@@ -162,7 +175,10 @@ export class FFLayer {
 
   /** H = relu(normalise(x) W^T + b), no gradient bookkeeping. */
   forward(x: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.transpose(this.activationsT(this.normalise(x))));
+    return tf.tidy(() => {
+      const act = tf.relu(this.preactivations(this.normalise(x)));
+      return this.rowsFirst ? act : tf.transpose(act);
+    });
   }
 
   /** Goodness of each row of H. */
@@ -211,9 +227,9 @@ export class FFLayer {
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
     return tf.tidy(() => {
       const xn = this.normalise(x);
-      const zT = this.preactivationsT(xn); // [out, rows]
-      const hT = tf.relu(zT);
-      const h = tf.transpose(hT); // [rows, out]: what the next layer gets
+      const z = this.preactivations(xn); // [out, rows], or [rows, out] rows first
+      const act = tf.relu(z);
+      const h = this.rowsFirst ? act : tf.transpose(act); // [rows, out]: what the next layer gets
       const ffRows = 2 * nPos;
       const g = this.goodness(x.shape[0] > ffRows ? tf.slice(h, [0, 0], [ffRows, -1]) : h);
       const peer = this.peerStep(h, nPos);
@@ -225,14 +241,14 @@ export class FFLayer {
       } = loss.kind === 'label'
         ? loss.gradient({
             xn,
-            zT,
+            zT: this.rowsFirst ? tf.transpose(z) : z,
             nPos,
             weight: this.weight,
             alpha: this.config.alpha ?? 1,
             dgScale: this.dgScale(),
             peer,
           })
-        : this.rowGradient(xn, hT, g, nPos, peer);
+        : this.rowGradient(xn, act, g, nPos, peer);
       const stats = tf.stack([value, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       if (peer) this.peerMean!.assign(peer.mean);
       this.optimizer.apply(
@@ -252,7 +268,7 @@ export class FFLayer {
    */
   private rowGradient(
     xn: tf.Tensor2D,
-    hT: tf.Tensor2D,
+    act: tf.Tensor2D,
     g: tf.Tensor1D,
     nPos: number,
     peer: PeerStep | null,
@@ -274,9 +290,12 @@ export class FFLayer {
     // The peer term reaches every positive row, saturated or not.
     if (peer && active) active = withRows(active, nPos);
     if (!active && xn.shape[0] > ffRows) {
-      [hT, xn] = [tf.slice(hT, [0, 0], [-1, ffRows]), tf.slice(xn, [0, 0], [ffRows, -1])];
+      act = this.rowsFirst
+        ? tf.slice(act, [0, 0], [ffRows, -1])
+        : tf.slice(act, [0, 0], [-1, ffRows]);
+      xn = tf.slice(xn, [0, 0], [ffRows, -1]);
     }
-    const { dw, db } = this.gradient(hT, col, xn, active, peer && { ...peer, nPos });
+    const { dw, db } = this.gradient(act, col, xn, active, peer && { ...peer, nPos });
     return { loss: peer ? tf.add(loss, peer.loss) : loss, dw, db };
   }
 
@@ -373,13 +392,9 @@ export class FFLayer {
     return tf.div(x, tf.add(rms, this.config.normEps));
   }
 
-  /** H^T = relu(W Xn^T + b), [out, rows]. */
-  private activationsT(xn: tf.Tensor2D): tf.Tensor2D {
-    return tf.tidy(() => tf.relu(this.preactivationsT(xn)));
-  }
-
-  /** Z^T = W Xn^T + b, [out, rows]. */
-  private preactivationsT(xn: tf.Tensor2D): tf.Tensor2D {
+  /** Z^T = W Xn^T + b, [out, rows]; rows first, Z = Xn W^T + b, [rows, out]. */
+  private preactivations(xn: tf.Tensor2D): tf.Tensor2D {
+    if (this.rowsFirst) return tf.add(tf.matMul(xn, this.weight, false, true), this.bias);
     // Transpose then multiply: matMul's transpose flags are ~13x slower on wasm.
     // Not tf.fused.matMul: its wasm kernel reads the bias's stored rank-1 shape through the
     // reshape and adds it along the wrong axis.
@@ -391,12 +406,12 @@ export class FFLayer {
   }
 
   /**
-   * dW = dZ^T Xn and db = colsum(dZ^T), dZ^T = H^T * col (+ the peer term on positive rows,
-   * where H > 0), over the rows in `active` only (null: all of them). The other rows' terms
-   * are too small to change the sums.
+   * dW = dZ^T Xn and db = colsum(dZ), dZ = H * col (+ the peer term on positive rows, where
+   * H > 0), over the rows in `active` only (null: all of them). The other rows' terms are too
+   * small to change the sums. `act` is H as the step holds it: H^T [out, rows], or rows first.
    */
   private gradient(
-    hT: tf.Tensor2D,
+    act: tf.Tensor2D,
     col: tf.Tensor1D,
     xn: tf.Tensor2D,
     active: Int32Array | null,
@@ -406,24 +421,32 @@ export class FFLayer {
       // Every row saturated: a zero gradient, and the optimizer still takes its step.
       return { dw: tf.zerosLike(this.weight), db: tf.zerosLike(this.bias) };
     }
+    const rowAxis = this.rowsFirst ? 0 : 1;
+    /** A per-row column [rows] as a tensor that broadcasts along `act`'s rows. */
+    const perRow = (n: number): [number, number] => (this.rowsFirst ? [n, 1] : [1, n]);
     const rows = active ?? Int32Array.from({ length: col.shape[0] }, (_, r) => r);
     if (active) {
       const idx = tf.tensor1d(active, 'int32');
-      hT = tf.gather(hT, idx, 1);
+      act = tf.gather(act, idx, rowAxis);
       col = tf.gather(col, idx);
       xn = tf.gather(xn, idx);
     }
-    let dzT = tf.mul(hT, tf.reshape(col, [1, col.shape[0]]));
+    let dz = tf.mul(act, tf.reshape(col, perRow(col.shape[0])));
     if (peer) {
       const positive = tf.tensor2d(
         Float32Array.from(rows, (r) => (r < peer.nPos ? 1 : 0)),
-        [1, rows.length],
+        perRow(rows.length),
       );
-      const relu = tf.cast(tf.greater(hT, 0), 'float32');
-      const term = tf.mul(tf.mul(relu, tf.reshape(peer.grad, [this.config.outDim, 1])), positive);
-      dzT = tf.add(dzT, term);
+      const relu = tf.cast(tf.greater(act, 0), 'float32');
+      const perUnit = this.rowsFirst ? [1, this.config.outDim] : [this.config.outDim, 1];
+      const term = tf.mul(tf.mul(relu, tf.reshape(peer.grad, perUnit)), positive);
+      dz = tf.add(dz, term);
     }
-    return { dw: tf.matMul(dzT, xn), db: tf.sum(dzT, 1) };
+    if (!this.rowsFirst) return { dw: tf.matMul(dz, xn), db: tf.sum(dz, rowAxis) };
+    // The column sums as a product too (ones^T dZ): tfjs's sum down a column transposes first.
+    const ones = tf.ones([1, dz.shape[0]]);
+    const db = tf.reshape(tf.matMul(ones, dz), [this.config.outDim]) as tf.Tensor1D;
+    return { dw: tf.matMul(dz, xn, true, false), db };
   }
 
   /** dg/dH = dgScale * H. */

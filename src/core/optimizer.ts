@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { hostView, hostWritten, ownedVariable, wasmHeapOffset } from './host-memory.js';
 import { optimizerKernels } from './wasm-kernels.js';
+import { blasOptimizerKernels } from '../backend/blas.js';
 
 export const OPTIMIZER_TYPES = ['adam', 'adamw', 'sgd'] as const;
 export type OptimizerType = (typeof OPTIMIZER_TYPES)[number];
@@ -174,7 +175,8 @@ export class LayerOptimizer {
     const { l2, tinyGrad, tinySlot } = k;
     // On wasm the SIMD kernel takes the multiple-of-4 prefix; the JS loops below do the rest
     // (and everything on the cpu backend).
-    const kernels = optimizerKernels();
+    // On wasm+blas the same update runs natively on every thread (the same bits).
+    const kernels = blasOptimizerKernels() ?? optimizerKernels();
     let start = 0;
     if (kernels) {
       const at = (t: tf.Tensor) => wasmHeapOffset(t)!;

@@ -3,38 +3,9 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { log } from '../log.js';
 import { wasmHeap } from './host-memory.js';
+import type { OptimizerKernels } from '../backend/wasm-internals.js';
 
-export interface OptimizerKernels {
-  /** Byte offsets of p, g, m, v; n floats (a multiple of 4); the scalars of optimizer.ts. */
-  adam(
-    p: number,
-    g: number,
-    m: number,
-    v: number,
-    n: number,
-    b1: number,
-    b1c: number,
-    b2: number,
-    b2c: number,
-    step: number,
-    eps: number,
-    l2: number,
-    shrink: number,
-    tinyGrad: number,
-    tinySlot: number,
-  ): void;
-  sgd(
-    p: number,
-    g: number,
-    m: number,
-    n: number,
-    mu: number,
-    lr: number,
-    l2: number,
-    tinyGrad: number,
-    tinySlot: number,
-  ): void;
-}
+export type { OptimizerKernels };
 
 // Parameter counts: a .wasm built from another optimizer.wat would take its arguments shifted.
 const ARITY: Record<keyof OptimizerKernels, number> = { adam: 15, sgd: 9 };

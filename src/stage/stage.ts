@@ -36,6 +36,7 @@ import { Dealer, type Push } from 'zeromq';
 import type { BackendInfo } from '../backend/backend.js';
 import type { FFLayer } from '../core/ff-layer.js';
 import { layerPrefix } from '../core/ff-network.js';
+import { readFloats } from '../core/host-memory.js';
 import { addressError, type ErrorCode } from '../errors.js';
 import { RateLimitedLog, log } from '../log.js';
 import type { StageMetrics } from '../metrics/index.js';
@@ -639,7 +640,7 @@ export class Stage {
     const { h, stats, logits } = layer.trainStep(input, header.nPos, header.lr, y);
     input.dispose();
     // The last stage has nowhere to send its activations: no copy out of the backend.
-    const out = run.downstream ? (h.dataSync() as Float32Array) : null;
+    const out = run.downstream ? readFloats(h) : null;
     const [loss, goodnessPos, goodnessNeg] = stats.dataSync() as Float32Array;
     const readout = logits ? (logits.dataSync() as Float32Array) : new Float32Array(0);
     tf.dispose([h, stats, logits]);
@@ -698,7 +699,7 @@ export class Stage {
         ? tf.tidy(() => tf.transpose(layer.readoutScores(h)).reshape([-1]))
         : layer.goodness(h);
     const goodness = g.dataSync() as Float32Array;
-    const out = run.downstream ? (h.dataSync() as Float32Array) : null;
+    const out = run.downstream ? readFloats(h) : null;
     tf.dispose([h, g]);
     const stepMs = performance.now() - t0;
     const sent = out ? await this.forward(run, header, [out]) : NOT_SENT;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { FAKE_VERSIONS_HOOKS } from '../helpers/fake-versions.js';
+import { blasLoads } from '../helpers/backends.js';
 import { killAll, ROOT, runModule } from '../helpers/spawn.js';
 
 const BACKEND_JS = join(ROOT, 'dist', 'src', 'backend', 'backend.js');
@@ -44,6 +45,7 @@ interface Report {
 async function inChild(
   body: string,
   fakes?: Record<string, Record<string, string>>,
+  env: NodeJS.ProcessEnv = {},
 ): Promise<Report> {
   const source = `
     ${fakes ? `(await import('node:module')).register(${JSON.stringify(FAKE_VERSIONS_HOOKS)}, { data: ${JSON.stringify(fakes)} });` : ''}
@@ -64,7 +66,7 @@ async function inChild(
     }
     console.log('REPORT ' + JSON.stringify(out));
   `;
-  const r = await runModule(source, { timeoutMs: TIMEOUT_MS });
+  const r = await runModule(source, { timeoutMs: TIMEOUT_MS, env });
   assert.equal(r.timedOut, false, `child timed out (did it fail to exit?)\n${r.stderr}`);
   assert.equal(r.code, 0, `child exited ${r.code}\n${r.stderr}`);
   const line = r.stdout.split('\n').find((l) => l.startsWith('REPORT '));
@@ -135,16 +137,50 @@ describe('initBackend', () => {
     assert.equal(r.huge, null);
   });
 
-  it("'auto' falls back to wasm here and logs the native packages it skipped", async () => {
+  it("'auto' takes wasm with its products on BLAS where ffx-blas loads, and says which path", async () => {
     // @tensorflow/tfjs-node(-gpu) are optional dependencies that cannot install offline.
     const r = await inChild(`out.info = await b.initBackend('auto', { log });`);
     assert.equal(r.error, undefined, JSON.stringify(r.error));
-    assert.equal(r.info!.name, 'wasm');
-    assert.equal(
-      r.logs[0],
-      'backend auto: skipped @tensorflow/tfjs-node-gpu, @tensorflow/tfjs-node',
+    const lines = r.logs.join('\n');
+    if (blasLoads().ok) {
+      assert.equal(r.info!.name, 'wasm+blas');
+      assert.deepEqual(r.logs.slice(0, 1), [
+        'backend auto: skipped @tensorflow/tfjs-node-gpu, @tensorflow/tfjs-node',
+      ]);
+      assert.match(
+        r.logs[1]!,
+        /^backend wasm\+blas \(@tensorflow\/tfjs-backend-wasm \+ ffx-blas \(lib\S+\.so[.\d]*(, \w+ kernels)?\), cpu, simd on, \d+ threads?\)$/,
+      );
+    } else {
+      assert.equal(r.info!.name, 'wasm');
+      assert.match(
+        lines,
+        /^backend auto: no native BLAS \(ffx-blas: .*\); matrix products run on wasm$/m,
+      );
+      assert.match(lines, /^backend wasm /m);
+    }
+  });
+
+  it('without a CBLAS library, auto says so once and runs on wasm; wasm+blas is an error', async () => {
+    const env = { FFX_BLAS_LIB: '/nonexistent/libcblas.so.3' };
+    const auto = await inChild(`out.info = await b.initBackend('auto', { log });`, undefined, env);
+    assert.equal(auto.error, undefined, JSON.stringify(auto.error));
+    assert.equal(auto.info!.name, 'wasm');
+    const said = auto.logs.filter((l) => l.includes('native BLAS'));
+    assert.equal(said.length, 1, auto.logs.join('\n'));
+    assert.match(
+      said[0]!,
+      /^backend auto: no native BLAS \(ffx-blas: .*\); matrix products run on wasm$/,
     );
-    assert.match(r.logs[1]!, /^backend wasm /);
+    if (blasLoads().ok) assert.match(said[0]!, /\/nonexistent\/libcblas\.so\.3/);
+    const named = await inChild(
+      `out.failure = await err(() => b.initBackend('wasm+blas'));`,
+      undefined,
+      env,
+    );
+    const f = named.failure as ErrorInfo;
+    assert.equal(f.code, 'BACKEND_UNAVAILABLE');
+    assert.match(f.message, /^ffx-blas: /);
   });
 
   it("'tensorflow' fails with BACKEND_UNAVAILABLE and says how to install it", async () => {
@@ -170,7 +206,10 @@ describe('initBackend', () => {
     const r = await inChild(`out.failure = await err(() => b.initBackend('webgpu'));`);
     const f = r.failure as ErrorInfo;
     assert.equal(f.code, 'BACKEND_UNKNOWN');
-    assert.equal(f.message, 'backend must be one of auto, tensorflow, wasm, cpu; got "webgpu"');
+    assert.equal(
+      f.message,
+      'backend must be one of auto, tensorflow, wasm+blas, wasm, cpu; got "webgpu"',
+    );
   });
 
   it('switching backends in one process is BACKEND_ALREADY_SET and keeps the first', async () => {

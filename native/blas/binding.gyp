@@ -1,0 +1,11 @@
+{
+  "targets": [
+    {
+      "target_name": "ffx_blas",
+      "sources": ["src/ffx_blas.c"],
+      "cflags": ["-O3", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra"],
+      "defines": ["_GNU_SOURCE"],
+      "libraries": ["-ldl", "-lpthread", "-lm"]
+    }
+  ]
+}

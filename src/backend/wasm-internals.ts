@@ -1,0 +1,72 @@
+// The tfjs 4.22 wasm backend's internals that ffx reads: where each tensor lies in the module's
+// heap, and the heap itself. They are not API: core/host-memory.ts (the optimizer's in-place
+// update) and backend/blas.ts (the native matrix products) check them once by shape, and fall
+// back to tfjs's own ops where they differ.
+
+export interface WasmEntry {
+  id: number;
+  memoryOffset: number;
+  refCount: number;
+}
+export interface WasmBackendInternals {
+  dataIdMap: { get(id: object): WasmEntry | undefined };
+  wasm: {
+    HEAPU8: Uint8Array;
+    /** The heap: `wasmMemory` on the threaded build, `asm.memory` on the plain one. */
+    wasmMemory?: WebAssembly.Memory;
+    asm?: { memory?: WebAssembly.Memory };
+    tfjs: {
+      disposeData(id: number): void;
+      registerTensor(id: number, size: number, memoryOffset: number): void;
+    };
+  };
+}
+/** Why `b` is not a tfjs 4.22 wasm backend as ffx reads it, or null when it is. */
+export function wasmInternalsProblem(b: unknown): string | null {
+  const x = b as Partial<WasmBackendInternals> | null;
+  if (typeof x?.dataIdMap?.get !== 'function') return 'no dataIdMap.get';
+  const w = x.wasm;
+  if (!(w?.HEAPU8 instanceof Uint8Array)) return 'no wasm.HEAPU8';
+  if (!((w.wasmMemory ?? w.asm?.memory) instanceof WebAssembly.Memory)) {
+    return 'no wasm.wasmMemory or wasm.asm.memory';
+  }
+  if (typeof w.tfjs?.registerTensor !== 'function') return 'no wasm.tfjs.registerTensor';
+  if (typeof w.tfjs.disposeData !== 'function') return 'no wasm.tfjs.disposeData';
+  return null;
+}
+
+/**
+ * The fused optimizer updates, over arrays in the wasm heap: core/kernels/optimizer.wat (core/
+ * wasm-kernels.ts), or on the machine's cores through ffx-blas (blas.ts), with the same bits.
+ */
+export interface OptimizerKernels {
+  /** Byte offsets of p, g, m, v; n floats (a multiple of 4); the scalars of optimizer.ts. */
+  adam(
+    p: number,
+    g: number,
+    m: number,
+    v: number,
+    n: number,
+    b1: number,
+    b1c: number,
+    b2: number,
+    b2c: number,
+    step: number,
+    eps: number,
+    l2: number,
+    shrink: number,
+    tinyGrad: number,
+    tinySlot: number,
+  ): void;
+  sgd(
+    p: number,
+    g: number,
+    m: number,
+    n: number,
+    mu: number,
+    lr: number,
+    l2: number,
+    tinyGrad: number,
+    tinySlot: number,
+  ): void;
+}
