@@ -1,19 +1,24 @@
-// FF train-step throughput against the same backend's bare matMul.
+// FF train-step throughput against the same backend's bare matMul, and against the machine's
+// BLAS on the same shapes (its practical limit).
 //
 //   npm run bench                         every backend that loads here, default shapes
-//   npm run bench -- --backend wasm --batch 100 --shapes 784x2000
+//   npm run bench -- --backend wasm+blas --threads 2 --batch 100 --shapes 784x2000
 //
 // A step does two matrix products of 2B*in*out multiply-adds each, the forward pass
-// Z^T = W Xn^T ([out,in] x [in,2B]) and the weight gradient dW = dZ^T Xn ([out,2B] x [2B,in]),
-// so its "achieved GFLOP/s" is 2 * 2*2B*in*out / step time. The reference is the same two
-// products as bare matMuls on operands of the same shapes, timed the same way (the batch operand
-// repacked each call, as in a step): the floor for a step. The
-// table also shows each product's rate. The issue's target: step >= 80% of the reference.
+// Z = Xn W^T and the weight gradient dW = dZ^T Xn (rows = 2B), so its "achieved GFLOP/s" is
+// 2 * 2*2B*in*out / step time; it includes what a stage does with a step's results (reading the
+// stats, copying the activations out for the next stage). Two references: the same two products
+// as the backend's bare matMuls on operands of the same shapes, timed the same way (the batch
+// operand repacked each call, as in a step), and the same two products as bare CBLAS sgemm calls
+// through ffx-blas on --threads threads (where it is built): what this machine can do at all.
+// The process runs with the allocator settings ffx-launch gives stages (cli/malloc-env.ts).
 import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from '../src/cli/yargs.js';
 import { initBackend, type BackendChoice } from '../src/backend/backend.js';
+import { loadBlasAddon, type BlasAddon } from '../src/backend/blas.js';
+import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
 import { FFLayer } from '../src/core/ff-layer.js';
 import { hostWritten, readFloats } from '../src/core/host-memory.js';
 import { DEFAULT_OPTIMIZER } from '../src/core/optimizer.js';
@@ -29,6 +34,8 @@ interface Row {
   fwdGflops: number;
   gradGflops: number;
   matmulGflops: number;
+  /** The two products as bare sgemm calls (NaN without ffx-blas). */
+  blasGflops: number;
 }
 
 function timeIt(fn: () => void, minMs: number): number {
@@ -45,6 +52,7 @@ function timeIt(fn: () => void, minMs: number): number {
 
 function benchShape(
   backend: string,
+  threads: number,
   inDim: number,
   outDim: number,
   batch: number,
@@ -80,6 +88,7 @@ function benchShape(
   layer.dispose();
   tf.dispose([x, xT, dzT]);
   const flop = 2 * rows * inDim * outDim;
+  const blasMs = blasReference(rows, inDim, outDim, threads, minMs / 2);
   return {
     backend,
     shape: `${inDim}-${outDim}`,
@@ -90,7 +99,35 @@ function benchShape(
     fwdGflops: flop / fwdMs / 1e6,
     gradGflops: flop / gradMs / 1e6,
     matmulGflops: (2 * flop) / (fwdMs + gradMs) / 1e6,
+    blasGflops: (2 * flop) / blasMs / 1e6,
   };
+}
+
+/**
+ * The step's two products as bare sgemm calls on ffx-blas's threads (ms for both; NaN where
+ * ffx-blas does not load): Z = Xn W^T [rows, out] and dW = dZ^T Xn [out, in].
+ */
+function blasReference(
+  rows: number,
+  inDim: number,
+  outDim: number,
+  threads: number,
+  minMs: number,
+): number {
+  let blas: BlasAddon;
+  try {
+    blas = loadBlasAddon();
+  } catch {
+    return NaN;
+  }
+  blas.setThreads(threads);
+  const fill = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i));
+  const [xn, w, dz] = [fill(rows * inDim), fill(outDim * inDim), fill(rows * outDim)];
+  const [z, dw] = [new Float32Array(rows * outDim), new Float32Array(outDim * inDim)];
+  return timeIt(() => {
+    blas.sgemm(false, true, rows, outDim, inDim, 1, xn, 0, inDim, w, 0, inDim, 0, z, 0, outDim);
+    blas.sgemm(true, false, outDim, inDim, rows, 1, dz, 0, outDim, xn, 0, inDim, 0, dw, 0, inDim);
+  }, minMs);
 }
 
 function printTable(rows: Row[]): void {
@@ -105,6 +142,8 @@ function printTable(rows: Row[]): void {
     'matMul grad',
     'matMul both',
     'step/matMul',
+    'BLAS GEMM',
+    'step/BLAS',
   ];
   const body = rows.map((r) => [
     r.backend,
@@ -117,6 +156,8 @@ function printTable(rows: Row[]): void {
     r.gradGflops.toFixed(1),
     r.matmulGflops.toFixed(1),
     `${((100 * r.stepGflops) / r.matmulGflops).toFixed(0)}%`,
+    !Number.isFinite(r.blasGflops) ? '-' : r.blasGflops.toFixed(1),
+    !Number.isFinite(r.blasGflops) ? '-' : `${((100 * r.stepGflops) / r.blasGflops).toFixed(0)}%`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
@@ -142,14 +183,18 @@ async function main(): Promise<void> {
       default: 2000,
       describe: 'time each measurement at least this long',
     })
-    .option('threads', { type: 'number', describe: 'wasm compute threads (default: every core)' })
+    .option('threads', {
+      type: 'number',
+      describe: 'compute threads, of wasm and of the BLAS (default: every core)',
+    })
     .option('json', { type: 'boolean', default: false })
     .strict()
     .parse();
-  if (!argv.backend) {
-    // One backend per process: run a child per backend, each printing JSON rows.
+  if (!argv.backend || !stageAllocator()) {
+    // One backend per process: run a child per backend, each printing JSON rows, with the
+    // allocator settings of a stage.
     const all: Row[] = [];
-    for (const b of ['tensorflow', 'wasm', 'cpu']) {
+    for (const b of argv.backend ? [argv.backend] : ['tensorflow', 'wasm+blas', 'wasm', 'cpu']) {
       // Pure JS is ~30x slower: keep its run short.
       const slow = b === 'cpu';
       const args = [
@@ -163,7 +208,10 @@ async function main(): Promise<void> {
       args.push('--batch', slow ? argv.batch.split(',')[0]! : argv.batch);
       if (argv.threads) args.push('--threads', String(argv.threads));
       args.push('--min-ms', String(slow ? 500 : argv['min-ms']));
-      const child = spawnSync(process.execPath, args, { encoding: 'utf8' });
+      const child = spawnSync(process.execPath, args, {
+        encoding: 'utf8',
+        env: { ...PIPELINE_MALLOC_ENV, ...process.env },
+      });
       if (child.status !== 0) {
         console.log(
           `${b}: not available (${(child.stderr.trim().split('\n').pop() ?? '').slice(0, 160)})`,
@@ -180,11 +228,16 @@ async function main(): Promise<void> {
   for (const shape of argv.shapes.split(',')) {
     const [i, o] = shape.split('x').map(Number);
     for (const batch of argv.batch.split(',').map(Number)) {
-      rows.push(benchShape(info.name, i!, o!, batch, argv['min-ms']));
+      rows.push(benchShape(info.name, info.threads, i!, o!, batch, argv['min-ms']));
     }
   }
   if (argv.json) console.log(JSON.stringify(rows));
   else printTable(rows);
+}
+
+/** Whether this process runs with a stage's allocator settings. */
+function stageAllocator(): boolean {
+  return Object.keys(PIPELINE_MALLOC_ENV).every((k) => process.env[k] !== undefined);
 }
 
 main().catch((err: unknown) => {

@@ -33,6 +33,10 @@ export interface BlasAddon {
     c: Float32Array,
     offC: number,
     ldc: number,
+    /** An epilogue on each block while it is in cache: + bias (n floats), then relu. */
+    bias?: Float32Array | null,
+    offBias?: number,
+    relu?: boolean,
   ): void;
   /** optimizer.wat's updates (arrays as offsets in floats into `heap`). */
   adam(
@@ -173,7 +177,11 @@ class BlasProducts {
     return this.product(args.backend as WasmBackend, a, b, transposeA, transposeB);
   }
 
-  /** The product, then the bias and the activation by the backend's own kernels. */
+  /**
+   * The product with its bias and relu done natively on each block (one product, a bias per
+   * column: the common case, a layer's), else the product, then the bias and the activation
+   * by the backend's own kernels.
+   */
   fusedMatMul(args: KernelArgs): tf.TensorInfo {
     const { a, b, bias } = args.inputs as Record<string, tf.TensorInfo | undefined>;
     const attrs = args.attrs as {
@@ -186,6 +194,18 @@ class BlasProducts {
     const simple = ['linear', 'relu', 'relu6', 'elu', 'sigmoid', undefined];
     if (a!.dtype !== 'float32' || b!.dtype !== 'float32' || !simple.includes(attrs.activation)) {
       return this.original('_FusedMatMul').kernelFunc(args) as tf.TensorInfo;
+    }
+    const activation = attrs.activation ?? 'linear';
+    const n = attrs.transposeB ? b!.shape[b!.shape.length - 2]! : b!.shape[b!.shape.length - 1]!;
+    const one = (t: tf.TensorInfo) => tf.util.sizeFromShape(t.shape.slice(0, -2)) === 1;
+    if (
+      one(a!) &&
+      one(b!) &&
+      (activation === 'linear' || activation === 'relu') &&
+      (!bias || bias.shape.join() === String(n))
+    ) {
+      const relu = activation === 'relu';
+      return this.product(backend, a!, b!, attrs.transposeA, attrs.transposeB, bias ?? null, relu);
     }
     let y = this.product(backend, a!, b!, attrs.transposeA, attrs.transposeB);
     const then = (kernel: string, inputs: Record<string, tf.TensorInfo>) => {
@@ -208,6 +228,8 @@ class BlasProducts {
     b: tf.TensorInfo,
     transposeA: boolean,
     transposeB: boolean,
+    bias: tf.TensorInfo | null = null,
+    relu = false,
   ): tf.TensorInfo {
     const [ra, rb] = [a.shape.length, b.shape.length];
     const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
@@ -236,6 +258,33 @@ class BlasProducts {
     const lda = transposeA ? m : k;
     const ldb = transposeB ? k : n;
     const aBatches = tf.util.sizeFromShape(aBatch);
+    if (bias || relu) {
+      // One product (fusedMatMul checked), with its bias and relu on each block.
+      const offBias = bias ? offset(backend, bias) : 0;
+      const biasHeap = bias ? heap : null;
+      this.blas.sgemm(
+        transposeA,
+        transposeB,
+        m,
+        n,
+        k,
+        1,
+        heap,
+        offA,
+        lda,
+        heap,
+        offB,
+        ldb,
+        0,
+        heap,
+        offC,
+        n,
+        biasHeap,
+        offBias,
+        relu,
+      );
+      return out;
+    }
     if (tf.util.sizeFromShape(bBatch) === 1 && !transposeA && aBatches === batches) {
       // b shared by every batch and a's batches one after another: one product of all rows.
       this.blas.sgemm(

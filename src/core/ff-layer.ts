@@ -176,7 +176,7 @@ export class FFLayer {
   /** H = relu(normalise(x) W^T + b), no gradient bookkeeping. */
   forward(x: tf.Tensor2D): tf.Tensor2D {
     return tf.tidy(() => {
-      const act = tf.relu(this.preactivations(this.normalise(x)));
+      const { act } = this.activate(this.normalise(x), false);
       return this.rowsFirst ? act : tf.transpose(act);
     });
   }
@@ -227,13 +227,13 @@ export class FFLayer {
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
     return tf.tidy(() => {
       const xn = this.normalise(x);
-      const z = this.preactivations(xn); // [out, rows], or [rows, out] rows first
-      const act = tf.relu(z);
+      const loss = LOSSES[this.config.loss ?? 'threshold'];
+      // A row loss needs only H; the label loss needs the pre-activations too.
+      const { z, act } = this.activate(xn, loss.kind === 'label');
       const h = this.rowsFirst ? act : tf.transpose(act); // [rows, out]: what the next layer gets
       const ffRows = 2 * nPos;
       const g = this.goodness(x.shape[0] > ffRows ? tf.slice(h, [0, 0], [ffRows, -1]) : h);
       const peer = this.peerStep(h, nPos);
-      const loss = LOSSES[this.config.loss ?? 'threshold'];
       const {
         loss: value,
         dw,
@@ -241,7 +241,7 @@ export class FFLayer {
       } = loss.kind === 'label'
         ? loss.gradient({
             xn,
-            zT: this.rowsFirst ? tf.transpose(z) : z,
+            zT: this.rowsFirst ? tf.transpose(z!) : z!,
             nPos,
             weight: this.weight,
             alpha: this.config.alpha ?? 1,
@@ -392,6 +392,22 @@ export class FFLayer {
     return tf.div(x, tf.add(rms, this.config.normEps));
   }
 
+  /**
+   * H = relu(Z) in the step's order, and with `withZ` Z itself. Where the products run on BLAS,
+   * the bias and the relu go with the product (one pass over the output, while it is in cache).
+   */
+  private activate(xn: tf.Tensor2D, withZ: boolean): { z?: tf.Tensor2D; act: tf.Tensor2D } {
+    if (this.rowsFirst && matMulTransposesFree()) {
+      const product = (activation: 'linear' | 'relu') =>
+        tf.fused.matMul({ a: xn, b: this.weight, transposeB: true, bias: this.bias, activation });
+      if (!withZ) return { act: product('relu') as tf.Tensor2D };
+      const z = product('linear') as tf.Tensor2D;
+      return { z, act: tf.relu(z) };
+    }
+    const z = this.preactivations(xn);
+    return { z, act: tf.relu(z) };
+  }
+
   /** Z^T = W Xn^T + b, [out, rows]; rows first, Z = Xn W^T + b, [rows, out]. */
   private preactivations(xn: tf.Tensor2D): tf.Tensor2D {
     if (this.rowsFirst) return tf.add(tf.matMul(xn, this.weight, false, true), this.bias);
@@ -430,6 +446,14 @@ export class FFLayer {
       act = tf.gather(act, idx, rowAxis);
       col = tf.gather(col, idx);
       xn = tf.gather(xn, idx);
+    }
+    if (this.rowsFirst && !peer) {
+      // dZ = H col (per row), so dW = H^T (col Xn) and db = col^T H: two products and a pass
+      // over the input, never one over the [rows, out] activations.
+      const n = col.shape[0];
+      const dw = tf.matMul(act, tf.mul(xn, tf.reshape(col, [n, 1])), true, false);
+      const db = tf.reshape(tf.matMul(tf.reshape(col, [1, n]), act), [this.config.outDim]);
+      return { dw: dw as tf.Tensor2D, db: db as tf.Tensor1D };
     }
     let dz = tf.mul(act, tf.reshape(col, perRow(col.shape[0])));
     if (peer) {

@@ -37,14 +37,33 @@ export function smallRun(epochs: number, testLimit = 500): string[] {
   ];
 }
 
+/** The backend a run computes on, and the compute threads of the single-process reference. */
+export interface OnBackend {
+  backend: 'wasm' | 'wasm+blas';
+  /**
+   * The reference's threads. On wasm both orders of a product's sums coincide with one thread
+   * each; on wasm+blas the bits do not depend on threads, and the reference takes 2 (the stages
+   * 1) to show it.
+   */
+  threads: number;
+}
+
+export const ON_WASM: OnBackend = { backend: 'wasm', threads: 1 };
+
+/** How the numeric tests run on `backend` (helpers/backends.ts says which are here). */
+export function onBackend(backend: OnBackend['backend']): OnBackend {
+  return backend === 'wasm' ? ON_WASM : { backend, threads: 2 };
+}
+
 /**
  * The same run as a pipeline (`args`: its flags), started by ffx-launch over loopback TCP, one
- * wasm thread a stage; resolves when it is done, its outputs in `out`.
+ * thread a stage; resolves when it is done, its outputs in `out`.
  */
 export function trainPipelined(
   args: string[],
   out: string,
   timeoutMs = 90_000,
+  on: OnBackend = ON_WASM,
 ): Promise<RunResult> {
   return runNode(
     [
@@ -52,7 +71,7 @@ export function trainPipelined(
       '--transport',
       'tcp',
       '--backend',
-      'wasm',
+      on.backend,
       '--stage-threads',
       '1',
       ...args,
@@ -65,18 +84,23 @@ export function trainPipelined(
 
 /**
  * The single-process reference of a run (`args`: its flags), on the wasm backend with one
- * thread as the stages use; resolves when it is done, its outputs in `out`.
+ * thread as the stages use (or as `on` says); resolves when it is done, its outputs in `out`.
  */
-export function trainLocally(args: string[], out: string, timeoutMs = 90_000): Promise<RunResult> {
+export function trainLocally(
+  args: string[],
+  out: string,
+  timeoutMs = 90_000,
+  on: OnBackend = ON_WASM,
+): Promise<RunResult> {
   return runNode(
     [
       join(ROOT, 'dist', 'src', 'cli', 'ffx-coordinator.js'),
       'train',
       '--local',
       '--backend',
-      'wasm',
+      on.backend,
       '--threads',
-      '1',
+      String(on.threads),
       ...args,
       '--quiet',
       '--out',
@@ -111,13 +135,15 @@ function currentBuild(): string {
  * whichever test file asks first: a run directory in the system's temp dir, keyed by the build
  * and the flags, moved into place only once complete. Resolves with its path.
  */
-export async function referenceRun(args: string[], timeoutMs = 120_000): Promise<string> {
+export async function referenceRun(
+  args: string[],
+  on: OnBackend = ON_WASM,
+  timeoutMs = 120_000,
+): Promise<string> {
   const root = join(tmpdir(), 'ffx-test-references');
   const build = join(root, currentBuild());
-  const dir = join(
-    build,
-    createHash('sha256').update(JSON.stringify(args)).digest('hex').slice(0, 16),
-  );
+  const key = JSON.stringify([on, args]);
+  const dir = join(build, createHash('sha256').update(key).digest('hex').slice(0, 16));
   if (existsSync(join(dir, 'model.safetensors'))) return dir;
   mkdirSync(build, { recursive: true });
   // References of other builds are stale.
@@ -125,7 +151,7 @@ export async function referenceRun(args: string[], timeoutMs = 120_000): Promise
     if (join(root, old) !== build) rmSync(join(root, old), { recursive: true, force: true });
   }
   const partial = mkdtempSync(join(build, 'partial-'));
-  const r = await trainLocally(args, partial, timeoutMs);
+  const r = await trainLocally(args, partial, timeoutMs, on);
   if (r.code !== 0) {
     rmSync(partial, { recursive: true, force: true });
     throw new Error(`the reference run failed (${r.code}):\n${r.stderr.slice(-3000)}`);

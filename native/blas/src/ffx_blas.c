@@ -86,6 +86,10 @@ typedef struct {
   float alpha, beta;
   const float *A, *B;
   float *C;
+  // An epilogue, done on each block while it is in cache: C += bias (one per column) before
+  // the product's sum is added (beta 1, as an Add after it would round), then relu.
+  const float *bias;
+  int relu;
 } gemm_t;
 
 // An optimizer update over n floats (see js_adam, js_sgd).
@@ -117,16 +121,25 @@ static unsigned long started_at[MAX_THREADS];
 static void gemm_block(int b) {
   const gemm_t *j = &job.gemm;
   const int s0 = b * BLOCK;
-  if (j->along_m) {
-    const int m = j->M - s0 < BLOCK ? j->M - s0 : BLOCK;
-    const float *a = j->A + (j->ta == NoTrans ? (size_t)s0 * j->lda : (size_t)s0);
-    p_sgemm(RowMajor, j->ta, j->tb, m, j->N, j->K, j->alpha, a, j->lda, j->B, j->ldb, j->beta,
-            j->C + (size_t)s0 * j->ldc, j->ldc);
-  } else {
-    const int n = j->N - s0 < BLOCK ? j->N - s0 : BLOCK;
-    const float *b = j->B + (j->tb == NoTrans ? (size_t)s0 : (size_t)s0 * j->ldb);
-    p_sgemm(RowMajor, j->ta, j->tb, j->M, n, j->K, j->alpha, j->A, j->lda, b, j->ldb, j->beta,
-            j->C + s0, j->ldc);
+  // The block: rows r0..r0+rows, columns c0..c0+cols of C.
+  const int r0 = j->along_m ? s0 : 0, c0 = j->along_m ? 0 : s0;
+  const int rows = j->along_m ? (j->M - s0 < BLOCK ? j->M - s0 : BLOCK) : j->M;
+  const int cols = j->along_m ? j->N : (j->N - s0 < BLOCK ? j->N - s0 : BLOCK);
+  float *c = j->C + (size_t)r0 * j->ldc + c0;
+  float beta = j->beta;
+  if (j->bias) {
+    for (int r = 0; r < rows; r++) memcpy(c + (size_t)r * j->ldc, j->bias + c0, cols * sizeof(float));
+    beta = 1;
+  }
+  const float *a = j->A + (j->ta == NoTrans ? (size_t)r0 * j->lda : (size_t)r0);
+  const float *bm = j->B + (j->tb == NoTrans ? (size_t)c0 : (size_t)c0 * j->ldb);
+  p_sgemm(RowMajor, j->ta, j->tb, rows, cols, j->K, j->alpha, a, j->lda, bm, j->ldb, beta, c,
+          j->ldc);
+  if (j->relu) {
+    for (int r = 0; r < rows; r++) {
+      float *row = c + (size_t)r * j->ldc;
+      for (int i = 0; i < cols; i++) row[i] = row[i] < 0 ? 0.0f : row[i];
+    }
   }
 }
 
@@ -175,10 +188,11 @@ static void run_job(void) {
 }
 
 static void blocked_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                          int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+                          int lda, const float *B, int ldb, float beta, float *C, int ldc,
+                          const float *bias, int relu) {
   const int along_m = M >= N;
   const int len = along_m ? M : N;
-  job.gemm = (gemm_t){ta, tb, M, N, K, lda, ldb, ldc, along_m, alpha, beta, A, B, C};
+  job.gemm = (gemm_t){ta, tb, M, N, K, lda, ldb, ldc, along_m, alpha, beta, A, B, C, bias, relu};
   job.run = gemm_block;
   job.nblocks = (len + BLOCK - 1) / BLOCK;
   run_job();
@@ -265,20 +279,47 @@ static int64_t extent(int64_t rows, int64_t cols, int64_t ld) {
   return rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
 }
 
-// sgemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc):
-// offsets and leading dimensions in elements; every matrix is checked to lie inside its array.
+// sgemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc
+//       [, bias, offBias, relu]): offsets and leading dimensions in elements; every matrix is
+// checked to lie inside its array. With a bias (N floats) C = op(A) op(B) + bias, then relu.
 static napi_value js_sgemm(napi_env env, napi_callback_info info) {
-  size_t argc = 16;
-  napi_value a[16];
+  size_t argc = 19;
+  napi_value a[19];
   CHECK(napi_get_cb_info(env, info, &argc, a, NULL, NULL));
   int ta, tb;
   int64_t M, N, K, offA, lda, offB, ldb, offC, ldc;
   double alpha, beta;
   float *A, *B, *C;
   size_t lenA, lenB, lenC;
-  if (argc != 16) {
-    napi_throw_type_error(env, NULL, "sgemm: expects 16 arguments");
+  if (argc != 16 && argc != 19) {
+    napi_throw_type_error(env, NULL, "sgemm: expects 16 or 19 arguments");
     return NULL;
+  }
+  float *bias = NULL;
+  int relu = 0;
+  if (argc == 19) {
+    size_t lenBias;
+    int64_t offBias;
+    napi_valuetype t;
+    bool r;
+    CHECK(napi_typeof(env, a[16], &t));
+    if (t != napi_null && !get_f32(env, a[16], &bias, &lenBias)) {
+      napi_throw_type_error(env, NULL, "sgemm: bias must be a Float32Array or null");
+      return NULL;
+    }
+    if (!get_int(env, a[17], &offBias) || napi_get_value_bool(env, a[18], &r) != napi_ok) {
+      napi_throw_type_error(env, NULL, "sgemm: offBias must be an integer, relu a boolean");
+      return NULL;
+    }
+    if (bias) {
+      int64_t n;
+      if (!get_int(env, a[3], &n) || offBias + n > (int64_t)lenBias) {
+        napi_throw_range_error(env, NULL, "sgemm: the bias runs past the end of its array");
+        return NULL;
+      }
+      bias += offBias;
+    }
+    relu = r;
   }
   if (!get_bool(env, a[0], &ta) || !get_bool(env, a[1], &tb)) {
     napi_throw_type_error(env, NULL, "sgemm: transA and transB must be booleans");
@@ -317,7 +358,7 @@ static napi_value js_sgemm(napi_env env, napi_callback_info info) {
   }
   if (M == 0 || N == 0) return NULL;
   blocked_sgemm(ta, tb, (int)M, (int)N, (int)K, (float)alpha, A + offA, (int)lda, B + offB,
-                (int)ldb, (float)beta, C + offC, (int)ldc);
+                (int)ldb, (float)beta, C + offC, (int)ldc, bias, relu);
   return NULL;
 }
 
