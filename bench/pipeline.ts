@@ -29,6 +29,11 @@ async function main(): Promise<void> {
   const a = await yargs(hideBin(process.argv))
     .option('layers', { type: 'string', default: '784,1000,1000' })
     .option('dataset', { type: 'string', default: 'fashion-mnist' })
+    .option('backend', {
+      choices: ['auto', 'wasm+blas', 'wasm'],
+      default: 'auto',
+      describe: 'the backend of every process (auto: wasm+blas where ffx-blas is built)',
+    })
     .option('images', { type: 'number', default: 60000, describe: 'training images (one epoch)' })
     .option('batch', {
       type: 'string',
@@ -78,7 +83,7 @@ async function main(): Promise<void> {
         '--set',
         'train.cooldown=0',
         '--backend',
-        'wasm',
+        a.backend,
         '--quiet',
       ];
       const run = async (name: string, args: string[]): Promise<EpochRecord> => {
@@ -151,7 +156,7 @@ async function main(): Promise<void> {
     'stage blocked on send',
   ];
   console.log(
-    `${a.layers} on ${a.images} ${a.dataset} images, 1 thread per process, data over ` +
+    `${a.layers} on ${a.images} ${a.dataset} images, backend ${a.backend}, 1 thread per process, data over ` +
       `${a.transport}, median of ${a.repeat} runs`,
   );
   printTable(head, rows);

@@ -3,7 +3,7 @@
     {
       "target_name": "ffx_blas",
       "sources": ["src/ffx_blas.c"],
-      "cflags": ["-O3", "-std=c11", "-ffp-contract=off", "-Wall", "-Wextra"],
+      "cflags": ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wextra"],
       "defines": ["_GNU_SOURCE"],
       "libraries": ["-ldl", "-lpthread", "-lm"]
     }

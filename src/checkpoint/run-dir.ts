@@ -16,6 +16,8 @@ export const RUN_FILES = {
   eval: 'eval.json',
   /** The run's report (src/report), written as the run ends. */
   report: 'report.html',
+  /** Where the run ran: the backend each layer computed on (they round differently). */
+  run: 'run.json',
 } as const;
 
 /** metrics.jsonl of a run directory: the epoch records of the run's lineage, in order. */

@@ -110,7 +110,7 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
     .usage('Run a distributed training on this machine: one ffx-stage per layer and a coordinator.')
     .option('stage-threads', {
       type: 'number',
-      describe: 'wasm threads per stage (default: cores / layers, at least 1)',
+      describe: 'compute threads per stage (default: cores / layers, at least 1)',
     })
     .option('transport', {
       choices: ['ipc', 'tcp'],

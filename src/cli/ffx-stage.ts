@@ -75,7 +75,7 @@ export function buildCli(argv: string[]) {
     .option('threads', {
       type: 'number',
       describe:
-        "wasm backend compute threads (default: the cores over the ffx stages on this host, so several don't oversubscribe it)",
+        "compute threads, wasm's or with wasm+blas the BLAS's (default: the cores over the ffx stages on this host, so several don't oversubscribe it)",
     })
     .option('heartbeat-ms', {
       type: 'number',

@@ -44,7 +44,7 @@ export function commonOptions<T>(y: Argv<T>) {
     })
     .option('threads', {
       type: 'number',
-      describe: 'wasm backend compute threads (default: every core)',
+      describe: "compute threads: wasm's, or with wasm+blas the BLAS's (default: every core)",
     })
     .option('dataset', { choices: DATASET_NAMES, describe: 'dataset (overrides data.dataset)' })
     .option('data-dir', { type: 'string', describe: 'directory searched first for the IDX files' })

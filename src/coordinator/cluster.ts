@@ -148,6 +148,14 @@ export class Cluster {
     );
   }
 
+  /** The backend each layer's stage named in its hello ('?' for a layer without a stage). */
+  backends(): string[] {
+    return Array.from(
+      { length: this.numLayers },
+      (_, i) => this.stages.get(i + 1)?.hello.backend ?? '?',
+    );
+  }
+
   /** Where the cluster is: see the top of this file. */
   get phase(): ClusterPhase {
     return this.phaseNow;

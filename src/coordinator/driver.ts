@@ -20,6 +20,7 @@ import {
 } from '../checkpoint/checkpoint-file.js';
 import { MetricsLog, RUN_FILES } from '../checkpoint/run-dir.js';
 import type { RunConfig } from '../config/config.js';
+import { ffxPackage } from '../package.js';
 import { learningRateAt } from '../core/optimizer.js';
 import { EvalAccumulator, ruleLayers, type EvalResult } from '../core/predict.js';
 import { FfxError, SystemError, withFile } from '../errors.js';
@@ -287,6 +288,8 @@ class Training {
       JSON.stringify(this.cfg, null, 2) + '\n',
       'config',
     );
+    const run = { ffx: ffxPackage()?.version ?? 'unknown', backends: this.executor.backends() };
+    await writeFileAtomic(join(dir, RUN_FILES.run), JSON.stringify(run, null, 2) + '\n', 'run');
     await this.log.open(this.point.epoch);
     for (const name of [RUN_FILES.eval, RUN_FILES.report]) {
       const file = join(dir, name);

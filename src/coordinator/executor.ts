@@ -53,6 +53,11 @@ export interface Executor {
   /** Where the layers run, for the run's log (e.g. "in this process"). */
   readonly where: string;
   /**
+   * The tensor backend each layer computes on, once started (e.g. "wasm+blas"): different
+   * backends round differently, so a run's bits are those of its backends.
+   */
+  backends(): string[];
+  /**
    * Gets every layer ready: fresh from the seed, or with `state` (a checkpoint's) imported.
    * Reports of training batches go to `onTrain` from then on.
    */

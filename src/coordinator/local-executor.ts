@@ -2,6 +2,7 @@
 // reference a pipeline of stages must reproduce. Layer l trains on the activations layer l-1
 // produced for the same batch in the same step, exactly as stage l receives them.
 import { randomUUID } from 'node:crypto';
+import { activeBackend } from '../backend/backend.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
 import { FFNetwork, checkRunMemory } from '../core/ff-network.js';
@@ -27,6 +28,11 @@ export class LocalExecutor implements Executor {
     const { model, train, eval: ev } = this.cfg;
     checkRunMemory(Math.max(...model.layers), train.batchSize, ev.batchSize, model.readout);
     this.build(state);
+  }
+
+  backends(): string[] {
+    const { name, package: pkg } = activeBackend();
+    return new Array<string>(this.numLayers).fill(`${name} (${pkg})`);
   }
 
   /** Nothing fails here that training again would not repeat. */

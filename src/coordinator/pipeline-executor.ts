@@ -73,6 +73,11 @@ export class PipelineExecutor implements Executor {
     await this.cluster.register(this.cfg, this.opts.mode, state, this.run);
   }
 
+  /** What each layer's stage said it computes on when it said hello. */
+  backends(): string[] {
+    return this.cluster.backends();
+  }
+
   recoverable(err: unknown): boolean {
     return err instanceof ClusterError && err.recoverable && this.opts.mode === 'train';
   }

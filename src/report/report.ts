@@ -119,6 +119,13 @@ function figure(c: Chart): string {
 </figure>`;
 }
 
+/** "wasm+blas (...)" when every layer ran on the same, else "layer 1: ..., layer 2: ...". */
+function backendsOf(backends: string[]): string {
+  if (backends.length === 0) return '—';
+  if (backends.every((b) => b === backends[0])) return backends[0]!;
+  return backends.map((b, i) => `layer ${i + 1}: ${b}`).join(', ');
+}
+
 function summary(run: RunFiles): string {
   const cfg = run.config;
   const train = obj(cfg.train);
@@ -136,6 +143,7 @@ function summary(run: RunFiles): string {
     ['samples/s', seconds > 0 ? Math.round(samples / seconds).toLocaleString('en-US') : '—'],
     ['batch size', String(train.batchSize ?? '—')],
     ['optimizer', `${String(opt.type ?? '?')} lr ${String(opt.lr ?? '?')}`],
+    ['backend', backendsOf(run.backends)],
     ['seed', String(cfg.seed ?? '—')],
   ];
   return `<section class="summary" id="summary">

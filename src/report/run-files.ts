@@ -52,6 +52,8 @@ export interface RunFiles {
   final: EvalPoint | undefined;
   /** metrics.jsonl lines that are not epoch records, left out. */
   skippedLines: number;
+  /** run.json: the backend each layer computed on; empty where the file is missing or bad. */
+  backends: string[];
 }
 
 /** Reads a run directory; a directory without a readable config.json is not a run. */
@@ -80,7 +82,10 @@ export async function readRunFiles(dir: string): Promise<RunFiles> {
   }
   const epochs = [...byEpoch.values()].sort((a, b) => a.epoch - b.epoch);
   const final = evalPoint(await readJson(join(dir, RUN_FILES.eval)));
-  return { dir, config, epochs, final, skippedLines };
+  const run = await readJson(join(dir, RUN_FILES.run));
+  const backends =
+    (isObject(run) && all(run.backends, (b) => (typeof b === 'string' ? b : undefined))) || [];
+  return { dir, config, epochs, final, skippedLines, backends };
 }
 
 /** A file's JSON, or undefined if it is missing or not JSON. */

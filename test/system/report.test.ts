@@ -153,6 +153,8 @@ describe('run report', () => {
     const summary = await page.$eval('#summary', (e) => e.textContent ?? '');
     assert.ok(summary.includes(`${(100 * final.accuracy).toFixed(2)}%`), summary);
     assert.ok(summary.includes('3 of 3'), summary);
+    // Both stages said hello as wasm (run.json).
+    assert.ok(summary.includes('backendwasm'), summary);
     const config = await page.$eval('#config pre', (e) => e.textContent ?? '');
     assert.deepEqual(
       JSON.parse(config),
@@ -239,6 +241,7 @@ describe('run report: the goodness chart and the losses', () => {
       epochs: [epoch],
       final: undefined,
       skippedLines: 0,
+      backends: [],
     };
     const html = renderReport(run, '');
     const at = html.indexOf('Goodness of positive and negative data');

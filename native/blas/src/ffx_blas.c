@@ -200,8 +200,11 @@ static void blocked_sgemm(int ta, int tb, int M, int N, int K, float alpha, cons
 
 // ---- Optimizer updates ---------------------------------------------------------------------
 // The fused updates of src/core/kernels/optimizer.wat, element by element in the same float32
-// operations and order (no contraction into fused multiply-adds: -ffp-contract=off), so they
-// give the wasm kernel's bits; on the pool's threads, in chunks, since each element is its own.
+// operations and order (no contraction into fused multiply-adds: -ffp-contract=off; sqrt, add,
+// multiply and divide are correctly rounded in every vector width), so they give the wasm
+// kernel's bits; vectorized (-fno-math-errno lets sqrtf be an instruction, -fno-trapping-math
+// lets the flush be a blend of both sides: neither changes a result), on the pool's threads,
+// in chunks, since each element is its own.
 
 #define UPDATE_CHUNK 16384
 
@@ -212,27 +215,34 @@ static void adam_block(int b) {
   const update_t *u = &job.update;
   const float b1 = u->s[0], b1c = u->s[1], b2 = u->s[2], b2c = u->s[3], step = u->s[4],
               eps = u->s[5], l2 = u->s[6], shrink = u->s[7], tiny_g = u->s[8], tiny_s = u->s[9];
-  const int end = (b + 1) * UPDATE_CHUNK < u->n ? (b + 1) * UPDATE_CHUNK : u->n;
-  for (int i = b * UPDATE_CHUNK; i < end; i++) {
-    const float pi = u->p[i];
-    const float gi = flush(u->g[i] + l2 * pi, tiny_g);
-    const float mi = flush(b1 * u->m[i] + b1c * gi, tiny_s);
-    const float vi = flush(b2 * u->v[i] + b2c * (gi * gi), tiny_s);
-    u->m[i] = mi;
-    u->v[i] = vi;
-    u->p[i] = pi * shrink - (step * mi) / (sqrtf(vi) + eps);
+  const int start = b * UPDATE_CHUNK;
+  const int n = ((b + 1) * UPDATE_CHUNK < u->n ? (b + 1) * UPDATE_CHUNK : u->n) - start;
+  // Distinct arrays (the caller's tensors): restrict lets the loop be vectorized.
+  float *restrict p = u->p + start, *restrict m = u->m + start, *restrict v = u->v + start;
+  const float *restrict g = u->g + start;
+  for (int i = 0; i < n; i++) {
+    const float pi = p[i];
+    const float gi = flush(g[i] + l2 * pi, tiny_g);
+    const float mi = flush(b1 * m[i] + b1c * gi, tiny_s);
+    const float vi = flush(b2 * v[i] + b2c * (gi * gi), tiny_s);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi * shrink - (step * mi) / (sqrtf(vi) + eps);
   }
 }
 
 static void sgd_block(int b) {
   const update_t *u = &job.update;
   const float mu = u->s[0], lr = u->s[1], l2 = u->s[2], tiny_g = u->s[3], tiny_s = u->s[4];
-  const int end = (b + 1) * UPDATE_CHUNK < u->n ? (b + 1) * UPDATE_CHUNK : u->n;
-  for (int i = b * UPDATE_CHUNK; i < end; i++) {
-    const float pi = u->p[i];
-    const float mi = flush(mu * u->m[i] + flush(u->g[i] + l2 * pi, tiny_g), tiny_s);
-    u->m[i] = mi;
-    u->p[i] = pi - lr * mi;
+  const int start = b * UPDATE_CHUNK;
+  const int n = ((b + 1) * UPDATE_CHUNK < u->n ? (b + 1) * UPDATE_CHUNK : u->n) - start;
+  float *restrict p = u->p + start, *restrict m = u->m + start;
+  const float *restrict g = u->g + start;
+  for (int i = 0; i < n; i++) {
+    const float pi = p[i];
+    const float mi = flush(mu * m[i] + flush(g[i] + l2 * pi, tiny_g), tiny_s);
+    m[i] = mi;
+    p[i] = pi - lr * mi;
   }
 }
 
