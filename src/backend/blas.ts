@@ -85,8 +85,8 @@ export function loadBlasAddon(): BlasAddon {
     const e = err as NodeJS.ErrnoException;
     if (e.code === 'MODULE_NOT_FOUND') {
       throw new Error(
-        'not built (npm install builds it where a C compiler and python3 are; after ' +
-          'installing them, `npm rebuild ffx-blas`)',
+        'not built (npm install builds it where a C compiler and python3 are: install them, ' +
+          'then run npm install again)',
       );
     }
     throw new Error(e.message.split('\n')[0]);
