@@ -64,7 +64,7 @@ export const ERROR_CODES = {
   ],
   /** Files and sockets at the edges: the system error, named with its path or address. */
   system: ['FILE_ACCESS', 'FILE_NO_SPACE', 'ADDRESS_IN_USE', 'ADDRESS_UNAVAILABLE'],
-  run: ['NON_FINITE_LOSS', 'RUN_INTERRUPTED'],
+  run: ['NON_FINITE_LOSS', 'NON_FINITE_WEIGHTS', 'RUN_INTERRUPTED'],
   cluster: [
     'CLUSTER_MISSING_STAGES',
     'CLUSTER_NOT_READY',

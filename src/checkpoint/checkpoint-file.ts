@@ -18,9 +18,13 @@ import { FfxError, fileError, isFfxError, withFile, type ErrorCode } from '../er
 import { writeFileAtomic } from './atomic-file.js';
 import { RUN_FILES } from './run-dir.js';
 
-const FORMAT = 'ffx-checkpoint-v2';
-/** Files of the first format have no checksums; they still load. */
-const FORMATS = ['ffx-checkpoint-v1', FORMAT];
+const FORMAT = 'ffx-checkpoint-v3';
+/**
+ * Files of the first format have no checksums, the second's cover the tensors but not the
+ * metadata; they still load, checked as far as they can be.
+ */
+const FORMATS = ['ffx-checkpoint-v1', 'ffx-checkpoint-v2', FORMAT];
+const WITH_TENSOR_SUMS = ['ffx-checkpoint-v2', FORMAT];
 
 /** The pointer to the newest complete checkpoint of a run, in its output directory. */
 export const LATEST = 'latest';
@@ -53,6 +57,35 @@ function sha256(data: Float32Array): string {
     .digest('hex');
 }
 
+/**
+ * SHA-256 over every other metadata entry (the tensors' checksums among them), in key order:
+ * the metadata is covered as the tensors are, so an edited epoch or step count is found.
+ */
+function metadataDigest(metadata: Record<string, string>): string {
+  const entries = Object.entries(metadata)
+    .filter(([k]) => k !== 'integrity')
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return createHash('sha256').update(JSON.stringify(entries)).digest('hex');
+}
+
+/**
+ * Refuses weights or optimizer state that are not finite: a diverged run (whose loss can stay
+ * finite: goodness collapses to 0 once the weights are NaN) must not be saved, scored or
+ * resumed as if it had trained. `when` says at which point, e.g. "after epoch 3".
+ */
+export function checkFiniteState(state: ModelState, when: string): void {
+  for (const [name, t] of state.tensors) {
+    const i = t.data.findIndex((v) => !Number.isFinite(v));
+    if (i >= 0) {
+      throw new FfxError(
+        'NON_FINITE_WEIGHTS',
+        `tensor "${name}" holds ${t.data[i]} (element ${i}) ${when}: the run diverged; ` +
+          'lower optimizer.lr (or resume from an earlier checkpoint with a lower one)',
+      );
+    }
+  }
+}
+
 /** Writes `state` with the run config and the epoch reached, atomically. */
 export async function writeCheckpoint(
   file: string,
@@ -64,7 +97,7 @@ export async function writeCheckpoint(
   const tensors = new Map(
     [...state.tensors].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true })),
   );
-  const metadata = {
+  const metadata: Record<string, string> = {
     format: FORMAT,
     epoch: String(epoch),
     optimizerSteps: JSON.stringify(state.optimizerSteps),
@@ -73,6 +106,7 @@ export async function writeCheckpoint(
     layout:
       'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
   };
+  metadata.integrity = metadataDigest(metadata);
   await writeFileAtomic(file, encodeSafetensors(tensors, metadata), 'checkpoint');
 }
 
@@ -167,7 +201,12 @@ export async function readCheckpoint(
   if (metadata.format !== undefined && !FORMATS.includes(metadata.format)) {
     throw corrupt(`format "${metadata.format}" is not one ffx reads (${FORMATS.join(', ')})`);
   }
-  if (metadata.format === FORMAT) {
+  if (metadata.format === FORMAT && metadata.integrity !== metadataDigest(metadata)) {
+    throw corrupt(
+      'its metadata does not match its integrity checksum: it was changed after it was written',
+    );
+  }
+  if (WITH_TENSOR_SUMS.includes(metadata.format ?? '')) {
     const sums = parseJson(metadata.sha256, () => corrupt('no sha256 in its metadata'));
     for (const [name, t] of tensors) {
       const want = (sums as Record<string, unknown>)[name];
@@ -185,6 +224,11 @@ export async function readCheckpoint(
     throw corrupt(
       `its epoch "${metadata.epoch}" is not an integer in 0..${epochs} (the run's train.epochs)`,
     );
+  }
+  // A checkpoint's name says its epoch: the two must agree.
+  const named = /^checkpoint-epoch(\d+)\.safetensors$/.exec(basename(file))?.[1];
+  if (named !== undefined && Number(named) !== epoch) {
+    throw corrupt(`its name says epoch ${named}, its metadata epoch ${metadata.epoch}`);
   }
   const widths = model.layers;
   const numLayers = widths.length - 1;
@@ -215,13 +259,16 @@ export async function readCheckpoint(
   if (!stepsOk) {
     throw corrupt(`optimizerSteps ${metadata.optimizerSteps} is not a list of integers >= 0`);
   }
-  return {
-    state: {
-      tensors,
-      optimizerSteps: widths.slice(1).map((_, i) => (steps as number[])[i] ?? 0),
-    },
-    epoch,
+  // Every layer trains every batch once: the layers' step counts are one number.
+  if ((steps as number[]).some((s) => s !== (steps as number[])[0])) {
+    throw corrupt(`optimizerSteps ${metadata.optimizerSteps} differ between layers`);
+  }
+  const state = {
+    tensors,
+    optimizerSteps: widths.slice(1).map((_, i) => (steps as number[])[i] ?? 0),
   };
+  checkFiniteState(state, `in ${file}`);
+  return { state, epoch };
 }
 
 function parseJson(text: string | undefined, error: () => Error): unknown {

@@ -134,6 +134,13 @@ export class ConfigError extends FfxError<ErrorCode<'config'>> {
 
 type Rule = (key: string, v: unknown) => void;
 
+/** The largest count (epochs, batch sizes, limits) a config may give. */
+const MAX_COUNT = 1_000_000;
+const MAX_SEED = 2 ** 31 - 1;
+/** Past this a step moves weights by more than they are worth: divergence, not training. */
+const MAX_LR = 10;
+const FLOAT32_MIN_NORMAL = 2 ** -126;
+
 const fail = (key: string, v: unknown, what: string): never => {
   throw new ConfigError(
     'CONFIG_INVALID',
@@ -142,14 +149,16 @@ const fail = (key: string, v: unknown, what: string): never => {
     `${key} must be ${what}; got ${JSON.stringify(v)}`,
   );
 };
+/** An integer from `min` to `max` (a count far past any run's is a typo or an attack). */
 const int =
-  (min: number): Rule =>
+  (min: number, max = MAX_COUNT): Rule =>
   (k, v) => {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min)
-      fail(k, v, `an integer >= ${min}`);
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
+      fail(k, v, `an integer from ${min} to ${max}`);
   };
+/** A finite number from `min` to `max` (`min` itself left out with `minExclusive`). */
 const num =
-  (min: number, max = Infinity, minExclusive = false): Rule =>
+  (min: number, max: number, minExclusive = false): Rule =>
   (k, v) => {
     if (
       typeof v !== 'number' ||
@@ -158,13 +167,21 @@ const num =
       v > max ||
       (minExclusive && v === min)
     ) {
-      fail(
-        k,
-        v,
-        `a number ${minExclusive ? '>' : '>='} ${min}${max < Infinity ? ` and <= ${max}` : ''}`,
-      );
+      fail(k, v, `a number ${minExclusive ? '>' : '>='} ${min} and <= ${max}`);
     }
   };
+const finite: Rule = (k, v) => {
+  if (typeof v !== 'number' || !Number.isFinite(v)) fail(k, v, 'a finite number');
+};
+/**
+ * A learning rate: a positive normal float32 (a subnormal one cannot move a weight, and is
+ * flushed to zero on GPUs) no larger than MAX_LR.
+ */
+const learningRate: Rule = (k, v) => {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < FLOAT32_MIN_NORMAL || v > MAX_LR) {
+    fail(k, v, `a learning rate from ${FLOAT32_MIN_NORMAL} to ${MAX_LR}`);
+  }
+};
 const oneOf =
   (values: readonly string[]): Rule =>
   (k, v) => {
@@ -177,8 +194,17 @@ const str: Rule = (k, v) => {
   if (typeof v !== 'string' || v.length === 0) fail(k, v, 'a non-empty string');
 };
 const widths: Rule = (k, v) => {
-  if (!Array.isArray(v) || v.length < 2 || !v.every((w) => Number.isInteger(w) && w > 0)) {
-    fail(k, v, 'a list of at least two positive integers (input width, then one per layer)');
+  if (
+    !Array.isArray(v) ||
+    v.length < 2 ||
+    v.length > 1001 ||
+    !v.every((w) => Number.isInteger(w) && w > 0 && w <= MAX_COUNT)
+  ) {
+    fail(
+      k,
+      v,
+      `a list of 2 to 1001 integers from 1 to ${MAX_COUNT} (input width, then one per layer)`,
+    );
   }
 };
 
@@ -248,36 +274,38 @@ const record =
     checkRecord(k, v, rules);
 
 const SCHEMA: Record<string, Record<string, Rule>> = {
-  '': { name: str, seed: int(0) },
+  '': { name: str, seed: int(0, MAX_SEED) },
   data: {
     dataset: oneOf(DATASET_NAMES),
     dataDir: str,
     scale: oneOf(['unit', 'standard']),
-    trainLimit: int(0),
-    testLimit: int(0),
-    jitter: int(0),
+    trainLimit: int(0, 1e9),
+    testLimit: int(0, 1e9),
+    jitter: int(0, 16),
   },
   model: {
     layers: widths,
     goodness: oneOf(GOODNESS_TYPES),
     negate: bool,
-    threshold: num(-Infinity),
+    threshold: finite,
     loss: losses,
-    alpha: num(0, Infinity, true),
-    normEps: num(0, Infinity, true),
-    overlayValue: num(0, Infinity, true),
-    peerNorm: record({ weight: num(0), decay: num(0, 1) }),
+    alpha: num(0, 1e4, true),
+    // Added to each row's norm before dividing: it keeps a zero row finite, no more.
+    normEps: num(0, 1e-2, true),
+    overlayValue: num(0, 1e3, true),
+    peerNorm: record({ weight: num(0, 1e3), decay: num(0, 1) }),
     readout: bool,
   },
   negatives: { kind: oneOf(['uniform', 'hard']), hard: num(0, 1), warmup: int(1) },
   optimizer: {
     type: oneOf(OPTIMIZER_TYPES),
-    lr: num(0, Infinity, true),
-    beta1: num(0, 1),
-    beta2: num(0, 1),
-    eps: num(0, Infinity, true),
+    lr: learningRate,
+    // Below 1: Adam's bias correction divides by 1 - beta^t.
+    beta1: num(0, 0.999999),
+    beta2: num(0, 0.999999),
+    eps: num(0, 1, true),
     momentum: num(0, 1),
-    weightDecay: num(0),
+    weightDecay: num(0, 1),
   },
   train: { epochs: int(1), batchSize: int(1), cooldown: num(0, 1), evalEvery: int(0) },
   eval: {
@@ -395,6 +423,8 @@ export async function loadConfig(
         `cannot read config file ${file}: ${(err as Error).message}`,
       );
     }
+    // A byte order mark (editors on Windows write one) is not part of the JSON.
+    text = text.replace(/^\uFEFF/, '');
     try {
       fromFile = JSON.parse(text);
     } catch (err) {
@@ -403,6 +433,16 @@ export async function loadConfig(
         'config',
         file,
         `config file ${file} is not valid JSON: ${(err as Error).message}`,
+      );
+    }
+    // JSON.parse keeps the last of two equal keys: a silent choice between two settings.
+    const twice = duplicateKey(text);
+    if (twice !== null) {
+      throw new ConfigError(
+        'CONFIG_INVALID',
+        twice,
+        undefined,
+        `config file ${file}: key "${twice}" is given twice; keep one`,
       );
     }
     // Check the file alone first so its errors are reported against the file's own keys.
@@ -461,4 +501,70 @@ export function parseSetOverrides(items: readonly string[]): Record<string, unkn
     node[path[path.length - 1]!] = value;
   }
   return out;
+}
+
+/**
+ * The dotted path of the first key that appears twice in one object of `text` (valid JSON),
+ * or null. A small walk over the text: JSON.parse cannot tell, it keeps the last one.
+ */
+export function duplicateKey(text: string): string | null {
+  let i = 0;
+  const ws = () => {
+    while (i < text.length && ' \t\r\n'.includes(text[i]!)) i++;
+  };
+  const string = (): string => {
+    const start = i;
+    i++; // the opening quote
+    while (text[i] !== '"') i += text[i] === '\\' ? 2 : 1;
+    i++;
+    return JSON.parse(text.slice(start, i)) as string;
+  };
+  /** Walks one value at i; returns a duplicate's path below `path`, or null. */
+  const value = (path: string): string | null => {
+    ws();
+    const c = text[i];
+    if (c === '{') {
+      i++;
+      const seen = new Set<string>();
+      ws();
+      if (text[i] === '}') {
+        i++;
+        return null;
+      }
+      for (;;) {
+        ws();
+        const key = string();
+        const at = path ? `${path}.${key}` : key;
+        if (seen.has(key)) return at;
+        seen.add(key);
+        ws();
+        i++; // ':'
+        const inner = value(at);
+        if (inner !== null) return inner;
+        ws();
+        if (text[i++] === '}') return null; // else ','
+      }
+    }
+    if (c === '[') {
+      i++;
+      ws();
+      if (text[i] === ']') {
+        i++;
+        return null;
+      }
+      for (let n = 0; ; n++) {
+        const inner = value(`${path}[${n}]`);
+        if (inner !== null) return inner;
+        ws();
+        if (text[i++] === ']') return null; // else ','
+      }
+    }
+    if (c === '"') {
+      string();
+      return null;
+    }
+    while (i < text.length && !',]} \t\r\n'.includes(text[i]!)) i++; // a number, true, false, null
+    return null;
+  };
+  return value('');
 }

@@ -14,6 +14,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
 import {
+  CheckpointError,
+  checkFiniteState,
   commitCheckpoint,
   readCheckpoint,
   type ModelState,
@@ -116,6 +118,7 @@ class Training {
       predictions ? (epoch) => (epoch >= warmup ? predictions.probs : null) : undefined,
     );
     this.batches = this.sampler.batchesPerEpoch;
+    if (resume) checkResumedSteps(opts.resume!, resume, this.batches);
     this.log = new MetricsLog(cfg.output.dir);
     this.point = { epoch: resume?.epoch ?? 0, state: resume?.state };
     this.tally = new EpochTally(executor.numLayers, 0, this.batches);
@@ -145,10 +148,9 @@ class Training {
         reporter.log(
           `evaluated ${final.count} test images in ${((performance.now() - t0) / 1000).toFixed(1)}s`,
         );
-        const weightsFile = await this.finish(
-          final,
-          this.withPredictions(await executor.exportState(epochs)),
-        );
+        const state = this.withPredictions(await executor.exportState(epochs));
+        checkFiniteState(state, 'at the end');
+        const weightsFile = await this.finish(final, state);
         return {
           epochs: this.records,
           final,
@@ -203,6 +205,7 @@ class Training {
    */
   private async checkpoint(epoch: number): Promise<void> {
     const state = this.withPredictions(await this.executor.exportState(epoch));
+    checkFiniteState(state, `after epoch ${epoch}`);
     this.point = { epoch, state };
     const { dir, keepCheckpoints } = this.cfg.output;
     try {
@@ -374,6 +377,28 @@ async function loadData(cfg: RunConfig, reporter: Reporter): Promise<RunData> {
       `${data.test.count} test, ${data.dim} pixels`,
   );
   return data;
+}
+
+/**
+ * Each batch is one optimizer step of every layer: a checkpoint after `epoch` epochs of this
+ * run's batches has taken epoch x batches. Anything else is a checkpoint edited by hand, or one
+ * of a run with other data or another batch size, whose lineage this run cannot continue.
+ */
+function checkResumedSteps(
+  file: string,
+  resume: { epoch: number; state: ModelState },
+  batches: number,
+): void {
+  const want = resume.epoch * batches;
+  const steps = resume.state.optimizerSteps;
+  if (steps.some((s) => s !== want)) {
+    throw new CheckpointError(
+      'CHECKPOINT_CORRUPT',
+      `${file}: its layers took ${steps.join(', ')} optimizer steps, but ` +
+        `${plural(resume.epoch, 'epoch')} of this run's ${batches} batches are ${want} ` +
+        '(a checkpoint edited by hand, or one of a run with other data or another batch size)',
+    );
+  }
 }
 
 /** True after every `n`-th epoch (0-based `epoch`); never for n = 0. */

@@ -1,10 +1,16 @@
 // ffx-coordinator as a user runs it: spawned processes (each with a timeout, killed in cleanup),
 // asserting exit codes, messages, the files a run writes, and an accuracy bound.
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import {
+  checkpointConfig,
+  readCheckpoint,
+  writeCheckpoint,
+} from '../../src/checkpoint/checkpoint-file.js';
+import { DEFAULT_CONFIG } from '../../src/config/config.js';
 import { decodeSafetensors } from '../../src/core/safetensors.js';
 import { freePort } from '../../src/transport/sockets.js';
 import type { EvalResult } from '../../src/core/predict.js';
@@ -223,7 +229,7 @@ describe('ffx-coordinator train --local, then eval', () => {
       [200, 784],
     );
     assert.deepEqual(tensors.get('layers.1.bias')!.shape, [200]);
-    assert.equal(metadata.format, 'ffx-checkpoint-v2');
+    assert.equal(metadata.format, 'ffx-checkpoint-v3');
     // A SHA-256 of every tensor's bytes.
     const sums = JSON.parse(metadata.sha256!) as Record<string, string>;
     assert.deepEqual(Object.keys(sums).sort(), [...tensors.keys()].sort());
@@ -290,6 +296,68 @@ describe('ffx-coordinator train --local, then eval', () => {
       /^error \[CHECKPOINT_MISMATCH\]: .*model\.safetensors: tensor "layers\.0\.weight" is \[200, 784\], model 784-100-200 needs \[100, 784\]$/m,
     );
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'a user error: no stack trace');
+  });
+});
+
+const DEMO_MODEL = DEFAULT_CONFIG.model;
+
+describe('ffx-coordinator train refuses what it cannot continue or score', () => {
+  // The shipped sample, 784-32, on wasm: seconds a run.
+  const run = [
+    '--local',
+    '--config',
+    join(ROOT, 'config', 'demo.json'),
+    '--layers',
+    '784,32',
+    '--set',
+    'model.threshold=32',
+    '--set',
+    'data.trainLimit=1000',
+    '--set',
+    'data.testLimit=200',
+    '--backend',
+    'wasm',
+    '-q',
+  ];
+
+  it('a resume whose checkpoint took other step counts than the run gives (edited, or other data)', async () => {
+    const first = await cli(['train', ...run, '--epochs', '2', '--out', tmp('steps')], 60_000);
+    assert.equal(first.code, 0, first.stderr);
+    const checkpoint = join(tmp('steps'), 'checkpoint-epoch1.safetensors');
+    // 1,000 images: 10 batches of 100 an epoch; at 50 the run would have 20.
+    const r = await cli(
+      ['train', ...run, '--resume', checkpoint, '--batch-size', '50', '--out', tmp('steps-50')],
+      60_000,
+    );
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stderr,
+      /error \[CHECKPOINT_CORRUPT\]: .*checkpoint-epoch1\.safetensors: its layers took 10 optimizer steps, but 1 epoch of this run's 20 batches are 20/,
+    );
+  });
+
+  it('a checkpoint of a diverged run (NaN weights) is refused, naming the tensor', async () => {
+    // A probe's run with a huge learning rate ended with every weight NaN and "test accuracy
+    // 9.75%"; such weights are never written now, and never resumed from.
+    const first = join(tmp('steps'), 'checkpoint-epoch1.safetensors');
+    const { state, epoch } = await readCheckpoint(first, { ...DEMO_MODEL, layers: [784, 32] }, 2);
+    state.tensors.get('layers.0.weight')!.data[5] = NaN;
+    const cfg = (await checkpointConfig(first))!;
+    const poisoned = join(tmp('nan'), 'checkpoint-epoch1.safetensors');
+    await mkdir(tmp('nan'), { recursive: true });
+    await writeCheckpoint(poisoned, state, cfg, epoch);
+    const r = await cli(['train', ...run, '--resume', poisoned, '--out', tmp('nan-out')], 60_000);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(
+      r.stderr,
+      /error \[NON_FINITE_WEIGHTS\]: tensor "layers\.0\.weight" holds NaN \(element 5\) in .*checkpoint-epoch1\.safetensors: the run diverged/,
+    );
+  });
+
+  it('an absurd learning rate is refused before anything runs', async () => {
+    const r = await cli(['train', ...run, '--lr', '1e308', '--out', tmp('absurd')]);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /error \[CONFIG_INVALID\]: optimizer\.lr must be a learning rate from/);
   });
 });
 

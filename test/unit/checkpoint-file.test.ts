@@ -9,6 +9,7 @@ import { after, describe, it } from 'node:test';
 import { writeFileAtomic, WRITE_FAULT_ENV } from '../../src/checkpoint/atomic-file.js';
 import {
   LATEST,
+  checkFiniteState,
   checkpointConfig,
   checkpointName,
   commitCheckpoint,
@@ -19,7 +20,7 @@ import {
 } from '../../src/checkpoint/checkpoint-file.js';
 import { DEFAULT_CONFIG, type RunConfig } from '../../src/config/config.js';
 import { decodeSafetensors, encodeSafetensors } from '../../src/core/safetensors.js';
-import { isFfxError } from '../../src/errors.js';
+import { isFfxError, type FfxError } from '../../src/errors.js';
 import { runConfig } from '../../src/cli/run-options.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
@@ -65,7 +66,8 @@ describe('checkpoint files', () => {
     const file = tmp('a.safetensors');
     await writeCheckpoint(file, state(3), CFG, 2);
     const { tensors, metadata } = decodeSafetensors(await readFile(file));
-    assert.equal(metadata.format, 'ffx-checkpoint-v2');
+    assert.equal(metadata.format, 'ffx-checkpoint-v3');
+    assert.match(metadata.integrity!, /^[0-9a-f]{64}$/);
     assert.deepEqual(Object.keys(JSON.parse(metadata.sha256!)).sort(), [...tensors.keys()].sort());
     const back = await readCheckpoint(file, MODEL, 5);
     assert.equal(back.epoch, 2);
@@ -119,6 +121,68 @@ describe('checkpoint files', () => {
     // A first-format file has no checksums, and still loads.
     const v1 = await write('v1.safetensors', { format: 'ffx-checkpoint-v1', epoch: '1' });
     assert.equal((await readCheckpoint(v1, MODEL, 5)).epoch, 1);
+  });
+
+  it('checkFiniteState names the first tensor that is not finite, and when', () => {
+    checkFiniteState(state(1), 'after epoch 1');
+    for (const bad of [NaN, Infinity, -Infinity]) {
+      const s = state(1);
+      s.tensors.get('layers.1.bias')!.data[1] = bad;
+      assert.throws(
+        () => checkFiniteState(s, 'after epoch 3'),
+        (err: FfxError) =>
+          err.code === 'NON_FINITE_WEIGHTS' &&
+          err.message.startsWith(
+            `tensor "layers.1.bias" holds ${bad} (element 1) after epoch 3: the run diverged`,
+          ),
+      );
+    }
+  });
+
+  it('refuses edited metadata: the epoch, the steps, the config, each named', async () => {
+    // What an outside probe did: rewrote a checkpoint's epoch or step count and resumed from
+    // it, and the run went on with every tensor different from the uninterrupted run's.
+    const file = tmp('checkpoint-epoch2.safetensors');
+    await writeCheckpoint(file, state(20), CFG, 2);
+    const { tensors, metadata } = decodeSafetensors(await readFile(file));
+    const edited = async (name: string, change: Record<string, string>) => {
+      const f = tmp(name);
+      await writeFile(f, encodeSafetensors(tensors, { ...metadata, ...change }));
+      return f;
+    };
+    const changes: Record<string, string>[] = [
+      { epoch: '1' },
+      { epoch: '0' },
+      { optimizerSteps: '[21,21]' },
+      { config: metadata.config!.replace('"seed":1', '"seed":2') },
+    ];
+    for (const change of changes) {
+      const f = await edited('checkpoint-epoch2.safetensors', change);
+      await assert.rejects(
+        readCheckpoint(f, MODEL, 5),
+        refused('CHECKPOINT_CORRUPT', f, 'its metadata does not match its integrity checksum'),
+      );
+    }
+    // Files of the earlier format carry no metadata checksum: their name and their layers'
+    // steps are still checked against the metadata.
+    const v2: Record<string, string> = { ...metadata, format: 'ffx-checkpoint-v2' };
+    delete v2.integrity;
+    const older = async (name: string, change: Record<string, string>) => {
+      const f = tmp(name);
+      await writeFile(f, encodeSafetensors(tensors, { ...v2, ...change }));
+      return f;
+    };
+    const renamed = await older('checkpoint-epoch3.safetensors', {});
+    await assert.rejects(
+      readCheckpoint(renamed, MODEL, 5),
+      refused('CHECKPOINT_CORRUPT', 'its name says epoch 3, its metadata epoch 2'),
+    );
+    const uneven = await older('uneven.safetensors', { optimizerSteps: '[20,19]' });
+    await assert.rejects(
+      readCheckpoint(uneven, MODEL, 5),
+      refused('CHECKPOINT_CORRUPT', 'optimizerSteps [20,19] differ between layers'),
+    );
+    assert.equal((await readCheckpoint(await older('ok-v2.safetensors', {}), MODEL, 5)).epoch, 2);
   });
 
   it('reads the config of a checkpoint written before a key existed, with its default', async () => {

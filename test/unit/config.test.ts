@@ -65,7 +65,7 @@ describe('validateConfig', () => {
       { train: { epochs: '3' } },
       'CONFIG_INVALID',
       'train.epochs',
-      /^train\.epochs must be an integer >= 1; got "3"$/,
+      /^train\.epochs must be an integer from 1 to 1000000; got "3"$/,
     );
     assertRejected(
       { model: { negate: 'yes' } },
@@ -83,23 +83,43 @@ describe('validateConfig', () => {
         { train: { batchSize: v } },
         'CONFIG_INVALID',
         'train.batchSize',
-        new RegExp(`integer >= 1; got ${v}$`),
+        new RegExp(`an integer from 1 to 1000000; got ${v}$`),
       );
     }
   });
 
   it('checks number ranges, with exclusive lower bounds where zero makes no sense', () => {
-    assertRejected({ optimizer: { lr: 0 } }, 'CONFIG_INVALID', 'optimizer.lr', /a number > 0/);
+    assertRejected({ optimizer: { lr: 0 } }, 'CONFIG_INVALID', 'optimizer.lr', /a learning rate/);
     assertRejected(
       { optimizer: { beta1: 1.5 } },
       'CONFIG_INVALID',
       'optimizer.beta1',
-      /a number >= 0 and <= 1; got 1\.5/,
+      /a number >= 0 and <= 0\.999999; got 1\.5/,
     );
     assertRejected({ model: { normEps: 0 } }, 'CONFIG_INVALID', 'model.normEps', /> 0/);
     assertRejected({ train: { cooldown: -0.1 } }, 'CONFIG_INVALID', 'train.cooldown', />= 0/);
     // A negative threshold is legal: negated goodness is negative.
     assert.equal(validateConfig(withDefaults({ model: { threshold: -2 } })).model.threshold, -2);
+  });
+
+  it('refuses absurd values up front, naming the bound', () => {
+    // What an outside probe ran: each trained to NaN weights, or never ends.
+    const absurd: [Record<string, unknown>, string, RegExp][] = [
+      [
+        { optimizer: { lr: 1e308 } },
+        'optimizer.lr',
+        /a learning rate from 1\.1754943508222875e-38 to 10; got 1e\+308$/,
+      ],
+      [{ optimizer: { lr: 1e-45 } }, 'optimizer.lr', /a learning rate/],
+      [{ train: { epochs: 1e308 } }, 'train.epochs', /an integer from 1 to 1000000; got 1e\+308$/],
+      [{ model: { normEps: 3 } }, 'model.normEps', /a number > 0 and <= 0\.01; got 3$/],
+      [{ model: { threshold: Infinity } }, 'model.threshold', /a finite number; got null$/],
+      [{ optimizer: { beta2: 1 } }, 'optimizer.beta2', /<= 0\.999999; got 1$/],
+      [{ seed: 2 ** 40 }, 'seed', /an integer from 0 to 2147483647/],
+      [{ model: { layers: [784, 1e7] } }, 'model.layers', /integers from 1 to 1000000/],
+    ];
+    for (const [over, key, message] of absurd) assertRejected(over, 'CONFIG_INVALID', key, message);
+    assert.equal(validateConfig(withDefaults({ optimizer: { lr: 10 } })).optimizer.lr, 10);
   });
 
   it('lists the allowed values of an enum', () => {
@@ -129,7 +149,7 @@ describe('validateConfig', () => {
         { model: { layers: v } },
         'CONFIG_INVALID',
         'model.layers',
-        /a list of at least two positive integers/,
+        /a list of 2 to 1001 integers from 1 to 1000000/,
       );
     }
     assert.deepEqual(
@@ -270,6 +290,37 @@ describe('validateSection (what a stage checks in its config message)', () => {
 describe('loadConfig', () => {
   it('fills every default when there is no file and no override', async () => {
     assert.deepEqual(await loadConfig(undefined), DEFAULT_CONFIG);
+  });
+
+  it('reads a file that starts with a byte order mark', async () => {
+    const file = await configFile('bom.json', '\uFEFF{ "train": { "epochs": 4 } }');
+    assert.equal((await loadConfig(file)).train.epochs, 4);
+  });
+
+  it('refuses a key given twice in one object, naming where, not keeping the last', async () => {
+    const cases: [string, string][] = [
+      ['{ "seed": 1, "seed": 2 }', 'seed'],
+      ['{ "optimizer": { "lr": 0.1, "type": "sgd", "lr": 0.003 } }', 'optimizer.lr'],
+      ['{ "model": { "layers": [784, 10] }, "model": { "layers": [784, 20] } }', 'model'],
+    ];
+    for (const [text, key] of cases) {
+      const file = await configFile('twice.json', text);
+      await assert.rejects(loadConfig(file), (err: ConfigError) => {
+        assert.equal(err.code, 'CONFIG_INVALID');
+        assert.equal(err.key, key);
+        assert.match(
+          err.message,
+          new RegExp(`twice\\.json: key "${key.replace('.', '\\.')}" is given twice`),
+        );
+        return true;
+      });
+    }
+    // The same key in different objects is no duplicate, nor one inside a string.
+    const ok = await configFile(
+      'fine.json',
+      '{ "name": "a \\"seed\\": 3, \\"seed\\"", "model": { "peerNorm": { "weight": 0, "decay": 0.9 } }, "seed": 5 }',
+    );
+    assert.equal((await loadConfig(ok)).seed, 5);
   });
 
   it('fills the keys a file leaves out, section by section', async () => {
