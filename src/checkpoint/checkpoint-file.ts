@@ -44,6 +44,8 @@ export interface Checkpoint {
   state: ModelState;
   /** Epochs trained when the checkpoint was written. */
   epoch: number;
+  /** What the run recorded of its lineage (JSON, unchecked: the reader checks it). */
+  lineage?: unknown;
 }
 
 /** The name of the checkpoint written after `epoch` epochs. */
@@ -92,6 +94,7 @@ export async function writeCheckpoint(
   state: ModelState,
   cfg: RunConfig,
   epoch: number,
+  lineage?: unknown,
 ): Promise<void> {
   // Layer order, whatever order the layers' parts arrived in.
   const tensors = new Map(
@@ -106,6 +109,7 @@ export async function writeCheckpoint(
     layout:
       'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
   };
+  if (lineage !== undefined) metadata.lineage = JSON.stringify(lineage);
   metadata.integrity = metadataDigest(metadata);
   await writeFileAtomic(file, encodeSafetensors(tensors, metadata), 'checkpoint');
 }
@@ -121,9 +125,10 @@ export async function commitCheckpoint(
   epoch: number,
   keep: number,
   name = checkpointName(epoch),
+  lineage?: unknown,
 ): Promise<string> {
   const file = join(dir, name);
-  await writeCheckpoint(file, state, cfg, epoch);
+  await writeCheckpoint(file, state, cfg, epoch, lineage);
   await writeFileAtomic(join(dir, LATEST), `${name}\n`, 'checkpoint pointer');
   if (keep > 0) {
     const old = (await readdir(dir))
@@ -268,7 +273,13 @@ export async function readCheckpoint(
     optimizerSteps: widths.slice(1).map((_, i) => (steps as number[])[i] ?? 0),
   };
   checkFiniteState(state, `in ${file}`);
-  return { state, epoch };
+  let lineage: unknown;
+  try {
+    lineage = metadata.lineage === undefined ? undefined : JSON.parse(metadata.lineage);
+  } catch {
+    throw corrupt('its lineage is not JSON');
+  }
+  return { state, epoch, lineage };
 }
 
 function parseJson(text: string | undefined, error: () => Error): unknown {

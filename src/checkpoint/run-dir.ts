@@ -18,6 +18,8 @@ export const RUN_FILES = {
   report: 'report.html',
   /** Where the run ran: the backend each layer computed on (they round differently). */
   run: 'run.json',
+  /** The run's lineage (coordinator/lineage.ts): recoveries and work trained again. */
+  lineage: 'lineage.json',
 } as const;
 
 /** metrics.jsonl of a run directory: the epoch records of the run's lineage, in order. */
@@ -32,16 +34,19 @@ export class MetricsLog {
 
   /**
    * Starts the log of a run that begins after `epoch` epochs: the file keeps the lines of those
-   * epochs (a resumed run's lineage) and loses everything later, or starts empty.
+   * epochs (a resumed run's lineage) and loses everything later, or starts empty. With
+   * `continued` (a coordinator taking a run over), returns the lines it drops: epochs the run
+   * had trained past `epoch`, trained again now.
    */
-  async open(epoch: number): Promise<void> {
-    if (epoch > 0) {
-      const text = await readFile(this.file, 'utf8').catch(() => '');
-      this.lines = text.split('\n').filter((l) => l !== '' && lineEpoch(l) <= epoch);
-    } else {
-      this.lines = [];
-    }
+  async open(epoch: number, continued: boolean): Promise<unknown[]> {
+    const text = continued || epoch > 0 ? await readFile(this.file, 'utf8').catch(() => '') : '';
+    const all = text.split('\n').filter((l) => l !== '');
+    this.lines = epoch > 0 ? all.filter((l) => lineEpoch(l) <= epoch) : [];
     await this.rewrite();
+    if (!continued) return [];
+    return all
+      .filter((l) => lineEpoch(l) > epoch && lineEpoch(l) < Infinity)
+      .map((l) => JSON.parse(l));
   }
 
   /** One epoch's record (an object with its 1-based `epoch`), appended. */

@@ -4,7 +4,7 @@
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
 import { flagsFromEnv, hideBin, yargs } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
-import { readCheckpoint } from '../checkpoint/checkpoint-file.js';
+import { LATEST, readCheckpoint } from '../checkpoint/checkpoint-file.js';
 import { checkEvalRule, type RunConfig } from '../config/config.js';
 import { classNames } from '../data/class-names.js';
 import { ruleLayers } from '../core/predict.js';
@@ -67,6 +67,10 @@ async function train(a: CommonArgs & Record<string, unknown>): Promise<void> {
       metrics,
       resume,
       maxRecoveries: a['max-recoveries'] as number,
+      // A coordinator taking the run over (--resume) continues its lineage: the run's
+      // directory's with `latest`, the checkpoint's otherwise.
+      continues:
+        a.resume === undefined ? undefined : a.resume === LATEST ? 'directory' : 'checkpoint',
     });
     const reportFile = await runReport(cfg.output.dir, reporter);
     if (reporter instanceof JsonReporter) {

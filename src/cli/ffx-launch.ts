@@ -230,12 +230,17 @@ async function planLaunch(
       name: 'coordinator',
       script: here('./ffx-coordinator.js'),
       env: env(bar ? { [PROGRESS_BAR_ENV]: '1' } : {}),
-      // Started again, it resumes from the run's latest checkpoint when there is one.
+      // Started again, it continues the run in its directory, whatever that holds: from the
+      // run's latest checkpoint when there is one, else from where the run started (the
+      // user's --resume, or the beginning: `--resume latest` without a checkpoint starts over
+      // in the same directory, where a new run would move to DIR-2).
       args: (restart) => [
         'train',
-        ...(restart && existsSync(join(cfg.output.dir, LATEST))
-          ? [...withoutFlag(forwarded, '--resume'), '--resume', LATEST]
-          : forwarded),
+        ...(!restart
+          ? forwarded
+          : existsSync(join(cfg.output.dir, LATEST)) || a.resume === undefined
+            ? [...withoutFlag(forwarded, '--resume'), '--resume', LATEST]
+            : forwarded),
         '--out',
         cfg.output.dir,
         '--bind',

@@ -10,13 +10,15 @@
 // interrupted. The lineage (lineage.ts) counts what each layer trained per (epoch, batch),
 // exactly once; the epoch's tally (epoch-tally.ts) sums its reports into the epoch's record,
 // which metrics.jsonl logs (checkpoint/run-dir.ts).
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
 import {
   CheckpointError,
   checkFiniteState,
+  checkpointName,
   commitCheckpoint,
+  type Checkpoint,
   readCheckpoint,
   type ModelState,
 } from '../checkpoint/checkpoint-file.js';
@@ -32,7 +34,7 @@ import type { BatchSampler } from '../data/ff-data.js';
 import type { EpochRecord } from './epoch-record.js';
 import { EpochTally } from './epoch-tally.js';
 import type { Executor, TrainReport } from './executor.js';
-import { Lineage } from './lineage.js';
+import { Lineage, parseLineage, type LineageRecord } from './lineage.js';
 import { PREDICTIONS_TENSOR, PredictionTable } from './predictions.js';
 import type { Reporter } from './reporter.js';
 import { evalBatches, prepareData, trainSampler, type RunData, type Split } from './run-data.js';
@@ -54,6 +56,12 @@ export interface DriverOptions {
   resume?: string;
   /** How many times a run may roll back after a failure its executor recovers from. */
   maxRecoveries?: number;
+  /**
+   * The run is taken over rather than started (a coordinator started again, or --resume), and
+   * its lineage continues: from the run directory's lineage.json ('directory': --resume latest,
+   * the run's own directory), or from the checkpoint's ('checkpoint': --resume FILE).
+   */
+  continues?: 'directory' | 'checkpoint';
 }
 
 /** Trains `cfg` on `executor`, writes the outputs under cfg.output.dir, and closes the executor. */
@@ -66,7 +74,8 @@ export async function train(
     const data = await loadData(cfg, opts.reporter);
     const { epochs } = cfg.train;
     const resume = opts.resume ? await readCheckpoint(opts.resume, cfg.model, epochs) : undefined;
-    const training = new Training(cfg, executor, data, opts, resume);
+    const earlier = await earlierLineage(cfg, executor.numLayers, opts.continues, resume);
+    const training = new Training(cfg, executor, data, opts, resume, earlier);
     if (resume) opts.reporter.log(`resumed from ${opts.resume} after epoch ${resume.epoch}`);
     const result = await training.run();
     await executor.close();
@@ -102,6 +111,7 @@ class Training {
     private readonly data: RunData,
     private readonly opts: DriverOptions,
     resume: { epoch: number; state: ModelState } | undefined,
+    earlier: LineageRecord | undefined,
   ) {
     this.reporter = opts.reporter;
     this.metrics = opts.metrics;
@@ -125,6 +135,7 @@ class Training {
     // Each batch is one optimizer step: a checkpoint's step counts are what it has trained.
     this.lineage = new Lineage(
       Array.from({ length: executor.numLayers }, (_, i) => resume?.state.optimizerSteps[i] ?? 0),
+      earlier,
     );
   }
 
@@ -161,7 +172,15 @@ class Training {
         };
       } catch (err) {
         const max = this.opts.maxRecoveries ?? 0;
-        if (!executor.recoverable(err) || this.lineage.recoveries >= max) throw err;
+        if (!executor.recoverable(err)) throw err;
+        if (this.lineage.recoveries >= max) {
+          // Counted over the whole run, whichever coordinator made them (lineage.ts).
+          reporter.warn(
+            `no recovery left: the run made ${plural(this.lineage.recoveries, 'recovery', 'recoveries')} ` +
+              `of --max-recoveries ${max}`,
+          );
+          throw err;
+        }
         await this.rollBack(err as Error);
         epoch = this.point.epoch;
       }
@@ -209,12 +228,28 @@ class Training {
     this.point = { epoch, state };
     const { dir, keepCheckpoints } = this.cfg.output;
     try {
-      const file = await commitCheckpoint(dir, state, this.cfg, epoch, keepCheckpoints);
+      const lineage = this.lineage.record();
+      await this.saveLineage();
+      const file = await commitCheckpoint(
+        dir,
+        state,
+        this.cfg,
+        epoch,
+        keepCheckpoints,
+        checkpointName(epoch),
+        lineage,
+      );
       this.reporter.log(`checkpoint ${file}`);
     } catch (err) {
       if (!(err instanceof SystemError)) throw err;
       this.reporter.warn(`warning: [${err.code}] ${err.message}; the last checkpoint stays`);
     }
+  }
+
+  /** lineage.json: the run's lineage as it stands, for the coordinator that may take over. */
+  private async saveLineage(): Promise<void> {
+    const file = join(this.cfg.output.dir, RUN_FILES.lineage);
+    await writeFileAtomic(file, JSON.stringify(this.lineage.record()) + '\n', 'lineage');
   }
 
   /** `state` with the prediction table hard negatives draw from, which a resume needs. */
@@ -246,6 +281,7 @@ class Training {
       ...this.records.filter((r) => r.epoch <= point.epoch),
     );
     await this.log.rewind(point.epoch);
+    await this.saveLineage();
     this.tally = new EpochTally(executor.numLayers, point.epoch, this.batches);
     this.predictions?.restore(point.state?.tensors.get(PREDICTIONS_TENSOR));
     await executor.rollback(point.state);
@@ -293,7 +329,13 @@ class Training {
     );
     const run = { ffx: ffxPackage()?.version ?? 'unknown', backends: this.executor.backends() };
     await writeFileAtomic(join(dir, RUN_FILES.run), JSON.stringify(run, null, 2) + '\n', 'run');
-    await this.log.open(this.point.epoch);
+    // A coordinator taking the run over trains again the epochs the run had got past its
+    // checkpoint: they count as replayed.
+    const dropped = await this.log.open(this.point.epoch, this.opts.continues !== undefined);
+    this.lineage.retrained(
+      dropped.filter((r) => isBatchesRecord(r, this.executor.numLayers, this.batches)),
+    );
+    await this.saveLineage();
     for (const name of [RUN_FILES.eval, RUN_FILES.report]) {
       const file = join(dir, name);
       await withFile(file, `cannot remove ${file}`, () => rm(file, { force: true }));
@@ -306,6 +348,7 @@ class Training {
     metrics?.onEval(final);
     const { dir, keepCheckpoints } = cfg.output;
     const name = 'model.safetensors';
+    await this.saveLineage();
     const weightsFile = await commitCheckpoint(
       dir,
       state,
@@ -313,6 +356,7 @@ class Training {
       cfg.train.epochs,
       keepCheckpoints,
       name,
+      this.lineage.record(),
     );
     await writeFileAtomic(join(dir, RUN_FILES.eval), JSON.stringify(final, null, 2) + '\n', 'eval');
     this.reporter.log(this.lineage.summary(cfg.train.epochs, this.batches));
@@ -377,6 +421,45 @@ async function loadData(cfg: RunConfig, reporter: Reporter): Promise<RunData> {
       `${data.test.count} test, ${data.dim} pixels`,
   );
   return data;
+}
+
+/**
+ * What the run's earlier coordinators recorded of its lineage, when this one continues it:
+ * the run directory's lineage.json (which a recovery after the last checkpoint updated too),
+ * else the checkpoint's. A file that does not read as a lineage is left out.
+ */
+async function earlierLineage(
+  cfg: RunConfig,
+  layers: number,
+  continues: DriverOptions['continues'],
+  resume: Checkpoint | undefined,
+): Promise<LineageRecord | undefined> {
+  if (!continues) return undefined;
+  const fromCheckpoint = parseLineage(resume?.lineage, layers);
+  if (continues === 'checkpoint') return fromCheckpoint;
+  const file = join(cfg.output.dir, RUN_FILES.lineage);
+  const text = await readFile(file, 'utf8').catch(() => undefined);
+  let fromDir: LineageRecord | undefined;
+  try {
+    fromDir = text === undefined ? undefined : parseLineage(JSON.parse(text), layers);
+  } catch {
+    fromDir = undefined;
+  }
+  return fromDir ?? fromCheckpoint;
+}
+
+/** A metrics.jsonl record with the batches (at most `max`) each of `layers` layers trained. */
+function isBatchesRecord(
+  r: unknown,
+  layers: number,
+  max: number,
+): r is Pick<EpochRecord, 'batches'> {
+  const b = (r as { batches?: unknown } | null)?.batches;
+  return (
+    Array.isArray(b) &&
+    b.length === layers &&
+    b.every((n) => Number.isSafeInteger(n) && n >= 0 && n <= max)
+  );
 }
 
 /**

@@ -88,9 +88,11 @@ export async function waitForOutput(
   text: () => string,
   pattern: RegExp,
   timeoutMs: number,
-): Promise<void> {
+): Promise<RegExpExecArray> {
   const deadline = Date.now() + timeoutMs;
-  while (!pattern.test(text())) {
+  for (;;) {
+    const m = pattern.exec(text());
+    if (m) return m;
     if (Date.now() > deadline)
       throw new Error(
         `no output matching ${pattern} within ${timeoutMs} ms:\n${text().slice(-2000)}`,

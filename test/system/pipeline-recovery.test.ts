@@ -154,6 +154,86 @@ describe('recovery: a run survives the loss of any of its processes', () => {
     await assertUninterrupted('coordinator-killed', r, t);
   });
 
+  it('the coordinator killed before the first checkpoint, twice: the run ends in --out, same bits', async (t) => {
+    // No checkpoint before the end: each new coordinator starts the run over, in the same
+    // directory (a new run would move to DIR-2), and the lineage counts the restarts.
+    const run = launch('early', ['--set', 'output.checkpointEvery=3']);
+    await waitForOutput(run.stderr, /ffx-launch: started /, 30_000);
+    let coordinator = pidOf(run.stderr(), 'coordinator');
+    for (const restart of [1, 2]) {
+      const seen = run.stderr().length;
+      await waitForOutput(
+        () => run.stderr().slice(seen),
+        /\[coordinator\] epoch 1\/3 \d+% /,
+        60_000,
+      );
+      process.kill(coordinator, 'SIGKILL');
+      const again = await waitForOutput(
+        () => run.stderr().slice(seen),
+        new RegExp(
+          `coordinator was killed by SIGKILL \\(status 137\\); started again as pid (\\d+) \\(restart ${restart} of`,
+        ),
+        30_000,
+      );
+      coordinator = Number(again[1]);
+    }
+    const r = await run.result;
+    assert.equal(
+      r.stderr.match(/no checkpoint in .*early yet; starting from the beginning/g)?.length,
+      2,
+      r.stderr.slice(-3000),
+    );
+    assert.match(r.stderr, /0 recoveries, 0 batch steps replayed, 2 coordinator restarts/);
+    assert.deepEqual(
+      (await readdir(tmp())).filter((d) => d.startsWith('early-')),
+      [],
+    );
+    await assertUninterrupted('early', r, t);
+  });
+
+  it('--max-recoveries counts over the whole run, across coordinators', async (t) => {
+    // Recovery 1 of at most 1 (stage 2 killed); then the coordinator is killed and started
+    // again; a second lost stage is one recovery too many for the run, whichever coordinator.
+    const run = launch('limit', ['--max-recoveries', '1']);
+    await midEpoch(t, run);
+    process.kill(pidOf(run.stderr(), 'stage 2'), 'SIGKILL');
+    await waitForOutput(run.stderr, /recovered in [\d.]+s: training again/, 60_000);
+    const seen = run.stderr().length;
+    await waitForOutput(
+      () => run.stderr().slice(seen),
+      /\[coordinator\] epoch \d\/3 \d+% /,
+      60_000,
+    );
+    process.kill(pidOf(run.stderr(), 'coordinator'), 'SIGKILL');
+    await waitForOutput(
+      () => run.stderr().slice(seen),
+      /coordinator was killed by SIGKILL[\s\S]*\[coordinator\] epoch \d\/3 \d+% /,
+      60_000,
+    );
+    const after = run.stderr().length;
+    // Stage 2 as it runs now: started again after the first kill.
+    const stage = /stage 2 was killed by SIGKILL \(status 137\); started again as pid (\d+)/.exec(
+      run.stderr(),
+    )![1];
+    process.kill(Number(stage), 'SIGKILL');
+    const r = await run.result;
+    assert.notEqual(r.code, 0, 'the run fails: no recovery left');
+    const tail = r.stderr.slice(after);
+    assert.match(
+      tail,
+      /\[coordinator\] no recovery left: the run made 1 recovery of --max-recoveries 1/,
+    );
+    assert.match(
+      tail,
+      /\[coordinator\] error \[CLUSTER_STAGE_(LOST|STOPPED)\]|error \[STAGE_STOPPED\]/,
+    );
+    const lineage = JSON.parse(await readFile(tmp('limit', 'lineage.json'), 'utf8')) as {
+      recoveries: number;
+      restarts: number;
+    };
+    assert.deepEqual([lineage.recoveries, lineage.restarts], [1, 1]);
+  });
+
   it('ffx-launch killed with SIGKILL: its children leave, and --resume latest finishes the run', async (t) => {
     const run = launch('launcher-killed');
     await midEpoch(t, run);
