@@ -3,7 +3,7 @@
 // fsync of the directory, so the rename itself survives a power cut. A reader sees the old
 // file or the new one, never a fragment; a failure at any point leaves the old file as it was.
 import { randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { open, readdir, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { withFile } from '../errors.js';
 
@@ -37,6 +37,31 @@ export async function writeFileAtomic(
     }
     await syncDirectory(dir);
   });
+}
+
+/** The temporary file of a write in progress: `.NAME.PID.HEX.tmp`. */
+const TEMP_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$/;
+
+/**
+ * Removes from `dir` the temporary files of writes that a killed process left (SIGKILL, a
+ * power cut): those whose writer is no longer running. Returns their names.
+ */
+export async function removeInterruptedWrites(dir: string): Promise<string[]> {
+  const left = (await readdir(dir)).filter((f) => {
+    const m = TEMP_FILE.exec(f);
+    return m !== null && !isRunning(Number(m[1]));
+  });
+  await Promise.all(left.map((f) => rm(join(dir, f), { force: true })));
+  return left;
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** fsync a directory, so that a rename or a new name in it is on disk. */

@@ -40,7 +40,7 @@ import {
 import { FfxError, InterruptedError, UsageError } from '../errors.js';
 import { configureLog } from '../log.js';
 import { parseEndpoint } from './endpoint.js';
-import { checkExposure, loadSecurity, type SecurityArgs } from './security-options.js';
+import { checkExposure, loadCoordinatorSecurity, type SecurityArgs } from './security-options.js';
 import { watchParent } from './parent-watch.js';
 
 /** JSON lines with --json, else text (a progress bar on a terminal). */
@@ -220,7 +220,7 @@ async function pipelineOptions(
     log: (l) => reporter.log(l),
     metrics,
     signal: interrupt.signal,
-    security: await loadSecurity(a as unknown as SecurityArgs),
+    security: await loadCoordinatorSecurity(a as unknown as SecurityArgs),
   };
 }
 

@@ -3,6 +3,7 @@
 import type { Argv } from 'yargs';
 import { UsageError } from '../errors.js';
 import {
+  KeyError,
   readKeyPair,
   readTrusted,
   trustedKeyOf,
@@ -43,6 +44,27 @@ export async function loadSecurity(
     throw new UsageError('--key and --trust go together (ffx-keys DIR --stages N makes both)');
   }
   return { keys: await readKeyPair(a.key), trusted: await readTrusted(a.trust) };
+}
+
+/**
+ * A coordinator's: its key pair and the trusted keys, where --trust lists this key as the
+ * coordinator's (else its stages, which take the coordinator's key from the same file, could
+ * never reach it, and would say nothing for minutes).
+ */
+export async function loadCoordinatorSecurity(
+  a: SecurityArgs,
+): Promise<{ keys: KeyPair; trusted: TrustedKey[] } | undefined> {
+  const security = await loadSecurity(a);
+  if (!security) return undefined;
+  const listed = trustedKeyOf(security.trusted, 'coordinator', a.trust!);
+  if (listed !== security.keys.publicKey) {
+    throw new KeyError(
+      `${a.trust} lists ${listed} as the coordinator's key, but --key ${a.key} holds ` +
+        `${security.keys.publicKey}: stages that trust ${a.trust} would never reach this ` +
+        'coordinator (give the key and the file ffx-keys made together)',
+    );
+  }
+  return security;
 }
 
 /** A stage's: its key pair and the coordinator's key from --trust. */

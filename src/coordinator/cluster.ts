@@ -15,7 +15,7 @@ import type { RunConfig } from '../config/config.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import { layerTensors } from '../core/ff-network.js';
 import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.js';
-import { RateLimitedLog } from '../log.js';
+import { RateLimitedLog, plural } from '../log.js';
 import type { CoordinatorMetrics, DropReason } from '../metrics/index.js';
 import { Liveness } from './liveness.js';
 import { UNREGISTERED_MAX_BYTES } from '../transport/bounds.js';
@@ -38,6 +38,7 @@ import {
   curveServer,
   helloProof,
   mayServe,
+  watchHandshakes,
   type KeyPair,
   type TrustedKey,
 } from '../transport/curve.js';
@@ -122,6 +123,8 @@ export class Cluster {
   private readonly opts: ClusterOptions;
   private readonly dropLog: RateLimitedLog;
   private zap: ZapHandler | null = null;
+  /** Connections refused for their keys (or for having none): named when stages are missing. */
+  private refusedKeys = 0;
   private readonly controlChecks = new Set<() => void>();
 
   constructor(numLayers: number, run: string, opts: ClusterOptions) {
@@ -169,9 +172,31 @@ export class Cluster {
       // Any stage key may connect; which layer it may serve is checked at its hello.
       this.zap = await ZapHandler.start(
         (_, key) => security.trusted.some((t) => t.key === key && t.name.startsWith('stage')),
-        () => this.drop('unauthenticated', 'a connection whose key is not trusted'),
+        (_, key, address) => {
+          this.refusedKeys++;
+          this.drop(
+            'unauthenticated',
+            `a connection from ${address} whose key ${key ?? '(none)'} is not trusted as a ` +
+              "stage (not in --trust as 'stage' or 'stage-N')",
+            'zap',
+          );
+        },
       );
     }
+    // A peer that fails the security handshake never reaches ZAP, nor this code: say why.
+    watchHandshakes(this.router, (kind) => {
+      if (kind === 'auth') return; // the ZAP refusal above said it, naming the key
+      this.refusedKeys++;
+      this.drop(
+        'unauthenticated',
+        security
+          ? 'a connection that failed the CurveZMQ handshake: a peer without keys (give it ' +
+              '--key and --trust), one that expects another coordinator key, or not ZeroMQ'
+          : 'a connection that failed the ZeroMQ handshake: a peer with CurveZMQ keys (this ' +
+              'coordinator runs without --key and --trust), or not ZeroMQ',
+        `handshake:${kind}`,
+      );
+    });
     await this.router.bind(opts.bind).catch((err: unknown) => {
       throw addressError(err, opts.bind, 'coordinator: cannot bind its control socket');
     });
@@ -214,8 +239,12 @@ export class Cluster {
         error: () =>
           new ClusterError(
             'CLUSTER_MISSING_STAGES',
-            `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s ` +
-              `(start them with: ffx-stage --layer N --coordinator ${endpoint})`,
+            `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s` +
+              (this.refusedKeys > 0
+                ? `; ${plural(this.refusedKeys, 'connection')} failed the key check meanwhile ` +
+                  "(above): if the stages run, check their --key and --trust against this coordinator's"
+                : ` (start them with: ffx-stage --layer N --coordinator ${endpoint}` +
+                  (this.opts.security ? ' --key STAGE.key --trust trusted.pub)' : ')')),
             this.missing(),
           ),
       });
@@ -605,11 +634,11 @@ export class Cluster {
 
   /**
    * Something from the network this coordinator will not act on: counted, and logged at most
-   * once a minute per reason, with how many went unlogged.
+   * once a minute per reason (or per `key`, one of a fixed few), with how many went unlogged.
    */
-  private drop(reason: DropReason, what: string): void {
+  private drop(reason: DropReason, what: string, key: string = reason): void {
     this.opts.metrics?.onDropped(reason);
-    this.dropLog.line(reason, `coordinator: dropped ${what}`);
+    this.dropLog.line(key, `coordinator: dropped ${what}`);
   }
 }
 

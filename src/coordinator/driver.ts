@@ -12,7 +12,7 @@
 // which metrics.jsonl logs (checkpoint/run-dir.ts).
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../checkpoint/atomic-file.js';
+import { removeInterruptedWrites, writeFileAtomic } from '../checkpoint/atomic-file.js';
 import {
   CheckpointError,
   checkFiniteState,
@@ -315,13 +315,14 @@ class Training {
    * The output directory with the resolved config and the run's epoch log (metrics.jsonl,
    * from the epoch the run starts after); the eval.json and report.html of an earlier run in it
    * (--overwrite, or a resume of a finished run) go: they would describe that run until this
-   * one ends.
+   * one ends, and so do the temporary files of writes a killed coordinator left.
    */
   private async prepareOutput(): Promise<void> {
     const { dir } = this.cfg.output;
-    await withFile(dir, `cannot write the output directory ${dir}`, () =>
-      mkdir(dir, { recursive: true }),
-    );
+    await withFile(dir, `cannot write the output directory ${dir}`, async () => {
+      await mkdir(dir, { recursive: true });
+      await removeInterruptedWrites(dir);
+    });
     await writeFileAtomic(
       join(dir, RUN_FILES.config),
       JSON.stringify(this.cfg, null, 2) + '\n',

@@ -51,6 +51,8 @@ import {
   curveClient,
   curveServer,
   helloProof,
+  watchHandshakes,
+  type HandshakeFailure,
   type KeyPair,
 } from '../transport/curve.js';
 import { ProtocolError, isProtocolError } from '../transport/errors.js';
@@ -163,6 +165,8 @@ export class Stage {
   private zap: ZapHandler | null = null;
   /** Why the stage gave up, thrown by run(). */
   private fatal: Error | null = null;
+  /** The last reason the coordinator's socket failed its handshake (keys), for STAGE_NO_CONFIG. */
+  private handshakeProblem = '';
   private readonly rejectionLog = new RateLimitedLog((line) => log.info(line));
   /** Debug lines about leftovers: a peer that knows an old run's id can send any number. */
   private readonly leftoverLog = new RateLimitedLog((line) => log.debug(line));
@@ -214,6 +218,11 @@ export class Stage {
       await this.shutdown();
       throw addressError(err, opts.listen, `layer ${opts.layer}: cannot listen for data`);
     }
+    // A refused key or a key mismatch drops the connection inside ZeroMQ: say so at once.
+    watchHandshakes(this.control, (kind) => {
+      this.handshakeProblem = this.handshakeFailure(kind);
+      this.logRejection(`handshake:${kind}`, this.handshakeProblem);
+    });
     this.control.connect(opts.coordinator);
     void this.controlLoop();
     const intervalMs = opts.heartbeatMs ?? 1000;
@@ -323,10 +332,34 @@ export class Stage {
     return new StageError(
       'STAGE_NO_CONFIG',
       `no config from the coordinator at ${this.opts.coordinator} within ${timeoutMs / 1000}s` +
-        (this.opts.security
-          ? ''
-          : ' (if it uses CurveZMQ keys, this stage needs --key and --trust too)'),
+        (this.handshakeProblem
+          ? `: ${this.handshakeProblem}`
+          : this.opts.security
+            ? ''
+            : ' (if it uses CurveZMQ keys, this stage needs --key and --trust too)'),
     );
+  }
+
+  /** What a failed handshake with the coordinator means, in the words a user can act on. */
+  private handshakeFailure(kind: HandshakeFailure): string {
+    const { coordinator, layer, security } = this.opts;
+    if (kind === 'auth') {
+      return (
+        `the coordinator at ${coordinator} refused this stage's key ${security?.keys.publicKey}: ` +
+        `its --trust file does not list it for layer ${layer} (as stage-${layer} or stage)`
+      );
+    }
+    if (!security) {
+      return (
+        `the coordinator at ${coordinator} refused a connection without keys: it uses ` +
+        'CurveZMQ, so this stage needs --key and --trust (ffx-keys makes them)'
+      );
+    }
+    return kind === 'protocol'
+      ? `the coordinator at ${coordinator} runs without CurveZMQ keys, and this stage with ` +
+          '(--key, --trust): give both or neither'
+      : `the CurveZMQ handshake with the coordinator at ${coordinator} failed: its key is not ` +
+          "the one this stage's --trust lists as 'coordinator'";
   }
 
   /** The coordinator of the run served went silent: drop the run, wait for a new one. */

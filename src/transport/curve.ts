@@ -161,6 +161,15 @@ export async function readKeyPair(file: string): Promise<KeyPair> {
 
 /** The trusted keys: "<z85> <name>" a line; blank lines and # comments are skipped. */
 export async function readTrusted(file: string): Promise<TrustedKey[]> {
+  // Whoever may write the file decides who joins the cluster: as much a secret as a key.
+  const { mode } = await withFile(file, `cannot read trusted keys ${file}`, () => stat(file));
+  if ((mode & 0o002) !== 0) {
+    const octal = (mode & 0o777).toString(8).padStart(4, '0');
+    throw new KeyError(
+      `${file} decides who may join the cluster but anyone may change it (mode ${octal}): ` +
+        `chmod 644 ${file}`,
+    );
+  }
   const text = await withFile(file, `cannot read trusted keys ${file}`, () =>
     readFile(file, 'utf8'),
   );
@@ -271,12 +280,16 @@ export class ZapHandler {
 
   private constructor(
     private readonly allow: (domain: string, key: string) => boolean,
-    private readonly onRefused: (domain: string) => void,
+    private readonly onRefused: (domain: string, key: string | null, address: string) => void,
   ) {}
 
+  /**
+   * Answers ZeroMQ's authentication requests with `allow`; `onRefused` hears of each refusal:
+   * the domain, the peer's public key (null for a mechanism other than CURVE) and its address.
+   */
   static async start(
     allow: (domain: string, key: string) => boolean,
-    onRefused: (domain: string) => void = () => {},
+    onRefused: (domain: string, key: string | null, address: string) => void = () => {},
   ): Promise<ZapHandler> {
     const zap = new ZapHandler(allow, onRefused);
     await zap.socket.bind('inproc://zeromq.zap.01');
@@ -293,7 +306,7 @@ export class ZapHandler {
         return; // closed
       }
       // [routing id, empty, version, request id, domain, address, identity, mechanism, creds...]
-      const [id, empty, version, requestId, domain, , , mechanism, credential] = frames;
+      const [id, empty, version, requestId, domain, address, , mechanism, credential] = frames;
       if (!id || !empty || !requestId) continue;
       const d = domain?.toString() ?? '';
       const key =
@@ -301,7 +314,7 @@ export class ZapHandler {
           ? z85Encode(credential)
           : null;
       const ok = version?.toString() === '1.0' && key !== null && this.allow(d, key);
-      if (!ok) this.onRefused(d);
+      if (!ok) this.onRefused(d, key, address?.toString() ?? '?');
       await this.socket
         .send([id, empty, '1.0', requestId, ok ? '200' : '400', ok ? 'OK' : 'not trusted', '', ''])
         .catch(() => {});
@@ -311,5 +324,26 @@ export class ZapHandler {
   close(): void {
     this.closed = true;
     this.socket.close();
+  }
+}
+
+/** How a ZeroMQ security handshake failed, as the socket's monitor reports it. */
+export type HandshakeFailure = 'auth' | 'protocol' | 'other';
+
+/**
+ * Calls `onFailure` for every failed security handshake of `socket` (ZeroMQ drops such a
+ * connection without a word to the application): 'auth', the server refused the client's key;
+ * 'protocol', the two sides disagree on security (one has keys, the other none); 'other', the
+ * connection broke in the handshake (a client that knows the wrong server key sees this).
+ */
+export function watchHandshakes(
+  socket: Socket,
+  onFailure: (kind: HandshakeFailure, endpoint: string) => void,
+): void {
+  const kinds: HandshakeFailure[] = ['auth', 'protocol', 'other'];
+  for (const kind of kinds) {
+    socket.events.on(`handshake:error:${kind}`, (e: { address?: string }) =>
+      onFailure(kind, e.address ?? '?'),
+    );
   }
 }

@@ -21,14 +21,14 @@ import {
   z85Encode,
   type KeyPair,
 } from '../../src/transport/curve.js';
-import { closeAll, dataPush } from '../../src/transport/sockets.js';
+import { closeAll, dataPush, freePort } from '../../src/transport/sockets.js';
 import {
   PROTOCOL_VERSION,
   decodeControl,
   encodeControl,
   encodeData,
 } from '../../src/transport/wire.js';
-import { killAll, ROOT, runNode, startNode, waitForOutput } from '../helpers/spawn.js';
+import { killAll, ROOT, runNode, startNode, startStage, waitForOutput } from '../helpers/spawn.js';
 import { smallRun, referenceRun } from '../helpers/runs.js';
 import { maxWeightDiff } from '../helpers/weights.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -279,13 +279,127 @@ describe('a run with keys, and peers without them', () => {
     assert.equal(r.code, 0, r.stderr.slice(-3000));
     assert.match(r.stderr, /data over tcp with CurveZMQ/);
     // Refused at the connection, by each ZAP handler: counted, logged, never registered.
-    assert.match(r.stderr, /\[coordinator\] dropped a connection whose key is not trusted/);
+    assert.match(
+      r.stderr,
+      /\[coordinator\] dropped a connection from \S+ whose key \S{40} is not trusted as a stage/,
+    );
+    // The peer without keys never reaches ZAP: its failed handshake is named all the same.
+    assert.match(
+      r.stderr,
+      /\[coordinator\] dropped a connection that failed the CurveZMQ handshake/,
+    );
     assert.match(r.stderr, /\[stage 1\] refused a connection whose key is not the upstream's/);
     assert.doesNotMatch(r.stderr, /replacing pid|hello from layer 1 \(.*pid 1,/);
     assert.equal(
       await maxWeightDiff(join(local, 'model.safetensors'), path('curve', 'model.safetensors')),
       0,
     );
+  });
+});
+
+describe('key mismatches are named on both sides', () => {
+  const tmp = tempDir('mismatch');
+
+  it('a stage with an untrusted key, and one without keys, each say why; so does the coordinator', async () => {
+    for (const dir of ['keys', 'other']) {
+      const made = await runNode([join(CLI, 'ffx-keys.js'), tmp(dir), '--stages', '2'], {
+        timeoutMs: 20_000,
+      });
+      assert.equal(made.code, 0, made.stderr);
+    }
+    const control = `tcp://127.0.0.1:${await freePort()}`;
+    const coordinator = startNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        ...RUN,
+        '--bind',
+        control,
+        '--key',
+        tmp('keys', 'coordinator.key'),
+        '--trust',
+        tmp('keys', 'trusted.pub'),
+        '--register-timeout',
+        '15',
+        '--out',
+        tmp('run'),
+      ],
+      { timeoutMs: 60_000 },
+    );
+    await waitForOutput(coordinator.stderr, /waiting for 2 stages/, 30_000);
+    // Stage 1: a key of another cluster (trusting this coordinator: its --trust is the right
+    // file); stage 2: no keys at all.
+    const untrusted = startStage(1, control, 60_000, [
+      '--key',
+      tmp('other', 'stage-1.key'),
+      '--trust',
+      tmp('keys', 'trusted.pub'),
+    ]);
+    const keyless = startStage(2, control, 60_000);
+    const started = performance.now();
+    const other = (await readKeyPair(tmp('other', 'stage-1.key'))).publicKey;
+    await waitForOutput(
+      untrusted.stderr,
+      new RegExp(
+        `refused this stage's key ${other.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: its --trust file does not list it for layer 1`,
+      ),
+      10_000,
+    );
+    await waitForOutput(
+      keyless.stderr,
+      /refused a connection without keys: it uses CurveZMQ, so this stage needs --key and --trust/,
+      10_000,
+    );
+    await waitForOutput(
+      coordinator.stderr,
+      /dropped a connection from \S+ whose key \S{40} is not trusted as a stage/,
+      10_000,
+    );
+    await waitForOutput(
+      coordinator.stderr,
+      /dropped a connection that failed the CurveZMQ handshake: a peer without keys/,
+      10_000,
+    );
+    // Within the default heartbeat timeout (10 s), on both sides.
+    assert.ok(performance.now() - started < 10_000);
+    const r = await coordinator.result;
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      /error \[CLUSTER_MISSING_STAGES\]: no hello from layer 1, 2 within 15s; \d+ connections? failed the key check meanwhile \(above\): if the stages run, check their --key and --trust/,
+    );
+  });
+
+  it('a coordinator whose --trust file does not list its key is refused at start-up', async () => {
+    const r = await runNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        ...RUN,
+        '--key',
+        tmp('other', 'coordinator.key'),
+        '--trust',
+        tmp('keys', 'trusted.pub'),
+        '--out',
+        tmp('wrong-key'),
+      ],
+      { timeoutMs: 30_000 },
+    );
+    assert.notEqual(r.code, 0);
+    assert.match(
+      r.stderr,
+      /error \[KEY_INVALID\]: .*trusted\.pub lists \S+ as the coordinator's key, but --key .*coordinator\.key holds \S+: stages that trust/,
+    );
+  });
+
+  it('a trusted.pub anyone may write is refused', async () => {
+    const file = tmp('keys', 'trusted.pub');
+    await chmod(file, 0o666);
+    await assert.rejects(readTrusted(file), (e: Error) =>
+      e.message.includes(`anyone may change it (mode 0666): chmod 644 ${file}`),
+    );
+    await chmod(file, 0o644);
+    await readTrusted(file);
   });
 });
 

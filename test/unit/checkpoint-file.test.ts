@@ -6,7 +6,11 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { writeFileAtomic, WRITE_FAULT_ENV } from '../../src/checkpoint/atomic-file.js';
+import {
+  removeInterruptedWrites,
+  writeFileAtomic,
+  WRITE_FAULT_ENV,
+} from '../../src/checkpoint/atomic-file.js';
 import {
   LATEST,
   checkFiniteState,
@@ -254,6 +258,18 @@ describe('checkpoint files', () => {
       (await readdir(tmp())).filter((f) => f.includes('note.txt')),
       ['note.txt'],
     );
+  });
+
+  it('the temporary files of killed writers go, those of running ones and others stay', async () => {
+    const dir = tmp('interrupted');
+    await mkdir(dir);
+    // A pid above the kernel's limit (2^22) cannot be running.
+    const dead = `.lineage.json.${2 ** 22 + 1}.bdf330de.tmp`;
+    const live = `.metrics.jsonl.${process.pid}.0123abcd.tmp`;
+    const names = [dead, live, 'notes.tmp', `.x.${2 ** 22 + 1}.tmp`, 'model.safetensors'];
+    await Promise.all(names.map((f) => writeFile(join(dir, f), 'x')));
+    assert.deepEqual(await removeInterruptedWrites(dir), [dead]);
+    assert.deepEqual((await readdir(dir)).sort(), names.filter((f) => f !== dead).sort());
   });
 
   it("a checkpoint cannot send a resumed run's outputs elsewhere: they go beside it", async () => {
