@@ -111,6 +111,17 @@ export const RUN_INFO = {
   labelNames: ['run', 'name'],
 } as const satisfies MetricSpec;
 
+/**
+ * A scrape's age. The process renders its metrics between steps (and once a second); a scrape
+ * that comes during a long step gets the last rendering, and this says how old it is.
+ */
+export const RENDERING_AGE = {
+  name: 'ffx_metrics_rendering_age_seconds',
+  type: 'gauge',
+  help: 'How old the numbers of this scrape are: 0 when rendered for it, else the age of the last rendering (the process was in a step).',
+  labelNames: [],
+} as const satisfies MetricSpec;
+
 export const STAGE = {
   batches: {
     name: 'ffx_stage_batches_total',
@@ -220,6 +231,12 @@ export const STAGE = {
     type: 'gauge',
     help: 'The stage state: 1 for the current one (waiting, configured, training, evaluating, between-runs, closing), 0 for the others.',
     labelNames: ['state'],
+  },
+  coordinatorLost: {
+    name: 'ffx_stage_coordinator_lost_total',
+    type: 'counter',
+    help: 'Runs this stage dropped because their coordinator went silent (killed, hung, cut off) mid-run.',
+    labelNames: [],
   },
   leftovers: {
     name: 'ffx_stage_leftover_messages_total',
@@ -381,6 +398,7 @@ export const COORDINATOR = {
 export const METRIC_SPECS: readonly MetricSpec[] = [
   BUILD_INFO,
   RUN_INFO,
+  RENDERING_AGE,
   ...Object.values(STAGE),
   ...Object.values(COORDINATOR),
 ];

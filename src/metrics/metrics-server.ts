@@ -3,7 +3,8 @@
 // thread of its own (metrics-worker.ts), so a scrape is answered at once whatever this thread
 // is computing; this thread renders the registry when asked, and once a second in any case, so
 // that a scrape that comes mid-step (the first one of a process, an ad-hoc curl, a scraper
-// whose interval is long) gets numbers at most a second and a step old.
+// whose interval is long) gets numbers at most a second and a step old; the scrape's
+// ffx_metrics_rendering_age_seconds says how old.
 import { Worker } from 'node:worker_threads';
 import type { Registry } from 'prom-client';
 import { MetricsError } from './errors.js';
@@ -129,9 +130,11 @@ export class MetricsServer {
   /** Renders the registry for the worker (id 0: a refresh no scrape waits for). */
   private async render(id: number): Promise<void> {
     let answer: ToWorker;
+    const renderedAt = Date.now();
     try {
       const body = await this.registry.metrics();
-      answer = { type: 'rendered', id, status: 200, contentType: this.registry.contentType, body };
+      const { contentType } = this.registry;
+      answer = { type: 'rendered', id, status: 200, contentType, body, renderedAt };
     } catch (err) {
       answer = {
         type: 'rendered',
@@ -139,6 +142,7 @@ export class MetricsServer {
         status: 500,
         contentType: 'text/plain; charset=utf-8',
         body: `collecting metrics failed: ${String(err)}\n`,
+        renderedAt,
       };
     }
     if (!this.closing) this.worker.postMessage(answer);

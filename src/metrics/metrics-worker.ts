@@ -3,7 +3,8 @@
 // on a CPU); a server there would answer a scrape only between steps, and Prometheus would see
 // the target flap exactly while a run goes on. Here a scrape asks the main thread for a fresh
 // rendering and waits for it a moment (FRESH_WAIT_MS); if the main thread is in a step, the
-// scrape gets the last rendering instead, at most a step old.
+// scrape gets the last rendering instead, at most a step old, and says how old in
+// ffx_metrics_rendering_age_seconds.
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -21,7 +22,15 @@ export type FromWorker =
 
 /** Main -> worker: a rendering (the answer to collect `id`, or a refresh: id 0), or close. */
 export type ToWorker =
-  | { type: 'rendered'; id: number; status: number; contentType: string; body: string }
+  | {
+      type: 'rendered';
+      id: number;
+      status: number;
+      contentType: string;
+      body: string;
+      /** Date.now() as the main thread began the rendering. */
+      renderedAt: number;
+    }
   | { type: 'close' };
 
 /** How long a scrape waits for the main thread's fresh rendering before taking the last one. */
@@ -73,7 +82,15 @@ async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
   }
   // The first scrape of a process whose main thread is busy waits for its first rendering.
   const r = (await rendering()) ?? (await new Promise<Rendering>((ok) => first.push(ok)));
-  reply(res, r.status, r.contentType, r.body); // node sends no body for HEAD
+  reply(res, r.status, r.contentType, withAge(r)); // node sends no body for HEAD
+}
+
+/** The rendering's age gauge (rendered as 0) set to its age now, to the millisecond. */
+const AGE_LINE = /^(ffx_metrics_rendering_age_seconds(?:\{[^}\n]*\})?) .*$/m;
+
+function withAge(r: Rendering): string {
+  const age = Math.max(0, Date.now() - r.renderedAt) / 1000;
+  return r.body.replace(AGE_LINE, (_, series: string) => `${series} ${age}`);
 }
 
 const server = createServer((req, res) => void serve(req, res));

@@ -1,12 +1,12 @@
 // A process's metrics registry: always a fresh prom-client Registry (never the global one, so
 // tests and several roles in one process do not share state), with default labels naming the
 // role (and a stage's layer), Node's standard process_*/nodejs_* metrics under their usual names
-// (so stock Grafana Node.js panels work), and ffx_build_info.
+// (so stock Grafana Node.js panels work), ffx_build_info and ffx_metrics_rendering_age_seconds.
 //
 // Also the small helpers the metric classes record through: they create metrics from the
 // catalog and never throw on a value, because a NaN loss must not break a scrape or a stage.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { BUILD_INFO, RUN_INFO } from './catalog.js';
+import { BUILD_INFO, RENDERING_AGE, RUN_INFO } from './catalog.js';
 import { MetricsError } from './errors.js';
 import { ffxPackage } from '../package.js';
 
@@ -103,6 +103,8 @@ export function createRegistry(
     },
     1,
   );
+  // 0 here; the metrics server's thread writes the age of the rendering it serves.
+  gauge(registry, RENDERING_AGE).set(0);
   return registry;
 }
 

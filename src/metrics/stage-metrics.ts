@@ -82,6 +82,7 @@ export class StageMetrics {
   private readonly epoch: Gauge<never>;
   private readonly state: Gauge<'state'>;
   private readonly leftovers: Counter<never>;
+  private readonly coordinatorLost: Counter<never>;
   private readonly setRun: ReturnType<typeof runInfo>;
 
   /**
@@ -136,6 +137,7 @@ export class StageMetrics {
     this.epoch = gauge(registry, STAGE.epoch);
     this.state = gauge(registry, STAGE.state);
     this.leftovers = counter(registry, STAGE.leftovers);
+    this.coordinatorLost = counter(registry, STAGE.coordinatorLost);
     this.setRun = runInfo(registry);
 
     // Series that exist from the start, so rate() and "is it zero?" panels work before the
@@ -198,6 +200,11 @@ export class StageMetrics {
   /** A message of a run the stage had already left, dropped unread. */
   onLeftover(): void {
     add(this.leftovers, {}, 1);
+  }
+
+  /** The run served was dropped: its coordinator went silent. */
+  onCoordinatorLost(): void {
+    add(this.coordinatorLost, {}, 1);
   }
 
   /** A message rejected with a protocol error code; unknown codes count as OTHER. */

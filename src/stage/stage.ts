@@ -370,6 +370,7 @@ export class Stage {
       `layer ${this.opts.layer}: lost the coordinator (not heard from for ` +
         `${(silentMs / 1000).toFixed(0)}s); dropping run ${run.id}, waiting for a coordinator`,
     );
+    this.opts.metrics?.onCoordinatorLost();
     this.endRun(run, 'the coordinator is lost');
     this.register(Infinity);
   }

@@ -186,6 +186,12 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
         20_000,
       );
     }
+    // ... and counts it, for the FfxCoordinatorLost alert (a dead coordinator exports nothing).
+    for (const s of stages) {
+      const url = /metrics on (http:\S+)/.exec(s.stderr())![1]!;
+      const text = await (await fetch(url)).text();
+      assert.match(text, /^ffx_stage_coordinator_lost_total\{[^}]*\} 1$/m);
+    }
     await sleep(3000);
     for (const s of stages) assert.equal(s.child.exitCode, null, s.stderr().slice(-2000));
     const second = train(['--resume', 'latest']);

@@ -204,26 +204,28 @@ describe('deploy/prometheus', () => {
     }
   });
 
-  it('has the alerts the runbook names, each with severity, summary and description', () => {
+  it('has an alert for each section of docs/runbook.md, each with severity, summary, description and its runbook_url', () => {
     const doc = loadOne(join(PROM, 'alerts.yml'));
     const names = alertRules().map((r) => r.alert);
-    for (const name of [
-      'FfxStageDown',
-      'FfxStageMissing',
-      'FfxPipelineStalled',
-      'FfxNonFiniteLoss',
-      'FfxPersistentBackpressure',
-    ]) {
-      assert.ok(names.includes(name), `alerts.yml lacks ${name}`);
-    }
+    const runbook = readFileSync(join(ROOT, 'docs', 'runbook.md'), 'utf8');
+    const sections = [...runbook.matchAll(/^## (\S+)$/gm)].map((m) => m[1]);
+    assert.deepEqual([...names].sort(), [...sections].sort(), 'alerts vs runbook sections');
+    const deployReadme = readFileSync(join(ROOT, 'deploy', 'README.md'), 'utf8');
+    for (const name of names) assert.ok(deployReadme.includes(name), `deploy/README.md: ${name}?`);
     for (const g of arr(doc.groups, 'groups')) {
       for (const r of arr(obj(g, 'group').rules, 'rules')) {
         const rule = obj(r, 'rule');
-        const labels = obj(rule.labels, `${String(rule.alert)} labels`);
+        const alert = str(rule.alert, 'alert');
+        const labels = obj(rule.labels, `${alert} labels`);
         assert.match(str(labels.severity, 'severity'), /^(critical|warning|info)$/);
-        const annotations = obj(rule.annotations, `${String(rule.alert)} annotations`);
-        str(annotations.summary, `${String(rule.alert)} summary`);
-        str(annotations.description, `${String(rule.alert)} description`);
+        const annotations = obj(rule.annotations, `${alert} annotations`);
+        str(annotations.summary, `${alert} summary`);
+        str(annotations.description, `${alert} description`);
+        // GitHub's anchor of "## FfxStageDown" is #ffxstagedown.
+        assert.equal(
+          str(annotations.runbook_url, `${alert} runbook_url`),
+          `{{ or $externalLabels.ffx_runbook "docs/runbook.md" }}#${alert.toLowerCase()}`,
+        );
       }
     }
   });
