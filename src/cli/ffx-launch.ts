@@ -13,7 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { availableParallelism, tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { flagsFromEnv, hideBin, yargs } from './yargs.js';
+import { ffxYargs, hideBin } from './yargs.js';
 import { freePort } from '../transport/sockets.js';
 import { runMain } from './run-main.js';
 import {
@@ -60,7 +60,22 @@ async function main(): Promise<void> {
   const argv = hideBin(process.argv);
   const a = await parseArgs(argv);
   const cfg = await runConfig(a, await resumeFile(a));
-  await claimOutput(a, cfg);
+  const release = await claimOutput(a, cfg);
+  const outcome = await launch(a, cfg, argv).catch(async (err: unknown) => {
+    await release();
+    throw err;
+  });
+  if (outcome !== 'ok') await release();
+  if (outcome === 'interrupted') process.exitCode = 130;
+  else if (outcome !== 'ok') throw new LaunchError(outcome);
+}
+
+/** The stages and the coordinator of the run, until they are done. */
+async function launch(
+  a: CommonArgs & Record<string, unknown>,
+  cfg: RunConfig,
+  argv: string[],
+): Promise<Awaited<ReturnType<Supervisor['run']>>> {
   const plan = await planLaunch(a, cfg, argv);
   terminal.line(
     `ffx-launch: ${plan.layers} stages (${plural(plan.threads, 'thread')} each) + coordinator on ` +
@@ -96,13 +111,12 @@ async function main(): Promise<void> {
   process.once('SIGTERM', onSignal);
   const outcome = await supervisor.run();
   if (plan.socketDir) await rm(plan.socketDir, { recursive: true, force: true });
-  if (outcome === 'interrupted') process.exitCode = 130;
-  else if (outcome !== 'ok') throw new LaunchError(outcome);
+  return outcome;
 }
 
 /** The command line: ffx-coordinator train's flags (less those that make no sense here), and the launcher's own. */
 async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, unknown>> {
-  const options = trainOptions(commonOptions(flagsFromEnv(yargs(argv))));
+  const options = trainOptions(commonOptions(ffxYargs(argv)));
   for (const flag of Object.keys(NOT_HERE)) options.hide(flag);
   const a = (await options
     .scriptName('ffx-launch')
@@ -143,6 +157,12 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
     if (argv.some((x) => new RegExp(`^--(no-)?${flag}(=|$)`).test(x))) {
       throw new UsageError(`--${flag}: ${why}`);
     }
+  }
+  // The defaults match no shipped config: a run without one would train what nobody asked for.
+  if (a.config === undefined && a.resume === undefined) {
+    throw new UsageError(
+      'ffx-launch needs --config FILE (e.g. config/demo.json) or --resume CHECKPOINT',
+    );
   }
   return a;
 }

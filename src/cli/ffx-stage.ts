@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // ffx-stage: one FF layer of a distributed run, in its own process (one per GPU or node).
 //   ffx-stage --layer 1 --coordinator tcp://10.0.0.1:5555
-import { flagsFromEnv, hideBin, yargs } from './yargs.js';
+import { ffxYargs, hideBin } from './yargs.js';
 import {
   BACKEND_CHOICES,
   MAX_WASM_THREADS,
@@ -33,9 +33,7 @@ function parseDevice(value: string | undefined): number | 'gpu' | undefined {
 }
 
 export function buildCli(argv: string[]) {
-  return securityOptions(
-    metricsOptions(flagsFromEnv(yargs(argv)), `default ${DEFAULT_METRICS_PORT} + layer`),
-  )
+  return securityOptions(metricsOptions(ffxYargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`))
     .scriptName('ffx-stage')
     .usage('$0 --layer N --coordinator tcp://HOST:PORT [options]')
     .usage('Serve one FF layer of a distributed run.')
@@ -98,15 +96,24 @@ export function buildCli(argv: string[]) {
     )
     .strict()
     .fail((msg, err) => {
-      throw err ?? new UsageError(msg);
+      throw err ?? new UsageError(runConfigGiven(msg) ?? msg);
     })
     .help();
 }
 
+/** A run config given as a stage's --config (its keys are unknown flags here) says so. */
+function runConfigGiven(msg: string): string | undefined {
+  const unknown = /^Unknown arguments?: (.*)$/.exec(msg)?.[1]?.split(', ') ?? [];
+  if (!unknown.some((k) => ['model', 'optimizer', 'train', 'data'].includes(k))) return undefined;
+  return (
+    `--config: that is a run config (it has ${unknown.join(', ')}): a stage takes its run config ` +
+    "from the coordinator (give it to ffx-coordinator train or ffx-launch); a stage's --config " +
+    'holds its own flags, e.g. {"coordinator": "tcp://10.0.0.1:5555"}'
+  );
+}
+
 async function main(): Promise<void> {
   const a = await buildCli(hideBin(process.argv)).parseAsync();
-  if (!Number.isInteger(a.layer) || a.layer < 1)
-    throw new UsageError(`--layer must be a positive integer; got ${a.layer}`);
   configureLog({ verbose: a.verbose });
   const device = parseDevice(a.device);
   const coordinator = parseEndpoint(a.coordinator, '--coordinator', 'connect');

@@ -1,5 +1,6 @@
 // Options shared by ffx-coordinator and the ffx-launch launcher (which parses the same command
 // line to learn the run's shape and passes it on to the coordinator).
+import { rmdir } from 'node:fs/promises';
 import type { Argv } from 'yargs';
 import { BACKEND_CHOICES } from '../backend/backend.js';
 import { loadConfig, parseSetOverrides, type RunConfig } from '../config/config.js';
@@ -95,7 +96,15 @@ export async function runConfig(
 ): Promise<RunConfig> {
   const saved = checkpoint ? await checkpointConfig(checkpoint) : undefined;
   if (saved) saved.output.dir = dirname(checkpoint!);
-  return loadConfig(a.config, overridesFrom(a), saved);
+  return configOver(a, saved);
+}
+
+/** The run's config: --config and the flags over `base` (a checkpoint's, a stage's run's). */
+export function configOver(
+  a: CommonArgs & Record<string, unknown>,
+  base?: RunConfig,
+): Promise<RunConfig> {
+  return loadConfig(a.config, overridesFrom(a), base);
 }
 
 /**
@@ -202,20 +211,24 @@ export function trainOptions<T>(y: Argv<T>) {
 /**
  * The output directory of a new run: the configured one, or the next free DIR-N when that one
  * holds a run already and neither --overwrite nor --resume says to use it (said on the log).
+ * Returns what gives a DIR-N made here back when the run fails before writing to it (a port in
+ * use, say): no empty directory is left behind.
  */
 export async function claimOutput(
   a: CommonArgs & Record<string, unknown>,
   cfg: RunConfig,
-): Promise<void> {
-  if (a.resume !== undefined) return;
+): Promise<() => Promise<void>> {
   const dir = cfg.output.dir;
-  cfg.output.dir = await claimRunDir(dir, a.overwrite as boolean);
-  if (cfg.output.dir !== dir) {
-    log.info(
-      `${dir} holds a run already: this one writes to ${cfg.output.dir} ` +
-        '(--overwrite replaces it, --resume latest continues it)',
-    );
-  }
+  if (a.resume !== undefined) return async () => {};
+  const claimed = await claimRunDir(dir, a.overwrite as boolean);
+  cfg.output.dir = claimed;
+  if (claimed === dir) return async () => {};
+  log.info(
+    `${dir} holds a run already: this one writes to ${claimed} ` +
+      '(--overwrite replaces it, --resume latest continues it)',
+  );
+  // rmdir removes only an empty directory.
+  return () => rmdir(claimed).catch(() => {});
 }
 
 /** --verbose: debug lines (e.g. a stage's state changes), and stack traces with errors. */

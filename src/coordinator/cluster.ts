@@ -102,6 +102,31 @@ export type ClusterPhase = 'registering' | 'running' | 'recovering' | 'failed' |
 
 type Listener = (msg: ResultMessage) => void;
 
+/** A Cluster that discovers what the stages hold (heldConfig) takes hellos of any layer up to this. */
+export const DISCOVERY_LAYERS = 1024;
+
+/**
+ * What a hello says its stage holds, if it says so in a usable form (it comes from the
+ * network): the training run (without attempt suffixes: `a1b2c3d4.2~1` -> `a1b2c3d4`), its
+ * model's layer widths, and its config (checked as a config file's by whoever uses it).
+ */
+function heldOf(
+  hello: HelloMessage,
+): { run: string; widths: number[]; config: unknown } | undefined {
+  const h = hello.holds as { run?: unknown; config?: unknown } | null;
+  if (typeof h !== 'object' || h === null || typeof h.run !== 'string') return undefined;
+  const model = (h.config as { model?: unknown } | null | undefined)?.model;
+  const layers = (model as { layers?: unknown } | null | undefined)?.layers;
+  const usable =
+    Array.isArray(layers) &&
+    layers.length >= 2 &&
+    layers.length <= DISCOVERY_LAYERS + 1 &&
+    layers.every((w) => Number.isSafeInteger(w) && (w as number) > 0);
+  return usable
+    ? { run: h.run.split(/[.~]/)[0]!, widths: layers as number[], config: h.config }
+    : undefined;
+}
+
 export class Cluster {
   readonly numLayers: number;
   readonly stages = new Map<number, StageInfo>();
@@ -201,7 +226,12 @@ export class Cluster {
       throw addressError(err, opts.bind, 'coordinator: cannot bind its control socket');
     });
     this.controlEndpoint = this.router.lastEndpoint ?? opts.bind;
-    opts.log(`coordinator: control ${this.controlEndpoint}; waiting for ${this.numLayers} stages`);
+    opts.log(
+      `coordinator: control ${this.controlEndpoint}; ` +
+        (this.numLayers === DISCOVERY_LAYERS
+          ? 'asking the stages what they hold'
+          : `waiting for ${this.numLayers} stages`),
+    );
     void this.controlLoop();
     this.watchdog = setInterval(
       () => this.watch(),
@@ -324,6 +354,7 @@ export class Cluster {
       mode,
       state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
       optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
+      origin: cfg,
     });
   }
 
@@ -395,6 +426,52 @@ export class Cluster {
     if (this.watchdog) clearInterval(this.watchdog);
     closeAll(this.feed, this.router);
     this.zap?.close();
+  }
+
+  /**
+   * For an eval without a config, on a Cluster made to discover (DISCOVERY_LAYERS): the config
+   * of the training run the stages' layers come from, once a stage of each layer of one run
+   * (as many as that run's model has) has said hello holding its layer.
+   */
+  async heldConfig(timeoutMs: number): Promise<unknown> {
+    let config: unknown;
+    await this.until(() => (config = this.oneHeldRun()) !== undefined, {
+      ms: timeoutMs,
+      error: () =>
+        new ClusterError(
+          'CLUSTER_MISSING_STAGES',
+          `no trained run whose every layer a stage holds within ${timeoutMs / 1000}s ` +
+            `(${this.heldSummary()}): give the run's --config (its directory has config.json)`,
+          [],
+        ),
+    });
+    return config;
+  }
+
+  private oneHeldRun(): unknown {
+    for (const { hello } of this.stages.values()) {
+      const held = heldOf(hello);
+      if (!held) continue;
+      const whole = held.widths.slice(1).every((_, i) => {
+        const h = this.stages.get(i + 1);
+        const other = h && heldOf(h.hello);
+        return other?.run === held.run && other.widths.join() === held.widths.join();
+      });
+      if (whole) return held.config;
+    }
+    return undefined;
+  }
+
+  /** What the stages heard from hold: "layer 1: run a1b2 784-500-500; layer 2: nothing". */
+  private heldSummary(): string {
+    if (this.stages.size === 0) return 'no stage said hello';
+    return [...this.stages.entries()]
+      .sort((a, b) => a[0] - b[0])
+      .map(([layer, { hello }]) => {
+        const held = heldOf(hello);
+        return `layer ${layer}: ${held ? `run ${held.run} ${held.widths.join('-')}` : 'no trained layer'}`;
+      })
+      .join('; ');
   }
 
   /** Fails the attempt: every pending wait, and every later one, rejects with `err`. */
@@ -504,7 +581,9 @@ export class Cluster {
       s.ready = true;
     } else if (msg.type === 'error') {
       const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
-      this.fail(new ClusterError(code, `layer ${msg.layer}: ${msg.message}`, [msg.layer]));
+      // A stage's messages name their layer already ("layer 2: ..."): once is enough.
+      const message = msg.message.replace(new RegExp(`^layer ${msg.layer}: `), '');
+      this.fail(new ClusterError(code, `layer ${msg.layer}: ${message}`, [msg.layer]));
     } else {
       // A stage's rejection is counted; the run goes on. A batch of the run that was refused
       // would never complete, and the progress check would roll the run back.

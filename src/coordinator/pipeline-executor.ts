@@ -7,13 +7,19 @@
 // abandoned attempt (its batches still in flight, its late reports) can reach the next one.
 import { randomUUID } from 'node:crypto';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
-import type { RunConfig } from '../config/config.js';
+import {
+  ConfigError,
+  DEFAULT_CONFIG,
+  mergeConfig,
+  validateConfig,
+  type RunConfig,
+} from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
 import { layerStateFloats } from '../core/ff-network.js';
 import { MAX_HEADER_BYTES } from '../transport/bounds.js';
 import type { WeightsMessage } from '../transport/wire.js';
-import { Cluster, ClusterError, type ClusterOptions } from './cluster.js';
+import { Cluster, ClusterError, DISCOVERY_LAYERS, type ClusterOptions } from './cluster.js';
 import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
 import type { EvalBatch } from './run-data.js';
 
@@ -238,6 +244,37 @@ export class PipelineExecutor implements Executor {
  * The largest message a stage of this run sends the coordinator: a layer's weights with its
  * optimizer slots, or an eval batch's goodness; with room for the header.
  */
+/**
+ * The config of the training run whose layers the running stages hold, for an eval without a
+ * config (see Cluster.heldConfig), checked as a checkpoint's is. Binds the control endpoint
+ * meanwhile, and lets it go.
+ */
+export async function heldConfig(opts: PipelineOptions): Promise<RunConfig> {
+  const cluster = new Cluster(DISCOVERY_LAYERS, 'discovery', {
+    ...opts,
+    metrics: undefined, // not a run: nothing to export
+    maxMessageBytes: MAX_HEADER_BYTES,
+  });
+  let held: unknown;
+  try {
+    await cluster.bind();
+    held = await cluster.heldConfig(opts.registerTimeoutMs);
+  } finally {
+    cluster.close();
+  }
+  try {
+    // Over the defaults, as a checkpoint's: a key a stage's older ffx lacked takes its default.
+    return validateConfig(mergeConfig(DEFAULT_CONFIG, held));
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new ClusterError(
+      'CLUSTER_STAGE_ERROR',
+      `the config of the run the stages hold is not valid: ${err.message}`,
+      [],
+    );
+  }
+}
+
 function largestResult(cfg: RunConfig): number {
   let largest = NUM_CLASSES * cfg.eval.batchSize * 4;
   for (let i = 0; i + 1 < cfg.model.layers.length; i++) {

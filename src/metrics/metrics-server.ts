@@ -153,7 +153,7 @@ function listenError(m: { code: string; message: string }, where: string, port: 
   return m.code === 'EADDRINUSE'
     ? new MetricsError(
         'METRICS_PORT_IN_USE',
-        `metrics port ${where} is already in use; pick another with the metrics port option, or 0 for any free port`,
+        `metrics port ${where} is already in use; pick another with --metrics-port, or --metrics-port 0 for any free one`,
         port,
       )
     : new MetricsError(

@@ -14,11 +14,17 @@ import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
 import { charts, type Chart } from './charts.js';
 import { readRunFiles, type EvalPoint, type RunFiles } from './run-files.js';
 
-/** Writes RUN_DIR/report.html (or `out`) from the run's files; returns its path. */
-export async function writeReport(dir: string, out = join(dir, RUN_FILES.report)): Promise<string> {
+/**
+ * Writes RUN_DIR/report.html (or `out`) from the run's files; returns its path and what the
+ * report says it left out or could not show (also on the page).
+ */
+export async function writeReport(
+  dir: string,
+  out = join(dir, RUN_FILES.report),
+): Promise<{ file: string; notes: string[] }> {
   const run = await readRunFiles(dir);
   await writeFileAtomic(out, renderReport(run, await vegaSource()), 'report');
-  return out;
+  return { file: out, notes: reportNotes(run) };
 }
 
 let vegaCache: string | undefined;
@@ -139,7 +145,8 @@ function summary(run: RunFiles): string {
   const items: [string, string][] = [
     [run.final ? 'test accuracy' : 'test accuracy (last eval)', ev ? `${pct(ev.accuracy)}` : '—'],
     ['epochs', planned !== undefined ? `${done} of ${planned}` : String(done)],
-    ['training time', seconds > 0 ? duration(seconds) : '—'],
+    // The epochs' own time: the console's "trained in" is the wall time, evaluations and all.
+    ['time in epochs (no evals)', seconds > 0 ? duration(seconds) : '—'],
     ['samples/s', seconds > 0 ? Math.round(samples / seconds).toLocaleString('en-US') : '—'],
     ['batch size', String(train.batchSize ?? '—')],
     ['optimizer', `${String(opt.type ?? '?')} lr ${String(opt.lr ?? '?')}`],
@@ -151,20 +158,30 @@ ${items.map(([k, v]) => `<div class="figure"><div class="k">${esc(k)}</div><div 
 </section>`;
 }
 
-function notes(run: RunFiles): string {
+/** What the report left out of the run's files, or could not show. */
+export function reportNotes(run: RunFiles): string[] {
   const out: string[] = [];
-  if (!run.final) {
+  for (const file of run.unreadable) {
+    out.push(`${file} is not what a run writes (edited or damaged?): left out.`);
+  }
+  if (!run.final && !run.unreadable.includes(RUN_FILES.eval)) {
     out.push(
       'No eval.json: the run has not finished (or failed); the figures are those of the epochs it recorded.',
     );
   }
   if (run.epochs.length === 0) out.push('metrics.jsonl has no epoch yet.');
   if (run.skippedLines > 0) {
+    const one = run.skippedLines === 1;
     out.push(
-      `${run.skippedLines} line${run.skippedLines === 1 ? '' : 's'} of metrics.jsonl ` +
-        `${run.skippedLines === 1 ? 'is' : 'are'} not an epoch record and ${run.skippedLines === 1 ? 'was' : 'were'} left out.`,
+      `${run.skippedLines} line${one ? '' : 's'} of metrics.jsonl ${one ? 'is' : 'are'} not an ` +
+        `epoch record and ${one ? 'was' : 'were'} left out.`,
     );
   }
+  return out;
+}
+
+function notes(run: RunFiles): string {
+  const out = reportNotes(run);
   return out.length === 0
     ? ''
     : `<section class="notes">${out.map((n) => `<p>${esc(n)}</p>`).join('')}</section>`;

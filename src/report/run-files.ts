@@ -52,6 +52,8 @@ export interface RunFiles {
   final: EvalPoint | undefined;
   /** metrics.jsonl lines that are not epoch records, left out. */
   skippedLines: number;
+  /** Files there but not what a run writes (eval.json, run.json), left out. */
+  unreadable: string[];
   /** run.json: the backend each layer computed on; empty where the file is missing or bad. */
   backends: string[];
 }
@@ -61,7 +63,10 @@ export async function readRunFiles(dir: string): Promise<RunFiles> {
   const config = await readJson(join(dir, RUN_FILES.config));
   if (!isObject(config)) {
     throw new UsageError(
-      `${dir} is not a run directory: it has no readable config.json (a run writes one as it starts)`,
+      config === undefined
+        ? `${dir} is not a run directory: it has no config.json (a run writes one as it starts)`
+        : `${join(dir, RUN_FILES.config)} is not a run's config (not a JSON object): ` +
+            'edited or damaged since the run wrote it',
       'REPORT_NOT_A_RUN',
     );
   }
@@ -81,14 +86,22 @@ export async function readRunFiles(dir: string): Promise<RunFiles> {
     else skippedLines++;
   }
   const epochs = [...byEpoch.values()].sort((a, b) => a.epoch - b.epoch);
-  const final = evalPoint(await readJson(join(dir, RUN_FILES.eval)));
+  const unreadable: string[] = [];
+  const evalJson = await readJson(join(dir, RUN_FILES.eval));
+  const final = evalPoint(evalJson);
+  if (evalJson !== undefined && !final) unreadable.push(RUN_FILES.eval);
   const run = await readJson(join(dir, RUN_FILES.run));
-  const backends =
-    (isObject(run) && all(run.backends, (b) => (typeof b === 'string' ? b : undefined))) || [];
-  return { dir, config, epochs, final, skippedLines, backends };
+  const backends = isObject(run)
+    ? all(run.backends, (b) => (typeof b === 'string' ? b : undefined))
+    : undefined;
+  if (run !== undefined && !backends) unreadable.push(RUN_FILES.run);
+  return { dir, config, epochs, final, skippedLines, unreadable, backends: backends ?? [] };
 }
 
-/** A file's JSON, or undefined if it is missing or not JSON. */
+/**
+ * A file's JSON; undefined if it is missing, null if it is there but not JSON (JSON's own null
+ * is no file a run writes either).
+ */
 async function readJson(file: string): Promise<unknown> {
   const text = await withFile(file, `cannot read ${file}`, () =>
     readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
@@ -97,7 +110,7 @@ async function readJson(file: string): Promise<unknown> {
       throw err;
     }),
   );
-  return text === undefined ? undefined : parse(text);
+  return text === undefined ? undefined : (parse(text) ?? null);
 }
 
 function parse(text: string): unknown {

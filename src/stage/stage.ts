@@ -72,6 +72,7 @@ import {
   encodeControl,
   encodeData,
   type ConfigMessage,
+  type HeldRun,
   type ControlMessage,
   type DataHeader,
   type DataMessage,
@@ -165,6 +166,8 @@ export class Stage {
   private zap: ZapHandler | null = null;
   /** Why the stage gave up, thrown by run(). */
   private fatal: Error | null = null;
+  /** The run that trained the layer held, and its config (said in every hello). */
+  private trainedBy: HeldRun | null = null;
   /** The last reason the coordinator's socket failed its handshake (keys), for STAGE_NO_CONFIG. */
   private handshakeProblem = '';
   private readonly rejectionLog = new RateLimitedLog((line) => log.info(line));
@@ -325,6 +328,7 @@ export class Stage {
       proof: security
         ? helloProof(security.keys.secretKey, security.coordinatorKey, layer, this.token)
         : '',
+      holds: this.layer ? this.trainedBy : null,
     };
   }
 
@@ -484,6 +488,7 @@ export class Stage {
       const held = this.layer;
       this.layer = setUpRun(config, layer, held);
       if (this.layer !== held) held?.dispose();
+      if (config.mode === 'train') this.trainedBy = { run: config.run, config: config.origin };
       const link = config.next ? this.downstreamTo(config) : null;
       run = {
         config,

@@ -7,7 +7,7 @@ import { NUM_CLASSES } from '../data/classes.js';
 import { MAX_HEADER_BYTES } from './bounds.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 7;
+export const PROTOCOL_VERSION = 8;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -388,6 +388,17 @@ export interface HelloMessage {
    */
   key: string;
   proof: string;
+  /**
+   * The layer the stage holds from its last training run: that run's id and config (a
+   * coordinator evaluating without a config takes it from its stages); null if none.
+   */
+  holds: HeldRun | null;
+}
+
+/** A stage's trained layer: the run that trained it, and that run's config (`origin`). */
+export interface HeldRun {
+  run: string;
+  config: unknown;
 }
 
 /** Coordinator -> stage: the run's single source of hyper-parameters. */
@@ -425,6 +436,11 @@ export interface ConfigMessage {
    */
   state: Record<string, WeightsTensor>;
   optimizerStep: number;
+  /**
+   * The run's resolved config, as its config.json: not used to compute, kept with the layer a
+   * training run leaves and said in the stage's hellos (HelloMessage.holds).
+   */
+  origin: unknown;
 }
 
 /** Stage -> coordinator: the config is applied; data for `run` may come. */
@@ -585,6 +601,7 @@ export const CONTROL_FIELDS = {
     token: 'string',
     key: 'string',
     proof: 'string',
+    holds: 'present',
   },
   config: {
     run: 'string',
@@ -592,6 +609,7 @@ export const CONTROL_FIELDS = {
     numLayers: 'posint',
     model: 'present',
     optimizer: 'present',
+    origin: 'present',
     seed: 'int',
     next: 'string|null',
     nextKey: 'string',

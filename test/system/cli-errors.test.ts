@@ -3,7 +3,8 @@
 // command line that cannot work and 1 for a failure while running.
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:net';
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -143,6 +144,25 @@ describe('system errors name the path or the address', () => {
     assert.ok(line.includes(`${bind} is in use by another process`), line);
   });
 
+  it('a run that fails before it writes leaves no empty DIR-2 behind', async () => {
+    const out = tmp('claimed');
+    await mkdir(out);
+    await writeFile(join(out, 'metrics.jsonl'), ''); // a run was here
+    const r = await coordinator([
+      'train',
+      '--dataset',
+      'fashion-mnist-sample',
+      '--bind',
+      `tcp://127.0.0.1:${busyPort()}`,
+      '--out',
+      out,
+      '--no-metrics',
+    ]);
+    assertOneLine(r, 'ADDRESS_IN_USE', 1);
+    assert.match(r.stderr, /claimed holds a run already: this one writes to .*claimed-2/);
+    assert.equal(existsSync(`${out}-2`), false, 'claimed-2 is left behind');
+  });
+
   it('a stage --listen on a port in use: ADDRESS_IN_USE, naming the address', async () => {
     const listen = `tcp://127.0.0.1:${busyPort()}`;
     const control = `tcp://127.0.0.1:${await freePort()}`;
@@ -202,6 +222,61 @@ describe('flags mean one thing, and a command lists only those it takes', () => 
     assert.equal(
       r.stderr.trim(),
       `error [USAGE]: --device must be GPU or a GPU's index (0, 1, ...); got "cuda"`,
+    );
+  });
+
+  it('a number flag given something else, or out of its range, names the flag and the text', async () => {
+    const launch = (args: string[]) =>
+      runNode([join(CLI, 'ffx-launch.js'), ...args], { timeoutMs: 30_000 });
+    const cases: [Promise<RunResult>, string][] = [
+      [coordinator([...TINY, '--batch-size', 'abc']), '--batch-size must be a number; got "abc"'],
+      [
+        stage(['--layer', 'one', '--coordinator', 'tcp://127.0.0.1:1']),
+        '--layer must be a number; got "one"',
+      ],
+      [
+        coordinator([...TINY, '--metrics-port=99999']),
+        '--metrics-port must be an integer from 0 to 65535; got "99999"',
+      ],
+      [
+        coordinator([...TINY, '--threads', '0']),
+        '--threads must be an integer from 1 to 8; got "0"',
+      ],
+      [
+        launch(['--config', join(ROOT, 'config', 'demo.json'), '--stage-threads', '0']),
+        '--stage-threads must be an integer from 1 to 8; got "0"',
+      ],
+      [coordinator(['trian']), 'unknown command trian: did you mean train?'],
+    ];
+    for (const [run, message] of cases) {
+      const r = await run;
+      assert.equal(r.code, 2, r.stderr);
+      assert.equal(r.stderr.trim().split('\n').pop(), `error [USAGE]: ${message}`);
+    }
+  });
+
+  it('a run config given to a stage says where it goes', async () => {
+    const r = await stage([
+      '--layer',
+      '1',
+      '--coordinator',
+      'tcp://127.0.0.1:1',
+      '-c',
+      join(ROOT, 'config', 'demo.json'),
+    ]);
+    const line = assertOneLine(r, 'USAGE', 2);
+    assert.match(
+      line,
+      /--config: that is a run config \(it has .*model.*\): a stage takes its run config from the coordinator/,
+    );
+  });
+
+  it('ffx-launch needs a config (or a checkpoint to resume)', async () => {
+    const r = await runNode([join(CLI, 'ffx-launch.js'), '--epochs', '1'], { timeoutMs: 30_000 });
+    const line = assertOneLine(r, 'USAGE', 2);
+    assert.match(
+      line,
+      /ffx-launch needs --config FILE \(e\.g\. config\/demo\.json\) or --resume CHECKPOINT/,
     );
   });
 

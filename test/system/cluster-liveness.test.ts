@@ -60,6 +60,7 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
         token: 'scripted',
         key: '',
         proof: '',
+        holds: null,
       } as const;
       await dealer.send(encodeControl(hello));
       const beat = setInterval(

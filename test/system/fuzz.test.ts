@@ -119,6 +119,7 @@ function controlJunk(i: number): [string, Buffer][] {
         token: 'fuzz',
         key: '',
         proof: '',
+        holds: null,
       }),
     ],
   ];

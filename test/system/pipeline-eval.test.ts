@@ -56,7 +56,19 @@ describe('eval of the layers running stages hold', () => {
     assert.equal(r.code, 1);
     assert.match(
       r.stderr,
-      /error \[STAGE_NO_WEIGHTS\]: layer \d: layer \d: asked to evaluate \d+-64, but this stage holds no trained layer/,
+      /error \[STAGE_NO_WEIGHTS\]: layer \d: asked to evaluate \d+-64, but this stage holds no trained layer/,
+    );
+  });
+
+  it('without a config before any training: says what each layer holds', async () => {
+    const r = await runNode(
+      [join(CLI, 'ffx-coordinator.js'), 'eval', '--bind', control, '--register-timeout', '4'],
+      { timeoutMs: 30_000 },
+    );
+    assert.equal(r.code, 1);
+    assert.match(
+      r.stderr,
+      /error \[CLUSTER_MISSING_STAGES\]: no trained run whose every layer a stage holds within 4s \(layer 1: no trained layer; layer 2: no trained layer\): give the run's --config/,
     );
   });
 
@@ -93,6 +105,22 @@ describe('eval of the layers running stages hold', () => {
     assert.equal(evaluated.accuracy, trained.accuracy);
     // Both stages are still up, waiting for the next coordinator.
     for (const s of stages) assert.equal(s.child.exitCode, null);
+
+    // Without a config (nor --layers, nor the data limits): the stages' run's config, so the
+    // same result.
+    const bare = await runNode(
+      [join(CLI, 'ffx-coordinator.js'), 'eval', '--bind', control, '--register-timeout', '20'],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(bare.code, 0, bare.stderr);
+    assert.match(
+      bare.stderr,
+      /no --config: evaluating what the stages hold, 784-64-64 \(run config "demo", data fashion-mnist-sample\)/,
+    );
+    assert.match(
+      bare.stdout,
+      new RegExp(`^test accuracy ${(trained.accuracy * 100).toFixed(2)}% \\(400 images`, 'm'),
+    );
   });
 
   it('--stop-stages ends the stages after the run', async () => {

@@ -116,25 +116,24 @@ describe('distributed run failures', () => {
 
   it('ffx-launch stops every child and exits non-zero when a stage fails', async () => {
     const out = tmp('launch');
-    // --stage-threads 99 is refused by every stage at start-up, while the coordinator is
-    // already waiting for them: the launcher must not wait out the coordinator's 120 s timeout.
+    // wasm+blas without a BLAS to load is refused by every stage at start-up, while the
+    // coordinator is already waiting for them: the launcher must not wait out the
+    // coordinator's 120 s timeout.
     const r = await runNode(
       [
         join(CLI, 'ffx-launch.js'),
         '--config',
         join(ROOT, 'config', 'demo.json'),
         '--backend',
-        'wasm',
-        '--stage-threads',
-        '99',
+        'wasm+blas',
         '--out',
         out,
       ],
-      { timeoutMs: 30_000 },
+      { timeoutMs: 30_000, env: { FFX_BLAS_LIB: '/nonexistent/libcblas.so' } },
     );
     assert.equal(r.timedOut, false);
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^\[stage \d\] error \[BACKEND_BAD_THREADS\]/m);
+    assert.match(r.stderr, /^\[stage \d\] error \[BACKEND_UNAVAILABLE\]/m);
     assert.match(r.stderr, /^error \[LAUNCH_FAILED\]: stage \d exited with status 1/m);
     // Nothing it started is left: the launcher names every child's pid.
     const pids = [...r.stderr.matchAll(/(coordinator|stage \d) \(pid (\d+)\)/g)].map((m) =>

@@ -190,6 +190,9 @@ describe('run report', () => {
     });
     assert.equal(made.code, 0, made.stderr);
     assert.equal(made.stdout.trim(), `report: ${join(partial, 'report.html')}`);
+    // The console says what the page says it left out.
+    assert.match(made.stderr, /^note: 3 lines of metrics\.jsonl are not an epoch record/m);
+    assert.match(made.stderr, /^note: No eval\.json: the run has not finished/m);
 
     const { page, problems } = await openFile(browser, join(partial, 'report.html'));
     await page.waitForSelector('body[data-charts]', { timeout: 30_000 });
@@ -218,7 +221,35 @@ describe('run report', () => {
       timeoutMs: 30_000,
     });
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /REPORT_NOT_A_RUN.*no readable config\.json/);
+    assert.match(r.stderr, /REPORT_NOT_A_RUN.*it has no config\.json/);
+    // A garbage config.json is named as such, not as a missing one.
+    const garbled = tmp('garbled');
+    await mkdir(garbled);
+    await writeFile(join(garbled, 'config.json'), '{"name": "trunc');
+    const g = await runNode([join(CLI, 'ffx-coordinator.js'), 'report', garbled], {
+      timeoutMs: 30_000,
+    });
+    assert.equal(g.code, 2);
+    assert.match(
+      g.stderr,
+      /REPORT_NOT_A_RUN.*garbled\/config\.json is not a run's config \(not a JSON object\)/,
+    );
+  });
+
+  it('names an eval.json that is not one, rather than call the run unfinished', async () => {
+    const dir = tmp('bad-eval');
+    await mkdir(dir);
+    for (const f of ['config.json', 'metrics.jsonl']) await copyFile(join(run, f), join(dir, f));
+    await writeFile(join(dir, 'eval.json'), '{"accuracy": "high"}');
+    const r = await runNode([join(CLI, 'ffx-coordinator.js'), 'report', dir], {
+      timeoutMs: 30_000,
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      /^note: eval\.json is not what a run writes \(edited or damaged\?\): left out\.$/m,
+    );
+    assert.doesNotMatch(r.stderr, /has not finished/);
   });
 });
 
@@ -241,6 +272,7 @@ describe('run report: the goodness chart and the losses', () => {
       epochs: [epoch],
       final: undefined,
       skippedLines: 0,
+      unreadable: [],
       backends: [],
     };
     const html = renderReport(run, '');

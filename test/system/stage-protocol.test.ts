@@ -114,6 +114,7 @@ describe('ffx-stage protocol', () => {
         mode: 'train',
         state: {},
         optimizerStep: 0,
+        origin: null,
       }),
     ]);
     const ready = await nextControl('ready');

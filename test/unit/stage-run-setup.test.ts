@@ -31,6 +31,7 @@ function config(over: Partial<ConfigMessage> = {}): ConfigMessage {
     mode: 'train',
     state: {},
     optimizerStep: 0,
+    origin: null,
     ...over,
   };
 }

@@ -167,6 +167,7 @@ describe('DEALER -> ROUTER control', () => {
         token: 't',
         key: '',
         proof: '',
+        holds: null,
       }),
     );
     const [id, frame] = await router.receive();
@@ -195,6 +196,7 @@ describe('DEALER -> ROUTER control', () => {
         mode: 'train',
         state: {},
         optimizerStep: 0,
+        origin: null,
       }),
     ]);
     const [reply] = await dealer.receive();

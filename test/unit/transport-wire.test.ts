@@ -485,6 +485,7 @@ describe('control and result messages', () => {
       token: '0123abcd',
       key: '',
       proof: '',
+      holds: { run: 'a1b2c3d4~1', config: { model: { layers: [784, 500, 500], threshold: 2 } } },
     },
     {
       type: 'config',
@@ -506,6 +507,7 @@ describe('control and result messages', () => {
         'layers.0.bias': { shape: [2], data: new Float32Array([0.25, -0.5]) },
       },
       optimizerStep: 1200,
+      origin: { name: 'demo', model: { layers: [784, 500, 500], threshold: 2 } },
     },
     {
       type: 'config',
@@ -524,6 +526,7 @@ describe('control and result messages', () => {
       mode: 'train',
       state: {},
       optimizerStep: 0,
+      origin: null,
     },
     { type: 'ready', layer: 1, run: 'r1' },
     { type: 'heartbeat', layer: 1, token: '0123abcd' },
@@ -682,6 +685,7 @@ describe('control and result messages', () => {
           mode: 'train',
           state: {},
           optimizerStep: 0,
+          origin: null,
         }),
       rejects('BAD_HEADER', 'config.next'),
     );
