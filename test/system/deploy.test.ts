@@ -4,7 +4,16 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { checkExposure } from '../../src/cli/security-options.js';
@@ -307,6 +316,74 @@ function composeMetricsTargets(): string[] {
 }
 
 describe('deploy/docker', () => {
+  it('build-and-push.sh builds both images with two tags each and pushes them', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ffx-docker-'));
+    try {
+      // A docker that writes down what it is asked.
+      const log = join(dir, 'calls');
+      writeFileSync(join(dir, 'docker'), `#!/bin/sh\necho "$*" >> '${log}'\n`, { mode: 0o755 });
+      const script = join(DOCKER, 'build-and-push.sh');
+      const run = (...args: string[]) => {
+        rmSync(log, { force: true });
+        const r = spawnSync(script, args, {
+          cwd: tmpdir(), // it finds the repository itself
+          encoding: 'utf8',
+          env: { ...process.env, PATH: `${dir}:${process.env.PATH}` },
+        });
+        return { ...r, calls: existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : [] };
+      };
+      const all = run('reg.example/ffx', '--tag', '1.2.3');
+      assert.equal(all.status, 0, all.stderr);
+      const build = (kind: string) =>
+        `build -f deploy/docker/Dockerfile.${kind} --label org.opencontainers.image.version=1.2.3 ` +
+        `-t reg.example/ffx:${kind}-1.2.3 -t reg.example/ffx:${kind} .`;
+      assert.deepEqual(all.calls, [
+        build('cpu'),
+        'push reg.example/ffx:cpu-1.2.3',
+        'push reg.example/ffx:cpu',
+        build('gpu'),
+        'push reg.example/ffx:gpu-1.2.3',
+        'push reg.example/ffx:gpu',
+      ]);
+      // The overlays' image names are what it pushes.
+      const overlay = readFileSync(
+        join(DEPLOY, 'k8s', 'overlays', 'fashion-mnist-gpu', 'kustomization.yaml'),
+        'utf8',
+      );
+      assert.match(overlay, /newTag: gpu/);
+      const gpuOnly = run('reg.example/ffx', '--only', 'gpu', '--no-push');
+      assert.equal(gpuOnly.status, 0, gpuOnly.stderr);
+      assert.equal(gpuOnly.calls.length, 1);
+      assert.match(
+        gpuOnly.calls[0]!,
+        /^build -f deploy\/docker\/Dockerfile\.gpu .* -t reg\.example\/ffx:gpu-\d+\.\d+\.\d+-[0-9a-f]{7,}(-dirty)? /,
+      );
+      const bad = run('reg.example/ffx', '--only', 'tpu');
+      assert.equal(bad.status, 2);
+      assert.match(bad.stderr, /--only takes cpu or gpu, got tpu/);
+      assert.deepEqual(bad.calls, []);
+      assert.equal(run().status, 2, 'no repository');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('publishes ports on 127.0.0.1 unless told, and Grafana asks for a login', () => {
+    for (const file of ['compose.yaml', 'compose.gpu.yaml']) {
+      for (const [name, s] of composeServices(file)) {
+        for (const p of s.ports === undefined ? [] : arr(s.ports, `${name} ports`)) {
+          // compose's short syntax: [HOST_IP:]HOST_PORT:CONTAINER_PORT
+          assert.match(str(p, `${name} port`), /^\$\{FFX_PUBLISH_HOST:-127\.0\.0\.1\}:\d+:\d+$/);
+        }
+      }
+    }
+    const grafana = obj(composeServices('compose.yaml').get('grafana'), 'grafana');
+    const env = obj(grafana.environment, 'grafana environment');
+    assert.equal(env.GF_AUTH_ANONYMOUS_ENABLED, 'false');
+    // No default password: `up` fails until one is given.
+    assert.match(str(env.GF_SECURITY_ADMIN_PASSWORD, 'password'), /^\$\{GRAFANA_ADMIN_PASSWORD:\?/);
+  });
+
   it('every service has an image or a build whose context and Dockerfile exist', () => {
     for (const file of ['compose.yaml', 'compose.gpu.yaml']) {
       for (const [name, s] of composeServices(file)) {
@@ -441,6 +518,12 @@ describe('deploy/docker', () => {
       ['Dockerfile.gpu', gpu],
     ] as const) {
       assert.match(text, /^RUN npm ci\b/m, `${name}: no npm ci`);
+      // Not root: the last USER is a named user of uid 1000, which the k8s fsGroup matches,
+      // and it owns where the keys and runs volumes mount.
+      const user = [...text.matchAll(/^USER (\S+)$/gm)].at(-1)?.[1];
+      assert.ok(user && user !== 'root' && user !== '0', `${name}: runs as ${user ?? 'root'}`);
+      assert.match(text, new RegExp(`install -d -o ${user} -g ${user} -m 0700 /keys`), name);
+      assert.match(text, new RegExp(`install -d -o ${user} -g ${user} /app/runs`), name);
       assert.match(text, /^ENTRYPOINT \["node", "dist\/src\/cli\/ffx-stage\.js"\]$/m, name);
       for (const m of text.matchAll(/^COPY (?!--from)(.+) \S+$/gm)) {
         for (const src of (m[1] ?? '').split(/\s+/)) {
@@ -456,130 +539,173 @@ describe('deploy/docker', () => {
 // Kubernetes
 // ---------------------------------------------------------------------------------------------
 
-describe('deploy/k8s', () => {
+/** `kubectl kustomize DIR`: the manifests a Kustomize directory renders. */
+function kustomize(dir: string): Obj[] {
+  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8', timeout: 60_000 });
+  if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') {
+    assert.fail('kubectl not found: deploy/k8s is rendered with its built-in kustomize');
+  }
+  assert.equal(r.status, 0, `kubectl kustomize ${relative(ROOT, dir)}:\n${r.stderr}`);
+  return parseAllDocuments(r.stdout)
+    .map((d) => d.toJS() as unknown)
+    .filter((d) => d != null)
+    .map((d) => obj(d, 'manifest'));
+}
+
+describe('deploy/k8s: the Kustomize base and every overlay render as a working cluster', () => {
   const K8S = join(DEPLOY, 'k8s');
-  const docs = () =>
-    readdirSync(K8S)
-      .filter((f) => /\.ya?ml$/.test(f))
-      .flatMap((f) => loadYaml(join(K8S, f)).filter((d) => d != null))
-      .map((d) => obj(d, 'manifest'));
-  const find = (kind: string, name: string): Obj => {
-    const d = docs().find((x) => x.kind === kind && obj(x.metadata, 'metadata').name === name);
-    return obj(d, `${kind}/${name}`);
-  };
+  const overlays = readdirSync(join(K8S, 'overlays')).map((d) => `overlays/${d}`);
+  const configs = readdirSync(join(ROOT, 'config'))
+    .filter((f) => f.endsWith('.json'))
+    .map((f) => JSON.parse(readFileSync(join(ROOT, 'config', f), 'utf8')) as Obj);
 
-  it('every manifest has apiVersion, kind and metadata.name, and no namespace', () => {
-    const all = docs();
-    assert.ok(all.length >= 6);
-    for (const d of all) {
-      str(d.apiVersion, 'apiVersion');
-      const kind = str(d.kind, 'kind');
-      const metadata = obj(d.metadata, `${kind} metadata`);
-      assert.match(str(metadata.name, `${kind} name`), /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/);
-      assert.equal(metadata.namespace, undefined, `${kind}/${String(metadata.name)}: namespace`);
-    }
-    const monitor = find('ServiceMonitor', 'ffx');
-    assert.equal(monitor.apiVersion, 'monitoring.coreos.com/v1');
+  it('has the base and at least a CPU and a GPU overlay', () => {
+    assert.ok(overlays.includes('overlays/cpu') && overlays.includes('overlays/fashion-mnist-gpu'));
   });
 
-  it('the ConfigMap holds config/demo.json', () => {
-    const data = obj(find('ConfigMap', 'ffx-config').data, 'ConfigMap data');
-    const demo: unknown = JSON.parse(readFileSync(join(ROOT, 'config', 'demo.json'), 'utf8'));
-    assert.deepEqual(JSON.parse(str(data['config.json'], 'config.json')), demo);
-  });
+  for (const layout of ['base', ...overlays]) {
+    it(`${layout}: one stage per layer of a shipped config, keyed, non-root, runs kept`, () => {
+      const docs = kustomize(join(K8S, layout));
+      const find = (kind: string, name: string): Obj =>
+        obj(
+          docs.find((x) => x.kind === kind && obj(x.metadata, 'metadata').name === name),
+          `${kind}/${name}`,
+        );
+      for (const d of docs) {
+        str(d.apiVersion, 'apiVersion');
+        const kind = str(d.kind, 'kind');
+        const metadata = obj(d.metadata, `${kind} metadata`);
+        assert.match(str(metadata.name, `${kind} name`), /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/);
+        assert.equal(metadata.namespace, undefined, `${kind}/${String(metadata.name)}: namespace`);
+      }
 
-  it('the stage StatefulSet: headless service, layer from the ordinal, one GPU', () => {
-    const service = obj(find('Service', 'ffx-stage').spec, 'Service spec');
-    assert.equal(service.clusterIP, 'None');
-    const set = obj(find('StatefulSet', 'ffx-stage').spec, 'StatefulSet spec');
-    assert.equal(set.serviceName, 'ffx-stage');
-    const demo = JSON.parse(readFileSync(join(ROOT, 'config', 'demo.json'), 'utf8')) as {
-      model: { layers: number[] };
-    };
-    assert.equal(set.replicas, demo.model.layers.length - 1, 'replicas != number of layers');
-    const template = obj(set.template, 'template');
-    const labels = obj(obj(template.metadata, 'template metadata').labels, 'labels');
-    for (const [k, v] of Object.entries(obj(service.selector, 'selector'))) {
-      assert.equal(labels[k], v, `the headless Service does not select the stage pods (${k})`);
-    }
-    const annotations = obj(obj(template.metadata, 'metadata').annotations, 'annotations');
-    assert.equal(annotations['prometheus.io/scrape'], 'true');
-    const podSpec = obj(template.spec, 'pod spec');
-    const container = obj(arr(podSpec.containers, 'containers')[0], 'container');
-    const command = arr(container.command, 'command').map(String).join(' ');
-    assert.match(command, /FFX_LAYER=\$\(\( \$\{HOSTNAME##\*-\} \+ 1 \)\)/);
-    assert.match(command, /exec node dist\/src\/cli\/ffx-stage\.js/);
-    const envs = new Map(
-      arr(container.env, 'env').map((e) => {
-        const x = obj(e, 'env');
-        return [str(x.name, 'env name'), x] as const;
-      }),
-    );
-    assert.match(String(envs.get('FFX_ADVERTISE')?.value), /^tcp:\/\/\$\(\w+\)\.ffx-stage:\d+$/);
-    assert.equal(envs.get('FFX_COORDINATOR')?.value, 'tcp://ffx-coordinator:5555');
-    const ports = arr(container.ports, 'ports').map((p) => obj(p, 'port'));
-    const metrics = ports.find((p) => p.name === 'metrics');
-    assert.equal(String(metrics?.containerPort), annotations['prometheus.io/port']);
-    assert.equal(String(metrics?.containerPort), envs.get('FFX_METRICS_PORT')?.value);
-    const limits = obj(obj(container.resources, 'resources').limits, 'limits');
-    assert.equal(Number(limits['nvidia.com/gpu']), 1);
-    // Keys: the Secret ffx-keys, owner-only; stage-<layer>.key for each pod.
-    assert.match(command, /export FFX_KEY=\/etc\/ffx-keys\/stage-\$FFX_LAYER\.key;/);
-    const mount = arr(container.volumeMounts, 'volumeMounts')
-      .map((m) => obj(m, 'mount'))
-      .find((m) => m.mountPath === '/etc/ffx-keys');
-    const secret = obj(
-      arr(podSpec.volumes, 'volumes')
-        .map((v) => obj(v, 'volume'))
-        .find((v) => v.name === mount?.name)?.secret,
-      'the keys volume',
-    );
-    assert.equal(secret.secretName, 'ffx-keys');
-    assert.equal(secret.defaultMode, 0o400);
-    assertKeyed(
-      'stage',
-      {
-        flag: '--listen',
-        endpoint: String(envs.get('FFX_LISTEN')?.value),
-        key: '/etc/ffx-keys/stage-1.key', // the command's, for layer 1
-        trust: envs.get('FFX_TRUST')?.value as string,
-      },
-      { dir: '/etc/ffx-keys', name: 'stage-1' },
-    );
-  });
+      // The config: a shipped one, as it is; as many stages as it has layers.
+      const data = obj(find('ConfigMap', 'ffx-config').data, 'ConfigMap data');
+      const config = JSON.parse(str(data['config.json'], 'config.json')) as Obj;
+      const shipped = configs.find((c) => c.name === config.name);
+      assert.deepEqual(config, shipped, `config.json is config/${String(config.name)}.json`);
+      const layers = arr(obj(config.model, 'model').layers, 'layers');
+      const set = obj(find('StatefulSet', 'ffx-stage').spec, 'StatefulSet spec');
+      assert.equal(set.replicas, layers.length - 1, 'replicas != number of layers');
 
-  it('the coordinator Job binds the port its Service exposes and reads the ConfigMap', () => {
-    const service = obj(find('Service', 'ffx-coordinator').spec, 'Service spec');
-    const servicePorts = arr(service.ports, 'ports').map((p) => Number(obj(p, 'port').port));
-    assert.ok(servicePorts.includes(5555));
-    const job = obj(find('Job', 'ffx-coordinator').spec, 'Job spec');
-    const podSpec = obj(obj(job.template, 'template').spec, 'pod spec');
-    const container = obj(arr(podSpec.containers, 'containers')[0], 'container');
-    const command = arr(container.command, 'command').map(String);
-    assert.deepEqual(command.slice(0, 3), ['node', 'dist/src/cli/ffx-coordinator.js', 'train']);
-    assert.ok(command.includes('tcp://0.0.0.0:5555'));
-    const volumes = arr(podSpec.volumes, 'volumes').map((v) => obj(v, 'volume'));
-    assert.ok(volumes.some((v) => obj(v.configMap ?? {}, 'configMap').name === 'ffx-config'));
-    assertKeyed(
-      'coordinator',
-      {
-        flag: '--bind',
-        endpoint: flagValue(command, '--bind')!,
-        key: flagValue(command, '--key'),
-        trust: flagValue(command, '--trust'),
-      },
-      { dir: '/etc/ffx-keys', name: 'coordinator' },
-    );
-    // Its own key and the public ones only, readable by the image's user through fsGroup.
-    const secret = obj(volumes.find((v) => v.secret !== undefined)?.secret, 'keys Secret');
-    assert.equal(secret.secretName, 'ffx-keys');
-    assert.deepEqual(
-      arr(secret.items, 'items').map((i) => obj(i, 'item').path),
-      ['coordinator.key', 'trusted.pub'],
-    );
-    assert.equal(obj(podSpec.securityContext, 'securityContext').fsGroup, 1000);
-    assert.equal(flagValue(command, '--metrics-host'), '0.0.0.0');
-  });
+      // Stages: a headless Service, the layer from the ordinal, metrics, keys.
+      const service = obj(find('Service', 'ffx-stage').spec, 'Service spec');
+      assert.equal(service.clusterIP, 'None');
+      assert.equal(set.serviceName, 'ffx-stage');
+      const template = obj(set.template, 'template');
+      const labels = obj(obj(template.metadata, 'template metadata').labels, 'labels');
+      for (const [k, v] of Object.entries(obj(service.selector, 'selector'))) {
+        assert.equal(labels[k], v, `the headless Service does not select the stage pods (${k})`);
+      }
+      const annotations = obj(obj(template.metadata, 'metadata').annotations, 'annotations');
+      assert.equal(annotations['prometheus.io/scrape'], 'true');
+      const podSpec = obj(template.spec, 'pod spec');
+      const security = obj(podSpec.securityContext, 'stage securityContext');
+      assert.equal(security.runAsNonRoot, true);
+      assert.equal(security.fsGroup, 1000);
+      const container = obj(arr(podSpec.containers, 'containers')[0], 'container');
+      const command = arr(container.command, 'command').map(String).join(' ');
+      assert.match(command, /FFX_LAYER=\$\(\( \$\{HOSTNAME##\*-\} \+ 1 \)\)/);
+      assert.match(command, /exec node dist\/src\/cli\/ffx-stage\.js/);
+      const envs = new Map(
+        arr(container.env, 'env').map((e) => {
+          const x = obj(e, 'env');
+          return [str(x.name, 'env name'), x] as const;
+        }),
+      );
+      assert.match(String(envs.get('FFX_ADVERTISE')?.value), /^tcp:\/\/\$\(\w+\)\.ffx-stage:\d+$/);
+      assert.equal(envs.get('FFX_COORDINATOR')?.value, 'tcp://ffx-coordinator:5555');
+      const ports = arr(container.ports, 'ports').map((p) => obj(p, 'port'));
+      const metrics = ports.find((p) => p.name === 'metrics');
+      assert.equal(String(metrics?.containerPort), annotations['prometheus.io/port']);
+      assert.equal(String(metrics?.containerPort), envs.get('FFX_METRICS_PORT')?.value);
+      // A GPU each, on the GPU image and backend; or none, and a CPU backend.
+      const gpu = obj(obj(container.resources, 'resources').limits, 'limits')['nvidia.com/gpu'];
+      const image = str(container.image, 'stage image');
+      if (image.endsWith(':gpu')) {
+        assert.equal(Number(gpu), 1);
+        assert.equal(envs.get('FFX_BACKEND')?.value, 'tensorflow');
+      } else {
+        assert.equal(gpu, undefined, `${image}: a GPU for the CPU image`);
+        assert.notEqual(envs.get('FFX_BACKEND')?.value, 'tensorflow');
+        assert.equal(envs.get('FFX_DEVICE'), undefined);
+      }
+      assert.match(command, /export FFX_KEY=\/etc\/ffx-keys\/stage-\$FFX_LAYER\.key;/);
+      const mount = arr(container.volumeMounts, 'volumeMounts')
+        .map((m) => obj(m, 'mount'))
+        .find((m) => m.mountPath === '/etc/ffx-keys');
+      const secret = obj(
+        arr(podSpec.volumes, 'volumes')
+          .map((v) => obj(v, 'volume'))
+          .find((v) => v.name === mount?.name)?.secret,
+        'the keys volume',
+      );
+      assert.equal(secret.secretName, 'ffx-keys');
+      assert.equal(secret.defaultMode, 0o400);
+      assertKeyed(
+        'stage',
+        {
+          flag: '--listen',
+          endpoint: String(envs.get('FFX_LISTEN')?.value),
+          key: '/etc/ffx-keys/stage-1.key', // the command's, for layer 1
+          trust: envs.get('FFX_TRUST')?.value as string,
+        },
+        { dir: '/etc/ffx-keys', name: 'stage-1' },
+      );
+
+      // The coordinator: its Service's port, the config, its own keys, the runs volume.
+      const coordinator = obj(find('Service', 'ffx-coordinator').spec, 'Service spec');
+      const servicePorts = arr(coordinator.ports, 'ports').map((p) => Number(obj(p, 'port').port));
+      assert.ok(servicePorts.includes(5555));
+      const job = obj(find('Job', 'ffx-coordinator').spec, 'Job spec');
+      const jobPod = obj(obj(job.template, 'template').spec, 'pod spec');
+      const c = obj(arr(jobPod.containers, 'containers')[0], 'container');
+      const args = arr(c.command, 'command').map(String);
+      assert.deepEqual(args.slice(0, 3), ['node', 'dist/src/cli/ffx-coordinator.js', 'train']);
+      assert.ok(args.includes('tcp://0.0.0.0:5555'));
+      assert.equal(flagValue(args, '--resume'), 'latest');
+      const volumes = arr(jobPod.volumes, 'volumes').map((v) => obj(v, 'volume'));
+      assert.ok(volumes.some((v) => obj(v.configMap ?? {}, 'configMap').name === 'ffx-config'));
+      assertKeyed(
+        'coordinator',
+        {
+          flag: '--bind',
+          endpoint: flagValue(args, '--bind')!,
+          key: flagValue(args, '--key'),
+          trust: flagValue(args, '--trust'),
+        },
+        { dir: '/etc/ffx-keys', name: 'coordinator' },
+      );
+      const keys = obj(volumes.find((v) => v.secret !== undefined)?.secret, 'keys Secret');
+      assert.equal(keys.secretName, 'ffx-keys');
+      assert.deepEqual(
+        arr(keys.items, 'items').map((i) => obj(i, 'item').path),
+        ['coordinator.key', 'trusted.pub'],
+      );
+      assert.equal(obj(jobPod.securityContext, 'securityContext').fsGroup, 1000);
+      assert.equal(flagValue(args, '--metrics-host'), '0.0.0.0');
+      const cEnv = new Map(
+        arr(c.env, 'env').map((e) => [str(obj(e, 'env').name, 'env name'), obj(e, 'env')]),
+      );
+      const mounts = arr(c.volumeMounts, 'volumeMounts').map((m) => obj(m, 'mount'));
+      const mountOf = (path: string) => {
+        const m = mounts.find((x) => x.mountPath === path);
+        return volumes.find((v) => v.name === m?.name);
+      };
+      // The run's directory is on the runs claim, which the layout makes.
+      assert.match(String(cEnv.get('FFX_OUT')?.value), /^\/app\/runs\/[\w.-]+$/);
+      const runs = obj(mountOf('/app/runs')?.persistentVolumeClaim, 'the runs volume');
+      find('PersistentVolumeClaim', str(runs.claimName, 'claimName'));
+      // A dataset the image does not hold comes from a volume at --data-dir.
+      if (obj(config.data, 'data').dataset !== 'fashion-mnist-sample') {
+        const dataDir = String(cEnv.get('FFX_DATA_DIR')?.value);
+        const claim = obj(mountOf(dataDir)?.persistentVolumeClaim, 'the datasets volume');
+        find('PersistentVolumeClaim', str(claim.claimName, 'claimName'));
+      }
+      const monitor = docs.find((d) => d.kind === 'ServiceMonitor');
+      if (monitor) assert.equal(monitor.apiVersion, 'monitoring.coreos.com/v1');
+    });
+  }
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -23,8 +23,11 @@ const NOT_HERE: [RegExp, string][] = [
   [/^sudo apt-get install /, 'needs root and the network; .ci/run installs the packages'],
   [/^npm run train:fashion/, 'minutes of training on the full dataset (README, Results)'],
   [/^npm run bench/, 'benchmarks: minutes, and their figures are timings'],
-  [/^docker compose /, 'needs Docker; deploy.test.ts checks the compose files'],
-  [/^chromium --headless .*localhost:3000/, "needs the compose stack's Grafana"],
+  [
+    /^(export GRAFANA_ADMIN_PASSWORD=|docker compose )/,
+    'needs Docker; deploy.test.ts checks the compose files',
+  ],
+  [/^curl .*localhost:3000\/render\//, "needs the compose stack's Grafana"],
 ];
 
 /** Every command of the README's sh blocks: continuations joined, comments dropped. */
