@@ -24,6 +24,7 @@ import {
   type Reporter,
 } from '../coordinator/reporter.js';
 import { writeReport } from '../report/report.js';
+import { writeComparison } from '../report/compare.js';
 import { runMain } from './run-main.js';
 import {
   CoordinatorMetrics,
@@ -212,11 +213,17 @@ async function runReport(dir: string, reporter: Reporter): Promise<string | unde
   }
 }
 
-async function reportCommand(dir: string, out: string | undefined): Promise<void> {
-  const { file, notes } = await writeReport(dir, out);
+async function reportCommand(dirs: string[], out: string | undefined): Promise<void> {
+  const { file, notes } =
+    dirs.length === 1
+      ? await writeReport(dirs[0]!, out)
+      : await writeComparison(dirs, out ?? COMPARISON);
   for (const note of notes) console.error(`note: ${note}`);
   console.log(`report: ${file}`);
 }
+
+/** Where a comparison of runs goes by default: this directory. */
+const COMPARISON = 'ffx-compare.html';
 
 /** A distributed command's --bind, checked before anything starts. */
 function checkBind(a: Record<string, unknown>): void {
@@ -309,23 +316,30 @@ export function buildCli(argv: string[]) {
         (a) => evalCommand(a as unknown as CommonArgs & Record<string, unknown>),
       )
       .command(
-        'report <run-dir>',
+        'report <run-dir..>',
         "write a run's report: one HTML file with its loss, goodness, accuracy, throughput, " +
-          'timing, confusion matrix and config, that opens from disk (a run writes it as it ends)',
+          'timing, confusion matrix and config, that opens from disk (a run writes it as it ends); ' +
+          'given several runs, one page that compares them',
         (y) =>
           y
             .positional('run-dir', {
               type: 'string',
+              array: true,
               demandOption: true,
-              describe: 'a run directory (output.dir): config.json, metrics.jsonl, eval.json',
+              describe:
+                'a run directory (output.dir): config.json, metrics.jsonl, eval.json; or several',
             })
             .option('out', {
               alias: 'o',
               type: 'string',
-              describe: 'where to write it (default: RUN_DIR/report.html)',
+              describe: `where to write it (default: RUN_DIR/report.html; comparing runs, ./${COMPARISON})`,
             })
-            .example('$0 report runs/demo', 'writes runs/demo/report.html'),
-        (a) => reportCommand(a['run-dir'], a.out),
+            .example('$0 report runs/demo', 'writes runs/demo/report.html')
+            .example(
+              '$0 report runs/a runs/b --out a-vs-b.html',
+              'both runs on the same charts, with what their configs set differently',
+            ),
+        (a) => reportCommand(a['run-dir'] as string[], a.out),
       )
       .demandCommand(1, 'name a command: train, eval or report')
       .recommendCommands()

@@ -198,6 +198,7 @@ class Training {
       const progress = (epoch * batches + batch.index) / (epochs * batches);
       lr = learningRateAt(cfg.optimizer.lr, progress, cfg.train.cooldown);
       this.tally.sizes[batch.index] = batch.size;
+      this.tally.lrs[batch.index] = lr;
       this.predictions?.expect(batch.index, batch.rows);
       const { index, size, x, labels } = batch;
       await executor.train({ epoch, index, size, x, labels }, lr);

@@ -28,5 +28,23 @@ export interface EpochRecord {
   layers: StepStats[];
   /** Per layer, totals over the epoch. */
   stages: StageTiming[];
+  /**
+   * The epoch's training curve: up to CURVE_POINTS points, each the means over a run of
+   * consecutive batches (the same number each, the last run shorter), for the curves of a
+   * report within an epoch.
+   */
+  curve: CurvePoint[];
   eval?: EvalResult;
+}
+
+/** The most points an epoch's curve has. */
+export const CURVE_POINTS = 50;
+
+export interface CurvePoint {
+  /** 1-based: the last batch of the run of batches this point sums up. */
+  batch: number;
+  /** The learning rate of that batch. */
+  lr: number;
+  /** Per layer, means over the run's samples. */
+  layers: StepStats[];
 }

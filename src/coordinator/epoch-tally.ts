@@ -3,21 +3,30 @@
 // same floats whichever executor produced them.
 import type { StepStats } from '../core/ff-layer.js';
 import { FfxError } from '../errors.js';
-import type { EpochRecord, StageTiming } from './epoch-record.js';
+import {
+  CURVE_POINTS,
+  type CurvePoint,
+  type EpochRecord,
+  type StageTiming,
+} from './epoch-record.js';
 import type { TrainReport } from './executor.js';
 
 /** One epoch's reports, each (layer, batch) once. */
 export class EpochTally {
-  /** Positive samples per batch index, set as each batch is sent. */
+  /** Positive samples and the learning rate per batch index, set as each batch is sent. */
   readonly sizes: number[] = [];
+  readonly lrs: number[] = [];
   /** Batches, and their samples, that every layer has reported. */
   done = 0;
   samples = 0;
   readonly lastLosses: number[];
   private readonly seen: Uint8Array[];
   private readonly distinct: number[];
-  private readonly sums: { loss: number; goodnessPos: number; goodnessNeg: number }[];
+  private readonly sums: StepStats[];
   private readonly times: StageTiming[];
+  /** The curve: batches per point, and per point and layer, sums and batches reported. */
+  private readonly span: number;
+  private readonly segments: { sums: StepStats[]; reported: number[] }[];
 
   constructor(
     private readonly numLayers: number,
@@ -27,10 +36,11 @@ export class EpochTally {
     this.lastLosses = new Array<number>(numLayers).fill(NaN);
     this.seen = Array.from({ length: numLayers }, () => new Uint8Array(batches));
     this.distinct = new Array<number>(numLayers).fill(0);
-    this.sums = Array.from({ length: numLayers }, () => ({
-      loss: 0,
-      goodnessPos: 0,
-      goodnessNeg: 0,
+    this.sums = Array.from({ length: numLayers }, zeroStats);
+    this.span = Math.max(1, Math.ceil(batches / CURVE_POINTS));
+    this.segments = Array.from({ length: Math.ceil(batches / this.span) }, () => ({
+      sums: Array.from({ length: numLayers }, zeroStats),
+      reported: new Array<number>(numLayers).fill(0),
     }));
     this.times = Array.from({ length: numLayers }, () => ({
       stepSeconds: 0,
@@ -53,10 +63,10 @@ export class EpochTally {
     seen[r.index] = 1;
     this.distinct[r.layer - 1]! += 1;
     const size = this.sizes[r.index] ?? 0;
-    const sum = this.sums[r.layer - 1]!;
-    sum.loss += r.stats.loss * size;
-    sum.goodnessPos += r.stats.goodnessPos * size;
-    sum.goodnessNeg += r.stats.goodnessNeg * size;
+    addStats(this.sums[r.layer - 1]!, r.stats, size);
+    const segment = this.segments[Math.floor(r.index / this.span)]!;
+    addStats(segment.sums[r.layer - 1]!, r.stats, size);
+    segment.reported[r.layer - 1]! += 1;
     const t = this.times[r.layer - 1]!;
     t.stepSeconds += r.timing.stepSeconds;
     t.waitSeconds += r.timing.waitSeconds;
@@ -78,12 +88,44 @@ export class EpochTally {
       samplesPerSec: samples / seconds,
       lr,
       batches: [...this.distinct],
-      layers: this.sums.map((s): StepStats => ({
-        loss: s.loss / samples,
-        goodnessPos: s.goodnessPos / samples,
-        goodnessNeg: s.goodnessNeg / samples,
-      })),
+      layers: this.sums.map((s) => meanStats(s, samples)),
       stages: this.times.map((t) => ({ ...t })),
+      curve: this.curve(),
     };
   }
+
+  /** A point for each run of batches every layer has reported whole. */
+  private curve(): CurvePoint[] {
+    const batches = this.seen[0]!.length;
+    return this.segments.flatMap((seg, i): CurvePoint[] => {
+      const first = i * this.span;
+      const last = Math.min(batches, first + this.span) - 1;
+      if (seg.reported.some((n) => n !== last - first + 1)) return [];
+      let samples = 0;
+      for (let b = first; b <= last; b++) samples += this.sizes[b] ?? 0;
+      return [
+        {
+          batch: last + 1,
+          lr: this.lrs[last] ?? NaN,
+          layers: seg.sums.map((s) => meanStats(s, samples)),
+        },
+      ];
+    });
+  }
+}
+
+const zeroStats = (): StepStats => ({ loss: 0, goodnessPos: 0, goodnessNeg: 0 });
+
+function addStats(sum: StepStats, stats: StepStats, weight: number): void {
+  sum.loss += stats.loss * weight;
+  sum.goodnessPos += stats.goodnessPos * weight;
+  sum.goodnessNeg += stats.goodnessNeg * weight;
+}
+
+function meanStats(sum: StepStats, samples: number): StepStats {
+  return {
+    loss: sum.loss / samples,
+    goodnessPos: sum.goodnessPos / samples,
+    goodnessNeg: sum.goodnessNeg / samples,
+  };
 }

@@ -3,15 +3,13 @@
 // went, the confusion matrix, the config. The charts are Vega-Lite specs compiled here to
 // Vega, drawn in the page by Vega's own build, inlined: the file opens from disk with no
 // network, and every number in it comes from the run directory.
-import { readFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { compile } from 'vega-lite';
+import { join } from 'node:path';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
 import { RUN_FILES } from '../checkpoint/run-dir.js';
 import { classNames } from '../data/class-names.js';
 import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
-import { charts, type Chart } from './charts.js';
+import { charts } from './charts.js';
+import { esc, figure, page, vegaSource } from './page.js';
 import { readRunFiles, type EvalPoint, type RunFiles } from './run-files.js';
 
 /**
@@ -25,21 +23,6 @@ export async function writeReport(
   const run = await readRunFiles(dir);
   await writeFileAtomic(out, renderReport(run, await vegaSource()), 'report');
   return { file: out, notes: reportNotes(run) };
-}
-
-let vegaCache: string | undefined;
-
-/** Vega's minified browser build and its licence, from the installed package. */
-async function vegaSource(): Promise<string> {
-  if (vegaCache === undefined) {
-    const pkg = dirname(dirname(fileURLToPath(import.meta.resolve('vega'))));
-    const [code, licence] = await Promise.all([
-      readFile(join(pkg, 'build', 'vega.min.js'), 'utf8'),
-      readFile(join(pkg, 'LICENSE'), 'utf8'),
-    ]);
-    vegaCache = `/*! Vega, https://vega.github.io\n${licence.replaceAll('*/', '* /')}*/\n${code}`;
-  }
-  return vegaCache;
 }
 
 /** The report's HTML: `vega` is Vega's browser build, inlined. */
@@ -61,19 +44,8 @@ export function renderReport(run: RunFiles, vega: string): string {
       ? { value: model.threshold, layers }
       : undefined;
   const list = charts(run.epochs, run.final, lastEval(run), threshold, classes);
-  const specs = list.map((c) => ({ id: c.id, spec: compile(c.spec).spec }));
   const name = String(cfg.name ?? run.dir);
-  return `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="ffx-coordinator report">
-<title>ffx run ${esc(name)}</title>
-<style>${STYLE}</style>
-</head>
-<body>
-<header>
+  const body = `<header>
 <h1>ffx run <span class="name">${esc(name)}</span></h1>
 <p class="sub">${esc(run.dir)} · ${esc(dataset)} · ${esc(layersOf(model))}</p>
 </header>
@@ -90,43 +62,11 @@ ${layerSetTable(lastEval(run))}
 <pre>${esc(JSON.stringify(cfg, null, 2))}</pre>
 </section>
 </main>
-<footer>Made by <code>ffx-coordinator report ${esc(run.dir)}</code> from config.json, metrics.jsonl and eval.json. Charts: Vega-Lite / Vega, inlined.</footer>
-<script type="application/json" id="ffx-charts">${scriptJson(specs)}</script>
-<script>${vega}</script>
-<script>${DRAW}</script>
-</body>
-</html>
-`;
+<footer>Made by <code>ffx-coordinator report ${esc(run.dir)}</code> from config.json, metrics.jsonl and eval.json. Charts: Vega-Lite / Vega, inlined.</footer>`;
+  return page(`ffx run ${name}`, body, list, vega);
 }
 
-/** Draws each chart into its figure; `data-charts` on <body> says how many drew. */
-const DRAW = `
-(function () {
-  var specs = JSON.parse(document.getElementById('ffx-charts').textContent);
-  var drawn = 0;
-  Promise.all(specs.map(function (c) {
-    var el = document.querySelector('[data-chart="' + c.id + '"] .chart');
-    var view = new vega.View(vega.parse(c.spec), { renderer: 'svg', container: el, hover: true });
-    return view.runAsync().then(function () { drawn++; }, function (err) {
-      el.textContent = 'This chart could not be drawn: ' + err;
-      console.error('chart ' + c.id + ': ' + err);
-    });
-  })).then(function () {
-    document.body.setAttribute('data-charts', drawn + '/' + specs.length);
-  });
-})();
-`;
-
-function figure(c: Chart): string {
-  return `<figure class="card" data-chart="${esc(c.id)}">
-<h2>${esc(c.title)}</h2>
-<p class="caption">${esc(c.caption)}</p>
-<div class="chart"></div>
-</figure>`;
-}
-
-/** "wasm+blas (...)" when every layer ran on the same, else "layer 1: ..., layer 2: ...". */
-function backendsOf(backends: string[]): string {
+export function backendsOf(backends: string[]): string {
   if (backends.length === 0) return '—';
   if (backends.every((b) => b === backends[0])) return backends[0]!;
   return backends.map((b, i) => `layer ${i + 1}: ${b}`).join(', ');
@@ -188,7 +128,7 @@ function notes(run: RunFiles): string {
 }
 
 /** eval.json, or else the last epoch's evaluation. */
-function lastEval(run: RunFiles): EvalPoint | undefined {
+export function lastEval(run: RunFiles): EvalPoint | undefined {
   return run.final ?? [...run.epochs].reverse().find((e) => e.eval)?.eval;
 }
 
@@ -215,7 +155,7 @@ ${rows}
 </section>`;
 }
 
-function obj(v: unknown): Record<string, unknown> {
+export function obj(v: unknown): Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
     ? (v as Record<string, unknown>)
     : {};
@@ -226,54 +166,11 @@ function layersOf(model: Record<string, unknown>): string {
   return Array.isArray(layers) ? `model ${layers.map(String).join('-')}` : 'model ?';
 }
 
-const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+export const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
 
-function duration(s: number): string {
+export function duration(s: number): string {
   if (s < 60) return `${s.toFixed(1)} s`;
   const m = Math.floor(s / 60);
   if (m < 60) return `${m} min ${Math.round(s - 60 * m)} s`;
   return `${Math.floor(m / 60)} h ${m % 60} min`;
 }
-
-/** Text for HTML content and attributes. */
-function esc(s: string): string {
-  return s.replace(
-    /[&<>"']/g,
-    (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!,
-  );
-}
-
-/** JSON safe inside a <script> element: no "</script>", "<!--" or line separators. */
-function scriptJson(v: unknown): string {
-  return JSON.stringify(v)
-    .replace(/</g, '\\u003c')
-    .replace(/\u2028/g, '\\u2028')
-    .replace(/\u2029/g, '\\u2029');
-}
-
-const STYLE = `
-:root { color-scheme: light; --fg: #1d2330; --muted: #5b6475; --line: #dde1e8; --bg: #f5f6f8; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg); }
-header { padding: 20px 28px 8px; }
-h1 { margin: 0; font-size: 22px; font-weight: 600; }
-h1 .name { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
-.sub { margin: 4px 0 0; color: var(--muted); }
-main { padding: 8px 28px 28px; max-width: 1200px; }
-.summary { display: flex; flex-wrap: wrap; gap: 10px; margin: 8px 0 16px; }
-.figure { background: white; border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 120px; }
-.figure .k { color: var(--muted); font-size: 12px; }
-.figure .v { font-size: 18px; font-weight: 600; }
-.notes p { background: #fff7e0; border: 1px solid #f0d890; border-radius: 6px; padding: 8px 12px; margin: 0 0 8px; }
-.charts { display: flex; flex-wrap: wrap; gap: 16px; }
-.card { background: white; border: 1px solid var(--line); border-radius: 6px; padding: 12px 16px; margin: 0 0 16px; }
-.charts .card { margin: 0; flex: 0 1 auto; }
-.card h2 { margin: 0; font-size: 15px; font-weight: 600; }
-.caption { margin: 2px 0 8px; color: var(--muted); font-size: 12px; max-width: 500px; }
-#config { margin-top: 16px; }
-table { border-collapse: collapse; }
-th, td { padding: 3px 14px 3px 0; border-bottom: 1px solid var(--line); text-align: left; }
-.num { text-align: right; font-variant-numeric: tabular-nums; }
-pre { margin: 0; font-size: 12px; max-height: 480px; overflow: auto; }
-footer { padding: 0 28px 24px; color: var(--muted); font-size: 12px; }
-`;

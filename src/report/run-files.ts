@@ -39,7 +39,16 @@ export interface EpochPoint {
   lr: number;
   layers: LayerPoint[];
   stages: StagePoint[];
+  /** Within the epoch, in batch order; empty if the record has none (or a bad one). */
+  curve: CurvePoint[];
   eval?: EvalPoint;
+}
+
+export interface CurvePoint {
+  /** 1-based; the epoch's last point's is its number of batches. */
+  batch: number;
+  lr: number;
+  layers: LayerPoint[];
 }
 
 export interface RunFiles {
@@ -160,7 +169,17 @@ function epochPoint(v: unknown): EpochPoint | undefined {
   const layers = all(v.layers, (x) => numbers(x, LAYER_KEYS));
   const stages = all(v.stages, (x) => numbers(x, STAGE_KEYS));
   if (!layers || !stages || layers.length === 0) return undefined;
-  const point: EpochPoint = { ...head, layers, stages };
+  // A curve that is not what the driver writes is left out whole (the epoch's means stay).
+  const parsed = all(v.curve, (x) => {
+    const p = numbers(x, ['batch', 'lr'] as const);
+    const ls = isObject(x) ? all(x.layers, (l) => numbers(l, LAYER_KEYS)) : undefined;
+    return p && Number.isInteger(p.batch) && p.batch >= 1 && ls?.length === layers.length
+      ? { ...p, layers: ls }
+      : undefined;
+  });
+  const ordered = parsed?.every((p, i) => i === 0 || p.batch > parsed[i - 1]!.batch);
+  const curve = ordered ? parsed! : [];
+  const point: EpochPoint = { ...head, layers, stages, curve };
   const ev = evalPoint(v.eval);
   if (ev) point.eval = ev;
   return point;

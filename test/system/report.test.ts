@@ -3,7 +3,7 @@
 // and what the charts drew — read back from the marks' ARIA labels — is the run's numbers.
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Browser } from 'puppeteer-core';
 import type { EpochRecord } from '../../src/coordinator/epoch-record.js';
@@ -12,7 +12,7 @@ import { classNames } from '../../src/data/class-names.js';
 import { renderReport } from '../../src/report/report.js';
 import type { EpochPoint, RunFiles } from '../../src/report/run-files.js';
 import { chartMarks, launchBrowser, openFile } from '../helpers/browser.js';
-import { smallRun, trainPipelined } from '../helpers/runs.js';
+import { referenceRun, smallRun, trainPipelined } from '../helpers/runs.js';
 import { killAll, ROOT, runNode } from '../helpers/spawn.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
@@ -73,30 +73,55 @@ describe('run report', () => {
     const { page, problems } = await openFile(browser, join(run, 'report.html'));
     await page.waitForSelector('body[data-charts]', { timeout: 30_000 });
     const drawn = await page.$eval('body', (b) => b.getAttribute('data-charts'));
-    assert.equal(drawn, '6/6');
+    assert.equal(drawn, '7/7');
 
+    // The curves: each epoch's points (a run of batches each), every layer, at the fraction of
+    // the run they end.
     const loss = await chartMarks(page, '[data-chart="loss"]');
     const marks = await chartMarks(page, '[data-chart="goodness"]');
     const goodness = marks.filter((m) => m.data !== undefined);
-    assert.equal(loss.length, 3 * 2);
-    assert.equal(goodness.length, 3 * 2 * 2);
+    const lr = await chartMarks(page, '[data-chart="lr"]');
+    const points = records.flatMap((r) => {
+      assert.ok(r.curve.length >= 10, `epoch ${r.epoch}: a curve of ${r.curve.length} points`);
+      const total = r.curve.at(-1)!.batch;
+      return r.curve.map((p, k) => {
+        const first = k === 0 ? 1 : r.curve[k - 1]!.batch + 1;
+        const batch = `${first === p.batch ? p.batch : `${first}-${p.batch}`} of ${total}`;
+        return { r, p, batch, at: r.epoch - 1 + p.batch / total };
+      });
+    });
+    assert.equal(loss.length, points.length * 2);
+    assert.equal(goodness.length, points.length * 2 * 2);
+    assert.equal(lr.length, points.length);
     // The threshold, as a rule: model.threshold=256 in smallRun.
     assert.deepEqual(
       marks.filter((m) => m.data === undefined),
       [{ threshold: '256' }],
     );
-    for (const r of records) {
-      r.layers.forEach((l, i) => {
-        const at = (m: Record<string, string>) =>
-          num(m.epoch) === r.epoch && m.layer === `layer ${i + 1}`;
-        const drew = loss.find(at);
-        assert.ok(drew, `no loss point for epoch ${r.epoch} layer ${i + 1}`);
-        near(num(drew.loss), l.loss, 1e-10, `loss, epoch ${r.epoch} layer ${i + 1}`);
-        const pos = goodness.find((m) => at(m) && m.data === 'positive');
-        const neg = goodness.find((m) => at(m) && m.data === 'negative');
-        near(num(pos?.goodness), l.goodnessPos, 1e-10, `positive goodness, epoch ${r.epoch}`);
-        near(num(neg?.goodness), l.goodnessNeg, 1e-10, `negative goodness, epoch ${r.epoch}`);
+    for (const { r, p, batch, at } of points) {
+      const where = (m: Record<string, string>) =>
+        m.batch === batch && Math.abs(num(m.epoch) - at) < 1e-4;
+      near(num(lr.find(where)?.['learning rate']), p.lr, 1e-10, `lr, epoch ${r.epoch} ${batch}`);
+      p.layers.forEach((l, i) => {
+        const mine = (m: Record<string, string>) => where(m) && m.layer === `layer ${i + 1}`;
+        const drew = loss.find(mine);
+        assert.ok(drew, `no loss point for epoch ${r.epoch} ${batch} layer ${i + 1}`);
+        near(num(drew.loss), l.loss, 1e-10, `loss, epoch ${r.epoch} ${batch} layer ${i + 1}`);
+        const pos = goodness.find((m) => mine(m) && m.data === 'positive');
+        const neg = goodness.find((m) => mine(m) && m.data === 'negative');
+        near(num(pos?.goodness), l.goodnessPos, 1e-10, `positive goodness, ${batch}`);
+        near(num(neg?.goodness), l.goodnessNeg, 1e-10, `negative goodness, ${batch}`);
       });
+    }
+    // The curve's means are the epoch's, over runs of batches: weighted by their batches
+    // (of equal sizes here), they make the epoch's mean.
+    for (const r of records) {
+      let sum = 0;
+      r.curve.forEach(
+        (p, k) => (sum += p.layers[0]!.loss * (p.batch - (r.curve[k - 1]?.batch ?? 0))),
+      );
+      const mean = sum / r.curve.at(-1)!.batch;
+      near(mean, r.layers[0]!.loss, 1e-9 * Math.abs(mean), `epoch ${r.epoch}'s mean loss`);
     }
 
     // Per layer set: the evaluations after epochs 1 and 2, then eval.json (after the last).
@@ -196,13 +221,16 @@ describe('run report', () => {
 
     const { page, problems } = await openFile(browser, join(partial, 'report.html'));
     await page.waitForSelector('body[data-charts]', { timeout: 30_000 });
-    assert.equal(await page.$eval('body', (b) => b.getAttribute('data-charts')), '6/6');
+    assert.equal(await page.$eval('body', (b) => b.getAttribute('data-charts')), '7/7');
     assert.equal(await page.$eval('h1 .name', (e) => e.textContent), cfg.name);
     const notes = await page.$eval('.notes', (e) => e.textContent ?? '');
     assert.match(notes, /No eval\.json/);
     assert.match(notes, /3 lines of metrics\.jsonl are not an epoch record/);
-    // Two epochs drawn; the matrix is epoch 2's evaluation.
-    assert.equal((await chartMarks(page, '[data-chart="loss"]')).length, 2 * 2);
+    // Two epochs drawn, their curves' points for both layers; the matrix is epoch 2's evaluation.
+    assert.equal(
+      (await chartMarks(page, '[data-chart="loss"]')).length,
+      (records[0]!.curve.length + records[1]!.curve.length) * 2,
+    );
     const epoch2 = records[1]!.eval!;
     const cells = await chartMarks(page, '[data-chart="confusion"]');
     assert.equal(
@@ -214,6 +242,84 @@ describe('run report', () => {
     assert.ok(summary.includes(`${(100 * epoch2.accuracy).toFixed(2)}%`), summary);
     assert.deepEqual(problems, []);
     await page.close();
+  });
+
+  it('compares runs: both drawn on the same charts, their config differences in a table', async () => {
+    // A second run: one process, two epochs, evaluated only at the end.
+    const other = await referenceRun(smallRun(2));
+    const out = tmp('a-vs-b.html');
+    const made = await runNode(
+      [join(CLI, 'ffx-coordinator.js'), 'report', run, other, '--out', out],
+      { timeoutMs: 30_000 },
+    );
+    assert.equal(made.code, 0, made.stderr);
+    assert.equal(made.stdout.trim(), `report: ${out}`);
+    const otherRecords = (await readFile(join(other, 'metrics.jsonl'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as EpochRecord);
+    const otherFinal = JSON.parse(await readFile(join(other, 'eval.json'), 'utf8')) as EvalResult;
+    // Both configs are named "demo": each run is told apart by its directory.
+    const labels = [`demo (${basename(run)})`, `demo (${basename(other)})`];
+
+    const { page, problems } = await openFile(browser, out);
+    await page.waitForSelector('body[data-charts]', { timeout: 30_000 });
+    assert.equal(await page.$eval('body', (b) => b.getAttribute('data-charts')), '4/4');
+    const diff = await page.$$eval('#config-diff tbody tr', (rows) =>
+      rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent ?? '')),
+    );
+    assert.deepEqual(
+      diff.find((r) => r[0] === 'train.epochs'),
+      ['train.epochs', '3', '2'],
+    );
+    assert.equal(diff.find((r) => r[0] === 'train.evalEvery')?.[1], '1');
+    assert.ok(!diff.some((r) => r[0] === 'output.dir' || r[0] === 'model.layers'), String(diff));
+
+    const accuracy = await chartMarks(page, '[data-chart="accuracy"]');
+    const finals = accuracy.filter((m) => m.when === 'final');
+    near(percent(finals.find((m) => m.run === labels[0])?.accuracy), final.accuracy, 1e-9, 'run A');
+    near(
+      percent(finals.find((m) => m.run === labels[1])?.accuracy),
+      otherFinal.accuracy,
+      1e-9,
+      'run B',
+    );
+    // A's evaluations after each epoch, B's at the end only.
+    const evals = (rs: EpochRecord[]) => rs.filter((r) => r.eval).length + 1;
+    assert.equal(evals(otherRecords), 1);
+    assert.equal(accuracy.length, evals(records) + evals(otherRecords));
+    const loss = await chartMarks(page, '[data-chart="loss"]');
+    for (const [label, recs] of [
+      [labels[0]!, records],
+      [labels[1]!, otherRecords],
+    ] as const) {
+      const mine = loss.filter((m) => m.run === label);
+      assert.equal(mine.length, recs.reduce((n, r) => n + r.curve.length, 0) * 2, label);
+      const lastPoint = recs.at(-1)!.curve.at(-1)!;
+      const drew = mine.find((m) => m.layer === 'layer 2' && num(m.epoch) === recs.length);
+      near(num(drew?.loss), lastPoint.layers[1]!.loss, 1e-10, `${label}: the last loss`);
+      const speed = (await chartMarks(page, '[data-chart="throughput"]')).filter(
+        (m) => m.run === label,
+      );
+      assert.equal(speed.length, recs.length);
+      near(
+        num(speed.at(-1)?.['samples/s']),
+        recs.at(-1)!.samplesPerSec,
+        1e-3,
+        `${label}: samples/s`,
+      );
+    }
+    assert.equal(
+      (await chartMarks(page, '[data-chart="lr"]')).length,
+      records.reduce((n, r) => n + r.curve.length, 0) +
+        otherRecords.reduce((n, r) => n + r.curve.length, 0),
+    );
+    assert.deepEqual(problems, []);
+    await page.close();
+
+    // One run is a report; none is a usage error.
+    const none = await runNode([join(CLI, 'ffx-coordinator.js'), 'report'], { timeoutMs: 30_000 });
+    assert.equal(none.code, 2);
   });
 
   it('refuses a directory that is not a run (exit 2, REPORT_NOT_A_RUN)', async () => {
@@ -264,6 +370,7 @@ describe('run report: the goodness chart and the losses', () => {
       { loss: 4, goodnessPos: 1100, goodnessNeg: 850 },
     ],
     stages: [],
+    curve: [],
   };
   const caption = (loss: unknown): string => {
     const run: RunFiles = {
@@ -281,8 +388,8 @@ describe('run report: the goodness chart and the losses', () => {
   };
 
   it('draws the threshold for the layers that have the threshold loss, and says which', () => {
-    assert.match(caption(undefined), /above the threshold \(1000, dotted\), negative/);
-    assert.match(caption(['softmax', 'threshold']), /\(1000, dotted; layer 2\)/);
+    assert.match(caption(undefined), /above the threshold \(1000, dotted grey\), negative/);
+    assert.match(caption(['softmax', 'threshold']), /\(1000, dotted grey; layer 2\)/);
     assert.match(caption('symba'), /no threshold/);
   });
 });
