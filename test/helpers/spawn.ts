@@ -24,10 +24,25 @@ export interface RunOptions {
 
 const running = new Set<ChildProcess>();
 
+/**
+ * Every child leads its own process group, so that a kill reaches what it started too (a shell,
+ * npx and the node under it): a grandchild that outlives its parent keeps the test's pipes open
+ * and the test file from ever exiting.
+ */
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  try {
+    if (child.pid !== undefined) process.kill(-child.pid, signal);
+  } catch {
+    child.kill(signal);
+  }
+}
+
 export interface Started {
   child: ChildProcess;
   /** Settles when the process has exited (or was killed by the timeout). */
   result: Promise<RunResult>;
+  /** Sends `signal` to the process and everything it started (its process group). */
+  killGroup(signal: NodeJS.Signals): void;
   /** Output so far. */
   stdout(): string;
   stderr(): string;
@@ -52,6 +67,7 @@ export function startCommand(command: string, args: string[], opts: RunOptions):
     cwd: opts.cwd ?? ROOT,
     env: { ...env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
   });
   running.add(child);
   let stdout = '';
@@ -61,7 +77,7 @@ export function startCommand(command: string, args: string[], opts: RunOptions):
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const timer = setTimeout(() => {
     timedOut = true;
-    child.kill('SIGKILL');
+    killGroup(child, 'SIGKILL');
   }, opts.timeoutMs);
   const result = new Promise<RunResult>((resolveRun, reject) => {
     child.on('error', (err) => {
@@ -75,7 +91,13 @@ export function startCommand(command: string, args: string[], opts: RunOptions):
       resolveRun({ code, signal, stdout, stderr, timedOut });
     });
   });
-  return { child, result, stdout: () => stdout, stderr: () => stderr };
+  return {
+    child,
+    result,
+    killGroup: (signal) => killGroup(child, signal),
+    stdout: () => stdout,
+    stderr: () => stderr,
+  };
 }
 
 /** Runs `node ...args` to completion (or the timeout, which kills it with SIGKILL). */
@@ -108,7 +130,7 @@ export function runModule(source: string, opts: RunOptions): Promise<RunResult> 
 
 /** Kills every child started here that has not exited yet. */
 export function killAll(): void {
-  for (const child of running) child.kill('SIGKILL');
+  for (const child of running) killGroup(child, 'SIGKILL');
   running.clear();
 }
 

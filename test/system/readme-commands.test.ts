@@ -5,9 +5,10 @@
 import assert from 'node:assert/strict';
 import { cpSync, existsSync, readFileSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { freePort } from '../../src/transport/sockets.js';
 import {
+  killAll,
   ROOT,
   startCommand,
   waitForOutput,
@@ -41,6 +42,7 @@ function readmeCommands(): string[] {
 }
 
 describe("the README's commands, as written, from a fresh copy", () => {
+  after(killAll);
   const tmp = tempDir('readme');
   const commands = readmeCommands();
   const run = commands.filter((c) => !NOT_HERE.some(([re]) => re.test(c)));
@@ -138,7 +140,7 @@ describe("the README's commands, as written, from a fresh copy", () => {
       const report = await ok(shell(find(/^npx ffx-coordinator report/)), 'report');
       assert.match(report.stdout, /^report: runs\/demo\/report\.html$/m);
     } finally {
-      for (const s of started) s.child.kill('SIGKILL');
+      for (const s of started) s.killGroup('SIGKILL');
     }
   });
 });
