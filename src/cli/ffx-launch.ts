@@ -1,12 +1,13 @@
 #!/usr/bin/env node
-// ffx-launch: a whole distributed run on one machine: L ffx-stage processes and an
-// ffx-coordinator, on free loopback ports, their output prefixed per process. A child killed by
+// ffx-launch: a whole distributed run on one machine: ffx-stage processes (one per layer, or as
+// --partition lays the layers out) and an ffx-coordinator, on free loopback ports, their output prefixed per process. A child killed by
 // a signal (kill -9, the OOM killer) is started again, up to --max-restarts times: a stage
 // rejoins and the coordinator rolls the run back to its last checkpoint; a coordinator comes
 // back with --resume latest and takes the stages over. Any other failure, or Ctrl-C, tears
 // everything down; the exit status says whether the run succeeded. The children watch the
 // launcher and leave if it dies, even by SIGKILL.
 //   ffx-launch --config config/demo.json [any ffx-coordinator train flag]
+//   ffx-launch --config config/demo.json --layers 784,256,256,256,256 --partition 1-2,3-4
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -32,7 +33,9 @@ import { PROGRESS_BAR_ENV } from '../coordinator/reporter.js';
 import type { RunConfig } from '../config/config.js';
 import { plural } from '../log.js';
 import { LATEST } from '../checkpoint/checkpoint-file.js';
-import { writeClusterKeys } from '../transport/curve.js';
+import { stageKeyName, writeClusterKeys } from '../transport/curve.js';
+import { parseLayerRange, rangeLabel, rangeName } from '../transport/layer-range.js';
+import { onePerLayer, parsePartition, partitionName, type Partition } from '../config/partition.js';
 import { Supervisor, type ChildSpec } from './supervisor.js';
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
@@ -78,7 +81,8 @@ async function launch(
 ): Promise<Awaited<ReturnType<Supervisor['run']>>> {
   const plan = await planLaunch(a, cfg, argv);
   terminal.line(
-    `ffx-launch: ${plan.layers} stages (${plural(plan.threads, 'thread')} each) + coordinator on ` +
+    `ffx-launch: ${plural(plan.stages, 'stage')} (${partitionName(plan.partition)}; ` +
+      `${plural(plan.threads, 'thread')} each) + coordinator on ` +
       `${plan.control}; data over ${a.transport}${a.keys ? ' with CurveZMQ' : ''}; ` +
       `dataset ${cfg.data.dataset}`,
   );
@@ -90,7 +94,9 @@ async function launch(
       // "[stage 2] ..." says who: the child's own "layer 2: " (or "coordinator: ") would
       // repeat it.
       const own =
-        spec.name === 'coordinator' ? 'coordinator: ' : `layer ${spec.name.split(' ')[1]}: `;
+        spec.name === 'coordinator'
+          ? 'coordinator: '
+          : `${rangeLabel(parseLayerRange(spec.name.split(' ')[1]!))}: `;
       relay(proc.stderr!, terminal, `[${spec.name}]`, own);
       relay(proc.stdout!, results, `[${spec.name}]`, own);
     },
@@ -100,7 +106,7 @@ async function launch(
   if (plan.metricsPorts.length > 0) {
     terminal.line(
       `ffx-launch: metrics at ${plan.metricsPorts.map((p) => `http://127.0.0.1:${p}/metrics`).join(' ')} ` +
-        '(coordinator, then stage 1..L)',
+        '(coordinator, then the stages from layer 1)',
     );
   }
   const onSignal = () => {
@@ -121,7 +127,14 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
   const a = (await options
     .scriptName('ffx-launch')
     .usage('$0 --config FILE [ffx-coordinator train flags]')
-    .usage('Run a distributed training on this machine: one ffx-stage per layer and a coordinator.')
+    .usage(
+      'Run a distributed training on this machine: one ffx-stage per layer (or per group of --partition) and a coordinator.',
+    )
+    .option('partition', {
+      type: 'string',
+      describe:
+        'lay the layers out on stages: groups of consecutive layers, one process each, e.g. 1-2,3-4 (default: one stage per layer)',
+    })
     .option('stage-threads', {
       type: 'number',
       describe: 'compute threads per stage (default: cores / layers, at least 1)',
@@ -169,6 +182,7 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
 
 /** The launcher's own flags: everything else on its command line goes to the coordinator. */
 const OWN_FLAGS = new Set([
+  '--partition',
   '--stage-threads',
   '--transport',
   '--grace',
@@ -180,12 +194,13 @@ const OWN_FLAGS = new Set([
 ]);
 
 interface LaunchPlan {
-  layers: number;
+  partition: Partition;
+  stages: number;
   threads: number;
   control: string;
-  /** The coordinator first (its exit 0 ends the run), then stage 1..L. */
+  /** The coordinator first (its exit 0 ends the run), then the stages from layer 1. */
   specs: ChildSpec[];
-  /** Metrics ports handed out: the coordinator's, then stage 1..L's. */
+  /** Metrics ports handed out: the coordinator's, then the stages'. */
   metricsPorts: number[];
   /** Where ipc sockets live, to remove at the end (null: tcp, or Linux's abstract namespace). */
   socketDir: string | null;
@@ -198,9 +213,19 @@ async function planLaunch(
   argv: string[],
 ): Promise<LaunchPlan> {
   const layers = cfg.model.layers.length - 1;
+  const spec = a.partition as string | undefined;
+  const partition = spec === undefined ? onePerLayer(layers) : parsePartition(spec, layers);
+  const replicated = partition.find((s) => s.replicas > 1);
+  if (replicated) {
+    throw new UsageError(
+      `--partition ${spec}: replicas (${rangeName(replicated.layers)}x${replicated.replicas}) ` +
+        'are not supported yet: give each group once',
+    );
+  }
+  const stages = partition.length;
   const threads =
     (a['stage-threads'] as number | undefined) ??
-    Math.max(1, Math.floor(availableParallelism() / layers));
+    Math.max(1, Math.floor(availableParallelism() / stages));
   const control = `tcp://127.0.0.1:${await freePort()}`;
   // Loopback tcp costs the sending side's ZeroMQ I/O thread ~7% of a core per stage link (the
   // kernel runs the receiver's network stack on the sender's time); Unix sockets do not. On
@@ -209,16 +234,19 @@ async function planLaunch(
   const socketDir =
     a.transport === 'ipc' && !abstract ? await mkdtemp(join(tmpdir(), 'ffx-launch-')) : null;
   const socketTag = `ffx-launch-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const dataEndpoint = (layer: number) => {
+  const dataEndpoint = (name: string) => {
     if (a.transport !== 'ipc') return 'tcp://127.0.0.1:*';
-    return socketDir
-      ? `ipc://${join(socketDir, `stage-${layer}`)}`
-      : `ipc://@${socketTag}-stage-${layer}`;
+    return socketDir ? `ipc://${join(socketDir, name)}` : `ipc://@${socketTag}-${name}`;
   };
   const keysDir = a.keys as string | undefined;
   const keyArgs = (name: string) =>
     keysDir ? ['--key', join(keysDir, `${name}.key`), '--trust', join(keysDir, 'trusted.pub')] : [];
-  if (keysDir && !existsSync(join(keysDir, 'trusted.pub'))) await writeClusterKeys(keysDir, layers);
+  if (keysDir && !existsSync(join(keysDir, 'trusted.pub'))) {
+    await writeClusterKeys(
+      keysDir,
+      partition.map((s) => s.layers),
+    );
+  }
   const forwarded: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!.split('=')[0]!;
@@ -271,30 +299,30 @@ async function planLaunch(
       ],
     },
   ];
-  for (let layer = 1; layer <= layers; layer++) {
+  for (const { layers: range } of partition) {
     const stageArgs = [
       '--layer',
-      String(layer),
+      rangeName(range),
       '--coordinator',
       control,
       '--listen',
-      dataEndpoint(layer),
+      dataEndpoint(stageKeyName(range)),
       '--backend',
       String(a.backend),
       '--threads',
       String(threads),
-      ...keyArgs(`stage-${layer}`),
+      ...keyArgs(stageKeyName(range)),
       ...(a.verbose ? ['--verbose'] : []),
       ...(await metricsArgs()),
     ];
     specs.push({
-      name: `stage ${layer}`,
+      name: `stage ${rangeName(range)}`,
       script: here('./ffx-stage.js'),
       env: env(),
       args: () => stageArgs,
     });
   }
-  return { layers, threads, control, specs, metricsPorts, socketDir };
+  return { partition, stages, threads, control, specs, metricsPorts, socketDir };
 }
 
 /** `args` without `flag` and its value (`--flag v` or `--flag=v`). */

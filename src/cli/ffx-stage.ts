@@ -1,6 +1,8 @@
 #!/usr/bin/env node
-// ffx-stage: one FF layer of a distributed run, in its own process (one per GPU or node).
+// ffx-stage: one FF layer of a distributed run, or a run of consecutive layers (a group), in
+// its own process (one per GPU or node).
 //   ffx-stage --layer 1 --coordinator tcp://10.0.0.1:5555
+//   ffx-stage --layer 2-3 --coordinator tcp://10.0.0.1:5555
 import { ffxYargs, hideBin } from './yargs.js';
 import {
   BACKEND_CHOICES,
@@ -23,6 +25,16 @@ import { UsageError } from '../errors.js';
 import { parseEndpoint } from './endpoint.js';
 import { checkExposure, loadStageSecurity, securityOptions } from './security-options.js';
 import { watchParent } from './parent-watch.js';
+import { parseLayerRange, rangeLabel, type LayerRange } from '../transport/layer-range.js';
+
+/** --layer: N or FIRST-LAST. */
+function parseLayers(value: string): LayerRange {
+  try {
+    return parseLayerRange(value);
+  } catch (err) {
+    throw new UsageError(`--layer: ${(err as Error).message}`);
+  }
+}
 
 /** --device: GPU, or a GPU's index. */
 function parseDevice(value: string | undefined): number | 'gpu' | undefined {
@@ -35,15 +47,16 @@ function parseDevice(value: string | undefined): number | 'gpu' | undefined {
 export function buildCli(argv: string[]) {
   return securityOptions(metricsOptions(ffxYargs(argv), `default ${DEFAULT_METRICS_PORT} + layer`))
     .scriptName('ffx-stage')
-    .usage('$0 --layer N --coordinator tcp://HOST:PORT [options]')
-    .usage('Serve one FF layer of a distributed run.')
+    .usage('$0 --layer N|FIRST-LAST --coordinator tcp://HOST:PORT [options]')
+    .usage('Serve one FF layer of a distributed run, or a group of consecutive layers.')
     .config('config', 'a JSON file of these flags, e.g. {"coordinator": "tcp://10.0.0.1:5555"}')
     .alias('config', 'c') // as in every ffx command
     .option('layer', {
       alias: 'l',
-      type: 'number',
+      type: 'string',
       demandOption: true,
-      describe: 'which layer this stage trains (1-based)',
+      describe:
+        'which layer this stage trains (1-based), or a group of consecutive layers, e.g. 2-3 (activations pass between them in memory)',
     })
     .option('coordinator', {
       type: 'string',
@@ -88,6 +101,10 @@ export function buildCli(argv: string[]) {
     })
     .option('verbose', verboseOption)
     .example('$0 --layer 2 --coordinator tcp://10.0.0.1:5555', 'serve layer 2')
+    .example(
+      '$0 --layer 2-3 --coordinator tcp://10.0.0.1:5555',
+      'serve layers 2 and 3 in one process',
+    )
     .epilog(
       'Flags can also come from the environment as FFX_<FLAG> (FFX_LAYER=2 FFX_COORDINATOR=tcp://...) ' +
         'or from a --config JSON file. Precedence: flags > environment > file. ' +
@@ -115,6 +132,8 @@ function runConfigGiven(msg: string): string | undefined {
 async function main(): Promise<void> {
   const a = await buildCli(hideBin(process.argv)).parseAsync();
   configureLog({ verbose: a.verbose });
+  const layers = parseLayers(a.layer);
+  const name = rangeLabel(layers);
   const device = parseDevice(a.device);
   const coordinator = parseEndpoint(a.coordinator, '--coordinator', 'connect');
   const listen = parseEndpoint(a.listen, '--listen', 'bind');
@@ -126,7 +145,7 @@ async function main(): Promise<void> {
     threads = Math.min(share.threads, MAX_WASM_THREADS);
     if (share.stages > 1) {
       log.info(
-        `layer ${a.layer}: ${share.stages} ffx stages on this host: ${threads} compute thread(s) each (--threads to choose)`,
+        `${name}: ${share.stages} ffx stages on this host: ${threads} compute thread(s) each (--threads to choose)`,
       );
     }
   }
@@ -138,19 +157,24 @@ async function main(): Promise<void> {
   let metrics: StageMetrics | undefined;
   let server: MetricsServer | undefined;
   if (a.metrics) {
-    const registry = createRegistry('stage', { layer: String(a.layer) }, { backend: backend.name });
-    metrics = new StageMetrics(registry, a.layer);
+    // The process's series carry its first layer; each layer's steps its own (StageMetrics).
+    const registry = createRegistry(
+      'stage',
+      { layer: String(layers.first) },
+      { backend: backend.name },
+    );
+    metrics = new StageMetrics(registry, layers.first, { last: layers.last });
     const asked = a['metrics-port'];
-    const port = DEFAULT_METRICS_PORT + a.layer;
+    const port = DEFAULT_METRICS_PORT + layers.first;
     server = await MetricsServer.start(registry, {
       host: a['metrics-host'],
       port: asked ?? port,
       anyIfTaken: asked === undefined,
     });
-    log.info(`layer ${a.layer}: metrics on ${server.address}${portNote(asked, port, server)}`);
+    log.info(`${name}: metrics on ${server.address}${portNote(asked, port, server)}`);
   }
   const stage = new Stage({
-    layer: a.layer,
+    layers,
     coordinator,
     listen,
     advertise: a.advertise,
@@ -162,7 +186,7 @@ async function main(): Promise<void> {
   });
   // SIGTERM/SIGINT end the stage from any state, including while it waits for a coordinator.
   const onSignal = (signal: NodeJS.Signals) => {
-    log.info(`layer ${a.layer}: ${signal}, stopping`);
+    log.info(`${name}: ${signal}, stopping`);
     void stage.close(signal);
   };
   process.once('SIGINT', onSignal);
@@ -170,7 +194,7 @@ async function main(): Promise<void> {
   watchParent(() => void stage.close('its launcher is gone'));
   try {
     await stage.run();
-    log.info(`layer ${a.layer}: stopped`);
+    log.info(`${name}: stopped`);
   } finally {
     await stage.close();
     await server?.close();

@@ -55,7 +55,6 @@ export function ffxYargs(args: string[]): Argv {
 
 /** Integer flags the command line itself bounds (config values are checked by config.ts). */
 const INT_FLAGS: Readonly<Record<string, readonly [number, number]>> = {
-  layer: [1, 1_000_000],
   threads: [1, MAX_WASM_THREADS],
   'stage-threads': [1, MAX_WASM_THREADS],
   'metrics-port': [0, 65_535],

@@ -18,6 +18,7 @@ import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.j
 import { RateLimitedLog, plural } from '../log.js';
 import type { CoordinatorMetrics, DropReason } from '../metrics/index.js';
 import { Liveness } from './liveness.js';
+import { inRun, layersOf, rangeLabel, type LayerRange } from '../transport/layer-range.js';
 import { UNREGISTERED_MAX_BYTES } from '../transport/bounds.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
@@ -92,11 +93,15 @@ export interface ClusterOptions {
   security?: { keys: KeyPair; trusted: TrustedKey[] };
 }
 
+/** A registered stage: one process, serving the layers its hello names. */
 interface StageInfo {
   hello: HelloMessage;
   identity: Buffer;
   ready: boolean;
 }
+
+/** The layers a hello names. */
+const rangeOf = (hello: HelloMessage): LayerRange => ({ first: hello.layer, last: hello.last });
 
 export type ClusterPhase = 'registering' | 'running' | 'recovering' | 'failed' | 'closed';
 
@@ -129,6 +134,7 @@ function heldOf(
 
 export class Cluster {
   readonly numLayers: number;
+  /** Each layer's stage: a stage of several layers is there under each of them. */
   readonly stages = new Map<number, StageInfo>();
   /** The current attempt's run id: every message of the attempt carries it. */
   run: string;
@@ -285,14 +291,19 @@ export class Cluster {
       const changed = () =>
         silent().length > 0 ||
         [...sentTo].some(([l, id]) => !this.stages.get(l)?.identity.equals(id));
-      for (let layer = this.numLayers; layer >= 1 && !changed(); layer--) {
-        const st = this.stages.get(layer)!;
-        sentTo.set(layer, st.identity);
-        await this.routerOut.send([st.identity, this.configFor(layer, cfg, mode, state)]);
-        await this.until(() => this.stages.get(layer)?.ready === true || changed(), {
+      for (const st of this.stageList().reverse()) {
+        if (changed()) break;
+        const layers = rangeOf(st.hello);
+        sentTo.set(layers.first, st.identity);
+        await this.routerOut.send([st.identity, this.configFor(layers, cfg, mode, state)]);
+        await this.until(() => this.stages.get(layers.first)?.ready === true || changed(), {
           ms: left(),
           error: () =>
-            new ClusterError('CLUSTER_NOT_READY', `layer ${layer} did not get ready`, [layer]),
+            new ClusterError(
+              'CLUSTER_NOT_READY',
+              `${rangeLabel(layers)} did not get ready`,
+              layersOf(layers),
+            ),
         });
       }
       if (!changed()) break;
@@ -309,9 +320,9 @@ export class Cluster {
     if (this.opts.security) curveClient(this.feed, this.opts.security.keys, first.key);
     const linked = handshake(this.feed, this.opts.heartbeatTimeoutMs);
     this.feed.connect(first.endpoint);
-    for (const [layer, s] of [...this.stages.entries()].sort((a, b) => a[0] - b[0])) {
+    for (const s of this.stageList()) {
       this.opts.log(
-        `coordinator: layer ${layer} ready on ${s.hello.host} pid ${s.hello.pid} (${s.hello.backend}) at ${s.hello.endpoint}`,
+        `coordinator: ${rangeLabel(rangeOf(s.hello))} ready on ${s.hello.host} pid ${s.hello.pid} (${s.hello.backend}) at ${s.hello.endpoint}`,
       );
     }
     // Every stage reached the next before it said ready; the coordinator reaches the first.
@@ -328,32 +339,38 @@ export class Cluster {
   }
 
   private configFor(
-    layer: number,
+    { first, last }: LayerRange,
     cfg: RunConfig,
     mode: 'train' | 'eval',
     state: ModelState | undefined,
   ): Buffer {
-    const next = layer < this.numLayers ? this.stages.get(layer + 1)!.hello.endpoint : null;
+    const next = last < this.numLayers ? this.stages.get(last + 1)!.hello : null;
     return encodeControl({
       type: 'config',
       run: this.run,
-      layer,
+      layer: first,
+      last,
       numLayers: this.numLayers,
       model: cfg.model,
       optimizer: cfg.optimizer,
       seed: cfg.seed,
-      next,
-      nextKey: layer < this.numLayers ? this.stages.get(layer + 1)!.hello.key : '',
+      next: next?.endpoint ?? null,
+      nextKey: next?.key ?? '',
       prevKey:
-        layer > 1
-          ? this.stages.get(layer - 1)!.hello.key
+        first > 1
+          ? this.stages.get(first - 1)!.hello.key
           : (this.opts.security?.keys.publicKey ?? ''),
       batchSize: cfg.train.batchSize,
       evalBatchSize: cfg.eval.batchSize,
       linkTimeoutMs: this.opts.heartbeatTimeoutMs,
       mode,
-      state: state ? Object.fromEntries(layerTensors(state.tensors, layer - 1)) : {},
-      optimizerStep: state?.optimizerSteps[layer - 1] ?? 0,
+      state: state
+        ? Object.fromEntries(
+            layersOf({ first, last }).flatMap((l) => [...layerTensors(state.tensors, l - 1)]),
+          )
+        : {},
+      // The same for every layer of a run (checkpoint-file.ts checks it).
+      optimizerStep: state?.optimizerSteps[first - 1] ?? 0,
       origin: cfg,
     });
   }
@@ -409,14 +426,11 @@ export class Cluster {
     const msg = encodeControl(
       exit ? { type: 'stop', reason } : { type: 'abort', run: this.run, reason },
     );
-    for (const s of this.stages.values()) {
+    for (const s of this.stageList()) {
       await this.routerOut.send([s.identity, msg]).catch(() => {});
     }
-    for (const layer of [...this.stages.keys()]) {
-      if (this.liveness.failedThisAttempt(layer)) {
-        this.stages.delete(layer);
-        this.liveness.left(layer);
-      }
+    for (const s of this.stageList()) {
+      if (this.liveness.failedThisAttempt(s.hello.layer)) this.forget(s);
     }
   }
 
@@ -492,26 +506,27 @@ export class Cluster {
     const v = this.liveness.verdict();
     if (!v) return;
     const s = this.stages.get(v.layer);
-    const who = s ? ` (pid ${s.hello.pid} on ${s.hello.host})` : '';
+    const layers = s ? rangeOf(s.hello) : { first: v.layer, last: v.layer };
+    const who = `${rangeLabel(layers)}${s ? ` (pid ${s.hello.pid} on ${s.hello.host})` : ''}`;
     if (v.kind === 'lost') {
       this.opts.metrics?.onStageLost(v.layer);
       this.fail(
         new ClusterError(
           'CLUSTER_STAGE_LOST',
-          `layer ${v.layer}${who} stopped answering: no heartbeat for ` +
-            `${(v.silentMs / 1000).toFixed(1)}s`,
-          [v.layer],
+          `${who} stopped answering: no heartbeat for ${(v.silentMs / 1000).toFixed(1)}s`,
+          layersOf(layers),
         ),
       );
     } else {
       this.opts.metrics?.onStageStalled(v.layer);
-      this.liveness.stalled(v.layer); // a replacement may take the layer, or the stage again
+      // A replacement may take the layers, or the stage again.
+      for (const layer of layersOf(layers)) this.liveness.stalled(layer);
       this.fail(
         new ClusterError(
           'CLUSTER_STAGE_STALLED',
-          `layer ${v.layer}${who} is alive but made no progress for ` +
+          `${who} is alive but made no progress for ` +
             `${(v.waitedMs / 1000).toFixed(1)}s with work outstanding`,
-          [v.layer],
+          layersOf(layers),
         ),
       );
     }
@@ -569,7 +584,7 @@ export class Cluster {
       );
       return;
     }
-    this.liveness.heard(msg.layer); // a busy stage's results are signs of life
+    this.heard(s); // a busy stage's results are signs of life
     if (msg.run !== this.run) {
       this.drop('stale', `a '${msg.type}' of run ${msg.run}, not the current ${this.run}`);
       return;
@@ -582,8 +597,9 @@ export class Cluster {
     } else if (msg.type === 'error') {
       const code = isErrorCode(msg.code) ? msg.code : 'CLUSTER_STAGE_ERROR';
       // A stage's messages name their layer already ("layer 2: ..."): once is enough.
-      const message = msg.message.replace(new RegExp(`^layer ${msg.layer}: `), '');
-      this.fail(new ClusterError(code, `layer ${msg.layer}: ${message}`, [msg.layer]));
+      const name = rangeLabel(rangeOf(s.hello));
+      const message = msg.message.replace(new RegExp(`^${name}: `), '');
+      this.fail(new ClusterError(code, `${name}: ${message}`, layersOf(rangeOf(s.hello))));
     } else {
       // A stage's rejection is counted; the run goes on. A batch of the run that was refused
       // would never complete, and the progress check would roll the run back.
@@ -602,7 +618,7 @@ export class Cluster {
   private async onHeartbeat(layer: number, token: string, identity: Buffer): Promise<void> {
     const s = this.stages.get(layer);
     if (s && s.hello.token === token) {
-      this.liveness.heard(layer);
+      this.heard(s);
       // Heartbeats both ways: a registered stage learns its coordinator is alive.
       await this.routerOut
         .send([identity, encodeControl({ type: 'heartbeat', layer, token })])
@@ -637,32 +653,64 @@ export class Cluster {
       ]);
       return;
     }
+    const layers = rangeOf(msg);
     const known = this.stages.get(msg.layer);
     if (known?.identity.equals(identity)) {
       known.hello = msg; // the same stage again: it may have been between runs
-      this.liveness.heard(msg.layer);
+      this.heard(known);
       return;
     }
-    if (known && this.phaseNow === 'running') {
-      // A replacement for a stage of the running attempt (checkHello let it in only because
-      // that one is lost): the attempt cannot go on without it.
-      this.opts.metrics?.onStageLost(msg.layer);
+    // The stages this one replaces: every one holding one of its layers (checkHello let it in
+    // only because they are lost).
+    const replaced = [...new Set(layersOf(layers).map((l) => this.stages.get(l)))].filter(
+      (s): s is StageInfo => s !== undefined,
+    );
+    if (replaced.length > 0 && this.phaseNow === 'running') {
+      // A replacement for a stage of the running attempt: the attempt cannot go on without it.
+      const gone = replaced[0]!;
+      this.opts.metrics?.onStageLost(gone.hello.layer);
       this.fail(
         new ClusterError(
           'CLUSTER_STAGE_LOST',
-          `layer ${msg.layer} (pid ${known.hello.pid} on ${known.hello.host}) stopped answering; ` +
+          `${rangeLabel(rangeOf(gone.hello))} (pid ${gone.hello.pid} on ${gone.hello.host}) stopped answering; ` +
             `pid ${msg.pid} on ${msg.host} takes its place`,
-          [msg.layer],
+          layersOf(rangeOf(gone.hello)),
         ),
       );
     }
-    this.stages.set(msg.layer, { hello: msg, identity, ready: false });
-    this.liveness.joined(msg.layer);
+    for (const s of replaced) this.forget(s);
+    const info: StageInfo = { hello: msg, identity, ready: false };
+    for (const layer of layersOf(layers)) {
+      this.stages.set(layer, info);
+      this.liveness.joined(layer);
+    }
     this.opts.log(
-      `coordinator: hello from layer ${msg.layer} (${msg.host}, pid ${msg.pid}, ${msg.backend}), ` +
+      `coordinator: hello from ${rangeLabel(layers)} (${msg.host}, pid ${msg.pid}, ${msg.backend}), ` +
         `data at ${msg.endpoint}` +
-        (known ? `; replacing pid ${known.hello.pid}` : ''),
+        (replaced.length > 0
+          ? `; replacing pid ${replaced.map((s) => s.hello.pid).join(', ')}`
+          : ''),
     );
+  }
+
+  /** Every registered stage once, from upstream. */
+  private stageList(): StageInfo[] {
+    return [...new Set(this.stages.values())].sort((a, b) => a.hello.layer - b.hello.layer);
+  }
+
+  /** A stage is gone: its layers are free for a replacement. */
+  private forget(s: StageInfo): void {
+    for (const layer of layersOf(rangeOf(s.hello))) {
+      if (this.stages.get(layer) === s) {
+        this.stages.delete(layer);
+        this.liveness.left(layer);
+      }
+    }
+  }
+
+  /** A sign of life from a stage: for each of its layers. */
+  private heard(s: StageInfo): void {
+    for (const layer of layersOf(rangeOf(s.hello))) this.liveness.heard(layer);
   }
 
   private isRegistered(identity: Buffer): boolean {
@@ -685,28 +733,38 @@ export class Cluster {
     ) {
       return ['STAGE_REFUSED', `its data endpoint is not a tcp://HOST:PORT or ipc:// address`];
     }
-    if (!Number.isInteger(msg.layer) || msg.layer < 1 || msg.layer > this.numLayers) {
+    const layers = rangeOf(msg);
+    if (!inRun(layers, this.numLayers)) {
       return [
         'STAGE_REFUSED',
-        `layer ${msg.layer} is not in this run (layers 1..${this.numLayers})`,
+        `${msg.layer === msg.last ? `layer ${msg.layer} is` : `layers ${msg.layer}-${msg.last} are`} ` +
+          `not in this run (layers 1..${this.numLayers})`,
       ];
     }
     const security = this.opts.security;
     if (security) {
-      // Bound to a key: one listed for this layer, whose secret the stage proves it holds.
-      if (!mayServe(security.trusted, msg.key, msg.layer)) {
-        return ['STAGE_REFUSED', `this stage's key is not trusted to serve layer ${msg.layer}`];
+      // Bound to a key: one listed for these layers, whose secret the stage proves it holds.
+      if (!mayServe(security.trusted, msg.key, layers)) {
+        return ['STAGE_REFUSED', `this stage's key is not trusted to serve ${rangeLabel(layers)}`];
       }
-      if (msg.proof !== helloProof(security.keys.secretKey, msg.key, msg.layer, msg.token)) {
+      if (msg.proof !== helloProof(security.keys.secretKey, msg.key, layers, msg.token)) {
         return ['STAGE_REFUSED', `this stage's hello does not prove it holds its key`];
       }
     }
-    const existing = this.stages.get(msg.layer);
-    if (existing && !existing.identity.equals(identity) && !this.liveness.isSilent(msg.layer)) {
-      return [
-        'STAGE_LAYER_TAKEN',
-        `layer ${msg.layer} is served by another stage, heard from lately`,
-      ];
+    // Every layer in exactly one stage: one held by another stage heard from lately is an
+    // overlap (the newcomer waits, and takes the layers once that one is lost).
+    for (const layer of layersOf(layers)) {
+      const existing = this.stages.get(layer);
+      if (existing && !existing.identity.equals(identity) && !this.liveness.isSilent(layer)) {
+        const theirs = rangeOf(existing.hello);
+        return [
+          'STAGE_LAYER_TAKEN',
+          layers.first === layers.last && theirs.first === theirs.last
+            ? `layer ${layer} is served by another stage, heard from lately`
+            : `${rangeLabel(layers)} overlap ${rangeLabel(theirs)} of another stage, heard from ` +
+              `lately, at layer ${layer}`,
+        ];
+      }
     }
     return null;
   }

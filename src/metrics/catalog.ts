@@ -127,19 +127,19 @@ export const STAGE = {
     name: 'ffx_stage_batches_total',
     type: 'counter',
     help: 'Batches this stage has processed.',
-    labelNames: ['phase'],
+    labelNames: ['phase', 'layer'],
   },
   samples: {
     name: 'ffx_stage_samples_total',
     type: 'counter',
     help: 'Samples this stage has processed: positive samples (train), test images (eval).',
-    labelNames: ['phase'],
+    labelNames: ['phase', 'layer'],
   },
   stepDuration: {
     name: 'ffx_stage_step_duration_seconds',
     type: 'histogram',
     help: 'Compute time of one batch (forward, loss and update for train).',
-    labelNames: ['phase'],
+    labelNames: ['phase', 'layer'],
     buckets: STEP_BUCKETS,
   },
   inputWait: {
@@ -194,19 +194,19 @@ export const STAGE = {
     name: 'ffx_stage_loss',
     type: 'gauge',
     help: 'Loss of the last training batch (NaN if it was not finite).',
-    labelNames: [],
+    labelNames: ['layer'],
   },
   goodness: {
     name: 'ffx_stage_goodness',
     type: 'gauge',
     help: 'Mean goodness of the last training batch, for positive and negative samples.',
-    labelNames: ['polarity'],
+    labelNames: ['polarity', 'layer'],
   },
   nonfiniteLoss: {
     name: 'ffx_stage_nonfinite_loss_total',
     type: 'counter',
     help: 'Training batches whose loss was NaN or infinite.',
-    labelNames: [],
+    labelNames: ['layer'],
   },
   lastBatch: {
     name: 'ffx_stage_last_batch_timestamp_seconds',
@@ -248,7 +248,7 @@ export const STAGE = {
     name: 'ffx_stage_epoch',
     type: 'gauge',
     help: 'Epoch (1-based) of the last batch processed.',
-    labelNames: [],
+    labelNames: ['layer'],
   },
 } as const satisfies Record<string, MetricSpec>;
 
@@ -256,19 +256,19 @@ export const COORDINATOR = {
   stagesExpected: {
     name: 'ffx_coordinator_stages_expected',
     type: 'gauge',
-    help: 'Stages the run needs (one per layer).',
+    help: 'Layers the run needs a stage for (a stage may hold several).',
     labelNames: [],
   },
   stagesRegistered: {
     name: 'ffx_coordinator_stages_registered',
     type: 'gauge',
-    help: 'Stages that have said hello.',
+    help: 'Layers whose stage has said hello.',
     labelNames: [],
   },
   stagesUp: {
     name: 'ffx_coordinator_stages_up',
     type: 'gauge',
-    help: 'Registered stages heard from within the heartbeat timeout.',
+    help: 'Layers whose registered stage was heard from within the heartbeat timeout.',
     labelNames: [],
   },
   epoch: {

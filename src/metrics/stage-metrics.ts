@@ -45,6 +45,8 @@ export interface StepEvent {
   sendSeconds?: number;
   /** 1-based epoch of the batch (the wire header's epoch + 1). */
   epoch?: number;
+  /** The layer that did the step, in a stage of several (default: the stage's first). */
+  layer?: number;
 }
 
 export interface TrainStepEvent extends StepEvent {
@@ -56,17 +58,27 @@ export interface TrainStepEvent extends StepEvent {
 export interface StageMetricsOptions {
   /** Unix time in seconds (tests pass a fixed clock). */
   now?: () => number;
+  /**
+   * The last layer of a stage that holds several (default: `layer`, one): the per-layer series
+   * (batches, samples, step time, loss, goodness, epoch) carry each layer's own `layer` label.
+   */
+  last?: number;
 }
 
 export class StageMetrics {
   readonly layer: number;
+  /**
+   * The labels of each layer the stage holds: none for the first (the registry's default
+   * `layer` label names it, so a stage of one layer renders as before), `layer` for the others.
+   */
+  private readonly layerLabels = new Map<number, { layer?: string }>();
   private readonly now: () => number;
   private queueDepthSource: () => number = () => 0;
   private queueBytesSource: () => number = () => 0;
 
-  private readonly batches: Counter<'phase'>;
-  private readonly samples: Counter<'phase'>;
-  private readonly stepDuration: Histogram<'phase'>;
+  private readonly batches: Counter<'phase' | 'layer'>;
+  private readonly samples: Counter<'phase' | 'layer'>;
+  private readonly stepDuration: Histogram<'phase' | 'layer'>;
   private readonly inputWait: Counter<never>;
   private readonly sendBlocked: Counter<never>;
   private readonly transport: Counter<never>;
@@ -75,11 +87,11 @@ export class StageMetrics {
   private readonly bytesReceived: Counter<never>;
   private readonly bytesSent: Counter<never>;
   private readonly rejected: Counter<'reason'>;
-  private readonly loss: Gauge<never>;
-  private readonly goodness: Gauge<'polarity'>;
-  private readonly nonfiniteLoss: Counter<never>;
+  private readonly loss: Gauge<'layer'>;
+  private readonly goodness: Gauge<'polarity' | 'layer'>;
+  private readonly nonfiniteLoss: Counter<'layer'>;
   private readonly lastBatch: Gauge<never>;
-  private readonly epoch: Gauge<never>;
+  private readonly epoch: Gauge<'layer'>;
   private readonly state: Gauge<'state'>;
   private readonly leftovers: Counter<never>;
   private readonly coordinatorLost: Counter<never>;
@@ -108,6 +120,16 @@ export class StageMetrics {
       );
     }
     this.layer = layer;
+    const last = opts.last ?? layer;
+    if (!isLayer(last) || last < layer) {
+      throw new MetricsError(
+        'METRICS_BAD_LAYER',
+        `stage metrics last layer must be an integer >= ${layer}; got ${last}`,
+        last,
+      );
+    }
+    for (let l = layer; l <= last; l++)
+      this.layerLabels.set(l, l === layer ? {} : { layer: String(l) });
     this.now = opts.now ?? (() => Date.now() / 1000);
 
     this.batches = counter(registry, STAGE.batches);
@@ -142,24 +164,28 @@ export class StageMetrics {
 
     // Series that exist from the start, so rate() and "is it zero?" panels work before the
     // first batch or the first rejection.
-    for (const phase of PHASES) {
-      this.batches.inc({ phase }, 0);
-      this.samples.inc({ phase }, 0);
-      this.stepDuration.zero({ phase });
+    for (const layer of this.layerLabels.values()) {
+      for (const phase of PHASES) {
+        this.batches.inc({ phase, ...layer }, 0);
+        this.samples.inc({ phase, ...layer }, 0);
+        this.stepDuration.zero({ phase, ...layer });
+      }
+      this.loss.set(layer, NaN); // no batch yet
+      this.nonfiniteLoss.inc(layer, 0);
+      this.epoch.set(layer, 0);
+      for (const polarity of POLARITIES) this.goodness.set({ polarity, ...layer }, NaN);
     }
     for (const reason of REJECT_REASONS) this.rejected.inc({ reason }, 0);
     this.setState('waiting');
-    this.loss.set(NaN); // no batch yet
-    for (const polarity of POLARITIES) this.goodness.set({ polarity }, NaN);
   }
 
   /** A training batch done: counts, times, and this batch's loss and goodness. */
   onTrainStep(e: TrainStepEvent): void {
-    this.step('train', e);
-    if (!Number.isFinite(e.loss)) this.nonfiniteLoss.inc();
-    set(this.loss, {}, Number.isFinite(e.loss) ? e.loss : NaN);
-    set(this.goodness, { polarity: 'pos' }, e.goodnessPos);
-    set(this.goodness, { polarity: 'neg' }, e.goodnessNeg);
+    const layer = this.step('train', e);
+    if (!Number.isFinite(e.loss)) add(this.nonfiniteLoss, layer, 1);
+    set(this.loss, layer, Number.isFinite(e.loss) ? e.loss : NaN);
+    set(this.goodness, { polarity: 'pos', ...layer }, e.goodnessPos);
+    set(this.goodness, { polarity: 'neg', ...layer }, e.goodnessNeg);
   }
 
   /** An evaluation batch done. */
@@ -225,14 +251,24 @@ export class StageMetrics {
     this.queueBytesSource = source;
   }
 
-  private step(phase: Phase, e: StepEvent): void {
-    add(this.batches, { phase }, 1);
-    add(this.samples, { phase }, e.samples);
-    observe(this.stepDuration, { phase }, e.stepSeconds);
+  /** Counts a step of one layer; returns that layer's labels. */
+  private step(phase: Phase, e: StepEvent): { layer?: string } {
+    const layer = this.layerLabels.get(e.layer ?? this.layer);
+    if (!layer) {
+      throw new MetricsError(
+        'METRICS_BAD_LAYER',
+        `a step of layer ${e.layer}, which this stage (from layer ${this.layer}) does not hold`,
+        e.layer,
+      );
+    }
+    add(this.batches, { phase, ...layer }, 1);
+    add(this.samples, { phase, ...layer }, e.samples);
+    observe(this.stepDuration, { phase, ...layer }, e.stepSeconds);
     add(this.inputWait, {}, e.waitSeconds ?? 0);
     add(this.transport, {}, e.transportSeconds ?? 0);
     add(this.sendBlocked, {}, e.sendSeconds ?? 0);
     set(this.lastBatch, {}, this.now());
-    if (e.epoch !== undefined) set(this.epoch, {}, e.epoch);
+    if (e.epoch !== undefined) set(this.epoch, layer, e.epoch);
+    return layer;
   }
 }

@@ -1,6 +1,6 @@
 // What a stage does with a run's config before any socket is touched: checks it against this
-// stage (its layer, its place in the pipeline, the model and optimizer under the rules of a
-// config file, the run's largest batches against the backend's memory), then builds the layer
+// stage (its layers, its place in the pipeline, the model and optimizer under the rules of a
+// config file, the run's largest batches against the backend's memory), then builds the layers
 // the run trains (fresh from the seed, or a checkpoint's state) or, to evaluate, takes the one
 // the stage holds. A config the stage cannot serve is a StageError whose code the coordinator
 // sees; nothing here sends, binds or keeps a timer.
@@ -11,18 +11,26 @@ import { NUM_CLASSES } from '../data/classes.js';
 import { MAX_HEADER_BYTES } from '../transport/bounds.js';
 import type { ConfigMessage } from '../transport/wire.js';
 import { StageError } from './errors.js';
+import { layersOf, rangeLabel, type LayerRange } from '../transport/layer-range.js';
 
 /**
- * The layer stage `layer` (1-based) serves the run of `config` with: `held` itself (an eval
- * run; it must have the model's shape), or a new one (a training run), which the caller owns.
+ * The layers a stage of `layers` serves the run of `config` with: `held` itself (an eval run;
+ * each must have the model's shape), or new ones (a training run), which the caller owns.
  */
-export function setUpRun(config: ConfigMessage, layer: number, held: FFLayer | null): FFLayer {
+export function setUpRun(
+  config: ConfigMessage,
+  layers: LayerRange,
+  held: readonly FFLayer[] | null,
+): FFLayer[] {
+  const name = rangeLabel(layers);
   const bad = (message: string) =>
-    new StageError('STAGE_BAD_CONFIG', `layer ${layer}: config of run ${config.run}: ${message}`);
-  if (config.layer !== layer) throw bad(`it is for layer ${config.layer}`);
-  if (config.numLayers < layer) throw bad(`numLayers ${config.numLayers} < this layer`);
-  if ((config.next === null) !== (layer === config.numLayers)) {
-    throw bad(`next is ${config.next} for layer ${layer} of ${config.numLayers}`);
+    new StageError('STAGE_BAD_CONFIG', `${name}: config of run ${config.run}: ${message}`);
+  if (config.layer !== layers.first || config.last !== layers.last) {
+    throw bad(`it is for ${rangeLabel({ first: config.layer, last: config.last })}`);
+  }
+  if (config.numLayers < layers.last) throw bad(`numLayers ${config.numLayers} < this stage's`);
+  if ((config.next === null) !== (layers.last === config.numLayers)) {
+    throw bad(`next is ${config.next} for ${name} of ${config.numLayers}`);
   }
   let model, optimizer;
   try {
@@ -32,43 +40,66 @@ export function setUpRun(config: ConfigMessage, layer: number, held: FFLayer | n
     if (err instanceof ConfigError) throw bad(err.message);
     throw err;
   }
-  const index = layer - 1;
-  const [inDim, outDim] = [model.layers[index], model.layers[index + 1]];
-  if (inDim === undefined || outDim === undefined) {
-    throw bad(`model.layers ${model.layers.join('-')} has no layer ${layer}`);
-  }
-  // The run's largest batches must fit this backend: refused now, not crashed on later.
-  try {
-    checkRunMemory(Math.max(inDim, outDim), config.batchSize, config.evalBatchSize, model.readout);
-  } catch (err) {
-    throw bad((err as Error).message);
-  }
+  const shapes = layersOf(layers).map((layer) => {
+    const [inDim, outDim] = [model.layers[layer - 1], model.layers[layer]];
+    if (inDim === undefined || outDim === undefined) {
+      throw bad(`model.layers ${model.layers.join('-')} has no layer ${layer}`);
+    }
+    // The run's largest batches must fit this backend: refused now, not crashed on later.
+    try {
+      checkRunMemory(
+        Math.max(inDim, outDim),
+        config.batchSize,
+        config.evalBatchSize,
+        model.readout,
+      );
+    } catch (err) {
+      throw bad((err as Error).message);
+    }
+    return { layer, inDim, outDim };
+  });
   if (config.mode === 'eval') {
-    const shape = held?.config;
-    if (!shape || shape.inDim !== inDim || shape.outDim !== outDim) {
-      const has = shape ? `${shape.inDim}-${shape.outDim}` : 'no trained layer';
+    const fits =
+      held?.length === shapes.length &&
+      shapes.every(
+        (s, i) => held[i]!.config.inDim === s.inDim && held[i]!.config.outDim === s.outDim,
+      );
+    if (!fits) {
+      const has = held?.length
+        ? held.map((l) => `${l.config.inDim}-${l.config.outDim}`).join(', ')
+        : 'no trained layer';
+      const asked = shapes.map((s) => `${s.inDim}-${s.outDim}`).join(', ');
       throw new StageError(
         'STAGE_NO_WEIGHTS',
-        `layer ${layer}: asked to evaluate ${inDim}-${outDim}, but this stage holds ${has}`,
+        `${name}: asked to evaluate ${asked}, but this stage holds ${has}`,
       );
     }
-    return held!;
+    return [...held!];
   }
-  const fresh = buildLayer(model, optimizer, config.seed, index);
-  if (Object.keys(config.state).length > 0) {
-    // Resuming: the checkpoint's weights and optimizer state replace the fresh ones.
-    try {
-      fresh.importState(layerPrefix(index), new Map(Object.entries(config.state)));
-    } catch (err) {
-      fresh.dispose();
-      throw new StageError(
-        'STAGE_BAD_STATE',
-        `layer ${layer}: cannot resume: ${(err as Error).message}`,
-      );
+  const built: FFLayer[] = [];
+  try {
+    for (const { layer } of shapes) {
+      const index = layer - 1;
+      const fresh = buildLayer(model, optimizer, config.seed, index);
+      built.push(fresh);
+      if (Object.keys(config.state).length > 0) {
+        // Resuming: the checkpoint's weights and optimizer state replace the fresh ones.
+        try {
+          fresh.importState(layerPrefix(index), new Map(Object.entries(config.state)));
+        } catch (err) {
+          throw new StageError(
+            'STAGE_BAD_STATE',
+            `layer ${layer}: cannot resume: ${(err as Error).message}`,
+          );
+        }
+        fresh.steps = config.optimizerStep;
+      }
     }
-    fresh.steps = config.optimizerStep;
+  } catch (err) {
+    for (const l of built) l.dispose();
+    throw err;
   }
-  return fresh;
+  return built;
 }
 
 /** The largest data message of a run, for a stage whose input is `inDim` wide. */

@@ -1,12 +1,14 @@
-// A pipeline stage: one FF layer in its own process. It binds its inbound PULL socket, says
-// hello to the coordinator, takes the run's config and its downstream endpoint, then trains on
-// whatever arrives and forwards this step's detached activations downstream, so that all
-// stages work at once on consecutive batches. After a run it keeps its layer and waits for the
-// next coordinator. The protocol is described in docs/protocol.md.
+// A pipeline stage: one FF layer, or a run of consecutive layers (a group), in its own process.
+// It binds its inbound PULL socket, says hello to the coordinator, takes the run's config and
+// its downstream endpoint, then trains on whatever arrives and forwards this step's detached
+// activations downstream, so that all stages work at once on consecutive batches. Within a
+// group the activations pass from layer to layer in memory, and each layer reports its own
+// stats, goodness and weights. After a run it keeps its layers and waits for the next
+// coordinator. The protocol is described in docs/protocol.md.
 //
 // The stage is a dispatcher: each message goes to the handler of its kind, if the state the
 // stage is in accepts it (stage-states.ts, which also lists every transition; enter() refuses
-// any other). Checking a config and building the run's layer is run-setup.ts; hellos, the
+// any other). Checking a config and building the run's layers is run-setup.ts; hellos, the
 // config deadline and the coordinator watch are registration.ts; heartbeats heartbeat.ts.
 // Each state change is logged (--verbose) and exported as ffx_stage_state{state}:
 //
@@ -51,6 +53,7 @@ import {
   curveClient,
   curveServer,
   helloProof,
+  stageKeyName,
   watchHandshakes,
   type HandshakeFailure,
   type KeyPair,
@@ -82,6 +85,7 @@ import {
   type TrainHeader,
 } from '../transport/wire.js';
 import { StageError } from './errors.js';
+import { rangeLabel, type LayerRange } from '../transport/layer-range.js';
 import { Heartbeat } from './heartbeat.js';
 import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
 import { Registration } from './registration.js';
@@ -99,8 +103,8 @@ import {
 export { STAGE_STATES, StageError, type StageState };
 
 export interface StageOptions {
-  /** 1-based layer index. */
-  layer: number;
+  /** The layers served (1-based): one, or a run of consecutive layers. */
+  layers: LayerRange;
   /** Coordinator control endpoint, e.g. tcp://10.0.0.1:5555. */
   coordinator: string;
   /** Where to bind the inbound data socket, e.g. tcp://0.0.0.0:6000 or tcp://127.0.0.1:* . */
@@ -151,7 +155,8 @@ export class Stage {
   /** The endpoint upstream connects to; set once run() has bound the inbound socket. */
   endpoint = '';
   private state: StageState = 'waiting';
-  private layer: FFLayer | null = null;
+  /** The layers held, first to last (empty before the first run). */
+  private layers: FFLayer[] = [];
   private current: Run | null = null;
   /** Ids of the runs served before (the last PAST_RUNS): their leftovers are known as such. */
   private readonly pastRuns: string[] = [];
@@ -166,7 +171,7 @@ export class Stage {
   private zap: ZapHandler | null = null;
   /** Why the stage gave up, thrown by run(). */
   private fatal: Error | null = null;
-  /** The run that trained the layer held, and its config (said in every hello). */
+  /** The run that trained the layers held, and its config (said in every hello). */
   private trainedBy: HeldRun | null = null;
   /** The last reason the coordinator's socket failed its handshake (keys), for STAGE_NO_CONFIG. */
   private handshakeProblem = '';
@@ -189,13 +194,14 @@ export class Stage {
     opts.metrics?.setState(this.state);
   }
 
-  get layerIndex(): number {
-    return this.opts.layer - 1;
+  /** "layer 2" or "layers 2-3": how this stage's lines and errors name it. */
+  get name(): string {
+    return rangeLabel(this.opts.layers);
   }
 
   /**
    * Serves runs until a stop (marker, control message, or close()): registers, serves the run
-   * its config describes, and after it waits for the next coordinator with the layer kept (so
+   * its config describes, and after it waits for the next coordinator with the layers kept (so
    * `ffx-coordinator eval` can evaluate what the stage holds). Throws what made it give up.
    */
   async run(): Promise<void> {
@@ -219,7 +225,7 @@ export class Stage {
       this.endpoint = opts.advertise ?? bound.replace('0.0.0.0', hostname());
     } catch (err) {
       await this.shutdown();
-      throw addressError(err, opts.listen, `layer ${opts.layer}: cannot listen for data`);
+      throw addressError(err, opts.listen, `${this.name}: cannot listen for data`);
     }
     // A refused key or a key mismatch drops the connection inside ZeroMQ: say so at once.
     watchHandshakes(this.control, (kind) => {
@@ -232,7 +238,7 @@ export class Stage {
     this.heartbeat = new Heartbeat(
       {
         coordinator: opts.coordinator,
-        layer: opts.layer,
+        layer: opts.layers.first,
         token: this.token,
         intervalMs,
         security: opts.security,
@@ -251,7 +257,7 @@ export class Stage {
         coordinatorLost: (silentMs) => this.onCoordinatorLost(silentMs),
       },
     );
-    log.info(`layer ${opts.layer}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`);
+    log.info(`${this.name}: listening on ${this.endpoint}, coordinator ${opts.coordinator}`);
     this.register(opts.configTimeoutMs ?? 120_000);
     try {
       for (;;) {
@@ -283,7 +289,7 @@ export class Stage {
       this.sendControl({
         type: 'error',
         run: run.id,
-        layer: this.opts.layer,
+        layer: this.opts.layers.first,
         code: 'STAGE_STOPPED',
         message: `the stage stopped (${reason}) during the run`,
       });
@@ -303,7 +309,7 @@ export class Stage {
   private enter(next: StageState, why: string): void {
     if (this.state === next) return;
     checkTransition(this.state, next);
-    log.debug(`layer ${this.opts.layer}: ${this.state} -> ${next} (${why})`);
+    log.debug(`${this.name}: ${this.state} -> ${next} (${why})`);
     this.state = next;
     this.opts.metrics?.setState(next);
   }
@@ -314,10 +320,11 @@ export class Stage {
   }
 
   private hello(): ControlMessage {
-    const { layer, security } = this.opts;
+    const { layers, security } = this.opts;
     return {
       type: 'hello',
-      layer,
+      layer: layers.first,
+      last: layers.last,
       version: PROTOCOL_VERSION,
       backend: this.opts.backend.name,
       endpoint: this.endpoint,
@@ -326,9 +333,9 @@ export class Stage {
       token: this.token,
       key: security?.keys.publicKey ?? '',
       proof: security
-        ? helloProof(security.keys.secretKey, security.coordinatorKey, layer, this.token)
+        ? helloProof(security.keys.secretKey, security.coordinatorKey, layers, this.token)
         : '',
-      holds: this.layer ? this.trainedBy : null,
+      holds: this.layers.length > 0 ? this.trainedBy : null,
     };
   }
 
@@ -346,11 +353,11 @@ export class Stage {
 
   /** What a failed handshake with the coordinator means, in the words a user can act on. */
   private handshakeFailure(kind: HandshakeFailure): string {
-    const { coordinator, layer, security } = this.opts;
+    const { coordinator, layers, security } = this.opts;
     if (kind === 'auth') {
       return (
         `the coordinator at ${coordinator} refused this stage's key ${security?.keys.publicKey}: ` +
-        `its --trust file does not list it for layer ${layer} (as stage-${layer} or stage)`
+        `its --trust file does not list it for ${this.name} (as ${stageKeyName(layers)} or stage)`
       );
     }
     if (!security) {
@@ -371,7 +378,7 @@ export class Stage {
     const run = this.current;
     if (!run) return;
     log.info(
-      `layer ${this.opts.layer}: lost the coordinator (not heard from for ` +
+      `${this.name}: lost the coordinator (not heard from for ` +
         `${(silentMs / 1000).toFixed(0)}s); dropping run ${run.id}, waiting for a coordinator`,
     );
     this.opts.metrics?.onCoordinatorLost();
@@ -413,8 +420,8 @@ export class Stage {
     // nothing but hellos, to a coordinator that may be gone, which must not hold the exit.
     await Promise.race([this.controlOut.idle(), delay(LINGER_MS)]);
     closeAll(this.control);
-    this.layer?.dispose();
-    this.layer = null;
+    for (const l of this.layers) l.dispose();
+    this.layers = [];
   }
 
   // -------------------------------------------------------------------------------------------
@@ -439,7 +446,7 @@ export class Stage {
       }
       this.registration?.heard();
       if (!isStageInput(msg.type)) {
-        log.debug(`layer ${this.opts.layer}: ignored a '${msg.type}' control message`);
+        log.debug(`${this.name}: ignored a '${msg.type}' control message`);
         continue;
       }
       if (!accepts(this.state, msg.type)) {
@@ -454,7 +461,7 @@ export class Stage {
           this.onAbort(msg.run, msg.reason);
           break;
         case 'stop':
-          log.info(`layer ${this.opts.layer}: coordinator says stop (${msg.reason})`);
+          log.info(`${this.name}: coordinator says stop (${msg.reason})`);
           // The coordinator knows: end the run quietly, then close.
           if (this.current) this.endRun(this.current, 'the coordinator said stop');
           void this.close('the coordinator said stop');
@@ -470,24 +477,25 @@ export class Stage {
 
   /** A control message the current state does not act on. */
   private notNow(msg: ControlMessage): void {
-    const { layer } = this.opts;
     if (msg.type === 'config') {
       // Hellos go out only while waiting: a config now is a late answer to an old one.
       log.info(
-        `layer ${layer}: ignored a config for run ${msg.run} while serving run ${this.current?.id}`,
+        `${this.name}: ignored a config for run ${msg.run} while serving run ${this.current?.id}`,
       );
     } else if (msg.type === 'abort') {
-      log.debug(`layer ${layer}: ignored an abort of run ${msg.run}, not served here`);
+      log.debug(`${this.name}: ignored an abort of run ${msg.run}, not served here`);
     }
   }
 
   private async onConfig(config: ConfigMessage): Promise<void> {
-    const { layer } = this.opts;
+    const { layers } = this.opts;
+    const layer = layers.first;
     let run: Run;
     try {
-      const held = this.layer;
-      this.layer = setUpRun(config, layer, held);
-      if (this.layer !== held) held?.dispose();
+      const held = this.layers;
+      const built = setUpRun(config, layers, held);
+      if (built[0] !== held[0]) for (const l of held) l.dispose();
+      this.layers = built;
       if (config.mode === 'train') this.trainedBy = { run: config.run, config: config.origin };
       const link = config.next ? this.downstreamTo(config) : null;
       run = {
@@ -514,13 +522,13 @@ export class Stage {
     // listener takes its limits when it binds, so it binds again (the same endpoint); strangers
     // connected before are dropped with the old listener.
     try {
-      await this.inbox.rebind(largestDataMessage(config, this.layer.config.inDim));
+      await this.inbox.rebind(largestDataMessage(config, this.layers[0]!.config.inDim));
     } catch (err) {
       this.fail(
         addressError(
           err,
           this.inbox.endpoint,
-          `layer ${layer}: cannot listen for data again`,
+          `${this.name}: cannot listen for data again`,
         ) as Error,
       );
       return;
@@ -529,10 +537,11 @@ export class Stage {
       // The next stage advertised an address this host cannot reach: say which, and stay
       // available (a corrected stage gets a new config).
       closeAll(run.downstream);
+      const next = layers.last + 1;
       const message =
-        `cannot reach layer ${layer + 1} at ${config.next} within ${config.linkTimeoutMs / 1000}s: ` +
-        `the address layer ${layer + 1} advertises (check its --advertise, and that this host can reach it)`;
-      log.info(`layer ${layer}: ${message}`);
+        `cannot reach layer ${next} at ${config.next} within ${config.linkTimeoutMs / 1000}s: ` +
+        `the address layer ${next} advertises (check its --advertise, and that this host can reach it)`;
+      log.info(`${this.name}: ${message}`);
       this.sendControl({ type: 'error', run: config.run, layer, code: 'STAGE_LINK_DOWN', message });
       return;
     }
@@ -542,9 +551,9 @@ export class Stage {
     this.heartbeat?.start();
     this.enter('configured', `config of run ${config.run}`);
     this.sendControl({ type: 'ready', layer, run: run.id });
-    const { inDim, outDim } = this.layer.config;
+    const widths = [this.layers[0]!.config.inDim, ...this.layers.map((l) => l.config.outDim)];
     log.info(
-      `layer ${layer}/${config.numLayers}: ${inDim}-${outDim}, run ${config.run} (${config.mode}), ` +
+      `${this.name}/${config.numLayers}: ${widths.join('-')}, run ${config.run} (${config.mode}), ` +
         `downstream ${config.next ?? '(last stage)'}`,
     );
   }
@@ -552,11 +561,11 @@ export class Stage {
   private onAbort(runId: string, reason: string): void {
     const run = this.current;
     if (!run || run.id !== runId) {
-      log.debug(`layer ${this.opts.layer}: ignored an abort of run ${runId}, not served here`);
+      log.debug(`${this.name}: ignored an abort of run ${runId}, not served here`);
       return;
     }
     log.info(
-      `layer ${this.opts.layer}: coordinator aborted run ${runId} (${reason}); ` +
+      `${this.name}: coordinator aborted run ${runId} (${reason}); ` +
         `${this.inbox.depth} message(s) queued`,
     );
     this.endRun(run, `run ${runId} aborted`);
@@ -571,9 +580,7 @@ export class Stage {
     const run = this.current;
     if (run && code === 'STAGE_UNKNOWN' && runId !== run.id) {
       // The coordinator at the other end is not this run's: a new one took the address.
-      log.info(
-        `layer ${this.opts.layer}: a new coordinator answers; dropping run ${run.id}, saying hello`,
-      );
+      log.info(`${this.name}: a new coordinator answers; dropping run ${run.id}, saying hello`);
       this.endRun(run, 'a new coordinator');
       this.register(Infinity);
       return;
@@ -603,8 +610,8 @@ export class Stage {
     try {
       msg = decodeData(frames);
       if (run && msg.header.run === run.id) {
-        checkBatch(msg.header, run.config, this.layer!.readout !== null);
-        checkData(msg, { width: this.layer!.config.inDim, checkFinite: true });
+        checkBatch(msg.header, run.config, this.layers[0]!.readout !== null);
+        checkData(msg, { width: this.layers[0]!.config.inDim, checkFinite: true });
       }
     } catch (err) {
       if (!isProtocolError(err)) throw err;
@@ -651,7 +658,7 @@ export class Stage {
       this.opts.metrics?.onLeftover();
       this.leftoverLog.line(
         'leftover',
-        `layer ${this.opts.layer}: dropped a leftover ${header.kind} of run ${header.run}`,
+        `${this.name}: dropped a leftover ${header.kind} of run ${header.run}`,
       );
       return;
     }
@@ -673,50 +680,79 @@ export class Stage {
       return;
     }
     this.enter('training', `train batch ${header.seq} of epoch ${header.epoch + 1}`);
-    const layer = this.layer!;
-    const t0 = performance.now();
-    const input = tf.tensor2d(x!, [x!.length / layer.config.inDim, layer.config.inDim]);
-    const { h, stats, logits } = layer.trainStep(input, header.nPos, header.lr, y);
-    input.dispose();
+    // Layer after layer, the activations in memory; each layer's step timed on its own.
+    const steps: {
+      loss: number;
+      goodnessPos: number;
+      goodnessNeg: number;
+      logits: Float32Array;
+      stepMs: number;
+    }[] = [];
+    const inDim = this.layers[0]!.config.inDim;
+    let input = tf.tensor2d(x!, [x!.length / inDim, inDim]);
+    for (const layer of this.layers) {
+      const t0 = performance.now();
+      const { h, stats, logits } = layer.trainStep(input, header.nPos, header.lr, y);
+      input.dispose();
+      input = h;
+      const [loss, goodnessPos, goodnessNeg] = stats.dataSync() as Float32Array;
+      const readout = logits ? (logits.dataSync() as Float32Array) : new Float32Array(0);
+      tf.dispose([stats, logits]);
+      steps.push({
+        loss: loss!,
+        goodnessPos: goodnessPos!,
+        goodnessNeg: goodnessNeg!,
+        logits: readout,
+        stepMs: performance.now() - t0,
+      });
+    }
     // The last stage has nowhere to send its activations: no copy out of the backend.
-    const out = run.downstream ? readFloats(h) : null;
-    const [loss, goodnessPos, goodnessNeg] = stats.dataSync() as Float32Array;
-    const readout = logits ? (logits.dataSync() as Float32Array) : new Float32Array(0);
-    tf.dispose([h, stats, logits]);
-    const stepMs = performance.now() - t0;
+    const t1 = performance.now();
+    const out = run.downstream ? readFloats(input) : null;
+    input.dispose();
+    steps.at(-1)!.stepMs += performance.now() - t1;
     // The labels travel on with the activations: every readout downstream trains on them.
     const sent = y ? [out!, y] : [out!];
     const { encodeMs, blockedMs } = out ? await this.forward(run, header, sent) : NOT_SENT;
-    const transportMs = decodeMs + encodeMs;
-    await this.sendResult(run, {
-      type: 'stats',
-      layer: this.opts.layer,
-      run: run.id,
-      epoch: header.epoch,
-      seq: header.seq,
-      loss: loss!,
-      goodnessPos: goodnessPos!,
-      goodnessNeg: goodnessNeg!,
-      stepMs,
-      waitMs,
-      transportMs,
-      blockedMs,
-      logits: readout,
-    });
-    this.opts.metrics?.onTrainStep({
-      samples: header.nPos,
-      stepSeconds: stepMs / 1000,
-      waitSeconds: waitMs / 1000,
-      transportSeconds: transportMs / 1000,
-      sendSeconds: blockedMs / 1000,
-      epoch: header.epoch + 1,
-      loss: loss!,
-      goodnessPos: goodnessPos!,
-      goodnessNeg: goodnessNeg!,
-    });
+    // The wait and the decoding are the first layer's, the encoding and the send the last's.
+    for (const [i, step] of steps.entries()) {
+      const first = i === 0;
+      const last = i === steps.length - 1;
+      const timing = {
+        stepMs: step.stepMs,
+        waitMs: first ? waitMs : 0,
+        transportMs: (first ? decodeMs : 0) + (last ? encodeMs : 0),
+        blockedMs: last ? blockedMs : 0,
+      };
+      const layer = this.opts.layers.first + i;
+      await this.sendResult(run, {
+        type: 'stats',
+        layer,
+        run: run.id,
+        epoch: header.epoch,
+        seq: header.seq,
+        loss: step.loss,
+        goodnessPos: step.goodnessPos,
+        goodnessNeg: step.goodnessNeg,
+        ...timing,
+        logits: step.logits,
+      });
+      this.opts.metrics?.onTrainStep({
+        layer,
+        samples: header.nPos,
+        stepSeconds: timing.stepMs / 1000,
+        waitSeconds: timing.waitMs / 1000,
+        transportSeconds: timing.transportMs / 1000,
+        sendSeconds: timing.blockedMs / 1000,
+        epoch: header.epoch + 1,
+        loss: step.loss,
+        goodnessPos: step.goodnessPos,
+        goodnessNeg: step.goodnessNeg,
+      });
+    }
   }
 
-  /** Goodness of every overlaid row to the coordinator, activations downstream. */
+  /** Goodness of every overlaid row (each layer's) to the coordinator, activations downstream. */
   private async onEval(
     run: Run,
     header: EvalHeader,
@@ -725,63 +761,74 @@ export class Stage {
     decodeMs: number,
   ): Promise<void> {
     this.enter('evaluating', `eval batch ${header.seq}`);
-    const layer = this.layer!;
-    const t0 = performance.now();
     const rows = header.tensors[0]!.shape[0]!;
-    const input = tf.tensor2d(x, [rows, layer.config.inDim]);
-    const h = layer.forward(input);
+    const steps: { g: Float32Array; stepMs: number }[] = [];
+    let input = tf.tensor2d(x, [rows, this.layers[0]!.config.inDim]);
+    for (const layer of this.layers) {
+      const t0 = performance.now();
+      const h = layer.forward(input);
+      input.dispose();
+      input = h;
+      // One row per image: neutral labels, the readout's log-probabilities, label-major as
+      // goodness is.
+      const g =
+        rows === header.images
+          ? tf.tidy(() => tf.transpose(layer.readoutScores(h)).reshape([-1]))
+          : layer.goodness(h);
+      steps.push({ g: g.dataSync() as Float32Array, stepMs: performance.now() - t0 });
+      g.dispose();
+    }
+    const t1 = performance.now();
+    const out = run.downstream ? readFloats(input) : null;
     input.dispose();
-    // One row per image: neutral labels, the readout's log-probabilities, label-major as
-    // goodness is.
-    const g =
-      rows === header.images
-        ? tf.tidy(() => tf.transpose(layer.readoutScores(h)).reshape([-1]))
-        : layer.goodness(h);
-    const goodness = g.dataSync() as Float32Array;
-    const out = run.downstream ? readFloats(h) : null;
-    tf.dispose([h, g]);
-    const stepMs = performance.now() - t0;
+    steps.at(-1)!.stepMs += performance.now() - t1;
     const sent = out ? await this.forward(run, header, [out]) : NOT_SENT;
-    this.opts.metrics?.onEval({
-      samples: header.images,
-      stepSeconds: stepMs / 1000,
-      waitSeconds: waitMs / 1000,
-      transportSeconds: (decodeMs + sent.encodeMs) / 1000,
-      sendSeconds: sent.blockedMs / 1000,
-      epoch: header.epoch + 1,
-    });
-    await this.sendResult(run, {
-      type: 'goodness',
-      layer: this.opts.layer,
-      run: run.id,
-      epoch: header.epoch,
-      seq: header.seq,
-      images: header.images,
-      g: goodness,
-    });
+    for (const [i, step] of steps.entries()) {
+      const [first, last] = [i === 0, i === steps.length - 1];
+      const layer = this.opts.layers.first + i;
+      this.opts.metrics?.onEval({
+        layer,
+        samples: header.images,
+        stepSeconds: step.stepMs / 1000,
+        waitSeconds: first ? waitMs / 1000 : 0,
+        transportSeconds: ((first ? decodeMs : 0) + (last ? sent.encodeMs : 0)) / 1000,
+        sendSeconds: last ? sent.blockedMs / 1000 : 0,
+        epoch: header.epoch + 1,
+      });
+      await this.sendResult(run, {
+        type: 'goodness',
+        layer,
+        run: run.id,
+        epoch: header.epoch,
+        seq: header.seq,
+        images: header.images,
+        g: step.g,
+      });
+    }
   }
 
   /** Markers pass every stage in order with the data: `weights`, `end`, `stop`. */
   private async onMarker(run: Run, header: MarkerHeader): Promise<void> {
     await this.forward(run, header, []);
     if (header.op === 'weights') {
-      const layer = this.layer!;
-      const tensors = Object.fromEntries(layer.exportState(layerPrefix(this.layerIndex), true));
-      await this.sendResult(run, {
-        type: 'weights',
-        layer: this.opts.layer,
-        run: run.id,
-        epoch: header.epoch,
-        optimizerStep: layer.steps,
-        tensors,
-      });
+      for (const [i, layer] of this.layers.entries()) {
+        const index = this.opts.layers.first - 1 + i;
+        await this.sendResult(run, {
+          type: 'weights',
+          layer: index + 1,
+          run: run.id,
+          epoch: header.epoch,
+          optimizerStep: layer.steps,
+          tensors: Object.fromEntries(layer.exportState(layerPrefix(index), true)),
+        });
+      }
       return;
     }
     // end or stop: the last stage's ack tells the coordinator every stage has seen it.
     if (!run.downstream) {
       await this.sendResult(run, {
         type: 'ack',
-        layer: this.opts.layer,
+        layer: this.opts.layers.first,
         run: run.id,
         op: header.op,
         id: header.id,
@@ -796,7 +843,7 @@ export class Stage {
     }
     this.endRun(run, `run ${run.id} ended`);
     log.info(
-      `layer ${this.opts.layer}: run ${run.id} over; keeping the layer, waiting for the next coordinator`,
+      `${this.name}: run ${run.id} over; keeping the layer${this.layers.length > 1 ? 's' : ''}, waiting for the next coordinator`,
     );
     this.register(Infinity);
   }
@@ -813,8 +860,8 @@ export class Stage {
   ): Promise<{ encodeMs: number; blockedMs: number }> {
     if (!run.downstream) return NOT_SENT;
     const t0 = performance.now();
-    const outDim = this.layer!.config.outDim;
-    // 'x' becomes this layer's activations; other tensors ('y') pass on as they came.
+    const outDim = this.layers.at(-1)!.config.outDim;
+    // 'x' becomes the last layer's activations; other tensors ('y') pass on as they came.
     const shaped = header.tensors
       .slice(0, tensors.length)
       .map((t, i) => (i === 0 ? { name: t.name, shape: [t.shape[0]!, outDim] } : t));
@@ -840,14 +887,14 @@ export class Stage {
       closeAll(push);
       throw new StageError(
         'STAGE_BAD_CONFIG',
-        `layer ${this.opts.layer}: config of run ${config.run}: cannot connect to next ` +
+        `${this.name}: config of run ${config.run}: cannot connect to next ` +
           `${JSON.stringify(config.next)}: ${(err as Error).message}`,
       );
     }
     return { push, linked };
   }
 
-  /** Results go on the control connection: the one that registered this stage's layer. */
+  /** Results go on the control connection: the one that registered this stage's layers. */
   private async sendResult(run: Run, msg: ResultMessage): Promise<void> {
     if (run.over) return;
     await this.controlOut.send(encodeControl(msg));
@@ -872,7 +919,7 @@ export class Stage {
     if (run) {
       await this.sendResult(run, {
         type: 'rejected',
-        layer: this.opts.layer,
+        layer: this.opts.layers.first,
         run: run.id,
         code,
         reason,
@@ -882,7 +929,7 @@ export class Stage {
 
   /** A line about a message refused: once a minute per kind at most (peers choose how many). */
   private logRejection(key: string, line: string): void {
-    this.rejectionLog.line(key, `layer ${this.opts.layer}: ${line}`);
+    this.rejectionLog.line(key, `${this.name}: ${line}`);
   }
 }
 

@@ -14,6 +14,7 @@ import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Router, curveKeyPair, type Socket } from 'zeromq';
 import { FfxError, withFile } from '../errors.js';
+import { layersOf, rangeName, type LayerRange } from './layer-range.js';
 
 export interface KeyPair {
   /** Z85, 40 characters. */
@@ -25,8 +26,8 @@ export interface KeyPair {
  * Makes the keys of a cluster in `dir` (created, mode 0700): coordinator.key, stage-1.key ..
  * stage-N.key (mode 0600), and trusted.pub with every public key; returns trusted.pub's path.
  */
-export async function writeClusterKeys(dir: string, stages: number): Promise<string> {
-  const names = ['coordinator', ...Array.from({ length: stages }, (_, i) => `stage-${i + 1}`)];
+export async function writeClusterKeys(dir: string, stages: LayerRange[]): Promise<string> {
+  const names = ['coordinator', ...stages.map(stageKeyName)];
   await withFile(dir, `cannot create ${dir}`, () => mkdir(dir, { recursive: true, mode: 0o700 }));
   const lines = [
     '# ffx: the public keys this cluster trusts ("<key> <who>"); give it with --trust',
@@ -177,10 +178,10 @@ export async function readTrusted(file: string): Promise<TrustedKey[]> {
   text.split('\n').forEach((raw, i) => {
     const line = raw.trim();
     if (line === '' || line.startsWith('#')) return;
-    const m = /^(\S+)\s+(coordinator|stage|stage-\d+)$/.exec(line);
+    const m = /^(\S+)\s+(coordinator|stage|stage-\d+(?:-\d+)?)$/.exec(line);
     if (!m || !isKey(m[1]!)) {
       throw new KeyError(
-        `${file}:${i + 1}: expected "<z85 public key> coordinator|stage|stage-N"; got "${line.slice(0, 60)}"`,
+        `${file}:${i + 1}: expected "<z85 public key> coordinator|stage|stage-N|stage-FIRST-LAST"; got "${line.slice(0, 60)}"`,
       );
     }
     keys.push({ key: m[1]!, name: m[2]! });
@@ -195,9 +196,22 @@ export function trustedKeyOf(trusted: TrustedKey[], name: string, file: string):
   return entry.key;
 }
 
-/** Whether `key` may serve `layer`: listed as "stage" or as "stage-<layer>". */
-export function mayServe(trusted: TrustedKey[], key: string, layer: number): boolean {
-  return trusted.some((t) => t.key === key && (t.name === 'stage' || t.name === `stage-${layer}`));
+/** The name a stage's key has in trusted.pub: stage-2 for layer 2, stage-2-3 for layers 2-3. */
+export function stageKeyName(layers: LayerRange): string {
+  return `stage-${rangeName(layers)}`;
+}
+
+/**
+ * Whether `key` may serve a stage of `layers`: listed as "stage" (any), as that stage's name
+ * (stage-2, stage-2-3), or as every one of its layers (stage-2 and stage-3).
+ */
+export function mayServe(trusted: TrustedKey[], key: string, layers: LayerRange): boolean {
+  const names = new Set(trusted.filter((t) => t.key === key).map((t) => t.name));
+  return (
+    names.has('stage') ||
+    names.has(stageKeyName(layers)) ||
+    layersOf(layers).every((l) => names.has(`stage-${l}`))
+  );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -237,14 +251,16 @@ export function derivePublicKey(secretZ85: string): string {
 export function helloProof(
   mySecret: string,
   theirPublic: string,
-  layer: number,
+  layers: LayerRange,
   token: string,
 ): string {
   const shared = diffieHellman({
     privateKey: privateKeyOf(mySecret),
     publicKey: publicKeyOf(theirPublic),
   });
-  return createHmac('sha256', shared).update(`ffx-hello:${layer}:${token}`).digest('hex');
+  return createHmac('sha256', shared)
+    .update(`ffx-hello:${rangeName(layers)}:${token}`)
+    .digest('hex');
 }
 
 // ---------------------------------------------------------------------------------------------

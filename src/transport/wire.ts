@@ -7,7 +7,7 @@ import { NUM_CLASSES } from '../data/classes.js';
 import { MAX_HEADER_BYTES } from './bounds.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 8;
+export const PROTOCOL_VERSION = 9;
 
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -372,7 +372,9 @@ const fmtShape = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
 /** Stage -> coordinator: registration. */
 export interface HelloMessage {
   type: 'hello';
+  /** The layers the stage holds: `layer` to `last` (equal for a stage of one layer). */
   layer: number;
+  last: number;
   version: number;
   backend: string;
   /** Where this stage's inbound PULL listens; the upstream connects to it. */
@@ -384,12 +386,12 @@ export interface HelloMessage {
   /**
    * With CURVE keys: this stage's public key (Z85), and the proof that it holds the secret key
    * (hex HMAC-SHA256, keyed by the X25519 secret it shares with the coordinator, of
-   * `ffx-hello:<layer>:<token>`). Empty strings without keys.
+   * `ffx-hello:<layers>:<token>`, layers as "2" or "2-3"). Empty strings without keys.
    */
   key: string;
   proof: string;
   /**
-   * The layer the stage holds from its last training run: that run's id and config (a
+   * The layers the stage holds from its last training run: that run's id and config (a
    * coordinator evaluating without a config takes it from its stages); null if none.
    */
   holds: HeldRun | null;
@@ -405,7 +407,9 @@ export interface HeldRun {
 export interface ConfigMessage {
   type: 'config';
   run: string;
+  /** The layers the stage serves: `layer` to `last`, as its hello said. */
   layer: number;
+  last: number;
   numLayers: number;
   model: unknown;
   optimizer: unknown;
@@ -430,9 +434,9 @@ export interface ConfigMessage {
   /** 'train' builds a fresh layer; 'eval' keeps the layer the stage holds (an error if none). */
   mode: 'train' | 'eval';
   /**
-   * 'train' resuming from a checkpoint: the layer's tensors as the checkpoint names them
-   * (`layers.<i>.weight`, `.bias`, and the optimizer's slots) and its optimizer step count.
-   * Empty for a fresh layer.
+   * 'train' resuming from a checkpoint: the layers' tensors as the checkpoint names them
+   * (`layers.<i>.weight`, `.bias`, and the optimizer's slots) and their optimizer step count
+   * (the same for every layer of a run). Empty for fresh layers.
    */
   state: Record<string, WeightsTensor>;
   optimizerStep: number;
@@ -593,6 +597,7 @@ type FieldRule = Rule | 'string|null' | 'f32' | 'tensors';
 export const CONTROL_FIELDS = {
   hello: {
     layer: 'uint',
+    last: 'uint',
     version: 'uint',
     backend: 'string',
     endpoint: 'string',
@@ -606,6 +611,7 @@ export const CONTROL_FIELDS = {
   config: {
     run: 'string',
     layer: 'uint',
+    last: 'uint',
     numLayers: 'posint',
     model: 'present',
     optimizer: 'present',

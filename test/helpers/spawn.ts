@@ -134,9 +134,9 @@ export function killAll(): void {
   running.clear();
 }
 
-/** Starts `ffx-stage --layer N` on a free loopback port, wasm with one thread. */
+/** Starts `ffx-stage --layer N` (or `2-3`) on a free loopback port, wasm with one thread. */
 export function startStage(
-  layer: number,
+  layer: number | string,
   coordinator: string,
   timeoutMs: number,
   extra: string[] = [],

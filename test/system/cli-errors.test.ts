@@ -232,7 +232,7 @@ describe('flags mean one thing, and a command lists only those it takes', () => 
       [coordinator([...TINY, '--batch-size', 'abc']), '--batch-size must be a number; got "abc"'],
       [
         stage(['--layer', 'one', '--coordinator', 'tcp://127.0.0.1:1']),
-        '--layer must be a number; got "one"',
+        '--layer: "one" is not a layer or a run of layers',
       ],
       [
         coordinator([...TINY, '--metrics-port=99999']),

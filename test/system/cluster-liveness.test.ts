@@ -52,6 +52,7 @@ describe('liveness: lost, stalled, and a coordinator gone', () => {
       const hello = {
         type: 'hello',
         layer: 1,
+        last: 1,
         version: PROTOCOL_VERSION,
         backend: 'none',
         endpoint,

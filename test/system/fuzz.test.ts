@@ -110,6 +110,7 @@ function controlJunk(i: number): [string, Buffer][] {
         type: 'hello',
         // A layer the run lacks, or (every other time) one registered stage holds.
         layer: i % 2 ? 7 : 1,
+        last: i % 2 ? 7 : 1,
         version: PROTOCOL_VERSION,
         backend: 'wasm',
         // Every third time an endpoint a neighbour could not even connect to.

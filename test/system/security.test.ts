@@ -14,6 +14,7 @@ import {
   derivePublicKey,
   generateKeyPair,
   helloProof,
+  mayServe,
   readKeyPair,
   readTrusted,
   writeKeyPair,
@@ -54,13 +55,56 @@ describe('CurveZMQ keys', () => {
     }
     const stage = generateKeyPair();
     const coordinator = generateKeyPair();
-    const proof = helloProof(stage.secretKey, coordinator.publicKey, 2, 'token');
-    assert.equal(helloProof(coordinator.secretKey, stage.publicKey, 2, 'token'), proof);
+    const proof = helloProof(
+      stage.secretKey,
+      coordinator.publicKey,
+      { first: 2, last: 2 },
+      'token',
+    );
+    assert.equal(
+      helloProof(coordinator.secretKey, stage.publicKey, { first: 2, last: 2 }, 'token'),
+      proof,
+    );
     // Another layer, token or key gives another proof.
-    assert.notEqual(helloProof(coordinator.secretKey, stage.publicKey, 1, 'token'), proof);
-    assert.notEqual(helloProof(coordinator.secretKey, stage.publicKey, 2, 'other'), proof);
+    assert.notEqual(
+      helloProof(coordinator.secretKey, stage.publicKey, { first: 1, last: 1 }, 'token'),
+      proof,
+    );
+    assert.notEqual(
+      helloProof(coordinator.secretKey, stage.publicKey, { first: 2, last: 2 }, 'other'),
+      proof,
+    );
     const other = generateKeyPair();
-    assert.notEqual(helloProof(coordinator.secretKey, other.publicKey, 2, 'token'), proof);
+    assert.notEqual(
+      helloProof(coordinator.secretKey, other.publicKey, { first: 2, last: 2 }, 'token'),
+      proof,
+    );
+    // A group's proof is bound to its whole range: layer 2 alone cannot pass for 2-3.
+    assert.notEqual(
+      helloProof(coordinator.secretKey, stage.publicKey, { first: 2, last: 3 }, 'token'),
+      proof,
+    );
+  });
+
+  it('a stage key serves the layers it is listed for: its own, its group, or any as "stage"', () => {
+    const [a, b, c] = [generateKeyPair(), generateKeyPair(), generateKeyPair()].map(
+      (k) => k.publicKey,
+    );
+    const trusted = [
+      { key: a!, name: 'stage-2' },
+      { key: a!, name: 'stage-3' },
+      { key: b!, name: 'stage-1-2' },
+      { key: c!, name: 'stage' },
+      { key: b!, name: 'stage-4' },
+    ];
+    const range = (first: number, last = first) => ({ first, last });
+    assert.ok(mayServe(trusted, a!, range(2)));
+    assert.ok(mayServe(trusted, a!, range(2, 3)), 'listed for each layer of the group');
+    assert.ok(!mayServe(trusted, a!, range(2, 4)), 'not for layer 4');
+    assert.ok(mayServe(trusted, b!, range(1, 2)));
+    assert.ok(!mayServe(trusted, b!, range(1)), 'stage-1-2 is that group, not layer 1 alone');
+    assert.ok(!mayServe(trusted, b!, range(1, 3)));
+    assert.ok(mayServe(trusted, c!, range(1, 5)));
   });
 
   describe('ffx-keys', () => {
@@ -216,6 +260,7 @@ describe('a run with keys, and peers without them', () => {
     const hello = encodeControl({
       type: 'hello',
       layer: 1,
+      last: 1,
       version: PROTOCOL_VERSION,
       backend: 'wasm',
       endpoint: 'tcp://127.0.0.1:1',
@@ -223,7 +268,7 @@ describe('a run with keys, and peers without them', () => {
       host: hostname(),
       token: 'x',
       key: stranger.publicKey,
-      proof: helloProof(stranger.secretKey, coordinatorKey, 1, 'x'),
+      proof: helloProof(stranger.secretKey, coordinatorKey, { first: 1, last: 1 }, 'x'),
       holds: null,
     });
     const control1 = curveDealer(stranger, coordinatorKey, control);
@@ -433,6 +478,7 @@ describe('a second hello for a registered layer (no keys)', () => {
         encodeControl({
           type: 'hello',
           layer: 1,
+          last: 1,
           version: PROTOCOL_VERSION,
           backend: 'wasm',
           endpoint: 'tcp://127.0.0.1:1',

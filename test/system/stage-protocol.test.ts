@@ -86,6 +86,7 @@ describe('ffx-stage protocol', () => {
         type: 'config',
         run: 'test',
         layer: 1,
+        last: 1,
         numLayers: 1,
         // Every model key a stage checks, so a new one cannot leave this config short.
         model: {

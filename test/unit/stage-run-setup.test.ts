@@ -12,12 +12,14 @@ import { MAX_HEADER_BYTES } from '../../src/transport/bounds.js';
 import type { ConfigMessage } from '../../src/transport/wire.js';
 
 const MODEL = { ...DEFAULT_CONFIG.model, layers: [20, 8, 6] };
+const TWO = { first: 2, last: 2 };
 
 function config(over: Partial<ConfigMessage> = {}): ConfigMessage {
   return {
     type: 'config',
     run: 'r1',
     layer: 2,
+    last: 2,
     numLayers: 2,
     model: MODEL,
     optimizer: DEFAULT_CONFIG.optimizer,
@@ -39,7 +41,7 @@ function config(over: Partial<ConfigMessage> = {}): ConfigMessage {
 /** The StageError setUpRun throws for `cfg`: its code and message. */
 function refusal(cfg: ConfigMessage, layer = 2): { code: string; message: string } {
   try {
-    setUpRun(cfg, layer, null).dispose();
+    for (const l of setUpRun(cfg, { first: layer, last: layer }, null)) l.dispose();
   } catch (err) {
     assert.ok(err instanceof StageError, String(err));
     return { code: err.code, message: err.message };
@@ -53,13 +55,35 @@ describe('setUpRun', () => {
   });
 
   it("builds the layer a run starts from: the seed's, as the single-process network builds it", () => {
-    const layer = setUpRun(config(), 2, null);
+    const [layer] = setUpRun(config(), TWO, null);
     const net = new FFNetwork(MODEL, DEFAULT_CONFIG.optimizer, 5);
     try {
-      assert.deepEqual(layer.weight.dataSync(), net.layers[1]!.weight.dataSync());
-      assert.equal(layer.steps, 0);
+      assert.deepEqual(layer!.weight.dataSync(), net.layers[1]!.weight.dataSync());
+      assert.equal(layer!.steps, 0);
     } finally {
-      layer.dispose();
+      layer!.dispose();
+      net.dispose();
+    }
+  });
+
+  it('builds every layer of a group, each as the single-process network builds it', () => {
+    const model = { ...MODEL, layers: [20, 8, 6, 5] };
+    const group = setUpRun(
+      config({ layer: 2, last: 3, numLayers: 3, model }),
+      { first: 2, last: 3 },
+      null,
+    );
+    const net = new FFNetwork(model, DEFAULT_CONFIG.optimizer, 5);
+    try {
+      assert.equal(group.length, 2);
+      assert.deepEqual(group[0]!.weight.dataSync(), net.layers[1]!.weight.dataSync());
+      assert.deepEqual(group[1]!.weight.dataSync(), net.layers[2]!.weight.dataSync());
+      assert.throws(() => setUpRun(config({ layer: 2, last: 3, numLayers: 3, model }), TWO, null), {
+        code: 'STAGE_BAD_CONFIG',
+        message: /layer 2: config of run r1: it is for layers 2-3/,
+      });
+    } finally {
+      for (const l of group) l.dispose();
       net.dispose();
     }
   });
@@ -67,22 +91,22 @@ describe('setUpRun', () => {
   it("resumes from the checkpoint's state: its tensors and step count", () => {
     const net = new FFNetwork(MODEL, DEFAULT_CONFIG.optimizer, 9);
     const state = Object.fromEntries(layerTensors(net.exportState(true), 1));
-    const layer = setUpRun(config({ state, optimizerStep: 42 }), 2, null);
+    const [layer] = setUpRun(config({ state, optimizerStep: 42 }), TWO, null);
     try {
-      assert.deepEqual(layer.weight.dataSync(), net.layers[1]!.weight.dataSync());
-      assert.equal(layer.steps, 42);
+      assert.deepEqual(layer!.weight.dataSync(), net.layers[1]!.weight.dataSync());
+      assert.equal(layer!.steps, 42);
     } finally {
-      layer.dispose();
+      layer!.dispose();
       net.dispose();
     }
   });
 
   it('keeps the layer it holds to evaluate, and refuses to evaluate another shape or none', () => {
-    const held = setUpRun(config(), 2, null);
+    const held = setUpRun(config(), TWO, null);
     try {
-      assert.equal(setUpRun(config({ mode: 'eval' }), 2, held), held);
+      assert.deepEqual(setUpRun(config({ mode: 'eval' }), TWO, held), held);
       const other = { ...MODEL, layers: [20, 8, 7] };
-      assert.throws(() => setUpRun(config({ mode: 'eval', model: other }), 2, held), {
+      assert.throws(() => setUpRun(config({ mode: 'eval', model: other }), TWO, held), {
         code: 'STAGE_NO_WEIGHTS',
         message: 'layer 2: asked to evaluate 8-7, but this stage holds 8-6',
       });
@@ -91,13 +115,13 @@ describe('setUpRun', () => {
         message: 'layer 2: asked to evaluate 8-6, but this stage holds no trained layer',
       });
     } finally {
-      held.dispose();
+      for (const l of held) l.dispose();
     }
   });
 
   const bad: [string, Partial<ConfigMessage>, RegExp][] = [
-    ['another layer', { layer: 1 }, /config of run r1: it is for layer 1/],
-    ['fewer layers', { numLayers: 1 }, /numLayers 1 < this layer/],
+    ['another layer', { layer: 1, last: 1 }, /config of run r1: it is for layer 1/],
+    ['fewer layers', { numLayers: 1 }, /numLayers 1 < this stage's/],
     ['a downstream for the last', { next: 'tcp://127.0.0.1:1' }, /next is tcp:.* for layer 2 of 2/],
     ['a model without the layer', { model: { ...MODEL, layers: [20, 8] } }, /has no layer 2/],
     ['a bad model key', { model: { ...MODEL, goodness: 'max' } }, /model\.goodness must be one of/],

@@ -159,6 +159,7 @@ describe('DEALER -> ROUTER control', () => {
       encodeControl({
         type: 'hello',
         layer: 1,
+        last: 1,
         version: PROTOCOL_VERSION,
         backend: 'cpu',
         endpoint: 'tcp://127.0.0.1:7001',
@@ -183,6 +184,7 @@ describe('DEALER -> ROUTER control', () => {
         type: 'config',
         run: 'r1',
         layer: hello.layer,
+        last: hello.layer,
         numLayers: 2,
         model: { layers: [784, 500, 500] },
         optimizer: { kind: 'adam' },

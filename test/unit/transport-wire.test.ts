@@ -477,6 +477,7 @@ describe('control and result messages', () => {
     {
       type: 'hello',
       layer: 1,
+      last: 1,
       version: PROTOCOL_VERSION,
       backend: 'wasm',
       endpoint: 'tcp://10.0.0.2:6000',
@@ -491,6 +492,7 @@ describe('control and result messages', () => {
       type: 'config',
       run: 'r1',
       layer: 1,
+      last: 1,
       numLayers: 2,
       model: { layers: [784, 500, 500], threshold: 2 },
       optimizer: { kind: 'adam', lr: 0.001 },
@@ -513,6 +515,7 @@ describe('control and result messages', () => {
       type: 'config',
       run: 'r1',
       layer: 2,
+      last: 2,
       numLayers: 2,
       model: null,
       optimizer: null,
@@ -654,7 +657,7 @@ describe('control and result messages', () => {
     assert.throws(
       () =>
         decodeControl(
-          pack({ type: 'hello', layer: 1, version: 1, backend: 'cpu', pid: 1, host: 'h' }),
+          pack({ type: 'hello', layer: 1, last: 1, version: 1, backend: 'cpu', pid: 1, host: 'h' }),
         ),
       rejects('BAD_HEADER', 'hello.endpoint', 'missing'),
     );
@@ -672,6 +675,7 @@ describe('control and result messages', () => {
           type: 'config',
           run: 'r',
           layer: 1,
+          last: 1,
           numLayers: 1,
           model: {},
           optimizer: {},

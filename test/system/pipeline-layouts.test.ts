@@ -1,0 +1,156 @@
+// Layouts other than one process per layer compute the same bits as one process: stages that
+// hold a group of consecutive layers (ffx-launch --partition 1-2,3-4: exactly two ffx-stage
+// processes, activations passed in memory between a group's layers) end with the weights and
+// the predictions of `train --local`, also when a group's process is killed mid-epoch and
+// started again; and the coordinator holds every layer to exactly one stage, naming the
+// overlap and the gap otherwise.
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import type { EvalResult } from '../../src/core/predict.js';
+import { decodeSafetensors } from '../../src/core/safetensors.js';
+import { freePort } from '../../src/transport/sockets.js';
+import { killAll, ROOT, startNode, startStage, waitForOutput } from '../helpers/spawn.js';
+import { maxWeightDiff } from '../helpers/weights.js';
+import { ON_WASM, referenceRun } from '../helpers/runs.js';
+import { tempDir } from '../helpers/temp-dir.js';
+
+const CLI = join(ROOT, 'dist', 'src', 'cli');
+
+// Four layers in two groups, with readouts, hard negatives and the softmax loss on the first
+// layer: every per-layer result (stats with logits, goodness, weights) crosses a group.
+const RUN = [
+  '--config',
+  join(ROOT, 'config', 'demo.json'),
+  '--layers',
+  '784,64,48,32,32',
+  '--set',
+  'model.threshold=50',
+  '--set',
+  'data.trainLimit=2000',
+  '--set',
+  'data.testLimit=500',
+  '--set',
+  'model.loss=["softmax","threshold","threshold","threshold"]',
+  '--set',
+  'model.alpha=0.1',
+  '--set',
+  'model.readout=true',
+  '--set',
+  'negatives.kind=hard',
+  '--set',
+  'eval.rule=readout',
+  '--epochs',
+  '3',
+  '--heartbeat-timeout',
+  '2',
+];
+
+function launch(out: string, partition: string) {
+  return startNode(
+    [
+      join(CLI, 'ffx-launch.js'),
+      '--transport',
+      'tcp',
+      '--backend',
+      'wasm',
+      '--stage-threads',
+      '1',
+      ...RUN,
+      '--partition',
+      partition,
+      '--out',
+      out,
+    ],
+    { timeoutMs: 120_000 },
+  );
+}
+
+describe('layouts: stages holding groups of layers', () => {
+  const tmp = tempDir('layouts');
+  after(killAll);
+
+  it('--partition 1-2,3-4: two processes, the same weights and predictions as --local', async () => {
+    const local = await referenceRun(RUN, ON_WASM);
+    const r = await launch(tmp('groups'), '1-2,3-4').result;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    // Exactly two stage processes, each serving its group.
+    const started = /ffx-launch: started (.*)/.exec(r.stderr)![1]!;
+    assert.deepEqual(
+      [...started.matchAll(/stage ([\d-]+) \(pid \d+\)/g)].map((m) => m[1]),
+      ['1-2', '3-4'],
+    );
+    assert.match(r.stderr, /\[stage 1-2\] layers 1-2\/4: 784-64-48, run /);
+    assert.match(r.stderr, /\[stage 3-4\] layers 3-4\/4: 48-32-32, run /);
+    assert.equal(
+      await maxWeightDiff(join(local, 'model.safetensors'), tmp('groups', 'model.safetensors')),
+      0,
+    );
+    const { metadata } = decodeSafetensors(await readFile(tmp('groups', 'model.safetensors')));
+    assert.deepEqual(JSON.parse(metadata.optimizerSteps!), [60, 60, 60, 60]);
+    const evalOf = async (dir: string) =>
+      JSON.parse(await readFile(join(dir, 'eval.json'), 'utf8')) as EvalResult;
+    const [ea, eb] = [await evalOf(local), await evalOf(tmp('groups'))];
+    assert.equal(eb.count, 500);
+    assert.deepEqual(eb, ea);
+    // Each layer reported its own stats: the epoch records hold four layers' losses.
+    const record = JSON.parse(
+      (await readFile(tmp('groups', 'metrics.jsonl'), 'utf8')).trim().split('\n')[0]!,
+    ) as { batches: number[]; layers: { loss: number }[] };
+    assert.deepEqual(record.batches, [20, 20, 20, 20]);
+    const losses = record.layers.map((l) => l.loss);
+    assert.equal(new Set(losses).size, 4, `per-layer losses ${losses}`);
+  });
+
+  it("a group's process killed with SIGKILL mid-epoch: started again, rolled back, same weights", async () => {
+    const local = await referenceRun(RUN, ON_WASM);
+    const run = launch(tmp('killed'), '1,2-4');
+    await waitForOutput(run.stderr, /\[coordinator\] epoch 2\/3 \d+% /, 60_000);
+    await sleep(Math.floor(Math.random() * 200));
+    const pid = Number(/stage 2-4 \(pid (\d+)\)/.exec(run.stderr())![1]);
+    process.kill(pid, 'SIGKILL');
+    const r = await run.result;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    assert.match(r.stderr, /layers 2-4 \(pid \d+ on .+\) stopped answering/);
+    assert.match(
+      r.stderr,
+      /lineage: each layer trained 60, 60, 60, 60 batches \(3 epochs x 20\); 1 recovery/,
+    );
+    assert.equal(
+      await maxWeightDiff(join(local, 'model.safetensors'), tmp('killed', 'model.safetensors')),
+      0,
+    );
+  });
+
+  it('every layer in exactly one stage: an overlap is refused, a gap named', async () => {
+    const control = `tcp://127.0.0.1:${await freePort()}`;
+    const coordinator = startNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'train',
+        ...RUN,
+        '--bind',
+        control,
+        '--register-timeout',
+        '6',
+        '--out',
+        tmp('gap'),
+      ],
+      { timeoutMs: 60_000 },
+    );
+    const first = startStage('1-2', control, 60_000);
+    await waitForOutput(coordinator.stderr, /hello from layers 1-2 /, 30_000);
+    const overlapping = startStage('2-3', control, 60_000);
+    await waitForOutput(
+      overlapping.stderr,
+      /layers 2-3 overlap layers 1-2 of another stage, heard from lately, at layer 2; waiting to take over/,
+      30_000,
+    );
+    const r = await coordinator.result;
+    assert.equal(r.code, 1, r.stderr.slice(-2000));
+    assert.match(r.stderr, /\[CLUSTER_MISSING_STAGES\]: no hello from layer 3, 4 within 6s/);
+    for (const s of [first, overlapping]) s.killGroup('SIGKILL');
+  });
+});
