@@ -68,6 +68,11 @@ export interface RunConfig {
     cooldown: number;
     /** Evaluate on the test split every N epochs (0 = only at the end). */
     evalEvery: number;
+    /**
+     * A batch's gradient is the sum, in order, of the gradients of this many shards of it (each
+     * computed on its rows alone): the arithmetic replicas of a stage share (1: the batch whole).
+     */
+    shards: number;
   };
   eval: {
     /** Images per evaluation batch (each becomes 10 overlaid rows). */
@@ -116,7 +121,7 @@ export const DEFAULT_CONFIG: RunConfig = {
   },
   negatives: { kind: 'uniform', hard: 0.5, warmup: 1 },
   optimizer: { ...DEFAULT_OPTIMIZER },
-  train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1 },
+  train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1, shards: 1 },
   eval: { batchSize: 1000, skipFirst: false, layers: [], rule: 'goodness' },
   output: { dir: 'runs/ffx', checkpointEvery: 1, keepCheckpoints: 3 },
 };
@@ -307,7 +312,13 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     momentum: num(0, 1),
     weightDecay: num(0, 1),
   },
-  train: { epochs: int(1), batchSize: int(1), cooldown: num(0, 1), evalEvery: int(0) },
+  train: {
+    epochs: int(1),
+    batchSize: int(1),
+    cooldown: num(0, 1),
+    evalEvery: int(0),
+    shards: int(1, 1024),
+  },
   eval: {
     batchSize: int(1),
     skipFirst: bool,
@@ -345,6 +356,22 @@ export function validateConfig(raw: unknown): RunConfig {
   }
   if (cfg.eval.rule === 'readout' && !cfg.model.readout) {
     fail('eval.rule', 'readout', "'goodness' unless model.readout is true");
+  }
+  // Shards split the FF loss's rows; the peer term's running mean and the readout's step are
+  // over the whole batch, so they cannot be summed from shards (not yet: refused, not approximated).
+  if (cfg.train.shards > 1 && (cfg.model.peerNorm?.weight ?? 0) > 0) {
+    fail(
+      'train.shards',
+      cfg.train.shards,
+      '1 with model.peerNorm (its running mean is over the whole batch)',
+    );
+  }
+  if (cfg.train.shards > 1 && cfg.model.readout) {
+    fail(
+      'train.shards',
+      cfg.train.shards,
+      "1 with model.readout (the readout's step is not sharded yet)",
+    );
   }
   return cfg;
 }

@@ -362,6 +362,7 @@ export class Cluster {
           : (this.opts.security?.keys.publicKey ?? ''),
       batchSize: cfg.train.batchSize,
       evalBatchSize: cfg.eval.batchSize,
+      shards: cfg.train.shards,
       linkTimeoutMs: this.opts.heartbeatTimeoutMs,
       mode,
       state: state

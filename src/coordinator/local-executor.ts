@@ -47,7 +47,7 @@ export class LocalExecutor implements Executor {
 
   private build(state: ModelState | undefined): void {
     const { cfg } = this;
-    this.net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed);
+    this.net = new FFNetwork(cfg.model, cfg.optimizer, cfg.seed, cfg.train.shards);
     if (state) {
       this.net.importState(state.tensors);
       this.net.layers.forEach((l, i) => (l.steps = state.optimizerSteps[i] ?? 0));

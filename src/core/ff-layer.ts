@@ -28,6 +28,11 @@
 // The activations handed to the next layer are this step's H, computed *before* the update:
 // the pipeline sends them as soon as the forward pass is done, and the single-process
 // reference does the same, so both are the same computation.
+// Shards (train.shards S > 1) fix the arithmetic of a batch whatever the layout: the batch is cut
+// into S row ranges (shardSizes: positives with their negatives), each shard's forward and
+// gradient is computed on its rows alone, as a batch of its own, and scaled by its share of
+// the batch; the layer's gradient is their sum in shard order. Replicas of a stage, each
+// computing some of the shards, then sum the same terms in the same order: the same bits.
 import * as tf from '@tensorflow/tfjs';
 import { ownedVariable } from './host-memory.js';
 import type { NamedTensor } from './safetensors.js';
@@ -72,6 +77,17 @@ export interface LayerConfig {
    * where the backend's matrix products take transposes for free (wasm+blas).
    */
   rowsFirst?: boolean;
+  /** Shards of a batch whose gradients are summed in order (default 1: the batch whole). */
+  shards?: number;
+}
+
+/**
+ * The positive rows of each of `shards` shards of a batch of `nPos`: as equal as they go, the
+ * larger first, none empty (fewer shards than asked when the batch is smaller).
+ */
+export function shardSizes(nPos: number, shards: number): number[] {
+  const n = Math.min(shards, nPos);
+  return Array.from({ length: n }, (_, k) => Math.floor(nPos / n) + (k < nPos % n ? 1 : 0));
 }
 
 export interface StepStats {
@@ -118,6 +134,16 @@ function withRows(active: Int32Array, n: number): Int32Array {
   for (let r = 0; r < n; r++) out[r] = r;
   out.set(rest, n);
   return out;
+}
+
+/** What one batch (or shard) gives the step: its activations, goodness, loss and gradient. */
+interface ShardStep {
+  h: tf.Tensor2D;
+  g: tf.Tensor1D;
+  loss: tf.Scalar;
+  dw: tf.Tensor2D;
+  db: tf.Tensor1D;
+  peer: PeerStep | null;
 }
 
 export class FFLayer {
@@ -226,29 +252,46 @@ export class FFLayer {
    */
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
     return tf.tidy(() => {
-      const xn = this.normalise(x);
-      const loss = LOSSES[this.config.loss ?? 'threshold'];
-      // A row loss needs only H; the label loss needs the pre-activations too.
-      const { z, act } = this.activate(xn, loss.kind === 'label');
-      const h = this.rowsFirst ? act : tf.transpose(act); // [rows, out]: what the next layer gets
-      const ffRows = 2 * nPos;
-      const g = this.goodness(x.shape[0] > ffRows ? tf.slice(h, [0, 0], [ffRows, -1]) : h);
-      const peer = this.peerStep(h, nPos);
-      const {
-        loss: value,
-        dw,
-        db,
-      } = loss.kind === 'label'
-        ? loss.gradient({
-            xn,
-            zT: this.rowsFirst ? tf.transpose(z!) : z!,
-            nPos,
-            weight: this.weight,
-            alpha: this.config.alpha ?? 1,
-            dgScale: this.dgScale(),
-            peer,
-          })
-        : this.rowGradient(xn, act, g, nPos, peer);
+      const sizes = shardSizes(nPos, this.config.shards ?? 1);
+      let step: ShardStep;
+      if (sizes.length === 1) {
+        step = this.shardStep(x, nPos);
+      } else {
+        const thirds = x.shape[0] / nPos; // [pos; neg] or [pos; neg; neutral]
+        const parts: ShardStep[] = [];
+        let at = 0;
+        for (const b of sizes) {
+          const rows = Array.from({ length: thirds }, (_, t) =>
+            tf.slice(x, [t * nPos + at, 0], [b, -1]),
+          );
+          const part = this.shardStep(tf.concat(rows), b);
+          // Each shard's loss is its mean: its share of the batch's is b / nPos of it.
+          const share = b / nPos;
+          parts.push({
+            ...part,
+            loss: tf.mul(part.loss, share),
+            dw: tf.mul(part.dw, share),
+            db: tf.mul(part.db, share),
+          });
+          at += b;
+        }
+        // Summed in shard order; the activations and goodness back in the batch's row order.
+        const goodness = (third: number) =>
+          parts.map((p, k) => tf.slice(p.g, [third * sizes[k]!], [sizes[k]!]));
+        step = {
+          h: tf.concat(
+            Array.from({ length: thirds }, (_, t) =>
+              parts.map((p, k) => tf.slice(p.h, [t * sizes[k]!, 0], [sizes[k]!, -1])),
+            ).flat(),
+          ),
+          g: tf.concat([...goodness(0), ...goodness(1)]),
+          loss: parts.slice(1).reduce((a, p) => tf.add(a, p.loss), parts[0]!.loss),
+          dw: parts.slice(1).reduce((a, p) => tf.add(a, p.dw), parts[0]!.dw),
+          db: parts.slice(1).reduce((a, p) => tf.add(a, p.db), parts[0]!.db),
+          peer: null,
+        };
+      }
+      const { h, g, loss: value, dw, db, peer } = step;
       const stats = tf.stack([value, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       if (peer) this.peerMean!.assign(peer.mean);
       this.optimizer.apply(
@@ -260,6 +303,37 @@ export class FFLayer {
       );
       return { h: tf.keep(h), stats: tf.keep(stats) as tf.Tensor1D };
     });
+  }
+
+  /**
+   * Forward and gradient of one batch, or one shard of one: x = [pos; neg] (and neutral rows,
+   * only carried forward), nPos positive rows. Nothing is updated.
+   */
+  private shardStep(x: tf.Tensor2D, nPos: number): ShardStep {
+    const xn = this.normalise(x);
+    const loss = LOSSES[this.config.loss ?? 'threshold'];
+    // A row loss needs only H; the label loss needs the pre-activations too.
+    const { z, act } = this.activate(xn, loss.kind === 'label');
+    const h = this.rowsFirst ? act : tf.transpose(act); // [rows, out]: what the next layer gets
+    const ffRows = 2 * nPos;
+    const g = this.goodness(x.shape[0] > ffRows ? tf.slice(h, [0, 0], [ffRows, -1]) : h);
+    const peer = this.peerStep(h, nPos);
+    const {
+      loss: value,
+      dw,
+      db,
+    } = loss.kind === 'label'
+      ? loss.gradient({
+          xn,
+          zT: this.rowsFirst ? tf.transpose(z!) : z!,
+          nPos,
+          weight: this.weight,
+          alpha: this.config.alpha ?? 1,
+          dgScale: this.dgScale(),
+          peer,
+        })
+      : this.rowGradient(xn, act, g, nPos, peer);
+    return { h, g, loss: value, dw, db, peer };
   }
 
   /**

@@ -86,6 +86,7 @@ export function buildLayer(
   optimizer: OptimizerConfig,
   runSeed: number,
   index: number,
+  shards = 1,
 ): FFLayer {
   const inDim = model.layers[index];
   const outDim = model.layers[index + 1];
@@ -108,6 +109,7 @@ export function buildLayer(
       peerNorm: model.peerNorm?.weight ?? 0,
       peerDecay: model.peerNorm?.decay ?? 0.9,
       readout: model.readout ?? false,
+      shards,
     },
     optimizer,
   );
@@ -135,8 +137,10 @@ export function layerStateFloats(
 export class FFNetwork {
   readonly layers: FFLayer[];
 
-  constructor(model: ModelConfig, optimizer: OptimizerConfig, seed: number) {
-    this.layers = model.layers.slice(1).map((_, i) => buildLayer(model, optimizer, seed, i));
+  constructor(model: ModelConfig, optimizer: OptimizerConfig, seed: number, shards = 1) {
+    this.layers = model.layers
+      .slice(1)
+      .map((_, i) => buildLayer(model, optimizer, seed, i, shards));
   }
 
   /**

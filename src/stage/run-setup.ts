@@ -80,7 +80,7 @@ export function setUpRun(
   try {
     for (const { layer } of shapes) {
       const index = layer - 1;
-      const fresh = buildLayer(model, optimizer, config.seed, index);
+      const fresh = buildLayer(model, optimizer, config.seed, index, config.shards);
       built.push(fresh);
       if (Object.keys(config.state).length > 0) {
         // Resuming: the checkpoint's weights and optimizer state replace the fresh ones.

@@ -426,6 +426,8 @@ export interface ConfigMessage {
   /** The largest batch the run sends: positive samples per train message, images per eval. */
   batchSize: number;
   evalBatchSize: number;
+  /** The run's train.shards: how a batch's gradient is summed (see core/ff-layer.ts). */
+  shards: number;
   /**
    * How long the stage may take to reach `next` (a finished ZMTP handshake) before it reports
    * the link down, rather than hang on it.
@@ -622,6 +624,7 @@ export const CONTROL_FIELDS = {
     prevKey: 'string',
     batchSize: 'posint',
     evalBatchSize: 'posint',
+    shards: 'posint',
     linkTimeoutMs: 'posint',
     mode: ['train', 'eval'],
     state: 'tensors',

@@ -48,7 +48,28 @@ const RUN = [
   '2',
 ];
 
-function launch(out: string, partition: string) {
+// Shards: three layers, no readouts (a sharded batch has none yet), each batch's gradient the
+// sum of two shards'.
+const SHARDED = [
+  '--config',
+  join(ROOT, 'config', 'demo.json'),
+  '--layers',
+  '784,64,48,32',
+  '--set',
+  'model.threshold=50',
+  '--set',
+  'data.trainLimit=2000',
+  '--set',
+  'data.testLimit=500',
+  '--set',
+  'model.loss=symba',
+  '--set',
+  'model.alpha=0.05',
+  '--epochs',
+  '2',
+];
+
+function launch(out: string, partition: string, run = RUN) {
   return startNode(
     [
       join(CLI, 'ffx-launch.js'),
@@ -58,7 +79,7 @@ function launch(out: string, partition: string) {
       'wasm',
       '--stage-threads',
       '1',
-      ...RUN,
+      ...run,
       '--partition',
       partition,
       '--out',
@@ -122,6 +143,18 @@ describe('layouts: stages holding groups of layers', () => {
       await maxWeightDiff(join(local, 'model.safetensors'), tmp('killed', 'model.safetensors')),
       0,
     );
+  });
+
+  it('train.shards=2: the stages sum the shards as --local does, to the same bits', async () => {
+    const sharded = [...SHARDED, '--set', 'train.shards=2'];
+    const local = await referenceRun(sharded, ON_WASM);
+    const r = await launch(tmp('sharded'), '1-2,3', sharded).result;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    const weights = (dir: string) => join(dir, 'model.safetensors');
+    assert.equal(await maxWeightDiff(weights(local), weights(tmp('sharded'))), 0);
+    // The shards are not a no-op: the whole batches' sums round otherwise.
+    const whole = await referenceRun(SHARDED, ON_WASM);
+    assert.ok((await maxWeightDiff(weights(local), weights(whole))) > 0);
   });
 
   it('every layer in exactly one stage: an overlap is refused, a gap named', async () => {

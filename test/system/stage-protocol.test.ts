@@ -111,6 +111,7 @@ describe('ffx-stage protocol', () => {
         prevKey: '',
         batchSize: 3,
         evalBatchSize: 10,
+        shards: 1,
         linkTimeoutMs: 5000,
         mode: 'train',
         state: {},

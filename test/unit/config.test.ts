@@ -56,7 +56,7 @@ describe('validateConfig', () => {
       { train: { batchsize: 50 } },
       'CONFIG_UNKNOWN_KEY',
       'train.batchsize',
-      /unknown config key "train\.batchsize" \(known here: epochs, batchSize, cooldown, evalEvery\)/,
+      /unknown config key "train\.batchsize" \(known here: epochs, batchSize, cooldown, evalEvery, shards\)/,
     );
   });
 
@@ -169,6 +169,24 @@ describe('validateConfig', () => {
       withDefaults({ model: { layers: [784, 100, 100] }, eval: { skipFirst: true } }),
     );
     assert.equal(ok.eval.skipFirst, true);
+  });
+
+  it('train.shards: 1 to 1024, and 1 with peer normalisation or readouts', () => {
+    assert.equal(validateConfig(withDefaults({})).train.shards, 1);
+    assert.equal(validateConfig(withDefaults({ train: { shards: 4 } })).train.shards, 4);
+    assertRejected({ train: { shards: 0 } }, 'CONFIG_INVALID', 'train.shards', /from 1 to 1024/);
+    assertRejected(
+      { train: { shards: 2 }, model: { peerNorm: { weight: 0.1, decay: 0.9 } } },
+      'CONFIG_INVALID',
+      'train.shards',
+      /1 with model.peerNorm/,
+    );
+    assertRejected(
+      { train: { shards: 2 }, model: { readout: true } },
+      'CONFIG_INVALID',
+      'train.shards',
+      /1 with model.readout/,
+    );
   });
 
   it('refuses hard negatives and the readout rule without readouts, a bad peerNorm or loss', () => {

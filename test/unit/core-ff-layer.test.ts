@@ -7,6 +7,7 @@ import { initBackend } from '../../src/backend/backend.js';
 import {
   activeRows,
   FFLayer,
+  shardSizes,
   type GoodnessType,
   type LayerConfig,
   type LossType,
@@ -555,6 +556,65 @@ describe('FFLayer training', () => {
     } finally {
       x.dispose();
       layer.dispose();
+    }
+  });
+});
+
+describe('FFLayer shards (train.shards)', () => {
+  it('cuts a batch as evenly as it goes, the larger shards first, none empty', () => {
+    assert.deepEqual(shardSizes(100, 1), [100]);
+    assert.deepEqual(shardSizes(100, 4), [25, 25, 25, 25]);
+    assert.deepEqual(shardSizes(100, 3), [34, 33, 33]);
+    assert.deepEqual(shardSizes(3, 8), [1, 1, 1]);
+  });
+
+  for (const loss of ['threshold', 'symba'] as const) {
+    it(`${loss}: the gradient of 3 shards is the batch's (to rounding), its bits the same run to run`, () => {
+      const config = layerConfig({ loss, alpha: 2 });
+      const x = tf.tensor2d(batch(31), [2 * N_POS, IN]);
+      const run = (shards: number) => {
+        const layer = new FFLayer({ ...config, shards }, PLAIN_SGD);
+        try {
+          const auto = autogradAndStep(layer, x);
+          return { ...auto, w: params(layer).w };
+        } finally {
+          layer.dispose();
+        }
+      };
+      try {
+        const [whole, sharded, again] = [run(1), run(3), run(3)];
+        // The reference loss is the whole batch's: the shards' sum is its gradient.
+        for (let i = 0; i < whole.dW.length; i++) {
+          assert.ok(Math.abs(sharded.dW[i]! - sharded.autoW[i]!) < 1e-5, `dW[${i}]`);
+        }
+        for (let i = 0; i < whole.dB.length; i++) {
+          assert.ok(Math.abs(sharded.dB[i]! - sharded.autoB[i]!) < 1e-5, `dB[${i}]`);
+        }
+        // Loss and the goodness means are the batch's too.
+        for (const i of [0, 1, 2]) {
+          assert.ok(Math.abs(sharded.stats[i]! - whole.stats[i]!) < 1e-6, `stats[${i}]`);
+        }
+        assert.deepEqual(again.w, sharded.w, 'deterministic');
+      } finally {
+        x.dispose();
+      }
+    });
+  }
+
+  it('hands the next layer every row in the batch order, as the whole batch would', () => {
+    const x = tf.tensor2d(batch(32), [2 * N_POS, IN]);
+    const [a, b] = [1, 2].map((shards) => new FFLayer(layerConfig({ shards }), PLAIN_SGD));
+    try {
+      const ha = a!.trainStep(x, N_POS, 0.1);
+      const hb = b!.trainStep(x, N_POS, 0.1);
+      const [va, vb] = [ha.h.dataSync(), hb.h.dataSync()];
+      assert.equal(vb.length, va.length);
+      for (let i = 0; i < va.length; i++) assert.ok(Math.abs(va[i]! - vb[i]!) < 1e-6, `h[${i}]`);
+      tf.dispose([ha.h, ha.stats, hb.h, hb.stats]);
+    } finally {
+      x.dispose();
+      a!.dispose();
+      b!.dispose();
     }
   });
 });

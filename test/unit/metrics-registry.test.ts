@@ -425,6 +425,35 @@ describe('StageMetrics', () => {
     assert.equal((await runs())[0]?.[0].run, 'x'.repeat(64));
   });
 
+  it('a stage of several layers: each layer its own series, the process its first layer', async () => {
+    const registry = createRegistry('stage', { layer: '2' });
+    const metrics = new StageMetrics(registry, 2, { last: 3 });
+    metrics.onTrainStep(step({ layer: 2, loss: 0.25, waitSeconds: 0.5 }));
+    metrics.onTrainStep(step({ layer: 3, loss: 0.75, stepSeconds: 0.008 }));
+    metrics.onTrainStep(step({ loss: 0.5 })); // no layer: the first
+    const f = await scrape(registry);
+    assert.equal(value(f, 'ffx_stage_batches_total', { phase: 'train', layer: '2' }), 2);
+    assert.equal(value(f, 'ffx_stage_batches_total', { phase: 'train', layer: '3' }), 1);
+    assert.equal(value(f, 'ffx_stage_loss', { layer: '2' }), 0.5);
+    assert.equal(value(f, 'ffx_stage_loss', { layer: '3' }), 0.75);
+    close(
+      value(f, 'ffx_stage_step_duration_seconds_sum', { phase: 'train', layer: '3' }),
+      0.008,
+      'layer 3 step',
+    );
+    // The process's own series (the wait) carry its first layer only.
+    close(value(f, 'ffx_stage_input_wait_seconds_total', { layer: '2' }), 0.5, 'wait');
+    assert.equal(f.get('ffx_stage_input_wait_seconds_total')!.samples.length, 1);
+    assert.throws(
+      () => metrics.onTrainStep(step({ layer: 4 })),
+      expectCode('METRICS_BAD_LAYER', /layer 4/),
+    );
+    assert.throws(
+      () => new StageMetrics(createRegistry('stage', { layer: '5' }), 5, { last: 4 }),
+      expectCode('METRICS_BAD_LAYER', /last layer/),
+    );
+  });
+
   it('refuses a bad layer, a registry for another layer or role, and a second instance', () => {
     const registry = createRegistry('stage', { layer: '2' });
     assert.throws(() => new StageMetrics(registry, 3), expectCode('METRICS_BAD_LAYER', /layer 2/));

@@ -29,6 +29,7 @@ function config(over: Partial<ConfigMessage> = {}): ConfigMessage {
     prevKey: '',
     batchSize: 10,
     evalBatchSize: 10,
+    shards: 1,
     linkTimeoutMs: 1000,
     mode: 'train',
     state: {},

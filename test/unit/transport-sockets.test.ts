@@ -194,6 +194,7 @@ describe('DEALER -> ROUTER control', () => {
         prevKey: '',
         batchSize: 100,
         evalBatchSize: 1000,
+        shards: 1,
         linkTimeoutMs: 5000,
         mode: 'train',
         state: {},

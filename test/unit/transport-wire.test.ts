@@ -502,6 +502,7 @@ describe('control and result messages', () => {
       prevKey: '',
       batchSize: 100,
       evalBatchSize: 1000,
+      shards: 1,
       linkTimeoutMs: 5000,
       mode: 'train',
       state: {
@@ -525,6 +526,7 @@ describe('control and result messages', () => {
       prevKey: '',
       batchSize: 1,
       evalBatchSize: 1,
+      shards: 1,
       linkTimeoutMs: 5000,
       mode: 'train',
       state: {},
@@ -685,6 +687,7 @@ describe('control and result messages', () => {
           prevKey: '',
           batchSize: 1,
           evalBatchSize: 1,
+          shards: 1,
           linkTimeoutMs: 5000,
           mode: 'train',
           state: {},
