@@ -4,6 +4,8 @@
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
 import { ffxYargs, hideBin } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
+import { describePlan, planPartition, profileLayers, type Plan } from '../coordinator/planner.js';
+import { partitionName } from '../config/partition.js';
 import { LATEST, readCheckpoint } from '../checkpoint/checkpoint-file.js';
 import { checkEvalRule, type RunConfig } from '../config/config.js';
 import { classNames } from '../data/class-names.js';
@@ -44,7 +46,7 @@ import {
   type CommonArgs,
 } from './run-options.js';
 import { FfxError, InterruptedError, UsageError } from '../errors.js';
-import { configureLog } from '../log.js';
+import { configureLog, plural } from '../log.js';
 import { parseEndpoint } from './endpoint.js';
 import { checkExposure, loadCoordinatorSecurity, type SecurityArgs } from './security-options.js';
 import { watchParent } from './parent-watch.js';
@@ -266,6 +268,50 @@ async function pipelineOptions(
   };
 }
 
+/** `plan`: each layer measured on this machine, then the best layout for 1..--nodes nodes. */
+async function planCommand(a: CommonArgs & Record<string, unknown>): Promise<void> {
+  const cfg = await runConfig(a, undefined);
+  const nodes = a.nodes as number;
+  const gbps = a['link-gbps'] as number | undefined;
+  if (!Number.isInteger(nodes) || nodes < 1) {
+    throw new UsageError(`--nodes must be a positive integer; got ${nodes}`);
+  }
+  if (gbps !== undefined && !(gbps > 0)) {
+    throw new UsageError(`--link-gbps must be a positive number; got ${gbps}`);
+  }
+  const log = (l: string) => process.stderr.write(`${l}\n`);
+  const backend = await initBackend(a.backend as BackendChoice, { threads: a.threads, log });
+  const costs = profileLayers(cfg);
+  const out = (l: string) => process.stdout.write(`${l}\n`);
+  out(
+    `model ${cfg.model.layers.join('-')}, batch ${cfg.train.batchSize}, measured on this machine ` +
+      `(${backend.name}, ${plural(backend.threads, 'thread')} a stage): ` +
+      costs.map((c, i) => `layer ${i + 1} ${(c.stepSeconds * 1000).toFixed(1)} ms`).join(', '),
+  );
+  const bandwidth = gbps === undefined ? Infinity : (gbps * 1e9) / 8;
+  if (gbps !== undefined) {
+    out(
+      `links ${gbps} Gbit/s: ` +
+        costs
+          .slice(0, -1)
+          .map((c, i) => `${i + 1}->${i + 2} ${((c.outBytes / bandwidth) * 1000).toFixed(2)} ms`)
+          .join(', ') +
+        ' a batch',
+    );
+  }
+  let best: Plan | null = null;
+  for (let k = 1; k <= Math.min(nodes, costs.length); k++) {
+    const plan = planPartition(costs, k, cfg.train.batchSize, bandwidth);
+    out(`${plural(k, 'node')}: --partition ${partitionName(plan.partition)}`);
+    for (const line of describePlan(plan)) out(line);
+    if (!best || plan.samplesPerSec > best.samplesPerSec) best = plan;
+  }
+  out(
+    `best: ${plural(best!.partition.length, 'stage')}, ffx-launch --partition ${partitionName(best!.partition)} ` +
+      '(on one machine, ffx-launch --stages K plans for its cores)',
+  );
+}
+
 export function buildCli(argv: string[]) {
   return (
     ffxYargs(argv)
@@ -316,6 +362,27 @@ export function buildCli(argv: string[]) {
         (a) => evalCommand(a as unknown as CommonArgs & Record<string, unknown>),
       )
       .command(
+        'plan',
+        "lay a run's layers out on N nodes like this one: measures each layer's step here, then prints " +
+          'the best stages for 1..N nodes with their predicted samples/s, the links included',
+        (y) =>
+          trainOptions(commonOptions(y))
+            .option('nodes', {
+              type: 'number',
+              default: 4,
+              describe: 'the most stages (machines) to plan for',
+            })
+            .option('link-gbps', {
+              type: 'number',
+              describe: "the links' bandwidth in Gbit/s (default: links cost nothing)",
+            })
+            .example(
+              '$0 plan -c config/fashion-mnist-fast.json --nodes 4 --link-gbps 10',
+              'plans for 1 to 4 nodes joined by 10 Gbit/s links',
+            ),
+        (a) => planCommand(a as unknown as CommonArgs & Record<string, unknown>),
+      )
+      .command(
         'report <run-dir..>',
         "write a run's report: one HTML file with its loss, goodness, accuracy, throughput, " +
           'timing, confusion matrix and config, that opens from disk (a run writes it as it ends); ' +
@@ -341,7 +408,7 @@ export function buildCli(argv: string[]) {
             ),
         (a) => reportCommand(a['run-dir'] as string[], a.out),
       )
-      .demandCommand(1, 'name a command: train, eval or report')
+      .demandCommand(1, 'name a command: train, eval, plan or report')
       .recommendCommands()
       .strict()
       // Errors go to runMain (exit codes, messages), not yargs's usage dump.

@@ -31,6 +31,7 @@ import { PARENT_ENV } from './parent-watch.js';
 import { Terminal, relay } from './relay.js';
 import { PROGRESS_BAR_ENV } from '../coordinator/reporter.js';
 import type { RunConfig } from '../config/config.js';
+import type { BackendChoice } from '../backend/backend.js';
 import { plural } from '../log.js';
 import { LATEST } from '../checkpoint/checkpoint-file.js';
 import { stageKeyName, writeClusterKeys } from '../transport/curve.js';
@@ -135,6 +136,12 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
       describe:
         'lay the layers out on stages: groups of consecutive layers, one process each, e.g. 1-2,3-4 (default: one stage per layer)',
     })
+    .option('stages', {
+      type: 'number',
+      describe:
+        "K stages, planned: measures each layer's step here (a few steps at the run's batch), then runs the split that makes the slowest stage fastest, and prints it",
+    })
+    .conflicts('stages', 'partition')
     .option('stage-threads', {
       type: 'number',
       describe: 'compute threads per stage (default: cores / layers, at least 1)',
@@ -183,6 +190,7 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
 /** The launcher's own flags: everything else on its command line goes to the coordinator. */
 const OWN_FLAGS = new Set([
   '--partition',
+  '--stages',
   '--stage-threads',
   '--transport',
   '--grace',
@@ -214,7 +222,13 @@ async function planLaunch(
 ): Promise<LaunchPlan> {
   const layers = cfg.model.layers.length - 1;
   const spec = a.partition as string | undefined;
-  const partition = spec === undefined ? onePerLayer(layers) : parsePartition(spec, layers);
+  const planned = a.stages as number | undefined;
+  const partition =
+    planned !== undefined
+      ? await plannedPartition(a, cfg, planned)
+      : spec === undefined
+        ? onePerLayer(layers)
+        : parsePartition(spec, layers);
   const replicated = partition.find((s) => s.replicas > 1);
   if (replicated) {
     throw new UsageError(
@@ -323,6 +337,34 @@ async function planLaunch(
     });
   }
   return { partition, stages, threads, control, specs, metricsPorts, socketDir };
+}
+
+/**
+ * --stages K: each layer's step measured in this process, on the backend and threads each
+ * stage will have, then the best split into K stages (coordinator/planner.ts), printed.
+ */
+async function plannedPartition(
+  a: CommonArgs & Record<string, unknown>,
+  cfg: RunConfig,
+  stages: number,
+): Promise<Partition> {
+  if (!Number.isInteger(stages) || stages < 1) {
+    throw new UsageError(`--stages must be a positive integer; got ${stages}`);
+  }
+  const threads =
+    (a['stage-threads'] as number | undefined) ??
+    Math.max(1, Math.floor(availableParallelism() / stages));
+  // Only a planned launch computes here: the tensor libraries load for it alone.
+  const { initBackend } = await import('../backend/backend.js');
+  const { describePlan, planPartition, profileLayers } = await import('../coordinator/planner.js');
+  const backend = await initBackend(a.backend as BackendChoice, { threads });
+  const plan = planPartition(profileLayers(cfg), stages, cfg.train.batchSize);
+  terminal.line(
+    `ffx-launch: plan for ${plural(stages, 'stage')} from each layer's step measured here ` +
+      `(${backend.name}, ${plural(threads, 'thread')}): --partition ${partitionName(plan.partition)}`,
+  );
+  for (const line of describePlan(plan)) terminal.line(`ffx-launch: ${line}`);
+  return plan.partition;
 }
 
 /** `args` without `flag` and its value (`--flag v` or `--flag=v`). */

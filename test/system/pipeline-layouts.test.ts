@@ -12,7 +12,7 @@ import { after, describe, it } from 'node:test';
 import type { EvalResult } from '../../src/core/predict.js';
 import { decodeSafetensors } from '../../src/core/safetensors.js';
 import { freePort } from '../../src/transport/sockets.js';
-import { killAll, ROOT, startNode, startStage, waitForOutput } from '../helpers/spawn.js';
+import { killAll, ROOT, runNode, startNode, startStage, waitForOutput } from '../helpers/spawn.js';
 import { maxWeightDiff } from '../helpers/weights.js';
 import { ON_WASM, referenceRun } from '../helpers/runs.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -155,6 +155,73 @@ describe('layouts: stages holding groups of layers', () => {
     // The shards are not a no-op: the whole batches' sums round otherwise.
     const whole = await referenceRun(SHARDED, ON_WASM);
     assert.ok((await maxWeightDiff(weights(local), weights(whole))) > 0);
+  });
+
+  it('--stages 2 on an unbalanced network: a measured plan, printed, and the same bits', async () => {
+    const run = [
+      ...SHARDED.map((a) => (a === '784,64,48,32' ? '784,512,32,32,32' : a)),
+      '--epochs',
+      '1',
+    ];
+    const local = await referenceRun(run, ON_WASM);
+    const r = await startNode(
+      [
+        join(CLI, 'ffx-launch.js'),
+        '--transport',
+        'tcp',
+        '--backend',
+        'wasm',
+        '--stage-threads',
+        '1',
+        ...run,
+        '--stages',
+        '2',
+        '--out',
+        tmp('planned'),
+      ],
+      { timeoutMs: 120_000 },
+    ).result;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    const partition =
+      /plan for 2 stages from each layer's step measured here \(wasm, 1 thread\): --partition (\S+)/.exec(
+        r.stderr,
+      )?.[1];
+    assert.ok(partition, r.stderr.slice(0, 2000));
+    assert.match(r.stderr, /ffx-launch:\s+stage 1: .* ms\/batch/);
+    assert.match(r.stderr, /predicted \d+ samples\/s; ideal speed-up \d\.\d\dx/);
+    assert.equal(partition.split(',').length, 2);
+    assert.equal(
+      await maxWeightDiff(join(local, 'model.safetensors'), tmp('planned', 'model.safetensors')),
+      0,
+    );
+  });
+
+  it('ffx-coordinator plan: the best stages for 1..N nodes, links included', async () => {
+    const r = await runNode(
+      [
+        join(CLI, 'ffx-coordinator.js'),
+        'plan',
+        ...SHARDED.map((a) => (a === '784,64,48,32' ? '784,512,32,32,32' : a)),
+        '--backend',
+        'wasm',
+        '--threads',
+        '1',
+        '--nodes',
+        '3',
+        '--link-gbps',
+        '1',
+      ],
+      { timeoutMs: 60_000 },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      /^model 784-512-32-32-32, batch 100, measured on this machine \(wasm, 1 thread a stage\): layer 1 [\d.]+ ms/m,
+    );
+    assert.match(r.stdout, /^links 1 Gbit\/s: 1->2 [\d.]+ ms/m);
+    for (const k of [1, 2, 3])
+      assert.match(r.stdout, new RegExp(`^${k} nodes?: --partition `, 'm'));
+    assert.match(r.stdout, /^best: \d stages?, ffx-launch --partition /m);
   });
 
   it('every layer in exactly one stage: an overlap is refused, a gap named', async () => {
