@@ -25,6 +25,10 @@ const NOT_HERE: [RegExp, string][] = [
   [/^npm run train:fashion/, 'minutes of training on the full dataset (README, Results)'],
   [/^npm run bench/, 'benchmarks: minutes, and their figures are timings'],
   [
+    /^npx ffx-coordinator plan /,
+    'its figures are timings of this machine; pipeline-layouts.test.ts runs plan and --stages',
+  ],
+  [
     /^(export GRAFANA_ADMIN_PASSWORD=|docker compose )/,
     'needs Docker; deploy.test.ts checks the compose files',
   ],
