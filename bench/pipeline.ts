@@ -10,7 +10,13 @@
 // With --keys, each repeat also runs the pipeline with CurveZMQ on every link (ffx-launch
 // --keys), alternated with the plain one, and prints what encryption costs.
 //
+// Each --layout is a way to lay the layers out (ffx-launch --partition SPEC, or stages=K for
+// ffx-launch --stages K; default: one stage per layer). Beside what each layout measures, the
+// planner's prediction for it (coordinator/planner.ts, from the local run's per-layer step
+// times) and how far off it was.
+//
 //   npm run bench:pipeline
+//   npm run bench:pipeline -- --layers 784,2000,300,300,300 --layout 1-2,3-4 --layout stages=2
 //   npm run bench:pipeline -- --layers 784,1000,784 --images 20000 --batch 1000 --repeat 1
 //   npm run bench:pipeline -- --transport tcp --keys
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -21,6 +27,8 @@ import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from '../src/cli/yargs.js';
 import type { EpochRecord } from '../src/coordinator/epoch-record.js';
 import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
+import { onePerLayer, parsePartition, partitionName } from '../src/config/partition.js';
+import { predict, type LayerCost } from '../src/coordinator/planner.js';
 
 const cli = (name: string) => fileURLToPath(new URL(`../src/cli/${name}.js`, import.meta.url));
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -49,6 +57,12 @@ async function main(): Promise<void> {
       type: 'boolean',
       default: false,
       describe: 'also run the pipeline with CurveZMQ keys (ffx-launch --keys) and print the cost',
+    })
+    .option('layout', {
+      type: 'string',
+      array: true,
+      describe:
+        'a layout of the pipeline: a --partition SPEC (1-2,3-4) or stages=K (ffx-launch --stages K); repeatable (default: one stage per layer)',
     })
     .option('repeat', {
       type: 'number',
@@ -86,7 +100,10 @@ async function main(): Promise<void> {
         a.backend,
         '--quiet',
       ];
-      const run = async (name: string, args: string[]): Promise<EpochRecord> => {
+      const run = async (
+        name: string,
+        args: string[],
+      ): Promise<{ record: EpochRecord; partition?: string }> => {
         const out = join(dir, `${name}-${batch}`);
         // Both runs under the allocator settings ffx-launch gives its children.
         const r = spawnSync(process.execPath, [...args, ...common, '--out', out], {
@@ -95,9 +112,22 @@ async function main(): Promise<void> {
         });
         if (r.status !== 0) throw new Error(`${name} run failed:\n${r.stderr.slice(-3000)}`);
         const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
-        return JSON.parse(lines[lines.length - 1]!) as EpochRecord;
+        return {
+          record: JSON.parse(lines[lines.length - 1]!) as EpochRecord,
+          // A planned launch (--stages K) says which partition it chose.
+          partition: /--partition (\S+)/.exec(r.stderr)?.[1],
+        };
       };
-      const runs: { local: EpochRecord; piped: EpochRecord; keyed?: EpochRecord }[] = [];
+      const layouts = a.layout ?? [partitionName(onePerLayer(a.layers.split(',').length - 1))];
+      const launchArgs = (layout: string) => {
+        const k = /^stages=(\d+)$/.exec(layout)?.[1];
+        return k ? ['--stages', k] : ['--partition', layout];
+      };
+      const runs: {
+        local: EpochRecord;
+        piped: { record: EpochRecord; partition: string }[];
+        keyed?: EpochRecord;
+      }[] = [];
       const pipeline = ['--stage-threads', '1', '--transport', a.transport];
       for (let i = 0; i < a.repeat; i++) {
         const local = await run(`local-${i}`, [
@@ -107,20 +137,52 @@ async function main(): Promise<void> {
           '--threads',
           '1',
         ]);
-        const piped = await run(`pipeline-${i}`, [cli('ffx-launch'), ...pipeline]);
+        const piped = [];
+        for (const [j, layout] of layouts.entries()) {
+          const r = await run(`pipeline-${i}-${j}`, [
+            cli('ffx-launch'),
+            ...pipeline,
+            ...launchArgs(layout),
+          ]);
+          piped.push({ record: r.record, partition: r.partition ?? layout });
+        }
         const keyed = a.keys
           ? await run(`keyed-${i}`, [cli('ffx-launch'), ...pipeline, '--keys', join(dir, 'keys')])
           : undefined;
-        runs.push({ local, piped, keyed });
+        runs.push({ local: local.record, piped, keyed: keyed?.record });
       }
       const local = median(runs.map((r) => r.local));
-      const piped = median(runs.map((r) => r.piped));
-      const ratio = piped.samplesPerSec / local.samplesPerSec;
-      const slowest = Math.max(...(local.stages ?? []).map((s) => s.stepSeconds));
-      const ideal = local.seconds / slowest;
-      const idle = (piped.stages ?? []).map((s) => `${s.waitSeconds.toFixed(1)}s`);
-      const blocked = (piped.stages ?? []).map((s) => `${s.blockedSeconds.toFixed(1)}s`);
+      // The planner's inputs as the local run measured them: each layer's step per batch.
+      const costs: LayerCost[] = (local.stages ?? []).map((s, l) => ({
+        stepSeconds: s.stepSeconds / local.batches[l]!,
+        outBytes: 0,
+      }));
+      for (const [j] of layouts.entries()) {
+        const piped = median(runs.map((r) => r.piped[j]!.record));
+        const partition = runs[0]!.piped[j]!.partition;
+        const ratio = piped.samplesPerSec / local.samplesPerSec;
+        const plan = predict(costs, parsePartition(partition, costs.length), Number(batch));
+        const ideal = plan.idealSpeedup;
+        const predicted = local.samplesPerSec * ideal;
+        const idle = (piped.stages ?? []).map((s) => `${s.waitSeconds.toFixed(1)}s`);
+        const blocked = (piped.stages ?? []).map((s) => `${s.blockedSeconds.toFixed(1)}s`);
+        rows.push([
+          batch,
+          partition,
+          local.samplesPerSec.toFixed(0),
+          piped.samplesPerSec.toFixed(0),
+          predicted.toFixed(0),
+          `${((100 * (piped.samplesPerSec - predicted)) / predicted).toFixed(0)}%`,
+          ratio.toFixed(2),
+          ideal.toFixed(2),
+          `${((100 * ratio) / ideal).toFixed(0)}%`,
+          transportShares(piped),
+          idle.join(' / '),
+          blocked.join(' / '),
+        ]);
+      }
       if (a.keys) {
+        const piped = median(runs.map((r) => r.piped[0]!.record));
         const keyed = median(runs.map((r) => r.keyed!));
         keyedRows.push([
           batch,
@@ -129,25 +191,17 @@ async function main(): Promise<void> {
           `${((100 * (piped.samplesPerSec - keyed.samplesPerSec)) / piped.samplesPerSec).toFixed(1)}%`,
         ]);
       }
-      rows.push([
-        batch,
-        local.samplesPerSec.toFixed(0),
-        piped.samplesPerSec.toFixed(0),
-        ratio.toFixed(2),
-        ideal.toFixed(2),
-        `${((100 * ratio) / ideal).toFixed(0)}%`,
-        transportShares(piped),
-        idle.join(' / '),
-        blocked.join(' / '),
-      ]);
     }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
   const head = [
     'batch',
+    'layout',
     'local samples/s',
     'pipeline samples/s',
+    'predicted',
+    'off by',
     'ratio',
     'ideal',
     'efficiency',

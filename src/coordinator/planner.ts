@@ -70,14 +70,30 @@ export function planPartition(
     partition.unshift({ layers: { first: a, last: b }, replicas: 1 });
     b = a - 1;
   }
-  const stageSeconds = partition.map((s) => time(s.layers.first, s.layers.last));
+  return predict(costs, partition, batchSize, linkBytesPerSec);
+}
+
+/** What a given partition of layers of `costs` will do: each stage's time, the pace, the gain. */
+export function predict(
+  costs: LayerCost[],
+  partition: Partition,
+  batchSize: number,
+  linkBytesPerSec = Infinity,
+): Plan {
+  const L = costs.length;
+  const stageSeconds = partition.map(({ layers: { first, last } }) => {
+    let t = 0;
+    for (let l = first; l <= last; l++) t += costs[l - 1]!.stepSeconds;
+    return t + (last < L ? costs[last - 1]!.outBytes / linkBytesPerSec : 0);
+  });
   const slowest = Math.max(...stageSeconds);
+  const total = costs.reduce((t, c) => t + c.stepSeconds, 0);
   return {
     partition,
     stageSeconds,
     bottleneck: stageSeconds.indexOf(slowest),
     samplesPerSec: batchSize / slowest,
-    idealSpeedup: prefix[L]! / slowest,
+    idealSpeedup: total / slowest,
   };
 }
 

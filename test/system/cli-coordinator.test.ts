@@ -80,7 +80,7 @@ describe('ffx-coordinator help', () => {
   it('no command exits non-zero and asks for one', async () => {
     const r = await cli([]);
     assert.notEqual(r.code, 0);
-    assert.match(r.stderr, /name a command: train, eval or report/);
+    assert.match(r.stderr, /name a command: train, eval, plan or report/);
   });
 });
 

@@ -232,7 +232,7 @@ describe('flags mean one thing, and a command lists only those it takes', () => 
       [coordinator([...TINY, '--batch-size', 'abc']), '--batch-size must be a number; got "abc"'],
       [
         stage(['--layer', 'one', '--coordinator', 'tcp://127.0.0.1:1']),
-        '--layer: "one" is not a layer or a run of layers',
+        '--layer: "one" is not a layer or a run of layers: give N (e.g. 2) or FIRST-LAST (e.g. 2-3), 1-based, FIRST <= LAST',
       ],
       [
         coordinator([...TINY, '--metrics-port=99999']),
