@@ -3,7 +3,7 @@
 // repository and the metric catalog.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import {
   existsSync,
   mkdtempSync,
@@ -17,6 +17,8 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { checkExposure } from '../../src/cli/security-options.js';
+import { onePerLayer, parsePartition } from '../../src/config/partition.js';
+import { rangeName } from '../../src/transport/layer-range.js';
 import { METRIC_SERIES_NAMES } from '../../src/metrics/catalog.js';
 import { ROOT } from '../helpers/spawn.js';
 
@@ -586,7 +588,20 @@ describe('deploy/k8s: the Kustomize base and every overlay render as a working c
       assert.deepEqual(config, shipped, `config.json is config/${String(config.name)}.json`);
       const layers = arr(obj(config.model, 'model').layers, 'layers');
       const set = obj(find('StatefulSet', 'ffx-stage').spec, 'StatefulSet spec');
-      assert.equal(set.replicas, layers.length - 1, 'replicas != number of layers');
+      // A pod a layer, or a pod a group of PARTITION's.
+      const podSpec0 = obj(obj(set.template, 'template').spec, 'pod spec');
+      const env0 = arr(obj(arr(podSpec0.containers, 'containers')[0], 'container').env, 'env');
+      const partitionValue = String(
+        obj(
+          env0.find((e) => obj(e, 'env').name === 'PARTITION'),
+          'the PARTITION env',
+        ).value ?? '',
+      );
+      const stages =
+        partitionValue === ''
+          ? onePerLayer(layers.length - 1)
+          : parsePartition(partitionValue, layers.length - 1);
+      assert.equal(set.replicas, stages.length, 'replicas != number of stages');
 
       // Stages: a headless Service, the layer from the ordinal, metrics, keys.
       const service = obj(find('Service', 'ffx-stage').spec, 'Service spec');
@@ -607,6 +622,21 @@ describe('deploy/k8s: the Kustomize base and every overlay render as a working c
       const command = arr(container.command, 'command').map(String).join(' ');
       assert.match(command, /FFX_LAYER=\$\(\( \$\{HOSTNAME##\*-\} \+ 1 \)\)/);
       assert.match(command, /exec node dist\/src\/cli\/ffx-stage\.js/);
+      // The command itself, run by sh for each pod: its layers and its key, stage by stage.
+      const script = arr(container.command, 'command').map(String)[2]!;
+      for (const [k, stage] of stages.entries()) {
+        const shown = execFileSync(
+          'sh',
+          ['-c', script.replace(/exec node .*$/, 'echo "$FFX_LAYER $FFX_KEY"')],
+          {
+            env: { PATH: process.env.PATH, HOSTNAME: `ffx-stage-${k}`, PARTITION: partitionValue },
+          },
+        )
+          .toString()
+          .trim();
+        const name = rangeName(stage.layers);
+        assert.equal(shown, `${name} /etc/ffx-keys/stage-${name}.key`, `pod ffx-stage-${k}`);
+      }
       const envs = new Map(
         arr(container.env, 'env').map((e) => {
           const x = obj(e, 'env');
@@ -647,10 +677,10 @@ describe('deploy/k8s: the Kustomize base and every overlay render as a working c
         {
           flag: '--listen',
           endpoint: String(envs.get('FFX_LISTEN')?.value),
-          key: '/etc/ffx-keys/stage-1.key', // the command's, for layer 1
+          key: `/etc/ffx-keys/stage-${rangeName(stages[0]!.layers)}.key`, // the first pod's
           trust: envs.get('FFX_TRUST')?.value as string,
         },
-        { dir: '/etc/ffx-keys', name: 'stage-1' },
+        { dir: '/etc/ffx-keys', name: `stage-${rangeName(stages[0]!.layers)}` },
       );
 
       // The coordinator: its Service's port, the config, its own keys, the runs volume.
