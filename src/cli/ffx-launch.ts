@@ -364,6 +364,14 @@ async function plannedPartition(
       `(${backend.name}, ${plural(threads, 'thread')}): --partition ${partitionName(plan.partition)}`,
   );
   for (const line of describePlan(plan)) terminal.line(`ffx-launch: ${line}`);
+  const cores = availableParallelism();
+  if (plan.partition.length * threads + 1 > cores) {
+    // The prediction has each stage on cores of its own, as on machines of their own.
+    terminal.line(
+      `ffx-launch: note: ${plural(plan.partition.length, 'stage')} of ${plural(threads, 'thread')} ` +
+        `and the coordinator share this machine's ${plural(cores, 'core')}: expect less than predicted`,
+    );
+  }
   return plan.partition;
 }
 

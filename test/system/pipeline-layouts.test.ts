@@ -224,6 +224,22 @@ describe('layouts: stages holding groups of layers', () => {
     assert.match(r.stdout, /^best: \d stages?, ffx-launch --partition /m);
   });
 
+  it('a layout that cannot be run is a usage error saying why, before anything starts', async () => {
+    const refused = async (args: string[], message: RegExp) => {
+      const r = await runNode([join(CLI, 'ffx-launch.js'), ...SHARDED, ...args], {
+        timeoutMs: 30_000,
+      });
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(r.stderr, message);
+      assert.doesNotMatch(r.stderr, /started/);
+    };
+    await refused(['--partition', '1,3'], /--partition "1,3": no stage holds layer 2 /);
+    await refused(['--partition', '1-2,2-3'], /layer 2 is in two stages/);
+    await refused(['--partition', '1,2-3x2'], /replicas \(2-3x2\) are not supported yet/);
+    await refused(['--partition', '1,2-3', '--stages', '2'], /mutually exclusive/);
+    await refused(['--stages', '0'], /--stages must be a positive integer; got 0/);
+  });
+
   it('every layer in exactly one stage: an overlap is refused, a gap named', async () => {
     const control = `tcp://127.0.0.1:${await freePort()}`;
     const coordinator = startNode(

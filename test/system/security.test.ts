@@ -135,6 +135,33 @@ describe('CurveZMQ keys', () => {
       assert.match(again.stderr, /already holds coordinator, stage-1, stage-2: --force/);
     });
 
+    it('--partition: a key per stage of the layout, named by its layers; a bad layout refused', async () => {
+      const keys = tmp('partition-keys');
+      const r = await runNode([join(CLI, 'ffx-keys.js'), keys, '--partition', '1-2,3,4-6'], {
+        timeoutMs: 20_000,
+      });
+      assert.equal(r.code, 0, r.stderr);
+      const trusted = await readTrusted(join(keys, 'trusted.pub'));
+      assert.deepEqual(
+        trusted.map((t) => t.name),
+        ['coordinator', 'stage-1-2', 'stage-3', 'stage-4-6'],
+      );
+      const group = await readKeyPair(join(keys, 'stage-4-6.key'));
+      assert.ok(mayServe(trusted, group.publicKey, { first: 4, last: 6 }));
+      assert.ok(!mayServe(trusted, group.publicKey, { first: 4, last: 4 }));
+      const gap = await runNode([join(CLI, 'ffx-keys.js'), tmp('gap-keys'), '--partition', '1,3'], {
+        timeoutMs: 20_000,
+      });
+      assert.equal(gap.code, 2);
+      assert.match(gap.stderr, /--partition "1,3": no stage holds layer 2/);
+      const both = await runNode(
+        [join(CLI, 'ffx-keys.js'), tmp('both-keys'), '--partition', '1,2', '--stages', '2'],
+        { timeoutMs: 20_000 },
+      );
+      assert.equal(both.code, 2);
+      assert.match(both.stderr, /mutually exclusive/);
+    });
+
     it('refuses a secret key others may read, naming the file and the fix', async () => {
       const file = tmp('open.key');
       await writeKeyPair(file, generateKeyPair());
