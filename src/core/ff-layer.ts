@@ -136,6 +136,44 @@ function withRows(active: Int32Array, n: number): Int32Array {
   return out;
 }
 
+/**
+ * A shard's part of a step: its rows' activations [pos; neg] and goodness, and its loss and
+ * gradient, scaled by its share of the batch.
+ */
+export interface ShardPart {
+  h: tf.Tensor2D;
+  g: tf.Tensor1D;
+  loss: tf.Scalar;
+  dw: tf.Tensor2D;
+  db: tf.Tensor1D;
+}
+
+/** Shard k's rows of a batch x = [pos; neg] of `nPos` each (sizes: shardSizes): [pos_k; neg_k]. */
+export function shardRows(x: tf.Tensor2D, nPos: number, sizes: number[], k: number): tf.Tensor2D {
+  const at = sizes.slice(0, k).reduce((a, b) => a + b, 0);
+  const b = sizes[k]!;
+  return tf.tidy(() =>
+    tf.concat([tf.slice(x, [at, 0], [b, -1]), tf.slice(x, [nPos + at, 0], [b, -1])]),
+  );
+}
+
+/**
+ * The shards replica `replica` (0-based) of `replicas` computes, of the shardSizes of a batch:
+ * the shards are dealt in runs of shards / replicas (replicas divide shards), the first run to
+ * the first replica. A small last batch may leave a replica none.
+ */
+export function ownShards(
+  count: number,
+  shards: number,
+  replica: number,
+  replicas: number,
+): number[] {
+  const per = shards / replicas;
+  const out: number[] = [];
+  for (let k = replica * per; k < Math.min(count, (replica + 1) * per); k++) out.push(k);
+  return out;
+}
+
 /** What one batch (or shard) gives the step: its activations, goodness, loss and gradient. */
 interface ShardStep {
   h: tf.Tensor2D;
@@ -163,6 +201,11 @@ export class FFLayer {
     if (config.loss === 'softmax' && config.inDim <= LABELS) {
       throw new RangeError(
         `loss 'softmax' needs an input with the ${LABELS}-column label overlay and an image; got ${config.inDim} columns`,
+      );
+    }
+    if ((config.shards ?? 1) > 1 && (config.readout || (config.peerNorm ?? 0) > 0)) {
+      throw new RangeError(
+        'shards > 1 with a readout or peer normalisation: their steps are over the whole batch',
       );
     }
     this.config = config;
@@ -251,58 +294,99 @@ export class FFLayer {
    * neutral ones) are only carried forward. Returns H of every row.
    */
   private ffStep(x: tf.Tensor2D, nPos: number, lr: number): { h: tf.Tensor2D; stats: tf.Tensor1D } {
+    const sizes = shardSizes(nPos, this.config.shards ?? 1);
+    if (sizes.length > 1) {
+      const inputs = sizes.map((_, k) => shardRows(x, nPos, sizes, k));
+      const parts = this.shardParts(inputs, sizes, nPos);
+      tf.dispose(inputs);
+      const { h, stats, dw, db } = this.combineParts(parts, nPos, lr);
+      tf.dispose([dw, db]);
+      return { h, stats };
+    }
     return tf.tidy(() => {
-      const sizes = shardSizes(nPos, this.config.shards ?? 1);
-      let step: ShardStep;
-      if (sizes.length === 1) {
-        step = this.shardStep(x, nPos);
-      } else {
-        const thirds = x.shape[0] / nPos; // [pos; neg] or [pos; neg; neutral]
-        const parts: ShardStep[] = [];
-        let at = 0;
-        for (const b of sizes) {
-          const rows = Array.from({ length: thirds }, (_, t) =>
-            tf.slice(x, [t * nPos + at, 0], [b, -1]),
-          );
-          const part = this.shardStep(tf.concat(rows), b);
-          // Each shard's loss is its mean: its share of the batch's is b / nPos of it.
-          const share = b / nPos;
-          parts.push({
-            ...part,
-            loss: tf.mul(part.loss, share),
-            dw: tf.mul(part.dw, share),
-            db: tf.mul(part.db, share),
-          });
-          at += b;
-        }
-        // Summed in shard order; the activations and goodness back in the batch's row order.
-        const goodness = (third: number) =>
-          parts.map((p, k) => tf.slice(p.g, [third * sizes[k]!], [sizes[k]!]));
-        step = {
-          h: tf.concat(
-            Array.from({ length: thirds }, (_, t) =>
-              parts.map((p, k) => tf.slice(p.h, [t * sizes[k]!, 0], [sizes[k]!, -1])),
-            ).flat(),
-          ),
-          g: tf.concat([...goodness(0), ...goodness(1)]),
-          loss: parts.slice(1).reduce((a, p) => tf.add(a, p.loss), parts[0]!.loss),
-          dw: parts.slice(1).reduce((a, p) => tf.add(a, p.dw), parts[0]!.dw),
-          db: parts.slice(1).reduce((a, p) => tf.add(a, p.db), parts[0]!.db),
-          peer: null,
-        };
-      }
-      const { h, g, loss: value, dw, db, peer } = step;
+      const { h, g, loss: value, dw, db, peer } = this.shardStep(x, nPos);
       const stats = tf.stack([value, tf.mean(g.slice(0, nPos)), tf.mean(g.slice(nPos))]);
       if (peer) this.peerMean!.assign(peer.mean);
-      this.optimizer.apply(
-        new Map<tf.Variable, tf.Tensor>([
-          [this.weight, dw],
-          [this.bias, db],
-        ]),
-        lr,
-      );
+      this.update(dw, db, lr);
       return { h: tf.keep(h), stats: tf.keep(stats) as tf.Tensor1D };
     });
+  }
+
+  /**
+   * The parts of a sharded step for some of a batch's shards (a replica's, or all of them):
+   * `inputs[i]` is a shard's rows [pos; neg] (shardRows), `sizes[i]` its positive rows, of a
+   * batch of `nPos`. Each part's loss and gradient are scaled by its share of the batch.
+   * Nothing is updated; the caller owns the parts.
+   */
+  shardParts(inputs: tf.Tensor2D[], sizes: number[], nPos: number): ShardPart[] {
+    return inputs.map((x, i) => {
+      const [h, g, loss, dw, db] = tf.tidy(() => {
+        const b = sizes[i]!;
+        const step = this.shardStep(x, b);
+        // Each shard's loss is its mean: its share of the batch's is b / nPos of it.
+        const share = b / nPos;
+        return [
+          step.h,
+          step.g,
+          tf.mul(step.loss, share),
+          tf.mul(step.dw, share),
+          tf.mul(step.db, share),
+        ];
+      });
+      return { h, g, loss, dw, db } as ShardPart;
+    });
+  }
+
+  /**
+   * Every shard's part of a batch (in shard order) made one step: the gradients and losses
+   * summed in that order, the update applied, and H and goodness back in the batch's row order.
+   * Disposes the parts; returns H, the stats and the summed gradient (for replicas that did not
+   * sum), owned by the caller.
+   */
+  combineParts(
+    parts: ShardPart[],
+    nPos: number,
+    lr: number,
+  ): { h: tf.Tensor2D; stats: tf.Tensor1D; dw: tf.Tensor2D; db: tf.Tensor1D } {
+    try {
+      return tf.tidy(() => {
+        const sizes = parts.map((p) => p.g.shape[0]! / 2);
+        const rows = (t: (p: ShardPart) => tf.Tensor, half: number) =>
+          parts.map((p, k) => tf.slice(t(p), [half * sizes[k]!], [sizes[k]!]));
+        const h = tf.concat([
+          ...parts.map((p, k) => tf.slice(p.h, [0, 0], [sizes[k]!, -1])),
+          ...parts.map((p, k) => tf.slice(p.h, [sizes[k]!, 0], [sizes[k]!, -1])),
+        ]);
+        const g = tf.concat([...rows((p) => p.g, 0), ...rows((p) => p.g, 1)]) as tf.Tensor1D;
+        const loss = parts.slice(1).reduce<tf.Tensor>((a, p) => tf.add(a, p.loss), parts[0]!.loss);
+        const dw = parts
+          .slice(1)
+          .reduce<tf.Tensor>((a, p) => tf.add(a, p.dw), parts[0]!.dw) as tf.Tensor2D;
+        const db = parts
+          .slice(1)
+          .reduce<tf.Tensor>((a, p) => tf.add(a, p.db), parts[0]!.db) as tf.Tensor1D;
+        const stats = tf.stack([
+          loss,
+          tf.mean(g.slice(0, nPos)),
+          tf.mean(g.slice(nPos)),
+        ]) as tf.Tensor1D;
+        this.update(dw, db, lr);
+        return { h, stats, dw, db };
+      }) as { h: tf.Tensor2D; stats: tf.Tensor1D; dw: tf.Tensor2D; db: tf.Tensor1D };
+    } finally {
+      for (const p of parts) tf.dispose([p.h, p.g, p.loss, p.dw, p.db]);
+    }
+  }
+
+  /** The optimizer's step on the gradient (dw, db): what a replica does with the summed one. */
+  update(dw: tf.Tensor2D, db: tf.Tensor1D, lr: number): void {
+    this.optimizer.apply(
+      new Map<tf.Variable, tf.Tensor>([
+        [this.weight, dw],
+        [this.bias, db],
+      ]),
+      lr,
+    );
   }
 
   /**

@@ -7,6 +7,8 @@ import { initBackend } from '../../src/backend/backend.js';
 import {
   activeRows,
   FFLayer,
+  ownShards,
+  shardRows,
   shardSizes,
   type GoodnessType,
   type LayerConfig,
@@ -600,6 +602,65 @@ describe('FFLayer shards (train.shards)', () => {
       }
     });
   }
+
+  it('deals the shards to replicas in runs, the first run to the first replica', () => {
+    assert.deepEqual(ownShards(4, 4, 0, 2), [0, 1]);
+    assert.deepEqual(ownShards(4, 4, 1, 2), [2, 3]);
+    assert.deepEqual(ownShards(3, 4, 1, 2), [2]); // a batch of 3 rows: 3 shards
+    assert.deepEqual(ownShards(1, 4, 1, 2), []);
+  });
+
+  it('two replicas, each computing its shards, end with the bits of one layer computing all', () => {
+    const config = layerConfig({ shards: 4 });
+    const opt = optimizer({ type: 'adam', lr: 0.01 });
+    const [whole, primary, helper] = [1, 2, 3].map(() => new FFLayer(config, opt));
+    const sizes = shardSizes(N_POS, 4); // 5 rows: [2, 1, 1, 1]
+    try {
+      for (const seed of [41, 42, 43]) {
+        const x = tf.tensor2d(batch(seed), [2 * N_POS, IN]);
+        const local = whole!.trainStep(x, N_POS, 0.01);
+        // Each replica its shards, from the whole batch (as a helper gets it).
+        const partsOf = (layer: FFLayer, r: number) => {
+          const ks = ownShards(sizes.length, 4, r, 2);
+          const inputs = ks.map((k) => shardRows(x, N_POS, sizes, k));
+          const parts = layer.shardParts(
+            inputs,
+            ks.map((k) => sizes[k]!),
+            N_POS,
+          );
+          tf.dispose(inputs);
+          return parts;
+        };
+        const own = partsOf(primary!, 0);
+        // The helper's parts cross the wire as float32 arrays.
+        const received = partsOf(helper!, 1).map((p) => {
+          const copy = {
+            h: tf.tensor2d(p.h.dataSync(), p.h.shape),
+            g: tf.tensor1d(p.g.dataSync()),
+            loss: tf.scalar(p.loss.dataSync()[0]!),
+            dw: tf.tensor2d(p.dw.dataSync(), p.dw.shape),
+            db: tf.tensor1d(p.db.dataSync()),
+          };
+          tf.dispose([p.h, p.g, p.loss, p.dw, p.db]);
+          return copy;
+        });
+        const step = primary!.combineParts([...own, ...received], N_POS, 0.01);
+        helper!.update(
+          tf.tensor2d(step.dw.dataSync(), step.dw.shape),
+          tf.tensor1d(step.db.dataSync()),
+          0.01,
+        );
+        assert.deepEqual(step.h.dataSync(), local.h.dataSync(), 'activations');
+        assert.deepEqual(step.stats.dataSync(), local.stats.dataSync(), 'stats');
+        tf.dispose([x, local.h, local.stats, step.h, step.stats, step.dw, step.db]);
+      }
+      const w = params(whole!).w;
+      assert.deepEqual(params(primary!).w, w, 'the primary');
+      assert.deepEqual(params(helper!).w, w, 'the helper');
+    } finally {
+      for (const l of [whole, primary, helper]) l!.dispose();
+    }
+  });
 
   it('hands the next layer every row in the batch order, as the whole batch would', () => {
     const x = tf.tensor2d(batch(32), [2 * N_POS, IN]);
