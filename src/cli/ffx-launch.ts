@@ -97,7 +97,7 @@ async function launch(
       const own =
         spec.name === 'coordinator'
           ? 'coordinator: '
-          : `${rangeLabel(parseLayerRange(spec.name.split(' ')[1]!))}: `;
+          : `${rangeLabel(parseLayerRange(spec.name.split(' ')[1]!.split('/')[0]!))}: `;
       relay(proc.stderr!, terminal, `[${spec.name}]`, own);
       relay(proc.stdout!, results, `[${spec.name}]`, own);
     },
@@ -229,14 +229,15 @@ async function planLaunch(
       : spec === undefined
         ? onePerLayer(layers)
         : parsePartition(spec, layers);
-  const replicated = partition.find((s) => s.replicas > 1);
+  const replicated = partition.find((s) => cfg.train.shards % s.replicas !== 0);
   if (replicated) {
     throw new UsageError(
-      `--partition ${spec}: replicas (${rangeName(replicated.layers)}x${replicated.replicas}) ` +
-        'are not supported yet: give each group once',
+      `--partition ${spec}: ${rangeName(replicated.layers)}x${replicated.replicas} needs ` +
+        `train.shards a multiple of ${replicated.replicas} (it is ${cfg.train.shards}): ` +
+        `--set train.shards=${replicated.replicas}`,
     );
   }
-  const stages = partition.length;
+  const stages = partition.reduce((n, s) => n + s.replicas, 0);
   const threads =
     (a['stage-threads'] as number | undefined) ??
     Math.max(1, Math.floor(availableParallelism() / stages));
@@ -313,28 +314,32 @@ async function planLaunch(
       ],
     },
   ];
-  for (const { layers: range } of partition) {
-    const stageArgs = [
-      '--layer',
-      rangeName(range),
-      '--coordinator',
-      control,
-      '--listen',
-      dataEndpoint(stageKeyName(range)),
-      '--backend',
-      String(a.backend),
-      '--threads',
-      String(threads),
-      ...keyArgs(stageKeyName(range)),
-      ...(a.verbose ? ['--verbose'] : []),
-      ...(await metricsArgs()),
-    ];
-    specs.push({
-      name: `stage ${rangeName(range)}`,
-      script: here('./ffx-stage.js'),
-      env: env(),
-      args: () => stageArgs,
-    });
+  for (const { layers: range, replicas } of partition) {
+    for (let replica = 1; replica <= replicas; replica++) {
+      const tag = replicas > 1 ? `${stageKeyName(range)}-r${replica}` : stageKeyName(range);
+      const stageArgs = [
+        '--layer',
+        rangeName(range),
+        '--coordinator',
+        control,
+        '--listen',
+        dataEndpoint(tag),
+        ...(replicas > 1 ? ['--replica', `${replica}/${replicas}`] : []),
+        '--backend',
+        String(a.backend),
+        '--threads',
+        String(threads),
+        ...keyArgs(stageKeyName(range)),
+        ...(a.verbose ? ['--verbose'] : []),
+        ...(await metricsArgs()),
+      ];
+      specs.push({
+        name: `stage ${rangeName(range)}${replicas > 1 ? `/${replica}` : ''}`,
+        script: here('./ffx-stage.js'),
+        env: env(),
+        args: () => stageArgs,
+      });
+    }
   }
   return { partition, stages, threads, control, specs, metricsPorts, socketDir };
 }

@@ -36,6 +36,26 @@ function parseLayers(value: string): LayerRange {
   }
 }
 
+/**
+ * --replica R/N, and where its exchange socket binds: beside --listen (any free port of its
+ * host, or the ipc path with -exchange).
+ */
+function parseReplica(
+  value: string | undefined,
+  listen: string,
+): { index: number; count: number; listen: string } | undefined {
+  if (value === undefined) return undefined;
+  const m = /^(\d{1,2})\/(\d{1,2})$/.exec(value);
+  const [index, count] = [Number(m?.[1]), Number(m?.[2])];
+  if (!m || index < 1 || index > count) {
+    throw new UsageError(`--replica must be R/N with 1 <= R <= N (e.g. 2/2); got "${value}"`);
+  }
+  const exchange = listen.startsWith('tcp://')
+    ? listen.replace(/:(\d+|\*)$/, ':*')
+    : `${listen}-exchange`;
+  return { index, count, listen: exchange };
+}
+
 /** --device: GPU, or a GPU's index. */
 function parseDevice(value: string | undefined): number | 'gpu' | undefined {
   if (value === undefined) return undefined;
@@ -57,6 +77,11 @@ export function buildCli(argv: string[]) {
       demandOption: true,
       describe:
         'which layer this stage trains (1-based), or a group of consecutive layers, e.g. 2-3 (activations pass between them in memory)',
+    })
+    .option('replica', {
+      type: 'string',
+      describe:
+        "this stage's replica R/N (1/2, 2/2): N processes share its layers' batches (train.shards a multiple of N); 1 is the primary",
     })
     .option('coordinator', {
       type: 'string',
@@ -139,6 +164,7 @@ async function main(): Promise<void> {
   const listen = parseEndpoint(a.listen, '--listen', 'bind');
   checkExposure(listen, '--listen', a);
   const security = await loadStageSecurity(a);
+  const replica = parseReplica(a.replica, listen);
   let threads = a.threads;
   if (threads === undefined) {
     const share = defaultStageThreads();
@@ -175,6 +201,7 @@ async function main(): Promise<void> {
   }
   const stage = new Stage({
     layers,
+    replica,
     coordinator,
     listen,
     advertise: a.advertise,

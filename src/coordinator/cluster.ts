@@ -22,6 +22,7 @@ import { inRun, layersOf, rangeLabel, type LayerRange } from '../transport/layer
 import { UNREGISTERED_MAX_BYTES } from '../transport/bounds.js';
 import { isProtocolError } from '../transport/errors.js';
 import {
+  MAX_REPLICAS,
   PROTOCOL_VERSION,
   decodeControl,
   encodeControl,
@@ -103,6 +104,16 @@ interface StageInfo {
 /** The layers a hello names. */
 const rangeOf = (hello: HelloMessage): LayerRange => ({ first: hello.layer, last: hello.last });
 
+/**
+ * The liveness clock of a stage's replica r > 1 (the primary's are its layers'): numbers past
+ * any layer's.
+ */
+const REPLICA_SLOT = 1_000_000;
+const replicaSlot = (first: number, replica: number) => replica * REPLICA_SLOT + first;
+/** "layers 2-3" or "layers 2-3 replica 2/3": a stage process named in a line. */
+const processLabel = (h: HelloMessage) =>
+  rangeLabel(rangeOf(h)) + (h.replicas > 1 ? ` replica ${h.replica}/${h.replicas}` : '');
+
 export type ClusterPhase = 'registering' | 'running' | 'recovering' | 'failed' | 'closed';
 
 type Listener = (msg: ResultMessage) => void;
@@ -136,6 +147,8 @@ export class Cluster {
   readonly numLayers: number;
   /** Each layer's stage: a stage of several layers is there under each of them. */
   readonly stages = new Map<number, StageInfo>();
+  /** The replicas (2, 3, ...) of stages with replicas, by replicaSlot. */
+  private readonly replicas = new Map<number, StageInfo>();
   /** The current attempt's run id: every message of the attempt carries it. */
   run: string;
   private readonly router: Router;
@@ -269,13 +282,15 @@ export class Cluster {
     const endpoint = this.controlEndpoint.replace('0.0.0.0', hostname());
     for (let round = 0; ; round++) {
       this.run = round === 0 ? run : `${run}~${round}`;
-      for (const s of this.stages.values()) s.ready = false;
-      await this.until(() => this.stages.size === this.numLayers, {
+      for (const s of [...this.stages.values(), ...this.replicas.values()]) s.ready = false;
+      await this.until(() => this.stages.size === this.numLayers && this.missingReplicas() === '', {
         ms: left(),
         error: () =>
           new ClusterError(
             'CLUSTER_MISSING_STAGES',
-            `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s` +
+            (this.missing().length > 0
+              ? `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s`
+              : `no hello from ${this.missingReplicas()} within ${timeoutMs / 1000}s`) +
               (this.refusedKeys > 0
                 ? `; ${plural(this.refusedKeys, 'connection')} failed the key check meanwhile ` +
                   "(above): if the stages run, check their --key and --trust against this coordinator's"
@@ -286,25 +301,28 @@ export class Cluster {
       });
       // Downstream first, each ready before the next: a stage raises its message-size limit
       // when it takes its config, before its upstream (configured next) connects to it.
-      const sentTo = new Map<number, Buffer>();
-      const silent = () => [...this.stages.keys()].filter((l) => this.liveness.isSilent(l));
+      // A stage's replicas before it: the primary connects to them once configured.
+      const sentTo = new Map<StageInfo, Buffer>();
+      const silent = () =>
+        [...this.stages.keys(), ...this.replicas.keys()].filter((l) => this.liveness.isSilent(l));
       const changed = () =>
         silent().length > 0 ||
-        [...sentTo].some(([l, id]) => !this.stages.get(l)?.identity.equals(id));
-      for (const st of this.stageList().reverse()) {
-        if (changed()) break;
-        const layers = rangeOf(st.hello);
-        sentTo.set(layers.first, st.identity);
-        await this.routerOut.send([st.identity, this.configFor(layers, cfg, mode, state)]);
-        await this.until(() => this.stages.get(layers.first)?.ready === true || changed(), {
-          ms: left(),
-          error: () =>
-            new ClusterError(
-              'CLUSTER_NOT_READY',
-              `${rangeLabel(layers)} did not get ready`,
-              layersOf(layers),
-            ),
-        });
+        [...sentTo].some(([st, id]) => !st.identity.equals(id) || !this.isRegistered(id));
+      for (const primary of this.stageList().reverse()) {
+        for (const st of [...this.replicasOf(primary), primary]) {
+          if (changed()) break;
+          sentTo.set(st, st.identity);
+          await this.routerOut.send([st.identity, this.configFor(st, primary, cfg, mode, state)]);
+          await this.until(() => st.ready || changed(), {
+            ms: left(),
+            error: () =>
+              new ClusterError(
+                'CLUSTER_NOT_READY',
+                `${processLabel(st.hello)} did not get ready`,
+                layersOf(rangeOf(st.hello)),
+              ),
+          });
+        }
       }
       if (!changed()) break;
       const lost = silent();
@@ -339,17 +357,27 @@ export class Cluster {
   }
 
   private configFor(
-    { first, last }: LayerRange,
+    st: StageInfo,
+    primary: StageInfo,
     cfg: RunConfig,
     mode: 'train' | 'eval',
     state: ModelState | undefined,
   ): Buffer {
-    const next = last < this.numLayers ? this.stages.get(last + 1)!.hello : null;
+    const { first, last } = rangeOf(st.hello);
+    const replica = st.hello.replica;
+    // A replica's only upstream and downstream is its primary.
+    const next = last < this.numLayers && replica === 1 ? this.stages.get(last + 1)!.hello : null;
+    const group = primary.hello.replicas > 1 ? [primary, ...this.replicasOf(primary)] : [];
     return encodeControl({
       type: 'config',
       run: this.run,
       layer: first,
       last,
+      replica,
+      replicas: primary.hello.replicas,
+      replicaEndpoints: group.map((s) => s.hello.endpoint),
+      replicaExchanges: group.map((s) => s.hello.exchange),
+      replicaKeys: group.map((s) => s.hello.key),
       numLayers: this.numLayers,
       model: cfg.model,
       optimizer: cfg.optimizer,
@@ -357,9 +385,11 @@ export class Cluster {
       next: next?.endpoint ?? null,
       nextKey: next?.key ?? '',
       prevKey:
-        first > 1
-          ? this.stages.get(first - 1)!.hello.key
-          : (this.opts.security?.keys.publicKey ?? ''),
+        replica > 1
+          ? primary.hello.key
+          : first > 1
+            ? this.stages.get(first - 1)!.hello.key
+            : (this.opts.security?.keys.publicKey ?? ''),
       batchSize: cfg.train.batchSize,
       evalBatchSize: cfg.eval.batchSize,
       shards: cfg.train.shards,
@@ -427,11 +457,14 @@ export class Cluster {
     const msg = encodeControl(
       exit ? { type: 'stop', reason } : { type: 'abort', run: this.run, reason },
     );
-    for (const s of this.stageList()) {
+    for (const s of [...this.stageList(), ...this.replicas.values()]) {
       await this.routerOut.send([s.identity, msg]).catch(() => {});
     }
     for (const s of this.stageList()) {
       if (this.liveness.failedThisAttempt(s.hello.layer)) this.forget(s);
+    }
+    for (const [slot, s] of this.replicas) {
+      if (this.liveness.failedThisAttempt(slot)) this.forget(s);
     }
   }
 
@@ -506,11 +539,13 @@ export class Cluster {
     if (this.phaseNow !== 'running') return; // registration has its own timeout
     const v = this.liveness.verdict();
     if (!v) return;
-    const s = this.stages.get(v.layer);
+    const s = v.layer >= REPLICA_SLOT ? this.replicas.get(v.layer) : this.stages.get(v.layer);
     const layers = s ? rangeOf(s.hello) : { first: v.layer, last: v.layer };
-    const who = `${rangeLabel(layers)}${s ? ` (pid ${s.hello.pid} on ${s.hello.host})` : ''}`;
+    const who = s
+      ? `${processLabel(s.hello)} (pid ${s.hello.pid} on ${s.hello.host})`
+      : rangeLabel(layers);
     if (v.kind === 'lost') {
-      this.opts.metrics?.onStageLost(v.layer);
+      this.opts.metrics?.onStageLost(layers.first);
       this.fail(
         new ClusterError(
           'CLUSTER_STAGE_LOST',
@@ -577,7 +612,15 @@ export class Cluster {
     msg: ResultMessage | Extract<ControlMessage, { type: 'ready' | 'error' }>,
     identity: Buffer,
   ): void {
-    const s = this.stages.get(msg.layer);
+    const replica = this.replicaByIdentity(identity);
+    const s =
+      replica &&
+      msg.type !== 'stats' &&
+      msg.type !== 'goodness' &&
+      msg.type !== 'weights' &&
+      msg.type !== 'ack'
+        ? replica
+        : this.stages.get(msg.layer);
     if (!s || !s.identity.equals(identity)) {
       this.drop(
         'foreign',
@@ -600,7 +643,9 @@ export class Cluster {
       // A stage's messages name their layer already ("layer 2: ..."): once is enough.
       const name = rangeLabel(rangeOf(s.hello));
       const message = msg.message.replace(new RegExp(`^${name}: `), '');
-      this.fail(new ClusterError(code, `${name}: ${message}`, layersOf(rangeOf(s.hello))));
+      this.fail(
+        new ClusterError(code, `${processLabel(s.hello)}: ${message}`, layersOf(rangeOf(s.hello))),
+      );
     } else {
       // A stage's rejection is counted; the run goes on. A batch of the run that was refused
       // would never complete, and the progress check would roll the run back.
@@ -617,8 +662,10 @@ export class Cluster {
 
   /** From a stage's heartbeat thread, on a socket of its own: known by its hello's token. */
   private async onHeartbeat(layer: number, token: string, identity: Buffer): Promise<void> {
-    const s = this.stages.get(layer);
-    if (s && s.hello.token === token) {
+    const s = [this.stages.get(layer), ...this.replicas.values()].find(
+      (x) => x !== undefined && x.hello.layer === layer && x.hello.token === token,
+    );
+    if (s) {
       this.heard(s);
       // Heartbeats both ways: a registered stage learns its coordinator is alive.
       await this.routerOut
@@ -655,6 +702,10 @@ export class Cluster {
       return;
     }
     const layers = rangeOf(msg);
+    if (msg.replica > 1) {
+      this.onReplicaHello(msg, identity);
+      return;
+    }
     const known = this.stages.get(msg.layer);
     if (known?.identity.equals(identity)) {
       known.hello = msg; // the same stage again: it may have been between runs
@@ -694,13 +745,76 @@ export class Cluster {
     );
   }
 
+  /** A replica (2, 3, ...) of a stage: registered beside its primary, replacing a lost one. */
+  private onReplicaHello(msg: HelloMessage, identity: Buffer): void {
+    const slot = replicaSlot(msg.layer, msg.replica);
+    const known = this.replicas.get(slot);
+    if (known?.identity.equals(identity)) {
+      known.hello = msg;
+      this.heard(known);
+      return;
+    }
+    if (known && this.phaseNow === 'running') {
+      this.opts.metrics?.onStageLost(msg.layer);
+      this.fail(
+        new ClusterError(
+          'CLUSTER_STAGE_LOST',
+          `${processLabel(known.hello)} (pid ${known.hello.pid} on ${known.hello.host}) stopped ` +
+            `answering; pid ${msg.pid} on ${msg.host} takes its place`,
+          layersOf(rangeOf(msg)),
+        ),
+      );
+    }
+    if (known) this.forget(known);
+    this.replicas.set(slot, { hello: msg, identity, ready: false });
+    this.liveness.joined(slot);
+    this.opts.log(
+      `coordinator: hello from ${processLabel(msg)} (${msg.host}, pid ${msg.pid}, ${msg.backend})` +
+        (known ? `; replacing pid ${known.hello.pid}` : ''),
+    );
+  }
+
   /** Every registered stage once, from upstream. */
   private stageList(): StageInfo[] {
     return [...new Set(this.stages.values())].sort((a, b) => a.hello.layer - b.hello.layer);
   }
 
+  /** The replicas 2, 3, ... of a primary registered so far, in order. */
+  private replicasOf(primary: StageInfo): StageInfo[] {
+    const out: StageInfo[] = [];
+    for (let r = 2; r <= primary.hello.replicas; r++) {
+      const s = this.replicas.get(replicaSlot(primary.hello.layer, r));
+      if (s && s.hello.last === primary.hello.last && s.hello.replicas === primary.hello.replicas) {
+        out.push(s);
+      }
+    }
+    return out;
+  }
+
+  /** The replicas the registered stages lack, named ("layers 2-3 replica 2/2"), or ''. */
+  private missingReplicas(): string {
+    const missing: string[] = [];
+    for (const p of this.stageList()) {
+      for (let r = 2; r <= p.hello.replicas; r++) {
+        const s = this.replicas.get(replicaSlot(p.hello.layer, r));
+        if (!s || s.hello.last !== p.hello.last || s.hello.replicas !== p.hello.replicas) {
+          missing.push(`${rangeLabel(rangeOf(p.hello))} replica ${r}/${p.hello.replicas}`);
+        }
+      }
+    }
+    return missing.join(', ');
+  }
+
   /** A stage is gone: its layers are free for a replacement. */
   private forget(s: StageInfo): void {
+    if (s.hello.replica > 1) {
+      const slot = replicaSlot(s.hello.layer, s.hello.replica);
+      if (this.replicas.get(slot) === s) {
+        this.replicas.delete(slot);
+        this.liveness.left(slot);
+      }
+      return;
+    }
     for (const layer of layersOf(rangeOf(s.hello))) {
       if (this.stages.get(layer) === s) {
         this.stages.delete(layer);
@@ -711,11 +825,18 @@ export class Cluster {
 
   /** A sign of life from a stage: for each of its layers. */
   private heard(s: StageInfo): void {
-    for (const layer of layersOf(rangeOf(s.hello))) this.liveness.heard(layer);
+    if (s.hello.replica > 1) this.liveness.heard(replicaSlot(s.hello.layer, s.hello.replica));
+    else for (const layer of layersOf(rangeOf(s.hello))) this.liveness.heard(layer);
   }
 
   private isRegistered(identity: Buffer): boolean {
-    return [...this.stages.values()].some((s) => s.identity.equals(identity));
+    return [...this.stages.values(), ...this.replicas.values()].some((s) =>
+      s.identity.equals(identity),
+    );
+  }
+
+  private replicaByIdentity(identity: Buffer): StageInfo | undefined {
+    return [...this.replicas.values()].find((s) => s.identity.equals(identity));
   }
 
   /**
@@ -751,6 +872,28 @@ export class Cluster {
       if (msg.proof !== helloProof(security.keys.secretKey, msg.key, layers, msg.token)) {
         return ['STAGE_REFUSED', `this stage's hello does not prove it holds its key`];
       }
+    }
+    if (
+      !Number.isInteger(msg.replicas) ||
+      msg.replicas > MAX_REPLICAS ||
+      msg.replica > msg.replicas ||
+      (msg.replicas > 1 && !/^(tcp:\/\/[^\s/]+:\d{1,5}|ipc:\/\/\S+)$/.test(msg.exchange))
+    ) {
+      return [
+        'STAGE_REFUSED',
+        `replica ${msg.replica}/${msg.replicas} is not a replica, or has no exchange endpoint`,
+      ];
+    }
+    if (msg.replica > 1) {
+      const existing = this.replicas.get(replicaSlot(msg.layer, msg.replica));
+      const slot = replicaSlot(msg.layer, msg.replica);
+      if (existing && !existing.identity.equals(identity) && !this.liveness.isSilent(slot)) {
+        return [
+          'STAGE_LAYER_TAKEN',
+          `${processLabel(msg)} is served by another stage, heard from lately`,
+        ];
+      }
+      return null;
     }
     // Every layer in exactly one stage: one held by another stage heard from lately is an
     // overlap (the newcomer waits, and takes the layers once that one is lost).

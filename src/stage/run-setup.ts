@@ -21,6 +21,7 @@ export function setUpRun(
   config: ConfigMessage,
   layers: LayerRange,
   held: readonly FFLayer[] | null,
+  replica = 1,
 ): FFLayer[] {
   const name = rangeLabel(layers);
   const bad = (message: string) =>
@@ -29,8 +30,13 @@ export function setUpRun(
     throw bad(`it is for ${rangeLabel({ first: config.layer, last: config.last })}`);
   }
   if (config.numLayers < layers.last) throw bad(`numLayers ${config.numLayers} < this stage's`);
-  if ((config.next === null) !== (layers.last === config.numLayers)) {
+  if (config.replica !== replica) throw bad(`it is for replica ${config.replica}, not ${replica}`);
+  // A replica's downstream is its primary's: it sends nothing on.
+  if (replica === 1 && (config.next === null) !== (layers.last === config.numLayers)) {
     throw bad(`next is ${config.next} for ${name} of ${config.numLayers}`);
+  }
+  if (config.replicas > 1 && config.shards % config.replicas !== 0) {
+    throw bad(`train.shards ${config.shards} is not a multiple of its ${config.replicas} replicas`);
   }
   let model, optimizer;
   try {

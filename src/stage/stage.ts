@@ -81,13 +81,17 @@ import {
   type DataMessage,
   type EvalHeader,
   type MarkerHeader,
+  type PartsMessage,
   type ResultMessage,
+  type UpdateMessage,
   type TrainHeader,
 } from '../transport/wire.js';
 import { StageError } from './errors.js';
 import { rangeLabel, type LayerRange } from '../transport/layer-range.js';
 import { Heartbeat } from './heartbeat.js';
 import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
+import { Mailbox, RunOver, partOf, partsTensors } from './replicas.js';
+import { ownShards, shardRows, shardSizes, type ShardPart } from '../core/ff-layer.js';
 import { Registration } from './registration.js';
 import { largestDataMessage, setUpRun } from './run-setup.js';
 import {
@@ -105,6 +109,11 @@ export { STAGE_STATES, StageError, type StageState };
 export interface StageOptions {
   /** The layers served (1-based): one, or a run of consecutive layers. */
   layers: LayerRange;
+  /**
+   * Which replica of its stage this process is (1-based; 1 is the primary, which the rest of
+   * the pipeline sees), of how many; and where its exchange socket binds (with replicas).
+   */
+  replica?: { index: number; count: number; listen: string };
   /** Coordinator control endpoint, e.g. tcp://10.0.0.1:5555. */
   coordinator: string;
   /** Where to bind the inbound data socket, e.g. tcp://0.0.0.0:6000 or tcp://127.0.0.1:* . */
@@ -148,6 +157,13 @@ interface Run {
   readonly linked: Promise<boolean>;
   /** Ended, aborted or closed: nothing more is sent for it. */
   over: boolean;
+  /** Aborted when the run is over: a step waiting for a replica gives up. */
+  readonly ended: AbortController;
+  /** A primary's links to its replicas: their data sockets (the input) and exchange sockets. */
+  readonly relay: Push[];
+  readonly updates: Push[];
+  /** A replica's link to its primary's exchange socket (its parts). */
+  readonly partsOut: Push | null;
 }
 
 export class Stage {
@@ -169,6 +185,10 @@ export class Stage {
   private registration: Registration | null = null;
   private heartbeat: Heartbeat | null = null;
   private zap: ZapHandler | null = null;
+  /** With replicas: the exchange socket (parts and updates) and what it has received. */
+  private exchange: Inbox | null = null;
+  private mailbox: Mailbox | null = null;
+  private exchangeEndpoint = '';
   /** Why the stage gave up, thrown by run(). */
   private fatal: Error | null = null;
   /** The run that trained the layers held, and its config (said in every hello). */
@@ -210,7 +230,9 @@ export class Stage {
       // Data comes only from the upstream of the run served: no one's before a config. (The
       // handler is up before the socket binds: ZeroMQ asks it about every connection.)
       this.zap = await ZapHandler.start(
-        (domain, key) => domain === 'data' && key === this.current?.config.prevKey,
+        (domain, key) =>
+          (domain === 'data' && key === this.current?.config.prevKey) ||
+          (domain === 'exchange' && (this.current?.config.replicaKeys.includes(key) ?? false)),
         () => {
           this.opts.metrics?.onRejected('UNAUTHENTICATED');
           this.logRejection(
@@ -226,6 +248,31 @@ export class Stage {
     } catch (err) {
       await this.shutdown();
       throw addressError(err, opts.listen, `${this.name}: cannot listen for data`);
+    }
+    if (opts.replica && opts.replica.count > 1) {
+      const pull = dataPull({ highWaterMark: 64 });
+      pull.maxMessageSize = CONTROL_MAX_BYTES;
+      if (opts.security) curveServer(pull, opts.security.keys, 'exchange');
+      this.exchange = new Inbox(pull, { messages: 64, bytes: CONTROL_MAX_BYTES });
+      this.mailbox = new Mailbox(this.exchange, (err) =>
+        this.logRejection(`exchange:${err.code}`, `ignored a bad exchange message (${err.code})`),
+      );
+      try {
+        const bound = await this.exchange.bind(opts.replica.listen);
+        // Advertised as the data endpoint is, with the port bound.
+        const port = /:(\d+)$/.exec(bound)?.[1];
+        this.exchangeEndpoint =
+          opts.advertise && port && bound.startsWith('tcp://')
+            ? opts.advertise.replace(/:\d+$/, `:${port}`)
+            : bound.replace('0.0.0.0', hostname());
+      } catch (err) {
+        await this.shutdown();
+        throw addressError(
+          err,
+          opts.replica.listen,
+          `${this.name}: cannot listen for its replicas`,
+        );
+      }
     }
     // A refused key or a key mismatch drops the connection inside ZeroMQ: say so at once.
     watchHandshakes(this.control, (kind) => {
@@ -325,9 +372,12 @@ export class Stage {
       type: 'hello',
       layer: layers.first,
       last: layers.last,
+      replica: this.opts.replica?.index ?? 1,
+      replicas: this.opts.replica?.count ?? 1,
       version: PROTOCOL_VERSION,
       backend: this.opts.backend.name,
       endpoint: this.endpoint,
+      exchange: this.exchangeEndpoint,
       pid: process.pid,
       host: hostname(),
       token: this.token,
@@ -404,7 +454,8 @@ export class Stage {
     }
     // Closing the data socket unblocks a send waiting on a downstream stage that may be gone;
     // what it had queued (e.g. a forwarded end marker) still goes out during its linger.
-    closeAll(run.downstream);
+    run.ended.abort();
+    closeAll(run.downstream, run.partsOut, ...run.relay, ...run.updates);
     if (this.state !== 'closing') this.enter('between-runs', why);
   }
 
@@ -414,6 +465,7 @@ export class Stage {
     await this.heartbeat?.close();
     if (this.current) this.endRun(this.current, 'the stage is closing');
     await this.inbox.close();
+    await this.exchange?.close();
     this.zap?.close();
     // The last results (e.g. the ack of a stop marker) go out before the socket closes. The
     // socket lingers only for a last word (that ack, STAGE_STOPPED): between runs it holds
@@ -493,18 +545,32 @@ export class Stage {
     let run: Run;
     try {
       const held = this.layers;
-      const built = setUpRun(config, layers, held);
+      const built = setUpRun(config, layers, held, this.opts.replica?.index ?? 1);
       if (built[0] !== held[0]) for (const l of held) l.dispose();
       this.layers = built;
       if (config.mode === 'train') this.trainedBy = { run: config.run, config: config.origin };
       const link = config.next ? this.downstreamTo(config) : null;
+      // A primary reaches its replicas' data and exchange sockets, a replica its primary's.
+      const { replicaEndpoints: data, replicaExchanges: exchanges, replicaKeys: keys } = config;
+      const peer = (endpoint: string, key: string) => {
+        const push = dataPush(undefined, { highWaterMark: 64 });
+        if (this.opts.security) curveClient(push, this.opts.security.keys, key);
+        push.connect(endpoint);
+        return push;
+      };
+      const primary = config.replica === 1;
       run = {
         config,
         id: config.run,
         downstream: link?.push ?? null,
         linked: link?.linked ?? Promise.resolve(true),
         over: false,
+        ended: new AbortController(),
+        relay: primary ? data.slice(1).map((e, i) => peer(e, keys[i + 1]!)) : [],
+        updates: primary ? exchanges.slice(1).map((e, i) => peer(e, keys[i + 1]!)) : [],
+        partsOut: !primary && config.replicas > 1 ? peer(exchanges[0]!, keys[0]!) : null,
       };
+      this.mailbox?.keepOnly(config.run);
     } catch (err) {
       if (!(err instanceof StageError)) throw err;
       // This coordinator cannot use this stage; say why, and stay available.
@@ -632,18 +698,20 @@ export class Stage {
     try {
       switch (header.kind) {
         case 'train':
-          await this.onTrain(run, header, msg.tensors, waitMs, decodeMs);
+          await this.onTrain(run, header, msg.tensors, waitMs, decodeMs, frames);
           break;
         case 'eval':
           await this.onEval(run, header, msg.tensors[0]!, waitMs, decodeMs);
           break;
         case 'marker':
           metrics?.onInputWait(waitMs / 1000);
-          await this.onMarker(run, header);
+          await this.onMarker(run, header, frames);
           break;
       }
     } catch (err) {
-      if (run.over) return; // a send cut short: the run was aborted or the stage is closing
+      // A send cut short, or a wait for a replica given up: the run was aborted or the stage
+      // is closing.
+      if (run.over || err instanceof RunOver) return;
       throw err;
     }
   }
@@ -673,6 +741,7 @@ export class Stage {
     [x, y]: Float32Array[],
     waitMs: number,
     decodeMs: number,
+    frames: Buffer[],
   ): Promise<void> {
     if (run.config.mode === 'eval') {
       this.opts.metrics?.onInputWait(waitMs / 1000);
@@ -680,32 +749,18 @@ export class Stage {
       return;
     }
     this.enter('training', `train batch ${header.seq} of epoch ${header.epoch + 1}`);
-    // Layer after layer, the activations in memory; each layer's step timed on its own.
-    const steps: {
-      loss: number;
-      goodnessPos: number;
-      goodnessNeg: number;
-      logits: Float32Array;
-      stepMs: number;
-    }[] = [];
     const inDim = this.layers[0]!.config.inDim;
-    let input = tf.tensor2d(x!, [x!.length / inDim, inDim]);
-    for (const layer of this.layers) {
-      const t0 = performance.now();
-      const { h, stats, logits } = layer.trainStep(input, header.nPos, header.lr, y);
-      input.dispose();
-      input = h;
-      const [loss, goodnessPos, goodnessNeg] = stats.dataSync() as Float32Array;
-      const readout = logits ? (logits.dataSync() as Float32Array) : new Float32Array(0);
-      tf.dispose([stats, logits]);
-      steps.push({
-        loss: loss!,
-        goodnessPos: goodnessPos!,
-        goodnessNeg: goodnessNeg!,
-        logits: readout,
-        stepMs: performance.now() - t0,
-      });
+    const batch = tf.tensor2d(x!, [x!.length / inDim, inDim]);
+    if (run.config.replicas > 1 && run.config.replica > 1) {
+      await this.replicaStep(run, header, batch);
+      return;
     }
+    // A primary's replicas get the batch as it came, and compute their shards of it.
+    for (const push of run.relay) await push.send(frames);
+    const { steps, h: input } =
+      run.config.replicas > 1
+        ? await this.primaryStep(run, header, batch)
+        : this.localStep(header, batch, y);
     // The last stage has nowhere to send its activations: no copy out of the backend.
     const t1 = performance.now();
     const out = run.downstream ? readFloats(input) : null;
@@ -750,6 +805,149 @@ export class Stage {
         goodnessNeg: step.goodnessNeg,
       });
     }
+  }
+
+  /** Layer after layer, the activations in memory; each layer's step timed on its own. */
+  private localStep(
+    header: TrainHeader,
+    batch: tf.Tensor2D,
+    y: Float32Array | undefined,
+  ): { steps: LayerStepResult[]; h: tf.Tensor2D } {
+    const steps: LayerStepResult[] = [];
+    let input = batch;
+    for (const layer of this.layers) {
+      const t0 = performance.now();
+      const { h, stats, logits } = layer.trainStep(input, header.nPos, header.lr, y);
+      input.dispose();
+      input = h;
+      const readout = logits ? (logits.dataSync() as Float32Array) : new Float32Array(0);
+      steps.push({ ...readStats(stats), logits: readout, stepMs: performance.now() - t0 });
+      tf.dispose([stats, logits]);
+    }
+    return { steps, h: input };
+  }
+
+  /**
+   * A primary's step: each layer's parts for its own shards, its replicas' parts for theirs,
+   * summed in shard order and applied (FFLayer.combineParts, as one process does), the summed
+   * gradient sent back to every replica. Returns the whole batch's activations.
+   */
+  private async primaryStep(
+    run: Run,
+    header: TrainHeader,
+    batch: tf.Tensor2D,
+  ): Promise<{ steps: LayerStepResult[]; h: tf.Tensor2D }> {
+    const { shards, replicas } = { shards: run.config.shards, replicas: run.config.replicas };
+    const sizes = shardSizes(header.nPos, shards);
+    const own = ownShards(sizes.length, shards, 0, replicas);
+    let inputs = own.map((k) => shardRows(batch, header.nPos, sizes, k));
+    batch.dispose();
+    const steps: LayerStepResult[] = [];
+    let whole: tf.Tensor2D | null = null;
+    for (const [i, layer] of this.layers.entries()) {
+      const t0 = performance.now();
+      const layerNo = this.opts.layers.first + i;
+      const mine = layer.shardParts(
+        inputs,
+        own.map((k) => sizes[k]!),
+        header.nPos,
+      );
+      tf.dispose(inputs);
+      inputs = mine.map((p) => p.h.clone());
+      const all: ShardPart[] = new Array<ShardPart>(sizes.length);
+      own.forEach((k, j) => (all[k] = mine[j]!));
+      for (let r = 1; r < replicas; r++) {
+        const theirs = ownShards(sizes.length, shards, r, replicas);
+        if (theirs.length === 0) continue;
+        const msg = await this.mailbox!.take(
+          (m): m is PartsMessage =>
+            m.type === 'parts' &&
+            m.run === run.id &&
+            m.seq === header.seq &&
+            m.layer === layerNo &&
+            m.replica === r + 1,
+          run.ended.signal,
+        );
+        for (const k of theirs) all[k] = partOf(msg, k, layer.config);
+      }
+      const step = layer.combineParts(all, header.nPos, header.lr);
+      const update = encodeControl({
+        type: 'update',
+        run: run.id,
+        seq: header.seq,
+        layer: layerNo,
+        tensors: {
+          dw: { shape: [...step.dw.shape], data: step.dw.dataSync() as Float32Array },
+          db: { shape: [...step.db.shape], data: step.db.dataSync() as Float32Array },
+        },
+      });
+      for (const push of run.updates) await push.send(update);
+      steps.push({
+        ...readStats(step.stats),
+        logits: new Float32Array(0),
+        stepMs: performance.now() - t0,
+      });
+      whole?.dispose();
+      whole = step.h;
+      tf.dispose([step.stats, step.dw, step.db]);
+    }
+    tf.dispose(inputs);
+    return { steps, h: whole! };
+  }
+
+  /**
+   * A replica's step (not the primary): each layer's parts for its shards to the primary, then
+   * the summed gradient it sends back, applied. Nothing goes downstream or to the coordinator.
+   */
+  private async replicaStep(run: Run, header: TrainHeader, batch: tf.Tensor2D): Promise<void> {
+    const { shards, replicas, replica } = run.config;
+    const t0 = performance.now();
+    const sizes = shardSizes(header.nPos, shards);
+    const own = ownShards(sizes.length, shards, replica - 1, replicas);
+    let inputs = own.map((k) => shardRows(batch, header.nPos, sizes, k));
+    batch.dispose();
+    for (const [i, layer] of this.layers.entries()) {
+      const layerNo = this.opts.layers.first + i;
+      const mine = layer.shardParts(
+        inputs,
+        own.map((k) => sizes[k]!),
+        header.nPos,
+      );
+      tf.dispose(inputs);
+      inputs = mine.map((p) => p.h);
+      if (own.length > 0) {
+        await run.partsOut!.send(
+          encodeControl({
+            type: 'parts',
+            run: run.id,
+            seq: header.seq,
+            layer: layerNo,
+            replica,
+            tensors: partsTensors(own, mine),
+          }),
+        );
+      }
+      for (const p of mine) tf.dispose([p.g, p.loss, p.dw, p.db]);
+      const update = await this.mailbox!.take(
+        (m): m is UpdateMessage =>
+          m.type === 'update' && m.run === run.id && m.seq === header.seq && m.layer === layerNo,
+        run.ended.signal,
+      );
+      const { dw, db } = update.tensors;
+      if (!dw || !db) throw new Error(`${this.name}: an update without dw and db`);
+      const [gw, gb] = [tf.tensor2d(dw.data, [dw.shape[0]!, dw.shape[1]!]), tf.tensor1d(db.data)];
+      layer.update(gw, gb, header.lr);
+      tf.dispose([gw, gb]);
+    }
+    tf.dispose(inputs);
+    this.opts.metrics?.onTrainStep({
+      samples: header.nPos,
+      stepSeconds: (performance.now() - t0) / 1000,
+      epoch: header.epoch + 1,
+      loss: NaN,
+      goodnessPos: NaN,
+      goodnessNeg: NaN,
+    });
   }
 
   /** Goodness of every overlaid row (each layer's) to the coordinator, activations downstream. */
@@ -808,8 +1006,12 @@ export class Stage {
   }
 
   /** Markers pass every stage in order with the data: `weights`, `end`, `stop`. */
-  private async onMarker(run: Run, header: MarkerHeader): Promise<void> {
+  private async onMarker(run: Run, header: MarkerHeader, frames: Buffer[]): Promise<void> {
     await this.forward(run, header, []);
+    // A primary's replicas end their runs with it; they hold its weights, and report nothing.
+    if (header.op !== 'weights') for (const push of run.relay) await push.send(frames);
+    const replica = run.config.replicas > 1 && run.config.replica > 1;
+    if (header.op === 'weights' && replica) return;
     if (header.op === 'weights') {
       for (const [i, layer] of this.layers.entries()) {
         const index = this.opts.layers.first - 1 + i;
@@ -825,7 +1027,7 @@ export class Stage {
       return;
     }
     // end or stop: the last stage's ack tells the coordinator every stage has seen it.
-    if (!run.downstream) {
+    if (!run.downstream && !replica) {
       await this.sendResult(run, {
         type: 'ack',
         layer: this.opts.layers.first,
@@ -931,6 +1133,20 @@ export class Stage {
   private logRejection(key: string, line: string): void {
     this.rejectionLog.line(key, `${this.name}: ${line}`);
   }
+}
+
+interface LayerStepResult {
+  loss: number;
+  goodnessPos: number;
+  goodnessNeg: number;
+  logits: Float32Array;
+  stepMs: number;
+}
+
+/** A step's [loss, mean goodness of positive rows, of negative rows]. */
+function readStats(stats: tf.Tensor1D): { loss: number; goodnessPos: number; goodnessNeg: number } {
+  const [loss, goodnessPos, goodnessNeg] = stats.dataSync() as Float32Array;
+  return { loss: loss!, goodnessPos: goodnessPos!, goodnessNeg: goodnessNeg! };
 }
 
 function delay(ms: number): Promise<void> {

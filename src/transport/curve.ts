@@ -283,7 +283,7 @@ export function curveClient(socket: Socket, keys: KeyPair, serverKey: string): v
 }
 
 /** What a server socket serves, so the ZAP handler can apply the right rule. */
-export type ZapDomain = 'control' | 'data';
+export type ZapDomain = 'control' | 'data' | 'exchange';
 
 /**
  * The process's ZAP handler (RFC 27): every CURVE server socket of this process asks it about

@@ -9,6 +9,9 @@ import { ProtocolError } from './errors.js';
 
 export const PROTOCOL_VERSION = 9;
 
+/** The most replicas a stage may have (a bound on lists a peer sends). */
+export const MAX_REPLICAS = 64;
+
 // Plain msgpack maps (no msgpackr records), so any msgpack library can read a header.
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
@@ -375,10 +378,15 @@ export interface HelloMessage {
   /** The layers the stage holds: `layer` to `last` (equal for a stage of one layer). */
   layer: number;
   last: number;
+  /** Which of its stage's replicas it is (1-based; replica 1 is the primary), of how many. */
+  replica: number;
+  replicas: number;
   version: number;
   backend: string;
   /** Where this stage's inbound PULL listens; the upstream connects to it. */
   endpoint: string;
+  /** A replica's exchange PULL (its replicas' gradients and updates); empty without replicas. */
+  exchange: string;
   pid: number;
   host: string;
   /** A random secret of this stage process: its heartbeats carry it. */
@@ -410,6 +418,16 @@ export interface ConfigMessage {
   /** The layers the stage serves: `layer` to `last`, as its hello said. */
   layer: number;
   last: number;
+  /** Its replica of how many, as its hello said. */
+  replica: number;
+  replicas: number;
+  /**
+   * With replicas: every replica's data endpoint, exchange endpoint and key (CURVE; else
+   * empty strings), in replica order; empty lists without.
+   */
+  replicaEndpoints: string[];
+  replicaExchanges: string[];
+  replicaKeys: string[];
   numLayers: number;
   model: unknown;
   optimizer: unknown;
@@ -565,6 +583,28 @@ export interface WeightsMessage {
 export type ResultMessage =
   StatsMessage | GoodnessMessage | AckMessage | RejectedMessage | WeightsMessage;
 
+/**
+ * Replica -> its primary, on the primary's exchange socket: the parts of one layer's step for
+ * the shards it computed (`<k>.h`, `<k>.g`, `<k>.loss`, `<k>.dw`, `<k>.db` per shard k).
+ */
+export interface PartsMessage {
+  type: 'parts';
+  run: string;
+  seq: number;
+  layer: number;
+  replica: number;
+  tensors: Record<string, WeightsTensor>;
+}
+
+/** Primary -> each replica, on its exchange socket: one layer's summed gradient (`dw`, `db`). */
+export interface UpdateMessage {
+  type: 'update';
+  run: string;
+  seq: number;
+  layer: number;
+  tensors: Record<string, WeightsTensor>;
+}
+
 /** The messages a stage sends the coordinator about a run's work (the rest is control). */
 export const RESULT_TYPES = [
   'stats',
@@ -586,12 +626,22 @@ export type ControlMessage =
   | StopMessage
   | AbortMessage
   | ErrorMessage
-  | ResultMessage;
+  | ResultMessage
+  | PartsMessage
+  | UpdateMessage;
 
 export type ControlType = ControlMessage['type'];
 
 type Rule =
-  'string' | 'uint' | 'posint' | 'int' | 'number' | 'finite' | 'present' | readonly string[];
+  | 'string'
+  | 'strings'
+  | 'uint'
+  | 'posint'
+  | 'int'
+  | 'number'
+  | 'finite'
+  | 'present'
+  | readonly string[];
 // 'f32' and 'tensors' carry float32 data, moved as msgpack bin (see encodeControl).
 type FieldRule = Rule | 'string|null' | 'f32' | 'tensors';
 
@@ -600,9 +650,12 @@ export const CONTROL_FIELDS = {
   hello: {
     layer: 'uint',
     last: 'uint',
+    replica: 'posint',
+    replicas: 'posint',
     version: 'uint',
     backend: 'string',
     endpoint: 'string',
+    exchange: 'string',
     pid: 'uint',
     host: 'string',
     token: 'string',
@@ -614,6 +667,11 @@ export const CONTROL_FIELDS = {
     run: 'string',
     layer: 'uint',
     last: 'uint',
+    replica: 'posint',
+    replicas: 'posint',
+    replicaEndpoints: 'strings',
+    replicaExchanges: 'strings',
+    replicaKeys: 'strings',
     numLayers: 'posint',
     model: 'present',
     optimizer: 'present',
@@ -666,6 +724,8 @@ export const CONTROL_FIELDS = {
     optimizerStep: 'uint',
     tensors: 'tensors',
   },
+  parts: { run: 'string', seq: 'uint', layer: 'uint', replica: 'posint', tensors: 'tensors' },
+  update: { run: 'string', seq: 'uint', layer: 'uint', tensors: 'tensors' },
 } as const satisfies {
   [T in ControlType]: Record<
     Exclude<keyof Extract<ControlMessage, { type: T }>, 'type'>,
@@ -813,6 +873,10 @@ const isUint = (v: unknown): v is number => Number.isSafeInteger(v) && (v as num
 
 const RULES: Record<Exclude<Rule, readonly string[]>, [(v: unknown) => boolean, string]> = {
   string: [(v) => typeof v === 'string', 'a string'],
+  strings: [
+    (v) => Array.isArray(v) && v.length <= MAX_REPLICAS && v.every((x) => typeof x === 'string'),
+    `a list of at most ${MAX_REPLICAS} strings`,
+  ],
   uint: [isUint, 'an integer >= 0'],
   posint: [(v) => isUint(v) && v > 0, 'an integer >= 1'],
   int: [(v) => Number.isSafeInteger(v), 'an integer'],

@@ -111,10 +111,13 @@ function controlJunk(i: number): [string, Buffer][] {
         // A layer the run lacks, or (every other time) one registered stage holds.
         layer: i % 2 ? 7 : 1,
         last: i % 2 ? 7 : 1,
+        replica: 1,
+        replicas: 1,
         version: PROTOCOL_VERSION,
         backend: 'wasm',
         // Every third time an endpoint a neighbour could not even connect to.
         endpoint: i % 3 ? 'tcp://127.0.0.1:1' : 'not-an-endpoint',
+        exchange: '',
         pid: i,
         host: 'fuzz',
         token: 'fuzz',

@@ -235,9 +235,43 @@ describe('layouts: stages holding groups of layers', () => {
     };
     await refused(['--partition', '1,3'], /--partition "1,3": no stage holds layer 2 /);
     await refused(['--partition', '1-2,2-3'], /layer 2 is in two stages/);
-    await refused(['--partition', '1,2-3x2'], /replicas \(2-3x2\) are not supported yet/);
+    await refused(
+      ['--partition', '1,2-3x2'],
+      /2-3x2 needs train.shards a multiple of 2 \(it is 1\)/,
+    );
     await refused(['--partition', '1,2-3', '--stages', '2'], /mutually exclusive/);
     await refused(['--stages', '0'], /--stages must be a positive integer; got 0/);
+  });
+
+  it('--partition 1,2x2: layer 2 on two replicas, the same bits as --local; one replica killed mid-epoch, still', async () => {
+    const run = [
+      ...SHARDED.map((a) => (a === '784,64,48,32' ? '784,256,256' : a === '2' ? '3' : a)),
+      '--set',
+      'train.shards=2',
+      '--heartbeat-timeout',
+      '2',
+    ];
+    const local = await referenceRun(run, ON_WASM);
+    const weights = (dir: string) => join(dir, 'model.safetensors');
+    const plain = await launch(tmp('replicas'), '1,2x2', run).result;
+    assert.equal(plain.code, 0, plain.stderr.slice(-3000));
+    const started = /ffx-launch: started (.*)/.exec(plain.stderr)![1]!;
+    assert.deepEqual(
+      [...started.matchAll(/(stage [\d/-]+) \(pid \d+\)/g)].map((m) => m[1]),
+      ['stage 1', 'stage 2/1', 'stage 2/2'],
+    );
+    assert.match(plain.stderr, /hello from layer 2 replica 2\/2 /);
+    assert.equal(await maxWeightDiff(weights(local), weights(tmp('replicas'))), 0);
+
+    const killed = launch(tmp('replica-killed'), '1,2x2', run);
+    await waitForOutput(killed.stderr, /\[coordinator\] epoch 2\/3 \d+% /, 60_000);
+    await sleep(Math.floor(Math.random() * 200));
+    process.kill(Number(/stage 2\/2 \(pid (\d+)\)/.exec(killed.stderr())![1]), 'SIGKILL');
+    const r = await killed.result;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    assert.match(r.stderr, /layer 2 replica 2\/2 \(pid \d+ on .+\) stopped answering/);
+    assert.match(r.stderr, /lineage: .*1 recover/);
+    assert.equal(await maxWeightDiff(weights(local), weights(tmp('replica-killed'))), 0);
   });
 
   it('every layer in exactly one stage: an overlap is refused, a gap named', async () => {

@@ -87,6 +87,11 @@ describe('ffx-stage protocol', () => {
         run: 'test',
         layer: 1,
         last: 1,
+        replica: 1,
+        replicas: 1,
+        replicaEndpoints: [],
+        replicaExchanges: [],
+        replicaKeys: [],
         numLayers: 1,
         // Every model key a stage checks, so a new one cannot leave this config short.
         model: {
