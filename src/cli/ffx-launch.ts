@@ -134,7 +134,7 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
     .option('partition', {
       type: 'string',
       describe:
-        'lay the layers out on stages: groups of consecutive layers, one process each, e.g. 1-2,3-4 (default: one stage per layer)',
+        'lay the layers out on stages: groups of consecutive layers, one process each, or xR replicas of one (train.shards a multiple of R), e.g. 1-2,3x2 (default: one stage per layer)',
     })
     .option('stages', {
       type: 'number',
