@@ -299,17 +299,30 @@ async function planCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
         ' a batch',
     );
   }
+  // Replicas of a stage split its batches' shards: any R that divides train.shards.
+  const shards = cfg.train.shards;
+  const replicasAllowed = (r: number) => shards % r === 0;
   let best: Plan | null = null;
-  for (let k = 1; k <= Math.min(nodes, costs.length); k++) {
-    const plan = planPartition(costs, k, cfg.train.batchSize, bandwidth);
-    out(`${plural(k, 'node')}: --partition ${partitionName(plan.partition)}`);
+  for (let k = 1; k <= nodes; k++) {
+    const plan = planPartition(costs, k, cfg.train.batchSize, bandwidth, replicasAllowed);
+    const used = plan.partition.reduce((n, s) => n + s.replicas, 0);
+    out(
+      `${plural(k, 'node')}: --partition ${partitionName(plan.partition)}` +
+        (used < k ? ` (${plural(used, 'node')} do as well)` : ''),
+    );
     for (const line of describePlan(plan)) out(line);
     if (!best || plan.samplesPerSec > best.samplesPerSec) best = plan;
   }
   out(
-    `best: ${plural(best!.partition.length, 'stage')}, ffx-launch --partition ${partitionName(best!.partition)} ` +
+    `best: ffx-launch --partition ${partitionName(best!.partition)} ` +
       '(on one machine, ffx-launch --stages K plans for its cores)',
   );
+  if (shards === 1 && nodes > costs.length) {
+    out(
+      `more nodes than layers: replicas of a stage need train.shards a multiple of their count ` +
+        `(e.g. --set train.shards=${nodes - costs.length + 1}), and no peer normalisation or readouts`,
+    );
+  }
 }
 
 export function buildCli(argv: string[]) {

@@ -363,17 +363,24 @@ async function plannedPartition(
   const { initBackend } = await import('../backend/backend.js');
   const { describePlan, planPartition, profileLayers } = await import('../coordinator/planner.js');
   const backend = await initBackend(a.backend as BackendChoice, { threads });
-  const plan = planPartition(profileLayers(cfg), stages, cfg.train.batchSize);
+  const plan = planPartition(
+    profileLayers(cfg),
+    stages,
+    cfg.train.batchSize,
+    Infinity,
+    (r) => cfg.train.shards % r === 0,
+  );
   terminal.line(
-    `ffx-launch: plan for ${plural(stages, 'stage')} from each layer's step measured here ` +
+    `ffx-launch: plan for up to ${plural(stages, 'stage')} from each layer's step measured here ` +
       `(${backend.name}, ${plural(threads, 'thread')}): --partition ${partitionName(plan.partition)}`,
   );
   for (const line of describePlan(plan)) terminal.line(`ffx-launch: ${line}`);
   const cores = availableParallelism();
-  if (plan.partition.length * threads + 1 > cores) {
+  const processes = plan.partition.reduce((n, s) => n + s.replicas, 0);
+  if (processes * threads + 1 > cores) {
     // The prediction has each stage on cores of its own, as on machines of their own.
     terminal.line(
-      `ffx-launch: note: ${plural(plan.partition.length, 'stage')} of ${plural(threads, 'thread')} ` +
+      `ffx-launch: note: ${plural(processes, 'stage')} of ${plural(threads, 'thread')} ` +
         `and the coordinator share this machine's ${plural(cores, 'core')}: expect less than predicted`,
     );
   }

@@ -3,8 +3,9 @@
 // training step at the run's batch and loss, measured on this machine (profileLayers: a few
 // steps on random data of the run's shape), and the activations it hands the next layer, which
 // cross a link when that layer is on another stage (bytes / bandwidth, charged to the sender).
-// The plan is the contiguous partition that minimises the slowest stage (dynamic programming
-// over the cut points: exact, L^2 K).
+// The plan is the contiguous partition, each group on one process or on replicas (which
+// share its steps and move its batch and gradients), that minimises the slowest stage
+// (dynamic programming over the cut points and the processes: exact, L^2 K^2).
 import type { RunConfig } from '../config/config.js';
 import type { Partition } from '../config/partition.js';
 import { FFNetwork } from '../core/ff-network.js';
@@ -17,11 +18,14 @@ export interface LayerCost {
   stepSeconds: number;
   /** Bytes of the activations (and labels) it hands the next layer per batch. */
   outBytes: number;
+  /** Bytes of its input per batch, and of its gradient (weights and bias): what replicas move. */
+  inBytes?: number;
+  gradBytes?: number;
 }
 
 export interface Plan {
   partition: Partition;
-  /** Per stage: predicted seconds per batch (its layers' steps, and its link to the next). */
+  /** Per stage: predicted seconds per batch (its layers' steps, and its links). */
   stageSeconds: number[];
   /** Index of the slowest stage. */
   bottleneck: number;
@@ -32,42 +36,71 @@ export interface Plan {
 }
 
 /**
- * The best plan of `stages` stages (fewer when the network has fewer layers) for layers of
- * `costs`, batches of `batchSize` positives, links of `linkBytesPerSec` (Infinity: free).
+ * A stage of layers a..b (1-based) on `replicas` processes: its share of their steps, the link
+ * to the next stage, and with replicas what its primary moves: the batch to each replica, and
+ * each one's parts in and the summed gradient out.
+ */
+function stageSeconds(
+  costs: LayerCost[],
+  a: number,
+  b: number,
+  replicas: number,
+  linkBytesPerSec: number,
+): number {
+  let step = 0;
+  let grad = 0;
+  for (let l = a; l <= b; l++) {
+    step += costs[l - 1]!.stepSeconds;
+    grad += costs[l - 1]!.gradBytes ?? 0;
+  }
+  const out = b < costs.length ? costs[b - 1]!.outBytes / linkBytesPerSec : 0;
+  const moved = (replicas - 1) * ((costs[a - 1]!.inBytes ?? 0) + 2 * grad);
+  return step / replicas + out + moved / linkBytesPerSec;
+}
+
+/**
+ * The best plan on at most `processes` processes for layers of `costs`: contiguous groups, each
+ * on `r` replicas for an r that `replicasAllowed` allows (default: none but 1), batches of
+ * `batchSize` positives, links of `linkBytesPerSec` (Infinity: free). The slowest stage is as
+ * fast as it can be; of equal plans, the one on fewest processes.
  */
 export function planPartition(
   costs: LayerCost[],
-  stages: number,
+  processes: number,
   batchSize: number,
   linkBytesPerSec = Infinity,
+  replicasAllowed: (r: number) => boolean = (r) => r === 1,
 ): Plan {
   const L = costs.length;
-  const k = Math.max(1, Math.min(stages, L));
-  const prefix = [0];
-  for (const c of costs) prefix.push(prefix.at(-1)! + c.stepSeconds);
-  const link = (last: number) => (last < L ? costs[last - 1]!.outBytes / linkBytesPerSec : 0);
-  // time(a, b): a stage holding layers a..b (1-based).
-  const time = (a: number, b: number) => prefix[b]! - prefix[a - 1]! + link(b);
-  // best[j][b]: the slowest stage of the best split of layers 1..b into j stages; cut[j][b]: where
-  // its last stage starts.
-  const best = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(Infinity));
-  const cut = Array.from({ length: k + 1 }, () => new Array<number>(L + 1).fill(0));
+  const K = Math.max(1, processes);
+  // best[n][b]: the slowest stage of the best layout of layers 1..b on exactly n processes;
+  // from[n][b]: its last stage (first layer, replicas).
+  const best = Array.from({ length: K + 1 }, () => new Array<number>(L + 1).fill(Infinity));
+  const from = Array.from({ length: K + 1 }, () =>
+    new Array<{ a: number; r: number }>(L + 1).fill({ a: 0, r: 0 }),
+  );
   best[0]![0] = 0;
-  for (let j = 1; j <= k; j++) {
-    for (let b = j; b <= L; b++) {
-      for (let a = j; a <= b; a++) {
-        const v = Math.max(best[j - 1]![a - 1]!, time(a, b));
-        if (v < best[j]![b]!) {
-          best[j]![b] = v;
-          cut[j]![b] = a;
+  for (let n = 1; n <= K; n++) {
+    for (let b = 1; b <= L; b++) {
+      for (let a = 1; a <= b; a++) {
+        for (let r = 1; r <= n; r++) {
+          if (!replicasAllowed(r) || best[n - r]![a - 1] === Infinity) continue;
+          const v = Math.max(best[n - r]![a - 1]!, stageSeconds(costs, a, b, r, linkBytesPerSec));
+          if (v < best[n]![b]!) {
+            best[n]![b] = v;
+            from[n]![b] = { a, r };
+          }
         }
       }
     }
   }
+  let n = 1;
+  for (let m = 1; m <= K; m++) if (best[m]![L]! < best[n]![L]!) n = m;
   const partition: Partition = [];
-  for (let j = k, b = L; j >= 1; j--) {
-    const a = cut[j]![b]!;
-    partition.unshift({ layers: { first: a, last: b }, replicas: 1 });
+  for (let b = L; b >= 1;) {
+    const { a, r } = from[n]![b]!;
+    partition.unshift({ layers: { first: a, last: b }, replicas: r });
+    n -= r;
     b = a - 1;
   }
   return predict(costs, partition, batchSize, linkBytesPerSec);
@@ -80,18 +113,15 @@ export function predict(
   batchSize: number,
   linkBytesPerSec = Infinity,
 ): Plan {
-  const L = costs.length;
-  const stageSeconds = partition.map(({ layers: { first, last } }) => {
-    let t = 0;
-    for (let l = first; l <= last; l++) t += costs[l - 1]!.stepSeconds;
-    return t + (last < L ? costs[last - 1]!.outBytes / linkBytesPerSec : 0);
-  });
-  const slowest = Math.max(...stageSeconds);
+  const times = partition.map(({ layers: { first, last }, replicas }) =>
+    stageSeconds(costs, first, last, replicas, linkBytesPerSec),
+  );
+  const slowest = Math.max(...times);
   const total = costs.reduce((t, c) => t + c.stepSeconds, 0);
   return {
     partition,
-    stageSeconds,
-    bottleneck: stageSeconds.indexOf(slowest),
+    stageSeconds: times,
+    bottleneck: times.indexOf(slowest),
     samplesPerSec: batchSize / slowest,
     idealSpeedup: total / slowest,
   };
@@ -101,7 +131,7 @@ export function predict(
 export function describePlan(plan: Plan): string[] {
   const lines = plan.partition.map(
     (s, i) =>
-      `  stage ${i + 1}: ${rangeLabel(s.layers).padEnd(12)} ${(plan.stageSeconds[i]! * 1000).toFixed(1)} ms/batch` +
+      `  stage ${i + 1}: ${(rangeLabel(s.layers) + (s.replicas > 1 ? ` x${s.replicas}` : '')).padEnd(12)} ${(plan.stageSeconds[i]! * 1000).toFixed(1)} ms/batch` +
       (i === plan.bottleneck && plan.partition.length > 1 ? '  <- bottleneck' : ''),
   );
   lines.push(
@@ -129,9 +159,12 @@ export function profileLayers(cfg: RunConfig, steps = 3): LayerCost[] {
       const out = net.trainBatch(x, nPos, cfg.optimizer.lr, model.readout ? labels : undefined);
       if (s > 0) out.forEach((o, i) => seconds[i]!.push(o.seconds));
     }
+    const labelBytes = model.readout ? nPos * 4 : 0;
     return seconds.map((t, i) => ({
       stepSeconds: t.sort((a, b) => a - b)[Math.floor(t.length / 2)]!,
-      outBytes: rows * model.layers[i + 1]! * 4 + (model.readout ? nPos * 4 : 0),
+      outBytes: rows * model.layers[i + 1]! * 4 + labelBytes,
+      inBytes: rows * model.layers[i]! * 4 + labelBytes,
+      gradBytes: (model.layers[i]! + 1) * model.layers[i + 1]! * 4,
     }));
   } finally {
     net.dispose();

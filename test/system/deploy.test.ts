@@ -601,7 +601,13 @@ describe('deploy/k8s: the Kustomize base and every overlay render as a working c
         partitionValue === ''
           ? onePerLayer(layers.length - 1)
           : parsePartition(partitionValue, layers.length - 1);
-      assert.equal(set.replicas, stages.length, 'replicas != number of stages');
+      const processes = stages.flatMap((st) =>
+        Array.from({ length: st.replicas }, (_, r) => ({
+          name: rangeName(st.layers),
+          replica: st.replicas > 1 ? `${r + 1}/${st.replicas}` : '',
+        })),
+      );
+      assert.equal(set.replicas, processes.length, 'replicas != number of stage processes');
 
       // Stages: a headless Service, the layer from the ordinal, metrics, keys.
       const service = obj(find('Service', 'ffx-stage').spec, 'Service spec');
@@ -624,19 +630,28 @@ describe('deploy/k8s: the Kustomize base and every overlay render as a working c
       assert.match(command, /exec node dist\/src\/cli\/ffx-stage\.js/);
       // The command itself, run by sh for each pod: its layers and its key, stage by stage.
       const script = arr(container.command, 'command').map(String)[2]!;
-      for (const [k, stage] of stages.entries()) {
-        const shown = execFileSync(
+      const podOf = (k: number, partition: string) =>
+        execFileSync(
           'sh',
-          ['-c', script.replace(/exec node .*$/, 'echo "$FFX_LAYER $FFX_KEY"')],
-          {
-            env: { PATH: process.env.PATH, HOSTNAME: `ffx-stage-${k}`, PARTITION: partitionValue },
-          },
+          ['-c', script.replace(/exec node .*$/, 'echo "$FFX_LAYER $FFX_KEY $FFX_REPLICA"')],
+          { env: { PATH: process.env.PATH, HOSTNAME: `ffx-stage-${k}`, PARTITION: partition } },
         )
           .toString()
           .trim();
-        const name = rangeName(stage.layers);
-        assert.equal(shown, `${name} /etc/ffx-keys/stage-${name}.key`, `pod ffx-stage-${k}`);
+      for (const [k, { name, replica }] of processes.entries()) {
+        const want = `${name} /etc/ffx-keys/stage-${name}.key ${replica}`.trim();
+        assert.equal(podOf(k, partitionValue), want, `pod ffx-stage-${k}`);
       }
+      // And a layout with replicas, as the same command reads it.
+      assert.deepEqual(
+        [0, 1, 2, 3].map((k) => podOf(k, '1,2-3x2,4')),
+        [
+          '1 /etc/ffx-keys/stage-1.key',
+          '2-3 /etc/ffx-keys/stage-2-3.key 1/2',
+          '2-3 /etc/ffx-keys/stage-2-3.key 2/2',
+          '4 /etc/ffx-keys/stage-4.key',
+        ],
+      );
       const envs = new Map(
         arr(container.env, 'env').map((e) => {
           const x = obj(e, 'env');

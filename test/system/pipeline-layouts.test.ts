@@ -183,7 +183,7 @@ describe('layouts: stages holding groups of layers', () => {
     ).result;
     assert.equal(r.code, 0, r.stderr.slice(-3000));
     const partition =
-      /plan for 2 stages from each layer's step measured here \(wasm, 1 thread\): --partition (\S+)/.exec(
+      /plan for up to 2 stages from each layer's step measured here \(wasm, 1 thread\): --partition (\S+)/.exec(
         r.stderr,
       )?.[1];
     assert.ok(partition, r.stderr.slice(0, 2000));
@@ -221,7 +221,7 @@ describe('layouts: stages holding groups of layers', () => {
     assert.match(r.stdout, /^links 1 Gbit\/s: 1->2 [\d.]+ ms/m);
     for (const k of [1, 2, 3])
       assert.match(r.stdout, new RegExp(`^${k} nodes?: --partition `, 'm'));
-    assert.match(r.stdout, /^best: \d stages?, ffx-launch --partition /m);
+    assert.match(r.stdout, /^best: ffx-launch --partition \S+ /m);
   });
 
   it('a layout that cannot be run is a usage error saying why, before anything starts', async () => {
