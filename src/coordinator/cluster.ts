@@ -283,14 +283,17 @@ export class Cluster {
     for (let round = 0; ; round++) {
       this.run = round === 0 ? run : `${run}~${round}`;
       for (const s of [...this.stages.values(), ...this.replicas.values()]) s.ready = false;
-      await this.until(() => this.stages.size === this.numLayers && this.missingReplicas() === '', {
+      // Evaluation is the primaries' alone: replicas only share training steps.
+      const replicas = mode === 'train';
+      const missingReplicas = () => (replicas ? this.missingReplicas() : '');
+      await this.until(() => this.stages.size === this.numLayers && missingReplicas() === '', {
         ms: left(),
         error: () =>
           new ClusterError(
             'CLUSTER_MISSING_STAGES',
             (this.missing().length > 0
               ? `no hello from layer ${this.missing().join(', ')} within ${timeoutMs / 1000}s`
-              : `no hello from ${this.missingReplicas()} within ${timeoutMs / 1000}s`) +
+              : `no hello from ${missingReplicas()} within ${timeoutMs / 1000}s`) +
               (this.refusedKeys > 0
                 ? `; ${plural(this.refusedKeys, 'connection')} failed the key check meanwhile ` +
                   "(above): if the stages run, check their --key and --trust against this coordinator's"
@@ -309,7 +312,7 @@ export class Cluster {
         silent().length > 0 ||
         [...sentTo].some(([st, id]) => !st.identity.equals(id) || !this.isRegistered(id));
       for (const primary of this.stageList().reverse()) {
-        for (const st of [...this.replicasOf(primary), primary]) {
+        for (const st of [...(replicas ? this.replicasOf(primary) : []), primary]) {
           if (changed()) break;
           sentTo.set(st, st.identity);
           await this.routerOut.send([st.identity, this.configFor(st, primary, cfg, mode, state)]);
@@ -367,14 +370,15 @@ export class Cluster {
     const replica = st.hello.replica;
     // A replica's only upstream and downstream is its primary.
     const next = last < this.numLayers && replica === 1 ? this.stages.get(last + 1)!.hello : null;
-    const group = primary.hello.replicas > 1 ? [primary, ...this.replicasOf(primary)] : [];
+    const replicated = mode === 'train' && primary.hello.replicas > 1;
+    const group = replicated ? [primary, ...this.replicasOf(primary)] : [];
     return encodeControl({
       type: 'config',
       run: this.run,
       layer: first,
       last,
       replica,
-      replicas: primary.hello.replicas,
+      replicas: replicated ? primary.hello.replicas : 1,
       replicaEndpoints: group.map((s) => s.hello.endpoint),
       replicaExchanges: group.map((s) => s.hello.exchange),
       replicaKeys: group.map((s) => s.hello.key),
