@@ -17,6 +17,7 @@
 //
 //   npm run bench:pipeline
 //   npm run bench:pipeline -- --layers 784,2000,300,300,300 --layout 1-2,3-4 --layout stages=2
+//   npm run bench:pipeline -- --layers 784,2000,300,300,300 --shards 2 --layout 1,2-4 --layout 1x2,2-4
 //   npm run bench:pipeline -- --layers 784,1000,784 --images 20000 --batch 1000 --repeat 1
 //   npm run bench:pipeline -- --transport tcp --keys
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -64,6 +65,11 @@ async function main(): Promise<void> {
       describe:
         'a layout of the pipeline: a --partition SPEC (1-2,3-4) or stages=K (ffx-launch --stages K); repeatable (default: one stage per layer)',
     })
+    .option('shards', {
+      type: 'number',
+      default: 1,
+      describe: 'train.shards of every run (a layout with replicas xR needs a multiple of R)',
+    })
     .option('repeat', {
       type: 'number',
       default: 3,
@@ -96,6 +102,8 @@ async function main(): Promise<void> {
         'train.evalEvery=0',
         '--set',
         'train.cooldown=0',
+        '--set',
+        `train.shards=${a.shards}`,
         '--backend',
         a.backend,
         '--quiet',
