@@ -3,8 +3,10 @@
 // its downstream endpoint, then trains on whatever arrives and forwards this step's detached
 // activations downstream, so that all stages work at once on consecutive batches. Within a
 // group the activations pass from layer to layer in memory, and each layer reports its own
-// stats, goodness and weights. After a run it keeps its layers and waits for the next
-// coordinator. The protocol is described in docs/protocol.md.
+// stats, goodness and weights. A stage may run as replicas (--replica R/N): the primary (1)
+// is the stage the run sees; it passes each train batch to the others, each computes its
+// shards, and the primary sums them (replicas.ts). After a run it keeps its layers and waits
+// for the next coordinator. The protocol is described in docs/protocol.md.
 //
 // The stage is a dispatcher: each message goes to the handler of its kind, if the state the
 // stage is in accepts it (stage-states.ts, which also lists every transition; enter() refuses
@@ -602,7 +604,7 @@ export class Stage {
     if (!(await run.linked)) {
       // The next stage advertised an address this host cannot reach: say which, and stay
       // available (a corrected stage gets a new config).
-      closeAll(run.downstream);
+      closeAll(run.downstream, run.partsOut, ...run.relay, ...run.updates);
       const next = layers.last + 1;
       const message =
         `cannot reach layer ${next} at ${config.next} within ${config.linkTimeoutMs / 1000}s: ` +
