@@ -322,16 +322,9 @@ export class FFLayer {
     return inputs.map((x, i) => {
       const [h, g, loss, dw, db] = tf.tidy(() => {
         const b = sizes[i]!;
-        const step = this.shardStep(x, b);
         // Each shard's loss is its mean: its share of the batch's is b / nPos of it.
-        const share = b / nPos;
-        return [
-          step.h,
-          step.g,
-          tf.mul(step.loss, share),
-          tf.mul(step.dw, share),
-          tf.mul(step.db, share),
-        ];
+        const step = this.shardStep(x, b, b / nPos);
+        return [step.h, step.g, step.loss, step.dw, step.db];
       });
       return { h, g, loss, dw, db } as ShardPart;
     });
@@ -391,9 +384,10 @@ export class FFLayer {
 
   /**
    * Forward and gradient of one batch, or one shard of one: x = [pos; neg] (and neutral rows,
-   * only carried forward), nPos positive rows. Nothing is updated.
+   * only carried forward), nPos positive rows; with `share` (a shard's of its batch) its loss and
+   * gradient scaled by it. Nothing is updated.
    */
-  private shardStep(x: tf.Tensor2D, nPos: number): ShardStep {
+  private shardStep(x: tf.Tensor2D, nPos: number, share = 1): ShardStep {
     const xn = this.normalise(x);
     const loss = LOSSES[this.config.loss ?? 'threshold'];
     // A row loss needs only H; the label loss needs the pre-activations too.
@@ -416,8 +410,19 @@ export class FFLayer {
           dgScale: this.dgScale(),
           peer,
         })
-      : this.rowGradient(xn, act, g, nPos, peer);
-    return { h, g, loss: value, dw, db, peer };
+      : this.rowGradient(xn, act, g, nPos, peer, share);
+    if (share === 1) return { h, g, loss: value, dw, db, peer };
+    // A row loss took its share in its per-row weights (rowGradient); the label loss's
+    // gradient is scaled here.
+    const label = loss.kind === 'label';
+    return {
+      h,
+      g,
+      loss: tf.mul(value, share),
+      dw: label ? tf.mul(dw, share) : dw,
+      db: label ? tf.mul(db, share) : db,
+      peer,
+    };
   }
 
   /**
@@ -430,7 +435,10 @@ export class FFLayer {
     g: tf.Tensor1D,
     nPos: number,
     peer: PeerStep | null,
+    share = 1,
   ): Gradient {
+    // A shard's share of the batch scales the per-row weights before the products: a pass
+    // over the rows rather than over the gradient.
     const s = this.signsFor(nPos);
     const ffRows = 2 * nPos;
     const rowLoss = LOSSES[this.config.loss ?? 'threshold'];
@@ -443,7 +451,7 @@ export class FFLayer {
       alpha: this.config.alpha ?? 1,
     });
     // dL/dg * dg/dH = -s rowWeight scale * (+-2/k) * H; fold the scalars into the column.
-    const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() * scale) as tf.Tensor1D;
+    const col = tf.mul(tf.mul(s, rowWeight), -this.dgScale() * scale * share) as tf.Tensor1D;
     let active = activeRows(rowWeight.dataSync());
     // The peer term reaches every positive row, saturated or not.
     if (peer && active) active = withRows(active, nPos);

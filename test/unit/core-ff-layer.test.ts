@@ -390,6 +390,22 @@ for (const [rowsFirst, layout] of [
       });
     }
 
+    it('in 3 shards (train.shards): still the whole batch autograd gives', () => {
+      const cfg = layerConfig({ inDim: DIM, loss: 'softmax', threshold: 0, alpha: 8, shards: 3 });
+      const layer = new FFLayer(cfg, PLAIN_SGD);
+      const x = tf.tensor2d(overlaid(22).x, [2 * N_POS, DIM]);
+      try {
+        const { autoW, autoB, autoLoss, dW, dB, stats } = autogradAndStep(layer, x);
+        assert.ok(maxAbs(autoW) > 1e-3, `autograd dW too small: ${maxAbs(autoW)}`);
+        assert.ok(maxAbsDiff(dW, autoW) < 1e-5 * Math.max(1, maxAbs(autoW)));
+        assert.ok(maxAbsDiff(dB, autoB) < 1e-5 * Math.max(1, maxAbs(autoB)));
+        assert.ok(Math.abs(stats[0]! - autoLoss) < 1e-5, `loss ${stats[0]} vs ${autoLoss}`);
+      } finally {
+        x.dispose();
+        layer.dispose();
+      }
+    });
+
     it('is the cross-entropy of the goodness the evaluation overlays give', () => {
       // Evaluation overlays each label in turn (overlayAllLabels) and takes the most goodness;
       // the loss must be the cross-entropy of exactly those scores.
