@@ -96,31 +96,45 @@ export function partsTensors(shards: number[], parts: ShardPart[]): Record<strin
   return out;
 }
 
-/** Shard k's part from a parts message (tensors the caller owns), or an error naming it. */
-export function partOf(
-  msg: PartsMessage,
-  k: number,
-  dims: { inDim: number; outDim: number },
-): ShardPart {
-  const get = (name: string, shape: (n: number) => number[]) => {
-    const t = msg.tensors[`${k}.${name}`];
-    if (!t) throw new Error(`replica ${msg.replica} sent no ${k}.${name}`);
-    const want = shape(t.shape[0] ?? 0);
-    if (t.shape.join() !== want.join()) {
-      throw new Error(`replica ${msg.replica}: ${k}.${name} is [${t.shape}], not [${want}]`);
-    }
-    return t.data;
-  };
-  const h = get('h', (n) => [n, dims.outDim]);
-  const rows = h.length / dims.outDim;
+type Dims = { inDim: number; outDim: number };
+
+const shapeIs = (t: WeightsTensor | undefined, shape: number[]) =>
+  t !== undefined && t.shape.length === shape.length && t.shape.every((n, i) => n === shape[i]);
+
+/**
+ * Whether a parts message holds shards `ks` of a layer of `dims`, each of `sizes[k]` positive
+ * rows: anything else (a peer's junk, without keys) is never taken, so never fails a step.
+ */
+export function partsFit(msg: PartsMessage, ks: number[], sizes: number[], dims: Dims): boolean {
+  return ks.every((k) => {
+    const rows = 2 * sizes[k]!;
+    const t = (name: string) => msg.tensors[`${k}.${name}`];
+    return (
+      shapeIs(t('h'), [rows, dims.outDim]) &&
+      shapeIs(t('g'), [rows]) &&
+      shapeIs(t('loss'), [1]) &&
+      shapeIs(t('dw'), [dims.outDim, dims.inDim]) &&
+      shapeIs(t('db'), [dims.outDim])
+    );
+  });
+}
+
+/** Whether an update holds a layer of `dims`'s gradient. */
+export function updateFits(msg: UpdateMessage, dims: Dims): boolean {
+  return (
+    shapeIs(msg.tensors.dw, [dims.outDim, dims.inDim]) && shapeIs(msg.tensors.db, [dims.outDim])
+  );
+}
+
+/** Shard k's part from a parts message that partsFit (tensors the caller owns). */
+export function partOf(msg: PartsMessage, k: number, dims: Dims): ShardPart {
+  const t = (name: string) => msg.tensors[`${k}.${name}`]!;
+  const rows = t('g').shape[0]!;
   return {
-    h: tf.tensor2d(h, [rows, dims.outDim]),
-    g: tf.tensor1d(get('g', () => [rows])),
-    loss: tf.scalar(get('loss', () => [1])[0]!),
-    dw: tf.tensor2d(
-      get('dw', () => [dims.outDim, dims.inDim]),
-      [dims.outDim, dims.inDim],
-    ),
-    db: tf.tensor1d(get('db', () => [dims.outDim])),
+    h: tf.tensor2d(t('h').data, [rows, dims.outDim]),
+    g: tf.tensor1d(t('g').data),
+    loss: tf.scalar(t('loss').data[0]!),
+    dw: tf.tensor2d(t('dw').data, [dims.outDim, dims.inDim]),
+    db: tf.tensor1d(t('db').data),
   };
 }

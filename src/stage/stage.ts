@@ -86,13 +86,14 @@ import {
   type PartsMessage,
   type ResultMessage,
   type UpdateMessage,
+  type WeightsTensor,
   type TrainHeader,
 } from '../transport/wire.js';
 import { StageError } from './errors.js';
 import { rangeLabel, type LayerRange } from '../transport/layer-range.js';
 import { Heartbeat } from './heartbeat.js';
 import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
-import { Mailbox, RunOver, partOf, partsTensors } from './replicas.js';
+import { Mailbox, RunOver, partOf, partsFit, partsTensors, updateFits } from './replicas.js';
 import { ownShards, shardRows, shardSizes, type ShardPart } from '../core/ff-layer.js';
 import { Registration } from './registration.js';
 import { largestDataMessage, setUpRun } from './run-setup.js';
@@ -839,11 +840,9 @@ export class Stage {
     header: TrainHeader,
     batch: tf.Tensor2D,
   ): Promise<{ steps: LayerStepResult[]; h: tf.Tensor2D }> {
-    const { shards, replicas } = { shards: run.config.shards, replicas: run.config.replicas };
-    const sizes = shardSizes(header.nPos, shards);
-    const own = ownShards(sizes.length, shards, 0, replicas);
-    let inputs = own.map((k) => shardRows(batch, header.nPos, sizes, k));
-    batch.dispose();
+    const { shards, replicas } = run.config;
+    const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch);
+    let inputs = first;
     const steps: LayerStepResult[] = [];
     let whole: tf.Tensor2D | null = null;
     for (const [i, layer] of this.layers.entries()) {
@@ -867,7 +866,8 @@ export class Stage {
             m.run === run.id &&
             m.seq === header.seq &&
             m.layer === layerNo &&
-            m.replica === r + 1,
+            m.replica === r + 1 &&
+            partsFit(m, theirs, sizes, layer.config),
           run.ended.signal,
         );
         for (const k of theirs) all[k] = partOf(msg, k, layer.config);
@@ -902,12 +902,10 @@ export class Stage {
    * the summed gradient it sends back, applied. Nothing goes downstream or to the coordinator.
    */
   private async replicaStep(run: Run, header: TrainHeader, batch: tf.Tensor2D): Promise<void> {
-    const { shards, replicas, replica } = run.config;
+    const { replica } = run.config;
     const t0 = performance.now();
-    const sizes = shardSizes(header.nPos, shards);
-    const own = ownShards(sizes.length, shards, replica - 1, replicas);
-    let inputs = own.map((k) => shardRows(batch, header.nPos, sizes, k));
-    batch.dispose();
+    const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch);
+    let inputs = first;
     for (const [i, layer] of this.layers.entries()) {
       const layerNo = this.opts.layers.first + i;
       const mine = layer.shardParts(
@@ -932,12 +930,16 @@ export class Stage {
       for (const p of mine) tf.dispose([p.g, p.loss, p.dw, p.db]);
       const update = await this.mailbox!.take(
         (m): m is UpdateMessage =>
-          m.type === 'update' && m.run === run.id && m.seq === header.seq && m.layer === layerNo,
+          m.type === 'update' &&
+          m.run === run.id &&
+          m.seq === header.seq &&
+          m.layer === layerNo &&
+          updateFits(m, layer.config),
         run.ended.signal,
       );
-      const { dw, db } = update.tensors;
-      if (!dw || !db) throw new Error(`${this.name}: an update without dw and db`);
-      const [gw, gb] = [tf.tensor2d(dw.data, [dw.shape[0]!, dw.shape[1]!]), tf.tensor1d(db.data)];
+      const { dw, db } = update.tensors as Record<'dw' | 'db', WeightsTensor>;
+      const { inDim, outDim } = layer.config;
+      const [gw, gb] = [tf.tensor2d(dw.data, [outDim, inDim]), tf.tensor1d(db.data)];
       layer.update(gw, gb, header.lr);
       tf.dispose([gw, gb]);
     }
@@ -1135,6 +1137,22 @@ export class Stage {
   private logRejection(key: string, line: string): void {
     this.rejectionLog.line(key, `${this.name}: ${line}`);
   }
+}
+
+/**
+ * The shards of a batch this replica of `config`'s stage computes, and their rows (the batch
+ * itself is released): the shard sizes of the whole batch, its own shards' indexes and inputs.
+ */
+function ownRows(
+  config: ConfigMessage,
+  nPos: number,
+  batch: tf.Tensor2D,
+): { sizes: number[]; own: number[]; inputs: tf.Tensor2D[] } {
+  const sizes = shardSizes(nPos, config.shards);
+  const own = ownShards(sizes.length, config.shards, config.replica - 1, config.replicas);
+  const inputs = own.map((k) => shardRows(batch, nPos, sizes, k));
+  batch.dispose();
+  return { sizes, own, inputs };
 }
 
 interface LayerStepResult {

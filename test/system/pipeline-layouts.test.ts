@@ -69,7 +69,8 @@ const SHARDED = [
   '2',
 ];
 
-function launch(out: string, partition: string, run = RUN) {
+/** ffx-launch of `run` laid out by `layout` (--partition SPEC, or ['--stages', 'K']). */
+function launch(out: string, layout: string | string[], run = RUN) {
   return startNode(
     [
       join(CLI, 'ffx-launch.js'),
@@ -80,8 +81,7 @@ function launch(out: string, partition: string, run = RUN) {
       '--stage-threads',
       '1',
       ...run,
-      '--partition',
-      partition,
+      ...(typeof layout === 'string' ? ['--partition', layout] : layout),
       '--out',
       out,
     ],
@@ -164,23 +164,7 @@ describe('layouts: stages holding groups of layers', () => {
       '1',
     ];
     const local = await referenceRun(run, ON_WASM);
-    const r = await startNode(
-      [
-        join(CLI, 'ffx-launch.js'),
-        '--transport',
-        'tcp',
-        '--backend',
-        'wasm',
-        '--stage-threads',
-        '1',
-        ...run,
-        '--stages',
-        '2',
-        '--out',
-        tmp('planned'),
-      ],
-      { timeoutMs: 120_000 },
-    ).result;
+    const r = await launch(tmp('planned'), ['--stages', '2'], run).result;
     assert.equal(r.code, 0, r.stderr.slice(-3000));
     const partition =
       /plan for up to 2 stages from each layer's step measured here \(wasm, 1 thread\): --partition (\S+)/.exec(
