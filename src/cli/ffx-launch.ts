@@ -139,7 +139,7 @@ async function parseArgs(argv: string[]): Promise<CommonArgs & Record<string, un
     .option('stages', {
       type: 'number',
       describe:
-        "K stages, planned: measures each layer's step here (a few steps at the run's batch), then runs the split that makes the slowest stage fastest, and prints it",
+        "up to K stage processes, planned: measures each layer's step here (a few steps at the run's batch), then runs the groups (and replicas, where train.shards allows) that make the slowest stage fastest, and prints them",
     })
     .conflicts('stages', 'partition')
     .option('stage-threads', {
