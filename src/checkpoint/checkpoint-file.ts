@@ -11,7 +11,8 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { layerPrefix, type ModelConfig } from '../core/ff-network.js';
+import { layerParamShapes, type ModelConfig } from '../core/ff-network.js';
+import { describeLayers } from '../core/model-shape.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { DEFAULT_CONFIG, mergeConfig, validateConfig, type RunConfig } from '../config/config.js';
 import { FfxError, fileError, isFfxError, withFile, type ErrorCode } from '../errors.js';
@@ -235,20 +236,15 @@ export async function readCheckpoint(
   if (named !== undefined && Number(named) !== epoch) {
     throw corrupt(`its name says epoch ${named}, its metadata epoch ${metadata.epoch}`);
   }
-  const widths = model.layers;
-  const numLayers = widths.length - 1;
+  const numLayers = model.layers.length - 1;
   for (let i = 0; i < numLayers; i++) {
-    const want = [
-      [`${layerPrefix(i)}.weight`, [widths[i + 1]!, widths[i]!]],
-      [`${layerPrefix(i)}.bias`, [widths[i + 1]!]],
-    ] as const;
-    for (const [name, shape] of want) {
+    for (const [name, shape] of layerParamShapes(model, i)) {
       const got = tensors.get(name)?.shape;
       if (got?.join('x') !== shape.join('x')) {
         throw new CheckpointError(
           'CHECKPOINT_MISMATCH',
           `${file}: ${got ? `tensor "${name}" is [${got.join(', ')}]` : `no tensor "${name}"`}, ` +
-            `model ${widths.join('-')} needs [${shape.join(', ')}]`,
+            `model ${describeLayers(model.layers)} needs [${shape.join(', ')}]`,
         );
       }
     }
@@ -270,7 +266,7 @@ export async function readCheckpoint(
   }
   const state = {
     tensors,
-    optimizerSteps: widths.slice(1).map((_, i) => (steps as number[])[i] ?? 0),
+    optimizerSteps: Array.from({ length: numLayers }, (_, i) => (steps as number[])[i] ?? 0),
   };
   checkFiniteState(state, `in ${file}`);
   let lineage: unknown;

@@ -2,6 +2,7 @@
 // ffx-coordinator: feeds data, drives epochs, aggregates goodness into predictions.
 //   ffx-coordinator train --local --config config/fashion-mnist-fast.json
 //   ffx-coordinator eval --local --config config/fashion-mnist-fast.json --weights runs/.../model.safetensors
+import { describeLayers } from '../core/model-shape.js';
 import { ffxYargs, hideBin } from './yargs.js';
 import { initBackend, type BackendChoice } from '../backend/backend.js';
 import { describePlan, planPartition, profileLayers, type Plan } from '../coordinator/planner.js';
@@ -166,7 +167,7 @@ async function evalCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
     // this command line's flags.
     cfg = await configOver(a, await heldConfig(pipeline));
     reporter.log(
-      `coordinator: no --config: evaluating what the stages hold, ${cfg.model.layers.join('-')} ` +
+      `coordinator: no --config: evaluating what the stages hold, ${describeLayers(cfg.model.layers)} ` +
         `(run config "${cfg.name}", data ${cfg.data.dataset})`,
     );
   }
@@ -284,7 +285,7 @@ async function planCommand(a: CommonArgs & Record<string, unknown>): Promise<voi
   const costs = profileLayers(cfg);
   const out = (l: string) => process.stdout.write(`${l}\n`);
   out(
-    `model ${cfg.model.layers.join('-')}, batch ${cfg.train.batchSize}, measured on this machine ` +
+    `model ${describeLayers(cfg.model.layers)}, batch ${cfg.train.batchSize}, measured on this machine ` +
       `(${backend.name}, ${plural(backend.threads, 'thread')} a stage): ` +
       costs.map((c, i) => `layer ${i + 1} ${(c.stepSeconds * 1000).toFixed(1)} ms`).join(', '),
   );

@@ -3,6 +3,8 @@
 import { readFile } from 'node:fs/promises';
 import { DEFAULT_OPTIMIZER, OPTIMIZER_TYPES, type OptimizerConfig } from '../core/optimizer.js';
 import { GOODNESS_TYPES, LOSS_TYPES, type GoodnessType, type LossType } from '../core/ff-layer.js';
+import type { ModelLoss } from '../core/ff-network.js';
+import { hasConv, modelShapes, type LayerSpec } from '../core/model-shape.js';
 import { DATASET_NAMES, type DatasetName } from '../data/datasets.js';
 import { FfxError, type ErrorCode } from '../errors.js';
 
@@ -22,8 +24,12 @@ export interface RunConfig {
     jitter: number;
   };
   model: {
-    /** Widths from the input to the last layer, e.g. [784, 1000, 1000]. */
-    layers: number[];
+    /**
+     * The input, then one entry per layer: widths for dense layers ([784, 1000, 1000]), or an
+     * image [channels, height, width] and conv layers { conv, kernel, stride, padding, pool,
+     * groups } (src/core/model-shape.ts), dense layers after them.
+     */
+    layers: LayerSpec[];
     goodness: GoodnessType;
     negate: boolean;
     threshold: number;
@@ -32,9 +38,12 @@ export interface RunConfig {
      * positive goodness above the threshold, negative below), 'symba' (each image's positive
      * goodness above its negative's, by a margin scaled with `alpha`) or 'softmax' (first
      * layer only: the cross-entropy of the true label among the goodness, times `alpha`, of
-     * all ten label overlays, the scores the goodness rule predicts with).
+     * all ten label overlays, the scores the goodness rule predicts with); or 'competitive'
+     * for every layer (CwComp: each class owns a tenth of a layer's channels, its goodness is
+     * their mean square, the loss the cross-entropy of the true class; no overlay, no negative
+     * data: src/core/competitive-layer.ts). Conv layers need 'competitive'.
      */
-    loss: LossType | LossType[];
+    loss: ModelLoss | LossType[];
     alpha: number;
     normEps: number;
     /** Value written into the label pixel of the overlay. */
@@ -198,27 +207,54 @@ const bool: Rule = (k, v) => {
 const str: Rule = (k, v) => {
   if (typeof v !== 'string' || v.length === 0) fail(k, v, 'a non-empty string');
 };
-const widths: Rule = (k, v) => {
-  if (
-    !Array.isArray(v) ||
-    v.length < 2 ||
-    v.length > 1001 ||
-    !v.every((w) => Number.isInteger(w) && w > 0 && w <= MAX_COUNT)
-  ) {
-    fail(
-      k,
-      v,
-      `a list of 2 to 1001 integers from 1 to ${MAX_COUNT} (input width, then one per layer)`,
-    );
+const count = (v: unknown, max = MAX_COUNT) =>
+  typeof v === 'number' && Number.isInteger(v) && v > 0 && v <= max;
+const CONV_KEYS: Record<string, number> = {
+  conv: 1 << 16,
+  kernel: 64,
+  stride: 64,
+  padding: 64,
+  pool: 64,
+  groups: 1 << 16,
+};
+/** One entry of model.layers: a width, an image [c, h, w] (first only) or a conv spec. */
+function checkLayerSpec(k: string, v: unknown, first: boolean): void {
+  if (typeof v === 'number') {
+    if (!count(v)) fail(k, v, `a width from 1 to ${MAX_COUNT}`);
+  } else if (Array.isArray(v)) {
+    if (!first || v.length !== 3 || !v.every((n) => count(n, 1 << 16)))
+      fail(k, v, 'a width, or first an image [channels, height, width]');
+  } else if (typeof v === 'object' && v !== null) {
+    for (const [key, n] of Object.entries(v)) {
+      const max = CONV_KEYS[key];
+      if (max === undefined) throw unknownKey(`${k}.${key}`, n, Object.keys(CONV_KEYS));
+      if (key === 'padding' ? !(count(n, max) || n === 0) : !count(n, max))
+        fail(`${k}.${key}`, n, `an integer from ${key === 'padding' ? 0 : 1} to ${max}`);
+    }
+    if (first || !('conv' in v) || !('kernel' in v))
+      fail(k, v, 'a conv layer { conv: channels, kernel, ... } after the input');
+  } else {
+    fail(k, v, 'a width, an image [channels, height, width] or a conv layer');
+  }
+}
+const layerSpecs: Rule = (k, v) => {
+  if (!Array.isArray(v) || v.length < 2 || v.length > 1001)
+    fail(k, v, 'a list of 2 to 1001 entries (the input, then one per layer)');
+  (v as unknown[]).forEach((x, i) => checkLayerSpec(`${k}[${i}]`, x, i === 0));
+  try {
+    modelShapes(v as LayerSpec[]);
+  } catch (err) {
+    fail(k, v, `layers that fit together (${(err as Error).message})`);
   }
 };
 
+const MODEL_LOSSES: readonly string[] = [...LOSS_TYPES, 'competitive'];
 const losses: Rule = (k, v) => {
-  const what = `one of ${LOSS_TYPES.join(', ')}, or a list of them (one per layer)`;
+  const what = `one of ${MODEL_LOSSES.join(', ')}, or a list of ${LOSS_TYPES.join(', ')} (one per layer)`;
   if (Array.isArray(v)) {
     if (v.length === 0) fail(k, v, what);
     v.forEach((x, i) => oneOf(LOSS_TYPES)(`${k}[${i}]`, x));
-  } else if (typeof v !== 'string' || !(LOSS_TYPES as readonly string[]).includes(v)) {
+  } else if (typeof v !== 'string' || !MODEL_LOSSES.includes(v)) {
     fail(k, v, what);
   }
 };
@@ -235,6 +271,23 @@ const layerList: Rule = (k, v) => {
  */
 function checkModel(model: RunConfig['model']): void {
   const layers = model.layers.length - 1;
+  if (hasConv(model.layers) && model.loss !== 'competitive') {
+    fail('model.loss', model.loss, "'competitive' in a model with conv layers");
+  }
+  if (model.loss === 'competitive') {
+    const shapes = modelShapes(model.layers);
+    const odd = shapes.findIndex((s, i) => i > 0 && s[2] % 10 !== 0);
+    if (odd > 0) {
+      fail(
+        `model.layers[${odd}]`,
+        model.layers[odd],
+        "a layer whose channels (units) split into 10 class groups, with loss 'competitive'",
+      );
+    }
+    if (model.readout) fail('model.readout', true, "false with loss 'competitive'");
+    return;
+  }
+
   const list =
     typeof model.loss === 'string' ? new Array<LossType>(layers).fill(model.loss) : model.loss;
   if (list.length !== layers) {
@@ -289,7 +342,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     jitter: int(0, 16),
   },
   model: {
-    layers: widths,
+    layers: layerSpecs,
     goodness: oneOf(GOODNESS_TYPES),
     negate: bool,
     threshold: finite,
@@ -364,6 +417,13 @@ export function validateConfig(raw: unknown): RunConfig {
       'train.shards',
       cfg.train.shards,
       '1 with model.peerNorm (its running mean is over the whole batch)',
+    );
+  }
+  if (cfg.train.shards > 1 && cfg.model.loss === 'competitive') {
+    fail(
+      'train.shards',
+      cfg.train.shards,
+      "1 with model.loss 'competitive' (BatchNorm's statistics are over the whole batch)",
     );
   }
   if (cfg.train.shards > 1 && cfg.model.readout) {

@@ -14,6 +14,7 @@ import { Router, type Push } from 'zeromq';
 import type { RunConfig } from '../config/config.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import { layerTensors } from '../core/ff-network.js';
+import { modelWidths, type LayerSpec } from '../core/model-shape.js';
 import { FfxError, addressError, isErrorCode, type ErrorCode } from '../errors.js';
 import { RateLimitedLog, plural } from '../log.js';
 import type { CoordinatorMetrics, DropReason } from '../metrics/index.js';
@@ -133,14 +134,16 @@ function heldOf(
   if (typeof h !== 'object' || h === null || typeof h.run !== 'string') return undefined;
   const model = (h.config as { model?: unknown } | null | undefined)?.model;
   const layers = (model as { layers?: unknown } | null | undefined)?.layers;
-  const usable =
-    Array.isArray(layers) &&
-    layers.length >= 2 &&
-    layers.length <= DISCOVERY_LAYERS + 1 &&
-    layers.every((w) => Number.isSafeInteger(w) && (w as number) > 0);
-  return usable
-    ? { run: h.run.split(/[.~]/)[0]!, widths: layers as number[], config: h.config }
-    : undefined;
+  if (!Array.isArray(layers) || layers.length < 2 || layers.length > DISCOVERY_LAYERS + 1)
+    return undefined;
+  let widths: number[];
+  try {
+    widths = modelWidths(layers as LayerSpec[]);
+  } catch {
+    return undefined;
+  }
+  const usable = widths.every((w) => Number.isSafeInteger(w) && w > 0);
+  return usable ? { run: h.run.split(/[.~]/)[0]!, widths, config: h.config } : undefined;
 }
 
 export class Cluster {

@@ -10,6 +10,7 @@
 // interrupted. The lineage (lineage.ts) counts what each layer trained per (epoch, batch),
 // exactly once; the epoch's tally (epoch-tally.ts) sums its reports into the epoch's record,
 // which metrics.jsonl logs (checkpoint/run-dir.ts).
+import { describeLayers } from '../core/model-shape.js';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { removeInterruptedWrites, writeFileAtomic } from '../checkpoint/atomic-file.js';
@@ -145,7 +146,7 @@ class Training {
     await executor.start((r) => this.onReport(r), this.point.state);
     await this.prepareOutput();
     reporter.log(
-      `model ${cfg.model.layers.join('-')} ${executor.where}, ${plural(epochs, 'epoch')} x ` +
+      `model ${describeLayers(cfg.model.layers)} ${executor.where}, ${plural(epochs, 'epoch')} x ` +
         `${plural(this.batches, 'batch', 'batches')} of ${batchSize}, ${cfg.optimizer.type} ` +
         `lr ${cfg.optimizer.lr}, seed ${cfg.seed}`,
     );

@@ -6,7 +6,6 @@ import { activeBackend } from '../backend/backend.js';
 import type { ModelState } from '../checkpoint/checkpoint-file.js';
 import type { RunConfig } from '../config/config.js';
 import { FFNetwork, checkRunMemory } from '../core/ff-network.js';
-import { NUM_CLASSES } from '../data/ff-data.js';
 import type { Executor, GoodnessListener, TrainBatch, TrainListener } from './executor.js';
 import type { EvalBatch } from './run-data.js';
 
@@ -26,7 +25,8 @@ export class LocalExecutor implements Executor {
   async start(onTrain: TrainListener, state?: ModelState): Promise<void> {
     this.onTrain = onTrain;
     const { model, train, eval: ev } = this.cfg;
-    checkRunMemory(Math.max(...model.layers), train.batchSize, ev.batchSize, model.readout);
+    const all = Array.from({ length: this.numLayers }, (_, i) => i);
+    checkRunMemory(model, all, train.batchSize, ev.batchSize);
     this.build(state);
   }
 
@@ -80,9 +80,7 @@ export class LocalExecutor implements Executor {
     for (const b of batches) {
       onGoodness(
         b,
-        b.rule === 'readout'
-          ? net.readoutScores(b.x, b.images)
-          : net.goodness(b.x, NUM_CLASSES * b.images),
+        b.rule === 'readout' ? net.readoutScores(b.x, b.images) : net.goodness(b.x, b.rows),
       );
     }
   }

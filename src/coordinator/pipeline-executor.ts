@@ -16,7 +16,7 @@ import {
 } from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
-import { layerStateFloats } from '../core/ff-network.js';
+import { batchRows, carriesLabels, layerStateFloats } from '../core/ff-network.js';
 import { MAX_HEADER_BYTES } from '../transport/bounds.js';
 import type { WeightsMessage } from '../transport/wire.js';
 import { Cluster, ClusterError, DISCOVERY_LAYERS, type ClusterOptions } from './cluster.js';
@@ -107,8 +107,8 @@ export class PipelineExecutor implements Executor {
 
   async train(batch: TrainBatch, lr: number): Promise<void> {
     const { size } = batch;
-    const readout = this.cfg.model.readout;
-    const rows = (readout ? 3 : 2) * size;
+    const labelled = carriesLabels(this.cfg.model);
+    const rows = batchRows(this.cfg.model, size);
     const x = { name: 'x', shape: [rows, batch.x.length / rows] };
     await this.cluster.send(
       {
@@ -118,10 +118,10 @@ export class PipelineExecutor implements Executor {
         seq: batch.index,
         nPos: size,
         lr,
-        // With readouts, the labels they train on travel with the batch.
-        tensors: readout ? [x, { name: 'y', shape: [size] }] : [x],
+        // Readouts and competitive layers train on the labels: they travel with the batch.
+        tensors: labelled ? [x, { name: 'y', shape: [size] }] : [x],
       },
-      readout ? [batch.x, Float32Array.from(batch.labels)] : [batch.x],
+      labelled ? [batch.x, Float32Array.from(batch.labels)] : [batch.x],
     );
     this.sent++;
   }
@@ -154,7 +154,7 @@ export class PipelineExecutor implements Executor {
       for (const batch of batches) {
         pending.set(batch.index, { batch, goodness: [], got: 0 });
         sent++;
-        const rows = batch.rule === 'readout' ? batch.images : NUM_CLASSES * batch.images;
+        const { rows } = batch;
         await this.cluster.send(
           {
             kind: 'eval',

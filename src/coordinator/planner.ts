@@ -8,7 +8,8 @@
 // (dynamic programming over the cut points and the processes: exact, L^2 K^2).
 import type { RunConfig } from '../config/config.js';
 import type { Partition } from '../config/partition.js';
-import { FFNetwork } from '../core/ff-network.js';
+import { FFNetwork, batchRows, carriesLabels, layerStateFloats } from '../core/ff-network.js';
+import { modelWidths } from '../core/model-shape.js';
 import { NUM_CLASSES } from '../data/classes.js';
 import { Rng } from '../data/rng.js';
 import { rangeLabel } from '../transport/layer-range.js';
@@ -148,23 +149,25 @@ export function describePlan(plan: Plan): string[] {
 export function profileLayers(cfg: RunConfig, steps = 3): LayerCost[] {
   const { model, train } = cfg;
   const nPos = train.batchSize;
-  const rows = (model.readout ? 3 : 2) * nPos;
+  const rows = batchRows(model, nPos);
+  const widths = modelWidths(model.layers);
+  const labelled = carriesLabels(model);
   const rng = new Rng(cfg.seed);
-  const x = Float32Array.from({ length: rows * model.layers[0]! }, () => rng.next());
+  const x = Float32Array.from({ length: rows * widths[0]! }, () => rng.next());
   const labels = Array.from({ length: nPos }, (_, i) => i % NUM_CLASSES);
   const net = new FFNetwork(model, cfg.optimizer, cfg.seed, train.shards);
   try {
     const seconds: number[][] = model.layers.slice(1).map(() => []);
     for (let s = 0; s <= steps; s++) {
-      const out = net.trainBatch(x, nPos, cfg.optimizer.lr, model.readout ? labels : undefined);
+      const out = net.trainBatch(x, nPos, cfg.optimizer.lr, labelled ? labels : undefined);
       if (s > 0) out.forEach((o, i) => seconds[i]!.push(o.seconds));
     }
-    const labelBytes = model.readout ? nPos * 4 : 0;
+    const labelBytes = labelled ? nPos * 4 : 0;
     return seconds.map((t, i) => ({
       stepSeconds: t.sort((a, b) => a - b)[Math.floor(t.length / 2)]!,
-      outBytes: rows * model.layers[i + 1]! * 4 + labelBytes,
-      inBytes: rows * model.layers[i]! * 4 + labelBytes,
-      gradBytes: (model.layers[i]! + 1) * model.layers[i + 1]! * 4,
+      outBytes: rows * widths[i + 1]! * 4 + labelBytes,
+      inBytes: rows * widths[i]! * 4 + labelBytes,
+      gradBytes: layerStateFloats(model, { ...cfg.optimizer, type: 'sgd' }, i) * 2,
     }));
   } finally {
     net.dispose();

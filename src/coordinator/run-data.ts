@@ -2,6 +2,7 @@
 // and the test images as label overlays. Every executor sees exactly these arrays, so a run
 // computes the same thing whichever executor runs its layers.
 import { ConfigError, type RunConfig } from '../config/config.js';
+import { isCompetitive } from '../core/ff-network.js';
 import { loadDataset, type Dataset } from '../data/datasets.js';
 import { BatchSampler, NUM_CLASSES, overlayAllLabels, toFloat } from '../data/ff-data.js';
 
@@ -17,6 +18,8 @@ export interface RunData {
   dim: number;
   /** [rows, cols] of an image. */
   shape: [number, number];
+  /** Values per pixel (channels last). */
+  channels: number;
   /** The scaled value of a black pixel. */
   background: number;
   train: Split;
@@ -26,13 +29,17 @@ export interface RunData {
 /** Loads the configured dataset and scales it (test with the training set's statistics). */
 export async function prepareData(cfg: RunConfig, log: (line: string) => void): Promise<RunData> {
   const dataset = await loadDataset(cfg.data.dataset, { dataDir: cfg.data.dataDir, log });
-  const dim = dataset.train.rows * dataset.train.cols;
-  if (cfg.model.layers[0] !== dim) {
+  const dim = dataset.train.channels * dataset.train.rows * dataset.train.cols;
+  const input = cfg.model.layers[0]!;
+  const shape = [dataset.train.channels, dataset.train.rows, dataset.train.cols];
+  const fits = Array.isArray(input) ? input.join() === shape.join() : input === dim;
+  if (!fits) {
     throw new ConfigError(
       'CONFIG_INVALID',
       'model.layers',
       cfg.model.layers,
-      `model.layers[0] is ${cfg.model.layers[0]}, but ${dataset.name} images have ${dim} pixels`,
+      `model.layers[0] is ${JSON.stringify(input)}, but ${dataset.name} images are ` +
+        `${shape.join('x')} (channels x rows x columns): ${dim} values, or ${JSON.stringify(shape)}`,
     );
   }
   const limit = (n: number, max: number) => (n > 0 ? Math.min(n, max) : max);
@@ -53,6 +60,7 @@ export async function prepareData(cfg: RunConfig, log: (line: string) => void): 
     dataset,
     dim,
     shape: [rows, cols],
+    channels: dataset.train.channels,
     background: (0 - train.mean) / train.std,
     train: {
       images: train.data,
@@ -88,8 +96,10 @@ export function trainSampler(
     onValue: cfg.model.overlayValue,
     jitter: cfg.data.jitter,
     imageShape: data.shape,
+    channels: data.channels,
     background: data.background,
     neutral: cfg.model.readout,
+    plain: isCompetitive(cfg.model),
     hardNegatives: hardProbs && { fraction: cfg.negatives.hard, probs: hardProbs },
   });
 }
@@ -102,9 +112,12 @@ export interface EvalBatch {
   index: number;
   images: number;
   rule: 'goodness' | 'readout';
+  /** Rows of x: NUM_CLASSES * images with overlays, else images. */
+  rows: number;
   /**
    * 'goodness': [NUM_CLASSES * images, dim], label-major: image i with label c is row
-   * c * images + i. 'readout': [images, dim].
+   * c * images + i. 'readout', and every batch of a competitive model: [images, dim], the
+   * images as they are (a readout's with a neutral label).
    */
   x: Float32Array;
   labels: Uint8Array;
@@ -122,10 +135,13 @@ export function* evalBatches(
 ): Generator<EvalBatch> {
   const b = Math.min(cfg.eval.batchSize, split.count);
   const onValue = cfg.model.overlayValue;
+  const plain = isCompetitive(cfg.model);
   for (let start = 0, index = 0; start < split.count; start += b, index++) {
     const n = Math.min(b, split.count - start);
     let x: Float32Array;
-    if (rule === 'goodness') {
+    if (plain) {
+      x = split.images.slice(start * dim, (start + n) * dim);
+    } else if (rule === 'goodness') {
       x = overlayAllLabels(
         split.images,
         start,
@@ -138,6 +154,7 @@ export function* evalBatches(
       x = split.images.slice(start * dim, (start + n) * dim);
       for (let i = 0; i < n; i++) x.fill(onValue / NUM_CLASSES, i * dim, i * dim + NUM_CLASSES);
     }
-    yield { index, images: n, rule, x, labels: split.labels.subarray(start, start + n) };
+    const rows = plain || rule === 'readout' ? n : NUM_CLASSES * n;
+    yield { index, images: n, rule, rows, x, labels: split.labels.subarray(start, start + n) };
   }
 }

@@ -3,14 +3,25 @@
 // produced for the same batch in the same step, exactly as stage l would receive them.
 import * as tf from '@tensorflow/tfjs';
 import { checkMemoryBudget } from '../backend/backend.js';
+import { CompetitiveLayer } from './competitive-layer.js';
 import { FFLayer, type GoodnessType, type LossType, type StepStats } from './ff-layer.js';
+import { isConv, modelShapes, modelWidths, type LayerSpec } from './model-shape.js';
 import type { OptimizerConfig } from './optimizer.js';
 import type { NamedTensor } from './safetensors.js';
 import { READOUT_CLASSES } from './readout.js';
 
+/** What a model's layers train on: an FF loss, or every layer channel-wise competitive. */
+export type ModelLoss = LossType | 'competitive';
+
+/** A layer of either kind: FF (label overlay, positive and negative data) or competitive. */
+export type Layer = FFLayer | CompetitiveLayer;
+
 export interface ModelConfig {
-  /** Widths from the input to the last layer, e.g. [784, 1000, 1000]. */
-  layers: number[];
+  /**
+   * The input, then one entry per layer (model-shape.ts): widths for dense layers, e.g.
+   * [784, 1000, 1000], or [channels, height, width] and conv specs.
+   */
+  layers: LayerSpec[];
   goodness: GoodnessType;
   negate: boolean;
   threshold: number;
@@ -18,7 +29,7 @@ export interface ModelConfig {
    * The FF objective ('threshold' when absent), for every layer or a list with one per layer,
    * and the scale of goodness that 'symba' and 'softmax' use.
    */
-  loss?: LossType | LossType[];
+  loss?: ModelLoss | LossType[];
   alpha?: number;
   normEps: number;
   /** Peer normalisation: the weight of its term (0: off) and the decay of its running mean. */
@@ -28,17 +39,40 @@ export interface ModelConfig {
 }
 
 /**
- * Refuses, before anything is built, a run whose batches would not fit the backend's memory:
- * a training step holds a few [2B, width] activations per layer ([3B, width] with readouts),
- * an evaluation batch [10B, width]. `widest` is the widest input or output of the layers held.
+ * Refuses, before anything is built, a run whose batches would not fit the backend's memory.
+ * FF: a training step holds a few [2B, width] activations per layer ([3B, width] with
+ * readouts), an evaluation batch [10B, width]. Competitive: a step holds its input, the im2col
+ * patches (kernel^2 times the input), the products and a few copies of the output; evaluation
+ * runs in chunks of a training batch, but holds its whole batch's input and output.
+ * `layers`: the 0-based layers held.
  */
 export function checkRunMemory(
-  widest: number,
+  model: ModelConfig,
+  layers: readonly number[],
   batchSize: number,
   evalBatchSize: number,
-  readout: boolean,
 ): void {
-  checkMemoryBudget((readout ? 3 : 2) * batchSize * widest * 4 * 6, `a batch of ${batchSize}`);
+  const widths = modelWidths(model.layers);
+  const widest = Math.max(...layers.flatMap((i) => [widths[i]!, widths[i + 1]!]));
+  if (isCompetitive(model)) {
+    const step = Math.max(
+      ...layers.map((i) => {
+        const spec = model.layers[i + 1]!;
+        const patches = isConv(spec) ? widths[i]! * spec.kernel ** 2 : 0;
+        const [h, w, c] = modelShapes(model.layers)[i + 1]!;
+        const pool = isConv(spec) ? (spec.pool ?? 1) ** 2 : 1;
+        return widths[i]! + 2 * patches + 3 * h * w * c * pool + 4 * widths[i + 1]!;
+      }),
+    );
+    checkMemoryBudget(batchSize * step * 4, `a batch of ${batchSize}`);
+    checkMemoryBudget(
+      evalBatchSize * widest * 4 * 3,
+      `an evaluation batch of ${evalBatchSize} images`,
+    );
+    return;
+  }
+  const rows = batchRows(model, batchSize);
+  checkMemoryBudget(rows * widest * 4 * 6, `a batch of ${batchSize}`);
   checkMemoryBudget(
     READOUT_CLASSES * evalBatchSize * widest * 4 * 4,
     `an evaluation batch of ${evalBatchSize} images (${READOUT_CLASSES * evalBatchSize} rows)`,
@@ -60,6 +94,40 @@ export function layerPrefix(index: number): string {
   return `layers.${index}`;
 }
 
+/**
+ * The shapes of layer `index`'s parameters under their saved names (no optimizer slots): what
+ * a weights file must hold for it. FF: weight [out, in] and bias; competitive: the kernel
+ * ([out, in / groups, k, k], dense [out, in]), bias, and BatchNorm's four.
+ */
+export function layerParamShapes(
+  model: Pick<ModelConfig, 'layers' | 'loss'>,
+  index: number,
+): [string, number[]][] {
+  const p = layerPrefix(index);
+  const shapes = modelShapes(model.layers);
+  const spec = model.layers[index + 1]!;
+  const [inShape, outShape] = [shapes[index]!, shapes[index + 1]!];
+  const out = outShape[2];
+  const inWidth = inShape[0] * inShape[1] * inShape[2];
+  if (!isCompetitive(model)) {
+    return [
+      [`${p}.weight`, [out, inWidth]],
+      [`${p}.bias`, [out]],
+    ];
+  }
+  const kernel = isConv(spec)
+    ? [out, inShape[2] / (spec.groups ?? 1), spec.kernel, spec.kernel]
+    : [out, inWidth];
+  return [
+    [`${p}.weight`, kernel],
+    [`${p}.bias`, [out]],
+    ...['bn.weight', 'bn.bias', 'bn.runningMean', 'bn.runningVar'].map((n): [string, number[]] => [
+      `${p}.${n}`,
+      [out],
+    ]),
+  ];
+}
+
 /** The tensors of layer `index` (0-based) among a model's, under their saved names. */
 export function layerTensors(
   tensors: ReadonlyMap<string, NamedTensor>,
@@ -75,9 +143,30 @@ export function layerSeed(runSeed: number, index: number): number {
 }
 
 /** The objective of layer `index` (0-based). */
-export function layerLoss(model: Pick<ModelConfig, 'loss'>, index: number): LossType {
+export function layerLoss(model: Pick<ModelConfig, 'loss'>, index: number): ModelLoss {
   const loss = model.loss ?? 'threshold';
   return typeof loss === 'string' ? loss : (loss[index] ?? 'threshold');
+}
+
+/**
+ * Whether the model's layers are channel-wise competitive: its batches are plain images with
+ * their labels (no overlay, no negatives), and each layer scores every class in one pass.
+ */
+export function isCompetitive(model: Pick<ModelConfig, 'loss'>): boolean {
+  return model.loss === 'competitive';
+}
+
+/**
+ * Rows of a training batch of `nPos` images: each once (competitive), positive and negative
+ * (FF), and a third time with a neutral label (FF with readouts).
+ */
+export function batchRows(model: Pick<ModelConfig, 'loss' | 'readout'>, nPos: number): number {
+  return (isCompetitive(model) ? 1 : model.readout ? 3 : 2) * nPos;
+}
+
+/** Whether a training batch carries its true labels (readouts and competitive layers train on them). */
+export function carriesLabels(model: Pick<ModelConfig, 'loss' | 'readout'>): boolean {
+  return isCompetitive(model) || (model.readout ?? false);
 }
 
 /** Builds layer `index` of a model: what a pipeline stage does for its own layer. */
@@ -87,14 +176,29 @@ export function buildLayer(
   runSeed: number,
   index: number,
   shards = 1,
-): FFLayer {
-  const inDim = model.layers[index];
-  const outDim = model.layers[index + 1];
-  if (inDim === undefined || outDim === undefined) {
+): Layer {
+  const spec = model.layers[index + 1];
+  if (spec === undefined || index < 0) {
     throw new RangeError(
       `layer ${index + 1} does not exist in a model with ${model.layers.length - 1} layers`,
     );
   }
+  const loss = layerLoss(model, index);
+  if (loss === 'competitive') {
+    if (Array.isArray(spec)) throw new RangeError(`layer ${index + 1} is not a layer`);
+    return new CompetitiveLayer(
+      {
+        inShape: modelShapes(model.layers)[index]!,
+        spec: spec as number | Exclude<LayerSpec, number | readonly number[]>,
+        alpha: model.alpha ?? 1,
+        seed: layerSeed(runSeed, index),
+      },
+      optimizer,
+    );
+  }
+  if (isConv(spec))
+    throw new RangeError(`layer ${index + 1}: a conv layer needs loss 'competitive'`);
+  const [inDim, outDim] = modelWidths(model.layers).slice(index, index + 2) as [number, number];
   return new FFLayer(
     {
       inDim,
@@ -102,7 +206,7 @@ export function buildLayer(
       goodness: model.goodness,
       negate: model.negate,
       threshold: model.threshold,
-      loss: layerLoss(model, index),
+      loss,
       alpha: model.alpha ?? 1,
       normEps: model.normEps,
       seed: layerSeed(runSeed, index),
@@ -125,9 +229,15 @@ export function layerStateFloats(
   optimizer: OptimizerConfig,
   index: number,
 ): number {
-  const inDim = model.layers[index]!;
-  const outDim = model.layers[index + 1]!;
   const copies = 1 + (optimizer.type === 'sgd' ? 1 : 2); // the value and its slots
+  const [inDim, outDim] = modelWidths(model.layers).slice(index, index + 2) as [number, number];
+  if (isCompetitive(model)) {
+    // Kernel, bias, BatchNorm's scale and shift with their slots; its running statistics.
+    const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+    const params = layerParamShapes(model, index).map(([, shape]) => size(shape));
+    const running = params.slice(-2).reduce((a, b) => a + b, 0);
+    return (params.reduce((a, b) => a + b, 0) - running) * copies + running;
+  }
   let params = outDim * (inDim + 1);
   if (model.readout) params += READOUT_CLASSES * (outDim + 1);
   const peer = (model.peerNorm?.weight ?? 0) > 0 ? outDim : 0;
@@ -135,7 +245,7 @@ export function layerStateFloats(
 }
 
 export class FFNetwork {
-  readonly layers: FFLayer[];
+  readonly layers: Layer[];
 
   constructor(model: ModelConfig, optimizer: OptimizerConfig, seed: number, shards = 1) {
     this.layers = model.layers
@@ -166,9 +276,10 @@ export class FFNetwork {
           goodnessNeg: goodnessNeg!,
           seconds: 0,
         };
-        if (step.logits) {
-          out.logits = step.logits.dataSync() as Float32Array;
-          step.logits.dispose();
+        const logits = 'logits' in step ? (step.logits as tf.Tensor2D | undefined) : undefined;
+        if (logits) {
+          out.logits = logits.dataSync() as Float32Array;
+          logits.dispose();
         }
         out.seconds = (performance.now() - t0) / 1000;
         stats.push(out);
@@ -196,7 +307,7 @@ export class FFNetwork {
   private perLayer(
     x: Float32Array,
     rows: number,
-    score: (layer: FFLayer, h: tf.Tensor2D) => tf.Tensor,
+    score: (layer: Layer, h: tf.Tensor2D) => tf.Tensor,
   ): Float32Array[] {
     let input = tf.tensor2d(x, [rows, this.layers[0]!.config.inDim]);
     const out: Float32Array[] = [];

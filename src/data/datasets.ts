@@ -2,59 +2,30 @@ import { mkdir, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ffxPackage } from '../package.js';
-import { downloadVerified, type DownloadOptions, type FetchLike } from './download.js';
+import { loadCifar10 } from './cifar10.js';
+import {
+  DATASET_NAMES,
+  IDX_FILE_NAMES,
+  type Dataset,
+  type DatasetName,
+  type IdxFileName,
+  type LoadOptions,
+  type Split,
+} from './dataset-types.js';
+import { downloadVerified } from './download.js';
 import { DataError, isDataError } from './errors.js';
 import { readIdxFile, type IdxArray } from './idx.js';
 
-/** One split; images are row-major [count, rows, cols]. */
-export interface Split {
-  images: Uint8Array;
-  labels: Uint8Array;
-  count: number;
-  rows: number;
-  cols: number;
-}
-
-export type DatasetName = 'mnist' | 'fashion-mnist' | 'fashion-mnist-sample';
-
-export const DATASET_NAMES: readonly DatasetName[] = [
-  'mnist',
-  'fashion-mnist',
-  'fashion-mnist-sample',
-];
-
-export interface Dataset {
-  name: DatasetName;
-  train: Split;
-  test: Split;
-  /** The directory the files were read from. */
-  source: string;
-}
-
-export type { FetchLike };
-
-export interface LoadOptions extends DownloadOptions {
-  /** Searched first, both as is and with /<name> appended. */
-  dataDir?: string;
-  /** Defaults to defaultCacheDir(); downloads go to <cacheDir>/datasets/<name>/. */
-  cacheDir?: string;
-  /** Download from the public mirrors when no local copy is found. Default true. */
-  download?: boolean;
-  /** Base URLs (ending in '/') to download from instead of the public mirrors. */
-  mirrors?: readonly string[];
-  /** Expected SHA-256 of the downloaded .gz files, instead of the built-in ones (tests). */
-  sha256?: Partial<Record<IdxFileName, string>>;
-  /** System directories to search instead of /usr/share/datasets/<name> (tests). */
-  systemDirs?: readonly string[];
-}
-
-export const IDX_FILE_NAMES = [
-  'train-images-idx3-ubyte',
-  'train-labels-idx1-ubyte',
-  't10k-images-idx3-ubyte',
-  't10k-labels-idx1-ubyte',
-] as const;
-export type IdxFileName = (typeof IDX_FILE_NAMES)[number];
+export {
+  DATASET_NAMES,
+  IDX_FILE_NAMES,
+  type Dataset,
+  type DatasetName,
+  type FetchLike,
+  type IdxFileName,
+  type LoadOptions,
+  type Split,
+} from './dataset-types.js';
 
 interface RemoteDataset {
   mirrors: readonly string[];
@@ -64,7 +35,7 @@ interface RemoteDataset {
   aptPackage?: string;
 }
 
-const REMOTE: Record<Exclude<DatasetName, 'fashion-mnist-sample'>, RemoteDataset> = {
+const REMOTE: Record<Exclude<DatasetName, 'fashion-mnist-sample' | 'cifar10'>, RemoteDataset> = {
   mnist: {
     // torchvision's mirror first; both serve LeCun's original files (torchvision checks the same
     // MD5s against either).
@@ -127,6 +98,7 @@ export async function loadDataset(name: DatasetName, opts: LoadOptions = {}): Pr
     );
   }
   if (name === 'fashion-mnist-sample') return loadSample();
+  if (name === 'cifar10') return loadCifar10(opts, opts.cacheDir ?? defaultCacheDir());
   const remote = REMOTE[name];
   const cacheDir = join(opts.cacheDir ?? defaultCacheDir(), 'datasets', name);
   const log = opts.log ?? (() => {});
@@ -300,7 +272,7 @@ function makeSplit(
       );
     }
   }
-  return { images: images.data, labels: data, count, rows, cols };
+  return { images: images.data, labels: data, count, rows, cols, channels: 1 };
 }
 
 /** ffx's package root: the shipped sample lives under it. */
@@ -336,6 +308,7 @@ async function loadSample(): Promise<Dataset> {
     count: to - from,
     rows: all.rows,
     cols: all.cols,
+    channels: 1,
   });
   return {
     name: 'fashion-mnist-sample',

@@ -235,10 +235,14 @@ export interface BatchSamplerOptions {
   jitter?: number;
   /** [rows, cols] of an image (needed with jitter). */
   imageShape?: readonly [number, number];
+  /** Values per pixel, channels last (default 1). */
+  channels?: number;
   /** The scaled value of a black pixel (0 with 'unit' scaling). */
   background?: number;
   /** Each image a third time after the negatives, with a neutral label (for a readout). */
   neutral?: boolean;
+  /** Each image once as it is: no overlay, no negatives (competitive layers). */
+  plain?: boolean;
   /**
    * Hard negatives: `fraction` of the negative labels drawn from `probs(epoch)`, predicted
    * probabilities of every training image ([count, NUM_CLASSES], by image index; null for
@@ -333,8 +337,9 @@ export class BatchSampler {
     }
     if (jitter > 0) {
       const [rows, cols] = opts.imageShape ?? [0, 0];
-      if (rows * cols !== dim)
-        fail(`options.imageShape must be [rows, cols] with rows*cols = ${dim}`);
+      const channels = opts.channels ?? 1;
+      if (rows * cols * channels !== dim)
+        fail(`options.imageShape must be [rows, cols] with rows*cols*${channels} = ${dim}`);
       if (jitter >= Math.min(rows, cols)) {
         fail(`options.jitter must be below the image size ${rows}x${cols}, got ${jitter}`);
       }
@@ -354,7 +359,9 @@ export class BatchSampler {
     const order = shuffle ? rng.permutation(this.count) : null;
     const jitterRng = jitter > 0 ? Rng.derive(this.opts.seed, JITTER_STREAM + epochIndex) : null;
     const [rows, cols] = this.opts.imageShape ?? [0, 0];
-    const copies = this.opts.neutral ? 3 : 2;
+    const channels = this.opts.channels ?? 1;
+    const plain = this.opts.plain ?? false;
+    const copies = plain ? 1 : this.opts.neutral ? 3 : 2;
     const hard = this.opts.hardNegatives;
     const probs = hard?.probs(epochIndex) ?? null;
     for (let index = 0; index < this.batchesPerEpoch; index++) {
@@ -371,13 +378,29 @@ export class BatchSampler {
         if (jitterRng) {
           const dy = jitterRng.int(2 * jitter + 1) - jitter;
           const dx = jitterRng.int(2 * jitter + 1) - jitter;
-          shiftImage(image, rows, cols, dy, dx, background, x, i * dim);
-          x.copyWithin((size + i) * dim, i * dim, (i + 1) * dim);
+          // Channels last: a row of the image is cols * channels values.
+          shiftImage(image, rows, cols * channels, dy, dx * channels, background, x, i * dim);
+          if (!plain) x.copyWithin((size + i) * dim, i * dim, (i + 1) * dim);
         } else {
           x.set(image, i * dim);
-          x.set(image, (size + i) * dim);
+          if (!plain) x.set(image, (size + i) * dim);
         }
         batchLabels[i] = labels[row]!;
+      }
+      if (plain) {
+        const none = new Float32Array(0);
+        yield {
+          index,
+          size,
+          x,
+          pos: x,
+          neg: none,
+          neutral: none,
+          labels: batchLabels,
+          negLabels: new Uint8Array(0),
+          rows: batchRows,
+        };
+        continue;
       }
       const negLabels = probs
         ? sampleHardNegativeLabels(batchLabels, rowsOf(probs, batchRows), hard!.fraction, rng)

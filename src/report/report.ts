@@ -3,6 +3,7 @@
 // went, the confusion matrix, the config. The charts are Vega-Lite specs compiled here to
 // Vega, drawn in the page by Vega's own build, inlined: the file opens from disk with no
 // network, and every number in it comes from the run directory.
+import { describeLayers, type LayerSpec } from '../core/model-shape.js';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../checkpoint/atomic-file.js';
 import { RUN_FILES } from '../checkpoint/run-dir.js';
@@ -163,7 +164,11 @@ export function obj(v: unknown): Record<string, unknown> {
 
 function layersOf(model: Record<string, unknown>): string {
   const layers = model.layers;
-  return Array.isArray(layers) ? `model ${layers.map(String).join('-')}` : 'model ?';
+  try {
+    return `model ${describeLayers(layers as LayerSpec[])}`;
+  } catch {
+    return 'model ?';
+  }
 }
 
 export const pct = (x: number) => `${(100 * x).toFixed(2)}%`;

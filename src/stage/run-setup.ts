@@ -5,8 +5,8 @@
 // the stage holds. A config the stage cannot serve is a StageError whose code the coordinator
 // sees; nothing here sends, binds or keeps a timer.
 import { ConfigError, validateSection } from '../config/config.js';
-import type { FFLayer } from '../core/ff-layer.js';
-import { buildLayer, checkRunMemory, layerPrefix } from '../core/ff-network.js';
+import { buildLayer, checkRunMemory, layerPrefix, type Layer } from '../core/ff-network.js';
+import { describeLayers, modelWidths } from '../core/model-shape.js';
 import { NUM_CLASSES } from '../data/classes.js';
 import { MAX_HEADER_BYTES } from '../transport/bounds.js';
 import type { ConfigMessage } from '../transport/wire.js';
@@ -20,9 +20,9 @@ import { layersOf, rangeLabel, type LayerRange } from '../transport/layer-range.
 export function setUpRun(
   config: ConfigMessage,
   layers: LayerRange,
-  held: readonly FFLayer[] | null,
+  held: readonly Layer[] | null,
   replica = 1,
-): FFLayer[] {
+): Layer[] {
   const name = rangeLabel(layers);
   const bad = (message: string) =>
     new StageError('STAGE_BAD_CONFIG', `${name}: config of run ${config.run}: ${message}`);
@@ -46,19 +46,15 @@ export function setUpRun(
     if (err instanceof ConfigError) throw bad(err.message);
     throw err;
   }
+  const widths = modelWidths(model.layers);
   const shapes = layersOf(layers).map((layer) => {
-    const [inDim, outDim] = [model.layers[layer - 1], model.layers[layer]];
+    const [inDim, outDim] = [widths[layer - 1], widths[layer]];
     if (inDim === undefined || outDim === undefined) {
-      throw bad(`model.layers ${model.layers.join('-')} has no layer ${layer}`);
+      throw bad(`model.layers ${describeLayers(model.layers)} has no layer ${layer}`);
     }
     // The run's largest batches must fit this backend: refused now, not crashed on later.
     try {
-      checkRunMemory(
-        Math.max(inDim, outDim),
-        config.batchSize,
-        config.evalBatchSize,
-        model.readout,
-      );
+      checkRunMemory(model, [layer - 1], config.batchSize, config.evalBatchSize);
     } catch (err) {
       throw bad((err as Error).message);
     }
@@ -82,7 +78,7 @@ export function setUpRun(
     }
     return [...held!];
   }
-  const built: FFLayer[] = [];
+  const built: Layer[] = [];
   try {
     for (const { layer } of shapes) {
       const index = layer - 1;

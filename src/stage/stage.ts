@@ -38,7 +38,8 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { Dealer, type Push } from 'zeromq';
 import type { BackendInfo } from '../backend/backend.js';
-import type { FFLayer } from '../core/ff-layer.js';
+import { FFLayer } from '../core/ff-layer.js';
+import type { Layer } from '../core/ff-network.js';
 import { layerPrefix } from '../core/ff-network.js';
 import { readFloats } from '../core/host-memory.js';
 import { addressError, type ErrorCode } from '../errors.js';
@@ -175,7 +176,7 @@ export class Stage {
   endpoint = '';
   private state: StageState = 'waiting';
   /** The layers held, first to last (empty before the first run). */
-  private layers: FFLayer[] = [];
+  private layers: Layer[] = [];
   private current: Run | null = null;
   /** Ids of the runs served before (the last PAST_RUNS): their leftovers are known as such. */
   private readonly pastRuns: string[] = [];
@@ -356,6 +357,12 @@ export class Stage {
   // -------------------------------------------------------------------------------------------
 
   /** The one way the state changes: along a transition of stage-states.ts, or a thrown bug. */
+  /** The layout of the batches this stage's layers take. */
+  private inputKind(): InputKind {
+    const first = this.layers[0]!;
+    return first instanceof FFLayer ? (first.readout ? 'readout' : 'ff') : 'competitive';
+  }
+
   private enter(next: StageState, why: string): void {
     if (this.state === next) return;
     checkTransition(this.state, next);
@@ -679,7 +686,7 @@ export class Stage {
     try {
       msg = decodeData(frames);
       if (run && msg.header.run === run.id) {
-        checkBatch(msg.header, run.config, this.layers[0]!.readout !== null);
+        checkBatch(msg.header, run.config, this.inputKind());
         checkData(msg, { width: this.layers[0]!.config.inDim, checkFinite: true });
       }
     } catch (err) {
@@ -845,7 +852,7 @@ export class Stage {
     let inputs = first;
     const steps: LayerStepResult[] = [];
     let whole: tf.Tensor2D | null = null;
-    for (const [i, layer] of this.layers.entries()) {
+    for (const [i, layer] of this.ffLayers().entries()) {
       const t0 = performance.now();
       const layerNo = this.opts.layers.first + i;
       const mine = layer.shardParts(
@@ -897,6 +904,14 @@ export class Stage {
     return { steps, h: whole! };
   }
 
+  /** The layers as FF layers: replicas share shards, which only FF layers have. */
+  private ffLayers(): FFLayer[] {
+    return this.layers.map((l) => {
+      if (!(l instanceof FFLayer)) throw new Error('replicas need FF layers (with shards)');
+      return l;
+    });
+  }
+
   /**
    * A replica's step (not the primary): each layer's parts for its shards to the primary, then
    * the summed gradient it sends back, applied. Nothing goes downstream or to the coordinator.
@@ -906,7 +921,7 @@ export class Stage {
     const t0 = performance.now();
     const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch);
     let inputs = first;
-    for (const [i, layer] of this.layers.entries()) {
+    for (const [i, layer] of this.ffLayers().entries()) {
       const layerNo = this.opts.layers.first + i;
       const mine = layer.shardParts(
         inputs,
@@ -971,10 +986,10 @@ export class Stage {
       const h = layer.forward(input);
       input.dispose();
       input = h;
-      // One row per image: neutral labels, the readout's log-probabilities, label-major as
-      // goodness is.
+      // One row per image: a competitive layer's class goodness, or (neutral labels) the
+      // readout's log-probabilities, label-major as goodness is.
       const g =
-        rows === header.images
+        rows === header.images && layer instanceof FFLayer
           ? tf.tidy(() => tf.transpose(layer.readoutScores(h)).reshape([-1]))
           : layer.goodness(h);
       steps.push({ g: g.dataSync() as Float32Array, stepMs: performance.now() - t0 });
@@ -1173,18 +1188,45 @@ function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
 }
 
-/** A batch no larger than the run's: the size this stage checked its memory for. */
-function checkBatch(header: DataHeader, config: ConfigMessage, readout: boolean): void {
-  if (header.kind === 'train' && (header.tensors.length === 2) !== readout) {
+/**
+ * What a stage's layers take: FF rows (pos; neg) without labels, with readouts (pos; neg;
+ * neutral) and labels, or competitive (each image once) with labels.
+ */
+type InputKind = 'ff' | 'readout' | 'competitive';
+
+/**
+ * A batch of the layout the stage's layers take, no larger than the run's: the size this
+ * stage checked its memory for.
+ */
+function checkBatch(header: DataHeader, config: ConfigMessage, kind: InputKind): void {
+  const labelled = kind !== 'ff';
+  if (header.kind === 'train' && (header.tensors.length === 2) !== labelled) {
     throw new ProtocolError(
       'BAD_SHAPE',
-      readout
-        ? "a train message of this run carries the labels 'y' (its layers have readouts)"
+      labelled
+        ? `a train message of this run carries the labels 'y' (its layers are ${kind})`
         : "a train message of this run carries no labels 'y' (its layers have no readouts)",
     );
   }
-  if (header.kind === 'eval' && !readout && header.tensors[0]!.shape[0] === header.images) {
-    throw new ProtocolError('BAD_SHAPE', 'a readout evaluation, but this layer has no readout');
+  const rows = header.kind === 'marker' ? 0 : header.tensors[0]!.shape[0]!;
+  if (
+    header.kind === 'train' &&
+    rows !== (kind === 'competitive' ? 1 : 3) * header.nPos &&
+    labelled
+  ) {
+    throw new ProtocolError(
+      'BAD_SHAPE',
+      `a train message of this run has ${kind === 'competitive' ? 'nPos' : '3 * nPos'} rows (its layers are ${kind}); got ${rows}`,
+    );
+  }
+  if (header.kind === 'eval' && (rows === header.images) !== (kind === 'competitive')) {
+    if (kind === 'ff')
+      throw new ProtocolError('BAD_SHAPE', 'a readout evaluation, but this layer has no readout');
+    if (kind === 'competitive')
+      throw new ProtocolError(
+        'BAD_SHAPE',
+        'an evaluation with label overlays, but competitive layers take each image once',
+      );
   }
   const [n, max, what] =
     header.kind === 'train'

@@ -45,7 +45,8 @@ interface HeaderBase {
 /**
  * Tensor 'x' (first) is [2 * nPos, d]: the positive rows, then the negative rows. In a run
  * with readouts, x is [3 * nPos, d] (then the neutral rows) and tensor 'y' [nPos] holds the
- * true labels (as floats), which the readouts train on.
+ * true labels (as floats), which the readouts train on. In a run of competitive layers, x is
+ * [nPos, d], each image once as it is, and 'y' its labels.
  */
 export interface TrainHeader extends HeaderBase {
   kind: 'train';
@@ -56,7 +57,8 @@ export interface TrainHeader extends HeaderBase {
 
 /**
  * Tensor 'x' (first) is [NUM_CLASSES * images, d], label-major: image i with label c is row
- * c * images + i; or, to evaluate the readouts, [images, d]: each image once, neutral label.
+ * c * images + i; or, to evaluate the readouts, [images, d]: each image once, neutral label;
+ * or, for competitive layers, [images, d]: each image once as it is.
  */
 export interface EvalHeader extends HeaderBase {
   kind: 'eval';
@@ -249,8 +251,8 @@ function checkDataHeader(h: Obj): DataHeader {
           tensors.map((t) => `'${t.name}' ${fmtShape(t.shape)}`).join(', '),
       );
     }
-    rows = [y ? 3 * n : 2 * n];
-    why = y ? `3 * nPos = 3 * ${n} (with labels 'y')` : `2 * nPos = 2 * ${n}`;
+    rows = y ? [3 * n, n] : [2 * n];
+    why = y ? `3 * nPos = ${3 * n} or nPos = ${n} (with labels 'y')` : `2 * nPos = 2 * ${n}`;
   } else {
     if (tensors.length !== 1) {
       throw new ProtocolError(

@@ -116,7 +116,7 @@ describe('validateConfig', () => {
       [{ model: { threshold: Infinity } }, 'model.threshold', /a finite number; got null$/],
       [{ optimizer: { beta2: 1 } }, 'optimizer.beta2', /<= 0\.999999; got 1$/],
       [{ seed: 2 ** 40 }, 'seed', /an integer from 0 to 2147483647/],
-      [{ model: { layers: [784, 1e7] } }, 'model.layers', /integers from 1 to 1000000/],
+      [{ model: { layers: [784, 1e7] } }, 'model.layers[1]', /a width from 1 to 1000000/],
     ];
     for (const [over, key, message] of absurd) assertRejected(over, 'CONFIG_INVALID', key, message);
     assert.equal(validateConfig(withDefaults({ optimizer: { lr: 10 } })).optimizer.lr, 10);
@@ -136,22 +136,35 @@ describe('validateConfig', () => {
       /one of mean, sum/,
     );
     assertRejected(
-      { data: { dataset: 'cifar10' } },
+      { data: { dataset: 'imagenet' } },
       'CONFIG_INVALID',
       'data.dataset',
-      /one of mnist, fashion-mnist, fashion-mnist-sample/,
+      /one of mnist, fashion-mnist, fashion-mnist-sample, cifar10/,
     );
   });
 
-  it('requires model.layers to be at least two positive integer widths', () => {
-    for (const v of [[784], [], [784, 0], [784, 1.5], [784, -10], '784,100', [784, '100']]) {
+  it('requires model.layers to be the input and at least one layer, each entry named', () => {
+    for (const v of [[784], [], '784,100']) {
+      assertRejected({ model: { layers: v } }, 'CONFIG_INVALID', 'model.layers', /2 to 1001/);
+    }
+    for (const v of [
+      [784, 0],
+      [784, 1.5],
+      [784, -10],
+    ]) {
       assertRejected(
         { model: { layers: v } },
         'CONFIG_INVALID',
-        'model.layers',
-        /a list of 2 to 1001 integers from 1 to 1000000/,
+        'model.layers[1]',
+        /a width from 1 to 1000000/,
       );
     }
+    assertRejected(
+      { model: { layers: [784, '100'] } },
+      'CONFIG_INVALID',
+      'model.layers[1]',
+      /a width, an image \[channels, height, width\] or a conv layer; got "100"/,
+    );
     assert.deepEqual(
       validateConfig(withDefaults({ model: { layers: [4, 3] } })).model.layers,
       [4, 3],
@@ -169,6 +182,81 @@ describe('validateConfig', () => {
       withDefaults({ model: { layers: [784, 100, 100] }, eval: { skipFirst: true } }),
     );
     assert.equal(ok.eval.skipFirst, true);
+  });
+
+  it('takes conv layers after an image input, with loss competitive, naming a bad entry', () => {
+    const conv = (over: Record<string, unknown> = {}) => ({
+      conv: 20,
+      kernel: 3,
+      padding: 1,
+      ...over,
+    });
+    const model = {
+      layers: [[1, 28, 28], conv(), conv({ conv: 40, groups: 10, pool: 2 }), 10],
+      loss: 'competitive',
+    };
+    const ok = validateConfig(withDefaults({ model }));
+    assert.deepEqual(ok.model.layers, model.layers);
+    assertRejected(
+      { model: { ...model, loss: 'threshold' } },
+      'CONFIG_INVALID',
+      'model.loss',
+      /'competitive' in a model with conv layers/,
+    );
+    assertRejected(
+      { model: { ...model, layers: [[1, 28, 28], conv({ kernal: 3 })] } },
+      'CONFIG_UNKNOWN_KEY',
+      'model.layers[1].kernal',
+      /known here: conv, kernel, stride, padding, pool, groups/,
+    );
+    assertRejected(
+      { model: { ...model, layers: [[1, 28, 28], conv({ stride: 0 })] } },
+      'CONFIG_INVALID',
+      'model.layers[1].stride',
+      /an integer from 1 to 64/,
+    );
+    assertRejected(
+      { model: { ...model, layers: [[1, 28, 28], conv({ conv: 25 })] } },
+      'CONFIG_INVALID',
+      'model.layers[1]',
+      /split into 10 class groups/,
+    );
+    assertRejected(
+      { model: { ...model, layers: [[1, 4, 4], conv({ kernel: 7, padding: 0 })] } },
+      'CONFIG_INVALID',
+      'model.layers',
+      /layer 1: a 7x7 kernel does not fit a 4x4 input/,
+    );
+    assertRejected(
+      { model: { ...model, layers: [[1, 28, 28], 100, conv()] } },
+      'CONFIG_INVALID',
+      'model.layers',
+      /layer 2: a conv layer cannot follow a dense one/,
+    );
+    assertRejected(
+      { model: { ...model, layers: [[1, 28, 28], conv({ groups: 3 })] } },
+      'CONFIG_INVALID',
+      'model.layers',
+      /its 3 groups must divide its 1 input and 20 output channels/,
+    );
+    assertRejected(
+      { model: { ...model, layers: [784, [1, 28, 28]] } },
+      'CONFIG_INVALID',
+      'model.layers[1]',
+      /first an image/,
+    );
+    assertRejected(
+      { model, train: { shards: 2 } },
+      'CONFIG_INVALID',
+      'train.shards',
+      /BatchNorm's statistics are over the whole batch/,
+    );
+    assertRejected(
+      { model: { ...model, readout: true } },
+      'CONFIG_INVALID',
+      'model.readout',
+      /false with loss 'competitive'/,
+    );
   });
 
   it('train.shards: 1 to 1024, and 1 with peer normalisation or readouts', () => {
@@ -264,7 +352,12 @@ describe('validateConfig', () => {
       'model.loss[1]',
       /one of threshold, symba, softmax/,
     );
-    assertRejected({ model: { loss: [] } }, 'CONFIG_INVALID', 'model.loss', /a list of them/);
+    assertRejected(
+      { model: { loss: [] } },
+      'CONFIG_INVALID',
+      'model.loss',
+      /or a list of threshold, symba, softmax/,
+    );
     // A stage checks the section it is sent under the same rules.
     assert.throws(
       () => validateSection('model', { ...DEFAULT_CONFIG.model, loss: ['threshold', 'softmax'] }),

@@ -1,0 +1,407 @@
+// A channel-wise competitive layer (CwComp, Papachristodoulou et al., AAAI 2024): conv or dense,
+// trained on its own loss with no negative data and no label overlay. The layer's output
+// channels are cut into ten contiguous groups, one per class (channels [j S, (j+1) S), S =
+// channels / 10), and class j's goodness is its group's mean squared activity:
+//   Z = conv(X) + b   (or X W^T + b for a dense layer)
+//   m = maxpool(relu(Z))                        (pool 1: none)
+//   Y = gamma (m - mu) / sqrt(var + eps) + beta (BatchNorm: the batch's statistics in training,
+//                                                running ones, as PyTorch keeps them, after)
+//   G_j = mean over positions and group j's channels of Y^2             -> G [B, 10]
+//   L = -mean_i log softmax(alpha G_i)[y_i]     (the cross-entropy of the true class)
+// A layer predicts argmax_j G_j in one pass; a set of layers sums their G (predict.ts). What the
+// next layer gets is Y, computed before this step's update, as FFLayer hands on H.
+//
+// The gradient, closed-form (checked against tfjs autograd in the tests):
+//   dL/dG[b,j] = alpha (softmax(alpha G_b)_j - [j = y_b]) / B
+//   dL/dY      = dL/dG[b, class of c] 2 Y / (positions S)
+//   dbeta = sum dY,  dgamma = sum dY xhat     (xhat = (m - mu) / sqrt(var + eps), sums over the
+//                                              batch's M pooled positions)
+//   dm   = gamma / sqrt(var + eps) (dY - dbeta / M - xhat dgamma / M)
+//   dZ   = dm at each window's maximum where Z + b > 0, else 0;   db = sum dZ
+//   dW   = P^T dZ                              (P: the im2col patches of X; no dX: FF is local)
+// The convolution is an im2col product, Z = P W, on whatever runs the backend's matrix products
+// (BLAS under wasm+blas), and everything around the two products is a pass or two over host
+// arrays (conv-kernels.ts). Grouped convolutions are a batch of G products, one per group.
+//
+// Weights are saved as PyTorch keeps them: conv [out, in/groups, k, k], dense [out, in]; the
+// layer computes with the conv kernel as [groups, k*k*in/groups, out/groups] (rows in (ky, kx,
+// channel) order). Activations are channels last ([rows, height, width, channels], flat per
+// row: model-shape.ts), so a dense layer after a conv one reads its input in (h, w, c) order.
+import * as tf from '@tensorflow/tfjs';
+import { hostView, hostWritten, ownedVariable, readFloats } from './host-memory.js';
+import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
+import type { NamedTensor } from './safetensors.js';
+import { convOutput, isConv, type ConvSpec, type Shape } from './model-shape.js';
+import { READOUT_CLASSES } from './readout.js';
+import {
+  affine,
+  backward,
+  channelMoments,
+  classGoodness,
+  im2col,
+  reluPool,
+  softmaxLoss,
+  type Geometry,
+} from './conv-kernels.js';
+
+export const CLASSES = READOUT_CLASSES;
+/** BatchNorm's epsilon and the weight of each batch in its running statistics (PyTorch's). */
+export const BN_EPS = 1e-4;
+export const BN_MOMENTUM = 0.1;
+/** Images per forward pass when evaluating: bounds the patches' memory whatever the batch. */
+const FORWARD_CHUNK = 128;
+
+export interface CompetitiveConfig {
+  /** [height, width, channels] of the input. */
+  inShape: Shape;
+  /** A conv layer's spec, or a dense layer's width. */
+  spec: ConvSpec | number;
+  /** The scale of goodness in the softmax (default 1). */
+  alpha: number;
+  seed: number;
+}
+
+/** A host copy of a tensor's values, or a view of them where the backend allows. */
+function host(t: tf.Tensor): Float32Array {
+  return hostView(t) ?? (t.dataSync() as Float32Array);
+}
+
+/** A new float32 tensor of `shape` whose values `fill` writes (in place where it can). */
+function fromHost(shape: number[], fill: (out: Float32Array) => void): tf.Tensor {
+  const t = tf.zeros(shape);
+  const view = hostView(t, true);
+  if (view) {
+    fill(view);
+    hostWritten(t);
+    return t;
+  }
+  t.dispose();
+  const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  fill(values);
+  return tf.tensor(values, shape);
+}
+
+/** The layout change between PyTorch's conv weight [O, Cg, k, k] and [G, k*k*Cg, O/G]. */
+function permuteKernel(
+  from: Float32Array,
+  o: number,
+  groups: number,
+  cg: number,
+  k: number,
+  toTorch: boolean,
+): Float32Array {
+  const out = new Float32Array(from.length);
+  const og = o / groups;
+  for (let oc = 0; oc < o; oc++) {
+    const g = Math.floor(oc / og);
+    for (let ci = 0; ci < cg; ci++)
+      for (let ky = 0; ky < k; ky++)
+        for (let kx = 0; kx < k; kx++) {
+          const torch = ((oc * cg + ci) * k + ky) * k + kx;
+          const gemm = (g * k * k * cg + (ky * k + kx) * cg + ci) * og + (oc - g * og);
+          if (toTorch) out[torch] = from[gemm]!;
+          else out[gemm] = from[torch]!;
+        }
+  }
+  return out;
+}
+
+export class CompetitiveLayer {
+  readonly config: CompetitiveConfig & { inDim: number; outDim: number };
+  readonly outShape: Shape;
+  /** Conv: [groups, k*k*in/groups, out/groups]; dense: [out, in]. */
+  readonly kernel: tf.Variable;
+  readonly bias: tf.Variable<tf.Rank.R1>;
+  readonly gamma: tf.Variable<tf.Rank.R1>;
+  readonly beta: tf.Variable<tf.Rank.R1>;
+  readonly runningMean: Float32Array;
+  readonly runningVar: Float32Array;
+  readonly optimizer: LayerOptimizer;
+  readonly readout = null;
+  private readonly conv: ConvSpec | null;
+
+  constructor(config: CompetitiveConfig, optimizer: OptimizerConfig) {
+    const { inShape, spec } = config;
+    const [h, w, c] = inShape;
+    this.conv = isConv(spec) ? spec : null;
+    const out = this.conv ? convOutput(this.conv, inShape) : ([1, 1, spec as number] as const);
+    if (typeof out === 'string') throw new RangeError(`conv layer: ${out}`);
+    const channels = out[2];
+    if (channels % CLASSES !== 0) {
+      throw new RangeError(
+        `a competitive layer's ${channels} channels must split into ${CLASSES} equal class groups`,
+      );
+    }
+    this.outShape = out;
+    this.config = { ...config, inDim: h * w * c, outDim: out[0] * out[1] * out[2] };
+    // PyTorch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, drawn in
+    // PyTorch's layout.
+    const groups = this.conv?.groups ?? 1;
+    const fanIn = this.conv ? (this.conv.kernel ** 2 * c) / groups : h * w * c;
+    const bound = 1 / Math.sqrt(fanIn);
+    const init = tf.randomUniform([channels * fanIn], -bound, bound, 'float32', config.seed);
+    const values = init.dataSync() as Float32Array;
+    init.dispose();
+    this.kernel = ownedVariable(
+      this.conv
+        ? tf.tensor3d(
+            permuteKernel(values, channels, groups, c / groups, this.conv.kernel, false),
+            [groups, fanIn, channels / groups],
+          )
+        : tf.tensor2d(values, [channels, fanIn]),
+      true,
+    );
+    this.bias = ownedVariable(
+      tf.randomUniform([channels], -bound, bound, 'float32', config.seed + 1),
+      true,
+    );
+    this.gamma = ownedVariable(tf.ones([channels]), true);
+    this.beta = ownedVariable(tf.zeros([channels]), true);
+    this.runningMean = new Float32Array(channels);
+    this.runningVar = new Float32Array(channels).fill(1);
+    this.optimizer = new LayerOptimizer(optimizer, this.trainable());
+  }
+
+  get steps(): number {
+    return this.optimizer.step;
+  }
+
+  set steps(n: number) {
+    this.optimizer.step = n;
+  }
+
+  /**
+   * One step on a batch x [B, inDim] with its true `labels`: returns Y of every row (owned by
+   * the caller) and [loss, mean goodness of the true class, mean goodness of each other one].
+   */
+  trainStep(
+    x: tf.Tensor2D,
+    nPos: number,
+    lr: number,
+    labels?: ArrayLike<number>,
+  ): { h: tf.Tensor2D; stats: tf.Tensor1D; logits?: tf.Tensor2D } {
+    const rows = x.shape[0];
+    if (rows !== nPos || x.shape[1] !== this.config.inDim) {
+      throw new Error(
+        `trainStep: expected [${nPos}, ${this.config.inDim}], got [${x.shape.join(', ')}]`,
+      );
+    }
+    if (labels?.length !== rows) throw new Error(`trainStep: needs the ${rows} labels`);
+    const g = this.geometry(rows);
+    const out = g.out;
+    const { p, z } = this.product(x, g);
+    const pooled = rows * g.hp * g.wp * out;
+    const m = new Float32Array(pooled);
+    const arg = new Int32Array(pooled);
+    reluPool(host(z), host(this.bias), g, m, arg);
+    z.dispose();
+    const { mean, variance } = channelMoments(m, out);
+    const gamma = Float32Array.from(host(this.gamma));
+    const beta = host(this.beta);
+    const scale = Float64Array.from(gamma, (v, o) => v / Math.sqrt(variance[o]! + BN_EPS));
+    const shift = Float64Array.from(scale, (s, o) => beta[o]! - mean[o]! * s);
+    const y = new Float32Array(pooled);
+    affine(m, scale, shift, y);
+    const goodness = classGoodness(y, rows, out, CLASSES);
+    const { loss, dg } = softmaxLoss(goodness, labels, CLASSES, this.config.alpha);
+    let grads: { dgamma: Float32Array; dbeta: Float32Array; dbias: Float32Array } | null = null;
+    const dzShape = this.conv ? [g.groups, rows * g.ho * g.wo, out / g.groups] : [rows, out];
+    const dz = fromHost(dzShape, (view) => {
+      grads = backward(
+        { dg, m, y, arg, mean, variance, gamma, eps: BN_EPS, rows, out, classes: CLASSES },
+        view,
+      );
+    });
+    const { dgamma, dbeta, dbias } = grads!;
+    tf.tidy(() => {
+      const dw = this.conv
+        ? tf.matMul(p as tf.Tensor3D, dz as tf.Tensor3D, true, false)
+        : tf.matMul(dz as tf.Tensor2D, p as tf.Tensor2D, true, false);
+      this.optimizer.apply(
+        new Map<tf.Variable, tf.Tensor>([
+          [this.kernel, dw],
+          [this.bias, tf.tensor1d(dbias)],
+          [this.gamma, tf.tensor1d(dgamma)],
+          [this.beta, tf.tensor1d(dbeta)],
+        ]),
+        lr,
+      );
+    });
+    tf.dispose([dz, ...(p === x ? [] : [p])]);
+    // Running statistics as PyTorch keeps them: the variance unbiased.
+    const count = pooled / out;
+    for (let o = 0; o < out; o++) {
+      this.runningMean[o] = (1 - BN_MOMENTUM) * this.runningMean[o]! + BN_MOMENTUM * mean[o]!;
+      this.runningVar[o] =
+        (1 - BN_MOMENTUM) * this.runningVar[o]! +
+        (BN_MOMENTUM * variance[o]! * count) / Math.max(count - 1, 1);
+    }
+    let gTrue = 0;
+    let gAll = 0;
+    for (let b = 0; b < rows; b++) {
+      gTrue += goodness[b * CLASSES + labels[b]!]!;
+      for (let j = 0; j < CLASSES; j++) gAll += goodness[b * CLASSES + j]!;
+    }
+    const stats = tf.tensor1d([loss, gTrue / rows, (gAll - gTrue) / (rows * (CLASSES - 1))]);
+    return { h: tf.tensor2d(y, [rows, this.config.outDim]), stats };
+  }
+
+  /** Y with the running statistics: what evaluation, and a stage after a trained one, use. */
+  forward(x: tf.Tensor2D): tf.Tensor2D {
+    const rows = x.shape[0];
+    const out = this.outShape[2];
+    const y = new Float32Array(rows * this.config.outDim);
+    const scale = Float64Array.from(
+      host(this.gamma),
+      (v, o) => v / Math.sqrt(this.runningVar[o]! + BN_EPS),
+    );
+    const beta = host(this.beta);
+    const shift = Float64Array.from(scale, (s, o) => beta[o]! - this.runningMean[o]! * s);
+    for (let at = 0; at < rows; at += FORWARD_CHUNK) {
+      const n = Math.min(FORWARD_CHUNK, rows - at);
+      const chunk = tf.slice(x, [at, 0], [n, -1]);
+      const g = this.geometry(n);
+      const { p, z } = this.product(chunk, g);
+      const m = new Float32Array(n * g.hp * g.wp * out);
+      reluPool(host(z), host(this.bias), g, m, new Int32Array(m.length));
+      tf.dispose([chunk, p, z]);
+      affine(m, scale, shift, y.subarray(at * this.config.outDim, (at + n) * this.config.outDim));
+    }
+    return tf.tensor2d(y, [rows, this.config.outDim]);
+  }
+
+  /**
+   * Every class's goodness of activations `h` [rows, outDim], label-major ([CLASSES * rows]:
+   * value c * rows + i is row i's for class c), the layout overlay goodness has.
+   */
+  goodness(h: tf.Tensor2D): tf.Tensor1D {
+    const rows = h.shape[0];
+    const g = classGoodness(readFloats(h), rows, this.outShape[2], CLASSES);
+    const out = new Float32Array(rows * CLASSES);
+    for (let b = 0; b < rows; b++)
+      for (let j = 0; j < CLASSES; j++) out[j * rows + b] = g[b * CLASSES + j]!;
+    return tf.tensor1d(out);
+  }
+
+  readoutScores(): tf.Tensor2D {
+    throw new Error('a competitive layer has no readout: its class goodness predicts');
+  }
+
+  /** The patches of x (x itself for a dense layer) and their product with the kernel. */
+  private product(x: tf.Tensor2D, g: Geometry): { p: tf.Tensor; z: tf.Tensor } {
+    if (!this.conv) return { p: x, z: tf.matMul(x, this.kernel as tf.Tensor2D, false, true) };
+    const k = (g.kernel * g.kernel * g.c) / g.groups;
+    const p = fromHost([g.groups, g.rows * g.ho * g.wo, k], (view) => im2col(host(x), g, view));
+    return { p, z: tf.matMul(p as tf.Tensor3D, this.kernel as tf.Tensor3D) };
+  }
+
+  private geometry(rows: number): Geometry {
+    const [h, w, c] = this.config.inShape;
+    const [hp, wp, out] = this.outShape;
+    if (!this.conv) {
+      return {
+        rows,
+        h,
+        w,
+        c,
+        kernel: 1,
+        stride: 1,
+        padding: 0,
+        groups: 1,
+        ho: 1,
+        wo: 1,
+        pool: 1,
+        hp: 1,
+        wp: 1,
+        out,
+      };
+    }
+    const { kernel, stride = 1, padding = 0, pool = 1, groups = 1 } = this.conv;
+    const ho = Math.floor((h + 2 * padding - kernel) / stride) + 1;
+    const wo = Math.floor((w + 2 * padding - kernel) / stride) + 1;
+    return { rows, h, w, c, kernel, stride, padding, groups, ho, wo, pool, hp, wp, out };
+  }
+
+  private trainable(): tf.Variable[] {
+    return [this.kernel, this.bias, this.gamma, this.beta];
+  }
+
+  private names(prefix: string): Map<tf.Variable, string> {
+    return new Map<tf.Variable, string>([
+      [this.kernel, `${prefix}.weight`],
+      [this.bias, `${prefix}.bias`],
+      [this.gamma, `${prefix}.bn.weight`],
+      [this.beta, `${prefix}.bn.bias`],
+    ]);
+  }
+
+  /** The saved shape of the kernel, and its values between the two layouts. */
+  private savedKernel(values: Float32Array, toTorch: boolean): NamedTensor {
+    const out = this.outShape[2];
+    if (!this.conv) return { shape: [out, this.config.inDim], data: values };
+    const { kernel, groups = 1 } = this.conv;
+    const cg = this.config.inShape[2] / groups;
+    return {
+      shape: [out, cg, kernel, kernel],
+      data: permuteKernel(values, out, groups, cg, kernel, toTorch),
+    };
+  }
+
+  /**
+   * The layer's state as named float32 arrays (copies): the kernel (PyTorch's layout), bias,
+   * BatchNorm's scale, shift and running statistics, and with `withOptimizer` the optimizer's
+   * slots (the kernel's in the kernel's saved layout).
+   */
+  exportState(prefix: string, withOptimizer: boolean): Map<string, NamedTensor> {
+    const out = new Map<string, NamedTensor>();
+    const copy = (v: tf.Tensor): NamedTensor =>
+      v === this.kernel || v.shape.join() === this.kernel.shape.join()
+        ? this.savedKernel(readFloats(v), true)
+        : { shape: [...v.shape], data: readFloats(v) };
+    const names = this.names(prefix);
+    for (const [v, name] of names) out.set(name, copy(v));
+    const channels = this.outShape[2];
+    out.set(`${prefix}.bn.runningMean`, { shape: [channels], data: this.runningMean.slice() });
+    out.set(`${prefix}.bn.runningVar`, { shape: [channels], data: this.runningVar.slice() });
+    if (withOptimizer) for (const [name, t] of this.optimizer.state(names)) out.set(name, copy(t));
+    return out;
+  }
+
+  /** Loads what exportState wrote; optimizer slots are loaded when present. */
+  importState(prefix: string, tensors: ReadonlyMap<string, NamedTensor>): void {
+    const names = this.names(prefix);
+    const targets = new Map<string, tf.Variable>();
+    for (const [v, name] of names) targets.set(name, v);
+    for (const [name, t] of this.optimizer.state(names)) targets.set(name, t);
+    const channels = this.outShape[2];
+    const stats: [string, Float32Array][] = [
+      [`${prefix}.bn.runningMean`, this.runningMean],
+      [`${prefix}.bn.runningVar`, this.runningVar],
+    ];
+    const expect = (name: string, t: NamedTensor | undefined, shape: readonly number[]) => {
+      if (!t) throw new Error(`weights have no tensor "${name}"`);
+      if (t.shape.join('x') !== shape.join('x')) {
+        throw new Error(
+          `tensor "${name}" is [${t.shape.join(', ')}], layer expects [${shape.join(', ')}]`,
+        );
+      }
+      return t;
+    };
+    for (const [name] of stats) expect(name, tensors.get(name), [channels]);
+    for (const [name, v] of targets) {
+      const t = tensors.get(name);
+      if (!t && !names.has(v)) continue; // no optimizer slots: fresh ones
+      const isKernel = v.shape.join() === this.kernel.shape.join();
+      const saved = isKernel ? this.savedKernel(new Float32Array(v.size), true).shape : v.shape;
+      const got = expect(name, t, saved);
+      const values = isKernel && this.conv ? this.savedKernel(got.data, false).data : got.data;
+      tf.tidy(() => v.assign(tf.tensor(values, v.shape)));
+    }
+    for (const [name, into] of stats) into.set(tensors.get(name)!.data);
+  }
+
+  dispose(): void {
+    for (const v of this.trainable()) v.dispose();
+    this.optimizer.dispose();
+  }
+}
