@@ -97,3 +97,10 @@ export function describeLayers(layers: readonly LayerSpec[]): string {
     })
     .join('-');
 }
+
+/** Layers first..last (1-based) in a line, from their input: "1x28x28-c20k3p1", "48-32-32". */
+export function describeRange(layers: readonly LayerSpec[], first: number, last: number): string {
+  const [h, w, c] = modelShapes(layers)[first - 1]!;
+  const input: LayerSpec = h * w > 1 || Array.isArray(layers[first - 1]) ? [c, h, w] : c;
+  return describeLayers([input, ...layers.slice(first, last + 1)]);
+}

@@ -27,7 +27,8 @@ export interface EvalResult {
 }
 
 /**
- * The sets reported: every layer, all but the first, and each layer alone; with `rule` (0-based
+ * The sets reported: every layer, all but the first, each layer alone, and every prefix (the
+ * first k layers, "layers1-k": what each layer adds to those before it); with `rule` (0-based
  * layers) not among them, that set too, named after its layers ("layers1+3").
  */
 export function layerSets(numLayers: number, rule?: readonly number[]): LayerSet[] {
@@ -35,6 +36,7 @@ export function layerSets(numLayers: number, rule?: readonly number[]): LayerSet
   const sets: LayerSet[] = [{ name: 'all', layers: all }];
   if (numLayers > 1) sets.push({ name: 'skip-first', layers: all.slice(1) });
   if (numLayers > 1) for (const i of all) sets.push({ name: `layer${i + 1}`, layers: [i] });
+  for (let k = 2; k < numLayers; k++) sets.push({ name: `layers1-${k}`, layers: all.slice(0, k) });
   if (rule && !sets.some((s) => sameLayers(s.layers, rule))) {
     sets.push({ name: `layers${rule.map((l) => l + 1).join('+')}`, layers: [...rule] });
   }

@@ -304,7 +304,7 @@ export const COORDINATOR = {
   evalAccuracy: {
     name: 'ffx_coordinator_eval_accuracy',
     type: 'gauge',
-    help: 'Test accuracy of the last evaluation, by layer set (all, skip-first, layerN).',
+    help: 'Test accuracy of the last evaluation, by layer set (all, skip-first, layerN, layers1-K).',
     labelNames: ['set'],
   },
   layerLoss: {

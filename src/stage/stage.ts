@@ -39,7 +39,8 @@ import { hostname } from 'node:os';
 import { Dealer, type Push } from 'zeromq';
 import type { BackendInfo } from '../backend/backend.js';
 import { FFLayer } from '../core/ff-layer.js';
-import type { Layer } from '../core/ff-network.js';
+import type { Layer, ModelConfig } from '../core/ff-network.js';
+import { describeRange } from '../core/model-shape.js';
 import { layerPrefix } from '../core/ff-network.js';
 import { readFloats } from '../core/host-memory.js';
 import { addressError, type ErrorCode } from '../errors.js';
@@ -627,9 +628,9 @@ export class Stage {
     this.heartbeat?.start();
     this.enter('configured', `config of run ${config.run}`);
     this.sendControl({ type: 'ready', layer, run: run.id });
-    const widths = [this.layers[0]!.config.inDim, ...this.layers.map((l) => l.config.outDim)];
+    const { first, last } = this.opts.layers;
     log.info(
-      `${this.name}/${config.numLayers}: ${widths.join('-')}, run ${config.run} (${config.mode}), ` +
+      `${this.name}/${config.numLayers}: ${describeRange((config.model as ModelConfig).layers, first, last)}, run ${config.run} (${config.mode}), ` +
         `downstream ${config.next ?? '(last stage)'}`,
     );
   }

@@ -39,13 +39,16 @@ const L2 = goodness(4, [
 ]);
 
 describe('layerSets', () => {
-  it('names all, skip-first and each layer alone', () => {
-    assert.deepEqual(layerSets(3), [
-      { name: 'all', layers: [0, 1, 2] },
-      { name: 'skip-first', layers: [1, 2] },
+  it('names all, skip-first, each layer alone and each prefix', () => {
+    assert.deepEqual(layerSets(4), [
+      { name: 'all', layers: [0, 1, 2, 3] },
+      { name: 'skip-first', layers: [1, 2, 3] },
       { name: 'layer1', layers: [0] },
       { name: 'layer2', layers: [1] },
       { name: 'layer3', layers: [2] },
+      { name: 'layer4', layers: [3] },
+      { name: 'layers1-2', layers: [0, 1] },
+      { name: 'layers1-3', layers: [0, 1, 2] },
     ]);
   });
 
@@ -55,7 +58,8 @@ describe('layerSets', () => {
 
   it("adds the rule's set when it is none of those, named after its layers", () => {
     assert.deepEqual(layerSets(3, [0, 2]).at(-1), { name: 'layers1+3', layers: [0, 2] });
-    assert.equal(layerSets(3, [1, 2]).length, 5, 'skip-first is already there');
+    assert.equal(layerSets(3, [1, 2]).length, 6, 'skip-first is already there');
+    assert.equal(layerSets(3, [0, 1]).length, 6, 'so is the prefix layers1-2');
   });
 });
 

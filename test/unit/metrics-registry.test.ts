@@ -477,7 +477,8 @@ describe('CoordinatorMetrics', () => {
     assert.equal(value(await scrape(registry), 'ffx_coordinator_learning_rate'), 0.02);
     // One image of label 0. Goodness per layer, label-major (10 rows of one image):
     // layer 1 prefers label 0 (3), layers 2 and 3 label 1 (1 each). Summed: all -> 0 (3 > 2,
-    // right), skip-first -> 1 (wrong), layer1 right, layer2 and layer3 wrong.
+    // right), skip-first -> 1 (wrong), layer1 right, layer2 and layer3 wrong, layers1-2 -> 0
+    // (3 > 1, right).
     const g = (label: number, v: number) =>
       Float32Array.from({ length: 10 }, (_, c) => (c === label ? v : 0));
     const acc = new EvalAccumulator(3, [1, 2]);
@@ -514,6 +515,7 @@ describe('CoordinatorMetrics', () => {
       layer1: 1,
       layer2: 0,
       layer3: 0,
+      'layers1-2': 1,
     });
     for (const s of f.get('ffx_coordinator_eval_accuracy')!.samples) {
       assert.equal(s.labels.role, 'coordinator');
