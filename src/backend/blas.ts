@@ -9,12 +9,13 @@ import { createRequire } from 'node:module';
 import * as tf from '@tensorflow/tfjs';
 import {
   wasmInternalsProblem,
+  type ConvKernels,
   type OptimizerKernels,
   type WasmBackendInternals,
 } from './wasm-internals.js';
 
 /** native/blas's exports. */
-export interface BlasAddon {
+export interface BlasAddon extends ConvKernels {
   /** Row-major C = alpha op(A) op(B) + beta C; offsets and leading dimensions in elements. */
   sgemm(
     transA: boolean,
@@ -94,6 +95,12 @@ export function loadBlasAddon(): BlasAddon {
 }
 
 let optimizer: OptimizerKernels | null = null;
+let conv: ConvKernels | null = null;
+
+/** The conv layer's loops compiled in ffx-blas, once useBlasKernels() has run; else null. */
+export function blasConvKernels(): ConvKernels | null {
+  return conv;
+}
 
 /**
  * The optimizer's fused updates on the cores ffx-blas runs on (the bits of core/kernels/
@@ -145,6 +152,8 @@ export function useBlasKernels(blas: BlasAddon, threads: number): void {
     throw new Error(`the wasm backend is not the one ffx-blas's kernels read (${problem})`);
   blas.setThreads(threads);
   optimizer = optimizerOn(blas, backend as unknown as WasmBackend);
+  // A build from before the conv loops has none: the layer then runs its JavaScript ones.
+  conv = typeof blas.im2col === 'function' ? blas : null;
   const original = new Map(KERNELS.map((name) => [name, tf.getKernel(name, 'wasm')!]));
   const products = new BlasProducts(blas, (name) => original.get(name)!);
   for (const name of KERNELS) {

@@ -70,3 +70,72 @@ export interface OptimizerKernels {
     tinySlot: number,
   ): void;
 }
+
+/**
+ * The competitive layer's loops around its products (core/conv-kernels.ts says what each
+ * computes): in JavaScript, or compiled in ffx-blas (native/blas/src/ffx_conv.c) where the
+ * products run there. Arrays are the caller's; integers are the layer's geometry.
+ */
+export interface ConvKernels {
+  im2col(
+    x: Float32Array,
+    p: Float32Array,
+    rows: number,
+    h: number,
+    w: number,
+    c: number,
+    kernel: number,
+    stride: number,
+    padding: number,
+    groups: number,
+    ho: number,
+    wo: number,
+  ): void;
+  reluPool(
+    z: Float32Array,
+    bias: Float32Array,
+    m: Float32Array,
+    arg: Int32Array,
+    rows: number,
+    ho: number,
+    wo: number,
+    pool: number,
+    hp: number,
+    wp: number,
+    out: number,
+    groups: number,
+  ): void;
+  moments(
+    m: Float32Array,
+    count: number,
+    out: number,
+    mean: Float64Array,
+    variance: Float64Array,
+  ): void;
+  affine(
+    m: Float32Array,
+    count: number,
+    out: number,
+    scale: Float64Array,
+    shift: Float64Array,
+    y: Float32Array,
+  ): void;
+  backward(
+    dg: Float64Array,
+    m: Float32Array,
+    y: Float32Array,
+    arg: Int32Array,
+    mean: Float64Array,
+    variance: Float64Array,
+    gamma: Float32Array,
+    eps: number,
+    rows: number,
+    count: number,
+    out: number,
+    classes: number,
+    dz: Float32Array,
+    dgamma: Float32Array,
+    dbeta: Float32Array,
+    dbias: Float32Array,
+  ): void;
+}

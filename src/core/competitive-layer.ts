@@ -33,16 +33,7 @@ import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
 import type { NamedTensor } from './safetensors.js';
 import { convOutput, isConv, type ConvSpec, type Shape } from './model-shape.js';
 import { READOUT_CLASSES } from './readout.js';
-import {
-  affine,
-  backward,
-  channelMoments,
-  classGoodness,
-  im2col,
-  reluPool,
-  softmaxLoss,
-  type Geometry,
-} from './conv-kernels.js';
+import { classGoodness, convKernels, softmaxLoss, type Geometry } from './conv-kernels.js';
 
 export const CLASSES = READOUT_CLASSES;
 /** BatchNorm's epsilon and the weight of each batch in its running statistics (PyTorch's). */
@@ -68,7 +59,7 @@ function host(t: tf.Tensor): Float32Array {
 
 /** A new float32 tensor of `shape` whose values `fill` writes (in place where it can). */
 function fromHost(shape: number[], fill: (out: Float32Array) => void): tf.Tensor {
-  const t = tf.zeros(shape);
+  const t = tf.fill(shape, 0); // a kernel: filled in the heap, not copied there
   const view = hostView(t, true);
   if (view) {
     fill(view);
@@ -187,32 +178,64 @@ export class CompetitiveLayer {
       );
     }
     if (labels?.length !== rows) throw new Error(`trainStep: needs the ${rows} labels`);
+    const k = convKernels();
     const g = this.geometry(rows);
     const out = g.out;
     const { p, z } = this.product(x, g);
-    const pooled = rows * g.hp * g.wp * out;
-    const m = new Float32Array(pooled);
-    const arg = new Int32Array(pooled);
-    reluPool(host(z), host(this.bias), g, m, arg);
+    const count = rows * g.hp * g.wp; // pooled positions of the batch
+    const m = new Float32Array(count * out);
+    const arg = new Int32Array(count * out);
+    k.reluPool(
+      host(z),
+      host(this.bias),
+      m,
+      arg,
+      rows,
+      g.ho,
+      g.wo,
+      g.pool,
+      g.hp,
+      g.wp,
+      out,
+      g.groups,
+    );
     z.dispose();
-    const { mean, variance } = channelMoments(m, out);
+    const [mean, variance] = [new Float64Array(out), new Float64Array(out)];
+    k.moments(m, count, out, mean, variance);
     const gamma = Float32Array.from(host(this.gamma));
     const beta = host(this.beta);
     const scale = Float64Array.from(gamma, (v, o) => v / Math.sqrt(variance[o]! + BN_EPS));
     const shift = Float64Array.from(scale, (s, o) => beta[o]! - mean[o]! * s);
-    const y = new Float32Array(pooled);
-    affine(m, scale, shift, y);
+    const y = new Float32Array(count * out);
+    k.affine(m, count, out, scale, shift, y);
     const goodness = classGoodness(y, rows, out, CLASSES);
     const { loss, dg } = softmaxLoss(goodness, labels, CLASSES, this.config.alpha);
-    let grads: { dgamma: Float32Array; dbeta: Float32Array; dbias: Float32Array } | null = null;
+    const [dgamma, dbeta, dbias] = [0, 1, 2].map(() => new Float32Array(out)) as [
+      Float32Array,
+      Float32Array,
+      Float32Array,
+    ];
     const dzShape = this.conv ? [g.groups, rows * g.ho * g.wo, out / g.groups] : [rows, out];
-    const dz = fromHost(dzShape, (view) => {
-      grads = backward(
-        { dg, m, y, arg, mean, variance, gamma, eps: BN_EPS, rows, out, classes: CLASSES },
+    const dz = fromHost(dzShape, (view) =>
+      k.backward(
+        dg,
+        m,
+        y,
+        arg,
+        mean,
+        variance,
+        gamma,
+        BN_EPS,
+        rows,
+        count,
+        out,
+        CLASSES,
         view,
-      );
-    });
-    const { dgamma, dbeta, dbias } = grads!;
+        dgamma,
+        dbeta,
+        dbias,
+      ),
+    );
     tf.tidy(() => {
       const dw = this.conv
         ? tf.matMul(p as tf.Tensor3D, dz as tf.Tensor3D, true, false)
@@ -229,7 +252,6 @@ export class CompetitiveLayer {
     });
     tf.dispose([dz, ...(p === x ? [] : [p])]);
     // Running statistics as PyTorch keeps them: the variance unbiased.
-    const count = pooled / out;
     for (let o = 0; o < out; o++) {
       this.runningMean[o] = (1 - BN_MOMENTUM) * this.runningMean[o]! + BN_MOMENTUM * mean[o]!;
       this.runningVar[o] =
@@ -262,10 +284,26 @@ export class CompetitiveLayer {
       const chunk = tf.slice(x, [at, 0], [n, -1]);
       const g = this.geometry(n);
       const { p, z } = this.product(chunk, g);
-      const m = new Float32Array(n * g.hp * g.wp * out);
-      reluPool(host(z), host(this.bias), g, m, new Int32Array(m.length));
+      const count = n * g.hp * g.wp;
+      const m = new Float32Array(count * out);
+      const k = convKernels();
+      const arg = new Int32Array(m.length);
+      k.reluPool(
+        host(z),
+        host(this.bias),
+        m,
+        arg,
+        n,
+        g.ho,
+        g.wo,
+        g.pool,
+        g.hp,
+        g.wp,
+        out,
+        g.groups,
+      );
       tf.dispose([chunk, p, z]);
-      affine(m, scale, shift, y.subarray(at * this.config.outDim, (at + n) * this.config.outDim));
+      k.affine(m, count, out, scale, shift, y.subarray(at * this.config.outDim));
     }
     return tf.tensor2d(y, [rows, this.config.outDim]);
   }
@@ -291,7 +329,22 @@ export class CompetitiveLayer {
   private product(x: tf.Tensor2D, g: Geometry): { p: tf.Tensor; z: tf.Tensor } {
     if (!this.conv) return { p: x, z: tf.matMul(x, this.kernel as tf.Tensor2D, false, true) };
     const k = (g.kernel * g.kernel * g.c) / g.groups;
-    const p = fromHost([g.groups, g.rows * g.ho * g.wo, k], (view) => im2col(host(x), g, view));
+    const p = fromHost([g.groups, g.rows * g.ho * g.wo, k], (view) =>
+      convKernels().im2col(
+        host(x),
+        view,
+        g.rows,
+        g.h,
+        g.w,
+        g.c,
+        g.kernel,
+        g.stride,
+        g.padding,
+        g.groups,
+        g.ho,
+        g.wo,
+      ),
+    );
     return { p, z: tf.matMul(p as tf.Tensor3D, this.kernel as tf.Tensor3D) };
   }
 

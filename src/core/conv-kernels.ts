@@ -12,7 +12,11 @@
 //                                          group g = floor(o / Og) is column o - g Og
 //   pooled m   [B, hp, wp, O]             max over each pool x pool window of relu(Z + b)
 //   y          [B, hp, wp, O]             BatchNorm of m: what the next layer gets
-// The derivation of the backward pass is in competitive-layer.ts.
+// The derivation of the backward pass is in competitive-layer.ts. Where the products run in
+// ffx-blas, so do these loops (native/blas/src/ffx_conv.c, the same computations in the same
+// order): convKernels() says which.
+import { blasConvKernels } from '../backend/blas.js';
+import type { ConvKernels } from '../backend/wasm-internals.js';
 
 export interface Geometry {
   rows: number;
@@ -37,23 +41,34 @@ export interface Geometry {
 export function im2col(x: Float32Array, g: Geometry, p: Float32Array): void {
   const { rows, h, w, c, kernel, stride, padding, groups, ho, wo } = g;
   const cg = c / groups;
+  // Ungrouped, a kernel row inside the image is one span of kernel * c values of x.
+  const span = groups === 1 ? kernel * c : 0;
   let at = 0;
   for (let gi = 0; gi < groups; gi++) {
     const c0 = gi * cg;
     for (let b = 0; b < rows; b++) {
       for (let oy = 0; oy < ho; oy++) {
         for (let ox = 0; ox < wo; ox++) {
+          const x0 = ox * stride - padding;
+          const inside = x0 >= 0 && x0 + kernel <= w;
           for (let ky = 0; ky < kernel; ky++) {
             const iy = oy * stride + ky - padding;
+            if (iy < 0 || iy >= h) {
+              p.fill(0, at, at + kernel * cg);
+              at += kernel * cg;
+              continue;
+            }
+            const row = (b * h + iy) * w;
+            if (span > 0 && inside) {
+              const from = (row + x0) * c;
+              copy(x, from, p, at, span);
+              at += span;
+              continue;
+            }
             for (let kx = 0; kx < kernel; kx++) {
-              const ix = ox * stride + kx - padding;
-              if (iy < 0 || iy >= h || ix < 0 || ix >= w) {
-                for (let k = 0; k < cg; k++) p[at + k] = 0;
-              } else {
-                // A loop, not set(subarray): most groups are a few channels wide.
-                const from = ((b * h + iy) * w + ix) * c + c0;
-                for (let k = 0; k < cg; k++) p[at + k] = x[from + k]!;
-              }
+              const ix = x0 + kx;
+              if (ix < 0 || ix >= w) p.fill(0, at, at + cg);
+              else copy(x, (row + ix) * c + c0, p, at, cg);
               at += cg;
             }
           }
@@ -61,6 +76,15 @@ export function im2col(x: Float32Array, g: Geometry, p: Float32Array): void {
       }
     }
   }
+}
+
+/** n values of `from` at `i` into `to` at `j`: a loop for short runs, set for long ones. */
+function copy(from: Float32Array, i: number, to: Float32Array, j: number, n: number): void {
+  if (n >= 64) {
+    to.set(from.subarray(i, i + n), j);
+    return;
+  }
+  for (let k = 0; k < n; k++) to[j + k] = from[i + k]!;
 }
 
 /**
@@ -77,33 +101,27 @@ export function reluPool(
   const { rows, ho, wo, pool, hp, wp, out, groups } = g;
   const og = out / groups;
   const n = rows * ho * wo;
-  const best = new Float32Array(out);
-  const where = new Int32Array(out);
-  let at = 0;
-  for (let b = 0; b < rows; b++) {
-    for (let py = 0; py < hp; py++) {
-      for (let px = 0; px < wp; px++) {
-        best.fill(0);
-        where.fill(-1);
-        for (let dy = 0; dy < pool; dy++) {
-          for (let dx = 0; dx < pool; dx++) {
-            const pos = (b * ho + py * pool + dy) * wo + px * pool + dx;
-            for (let gi = 0; gi < groups; gi++) {
-              const base = (gi * n + pos) * og;
-              const o0 = gi * og;
+  m.fill(0);
+  arg.fill(-1);
+  for (let gi = 0; gi < groups; gi++) {
+    const o0 = gi * og;
+    for (let b = 0; b < rows; b++) {
+      for (let py = 0; py < hp; py++) {
+        for (let px = 0; px < wp; px++) {
+          const at = ((b * hp + py) * wp + px) * out + o0;
+          for (let dy = 0; dy < pool; dy++) {
+            for (let dx = 0; dx < pool; dx++) {
+              const base = (gi * n + (b * ho + py * pool + dy) * wo + px * pool + dx) * og;
               for (let j = 0; j < og; j++) {
                 const v = z[base + j]! + bias[o0 + j]!;
-                if (v > best[o0 + j]!) {
-                  best[o0 + j] = v;
-                  where[o0 + j] = base + j;
+                if (v > m[at + j]!) {
+                  m[at + j] = v;
+                  arg[at + j] = base + j;
                 }
               }
             }
           }
         }
-        m.set(best, at);
-        arg.set(where, at);
-        at += out;
       }
     }
   }
@@ -151,9 +169,10 @@ export function classGoodness(y: Float32Array, rows: number, out: number, classe
   const g = new Float64Array(rows * classes);
   for (let b = 0; b < rows; b++) {
     for (let i = b * per; i < (b + 1) * per; i += out) {
-      for (let o = 0; o < out; o++) {
-        const v = y[i + o]!;
-        g[b * classes + Math.floor(o / group)]! += v * v;
+      for (let j = 0, o = 0; j < classes; j++) {
+        let sum = 0;
+        for (const end = o + group; o < end; o++) sum += y[i + o]! * y[i + o]!;
+        g[b * classes + j]! += sum;
       }
     }
   }
@@ -215,31 +234,45 @@ export function backward(
   const per = count / rows; // pooled positions per image
   const group = out / classes;
   const inv = Float64Array.from(variance, (v) => 1 / Math.sqrt(v + eps));
-  // dL/dy = dG[b, class of o] * 2 y / (positions * group)
+  // dL/dy = coef[o] y, coef[o] = dG[b, class of o] * 2 / (positions * group), per image b.
   const k = 2 / (per * group);
+  const coef = new Float64Array(out);
+  const setCoef = (b: number) => {
+    for (let o = 0; o < out; o++) coef[o] = dg[b * classes + Math.floor(o / group)]! * k;
+  };
   const sumDy = new Float64Array(out);
   const sumDyXhat = new Float64Array(out);
-  for (let i = 0; i < count; i++) {
-    const b = Math.floor(i / per);
-    const at = i * out;
-    for (let o = 0; o < out; o++) {
-      const dy = dg[b * classes + Math.floor(o / group)]! * k * y[at + o]!;
-      sumDy[o]! += dy;
-      sumDyXhat[o]! += dy * (m[at + o]! - mean[o]!) * inv[o]!;
+  for (let b = 0; b < rows; b++) {
+    setCoef(b);
+    for (let at = b * per * out; at < (b + 1) * per * out; at += out) {
+      for (let o = 0; o < out; o++) {
+        const dy = coef[o]! * y[at + o]!;
+        sumDy[o]! += dy;
+        sumDyXhat[o]! += dy * (m[at + o]! - mean[o]!);
+      }
     }
   }
+  // dm = a[o] dy - b[o] - c[o] (m - mean), with the per-channel constants folded.
+  const ka = new Float64Array(out);
+  const kb = new Float64Array(out);
+  const kc = new Float64Array(out);
+  for (let o = 0; o < out; o++) {
+    sumDyXhat[o]! *= inv[o]!;
+    ka[o] = gamma[o]! * inv[o]!;
+    kb[o] = (ka[o]! * sumDy[o]!) / count;
+    kc[o] = (ka[o]! * inv[o]! * sumDyXhat[o]!) / count;
+  }
   const dbias = new Float64Array(out);
-  for (let i = 0; i < count; i++) {
-    const b = Math.floor(i / per);
-    const at = i * out;
-    for (let o = 0; o < out; o++) {
-      const from = arg[at + o]!;
-      if (from < 0) continue;
-      const dy = dg[b * classes + Math.floor(o / group)]! * k * y[at + o]!;
-      const xhat = (m[at + o]! - mean[o]!) * inv[o]!;
-      const dm = (gamma[o]! * inv[o]! * (count * dy - sumDy[o]! - xhat * sumDyXhat[o]!)) / count;
-      dz[from] = dm;
-      dbias[o]! += dm;
+  for (let b = 0; b < rows; b++) {
+    setCoef(b);
+    for (let at = b * per * out; at < (b + 1) * per * out; at += out) {
+      for (let o = 0; o < out; o++) {
+        const from = arg[at + o]!;
+        if (from < 0) continue;
+        const dm = ka[o]! * coef[o]! * y[at + o]! - kb[o]! - kc[o]! * (m[at + o]! - mean[o]!);
+        dz[from] = dm;
+        dbias[o]! += dm;
+      }
     }
   }
   return {
@@ -247,4 +280,79 @@ export function backward(
     dbeta: Float32Array.from(sumDy),
     dbias: Float32Array.from(dbias),
   };
+}
+
+/** These loops as ConvKernels (flat arguments, as ffx-blas takes them). */
+export const JS_CONV_KERNELS: ConvKernels = {
+  im2col: (x, p, rows, h, w, c, kernel, stride, padding, groups, ho, wo) =>
+    im2col(x, { ...geo(rows, ho, wo, 1, 0, 0, 0, groups), h, w, c, kernel, stride, padding }, p),
+  reluPool: (z, bias, m, arg, rows, ho, wo, pool, hp, wp, out, groups) =>
+    reluPool(z, bias, geo(rows, ho, wo, pool, hp, wp, out, groups), m, arg),
+  moments: (m, count, out, mean, variance) => {
+    const r = channelMoments(m.subarray(0, count * out), out);
+    mean.set(r.mean);
+    variance.set(r.variance);
+  },
+  affine: (m, count, out, scale, shift, y) =>
+    affine(m.subarray(0, count * out), scale.subarray(0, out), shift.subarray(0, out), y),
+  backward: (
+    dg,
+    m,
+    y,
+    arg,
+    mean,
+    variance,
+    gamma,
+    eps,
+    rows,
+    count,
+    out,
+    classes,
+    dz,
+    dgamma,
+    dbeta,
+    dbias,
+  ) => {
+    const n = count * out;
+    const r = backward(
+      { dg, m: m.subarray(0, n), y, arg, mean, variance, gamma, eps, rows, out, classes },
+      dz,
+    );
+    dgamma.set(r.dgamma);
+    dbeta.set(r.dbeta);
+    dbias.set(r.dbias);
+  },
+};
+
+function geo(
+  rows: number,
+  ho: number,
+  wo: number,
+  pool: number,
+  hp: number,
+  wp: number,
+  out: number,
+  groups: number,
+): Geometry {
+  return {
+    rows,
+    h: 0,
+    w: 0,
+    c: 0,
+    kernel: 0,
+    stride: 1,
+    padding: 0,
+    groups,
+    ho,
+    wo,
+    pool,
+    hp,
+    wp,
+    out,
+  };
+}
+
+/** The loops this process runs: ffx-blas's where the products run there, else these. */
+export function convKernels(): ConvKernels {
+  return blasConvKernels() ?? JS_CONV_KERNELS;
 }

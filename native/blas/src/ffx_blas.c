@@ -463,6 +463,9 @@ static napi_value str(napi_env env, const char *s) {
   return r;
 }
 
+// ffx_conv.c: the conv layer's loops.
+napi_status ffx_conv_define(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports) {
   if (!load_blas()) {
     char msg[2200];
@@ -483,6 +486,7 @@ static napi_value init(napi_env env, napi_value exports) {
        napi_enumerable, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof *props, props));
+  CHECK(ffx_conv_define(env, exports));
   return exports;
 }
 
