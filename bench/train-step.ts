@@ -4,6 +4,8 @@
 //   npm run bench                         every backend that loads here, default shapes
 //   npm run bench -- --backend wasm+blas --threads 2 --batch 100 --shapes 784x2000
 //
+// Then the conv layers' step against the bare conv on the same backend (conv-step.ts).
+//
 // A step does two matrix products of 2B*in*out multiply-adds each, the forward pass
 // Z = Xn W^T and the weight gradient dW = dZ^T Xn (rows = 2B), so its "achieved GFLOP/s" is
 // 2 * 2*2B*in*out / step time; it includes what a stage does with a step's results (reading the
@@ -22,6 +24,7 @@ import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
 import { FFLayer } from '../src/core/ff-layer.js';
 import { hostWritten, readFloats } from '../src/core/host-memory.js';
 import { DEFAULT_OPTIMIZER } from '../src/core/optimizer.js';
+import { benchConvLayers, printConvTable, type ConvRow } from './conv-step.js';
 
 interface Row {
   backend: string;
@@ -187,6 +190,11 @@ async function main(): Promise<void> {
       type: 'number',
       describe: 'compute threads, of wasm and of the BLAS (default: every core)',
     })
+    .option('conv-batch', {
+      type: 'number',
+      default: 128,
+      describe: 'batch of the conv layers table (0: no conv table)',
+    })
     .option('json', { type: 'boolean', default: false })
     .strict()
     .parse();
@@ -194,6 +202,7 @@ async function main(): Promise<void> {
     // One backend per process: run a child per backend, each printing JSON rows, with the
     // allocator settings of a stage.
     const all: Row[] = [];
+    const conv: ConvRow[] = [];
     for (const b of argv.backend ? [argv.backend] : ['tensorflow', 'wasm+blas', 'wasm', 'cpu']) {
       // Pure JS is ~30x slower: keep its run short.
       const slow = b === 'cpu';
@@ -208,6 +217,7 @@ async function main(): Promise<void> {
       args.push('--batch', slow ? argv.batch.split(',')[0]! : argv.batch);
       if (argv.threads) args.push('--threads', String(argv.threads));
       args.push('--min-ms', String(slow ? 500 : argv['min-ms']));
+      args.push('--conv-batch', String(slow ? 0 : argv['conv-batch']));
       const child = spawnSync(process.execPath, args, {
         encoding: 'utf8',
         env: { ...PIPELINE_MALLOC_ENV, ...process.env },
@@ -218,9 +228,15 @@ async function main(): Promise<void> {
         );
         continue;
       }
-      all.push(...(JSON.parse(child.stdout.trim().split('\n').pop()!) as Row[]));
+      const got = JSON.parse(child.stdout.trim().split('\n').pop()!) as {
+        ff: Row[];
+        conv: ConvRow[];
+      };
+      all.push(...got.ff);
+      conv.push(...got.conv);
     }
     printTable(all);
+    printConvTable(conv);
     return;
   }
   const info = await initBackend(argv.backend as BackendChoice, { threads: argv.threads });
@@ -231,8 +247,13 @@ async function main(): Promise<void> {
       rows.push(benchShape(info.name, info.threads, i!, o!, batch, argv['min-ms']));
     }
   }
-  if (argv.json) console.log(JSON.stringify(rows));
-  else printTable(rows);
+  const convRows =
+    argv['conv-batch'] > 0 ? benchConvLayers(info.name, argv['conv-batch'], argv['min-ms']) : [];
+  if (argv.json) console.log(JSON.stringify({ ff: rows, conv: convRows }));
+  else {
+    printTable(rows);
+    printConvTable(convRows);
+  }
 }
 
 /** Whether this process runs with a stage's allocator settings. */

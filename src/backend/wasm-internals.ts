@@ -105,6 +105,7 @@ export interface ConvKernels {
     out: number,
     groups: number,
   ): void;
+  goodness(y: Float32Array, rows: number, out: number, classes: number, g: Float64Array): void;
   moments(
     m: Float32Array,
     count: number,

@@ -28,12 +28,12 @@
 // channel) order). Activations are channels last ([rows, height, width, channels], flat per
 // row: model-shape.ts), so a dense layer after a conv one reads its input in (h, w, c) order.
 import * as tf from '@tensorflow/tfjs';
-import { hostView, hostWritten, ownedVariable, readFloats } from './host-memory.js';
+import { fromHost, host, ownedVariable, readFloats } from './host-memory.js';
 import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
 import type { NamedTensor } from './safetensors.js';
 import { convOutput, isConv, type ConvSpec, type Shape } from './model-shape.js';
 import { READOUT_CLASSES } from './readout.js';
-import { classGoodness, convKernels, softmaxLoss, type Geometry } from './conv-kernels.js';
+import { convKernels, softmaxLoss, type Geometry } from './conv-kernels.js';
 
 export const CLASSES = READOUT_CLASSES;
 /** BatchNorm's epsilon and the weight of each batch in its running statistics (PyTorch's). */
@@ -50,26 +50,6 @@ export interface CompetitiveConfig {
   /** The scale of goodness in the softmax (default 1). */
   alpha: number;
   seed: number;
-}
-
-/** A host copy of a tensor's values, or a view of them where the backend allows. */
-function host(t: tf.Tensor): Float32Array {
-  return hostView(t) ?? (t.dataSync() as Float32Array);
-}
-
-/** A new float32 tensor of `shape` whose values `fill` writes (in place where it can). */
-function fromHost(shape: number[], fill: (out: Float32Array) => void): tf.Tensor {
-  const t = tf.fill(shape, 0); // a kernel: filled in the heap, not copied there
-  const view = hostView(t, true);
-  if (view) {
-    fill(view);
-    hostWritten(t);
-    return t;
-  }
-  t.dispose();
-  const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
-  fill(values);
-  return tf.tensor(values, shape);
 }
 
 /** The layout change between PyTorch's conv weight [O, Cg, k, k] and [G, k*k*Cg, O/G]. */
@@ -110,6 +90,7 @@ export class CompetitiveLayer {
   readonly optimizer: LayerOptimizer;
   readonly readout = null;
   private readonly conv: ConvSpec | null;
+  private readonly buffers = new Map<string, Float32Array | Int32Array>();
 
   constructor(config: CompetitiveConfig, optimizer: OptimizerConfig) {
     const { inShape, spec } = config;
@@ -183,8 +164,8 @@ export class CompetitiveLayer {
     const out = g.out;
     const { p, z } = this.product(x, g);
     const count = rows * g.hp * g.wp; // pooled positions of the batch
-    const m = new Float32Array(count * out);
-    const arg = new Int32Array(count * out);
+    const m = this.scratch('m', Float32Array, count * out);
+    const arg = this.scratch('arg', Int32Array, count * out);
     k.reluPool(
       host(z),
       host(this.bias),
@@ -206,9 +187,10 @@ export class CompetitiveLayer {
     const beta = host(this.beta);
     const scale = Float64Array.from(gamma, (v, o) => v / Math.sqrt(variance[o]! + BN_EPS));
     const shift = Float64Array.from(scale, (s, o) => beta[o]! - mean[o]! * s);
-    const y = new Float32Array(count * out);
+    const y = this.scratch('y', Float32Array, count * out);
     k.affine(m, count, out, scale, shift, y);
-    const goodness = classGoodness(y, rows, out, CLASSES);
+    const goodness = new Float64Array(rows * CLASSES);
+    k.goodness(y, rows, out, CLASSES, goodness);
     const { loss, dg } = softmaxLoss(goodness, labels, CLASSES, this.config.alpha);
     const [dgamma, dbeta, dbias] = [0, 1, 2].map(() => new Float32Array(out)) as [
       Float32Array,
@@ -285,9 +267,9 @@ export class CompetitiveLayer {
       const g = this.geometry(n);
       const { p, z } = this.product(chunk, g);
       const count = n * g.hp * g.wp;
-      const m = new Float32Array(count * out);
+      const m = this.scratch('m', Float32Array, count * out);
       const k = convKernels();
-      const arg = new Int32Array(m.length);
+      const arg = this.scratch('arg', Int32Array, count * out);
       k.reluPool(
         host(z),
         host(this.bias),
@@ -314,7 +296,8 @@ export class CompetitiveLayer {
    */
   goodness(h: tf.Tensor2D): tf.Tensor1D {
     const rows = h.shape[0];
-    const g = classGoodness(readFloats(h), rows, this.outShape[2], CLASSES);
+    const g = new Float64Array(rows * CLASSES);
+    convKernels().goodness(readFloats(h), rows, this.outShape[2], CLASSES, g);
     const out = new Float32Array(rows * CLASSES);
     for (let b = 0; b < rows; b++)
       for (let j = 0; j < CLASSES; j++) out[j * rows + b] = g[b * CLASSES + j]!;
@@ -346,6 +329,23 @@ export class CompetitiveLayer {
       ),
     );
     return { p, z: tf.matMul(p as tf.Tensor3D, this.kernel as tf.Tensor3D) };
+  }
+
+  /**
+   * A work array of `length` kept from step to step: a fresh one each step costs its page
+   * faults, as much as the loop that fills it.
+   */
+  private scratch<T extends Float32Array | Int32Array>(
+    name: string,
+    type: { new (n: number): T },
+    length: number,
+  ): T {
+    let a = this.buffers.get(name) as T | undefined;
+    if (!a || a.length < length) {
+      a = new type(length);
+      this.buffers.set(name, a);
+    }
+    return a.subarray(0, length) as T;
   }
 
   private geometry(rows: number): Geometry {
@@ -456,5 +456,6 @@ export class CompetitiveLayer {
   dispose(): void {
     for (const v of this.trainable()) v.dispose();
     this.optimizer.dispose();
+    this.buffers.clear();
   }
 }

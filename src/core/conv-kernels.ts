@@ -288,6 +288,7 @@ export const JS_CONV_KERNELS: ConvKernels = {
     im2col(x, { ...geo(rows, ho, wo, 1, 0, 0, 0, groups), h, w, c, kernel, stride, padding }, p),
   reluPool: (z, bias, m, arg, rows, ho, wo, pool, hp, wp, out, groups) =>
     reluPool(z, bias, geo(rows, ho, wo, pool, hp, wp, out, groups), m, arg),
+  goodness: (y, rows, out, classes, g) => g.set(classGoodness(y, rows, out, classes)),
   moments: (m, count, out, mean, variance) => {
     const r = channelMoments(m.subarray(0, count * out), out);
     mean.set(r.mean);

@@ -182,3 +182,26 @@ export function ownedVariable<R extends tf.Rank>(
   init.dispose();
   return v;
 }
+
+/** A tensor's values: a view of them where the backend allows (valid until the next tfjs call), else a copy. */
+export function host(t: tf.Tensor): Float32Array {
+  return hostView(t) ?? (t.dataSync() as Float32Array);
+}
+
+/**
+ * A new float32 tensor of `shape` whose values `fill` writes: in place in the backend's storage
+ * where it can (no copy; `fill` must not call tfjs), else into an array then copied.
+ */
+export function fromHost(shape: number[], fill: (out: Float32Array) => void): tf.Tensor {
+  const t = tf.fill(shape, 0); // a kernel: filled in the heap, not copied there
+  const view = hostView(t, true);
+  if (view) {
+    fill(view);
+    hostWritten(t);
+    return t;
+  }
+  t.dispose();
+  const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  fill(values);
+  return tf.tensor(values, shape);
+}

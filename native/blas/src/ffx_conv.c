@@ -65,8 +65,15 @@ static napi_value js_im2col(napi_env env, napi_callback_info info) {
             const int64_t iy = oy * stride + ky - padding;
             for (int64_t kx = 0; kx < kernel; kx++) {
               const int64_t ix = ox * stride + kx - padding;
-              if (iy < 0 || iy >= h || ix < 0 || ix >= w) memset(p + at, 0, cg * sizeof(float));
-              else memcpy(p + at, x + ((b * h + iy) * w + ix) * c + c0, cg * sizeof(float));
+              const int inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
+              if (cg >= 16) {
+                if (inside) memcpy(p + at, x + ((b * h + iy) * w + ix) * c + c0, cg * sizeof(float));
+                else memset(p + at, 0, cg * sizeof(float));
+              } else {
+                // A few channels: a select per value, no call (and no branch on the border).
+                const float *src = x + (inside ? ((b * h + iy) * w + ix) * c + c0 : 0);
+                for (int64_t k = 0; k < cg; k++) p[at + k] = inside ? src[k] : 0.0f;
+              }
               at += cg;
             }
           }
@@ -102,12 +109,22 @@ static napi_value js_relu_pool(napi_env env, napi_callback_info info) {
           for (int64_t dy = 0; dy < pool; dy++)
             for (int64_t dx = 0; dx < pool; dx++) {
               const int64_t base = (gi * n + (b * ho + py * pool + dy) * wo + px * pool + dx) * og;
+              // Selects, not branches: the comparisons are coin flips on real activations.
+              float *restrict mm = m + at;
+              int32_t *restrict aa = arg + at;
+              const float *restrict zz = z + base;
+              const float *restrict bb = bias + o0;
               for (int64_t j = 0; j < og; j++) {
-                const float v = (float)((double)z[base + j] + (double)bias[o0 + j]);
-                if (v > m[at + j]) {
-                  m[at + j] = v;
-                  arg[at + j] = (int32_t)(base + j);
-                }
+                // The sum of two floats in double, rounded once: the float sum.
+                const float v = zz[j] + bb[j];
+                const float cur = mm[j];
+                uint32_t vb, cb;
+                memcpy(&vb, &v, 4);
+                memcpy(&cb, &cur, 4);
+                const uint32_t take = 0u - (uint32_t)(v > cur);
+                const uint32_t mb = (vb & take) | (cb & ~take);
+                memcpy(mm + j, &mb, 4);
+                aa[j] = (int32_t)(((uint32_t)(base + j) & take) | ((uint32_t)aa[j] & ~take));
               }
             }
         }
@@ -215,20 +232,25 @@ static napi_value js_backward(napi_env env, napi_callback_info info) {
     free(work);
     return fail(env, "backward: out of memory");
   }
-  int bad = 0;
+  int32_t last = -1;  // the largest index: a max, not a branch per element
+  for (int64_t i = 0; i < count * out; i++) last = arg[i] > last ? arg[i] : last;
+  if (last >= 0 && (size_t)last >= dz_len) {
+    free(db);
+    free(work);
+    return fail(env, "backward: an index in arg runs past dz");
+  }
+  float sink;
   for (int64_t b = 0; b < rows; b++) {
     for (int64_t o = 0; o < out; o++) coef[o] = dg[b * classes + o / group] * k;
     for (int64_t at = b * per * out; at < (b + 1) * per * out; at += out)
       for (int64_t o = 0; o < out; o++) {
+        // Selects, not branches (half the ReLUs are off, at random): a dead one writes to sink.
         const int32_t from = arg[at + o];
-        if (from < 0) continue;
-        if ((size_t)from >= dz_len) {
-          bad = 1;
-          continue;
-        }
         const double dm = ka[o] * coef[o] * y[at + o] - kb[o] - kc[o] * (m[at + o] - mean[o]);
-        dz[from] = (float)dm;
-        db[o] += dm;
+        const int64_t live = from >= 0;
+        float *dst = (float *)((uintptr_t)(dz + from) * live + (uintptr_t)&sink * (1 - live));
+        *dst = (float)dm;
+        db[o] += dm * (double)live;
       }
   }
   for (int64_t o = 0; o < out; o++) {
@@ -238,7 +260,41 @@ static napi_value js_backward(napi_env env, napi_callback_info info) {
   }
   free(db);
   free(work);
-  if (bad) return fail(env, "backward: an index in arg runs past dz");
+  return NULL;
+}
+
+// goodness(y, rows, out, classes, g): each class's mean square over positions and its
+// contiguous group of out / classes channels; g [rows, classes] float64.
+static napi_value js_goodness(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int64_t d[3];
+  if (!ints(env, a + 1, 3, d) || d[0] < 1 || d[2] < 1 || d[1] % d[2] != 0)
+    return fail(env, "goodness: bad geometry");
+  const int64_t rows = d[0], out = d[1], classes = d[2], group = out / classes;
+  size_t len;
+  bool is_ta;
+  napi_typedarray_type t;
+  void *yp;
+  if (napi_is_typedarray(env, a[0], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, a[0], &t, &len, &yp, NULL, NULL) != napi_ok ||
+      t != napi_float32_array || len % (size_t)(rows * out) != 0)
+    return fail(env, "goodness: y must be rows x positions x out floats");
+  const float *y = yp;
+  const int64_t per = (int64_t)len / rows;
+  double *g = arr(env, a[4], napi_float64_array, rows * classes);
+  if (!g) return fail(env, "goodness: an array is too short");
+  for (int64_t b = 0; b < rows; b++) {
+    double *gb = g + b * classes;
+    for (int64_t j = 0; j < classes; j++) gb[j] = 0;
+    for (int64_t i = b * per; i < (b + 1) * per; i += out)
+      for (int64_t j = 0, o = 0; j < classes; j++) {
+        double sum = 0;
+        for (const int64_t end = o + group; o < end; o++) sum += (double)y[i + o] * y[i + o];
+        gb[j] += sum;
+      }
+  }
+  const double n = (double)(per / out) * group;
+  for (int64_t k = 0; k < rows * classes; k++) g[k] /= n;
   return NULL;
 }
 
@@ -249,6 +305,7 @@ napi_status ffx_conv_define(napi_env env, napi_value exports) {
       {"moments", NULL, js_moments, NULL, NULL, NULL, napi_enumerable, NULL},
       {"affine", NULL, js_affine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"backward", NULL, js_backward, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"goodness", NULL, js_goodness, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof *props, props);
 }
