@@ -65,13 +65,13 @@ describe(
           return { mean, variance, y };
         });
         assert.deepEqual(sn, sj);
-      const [gj, gn] = both((k) => {
-        const g = new Float64Array(rows! * 10);
-        k.goodness(sj.y, rows!, out!, 10, g);
-        return g;
-      });
-      assert.deepEqual(gn, gj);
-      assert.ok(gj.every((v) => v > 0));
+        const [gj, gn] = both((k) => {
+          const g = new Float64Array(rows! * 10);
+          k.goodness(sj.y, rows!, out!, 10, g);
+          return g;
+        });
+        assert.deepEqual(gn, gj);
+        assert.ok(gj.every((v) => v > 0));
         const dg = Float64Array.from(noise(rows! * 10, 4));
         const gamma = noise(out!, 5);
         const [bj, bn] = both((k) => {
