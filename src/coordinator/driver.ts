@@ -421,7 +421,10 @@ async function loadData(cfg: RunConfig, reporter: Reporter): Promise<RunData> {
   const data = await prepareData(cfg, (l) => reporter.log(l));
   reporter.log(
     `data ${data.dataset.name} from ${data.dataset.source}: ${data.train.count} train, ` +
-      `${data.test.count} test, ${data.dim} pixels`,
+      `${data.test.count} test, ` +
+      (data.channels === 1
+        ? `${data.dim} pixels`
+        : `${data.shape.join('x')} pixels x ${data.channels} channels`),
   );
   return data;
 }
