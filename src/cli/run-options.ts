@@ -48,7 +48,10 @@ export function commonOptions<T>(y: Argv<T>) {
       describe: "compute threads: wasm's, or with wasm+blas the BLAS's (default: every core)",
     })
     .option('dataset', { choices: DATASET_NAMES, describe: 'dataset (overrides data.dataset)' })
-    .option('data-dir', { type: 'string', describe: 'directory searched first for the data set files (IDX, or CIFAR-10 .bin)' })
+    .option('data-dir', {
+      type: 'string',
+      describe: 'directory searched first for the data set files (IDX, or CIFAR-10 .bin)',
+    })
     .option('layers', {
       type: 'string',
       describe: 'widths from input to last layer, e.g. 784,1000,1000',

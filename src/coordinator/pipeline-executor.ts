@@ -16,7 +16,8 @@ import {
 } from '../config/config.js';
 import { NUM_CLASSES } from '../data/ff-data.js';
 import type { NamedTensor } from '../core/safetensors.js';
-import { batchRows, carriesLabels, layerStateFloats } from '../core/ff-network.js';
+import { batchRows, carriesLabels, isCompetitive, layerStateFloats } from '../core/ff-network.js';
+import { modelShapes, rowShape } from '../core/model-shape.js';
 import { MAX_HEADER_BYTES } from '../transport/bounds.js';
 import type { WeightsMessage } from '../transport/wire.js';
 import { Cluster, ClusterError, DISCOVERY_LAYERS, type ClusterOptions } from './cluster.js';
@@ -105,11 +106,21 @@ export class PipelineExecutor implements Executor {
     await this.cluster.register(this.cfg, 'train', state, run, this.opts.recoveryTimeoutMs);
   }
 
+  /**
+   * The shape of a row of the model's input on the wire: competitive layers take images as
+   * [h, w, c] (channels last); FF layers take vectors of `width`.
+   */
+  private inputRow(width: number): number[] {
+    return isCompetitive(this.cfg.model)
+      ? rowShape(modelShapes(this.cfg.model.layers)[0]!)
+      : [width];
+  }
+
   async train(batch: TrainBatch, lr: number): Promise<void> {
     const { size } = batch;
     const labelled = carriesLabels(this.cfg.model);
     const rows = batchRows(this.cfg.model, size);
-    const x = { name: 'x', shape: [rows, batch.x.length / rows] };
+    const x = { name: 'x', shape: [rows, ...this.inputRow(batch.x.length / rows)] };
     await this.cluster.send(
       {
         kind: 'train',
@@ -162,7 +173,7 @@ export class PipelineExecutor implements Executor {
             epoch,
             seq: batch.index,
             images: batch.images,
-            tensors: [{ name: 'x', shape: [rows, batch.x.length / rows] }],
+            tensors: [{ name: 'x', shape: [rows, ...this.inputRow(batch.x.length / rows)] }],
           },
           [batch.x],
         );

@@ -70,6 +70,14 @@ export function modelShapes(layers: readonly LayerSpec[]): Shape[] {
   return shapes;
 }
 
+/**
+ * The shape of one row of a batch at a boundary of `shape`, as the wire carries it: an image or
+ * conv activations [h, w, c] (channels last), a vector [d].
+ */
+export function rowShape([h, w, c]: Shape): number[] {
+  return h * w > 1 ? [h, w, c] : [c];
+}
+
 /** Values per row at every boundary: [784, 1000, ...] for a dense model. */
 export function modelWidths(layers: readonly LayerSpec[]): number[] {
   return modelShapes(layers).map(([h, w, c]) => h * w * c);

@@ -40,7 +40,7 @@ import { Dealer, type Push } from 'zeromq';
 import type { BackendInfo } from '../backend/backend.js';
 import { FFLayer } from '../core/ff-layer.js';
 import type { Layer, ModelConfig } from '../core/ff-network.js';
-import { describeRange } from '../core/model-shape.js';
+import { describeRange, rowShape } from '../core/model-shape.js';
 import { layerPrefix } from '../core/ff-network.js';
 import { readFloats } from '../core/host-memory.js';
 import { addressError, type ErrorCode } from '../errors.js';
@@ -358,6 +358,16 @@ export class Stage {
   // -------------------------------------------------------------------------------------------
 
   /** The one way the state changes: along a transition of stage-states.ts, or a thrown bug. */
+  /**
+   * The shape of a row of the stage's input (its first layer's) or output (its last layer's):
+   * [d] for FF layers, [h, w, c] for a competitive layer's images or conv activations.
+   */
+  private rowShape(side: 'in' | 'out'): number[] {
+    const layer = side === 'in' ? this.layers[0]! : this.layers.at(-1)!;
+    if (layer instanceof FFLayer) return [side === 'in' ? layer.config.inDim : layer.config.outDim];
+    return rowShape(side === 'in' ? layer.config.inShape : layer.outShape);
+  }
+
   /** The layout of the batches this stage's layers take. */
   private inputKind(): InputKind {
     const first = this.layers[0]!;
@@ -688,7 +698,7 @@ export class Stage {
       msg = decodeData(frames);
       if (run && msg.header.run === run.id) {
         checkBatch(msg.header, run.config, this.inputKind());
-        checkData(msg, { width: this.layers[0]!.config.inDim, checkFinite: true });
+        checkData(msg, { row: this.rowShape('in'), checkFinite: true });
       }
     } catch (err) {
       if (!isProtocolError(err)) throw err;
@@ -1082,11 +1092,12 @@ export class Stage {
   ): Promise<{ encodeMs: number; blockedMs: number }> {
     if (!run.downstream) return NOT_SENT;
     const t0 = performance.now();
-    const outDim = this.layers.at(-1)!.config.outDim;
-    // 'x' becomes the last layer's activations; other tensors ('y') pass on as they came.
+    const row = this.rowShape('out');
+    // 'x' becomes the last layer's activations, in their shape; other tensors ('y') pass on as
+    // they came.
     const shaped = header.tensors
       .slice(0, tensors.length)
-      .map((t, i) => (i === 0 ? { name: t.name, shape: [t.shape[0]!, outDim] } : t));
+      .map((t, i) => (i === 0 ? { name: t.name, shape: [t.shape[0]!, ...row] } : t));
     const frames = encodeData({ ...header, tensors: shaped }, tensors);
     this.opts.metrics?.onSent(
       header.kind,

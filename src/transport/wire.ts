@@ -46,7 +46,8 @@ interface HeaderBase {
  * Tensor 'x' (first) is [2 * nPos, d]: the positive rows, then the negative rows. In a run
  * with readouts, x is [3 * nPos, d] (then the neutral rows) and tensor 'y' [nPos] holds the
  * true labels (as floats), which the readouts train on. In a run of competitive layers, x is
- * [nPos, d], each image once as it is, and 'y' its labels.
+ * [nPos, d], each image once as it is, and 'y' its labels; where the rows are images or conv
+ * activations, x keeps their shape: [rows, h, w, c], channels last.
  */
 export interface TrainHeader extends HeaderBase {
   kind: 'train';
@@ -109,6 +110,11 @@ export interface DataMessage {
 export interface DecodeExpect {
   /** The input width this stage accepts: x.shape[1] must equal it. */
   width?: number;
+  /**
+   * The shape of a row this stage takes: [d] (x is [rows, d]), or an image's [h, w, c] (x is
+   * [rows, h, w, c], channels last). With it, x's shape after the rows must be exactly this.
+   */
+  row?: readonly number[];
   /** Scan every tensor for NaN and +-Infinity (one read pass, no copy). */
   checkFinite?: boolean;
 }
@@ -179,10 +185,21 @@ function decodeDataUnchecked(frames: readonly Uint8Array[], expect: DecodeExpect
 export function checkData(msg: DataMessage, expect: DecodeExpect): void {
   const { header, tensors } = msg;
   const x = header.tensors[0];
-  if (expect.width !== undefined && x !== undefined && x.shape[1] !== expect.width) {
+  if (
+    expect.row !== undefined &&
+    x !== undefined &&
+    x.shape.slice(1).join() !== expect.row.join()
+  ) {
     throw new ProtocolError(
       'BAD_WIDTH',
-      `tensor '${x.name}' shape ${fmtShape(x.shape)} has width ${x.shape[1]}, ` +
+      `tensor '${x.name}' shape ${fmtShape(x.shape)}: this stage takes rows of shape ` +
+        `${fmtShape([...expect.row])}, as [rows, ${expect.row.length === 1 ? 'd' : 'h, w, c'}]`,
+    );
+  }
+  if (expect.width !== undefined && x !== undefined && rowWidth(x.shape) !== expect.width) {
+    throw new ProtocolError(
+      'BAD_WIDTH',
+      `tensor '${x.name}' shape ${fmtShape(x.shape)} has width ${rowWidth(x.shape)}, ` +
         `this stage expects ${expect.width}`,
     );
   }
@@ -232,10 +249,10 @@ function checkDataHeader(h: Obj): DataHeader {
     return header;
   }
   const x = tensors[0];
-  if (x === undefined || x.name !== 'x' || x.shape.length !== 2) {
+  if (x === undefined || x.name !== 'x' || (x.shape.length !== 2 && x.shape.length !== 4)) {
     throw new ProtocolError(
       'BAD_SHAPE',
-      `a ${header.kind} message starts with a rank-2 tensor 'x'; got ` +
+      `a ${header.kind} message starts with a tensor 'x' [rows, d] or [rows, h, w, c]; got ` +
         (x === undefined ? 'no tensors' : `'${x.name}' ${fmtShape(x.shape)}`),
     );
   }
@@ -335,11 +352,16 @@ function checkFinite(spec: TensorSpec, t: Float32Array): void {
   if (s0 + s1 + s2 + s3 === 0) return;
   for (let i = 0; i < t.length; i++) {
     if (!Number.isFinite(t[i]!)) {
-      const cols = spec.shape.length === 2 ? spec.shape[1]! : 0;
+      const cols = spec.shape.length >= 2 ? rowWidth(spec.shape) : 0;
       const at = cols > 0 ? `row ${Math.floor(i / cols)}, column ${i % cols}` : `index ${i}`;
       throw new ProtocolError('NON_FINITE', `tensor '${spec.name}' has ${t[i]} at ${at}`);
     }
   }
+}
+
+/** Values per row of a tensor [rows, ...]: the product of its other dimensions. */
+function rowWidth(shape: readonly number[]): number {
+  return shape.slice(1).reduce((a, b) => a * b, 1);
 }
 
 /**

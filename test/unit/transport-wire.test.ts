@@ -427,6 +427,35 @@ describe('malformed data messages are rejected with a code and the field named',
     );
   });
 
+  it('images and conv activations keep their shape [rows, h, w, c], held to the row expected', () => {
+    const x = ramp(4 * 28 * 28, 1);
+    const header: TrainInit = {
+      ...trainHeader(4),
+      tensors: [
+        { name: 'x', shape: [4, 28, 28, 1] },
+        { name: 'y', shape: [4] },
+      ],
+    };
+    const y = Float32Array.from([0, 3, 9, 1]);
+    const msg = decodeData(encodeData(header, [x, y]), { row: [28, 28, 1], checkFinite: true });
+    assert.deepEqual(msg.header.tensors[0]!.shape, [4, 28, 28, 1]);
+    assert.throws(
+      () => decodeData(encodeData(header, [x, y]), { row: [28, 1, 28] }),
+      rejects('BAD_WIDTH', '[4, 28, 28, 1]', 'rows of shape [28, 1, 28]'),
+    );
+    // The same values flat are not the same message: the stage takes images.
+    const flat = { ...header, tensors: [{ name: 'x', shape: [4, 784] }, header.tensors[1]!] };
+    assert.throws(
+      () => decodeData(encodeData(flat, [x, y]), { row: [28, 28, 1] }),
+      rejects('BAD_WIDTH', '[4, 784]'),
+    );
+    const rank3 = { ...header, tensors: [{ name: 'x', shape: [4, 28, 28] }, header.tensors[1]!] };
+    assert.throws(
+      () => decodeData(rawFrames(rank3, new Uint8Array(x.buffer), new Uint8Array(y.buffer))),
+      rejects('BAD_SHAPE', '[rows, d] or [rows, h, w, c]'),
+    );
+  });
+
   it('NaN or Infinity with checkFinite, and not without it', () => {
     for (const bad of [NaN, Infinity, -Infinity]) {
       const x = ramp(8, D);
