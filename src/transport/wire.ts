@@ -7,7 +7,7 @@ import { NUM_CLASSES } from '../data/classes.js';
 import { MAX_HEADER_BYTES } from './bounds.js';
 import { ProtocolError } from './errors.js';
 
-export const PROTOCOL_VERSION = 9;
+export const PROTOCOL_VERSION = 10;
 
 /** The most replicas a stage may have (a bound on lists a peer sends). */
 export const MAX_REPLICAS = 64;

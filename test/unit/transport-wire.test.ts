@@ -449,7 +449,11 @@ describe('malformed data messages are rejected with a code and the field named',
       () => decodeData(encodeData(flat, [x, y]), { row: [28, 28, 1] }),
       rejects('BAD_WIDTH', '[4, 784]'),
     );
-    const rank3 = { ...header, tensors: [{ name: 'x', shape: [4, 28, 28] }, header.tensors[1]!] };
+    const rank3 = {
+      ...header,
+      v: PROTOCOL_VERSION,
+      tensors: [{ name: 'x', shape: [4, 28, 28] }, header.tensors[1]!],
+    };
     assert.throws(
       () => decodeData(rawFrames(rank3, new Uint8Array(x.buffer), new Uint8Array(y.buffer))),
       rejects('BAD_SHAPE', '[rows, d] or [rows, h, w, c]'),
