@@ -36,7 +36,10 @@ describe('config/cifar10-conv.json on a CIFAR-10 sample in the binary format', (
     assert.equal(local.code, 0, local.stderr.slice(-3000));
     const piped = await trainPipelined([...RUN(), '--partition', '1-2,3-4'], tmp('piped'), 120_000);
     assert.equal(piped.code, 0, piped.stderr.slice(-3000));
-    assert.match(piped.stderr, /data cifar10 from .*: 60 train, 40 test, 32x32 pixels x 3 channels/);
+    assert.match(
+      piped.stderr,
+      /data cifar10 from .*: 60 train, 40 test, 32x32 pixels x 3 channels/,
+    );
     assert.match(piped.stderr, /\[stage 1-2\] layers 1-2\/4: 3x32x32-c20k3p1-c80k3p1g10\/2, run /);
     assert.equal(
       await maxWeightDiff(
