@@ -22,6 +22,11 @@ export interface RunConfig {
     testLimit: number;
     /** Shift each training image by up to this many pixels each way, seeded (0 = none). */
     jitter: number;
+    /**
+     * The last N training images (after trainLimit) are held out of training, to choose the
+     * prediction rule's layer weights on (eval.combine 'fit'): never the test set (0 = none).
+     */
+    heldout: number;
   };
   model: {
     /**
@@ -98,6 +103,11 @@ export interface RunConfig {
      * goodness) or 'readout' (one pass with a neutral label; needs model.readout).
      */
     rule: 'goodness' | 'readout';
+    /**
+     * How the rule's layers' scores combine: 'sum' (each layer's as it is) or 'fit' (weighted,
+     * the weights chosen on data.heldout's images at each evaluation: the set "fitted").
+     */
+    combine: 'sum' | 'fit';
   };
   output: {
     /** Directory for weights, checkpoints and the metrics log. */
@@ -115,7 +125,14 @@ export interface RunConfig {
 export const DEFAULT_CONFIG: RunConfig = {
   name: 'ffx',
   seed: 1,
-  data: { dataset: 'fashion-mnist', scale: 'unit', trainLimit: 0, testLimit: 0, jitter: 0 },
+  data: {
+    dataset: 'fashion-mnist',
+    scale: 'unit',
+    trainLimit: 0,
+    testLimit: 0,
+    jitter: 0,
+    heldout: 0,
+  },
   model: {
     layers: [784, 1000, 1000],
     goodness: 'mean',
@@ -131,7 +148,7 @@ export const DEFAULT_CONFIG: RunConfig = {
   negatives: { kind: 'uniform', hard: 0.5, warmup: 1 },
   optimizer: { ...DEFAULT_OPTIMIZER },
   train: { epochs: 10, batchSize: 100, cooldown: 0.5, evalEvery: 1, shards: 1 },
-  eval: { batchSize: 1000, skipFirst: false, layers: [], rule: 'goodness' },
+  eval: { batchSize: 1000, skipFirst: false, layers: [], rule: 'goodness', combine: 'sum' },
   output: { dir: 'runs/ffx', checkpointEvery: 1, keepCheckpoints: 3 },
 };
 
@@ -340,6 +357,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     trainLimit: int(0, 1e9),
     testLimit: int(0, 1e9),
     jitter: int(0, 16),
+    heldout: int(0, 1e9),
   },
   model: {
     layers: layerSpecs,
@@ -377,6 +395,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     skipFirst: bool,
     layers: layerList,
     rule: oneOf(['goodness', 'readout']),
+    combine: oneOf(['sum', 'fit']),
   },
   output: { dir: str, checkpointEvery: int(0), keepCheckpoints: int(0) },
 };
@@ -406,6 +425,9 @@ export function validateConfig(raw: unknown): RunConfig {
   // Hard negatives come from the readout's predictions; the readout rule needs one.
   if (cfg.negatives.kind === 'hard' && !cfg.model.readout) {
     fail('negatives.kind', 'hard', "'uniform' unless model.readout is true");
+  }
+  if (cfg.eval.combine === 'fit' && cfg.data.heldout === 0) {
+    fail('eval.combine', 'fit', "'sum' unless data.heldout holds images out to fit on");
   }
   if (cfg.eval.rule === 'readout' && !cfg.model.readout) {
     fail('eval.rule', 'readout', "'goodness' unless model.readout is true");

@@ -27,11 +27,11 @@ import { MetricsLog, RUN_FILES } from '../checkpoint/run-dir.js';
 import type { RunConfig } from '../config/config.js';
 import { ffxPackage } from '../package.js';
 import { learningRateAt } from '../core/optimizer.js';
-import { EvalAccumulator, ruleLayers, type EvalResult } from '../core/predict.js';
+import { EvalAccumulator, fitLayerWeights, ruleLayers, type EvalResult } from '../core/predict.js';
 import { FfxError, SystemError, withFile } from '../errors.js';
 import { plural } from '../log.js';
 import type { CoordinatorMetrics } from '../metrics/index.js';
-import type { BatchSampler } from '../data/ff-data.js';
+import { NUM_CLASSES, type BatchSampler } from '../data/ff-data.js';
 import type { EpochRecord } from './epoch-record.js';
 import { EpochTally } from './epoch-tally.js';
 import type { Executor, TrainReport } from './executor.js';
@@ -156,7 +156,7 @@ class Training {
       try {
         for (; epoch < epochs; epoch++) await this.trainEpoch(epoch);
         const t0 = performance.now();
-        const final = await evaluate(cfg, executor, this.data.test, this.data.dim, epochs);
+        const final = await evaluate(cfg, executor, this.data, this.data.test, epochs);
         reporter.log(
           `evaluated ${final.count} test images in ${((performance.now() - t0) / 1000).toFixed(1)}s`,
         );
@@ -210,7 +210,7 @@ class Training {
     const record = this.tally.record((performance.now() - t0) / 1000, lr);
     const last = epoch === epochs - 1;
     if (!last && every(cfg.train.evalEvery, epoch)) {
-      record.eval = await evaluate(cfg, executor, this.data.test, this.data.dim, epoch);
+      record.eval = await evaluate(cfg, executor, this.data, this.data.test, epoch);
     }
     reporter.endEpoch(record);
     metrics?.onEpoch(record);
@@ -380,7 +380,7 @@ export async function evaluateSplit(
   try {
     const data = await loadData(cfg, opts.reporter);
     await executor.start(() => {}, opts.state);
-    const result = await evaluate(cfg, executor, data[split], data.dim, 0, opts.only);
+    const result = await evaluate(cfg, executor, data, data[split], 0, opts.only);
     await executor.close();
     return result;
   } catch (err) {
@@ -389,25 +389,59 @@ export async function evaluateSplit(
   }
 }
 
+/** Where the held-out batches' sequence numbers start in an evaluation. */
+const HELDOUT_SEQ = 1 << 24;
+
 /**
  * Accuracy on a split: overlay each label, sum goodness over layers, argmax; with readouts
  * also one neutral pass each, summing the readouts' log-probabilities, and the figures of the
  * method eval.rule names on top. `only`: that method alone (the readout's is 10x cheaper).
+ * With eval.combine 'fit', the held-out images go through first and the rule weighs its
+ * layers as fitLayerWeights chooses on them.
  */
 async function evaluate(
   cfg: RunConfig,
   executor: Executor,
+  data: RunData,
   split: Split,
-  dim: number,
   epoch: number,
   only?: 'goodness' | 'readout',
 ): Promise<EvalResult> {
-  const by = async (rule: 'goodness' | 'readout') => {
-    const acc = new EvalAccumulator(executor.numLayers, ruleLayers(executor.numLayers, cfg.eval));
-    await executor.evaluate(evalBatches(split, dim, cfg, rule), epoch, (b, g) =>
+  const rule = ruleLayers(executor.numLayers, cfg.eval);
+  const by = async (method: 'goodness' | 'readout') => {
+    const weights = cfg.eval.combine === 'fit' ? await fitted(method) : undefined;
+    const acc = new EvalAccumulator(executor.numLayers, rule, weights);
+    await executor.evaluate(evalBatches(split, data.dim, cfg, method), epoch, (b, g) =>
       acc.add(g, b.labels),
     );
     return acc.result();
+  };
+  // The rule's layers' scores of every held-out image, then the weights they choose.
+  const fitted = async (method: 'goodness' | 'readout') => {
+    const n = data.heldout.count;
+    const scores = rule.map(() => new Float32Array(NUM_CLASSES * n));
+    const labels = data.heldout.labels;
+    const batches = evalBatches(data.heldout, data.dim, cfg, method);
+    const starts = new Map<number, number>();
+    let at = 0;
+    // Numbered apart from the test batches of the same evaluation (a late copy of a result
+    // can never pass for one of theirs).
+    const indexed = (function* () {
+      for (const b of batches) {
+        const index = HELDOUT_SEQ + b.index;
+        starts.set(index, at);
+        at += b.images;
+        yield { ...b, index };
+      }
+    })();
+    await executor.evaluate(indexed, epoch, (b, g) => {
+      const start = starts.get(b.index)!;
+      rule.forEach((l, k) => {
+        for (let c = 0; c < NUM_CLASSES; c++)
+          scores[k]!.set(g[l]!.subarray(c * b.images, (c + 1) * b.images), c * n + start);
+      });
+    });
+    return fitLayerWeights(scores, labels);
   };
   if (only) return { ...(await by(only)), method: only };
   const goodness = await by('goodness');

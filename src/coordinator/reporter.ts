@@ -138,9 +138,15 @@ export function formatEval(r: EvalResult, classNames?: readonly string[]): strin
           `per layer set, readout: ${sets(r.readout)}`,
         ]
       : [`per layer set: ${sets(r)}`];
+  const weights = r.weights
+    ? [
+        `fitted: the rule's layers weighted ${r.weights.map((w) => w.toPrecision(3)).join(', ')} (chosen on held-out training images)`,
+      ]
+    : [];
   return [
     `test accuracy ${pct(r.accuracy)} (${r.count} images, ${how} summed over ${r.rule})`,
     ...both,
+    ...weights,
     'confusion matrix (rows: true label, columns: predicted):',
     formatConfusion(r.confusion, classNames),
   ].join('\n');

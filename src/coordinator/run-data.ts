@@ -23,6 +23,8 @@ export interface RunData {
   /** The scaled value of a black pixel. */
   background: number;
   train: Split;
+  /** data.heldout training images kept out of training (eval.combine 'fit' fits on them). */
+  heldout: Split;
   test: Split;
 }
 
@@ -43,9 +45,25 @@ export async function prepareData(cfg: RunConfig, log: (line: string) => void): 
     );
   }
   const limit = (n: number, max: number) => (n > 0 ? Math.min(n, max) : max);
-  const trainCount = limit(cfg.data.trainLimit, dataset.train.count);
+  const limited = limit(cfg.data.trainLimit, dataset.train.count);
+  if (cfg.data.heldout >= limited) {
+    throw new ConfigError(
+      'CONFIG_INVALID',
+      'data.heldout',
+      cfg.data.heldout,
+      `data.heldout must leave training images: ${limited} are there, ${cfg.data.heldout} held out`,
+    );
+  }
+  const trainCount = limited - cfg.data.heldout;
   const testCount = limit(cfg.data.testLimit, dataset.test.count);
   const train = toFloat(dataset.train.images, trainCount, dim, cfg.data.scale);
+  const held = toFloat(
+    dataset.train.images.subarray(trainCount * dim),
+    cfg.data.heldout,
+    dim,
+    cfg.data.scale,
+    train,
+  );
   const test = toFloat(dataset.test.images, testCount, dim, cfg.data.scale, train);
   const { rows, cols } = dataset.train;
   if (cfg.data.jitter >= Math.min(rows, cols)) {
@@ -66,6 +84,11 @@ export async function prepareData(cfg: RunConfig, log: (line: string) => void): 
       images: train.data,
       labels: dataset.train.labels.subarray(0, trainCount),
       count: trainCount,
+    },
+    heldout: {
+      images: held.data,
+      labels: dataset.train.labels.subarray(trainCount, limited),
+      count: cfg.data.heldout,
     },
     test: {
       images: test.data,

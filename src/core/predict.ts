@@ -7,6 +7,8 @@ export interface LayerSet {
   name: string;
   /** 0-based layer indices whose goodness is summed. */
   layers: number[];
+  /** Each layer's weight in the sum (one per entry of `layers`; absent: all 1). */
+  weights?: number[];
 }
 
 export interface EvalResult {
@@ -17,6 +19,11 @@ export interface EvalResult {
   perLayerSet: { name: string; accuracy: number }[];
   /** confusion[true][predicted], for the configured rule. */
   confusion: number[][];
+  /**
+   * With eval.combine 'fit': the rule's layers' weights, chosen on the held-out training images
+   * (the rule is then the set "fitted").
+   */
+  weights?: number[];
   /**
    * With readouts, how the run predicts (eval.rule: the figures above are that method's), and
    * both methods' figures side by side.
@@ -71,11 +78,19 @@ export class EvalAccumulator {
   private readonly correct: number[];
   private readonly confusion: number[][];
   private count = 0;
+  private readonly weights: number[] | undefined;
 
-  /** `rule`: the 0-based layers the prediction rule sums (ruleLayers). */
-  constructor(numLayers: number, rule: readonly number[]) {
+  /**
+   * `rule`: the 0-based layers the prediction rule sums (ruleLayers); with `weights` (one per
+   * rule layer), the rule is their weighted sum, the set "fitted".
+   */
+  constructor(numLayers: number, rule: readonly number[], weights?: readonly number[]) {
     this.sets = layerSets(numLayers, rule);
-    this.ruleIndex = this.sets.findIndex((s) => sameLayers(s.layers, rule));
+    if (weights) this.sets.push({ name: 'fitted', layers: [...rule], weights: [...weights] });
+    this.weights = weights ? [...weights] : undefined;
+    this.ruleIndex = weights
+      ? this.sets.length - 1
+      : this.sets.findIndex((s) => sameLayers(s.layers, rule));
     this.correct = this.sets.map(() => 0);
     this.confusion = Array.from({ length: NUM_CLASSES }, () =>
       new Array<number>(NUM_CLASSES).fill(0),
@@ -92,10 +107,11 @@ export class EvalAccumulator {
     this.sets.forEach((set, si) => {
       for (let i = 0; i < b; i++) {
         score.fill(0);
-        for (const l of set.layers) {
+        set.layers.forEach((l, k) => {
           const g = goodness[l]!;
-          for (let c = 0; c < NUM_CLASSES; c++) score[c]! += g[c * b + i]!;
-        }
+          const w = set.weights?.[k] ?? 1;
+          for (let c = 0; c < NUM_CLASSES; c++) score[c]! += w * g[c * b + i]!;
+        });
         const pred = argmax(score);
         const truth = labels[i]!;
         if (pred === truth) this.correct[si]! += 1;
@@ -113,8 +129,58 @@ export class EvalAccumulator {
       rule: this.sets[this.ruleIndex]!.name,
       perLayerSet: this.sets.map((s, i) => ({ name: s.name, accuracy: acc(this.correct[i]!) })),
       confusion: this.confusion.map((row) => [...row]),
+      ...(this.weights && { weights: this.weights }),
     };
   }
+}
+
+/**
+ * Layer weights for a prediction rule, chosen on held-out images: w >= 0 maximising the mean
+ * log-likelihood of the true labels under softmax(sum_l w_l S_l), S_l layer l's scores. Each
+ * layer's scores are first scaled to unit spread (goodness of one layer may be 100x another's),
+ * the fit is projected gradient ascent from equal weights, and the scale is folded back in.
+ * `scores[l]` is layer l's [NUM_CLASSES * n] label-major, as EvalAccumulator takes them.
+ */
+export function fitLayerWeights(
+  scores: readonly Float32Array[],
+  labels: ArrayLike<number>,
+  steps = 300,
+): number[] {
+  const n = labels.length;
+  const L = scores.length;
+  if (n === 0) return new Array<number>(L).fill(1);
+  const scale = scores.map((s) => {
+    let mean = 0;
+    for (const v of s) mean += v;
+    mean /= s.length;
+    let sq = 0;
+    for (const v of s) sq += (v - mean) ** 2;
+    const sd = Math.sqrt(sq / s.length);
+    return sd > 0 && Number.isFinite(sd) ? 1 / sd : 0;
+  });
+  const w = new Array<number>(L).fill(1);
+  const z = new Float64Array(NUM_CLASSES);
+  const grad = new Float64Array(L);
+  for (let step = 0; step < steps; step++) {
+    grad.fill(0);
+    for (let i = 0; i < n; i++) {
+      let max = -Infinity;
+      for (let c = 0; c < NUM_CLASSES; c++) {
+        let v = 0;
+        for (let l = 0; l < L; l++) v += w[l]! * scale[l]! * scores[l]![c * n + i]!;
+        z[c] = v;
+        max = Math.max(max, v);
+      }
+      let sum = 0;
+      for (let c = 0; c < NUM_CLASSES; c++) sum += Math.exp(z[c]! - max);
+      for (let c = 0; c < NUM_CLASSES; c++) {
+        const p = Math.exp(z[c]! - max) / sum - (c === labels[i] ? 1 : 0);
+        for (let l = 0; l < L; l++) grad[l]! += (p * scale[l]! * scores[l]![c * n + i]!) / n;
+      }
+    }
+    for (let l = 0; l < L; l++) w[l] = Math.max(0, w[l]! - 0.5 * grad[l]!);
+  }
+  return w.map((v, l) => v * scale[l]!);
 }
 
 function argmax(a: Float64Array): number {

@@ -1,6 +1,6 @@
 // Conv stages (CwComp's channel-wise competitive layers) as a pipeline compute the same bits as
 // one process: three conv stages end with the weights, BatchNorm statistics and predictions of
-// `train --local`; a run resumed from its epoch-1 checkpoint ends where the uninterrupted one
+// `train --local` (the prediction rule's layer weights fitted on held-out training images); a run resumed from its epoch-1 checkpoint ends where the uninterrupted one
 // did; and a stage killed with SIGKILL mid-epoch is started again and rolled back to the same
 // result. On the shipped sample, a few seconds an epoch.
 import assert from 'node:assert/strict';
@@ -37,6 +37,10 @@ const RUN = [
   'data.testLimit=300',
   '--set',
   'data.jitter=1',
+  '--set',
+  'data.heldout=200',
+  '--set',
+  'eval.combine=fit',
   '--set',
   'train.batchSize=50',
   '--set',
@@ -82,17 +86,21 @@ describe('conv stages (loss competitive) as a pipeline', () => {
     const weights = (dir: string) => join(dir, 'model.safetensors');
     assert.equal(await maxWeightDiff(weights(local), weights(tmp('pipeline'))), 0);
     const { tensors, metadata } = decodeSafetensors(await readFile(weights(tmp('pipeline'))));
-    assert.deepEqual(JSON.parse(metadata.optimizerSteps!), [48, 48, 48]);
+    assert.deepEqual(JSON.parse(metadata.optimizerSteps!), [40, 40, 40]);
     // PyTorch's layouts: conv [out, in / groups, k, k]; BatchNorm's statistics saved.
     assert.deepEqual(tensors.get('layers.1.weight')!.shape, [20, 1, 3, 3]);
     assert.deepEqual(tensors.get('layers.2.bn.runningVar')!.shape, [20]);
     const [ea, eb] = [await evalOf(local), await evalOf(tmp('pipeline'))];
     assert.equal(eb.count, 300);
     assert.deepEqual(eb, ea);
-    // Each layer and each prefix predicts on its own, and learned something.
+    // Each layer and each prefix predicts on its own, and learned something; the rule weighs
+    // the layers as 200 held-out training images chose.
     const sets = Object.fromEntries(eb.perLayerSet.map((s) => [s.name, s.accuracy]));
+    assert.equal(eb.rule, 'fitted');
+    assert.equal(eb.weights!.length, 3);
     assert.deepEqual(Object.keys(sets).sort(), [
       'all',
+      'fitted',
       'layer1',
       'layer2',
       'layer3',
@@ -136,7 +144,7 @@ describe('conv stages (loss competitive) as a pipeline', () => {
     assert.equal(r.code, 0, r.stderr.slice(-3000));
     assert.match(
       r.stderr,
-      /lineage: each layer trained 48, 48, 48 batches \(2 epochs x 24\); 1 recovery/,
+      /lineage: each layer trained 40, 40, 40 batches \(2 epochs x 20\); 1 recovery/,
     );
     const weights = (dir: string) => join(dir, 'model.safetensors');
     assert.equal(await maxWeightDiff(weights(local), weights(tmp('killed'))), 0);

@@ -259,6 +259,17 @@ describe('validateConfig', () => {
     );
   });
 
+  it("eval.combine 'fit' needs held-out training images to fit on", () => {
+    assertRejected(
+      { eval: { combine: 'fit' } },
+      'CONFIG_INVALID',
+      'eval.combine',
+      /'sum' unless data.heldout holds images out to fit on/,
+    );
+    const ok = validateConfig(withDefaults({ data: { heldout: 5000 }, eval: { combine: 'fit' } }));
+    assert.equal(ok.eval.combine, 'fit');
+  });
+
   it('train.shards: 1 to 1024, and 1 with peer normalisation or readouts', () => {
     assert.equal(validateConfig(withDefaults({})).train.shards, 1);
     assert.equal(validateConfig(withDefaults({ train: { shards: 4 } })).train.shards, 4);
@@ -580,18 +591,24 @@ describe('parseSetOverrides', () => {
 });
 
 describe('shipped config files', () => {
-  it('config/*.json all validate, with 784-pixel inputs', async () => {
-    // The input width must match the 28x28 datasets ffx knows, or training fails at start-up.
+  it("config/*.json all validate, with inputs of their data set's shape", async () => {
+    // The input must match the data set's images, or training fails at start-up.
     const names = (await readdir(join(ROOT, 'config'))).filter((n) => n.endsWith('.json'));
     assert.deepEqual(names.sort(), [
+      'cifar10-conv.json',
       'demo.json',
       'fashion-mnist-best.json',
+      'fashion-mnist-conv.json',
       'fashion-mnist-fast.json',
       'mnist-hinton.json',
     ]);
+    const inputs: Record<string, unknown> = {
+      'cifar10-conv.json': [3, 32, 32],
+      'fashion-mnist-conv.json': [1, 28, 28],
+    };
     for (const name of names) {
       const cfg = await loadConfig(join(ROOT, 'config', name));
-      assert.equal(cfg.model.layers[0], 784, `${name}: model.layers[0]`);
+      assert.deepEqual(cfg.model.layers[0], inputs[name] ?? 784, `${name}: model.layers[0]`);
     }
     // The best recipe: readouts, hard negatives, and the first layer's softmax over labels.
     const best = await loadConfig(join(ROOT, 'config', 'fashion-mnist-best.json'));

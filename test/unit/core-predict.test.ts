@@ -1,7 +1,14 @@
 // Prediction from per-layer goodness: hand-made goodness arrays with a known answer per rule.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { EvalAccumulator, formatConfusion, layerSets, ruleLayers } from '../../src/core/predict.js';
+import {
+  EvalAccumulator,
+  fitLayerWeights,
+  formatConfusion,
+  layerSets,
+  ruleLayers,
+} from '../../src/core/predict.js';
+import { Rng } from '../../src/data/rng.js';
 import { NUM_CLASSES } from '../../src/data/ff-data.js';
 
 /**
@@ -225,5 +232,64 @@ describe('formatConfusion', () => {
     const lines = formatConfusion(m).split('\n');
     const ends = lines.map((l) => columnEnds(l, l.indexOf(' ')));
     for (const e of ends) assert.deepEqual(e, ends[0]);
+  });
+});
+
+describe('fitLayerWeights and the fitted rule', () => {
+  /** Label-major scores [10 n] of n images: `signal` on the true class, noise of `spread`. */
+  function scores(labels: number[], signal: number, spread: number, seed: number): Float32Array {
+    const rng = new Rng(seed);
+    const n = labels.length;
+    const s = new Float32Array(NUM_CLASSES * n);
+    for (let i = 0; i < n; i++)
+      for (let c = 0; c < NUM_CLASSES; c++)
+        s[c * n + i] = spread * (rng.next() - 0.5) + (c === labels[i] ? signal : 0);
+    return s;
+  }
+  const labelsOf = (n: number, seed: number) => {
+    const rng = new Rng(seed);
+    return Array.from({ length: n }, () => Math.floor(rng.next() * NUM_CLASSES));
+  };
+
+  it('weighs a loud useless layer down: the fitted rule beats the plain sum and every layer', () => {
+    // Layer 1 informative at a small scale, layer 2 noise 100x louder, layer 3 informative
+    // on its own noise: summed, layer 2 drowns the others.
+    const make = (n: number, seed: number) => {
+      const labels = labelsOf(n, seed);
+      return {
+        labels,
+        g: [
+          scores(labels, 1, 2, seed + 1),
+          scores(labels, 0, 200, seed + 2),
+          scores(labels, 1, 2, seed + 3),
+        ],
+      };
+    };
+    const held = make(2000, 10);
+    const w = fitLayerWeights(held.g, held.labels);
+    assert.equal(w.length, 3);
+    assert.ok(w.every((v) => v >= 0));
+    assert.ok(w[1]! < 0.01 * Math.min(w[0]!, w[2]!), `weights ${w}`);
+    const test = make(2000, 20);
+    const acc = new EvalAccumulator(3, [0, 1, 2], w);
+    acc.add(test.g, test.labels);
+    const r = acc.result();
+    const by = Object.fromEntries(r.perLayerSet.map((s) => [s.name, s.accuracy]));
+    assert.equal(r.rule, 'fitted');
+    assert.deepEqual(r.weights, w);
+    assert.equal(r.accuracy, by.fitted);
+    assert.ok(by.fitted! > by.all! + 0.3, `fitted ${by.fitted} vs all ${by.all}`);
+    assert.ok(by.fitted! > Math.max(by.layer1!, by.layer3!), JSON.stringify(by));
+  });
+
+  it('is all ones for no images, and the plain sum without weights', () => {
+    assert.deepEqual(fitLayerWeights([new Float32Array(0), new Float32Array(0)], []), [1, 1]);
+    const acc = new EvalAccumulator(2, [0, 1]);
+    acc.add(
+      [Float32Array.from({ length: 10 }, (_, c) => (c === 2 ? 1 : 0)), new Float32Array(10)],
+      [2],
+    );
+    assert.equal(acc.result().rule, 'all');
+    assert.equal(acc.result().weights, undefined);
   });
 });
