@@ -54,7 +54,8 @@ export function commonOptions<T>(y: Argv<T>) {
     })
     .option('layers', {
       type: 'string',
-      describe: 'widths from input to last layer, e.g. 784,1000,1000',
+      describe:
+        'widths from input to last layer, e.g. 784,1000,1000 (dense layers; conv layers go in the config or --set model.layers=JSON)',
     })
     .option('seed', { type: 'number', describe: 'run seed (overrides seed)' })
     .option('set', {

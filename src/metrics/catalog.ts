@@ -199,7 +199,7 @@ export const STAGE = {
   goodness: {
     name: 'ffx_stage_goodness',
     type: 'gauge',
-    help: 'Mean goodness of the last training batch, for positive and negative samples.',
+    help: 'Mean goodness of the last training batch, for positive and negative samples (competitive layers: of the true class and of each other class).',
     labelNames: ['polarity', 'layer'],
   },
   nonfiniteLoss: {
@@ -316,7 +316,7 @@ export const COORDINATOR = {
   layerGoodness: {
     name: 'ffx_coordinator_layer_goodness',
     type: 'gauge',
-    help: 'Mean goodness of a layer over the last epoch, for positive and negative samples.',
+    help: 'Mean goodness of a layer over the last epoch, for positive and negative samples (competitive layers: of the true class and of each other class).',
     labelNames: ['layer', 'polarity'],
   },
   stageLost: {
