@@ -135,11 +135,14 @@ export class EvalAccumulator {
 }
 
 /**
- * Layer weights for a prediction rule, chosen on held-out images: w >= 0 maximising the mean
- * log-likelihood of the true labels under softmax(sum_l w_l S_l), S_l layer l's scores. Each
- * layer's scores are first scaled to unit spread (goodness of one layer may be 100x another's),
- * the fit is projected gradient ascent from equal weights, and the scale is folded back in.
- * `scores[l]` is layer l's [NUM_CLASSES * n] label-major, as EvalAccumulator takes them.
+ * Layer weights for a prediction rule, chosen on held-out images: the weights w >= 0 of
+ * sum_l w_l S_l (S_l layer l's scores) that predict the held-out labels best. Candidates: each
+ * layer alone, all of them summed, and the weights maximising the labels' log-likelihood under
+ * softmax(sum_l w_l S_l) (projected gradient ascent, each layer's scores scaled to unit spread
+ * first: goodness of one layer may be 100x another's); the most accurate on the held-out images
+ * is refined one weight at a time while that helps. So the rule is never worse on the held-out
+ * images than its best layer alone. `scores[l]` is layer l's [NUM_CLASSES * n] label-major,
+ * as EvalAccumulator takes them.
  */
 export function fitLayerWeights(
   scores: readonly Float32Array[],
@@ -158,6 +161,57 @@ export function fitLayerWeights(
     const sd = Math.sqrt(sq / s.length);
     return sd > 0 && Number.isFinite(sd) ? 1 / sd : 0;
   });
+  const correct = (w: readonly number[]) => {
+    let right = 0;
+    for (let i = 0; i < n; i++) {
+      let best = 0;
+      let top = -Infinity;
+      for (let c = 0; c < NUM_CLASSES; c++) {
+        let v = 0;
+        for (let l = 0; l < L; l++) v += w[l]! * scores[l]![c * n + i]!;
+        if (v > top) [top, best] = [v, c];
+      }
+      if (best === labels[i]) right++;
+    }
+    return right;
+  };
+  const candidates: number[][] = [
+    ...scores.map((_, l) => scores.map((__, k) => (k === l ? 1 : 0))),
+    new Array<number>(L).fill(1),
+    likelihoodWeights(scores, scale, labels, steps),
+  ];
+  let w = candidates[0]!;
+  let right = correct(w);
+  for (const c of candidates.slice(1)) {
+    const r = correct(c);
+    if (r > right) [w, right] = [c, r];
+  }
+  // One weight at a time, halved, doubled or dropped, while the held-out count improves.
+  for (let round = 0; round < 3; round++) {
+    let improved = false;
+    for (let l = 0; l < L; l++) {
+      for (const f of [0, 0.5, 2]) {
+        const t = w.map((v, k) =>
+          k === l ? (v === 0 && f === 2 ? 1 / (scale[l]! || 1) : v * f) : v,
+        );
+        const r = correct(t);
+        if (r > right) [w, right, improved] = [t, r, true];
+      }
+    }
+    if (!improved) break;
+  }
+  return w;
+}
+
+/** Weights (in the scores' units) maximising the held-out log-likelihood; see fitLayerWeights. */
+function likelihoodWeights(
+  scores: readonly Float32Array[],
+  scale: readonly number[],
+  labels: ArrayLike<number>,
+  steps: number,
+): number[] {
+  const n = labels.length;
+  const L = scores.length;
   const w = new Array<number>(L).fill(1);
   const z = new Float64Array(NUM_CLASSES);
   const grad = new Float64Array(L);

@@ -282,6 +282,27 @@ describe('fitLayerWeights and the fitted rule', () => {
     assert.ok(by.fitted! > Math.max(by.layer1!, by.layer3!), JSON.stringify(by));
   });
 
+  it('never predicts the held-out images worse than its best layer alone', () => {
+    for (const seed of [1, 2, 3]) {
+      const labels = labelsOf(1500, seed);
+      // A good layer, a worse one, and one that is mostly noise: sums of them can lose to the
+      // good one alone.
+      const g = [
+        scores(labels, 1, 1.5, seed + 10),
+        scores(labels, 1, 6, seed + 20),
+        scores(labels, 0.2, 3, seed + 30),
+      ];
+      const w = fitLayerWeights(g, labels);
+      const accOf = (weights: number[]) => {
+        const acc = new EvalAccumulator(3, [0, 1, 2], weights);
+        acc.add(g, labels);
+        return acc.result().accuracy;
+      };
+      const best = Math.max(accOf([1, 0, 0]), accOf([0, 1, 0]), accOf([0, 0, 1]));
+      assert.ok(accOf(w) >= best, `seed ${seed}: fitted ${accOf(w)} < best layer ${best}`);
+    }
+  });
+
   it('is all ones for no images, and the plain sum without weights', () => {
     assert.deepEqual(fitLayerWeights([new Float32Array(0), new Float32Array(0)], []), [1, 1]);
     const acc = new EvalAccumulator(2, [0, 1]);
