@@ -9,6 +9,7 @@ import { convKernels } from '../src/core/conv-kernels.js';
 import { fromHost, host } from '../src/core/host-memory.js';
 import { DEFAULT_OPTIMIZER } from '../src/core/optimizer.js';
 import { modelShapes, type LayerSpec } from '../src/core/model-shape.js';
+import { timeIt } from './time-it.js';
 
 export interface ConvRow {
   backend: string;
@@ -26,18 +27,6 @@ const LAYERS: LayerSpec[] = [
   { conv: 240, kernel: 3, padding: 1 },
   { conv: 480, kernel: 3, padding: 1, groups: 10, pool: 2 },
 ];
-
-function timeIt(fn: () => void, minMs: number): number {
-  fn();
-  fn();
-  let reps = 0;
-  const t0 = performance.now();
-  do {
-    fn();
-    reps++;
-  } while (performance.now() - t0 < minMs);
-  return (performance.now() - t0) / reps;
-}
 
 export function benchConvLayers(backend: string, batch: number, minMs: number): ConvRow[] {
   const shapes = modelShapes(LAYERS);

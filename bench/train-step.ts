@@ -24,6 +24,7 @@ import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
 import { FFLayer } from '../src/core/ff-layer.js';
 import { hostWritten, readFloats } from '../src/core/host-memory.js';
 import { DEFAULT_OPTIMIZER } from '../src/core/optimizer.js';
+import { timeIt } from './time-it.js';
 import { benchConvLayers, printConvTable, type ConvRow } from './conv-step.js';
 
 interface Row {
@@ -39,18 +40,6 @@ interface Row {
   matmulGflops: number;
   /** The two products as bare sgemm calls (NaN without ffx-blas). */
   blasGflops: number;
-}
-
-function timeIt(fn: () => void, minMs: number): number {
-  fn(); // warm-up: kernels compiled, buffers allocated
-  fn();
-  let reps = 0;
-  const t0 = performance.now();
-  do {
-    fn();
-    reps++;
-  } while (performance.now() - t0 < minMs);
-  return (performance.now() - t0) / reps;
 }
 
 function benchShape(

@@ -166,20 +166,7 @@ export class CompetitiveLayer {
     const count = rows * g.hp * g.wp; // pooled positions of the batch
     const m = this.scratch('m', Float32Array, count * out);
     const arg = this.scratch('arg', Int32Array, count * out);
-    k.reluPool(
-      host(z),
-      host(this.bias),
-      m,
-      arg,
-      rows,
-      g.ho,
-      g.wo,
-      g.pool,
-      g.hp,
-      g.wp,
-      out,
-      g.groups,
-    );
+    this.reluPool(z, g, m, arg);
     z.dispose();
     const [mean, variance] = [new Float64Array(out), new Float64Array(out)];
     k.moments(m, count, out, mean, variance);
@@ -270,20 +257,7 @@ export class CompetitiveLayer {
       const m = this.scratch('m', Float32Array, count * out);
       const k = convKernels();
       const arg = this.scratch('arg', Int32Array, count * out);
-      k.reluPool(
-        host(z),
-        host(this.bias),
-        m,
-        arg,
-        n,
-        g.ho,
-        g.wo,
-        g.pool,
-        g.hp,
-        g.wp,
-        out,
-        g.groups,
-      );
+      this.reluPool(z, g, m, arg);
       tf.dispose([chunk, p, z]);
       k.affine(m, count, out, scale, shift, y.subarray(at * this.config.outDim));
     }
@@ -346,6 +320,25 @@ export class CompetitiveLayer {
       this.buffers.set(name, a);
     }
     return a.subarray(0, length) as T;
+  }
+
+  /** m = maxpool(relu(z + b)), and where each value came from (conv-kernels.ts). */
+  private reluPool(z: tf.Tensor, g: Geometry, m: Float32Array, arg: Int32Array): void {
+    const { rows, ho, wo, pool, hp, wp, out, groups } = g;
+    convKernels().reluPool(
+      host(z),
+      host(this.bias),
+      m,
+      arg,
+      rows,
+      ho,
+      wo,
+      pool,
+      hp,
+      wp,
+      out,
+      groups,
+    );
   }
 
   private geometry(rows: number): Geometry {

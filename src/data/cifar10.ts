@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { CIFAR10_ARCHIVE, type Dataset, type LoadOptions, type Split } from './dataset-types.js';
+import { isDir, isFile } from './files.js';
 import { downloadVerified } from './download.js';
 import { DataError, isDataError } from './errors.js';
 
@@ -384,18 +385,4 @@ class ByteReader {
     this.total += n;
     return true;
   }
-}
-
-async function isFile(path: string): Promise<boolean> {
-  return stat(path).then(
-    (s) => s.isFile(),
-    () => false,
-  );
-}
-
-async function isDir(path: string): Promise<boolean> {
-  return stat(path).then(
-    (s) => s.isDirectory(),
-    () => false,
-  );
 }

@@ -1,4 +1,4 @@
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ffxPackage } from '../package.js';
@@ -12,6 +12,7 @@ import {
   type LoadOptions,
   type Split,
 } from './dataset-types.js';
+import { isDir, isFile } from './files.js';
 import { downloadVerified } from './download.js';
 import { DataError, isDataError } from './errors.js';
 import { readIdxFile, type IdxArray } from './idx.js';
@@ -186,20 +187,6 @@ async function findFiles(dir: string): Promise<Found> {
   }
   if (missing.length > 0) return { problem: `missing ${missing.join(', ')}` };
   return { paths: paths as Record<IdxFileName, string> };
-}
-
-async function isFile(path: string): Promise<boolean> {
-  return stat(path).then(
-    (s) => s.isFile(),
-    () => false,
-  );
-}
-
-async function isDir(path: string): Promise<boolean> {
-  return stat(path).then(
-    (s) => s.isDirectory(),
-    () => false,
-  );
 }
 
 async function loadFromDir(
