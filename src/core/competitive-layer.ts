@@ -434,6 +434,14 @@ export class CompetitiveLayer {
       return t;
     };
     for (const [name] of stats) expect(name, tensors.get(name), [channels]);
+    // A variance below zero (a file edited by hand) would make every prediction NaN.
+    const variance = tensors.get(`${prefix}.bn.runningVar`)!.data;
+    const bad = variance.findIndex((v) => !(v >= 0));
+    if (bad >= 0) {
+      throw new Error(
+        `tensor "${prefix}.bn.runningVar" holds ${variance[bad]} at ${bad}: a variance is >= 0`,
+      );
+    }
     for (const [name, v] of targets) {
       const t = tensors.get(name);
       if (!t && !names.has(v)) continue; // no optimizer slots: fresh ones

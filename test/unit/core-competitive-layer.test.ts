@@ -241,6 +241,15 @@ describe('CompetitiveLayer', () => {
     const missing = new Map(state);
     missing.delete('layers.0.bn.runningVar');
     assert.throws(() => b.importState('layers.0', missing), /no tensor "layers.0.bn.runningVar"/);
+    const negative = new Map(state);
+    negative.set('layers.0.bn.runningVar', {
+      shape: [20],
+      data: Float32Array.from({ length: 20 }, (_, i) => (i === 7 ? -1 : 1)),
+    });
+    assert.throws(
+      () => b.importState('layers.0', negative),
+      /"layers.0.bn.runningVar" holds -1 at 7: a variance is >= 0/,
+    );
     const wrong = new Map(state);
     wrong.set('layers.0.weight', { shape: [20, 9], data: new Float32Array(180) });
     assert.throws(
