@@ -161,23 +161,26 @@ export function affine(
 
 /**
  * Class goodness G [rows, classes] of y [rows, positions, out]: each class's group of out /
- * classes channels, its mean square over the positions and the group.
+ * classes channels, its mean square over the positions and the group (each channel's sum over
+ * the positions first, then the group's).
  */
 export function classGoodness(y: Float32Array, rows: number, out: number, classes: number) {
   const per = y.length / rows;
   const group = out / classes;
+  const n = (per / out) * group;
   const g = new Float64Array(rows * classes);
+  const acc = new Float64Array(out);
   for (let b = 0; b < rows; b++) {
+    acc.fill(0);
     for (let i = b * per; i < (b + 1) * per; i += out) {
-      for (let j = 0, o = 0; j < classes; j++) {
-        let sum = 0;
-        for (const end = o + group; o < end; o++) sum += y[i + o]! * y[i + o]!;
-        g[b * classes + j]! += sum;
-      }
+      for (let o = 0; o < out; o++) acc[o]! += y[i + o]! * y[i + o]!;
+    }
+    for (let j = 0, o = 0; j < classes; j++) {
+      let sum = 0;
+      for (const end = o + group; o < end; o++) sum += acc[o]!;
+      g[b * classes + j] = sum / n;
     }
   }
-  const n = (per / out) * group;
-  for (let k = 0; k < g.length; k++) g[k]! /= n;
   return g;
 }
 

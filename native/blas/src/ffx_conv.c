@@ -9,6 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+// The hot loops compiled for AVX-512 and AVX2 besides the baseline, chosen at load time. Only
+// the vector width differs: every value is the same IEEE operation in the same order (no FMA
+// contraction, no reassociation; a sum runs across channels, never along one), so each clone
+// gives the baseline's bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define HOT
+#endif
+
 #define ARGS(n)                                                                  \
   size_t argc = n;                                                               \
   napi_value a[n];                                                               \
@@ -55,6 +65,8 @@ static napi_value js_im2col(napi_env env, napi_callback_info info) {
   const float *x = arr(env, a[0], napi_float32_array, rows * h * w * c);
   float *p = arr(env, a[1], napi_float32_array, rows * ho * wo * kernel * kernel * c);
   if (!x || !p) return fail(env, "im2col: an array is too short");
+  // Ungrouped, a kernel row inside the image is one span of kernel * c values of x.
+  const int64_t span = groups == 1 ? kernel * c : 0;
   int64_t at = 0;
   for (int64_t gi = 0; gi < groups; gi++) {
     const int64_t c0 = gi * cg;
@@ -63,6 +75,14 @@ static napi_value js_im2col(napi_env env, napi_callback_info info) {
         for (int64_t ox = 0; ox < wo; ox++)
           for (int64_t ky = 0; ky < kernel; ky++) {
             const int64_t iy = oy * stride + ky - padding;
+            const int64_t x0 = ox * stride - padding;
+            if (span > 0 && iy >= 0 && iy < h && x0 >= 0 && x0 + kernel <= w) {
+              const float *src = x + ((b * h + iy) * w + x0) * c;
+              if (span >= 16) memcpy(p + at, src, span * sizeof(float));
+              else for (int64_t k = 0; k < span; k++) p[at + k] = src[k];
+              at += span;
+              continue;
+            }
             for (int64_t kx = 0; kx < kernel; kx++) {
               const int64_t ix = ox * stride + kx - padding;
               const int inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
@@ -81,6 +101,19 @@ static napi_value js_im2col(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// No pooling and no groups: m and z have one layout, and each value's window is itself.
+HOT static void relu_direct(const float *restrict z, const float *restrict bias, float *restrict m,
+                            int32_t *restrict arg, int64_t n, int64_t out) {
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t o = 0; o < out; o++) {
+      const int64_t at = i * out + o;
+      const float v = z[at] + bias[o];
+      const int take = v > 0.0f;
+      m[at] = take ? v : 0.0f;
+      arg[at] = take ? (int32_t)at : -1;
+    }
+}
+
 // reluPool(z, bias, m, arg, rows, ho, wo, pool, hp, wp, out, groups)
 static napi_value js_relu_pool(napi_env env, napi_callback_info info) {
   ARGS(12);
@@ -96,6 +129,10 @@ static napi_value js_relu_pool(napi_env env, napi_callback_info info) {
   float *m = arr(env, a[2], napi_float32_array, pooled);
   int32_t *arg = arr(env, a[3], napi_int32_array, pooled);
   if (!z || !bias || !m || !arg) return fail(env, "reluPool: an array is too short");
+  if (pool == 1 && groups == 1) {
+    relu_direct(z, bias, m, arg, n, out);
+    return NULL;
+  }
   for (int64_t i = 0; i < pooled; i++) {
     m[i] = 0;
     arg[i] = -1;
@@ -132,16 +169,8 @@ static napi_value js_relu_pool(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// moments(m, count, out, mean, variance): per channel over count rows, float64 sums.
-static napi_value js_moments(napi_env env, napi_callback_info info) {
-  ARGS(5);
-  int64_t g[2];
-  if (!ints(env, a + 1, 2, g) || g[1] < 1) return fail(env, "moments: bad geometry");
-  const int64_t count = g[0], out = g[1];
-  const float *m = arr(env, a[0], napi_float32_array, count * out);
-  double *mean = arr(env, a[3], napi_float64_array, out);
-  double *var = arr(env, a[4], napi_float64_array, out);
-  if (!m || !mean || !var) return fail(env, "moments: an array is too short");
+HOT static void channel_moments(const float *restrict m, int64_t count, int64_t out,
+                                double *restrict mean, double *restrict var) {
   for (int64_t o = 0; o < out; o++) mean[o] = var[o] = 0;
   for (int64_t i = 0; i < count; i++)
     for (int64_t o = 0; o < out; o++) mean[o] += m[i * out + o];
@@ -152,7 +181,28 @@ static napi_value js_moments(napi_env env, napi_callback_info info) {
       var[o] += d * d;
     }
   for (int64_t o = 0; o < out; o++) var[o] /= count;
+}
+
+// moments(m, count, out, mean, variance): per channel over count rows, float64 sums.
+static napi_value js_moments(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  int64_t g[2];
+  if (!ints(env, a + 1, 2, g) || g[1] < 1) return fail(env, "moments: bad geometry");
+  const int64_t count = g[0], out = g[1];
+  const float *m = arr(env, a[0], napi_float32_array, count * out);
+  double *mean = arr(env, a[3], napi_float64_array, out);
+  double *var = arr(env, a[4], napi_float64_array, out);
+  if (!m || !mean || !var) return fail(env, "moments: an array is too short");
+  channel_moments(m, count, out, mean, var);
   return NULL;
+}
+
+HOT static void channel_affine(const float *restrict m, int64_t count, int64_t out,
+                               const double *restrict scale, const double *restrict shift,
+                               float *restrict y) {
+  for (int64_t i = 0; i < count; i++)
+    for (int64_t o = 0; o < out; o++)
+      y[i * out + o] = (float)(scale[o] * m[i * out + o] + shift[o]);
 }
 
 // affine(m, count, out, scale, shift, y): y = scale m + shift per channel.
@@ -166,10 +216,72 @@ static napi_value js_affine(napi_env env, napi_callback_info info) {
   const double *shift = arr(env, a[4], napi_float64_array, out);
   float *y = arr(env, a[5], napi_float32_array, count * out);
   if (!m || !scale || !shift || !y) return fail(env, "affine: an array is too short");
-  for (int64_t i = 0; i < count; i++)
-    for (int64_t o = 0; o < out; o++)
-      y[i * out + o] = (float)(scale[o] * m[i * out + o] + shift[o]);
+  channel_affine(m, count, out, scale, shift, y);
   return NULL;
+}
+
+// dL/dy = coef[o] y for image b: coef[o] = dG[b, class of o] * k.
+static void set_coef(double *restrict coef, const double *restrict dg, int64_t b, int64_t out,
+                     int64_t classes, int64_t group, double k) {
+  for (int64_t o = 0; o < out; o++) coef[o] = dg[b * classes + o / group] * k;
+}
+
+// The backward pass's first sweep: per channel, the sums of dy and of dy (m - mean).
+HOT static void backward_sums(const double *restrict dg, const float *restrict m,
+                              const float *restrict y, const double *restrict mean, int64_t rows,
+                              int64_t per, int64_t out, int64_t classes, int64_t group, double k,
+                              double *restrict coef, double *restrict sdy, double *restrict sdx) {
+  for (int64_t b = 0; b < rows; b++) {
+    set_coef(coef, dg, b, out, classes, group, k);
+    for (int64_t at = b * per * out; at < (b + 1) * per * out; at += out)
+      for (int64_t o = 0; o < out; o++) {
+        const double dy = coef[o] * y[at + o];
+        sdy[o] += dy;
+        sdx[o] += dy * (m[at + o] - mean[o]);
+      }
+  }
+}
+
+// Whether every live arg points at its own index (no pooling, no groups: reluPool's direct
+// case), and the largest index.
+HOT static int arg_scan(const int32_t *restrict arg, int64_t len, int32_t *last) {
+  int32_t max = -1, moved = 0;
+  for (int64_t i = 0; i < len; i++) {
+    const int32_t v = arg[i];
+    max = v > max ? v : max;
+    moved |= (v != -1) & (v != (int32_t)i);
+  }
+  *last = max;
+  return !moved;
+}
+
+// dm = ka dy - kb - kc (m - mean) per value: written to dz at arg (0 there where the ReLU is
+// off), summed per channel into db. `direct`: arg is the identity (arg_scan), dz is written in
+// one sweep; otherwise each live value goes where arg says (a dead one writes to a sink).
+HOT static void backward_dz(const double *restrict dg, const float *restrict m,
+                            const float *restrict y, const int32_t *restrict arg,
+                            const double *restrict mean, const double *restrict ka,
+                            const double *restrict kb, const double *restrict kc, int64_t rows,
+                            int64_t per, int64_t out, int64_t classes, int64_t group, double k,
+                            int direct, double *restrict coef, float *dz, double *restrict db) {
+  float sink;
+  for (int64_t b = 0; b < rows; b++) {
+    set_coef(coef, dg, b, out, classes, group, k);
+    for (int64_t at = b * per * out; at < (b + 1) * per * out; at += out)
+      for (int64_t o = 0; o < out; o++) {
+        const int32_t from = arg[at + o];
+        const int live = from >= 0;
+        const double dm = ka[o] * coef[o] * y[at + o] - kb[o] - kc[o] * (m[at + o] - mean[o]);
+        db[o] += live ? dm : 0.0;
+        if (direct) {
+          dz[at + o] = live ? (float)dm : 0.0f;
+        } else {
+          // Selects, not branches (half the ReLUs are off, at random).
+          float *dst = (float *)((uintptr_t)(dz + from) * live + (uintptr_t)&sink * (1 - live));
+          *dst = (float)dm;
+        }
+      }
+  }
 }
 
 // backward(dg, m, y, arg, mean, variance, gamma, eps, rows, count, out, classes, dz, dgamma,
@@ -206,61 +318,49 @@ static napi_value js_backward(napi_env env, napi_callback_info info) {
   float *dbias = arr(env, a[15], napi_float32_array, out);
   if (!dg || !m || !y || !arg || !mean || !var || !gamma || !dz || !dgamma || !dbeta || !dbias)
     return fail(env, "backward: an array is too short");
-  double *work = calloc(7 * out, sizeof(double));
+  int32_t last;
+  const int identity = arg_scan(arg, count * out, &last);
+  const int direct = identity && count * out <= INT32_MAX && (size_t)(count * out) <= dz_len;
+  if (last >= 0 && (size_t)last >= dz_len) return fail(env, "backward: an index in arg runs past dz");
+  double *work = calloc(8 * out, sizeof(double));
   if (!work) return fail(env, "backward: out of memory");
   double *inv = work, *coef = work + out, *sdy = work + 2 * out, *sdx = work + 3 * out,
-         *ka = work + 4 * out, *kb = work + 5 * out, *kc = work + 6 * out;
+         *ka = work + 4 * out, *kb = work + 5 * out, *kc = work + 6 * out, *db = work + 7 * out;
   for (int64_t o = 0; o < out; o++) inv[o] = 1 / sqrt(var[o] + eps);
   const double k = 2.0 / (double)(per * group);
-  for (int64_t b = 0; b < rows; b++) {
-    for (int64_t o = 0; o < out; o++) coef[o] = dg[b * classes + o / group] * k;
-    for (int64_t at = b * per * out; at < (b + 1) * per * out; at += out)
-      for (int64_t o = 0; o < out; o++) {
-        const double dy = coef[o] * y[at + o];
-        sdy[o] += dy;
-        sdx[o] += dy * (m[at + o] - mean[o]);
-      }
-  }
+  backward_sums(dg, m, y, mean, rows, per, out, classes, group, k, coef, sdy, sdx);
   for (int64_t o = 0; o < out; o++) {
     sdx[o] *= inv[o];
     ka[o] = gamma[o] * inv[o];
     kb[o] = ka[o] * sdy[o] / count;
     kc[o] = ka[o] * inv[o] * sdx[o] / count;
   }
-  double *db = calloc(out, sizeof(double));
-  if (!db) {
-    free(work);
-    return fail(env, "backward: out of memory");
-  }
-  int32_t last = -1;  // the largest index: a max, not a branch per element
-  for (int64_t i = 0; i < count * out; i++) last = arg[i] > last ? arg[i] : last;
-  if (last >= 0 && (size_t)last >= dz_len) {
-    free(db);
-    free(work);
-    return fail(env, "backward: an index in arg runs past dz");
-  }
-  float sink;
-  for (int64_t b = 0; b < rows; b++) {
-    for (int64_t o = 0; o < out; o++) coef[o] = dg[b * classes + o / group] * k;
-    for (int64_t at = b * per * out; at < (b + 1) * per * out; at += out)
-      for (int64_t o = 0; o < out; o++) {
-        // Selects, not branches (half the ReLUs are off, at random): a dead one writes to sink.
-        const int32_t from = arg[at + o];
-        const double dm = ka[o] * coef[o] * y[at + o] - kb[o] - kc[o] * (m[at + o] - mean[o]);
-        const int64_t live = from >= 0;
-        float *dst = (float *)((uintptr_t)(dz + from) * live + (uintptr_t)&sink * (1 - live));
-        *dst = (float)dm;
-        db[o] += dm * (double)live;
-      }
-  }
+  backward_dz(dg, m, y, arg, mean, ka, kb, kc, rows, per, out, classes, group, k, direct, coef, dz,
+              db);
   for (int64_t o = 0; o < out; o++) {
     dgamma[o] = (float)sdx[o];
     dbeta[o] = (float)sdy[o];
     dbias[o] = (float)db[o];
   }
-  free(db);
   free(work);
   return NULL;
+}
+
+// Each image's sum of squares per channel over its positions, then per class over its group.
+HOT static void goodness_rows(const float *restrict y, int64_t rows, int64_t per, int64_t out,
+                              int64_t classes, double *restrict acc, double *restrict g) {
+  const int64_t group = out / classes;
+  const double n = (double)(per / out) * group;
+  for (int64_t b = 0; b < rows; b++) {
+    for (int64_t o = 0; o < out; o++) acc[o] = 0;
+    for (int64_t i = b * per; i < (b + 1) * per; i += out)
+      for (int64_t o = 0; o < out; o++) acc[o] += (double)y[i + o] * y[i + o];
+    for (int64_t j = 0, o = 0; j < classes; j++) {
+      double sum = 0;
+      for (const int64_t end = o + group; o < end; o++) sum += acc[o];
+      g[b * classes + j] = sum / n;
+    }
+  }
 }
 
 // goodness(y, rows, out, classes, g): each class's mean square over positions and its
@@ -270,7 +370,7 @@ static napi_value js_goodness(napi_env env, napi_callback_info info) {
   int64_t d[3];
   if (!ints(env, a + 1, 3, d) || d[0] < 1 || d[2] < 1 || d[1] % d[2] != 0)
     return fail(env, "goodness: bad geometry");
-  const int64_t rows = d[0], out = d[1], classes = d[2], group = out / classes;
+  const int64_t rows = d[0], out = d[1], classes = d[2];
   size_t len;
   bool is_ta;
   napi_typedarray_type t;
@@ -283,18 +383,10 @@ static napi_value js_goodness(napi_env env, napi_callback_info info) {
   const int64_t per = (int64_t)len / rows;
   double *g = arr(env, a[4], napi_float64_array, rows * classes);
   if (!g) return fail(env, "goodness: an array is too short");
-  for (int64_t b = 0; b < rows; b++) {
-    double *gb = g + b * classes;
-    for (int64_t j = 0; j < classes; j++) gb[j] = 0;
-    for (int64_t i = b * per; i < (b + 1) * per; i += out)
-      for (int64_t j = 0, o = 0; j < classes; j++) {
-        double sum = 0;
-        for (const int64_t end = o + group; o < end; o++) sum += (double)y[i + o] * y[i + o];
-        gb[j] += sum;
-      }
-  }
-  const double n = (double)(per / out) * group;
-  for (int64_t k = 0; k < rows * classes; k++) g[k] /= n;
+  double *acc = malloc(out * sizeof(double));
+  if (!acc) return fail(env, "goodness: out of memory");
+  goodness_rows(y, rows, per, out, classes, acc, g);
+  free(acc);
   return NULL;
 }
 
