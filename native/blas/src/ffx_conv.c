@@ -12,8 +12,8 @@
 // The hot loops compiled for AVX-512 and AVX2 besides the baseline, chosen at load time. Only
 // the vector width differs: every value is the same IEEE operation in the same order (no FMA
 // contraction, no reassociation; a sum runs across channels, never along one), so each clone
-// gives the baseline's bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// gives the baseline's bits. (Clones need glibc's ifunc: elsewhere the baseline alone.)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
 #define HOT __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define HOT
