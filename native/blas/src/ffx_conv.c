@@ -321,7 +321,8 @@ static napi_value js_backward(napi_env env, napi_callback_info info) {
   int32_t last;
   const int identity = arg_scan(arg, count * out, &last);
   const int direct = identity && count * out <= INT32_MAX && (size_t)(count * out) <= dz_len;
-  if (last >= 0 && (size_t)last >= dz_len) return fail(env, "backward: an index in arg runs past dz");
+  if (last >= 0 && (size_t)last >= dz_len)
+    return fail(env, "backward: an index in arg runs past dz");
   double *work = calloc(8 * out, sizeof(double));
   if (!work) return fail(env, "backward: out of memory");
   double *inv = work, *coef = work + out, *sdy = work + 2 * out, *sdx = work + 3 * out,
