@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { layerParamShapes, type ModelConfig } from '../core/ff-network.js';
+import { BN_EPS } from '../core/competitive-layer.js';
 import { describeLayers } from '../core/model-shape.js';
 import { decodeSafetensors, encodeSafetensors, type NamedTensor } from '../core/safetensors.js';
 import { DEFAULT_CONFIG, mergeConfig, validateConfig, type RunConfig } from '../config/config.js';
@@ -89,6 +90,19 @@ export function checkFiniteState(state: ModelState, when: string): void {
   }
 }
 
+/** What a reader in another language needs to compute with the tensors (metadata `layout`). */
+function layoutNote(cfg: RunConfig): string {
+  if (cfg.model.loss === 'competitive') {
+    return (
+      'layers.<i>.weight is [out, in/groups, k, k] for a conv layer (torch.nn.Conv2d; input ' +
+      'channels last) or [out, in] for a dense one (torch.nn.Linear); a layer computes ' +
+      `BatchNorm(maxpool(relu(conv(x) + bias))) with layers.<i>.bn.{weight, bias, runningMean, runningVar}, eps ${BN_EPS}; ` +
+      "kernel, stride, padding, groups and pool are config's model.layers"
+    );
+  }
+  return 'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)';
+}
+
 /** Writes `state` with the run config and the epoch reached, atomically. */
 export async function writeCheckpoint(
   file: string,
@@ -107,8 +121,7 @@ export async function writeCheckpoint(
     optimizerSteps: JSON.stringify(state.optimizerSteps),
     config: JSON.stringify(cfg),
     sha256: JSON.stringify(Object.fromEntries([...tensors].map(([n, t]) => [n, sha256(t.data)]))),
-    layout:
-      'layers.<i>.weight is [out, in] (torch.nn.Linear); a layer computes relu(normalise(x) @ weight.T + bias)',
+    layout: layoutNote(cfg),
   };
   if (lineage !== undefined) metadata.lineage = JSON.stringify(lineage);
   metadata.integrity = metadataDigest(metadata);

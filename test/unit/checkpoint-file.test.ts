@@ -72,6 +72,7 @@ describe('checkpoint files', () => {
     const { tensors, metadata } = decodeSafetensors(await readFile(file));
     assert.equal(metadata.format, 'ffx-checkpoint-v3');
     assert.match(metadata.integrity!, /^[0-9a-f]{64}$/);
+    assert.match(metadata.layout!, /\[out, in\] \(torch\.nn\.Linear\).*normalise/);
     assert.deepEqual(Object.keys(JSON.parse(metadata.sha256!)).sort(), [...tensors.keys()].sort());
     const back = await readCheckpoint(file, MODEL, 5);
     assert.equal(back.epoch, 2);
@@ -79,6 +80,18 @@ describe('checkpoint files', () => {
     assert.deepEqual(
       back.state.tensors.get('layers.1.bias')!.data,
       state(3).tensors.get('layers.1.bias')!.data,
+    );
+  });
+
+  it('says how a competitive (conv) network is laid out, for readers in other languages', async () => {
+    const file = tmp('conv.safetensors');
+    const conv: RunConfig = { ...CFG, model: { ...MODEL, loss: 'competitive' } };
+    await writeCheckpoint(file, state(3), conv, 1);
+    const { metadata } = decodeSafetensors(await readFile(file));
+    assert.match(metadata.layout!, /\[out, in\/groups, k, k\] .*torch\.nn\.Conv2d/);
+    assert.match(
+      metadata.layout!,
+      /BatchNorm\(maxpool\(relu\(conv\(x\) \+ bias\)\)\).*eps 0\.0001/,
     );
   });
 
