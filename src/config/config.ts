@@ -22,6 +22,8 @@ export interface RunConfig {
     testLimit: number;
     /** Shift each training image by up to this many pixels each way, seeded (0 = none). */
     jitter: number;
+    /** Mirror each training image left-right with probability 1/2, seeded (false = never). */
+    flip: boolean;
     /**
      * The last N training images (after trainLimit) are held out of training, to choose the
      * prediction rule's layer weights on (eval.combine 'fit'): never the test set (0 = none).
@@ -131,6 +133,7 @@ export const DEFAULT_CONFIG: RunConfig = {
     trainLimit: 0,
     testLimit: 0,
     jitter: 0,
+    flip: false,
     heldout: 0,
   },
   model: {
@@ -357,6 +360,7 @@ const SCHEMA: Record<string, Record<string, Rule>> = {
     trainLimit: int(0, 1e9),
     testLimit: int(0, 1e9),
     jitter: int(0, 16),
+    flip: bool,
     heldout: int(0, 1e9),
   },
   model: {

@@ -118,6 +118,7 @@ export function trainSampler(
     dropLast: false,
     onValue: cfg.model.overlayValue,
     jitter: cfg.data.jitter,
+    flip: cfg.data.flip,
     imageShape: data.shape,
     channels: data.channels,
     background: data.background,

@@ -233,7 +233,12 @@ export interface BatchSamplerOptions {
    * (uniform, seeded by (seed, epoch)), the vacated pixels set to `background`. 0: none.
    */
   jitter?: number;
-  /** [rows, cols] of an image (needed with jitter). */
+  /**
+   * Augmentation: each training image mirrored left-right with probability 1/2 (seeded by
+   * (seed, epoch), a stream of its own), after the jitter's shift.
+   */
+  flip?: boolean;
+  /** [rows, cols] of an image (needed with jitter or flip). */
   imageShape?: readonly [number, number];
   /** Values per pixel, channels last (default 1). */
   channels?: number;
@@ -253,6 +258,8 @@ export interface BatchSamplerOptions {
 
 /** Rng stream of the jitter draws: epoch e uses JITTER_STREAM + e, apart from the order's. */
 const JITTER_STREAM = 0x4a170000;
+/** Rng stream of the flip draws: epoch e uses FLIP_STREAM + e. */
+const FLIP_STREAM = 0x4f110000;
 
 /**
  * Writes `src` (a rows x cols image) shifted by (dy, dx) pixels into out[offset..]: out pixel
@@ -280,6 +287,28 @@ export function shiftImage(
     out.fill(background, o, o + c0);
     out.set(src.subarray(sr * cols + c0 - dx, sr * cols + c1 - dx), o + c0);
     out.fill(background, o + c1, o + cols);
+  }
+}
+
+/** Mirrors the rows x cols image at out[offset..] left-right in place (channels last). */
+export function mirrorImage(
+  out: Float32Array,
+  offset: number,
+  rows: number,
+  cols: number,
+  channels: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const row = offset + r * cols * channels;
+    for (let a = 0, b = cols - 1; a < b; a++, b--) {
+      for (let ch = 0; ch < channels; ch++) {
+        const i = row + a * channels + ch;
+        const j = row + b * channels + ch;
+        const t = out[i]!;
+        out[i] = out[j]!;
+        out[j] = t;
+      }
+    }
   }
 }
 
@@ -335,7 +364,7 @@ export class BatchSampler {
     if (!Number.isInteger(jitter) || jitter < 0) {
       fail(`options.jitter must be a non-negative integer, got ${jitter}`);
     }
-    if (jitter > 0) {
+    if (jitter > 0 || opts.flip) {
       const [rows, cols] = opts.imageShape ?? [0, 0];
       const channels = opts.channels ?? 1;
       if (rows * cols * channels !== dim)
@@ -358,6 +387,7 @@ export class BatchSampler {
     const rng = Rng.derive(this.opts.seed, epochIndex);
     const order = shuffle ? rng.permutation(this.count) : null;
     const jitterRng = jitter > 0 ? Rng.derive(this.opts.seed, JITTER_STREAM + epochIndex) : null;
+    const flipRng = this.opts.flip ? Rng.derive(this.opts.seed, FLIP_STREAM + epochIndex) : null;
     const [rows, cols] = this.opts.imageShape ?? [0, 0];
     const channels = this.opts.channels ?? 1;
     const plain = this.opts.plain ?? false;
@@ -380,11 +410,11 @@ export class BatchSampler {
           const dx = jitterRng.int(2 * jitter + 1) - jitter;
           // Channels last: a row of the image is cols * channels values.
           shiftImage(image, rows, cols * channels, dy, dx * channels, background, x, i * dim);
-          if (!plain) x.copyWithin((size + i) * dim, i * dim, (i + 1) * dim);
         } else {
           x.set(image, i * dim);
-          if (!plain) x.set(image, (size + i) * dim);
         }
+        if (flipRng && flipRng.int(2) === 1) mirrorImage(x, i * dim, rows, cols, channels);
+        if (!plain) x.copyWithin((size + i) * dim, i * dim, (i + 1) * dim);
         batchLabels[i] = labels[row]!;
       }
       if (plain) {

@@ -38,6 +38,8 @@ const RUN = [
   '--set',
   'data.jitter=1',
   '--set',
+  'data.flip=true',
+  '--set',
   'data.heldout=200',
   '--set',
   'eval.combine=fit',

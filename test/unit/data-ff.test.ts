@@ -9,6 +9,7 @@ import {
   sampleHardNegativeLabels,
   sampleNegativeLabels,
   shiftImage,
+  mirrorImage,
   toFloat,
   type Batch,
   type BatchSamplerOptions,
@@ -385,5 +386,105 @@ describe('BatchSampler with jitter', () => {
     assert.deepEqual(a, b);
     const c = [...make(2).epoch(2)].map((b) => Array.from(b.x));
     assert.notDeepEqual(a, c);
+  });
+});
+
+describe('mirrorImage', () => {
+  it("reverses each row of pixels, keeping each pixel's channels in order", () => {
+    // 2 x 3 pixels of 2 channels: pixel (r, c) channel k = 100 r + 10 c + k.
+    const img = Float32Array.from({ length: 12 }, (_, i) => {
+      const [r, c, k] = [Math.floor(i / 6), Math.floor(i / 2) % 3, i % 2];
+      return 100 * r + 10 * c + k;
+    });
+    const out = new Float32Array(14).fill(7);
+    out.set(img, 1);
+    mirrorImage(out, 1, 2, 3, 2);
+    // prettier-ignore
+    assert.deepEqual(Array.from(out), [
+      7,
+      20, 21, 10, 11, 0, 1,
+      120, 121, 110, 111, 100, 101,
+      7,
+    ]);
+    mirrorImage(out, 1, 2, 3, 2);
+    assert.deepEqual(Array.from(out.subarray(1, 13)), Array.from(img));
+  });
+});
+
+describe('BatchSampler with flip', () => {
+  // 200 images of 3 x 5 pixels, no two alike and none symmetric.
+  const [rows, cols] = [3, 5];
+  const dim = rows * cols;
+  const count = 200;
+  const images = Float32Array.from({ length: count * dim }, (_, i) => (i % dim) + 0.001 * i);
+  const labels = Uint8Array.from({ length: count }, (_, i) => i % 10);
+  const make = (flip: boolean, seed = 3) =>
+    new BatchSampler({
+      images,
+      labels,
+      count,
+      dim,
+      batchSize: 20,
+      seed,
+      shuffle: true,
+      dropLast: false,
+      plain: true,
+      flip,
+      imageShape: [rows, cols],
+    });
+
+  it('mirrors about half the images, the others untouched, the order unchanged', () => {
+    const plain = [...make(false).epoch(2)];
+    const flipped = [...make(true).epoch(2)];
+    let mirrored = 0;
+    flipped.forEach((b, k) => {
+      const p = plain[k]!;
+      assert.deepEqual(b.rows, p.rows);
+      assert.deepEqual(b.labels, p.labels);
+      for (let i = 0; i < b.size; i++) {
+        const seen = Array.from(b.x.subarray(i * dim, (i + 1) * dim));
+        const image = p.x.slice(i * dim, (i + 1) * dim);
+        if (seen.every((v, j) => v === image[j])) continue;
+        mirrorImage(image, 0, rows, cols, 1);
+        assert.deepEqual(
+          seen,
+          Array.from(image),
+          `batch ${k} row ${i}: neither itself nor mirrored`,
+        );
+        mirrored++;
+      }
+    });
+    // 200 fair draws: 100 expected.
+    assert.ok(mirrored >= 70 && mirrored <= 130, `${mirrored} of 200 mirrored`);
+  });
+
+  it('is a pure function of (seed, epoch), and differs between epochs', () => {
+    const a = [...make(true).epoch(1)].map((b) => Array.from(b.x));
+    assert.deepEqual(
+      a,
+      [...make(true).epoch(1)].map((b) => Array.from(b.x)),
+    );
+    assert.notDeepEqual(
+      a,
+      [...make(true).epoch(4)].map((b) => Array.from(b.x)),
+    );
+  });
+
+  it('needs the image shape', () => {
+    assert.throws(
+      () =>
+        new BatchSampler({
+          images,
+          labels,
+          count,
+          dim,
+          batchSize: 20,
+          seed: 1,
+          shuffle: true,
+          dropLast: false,
+          flip: true,
+        }),
+      /options.imageShape/,
+    );
   });
 });
