@@ -86,7 +86,8 @@ export interface RunConfig {
     evalEvery: number;
     /**
      * A batch's gradient is the sum, in order, of the gradients of this many shards of it (each
-     * computed on its rows alone): the arithmetic replicas of a stage share (1: the batch whole).
+     * computed on its rows alone; a competitive layer's BatchNorm on each shard's own
+     * statistics): the arithmetic replicas of a stage share (1: the batch whole).
      */
     shards: number;
   };
@@ -443,13 +444,6 @@ export function validateConfig(raw: unknown): RunConfig {
       'train.shards',
       cfg.train.shards,
       '1 with model.peerNorm (its running mean is over the whole batch)',
-    );
-  }
-  if (cfg.train.shards > 1 && cfg.model.loss === 'competitive') {
-    fail(
-      'train.shards',
-      cfg.train.shards,
-      "1 with model.loss 'competitive' (BatchNorm's statistics are over the whole batch)",
     );
   }
   if (cfg.train.shards > 1 && cfg.model.readout) {

@@ -34,6 +34,13 @@ import type { NamedTensor } from './safetensors.js';
 import { convOutput, isConv, type ConvSpec, type Shape } from './model-shape.js';
 import { READOUT_CLASSES } from './readout.js';
 import { convKernels, softmaxLoss, type Geometry } from './conv-kernels.js';
+import {
+  disposePart,
+  shardLabels,
+  shardSizes,
+  type ShardPart,
+  type ShardedLayer,
+} from './shards.js';
 
 export const CLASSES = READOUT_CLASSES;
 /** BatchNorm's epsilon and the weight of each batch in its running statistics (PyTorch's). */
@@ -50,6 +57,8 @@ export interface CompetitiveConfig {
   /** The scale of goodness in the softmax (default 1). */
   alpha: number;
   seed: number;
+  /** Shards of a batch, each normalised by its own statistics (default 1: the batch whole). */
+  shards?: number;
 }
 
 /** The layout change between PyTorch's conv weight [O, Cg, k, k] and [G, k*k*Cg, O/G]. */
@@ -77,7 +86,7 @@ function permuteKernel(
   return out;
 }
 
-export class CompetitiveLayer {
+export class CompetitiveLayer implements ShardedLayer {
   readonly config: CompetitiveConfig & { inDim: number; outDim: number };
   readonly outShape: Shape;
   /** Conv: [groups, k*k*in/groups, out/groups]; dense: [out, in]. */
@@ -145,6 +154,7 @@ export class CompetitiveLayer {
   /**
    * One step on a batch x [B, inDim] with its true `labels`: returns Y of every row (owned by
    * the caller) and [loss, mean goodness of the true class, mean goodness of each other one].
+   * With shards (config.shards > 1), the shards' parts combined (combineParts).
    */
   trainStep(
     x: tf.Tensor2D,
@@ -159,6 +169,50 @@ export class CompetitiveLayer {
       );
     }
     if (labels?.length !== rows) throw new Error(`trainStep: needs the ${rows} labels`);
+    const sizes = shardSizes(rows, this.config.shards ?? 1);
+    if (sizes.length > 1) {
+      const ks = sizes.map((_, k) => k);
+      const inputs = ks.map((k) => this.shardInput(x, rows, sizes, k));
+      const parts = this.shardParts(inputs, sizes, rows, shardLabels(labels, sizes, ks));
+      tf.dispose(inputs);
+      const { h, stats, update } = this.combineParts(parts, rows, lr);
+      tf.dispose(Object.values(update));
+      return { h, stats };
+    }
+    const step = this.shardStep(x, labels, 1);
+    this.optimizer.apply(this.gradientMap(step.grads), lr);
+    tf.dispose(Object.values(step.grads));
+    this.updateRunning(step.mean, step.variance, step.count);
+    let gTrue = 0;
+    let gAll = 0;
+    for (let b = 0; b < rows; b++) {
+      gTrue += step.goodness[b * CLASSES + labels[b]!]!;
+      for (let j = 0; j < CLASSES; j++) gAll += step.goodness[b * CLASSES + j]!;
+    }
+    const stats = tf.tensor1d([step.loss, gTrue / rows, (gAll - gTrue) / (rows * (CLASSES - 1))]);
+    return { h: step.y, stats };
+  }
+
+  /**
+   * The forward pass and gradient of a batch, or of a shard of one (its loss and gradient scaled
+   * by `share`, its share of the batch); nothing is updated. Returns Y (owned by the caller),
+   * the class goodness [rows, CLASSES], the loss, the gradient by name (tensors the caller
+   * owns), and BatchNorm's batch statistics over its `count` pooled positions.
+   */
+  private shardStep(
+    x: tf.Tensor2D,
+    labels: ArrayLike<number>,
+    share: number,
+  ): {
+    y: tf.Tensor2D;
+    goodness: Float64Array;
+    loss: number;
+    grads: Record<'kernel' | 'bias' | 'gamma' | 'beta', tf.Tensor>;
+    mean: Float64Array;
+    variance: Float64Array;
+    count: number;
+  } {
+    const rows = x.shape[0];
     const k = convKernels();
     const g = this.geometry(rows);
     const out = g.out;
@@ -179,6 +233,8 @@ export class CompetitiveLayer {
     const goodness = new Float64Array(rows * CLASSES);
     k.goodness(y, rows, out, CLASSES, goodness);
     const { loss, dg } = softmaxLoss(goodness, labels, CLASSES, this.config.alpha);
+    // A shard's loss is its mean: its share of the batch's is share of it, and so its gradient.
+    if (share !== 1) for (let i = 0; i < dg.length; i++) dg[i]! *= share;
     const [dgamma, dbeta, dbias] = [0, 1, 2].map(() => new Float32Array(out)) as [
       Float32Array,
       Float32Array,
@@ -205,36 +261,172 @@ export class CompetitiveLayer {
         dbias,
       ),
     );
-    tf.tidy(() => {
-      const dw = this.conv
-        ? tf.matMul(p as tf.Tensor3D, dz as tf.Tensor3D, true, false)
-        : tf.matMul(dz as tf.Tensor2D, p as tf.Tensor2D, true, false);
-      this.optimizer.apply(
-        new Map<tf.Variable, tf.Tensor>([
-          [this.kernel, dw],
-          [this.bias, tf.tensor1d(dbias)],
-          [this.gamma, tf.tensor1d(dgamma)],
-          [this.beta, tf.tensor1d(dbeta)],
-        ]),
-        lr,
-      );
-    });
+    const dw = this.conv
+      ? tf.matMul(p as tf.Tensor3D, dz as tf.Tensor3D, true, false)
+      : tf.matMul(dz as tf.Tensor2D, p as tf.Tensor2D, true, false);
     tf.dispose([dz, ...(p === x ? [] : [p])]);
-    // Running statistics as PyTorch keeps them: the variance unbiased.
-    for (let o = 0; o < out; o++) {
+    return {
+      // A shard's Y outlives the next shard's step, which reuses the scratch array (a backend
+      // may keep the array it is given rather than copy it).
+      y: tf.tensor2d(share === 1 ? y : y.slice(), [rows, this.config.outDim]),
+      goodness,
+      loss: share === 1 ? loss : loss * share,
+      grads: {
+        kernel: dw,
+        bias: tf.tensor1d(dbias),
+        gamma: tf.tensor1d(dgamma),
+        beta: tf.tensor1d(dbeta),
+      },
+      mean,
+      variance,
+      count,
+    };
+  }
+
+  private gradientMap(grads: Record<string, tf.Tensor>): Map<tf.Variable, tf.Tensor> {
+    return new Map<tf.Variable, tf.Tensor>([
+      [this.kernel, grads.kernel!],
+      [this.bias, grads.bias!],
+      [this.gamma, grads.gamma!],
+      [this.beta, grads.beta!],
+    ]);
+  }
+
+  /**
+   * BatchNorm's running statistics as PyTorch keeps them, from a batch's mean and (biased)
+   * variance over `count` values a channel: the variance unbiased, or (count 0) already so.
+   */
+  private updateRunning(mean: ArrayLike<number>, variance: ArrayLike<number>, count: number) {
+    const unbias = count > 0 ? count / Math.max(count - 1, 1) : 1;
+    for (let o = 0; o < this.runningMean.length; o++) {
       this.runningMean[o] = (1 - BN_MOMENTUM) * this.runningMean[o]! + BN_MOMENTUM * mean[o]!;
       this.runningVar[o] =
-        (1 - BN_MOMENTUM) * this.runningVar[o]! +
-        (BN_MOMENTUM * variance[o]! * count) / Math.max(count - 1, 1);
+        (1 - BN_MOMENTUM) * this.runningVar[o]! + BN_MOMENTUM * variance[o]! * unbias;
     }
-    let gTrue = 0;
-    let gAll = 0;
-    for (let b = 0; b < rows; b++) {
-      gTrue += goodness[b * CLASSES + labels[b]!]!;
-      for (let j = 0; j < CLASSES; j++) gAll += goodness[b * CLASSES + j]!;
+  }
+
+  shardInput(x: tf.Tensor2D, _nPos: number, sizes: number[], k: number): tf.Tensor2D {
+    const at = sizes.slice(0, k).reduce((a, b) => a + b, 0);
+    return tf.slice(x, [at, 0], [sizes[k]!, -1]);
+  }
+
+  /**
+   * Each shard's forward pass and gradient on its images alone, BatchNorm with the shard's own
+   * statistics (ghost batch norm, as data-parallel PyTorch without SyncBatchNorm): the gradient
+   * and loss scaled by the shard's share, and its statistics, to combine (combineParts).
+   */
+  shardParts(
+    inputs: tf.Tensor2D[],
+    sizes: number[],
+    nPos: number,
+    labels?: ArrayLike<number>[],
+  ): ShardPart[] {
+    if (labels?.length !== inputs.length) throw new Error("shardParts: needs each shard's labels");
+    return inputs.map((x, i) => {
+      const size = sizes[i]!;
+      const shardLabels = labels[i]!;
+      if (x.shape[0] !== size || shardLabels.length !== size) {
+        throw new Error(`shardParts: shard ${i} has ${x.shape[0]} images, ${size} expected`);
+      }
+      const step = this.shardStep(x, shardLabels, size / nPos);
+      // Each image's goodness of its class, then its mean over the other classes.
+      const g = new Float32Array(2 * size);
+      for (let b = 0; b < size; b++) {
+        let all = 0;
+        for (let j = 0; j < CLASSES; j++) all += step.goodness[b * CLASSES + j]!;
+        const own = step.goodness[b * CLASSES + shardLabels[b]!]!;
+        g[b] = own;
+        g[size + b] = (all - own) / (CLASSES - 1);
+      }
+      return {
+        h: step.y,
+        g: tf.tensor1d(g),
+        loss: tf.scalar(step.loss),
+        terms: {
+          ...step.grads,
+          mean: tf.tensor1d(Float32Array.from(step.mean)),
+          var: tf.tensor1d(Float32Array.from(step.variance)),
+        },
+      };
+    });
+  }
+
+  /**
+   * The shards' parts (in shard order) made one step: gradients and losses summed in that
+   * order; BatchNorm's running statistics from the shards' pooled (the batch's mean, and the
+   * mean of the shards' variances plus their means' spread), made unbiased.
+   */
+  combineParts(
+    parts: ShardPart[],
+    nPos: number,
+    lr: number,
+  ): { h: tf.Tensor2D; stats: tf.Tensor1D; update: Record<string, tf.Tensor> } {
+    try {
+      const sizes = parts.map((p) => p.g.shape[0]! / 2);
+      const out = this.outShape[2];
+      const [mean, variance] = [new Float64Array(out), new Float64Array(out)];
+      const moments = parts.map((p) => [host(p.terms.mean!).slice(), host(p.terms.var!).slice()]);
+      moments.forEach(([m], k) => {
+        for (let o = 0; o < out; o++) mean[o]! += (sizes[k]! / nPos) * m![o]!;
+      });
+      moments.forEach(([m, v], k) => {
+        for (let o = 0; o < out; o++) {
+          const d = m![o]! - mean[o]!;
+          variance[o]! += (sizes[k]! / nPos) * (v![o]! + d * d);
+        }
+      });
+      const count = nPos * this.outShape[0] * this.outShape[1];
+      const unbiased = Float32Array.from(variance, (v) => (v * count) / Math.max(count - 1, 1));
+      let loss = 0;
+      let gTrue = 0;
+      let gOther = 0;
+      parts.forEach((p, k) => {
+        loss += p.loss.dataSync()[0]!;
+        const g = p.g.dataSync();
+        for (let b = 0; b < sizes[k]!; b++) {
+          gTrue += g[b]!;
+          gOther += g[sizes[k]! + b]!;
+        }
+      });
+      const update: Record<string, tf.Tensor> = {};
+      for (const name of ['kernel', 'bias', 'gamma', 'beta']) {
+        update[name] = tf.tidy(() =>
+          parts.slice(1).reduce((a, p) => tf.add(a, p.terms[name]!), parts[0]!.terms[name]!),
+        );
+      }
+      update.mean = tf.tensor1d(Float32Array.from(mean));
+      update.var = tf.tensor1d(unbiased);
+      this.applyUpdate(update, lr);
+      return {
+        h: tf.concat(parts.map((p) => p.h)) as tf.Tensor2D,
+        stats: tf.tensor1d([loss, gTrue / nPos, gOther / nPos]),
+        update,
+      };
+    } finally {
+      parts.forEach(disposePart);
     }
-    const stats = tf.tensor1d([loss, gTrue / rows, (gAll - gTrue) / (rows * (CLASSES - 1))]);
-    return { h: tf.tensor2d(y, [rows, this.config.outDim]), stats };
+  }
+
+  /** The shards' combined gradient and statistics (combineParts) applied. */
+  applyUpdate(update: Record<string, tf.Tensor>, lr: number): void {
+    this.optimizer.apply(this.gradientMap(update), lr);
+    this.updateRunning(host(update.mean!), host(update.var!), 0);
+  }
+
+  partShapes(size: number): Record<string, number[]> {
+    return { h: [size, this.config.outDim], g: [2 * size], loss: [1], ...this.updateShapes() };
+  }
+
+  updateShapes(): Record<string, number[]> {
+    const out = [this.outShape[2]];
+    return {
+      kernel: [...this.kernel.shape],
+      bias: out,
+      gamma: out,
+      beta: out,
+      mean: out,
+      var: out,
+    };
   }
 
   /** Y with the running statistics: what evaluation, and a stage after a trained one, use. */

@@ -28,11 +28,10 @@
 // The activations handed to the next layer are this step's H, computed *before* the update:
 // the pipeline sends them as soon as the forward pass is done, and the single-process
 // reference does the same, so both are the same computation.
-// Shards (train.shards S > 1) fix the arithmetic of a batch whatever the layout: the batch is cut
-// into S row ranges (shardSizes: positives with their negatives), each shard's forward and
-// gradient is computed on its rows alone, as a batch of its own, and scaled by its share of
-// the batch; the layer's gradient is their sum in shard order. Replicas of a stage, each
-// computing some of the shards, then sum the same terms in the same order: the same bits.
+// Shards (train.shards S > 1, shards.ts): the batch is cut into S row ranges (positives with
+// their negatives), each shard's forward and gradient is computed on its rows alone, as a batch
+// of its own, and scaled by its share of the batch; the layer's gradient is their sum in shard
+// order, which replicas computing some of the shards sum the same way: the same bits.
 import * as tf from '@tensorflow/tfjs';
 import { ownedVariable } from './host-memory.js';
 import type { NamedTensor } from './safetensors.js';
@@ -42,6 +41,7 @@ import { matMulTransposesFree } from '../backend/backend.js';
 import type { Gradient, PeerStep } from './loss/loss.js';
 import { LOSSES, type LossType } from './loss/losses.js';
 import { LABELS } from './loss/softmax.js';
+import { disposePart, shardSizes, type ShardPart, type ShardedLayer } from './shards.js';
 
 export { LOSS_TYPES, type LossType } from './loss/losses.js';
 
@@ -79,15 +79,6 @@ export interface LayerConfig {
   rowsFirst?: boolean;
   /** Shards of a batch whose gradients are summed in order (default 1: the batch whole). */
   shards?: number;
-}
-
-/**
- * The positive rows of each of `shards` shards of a batch of `nPos`: as equal as they go, the
- * larger first, none empty (fewer shards than asked when the batch is smaller).
- */
-export function shardSizes(nPos: number, shards: number): number[] {
-  const n = Math.min(shards, nPos);
-  return Array.from({ length: n }, (_, k) => Math.floor(nPos / n) + (k < nPos % n ? 1 : 0));
 }
 
 export interface StepStats {
@@ -136,18 +127,6 @@ function withRows(active: Int32Array, n: number): Int32Array {
   return out;
 }
 
-/**
- * A shard's part of a step: its rows' activations [pos; neg] and goodness, and its loss and
- * gradient, scaled by its share of the batch.
- */
-export interface ShardPart {
-  h: tf.Tensor2D;
-  g: tf.Tensor1D;
-  loss: tf.Scalar;
-  dw: tf.Tensor2D;
-  db: tf.Tensor1D;
-}
-
 /** Shard k's rows of a batch x = [pos; neg] of `nPos` each (sizes: shardSizes): [pos_k; neg_k]. */
 export function shardRows(x: tf.Tensor2D, nPos: number, sizes: number[], k: number): tf.Tensor2D {
   const at = sizes.slice(0, k).reduce((a, b) => a + b, 0);
@@ -155,23 +134,6 @@ export function shardRows(x: tf.Tensor2D, nPos: number, sizes: number[], k: numb
   return tf.tidy(() =>
     tf.concat([tf.slice(x, [at, 0], [b, -1]), tf.slice(x, [nPos + at, 0], [b, -1])]),
   );
-}
-
-/**
- * The shards replica `replica` (0-based) of `replicas` computes, of the shardSizes of a batch:
- * the shards are dealt in runs of shards / replicas (replicas divide shards), the first run to
- * the first replica. A small last batch may leave a replica none.
- */
-export function ownShards(
-  count: number,
-  shards: number,
-  replica: number,
-  replicas: number,
-): number[] {
-  const per = shards / replicas;
-  const out: number[] = [];
-  for (let k = replica * per; k < Math.min(count, (replica + 1) * per); k++) out.push(k);
-  return out;
 }
 
 /** What one batch (or shard) gives the step: its activations, goodness, loss and gradient. */
@@ -184,7 +146,7 @@ interface ShardStep {
   peer: PeerStep | null;
 }
 
-export class FFLayer {
+export class FFLayer implements ShardedLayer {
   readonly config: LayerConfig;
   readonly weight: tf.Variable<tf.Rank.R2>;
   readonly bias: tf.Variable<tf.Rank.R1>;
@@ -299,8 +261,8 @@ export class FFLayer {
       const inputs = sizes.map((_, k) => shardRows(x, nPos, sizes, k));
       const parts = this.shardParts(inputs, sizes, nPos);
       tf.dispose(inputs);
-      const { h, stats, dw, db } = this.combineParts(parts, nPos, lr);
-      tf.dispose([dw, db]);
+      const { h, stats, update } = this.combineParts(parts, nPos, lr);
+      tf.dispose(Object.values(update));
       return { h, stats };
     }
     return tf.tidy(() => {
@@ -326,21 +288,35 @@ export class FFLayer {
         const step = this.shardStep(x, b, b / nPos);
         return [step.h, step.g, step.loss, step.dw, step.db];
       });
-      return { h, g, loss, dw, db } as ShardPart;
+      return { h, g, loss, terms: { dw, db } } as ShardPart;
     });
+  }
+
+  shardInput(x: tf.Tensor2D, nPos: number, sizes: number[], k: number): tf.Tensor2D {
+    return shardRows(x, nPos, sizes, k);
+  }
+
+  partShapes(size: number): Record<string, number[]> {
+    const { outDim } = this.config;
+    return { h: [2 * size, outDim], g: [2 * size], loss: [1], ...this.updateShapes() };
+  }
+
+  updateShapes(): Record<string, number[]> {
+    const { inDim, outDim } = this.config;
+    return { dw: [outDim, inDim], db: [outDim] };
   }
 
   /**
    * Every shard's part of a batch (in shard order) made one step: the gradients and losses
    * summed in that order, the update applied, and H and goodness back in the batch's row order.
-   * Disposes the parts; returns H, the stats and the summed gradient (for replicas that did not
-   * sum), owned by the caller.
+   * Disposes the parts; returns H, the stats and the summed gradient (the update, for replicas
+   * that did not sum), owned by the caller.
    */
   combineParts(
     parts: ShardPart[],
     nPos: number,
     lr: number,
-  ): { h: tf.Tensor2D; stats: tf.Tensor1D; dw: tf.Tensor2D; db: tf.Tensor1D } {
+  ): { h: tf.Tensor2D; stats: tf.Tensor1D; update: Record<string, tf.Tensor> } {
     try {
       return tf.tidy(() => {
         const sizes = parts.map((p) => p.g.shape[0]! / 2);
@@ -352,23 +328,26 @@ export class FFLayer {
         ]);
         const g = tf.concat([...rows((p) => p.g, 0), ...rows((p) => p.g, 1)]) as tf.Tensor1D;
         const loss = parts.slice(1).reduce<tf.Tensor>((a, p) => tf.add(a, p.loss), parts[0]!.loss);
-        const dw = parts
-          .slice(1)
-          .reduce<tf.Tensor>((a, p) => tf.add(a, p.dw), parts[0]!.dw) as tf.Tensor2D;
-        const db = parts
-          .slice(1)
-          .reduce<tf.Tensor>((a, p) => tf.add(a, p.db), parts[0]!.db) as tf.Tensor1D;
+        const [dw, db] = (['dw', 'db'] as const).map((name) =>
+          parts
+            .slice(1)
+            .reduce<tf.Tensor>((a, p) => tf.add(a, p.terms[name]!), parts[0]!.terms[name]!),
+        ) as [tf.Tensor2D, tf.Tensor1D];
         const stats = tf.stack([
           loss,
           tf.mean(g.slice(0, nPos)),
           tf.mean(g.slice(nPos)),
         ]) as tf.Tensor1D;
         this.update(dw, db, lr);
-        return { h, stats, dw, db };
-      }) as { h: tf.Tensor2D; stats: tf.Tensor1D; dw: tf.Tensor2D; db: tf.Tensor1D };
+        return { h, stats, update: { dw, db } };
+      });
     } finally {
-      for (const p of parts) tf.dispose([p.h, p.g, p.loss, p.dw, p.db]);
+      parts.forEach(disposePart);
     }
+  }
+
+  applyUpdate(update: Record<string, tf.Tensor>, lr: number): void {
+    this.update(update.dw as tf.Tensor2D, update.db as tf.Tensor1D, lr);
   }
 
   /** The optimizer's step on the gradient (dw, db): what a replica does with the summed one. */

@@ -192,6 +192,7 @@ export function buildLayer(
         spec: spec as number | Exclude<LayerSpec, number | readonly number[]>,
         alpha: model.alpha ?? 1,
         seed: layerSeed(runSeed, index),
+        shards,
       },
       optimizer,
     );

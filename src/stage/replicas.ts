@@ -5,7 +5,7 @@
 // bits. The mailbox reads an exchange socket all the time, so that a message waited for is
 // never taken by a wait given up (a run aborted mid-step).
 import * as tf from '@tensorflow/tfjs';
-import type { ShardPart } from '../core/ff-layer.js';
+import type { ShardPart, ShardedLayer } from '../core/shards.js';
 import { isProtocolError, type ProtocolError } from '../transport/errors.js';
 import {
   decodeControl,
@@ -82,59 +82,66 @@ const tensorOf = (t: tf.Tensor): WeightsTensor => ({
   data: t.dataSync() as Float32Array,
 });
 
-/** Parts of shards `shards` as a message's tensors. */
+/** Tensors by name as a message's. */
+export function messageTensors(named: Record<string, tf.Tensor>): Record<string, WeightsTensor> {
+  return Object.fromEntries(Object.entries(named).map(([k, t]) => [k, tensorOf(t)]));
+}
+
+/** Parts of shards `shards` as a message's tensors: `k.h`, `k.g`, `k.loss` and `k.<term>`. */
 export function partsTensors(shards: number[], parts: ShardPart[]): Record<string, WeightsTensor> {
   const out: Record<string, WeightsTensor> = {};
   parts.forEach((p, i) => {
-    const k = shards[i]!;
-    out[`${k}.h`] = tensorOf(p.h);
-    out[`${k}.g`] = tensorOf(p.g);
-    out[`${k}.loss`] = tensorOf(tf.reshape(p.loss, [1]));
-    out[`${k}.dw`] = tensorOf(p.dw);
-    out[`${k}.db`] = tensorOf(p.db);
+    const loss = { shape: [1], data: Float32Array.of(p.loss.dataSync()[0]!) };
+    const named = { ...messageTensors({ h: p.h, g: p.g, ...p.terms }), loss };
+    for (const [name, t] of Object.entries(named)) out[`${shards[i]!}.${name}`] = t;
   });
   return out;
 }
 
-type Dims = { inDim: number; outDim: number };
+type Shapes = Pick<ShardedLayer, 'partShapes' | 'updateShapes'>;
 
 const shapeIs = (t: WeightsTensor | undefined, shape: number[]) =>
   t !== undefined && t.shape.length === shape.length && t.shape.every((n, i) => n === shape[i]);
 
 /**
- * Whether a parts message holds shards `ks` of a layer of `dims`, each of `sizes[k]` positive
- * rows: anything else (a peer's junk, without keys) is never taken, so never fails a step.
+ * Whether a parts message holds shards `ks` of `layer`, each of `sizes[k]` positive rows, every
+ * tensor the layer's part has in its shape: anything else (a peer's junk, without keys) is
+ * never taken, so never fails a step.
  */
-export function partsFit(msg: PartsMessage, ks: number[], sizes: number[], dims: Dims): boolean {
-  return ks.every((k) => {
-    const rows = 2 * sizes[k]!;
-    const t = (name: string) => msg.tensors[`${k}.${name}`];
-    return (
-      shapeIs(t('h'), [rows, dims.outDim]) &&
-      shapeIs(t('g'), [rows]) &&
-      shapeIs(t('loss'), [1]) &&
-      shapeIs(t('dw'), [dims.outDim, dims.inDim]) &&
-      shapeIs(t('db'), [dims.outDim])
-    );
-  });
+export function partsFit(msg: PartsMessage, ks: number[], sizes: number[], layer: Shapes): boolean {
+  return ks.every((k) =>
+    Object.entries(layer.partShapes(sizes[k]!)).every(([name, shape]) =>
+      shapeIs(msg.tensors[`${k}.${name}`], shape),
+    ),
+  );
 }
 
-/** Whether an update holds a layer of `dims`'s gradient. */
-export function updateFits(msg: UpdateMessage, dims: Dims): boolean {
-  return (
-    shapeIs(msg.tensors.dw, [dims.outDim, dims.inDim]) && shapeIs(msg.tensors.db, [dims.outDim])
+/** Whether an update holds every tensor of `layer`'s, in its shape. */
+export function updateFits(msg: UpdateMessage, layer: Shapes): boolean {
+  return Object.entries(layer.updateShapes()).every(([name, shape]) =>
+    shapeIs(msg.tensors[name], shape),
+  );
+}
+
+/** An update's tensors (one that updateFits), owned by the caller. */
+export function updateOf(msg: UpdateMessage, layer: Shapes): Record<string, tf.Tensor> {
+  return Object.fromEntries(
+    Object.entries(layer.updateShapes()).map(([name, shape]) => [
+      name,
+      tf.tensor(msg.tensors[name]!.data, shape),
+    ]),
   );
 }
 
 /** Shard k's part from a parts message that partsFit (tensors the caller owns). */
-export function partOf(msg: PartsMessage, k: number, dims: Dims): ShardPart {
+export function partOf(msg: PartsMessage, k: number, size: number, layer: Shapes): ShardPart {
   const t = (name: string) => msg.tensors[`${k}.${name}`]!;
-  const rows = t('g').shape[0]!;
+  const shapes = layer.partShapes(size);
+  const terms = Object.keys(shapes).filter((name) => !['h', 'g', 'loss'].includes(name));
   return {
-    h: tf.tensor2d(t('h').data, [rows, dims.outDim]),
+    h: tf.tensor2d(t('h').data, shapes.h as [number, number]),
     g: tf.tensor1d(t('g').data),
     loss: tf.scalar(t('loss').data[0]!),
-    dw: tf.tensor2d(t('dw').data, [dims.outDim, dims.inDim]),
-    db: tf.tensor1d(t('db').data),
+    terms: Object.fromEntries(terms.map((name) => [name, tf.tensor(t(name).data, shapes[name])])),
   };
 }

@@ -88,15 +88,29 @@ import {
   type PartsMessage,
   type ResultMessage,
   type UpdateMessage,
-  type WeightsTensor,
   type TrainHeader,
 } from '../transport/wire.js';
 import { StageError } from './errors.js';
 import { rangeLabel, type LayerRange } from '../transport/layer-range.js';
 import { Heartbeat } from './heartbeat.js';
 import { DEFAULT_INBOX_LIMITS, Inbox, type InboxLimits } from './inbox.js';
-import { Mailbox, RunOver, partOf, partsFit, partsTensors, updateFits } from './replicas.js';
-import { ownShards, shardRows, shardSizes, type ShardPart } from '../core/ff-layer.js';
+import {
+  Mailbox,
+  RunOver,
+  messageTensors,
+  partOf,
+  partsFit,
+  partsTensors,
+  updateFits,
+  updateOf,
+} from './replicas.js';
+import {
+  ownShards,
+  shardLabels,
+  shardSizes,
+  type ShardPart,
+  type ShardedLayer,
+} from '../core/shards.js';
 import { Registration } from './registration.js';
 import { largestDataMessage, setUpRun } from './run-setup.js';
 import {
@@ -773,14 +787,14 @@ export class Stage {
     const inDim = this.layers[0]!.config.inDim;
     const batch = tf.tensor2d(x!, [x!.length / inDim, inDim]);
     if (run.config.replicas > 1 && run.config.replica > 1) {
-      await this.replicaStep(run, header, batch);
+      await this.replicaStep(run, header, batch, y);
       return;
     }
     // A primary's replicas get the batch as it came, and compute their shards of it.
     for (const push of run.relay) await push.send(frames);
     const { steps, h: input } =
       run.config.replicas > 1
-        ? await this.primaryStep(run, header, batch)
+        ? await this.primaryStep(run, header, batch, y)
         : this.localStep(header, batch, y);
     // The last stage has nowhere to send its activations: no copy out of the backend.
     const t1 = performance.now();
@@ -850,26 +864,30 @@ export class Stage {
 
   /**
    * A primary's step: each layer's parts for its own shards, its replicas' parts for theirs,
-   * summed in shard order and applied (FFLayer.combineParts, as one process does), the summed
-   * gradient sent back to every replica. Returns the whole batch's activations.
+   * combined in shard order and applied (the layer's combineParts, as one process does), the
+   * update sent back to every replica. Returns the whole batch's activations.
    */
   private async primaryStep(
     run: Run,
     header: TrainHeader,
     batch: tf.Tensor2D,
+    labels: Float32Array | undefined,
   ): Promise<{ steps: LayerStepResult[]; h: tf.Tensor2D }> {
     const { shards, replicas } = run.config;
-    const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch);
+    const layers = this.shardedLayers();
+    const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch, layers[0]!);
+    const ownLabels = labels && shardLabels(labels, sizes, own);
     let inputs = first;
     const steps: LayerStepResult[] = [];
     let whole: tf.Tensor2D | null = null;
-    for (const [i, layer] of this.ffLayers().entries()) {
+    for (const [i, layer] of layers.entries()) {
       const t0 = performance.now();
       const layerNo = this.opts.layers.first + i;
       const mine = layer.shardParts(
         inputs,
         own.map((k) => sizes[k]!),
         header.nPos,
+        ownLabels,
       );
       tf.dispose(inputs);
       inputs = mine.map((p) => p.h.clone());
@@ -885,10 +903,10 @@ export class Stage {
             m.seq === header.seq &&
             m.layer === layerNo &&
             m.replica === r + 1 &&
-            partsFit(m, theirs, sizes, layer.config),
+            partsFit(m, theirs, sizes, layer),
           run.ended.signal,
         );
-        for (const k of theirs) all[k] = partOf(msg, k, layer.config);
+        for (const k of theirs) all[k] = partOf(msg, k, sizes[k]!, layer);
       }
       const step = layer.combineParts(all, header.nPos, header.lr);
       const update = encodeControl({
@@ -896,10 +914,7 @@ export class Stage {
         run: run.id,
         seq: header.seq,
         layer: layerNo,
-        tensors: {
-          dw: { shape: [...step.dw.shape], data: step.dw.dataSync() as Float32Array },
-          db: { shape: [...step.db.shape], data: step.db.dataSync() as Float32Array },
-        },
+        tensors: messageTensors(step.update),
       });
       for (const push of run.updates) await push.send(update);
       steps.push({
@@ -909,35 +924,47 @@ export class Stage {
       });
       whole?.dispose();
       whole = step.h;
-      tf.dispose([step.stats, step.dw, step.db]);
+      tf.dispose([step.stats, ...Object.values(step.update)]);
     }
     tf.dispose(inputs);
     return { steps, h: whole! };
   }
 
-  /** The layers as FF layers: replicas share shards, which only FF layers have. */
-  private ffLayers(): FFLayer[] {
+  /** The layers as sharded ones: replicas share shards (FF layers without a readout or peer
+   * normalisation, and competitive layers: run-setup and the config refuse the rest). */
+  private shardedLayers(): ShardedLayer[] {
     return this.layers.map((l) => {
-      if (!(l instanceof FFLayer)) throw new Error('replicas need FF layers (with shards)');
+      if (l instanceof FFLayer && (l.readout || (l.config.peerNorm ?? 0) > 0))
+        throw new Error(
+          'replicas need layers whose steps shard (no readout, no peer normalisation)',
+        );
       return l;
     });
   }
 
   /**
    * A replica's step (not the primary): each layer's parts for its shards to the primary, then
-   * the summed gradient it sends back, applied. Nothing goes downstream or to the coordinator.
+   * the update it sends back, applied. Nothing goes downstream or to the coordinator.
    */
-  private async replicaStep(run: Run, header: TrainHeader, batch: tf.Tensor2D): Promise<void> {
+  private async replicaStep(
+    run: Run,
+    header: TrainHeader,
+    batch: tf.Tensor2D,
+    labels: Float32Array | undefined,
+  ): Promise<void> {
     const { replica } = run.config;
     const t0 = performance.now();
-    const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch);
+    const layers = this.shardedLayers();
+    const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch, layers[0]!);
+    const ownLabels = labels && shardLabels(labels, sizes, own);
     let inputs = first;
-    for (const [i, layer] of this.ffLayers().entries()) {
+    for (const [i, layer] of layers.entries()) {
       const layerNo = this.opts.layers.first + i;
       const mine = layer.shardParts(
         inputs,
         own.map((k) => sizes[k]!),
         header.nPos,
+        ownLabels,
       );
       tf.dispose(inputs);
       inputs = mine.map((p) => p.h);
@@ -953,21 +980,19 @@ export class Stage {
           }),
         );
       }
-      for (const p of mine) tf.dispose([p.g, p.loss, p.dw, p.db]);
-      const update = await this.mailbox!.take(
+      for (const p of mine) tf.dispose([p.g, p.loss, ...Object.values(p.terms)]);
+      const msg = await this.mailbox!.take(
         (m): m is UpdateMessage =>
           m.type === 'update' &&
           m.run === run.id &&
           m.seq === header.seq &&
           m.layer === layerNo &&
-          updateFits(m, layer.config),
+          updateFits(m, layer),
         run.ended.signal,
       );
-      const { dw, db } = update.tensors as Record<'dw' | 'db', WeightsTensor>;
-      const { inDim, outDim } = layer.config;
-      const [gw, gb] = [tf.tensor2d(dw.data, [outDim, inDim]), tf.tensor1d(db.data)];
-      layer.update(gw, gb, header.lr);
-      tf.dispose([gw, gb]);
+      const update = updateOf(msg, layer);
+      layer.applyUpdate(update, header.lr);
+      tf.dispose(Object.values(update));
     }
     tf.dispose(inputs);
     this.opts.metrics?.onTrainStep({
@@ -1174,10 +1199,11 @@ function ownRows(
   config: ConfigMessage,
   nPos: number,
   batch: tf.Tensor2D,
+  first: ShardedLayer,
 ): { sizes: number[]; own: number[]; inputs: tf.Tensor2D[] } {
   const sizes = shardSizes(nPos, config.shards);
   const own = ownShards(sizes.length, config.shards, config.replica - 1, config.replicas);
-  const inputs = own.map((k) => shardRows(batch, nPos, sizes, k));
+  const inputs = own.map((k) => first.shardInput(batch, nPos, sizes, k));
   batch.dispose();
   return { sizes, own, inputs };
 }

@@ -1,7 +1,8 @@
 // Conv stages (CwComp's channel-wise competitive layers) as a pipeline compute the same bits as
 // one process: three conv stages end with the weights, BatchNorm statistics and predictions of
-// `train --local` (the prediction rule's layer weights fitted on held-out training images); a run resumed from its epoch-1 checkpoint ends where the uninterrupted one
-// did; and a stage killed with SIGKILL mid-epoch is started again and rolled back to the same
+// `train --local` (the prediction rule's layer weights fitted on held-out training images); a
+// run resumed from its epoch-1 checkpoint ends where the uninterrupted one did; a stage on two replicas (train.shards=2) ends with `train --local`'s bits for those
+// shards; and a stage killed with SIGKILL mid-epoch is started again and rolled back to the same
 // result. On the shipped sample, a few seconds an epoch.
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -133,6 +134,20 @@ describe('conv stages (loss competitive) as a pipeline', () => {
     const weights = (dir: string) => join(dir, 'model.safetensors');
     assert.equal(await maxWeightDiff(weights(local), weights(tmp('resumed'))), 0);
     assert.deepEqual((await evalOf(tmp('resumed'))).confusion, (await evalOf(local)).confusion);
+  });
+
+  it('layer 2 on two replicas (train.shards=2, each shard its own BatchNorm): the bits of --local', async () => {
+    const sharded = [...RUN, '--set', 'train.shards=2'];
+    const [local, whole] = [await referenceRun(sharded, ON_WASM), await referenceRun(RUN, ON_WASM)];
+    const r = await launch(tmp('replicas'), ['--set', 'train.shards=2', '--partition', '1,2x2,3'])
+      .result;
+    assert.equal(r.code, 0, r.stderr.slice(-3000));
+    assert.match(r.stderr, /hello from layer 2 replica 2\/2 /);
+    const weights = (dir: string) => join(dir, 'model.safetensors');
+    assert.equal(await maxWeightDiff(weights(local), weights(tmp('replicas'))), 0);
+    assert.deepEqual(await evalOf(tmp('replicas')), await evalOf(local));
+    // Shards change the arithmetic (two BatchNorms of 25 images): not the unsharded run's.
+    assert.ok((await maxWeightDiff(weights(local), weights(whole))) > 0);
   });
 
   it('a conv stage killed with SIGKILL mid-epoch: started again, rolled back, same weights', async () => {

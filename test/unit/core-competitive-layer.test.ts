@@ -17,6 +17,7 @@ import { DEFAULT_OPTIMIZER, type OptimizerConfig } from '../../src/core/optimize
 import type { ConvSpec, Shape } from '../../src/core/model-shape.js';
 import type { NamedTensor } from '../../src/core/safetensors.js';
 import { Rng } from '../../src/data/rng.js';
+import { disposePart, ownShards, shardLabels, shardSizes } from '../../src/core/shards.js';
 
 const SGD: OptimizerConfig = {
   ...DEFAULT_OPTIMIZER,
@@ -197,6 +198,140 @@ describe('CompetitiveLayer', () => {
       layer.dispose();
     });
   }
+
+  it("in shards: each normalised by its own statistics, the step the shares of theirs, the running statistics the batch's", () => {
+    const cfg: CompetitiveConfig = {
+      inShape: [6, 6, 10],
+      spec: { conv: 20, kernel: 3, padding: 1, groups: 10, pool: 2 },
+      alpha: 2,
+      seed: 7,
+      shards: 2,
+    };
+    const layer = new CompetitiveLayer(cfg, SGD);
+    const rows = 6;
+    const x = tf.tensor2d(noise(rows * layer.config.inDim, 4), [rows, layer.config.inDim]);
+    const labels = [0, 3, 9, 3, 5, 1];
+    const before = layer.exportState('l', false);
+    const half = (k: number) => tf.slice(x, [3 * k, 0], [3, -1]);
+    const [a, b] = [0, 1].map((k) =>
+      reference(cfg, before, half(k), labels.slice(3 * k, 3 * k + 3)),
+    );
+    const whole = reference(cfg, before, x, labels);
+    const { h, stats } = layer.trainStep(x, rows, LR, labels);
+    const after = layer.exportState('l', false);
+    // Y: each shard's own BatchNorm; the loss and gradient, half of each shard's.
+    assertClose(h.dataSync(), Float32Array.from([...a!.y, ...b!.y]), 'Y');
+    const loss = stats.dataSync()[0]!;
+    assert.ok(Math.abs(loss - (a!.loss + b!.loss) / 2) < 1e-5, `loss ${loss}`);
+    assert.ok(Math.abs(loss - whole.loss) > 1e-4, 'not the loss of one BatchNorm over the batch');
+    const step = (n: string) =>
+      Float32Array.from(
+        before.get(`l.${n}`)!.data,
+        (v, i) => (v - after.get(`l.${n}`)!.data[i]!) / LR,
+      );
+    const halves = (f: (r: typeof a) => Float32Array) =>
+      Float32Array.from(f(a), (v, i) => (v + f(b)[i]!) / 2);
+    assertClose(
+      step('weight'),
+      halves((r) => r!.dWeight),
+      'dW',
+      2e-3,
+    );
+    assertClose(
+      step('bias'),
+      halves((r) => r!.dBias),
+      'db',
+      2e-3,
+    );
+    assertClose(
+      step('bn.weight'),
+      halves((r) => r!.dGamma),
+      'dgamma',
+      2e-3,
+    );
+    assertClose(
+      step('bn.bias'),
+      halves((r) => r!.dBeta),
+      'dbeta',
+      2e-3,
+    );
+    // The running statistics pool the shards': the whole batch's mean and variance.
+    const unbiased = whole.count / (whole.count - 1);
+    assertClose(
+      after.get('l.bn.runningMean')!.data,
+      Float32Array.from(whole.mean, (m) => BN_MOMENTUM * m),
+      'running mean',
+    );
+    assertClose(
+      after.get('l.bn.runningVar')!.data,
+      Float32Array.from(whole.variance, (v) => 1 - BN_MOMENTUM + BN_MOMENTUM * v * unbiased),
+      'running var',
+    );
+    tf.dispose([x, h, stats]);
+    layer.dispose();
+  });
+
+  it('two replicas, each computing its shards, end with the bits of one layer computing all', () => {
+    const cfg: CompetitiveConfig = {
+      inShape: [6, 6, 2],
+      spec: { conv: 20, kernel: 3, padding: 1, pool: 2 },
+      alpha: 2,
+      seed: 3,
+      shards: 4,
+    };
+    const opt: OptimizerConfig = { ...DEFAULT_OPTIMIZER, type: 'adam', lr: 0.01 };
+    const [whole, primary, helper] = [1, 2, 3].map(() => new CompetitiveLayer(cfg, opt));
+    const rows = 7;
+    const sizes = shardSizes(rows, 4); // [2, 2, 2, 1]
+    try {
+      for (const seed of [41, 42, 43]) {
+        const x = tf.tensor2d(noise(rows * whole!.config.inDim, seed), [rows, whole!.config.inDim]);
+        const labels = [0, 3, 9, 3, 5, 1, 7];
+        const local = whole!.trainStep(x, rows, 0.01, labels);
+        const partsOf = (layer: CompetitiveLayer, r: number) => {
+          const ks = ownShards(sizes.length, 4, r, 2);
+          const inputs = ks.map((k) => layer.shardInput(x, rows, sizes, k));
+          const parts = layer.shardParts(
+            inputs,
+            ks.map((k) => sizes[k]!),
+            rows,
+            shardLabels(labels, sizes, ks),
+          );
+          tf.dispose(inputs);
+          return parts;
+        };
+        const own = partsOf(primary!, 0);
+        // The helper's parts cross the wire as float32 arrays.
+        const copy = (t: tf.Tensor) => tf.tensor(t.dataSync().slice(), t.shape);
+        const received = partsOf(helper!, 1).map((p) => {
+          const c = {
+            h: copy(p.h) as tf.Tensor2D,
+            g: copy(p.g) as tf.Tensor1D,
+            loss: copy(p.loss) as tf.Scalar,
+            terms: Object.fromEntries(Object.entries(p.terms).map(([k, t]) => [k, copy(t)])),
+          };
+          disposePart(p);
+          return c;
+        });
+        const step = primary!.combineParts([...own, ...received], rows, 0.01);
+        const update = Object.fromEntries(
+          Object.entries(step.update).map(([k, t]) => [k, copy(t)]),
+        );
+        helper!.applyUpdate(update, 0.01);
+        assert.deepEqual(step.h.dataSync(), local.h.dataSync(), 'activations');
+        assert.deepEqual(step.stats.dataSync(), local.stats.dataSync(), 'stats');
+        tf.dispose([x, local.h, local.stats, step.h, step.stats]);
+        tf.dispose([...Object.values(step.update), ...Object.values(update)]);
+      }
+      const state = (l: CompetitiveLayer) =>
+        [...l.exportState('l', true)].map(([k, t]) => [k, Array.from(t.data)]);
+      const w = state(whole!);
+      assert.deepEqual(state(primary!), w, 'the primary');
+      assert.deepEqual(state(helper!), w, 'the helper');
+    } finally {
+      for (const l of [whole, primary, helper]) l!.dispose();
+    }
+  });
 
   it('evaluates in chunks the same as in one pass (a batch larger than a chunk)', () => {
     const cfg: CompetitiveConfig = {

@@ -4,12 +4,11 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../../src/backend/backend.js';
+import { disposePart, ownShards, shardSizes } from '../../src/core/shards.js';
 import {
   activeRows,
   FFLayer,
-  ownShards,
   shardRows,
-  shardSizes,
   type GoodnessType,
   type LayerConfig,
   type LossType,
@@ -654,21 +653,23 @@ describe('FFLayer shards (train.shards)', () => {
             h: tf.tensor2d(p.h.dataSync(), p.h.shape),
             g: tf.tensor1d(p.g.dataSync()),
             loss: tf.scalar(p.loss.dataSync()[0]!),
-            dw: tf.tensor2d(p.dw.dataSync(), p.dw.shape),
-            db: tf.tensor1d(p.db.dataSync()),
+            terms: {
+              dw: tf.tensor2d(p.terms.dw!.dataSync(), p.terms.dw!.shape as [number, number]),
+              db: tf.tensor1d(p.terms.db!.dataSync()),
+            },
           };
-          tf.dispose([p.h, p.g, p.loss, p.dw, p.db]);
+          disposePart(p);
           return copy;
         });
         const step = primary!.combineParts([...own, ...received], N_POS, 0.01);
-        helper!.update(
-          tf.tensor2d(step.dw.dataSync(), step.dw.shape),
-          tf.tensor1d(step.db.dataSync()),
-          0.01,
+        const update = Object.fromEntries(
+          Object.entries(step.update).map(([k, t]) => [k, tf.tensor(t.dataSync(), t.shape)]),
         );
+        helper!.applyUpdate(update, 0.01);
         assert.deepEqual(step.h.dataSync(), local.h.dataSync(), 'activations');
         assert.deepEqual(step.stats.dataSync(), local.stats.dataSync(), 'stats');
-        tf.dispose([x, local.h, local.stats, step.h, step.stats, step.dw, step.db]);
+        tf.dispose([x, local.h, local.stats, step.h, step.stats]);
+        tf.dispose([...Object.values(step.update), ...Object.values(update)]);
       }
       const w = params(whole!).w;
       assert.deepEqual(params(primary!).w, w, 'the primary');
