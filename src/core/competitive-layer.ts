@@ -297,11 +297,11 @@ export class CompetitiveLayer implements ShardedLayer {
    * variance over `count` values a channel: the variance unbiased, or (count 0) already so.
    */
   private updateRunning(mean: ArrayLike<number>, variance: ArrayLike<number>, count: number) {
-    const unbias = count > 0 ? count / Math.max(count - 1, 1) : 1;
+    const [n, d] = count > 0 ? [count, Math.max(count - 1, 1)] : [1, 1];
     for (let o = 0; o < this.runningMean.length; o++) {
       this.runningMean[o] = (1 - BN_MOMENTUM) * this.runningMean[o]! + BN_MOMENTUM * mean[o]!;
       this.runningVar[o] =
-        (1 - BN_MOMENTUM) * this.runningVar[o]! + BN_MOMENTUM * variance[o]! * unbias;
+        (1 - BN_MOMENTUM) * this.runningVar[o]! + (BN_MOMENTUM * variance[o]! * n) / d;
     }
   }
 

@@ -874,7 +874,7 @@ export class Stage {
     labels: Float32Array | undefined,
   ): Promise<{ steps: LayerStepResult[]; h: tf.Tensor2D }> {
     const { shards, replicas } = run.config;
-    const layers = this.shardedLayers();
+    const layers: ShardedLayer[] = this.layers;
     const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch, layers[0]!);
     const ownLabels = labels && shardLabels(labels, sizes, own);
     let inputs = first;
@@ -930,18 +930,6 @@ export class Stage {
     return { steps, h: whole! };
   }
 
-  /** The layers as sharded ones: replicas share shards (FF layers without a readout or peer
-   * normalisation, and competitive layers: run-setup and the config refuse the rest). */
-  private shardedLayers(): ShardedLayer[] {
-    return this.layers.map((l) => {
-      if (l instanceof FFLayer && (l.readout || (l.config.peerNorm ?? 0) > 0))
-        throw new Error(
-          'replicas need layers whose steps shard (no readout, no peer normalisation)',
-        );
-      return l;
-    });
-  }
-
   /**
    * A replica's step (not the primary): each layer's parts for its shards to the primary, then
    * the update it sends back, applied. Nothing goes downstream or to the coordinator.
@@ -954,7 +942,7 @@ export class Stage {
   ): Promise<void> {
     const { replica } = run.config;
     const t0 = performance.now();
-    const layers = this.shardedLayers();
+    const layers: ShardedLayer[] = this.layers;
     const { sizes, own, inputs: first } = ownRows(run.config, header.nPos, batch, layers[0]!);
     const ownLabels = labels && shardLabels(labels, sizes, own);
     let inputs = first;
