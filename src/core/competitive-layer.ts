@@ -38,6 +38,7 @@ import {
   disposePart,
   shardLabels,
   shardSizes,
+  sumTerm,
   type ShardPart,
   type ShardedLayer,
 } from './shards.js';
@@ -389,11 +390,7 @@ export class CompetitiveLayer implements ShardedLayer {
         }
       });
       const update: Record<string, tf.Tensor> = {};
-      for (const name of ['kernel', 'bias', 'gamma', 'beta']) {
-        update[name] = tf.tidy(() =>
-          parts.slice(1).reduce((a, p) => tf.add(a, p.terms[name]!), parts[0]!.terms[name]!),
-        );
-      }
+      for (const name of ['kernel', 'bias', 'gamma', 'beta']) update[name] = sumTerm(parts, name);
       update.mean = tf.tensor1d(Float32Array.from(mean));
       update.var = tf.tensor1d(unbiased);
       this.applyUpdate(update, lr);

@@ -41,7 +41,7 @@ import { matMulTransposesFree } from '../backend/backend.js';
 import type { Gradient, PeerStep } from './loss/loss.js';
 import { LOSSES, type LossType } from './loss/losses.js';
 import { LABELS } from './loss/softmax.js';
-import { disposePart, shardSizes, type ShardPart, type ShardedLayer } from './shards.js';
+import { disposePart, shardSizes, sumTerm, type ShardPart, type ShardedLayer } from './shards.js';
 
 export { LOSS_TYPES, type LossType } from './loss/losses.js';
 
@@ -328,11 +328,7 @@ export class FFLayer implements ShardedLayer {
         ]);
         const g = tf.concat([...rows((p) => p.g, 0), ...rows((p) => p.g, 1)]) as tf.Tensor1D;
         const loss = parts.slice(1).reduce<tf.Tensor>((a, p) => tf.add(a, p.loss), parts[0]!.loss);
-        const [dw, db] = (['dw', 'db'] as const).map((name) =>
-          parts
-            .slice(1)
-            .reduce<tf.Tensor>((a, p) => tf.add(a, p.terms[name]!), parts[0]!.terms[name]!),
-        ) as [tf.Tensor2D, tf.Tensor1D];
+        const [dw, db] = [sumTerm(parts, 'dw'), sumTerm(parts, 'db')] as [tf.Tensor2D, tf.Tensor1D];
         const stats = tf.stack([
           loss,
           tf.mean(g.slice(0, nPos)),

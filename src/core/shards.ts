@@ -5,7 +5,7 @@
 // the same bits as one process computing all of them. What a part holds, and how parts combine,
 // is the layer's (FFLayer: the gradient summed; CompetitiveLayer: also each shard's BatchNorm
 // statistics, pooled); the stage moves them by name (stage/replicas.ts).
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 
 /**
  * The positive rows (images) of each of `shards` shards of a batch of `nPos`: as equal as they
@@ -54,6 +54,13 @@ export interface ShardPart {
   g: tf.Tensor1D;
   loss: tf.Scalar;
   terms: Record<string, tf.Tensor>;
+}
+
+/** The parts' term `name` summed in shard order (a new tensor; the parts keep theirs). */
+export function sumTerm(parts: ShardPart[], name: string): tf.Tensor {
+  return tf.tidy(() =>
+    parts.slice(1).reduce((a, p) => tf.add(a, p.terms[name]!), parts[0]!.terms[name]!),
+  );
 }
 
 /** The parts' tensors: disposes them. */
