@@ -331,9 +331,22 @@ export class ZapHandler {
           : null;
       const ok = version?.toString() === '1.0' && key !== null && this.allow(d, key);
       if (!ok) this.onRefused(d, key, address?.toString() ?? '?');
-      await this.socket
-        .send([id, empty, '1.0', requestId, ok ? '200' : '400', ok ? 'OK' : 'not trusted', '', ''])
-        .catch(() => {});
+      // A socket closed meanwhile throws at once, not through the promise.
+      if (this.closed) return;
+      try {
+        await this.socket.send([
+          id,
+          empty,
+          '1.0',
+          requestId,
+          ok ? '200' : '400',
+          ok ? 'OK' : 'not trusted',
+          '',
+          '',
+        ]);
+      } catch {
+        return; // closed
+      }
     }
   }
 
