@@ -139,4 +139,64 @@ export interface ConvKernels {
     dbeta: Float32Array,
     dbias: Float32Array,
   ): void;
+  /**
+   * A direct layer's (no pooling, no groups) forward sweeps with its product fused in, where
+   * ffx-blas has them (competitive-layer.ts: directStep).
+   */
+  directForward?(
+    x: Float32Array,
+    w: Float32Array,
+    bias: Float32Array,
+    gamma: Float32Array,
+    beta: Float32Array,
+    eps: number,
+    ...geometryAndOutputs: [
+      ...geometry: DirectGeometry,
+      y: Float32Array,
+      mean: Float64Array,
+      variance: Float64Array,
+      goodness: Float64Array,
+      /** Each image's sums per channel [3, rows, out]: of Y^2, Y and Y (m - mean). */
+      sums: Float64Array,
+    ]
+  ): void;
+  /** Its gradient, from dL/dG and what directForward returned. */
+  directBackward?(
+    x: Float32Array,
+    w: Float32Array,
+    bias: Float32Array,
+    gamma: Float32Array,
+    beta: Float32Array,
+    eps: number,
+    ...geometryAndArrays: [
+      ...geometry: DirectGeometry,
+      mean: Float64Array,
+      variance: Float64Array,
+      dg: Float64Array,
+      sums: Float64Array,
+      /** [kernel^2 c, out], the kernel's layout. */
+      dw: Float32Array,
+      dgamma: Float32Array,
+      dbeta: Float32Array,
+      dbias: Float32Array,
+    ]
+  ): void;
 }
+
+/**
+ * A direct layer's geometry as the fused kernels take it: rows, input height, width and
+ * channels, kernel, stride, padding, output height and width, channels, classes.
+ */
+export type DirectGeometry = [
+  rows: number,
+  h: number,
+  w: number,
+  c: number,
+  kernel: number,
+  stride: number,
+  padding: number,
+  ho: number,
+  wo: number,
+  out: number,
+  classes: number,
+];

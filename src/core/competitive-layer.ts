@@ -34,6 +34,7 @@ import type { NamedTensor } from './safetensors.js';
 import { convOutput, isConv, type ConvSpec, type Shape } from './model-shape.js';
 import { READOUT_CLASSES } from './readout.js';
 import { convKernels, softmaxLoss, type Geometry } from './conv-kernels.js';
+import type { ConvKernels, DirectGeometry } from '../backend/wasm-internals.js';
 import {
   disposePart,
   shardLabels,
@@ -49,6 +50,12 @@ export const BN_EPS = 1e-4;
 export const BN_MOMENTUM = 0.1;
 /** Images per forward pass when evaluating: bounds the patches' memory whatever the batch. */
 const FORWARD_CHUNK = 128;
+/**
+ * The largest patch (kernel^2 x input channels) whose layer, unpooled and ungrouped, steps with
+ * its product fused in (directStep): recomputing Z three times costs 3 DIRECT_PATCH
+ * multiply-adds a value, still less than the memory traffic of storing it.
+ */
+export const DIRECT_PATCH = 32;
 
 export interface CompetitiveConfig {
   /** [height, width, channels] of the input. */
@@ -216,6 +223,7 @@ export class CompetitiveLayer implements ShardedLayer {
     const rows = x.shape[0];
     const k = convKernels();
     const g = this.geometry(rows);
+    if (this.direct(g, k)) return this.directStep(x, labels, share, g, k);
     const out = g.out;
     const { p, z } = this.product(x, g);
     const count = rows * g.hp * g.wp; // pooled positions of the batch
@@ -281,6 +289,95 @@ export class CompetitiveLayer implements ShardedLayer {
       mean,
       variance,
       count,
+    };
+  }
+
+  /**
+   * Whether this step runs as directStep: a conv layer without pooling or groups whose patch is
+   * at most DIRECT_PATCH values, where ffx-blas has the fused kernels.
+   */
+  private direct(g: Geometry, k: ConvKernels): boolean {
+    return (
+      this.conv !== null &&
+      g.pool === 1 &&
+      g.groups === 1 &&
+      g.kernel * g.kernel * g.c <= DIRECT_PATCH &&
+      k.directForward !== undefined &&
+      k.directBackward !== undefined
+    );
+  }
+
+  /**
+   * shardStep with the product fused into the sweeps around it (ffx_conv.c: directForward and
+   * directBackward): Z is recomputed from x, which stays in cache, wherever it is needed, and
+   * only Y is written out. For a small patch (a first layer's: 9 values for a 3x3 kernel on grey
+   * images) Z costs a few multiply-adds a value, far less than writing it, m, arg and dZ out and
+   * reading them back. The same math as the general path, its sums in an order of its own.
+   */
+  private directStep(
+    x: tf.Tensor2D,
+    labels: ArrayLike<number>,
+    share: number,
+    g: Geometry,
+    k: ConvKernels,
+  ): ReturnType<CompetitiveLayer['shardStep']> {
+    const { rows, out } = g;
+    const geometry: DirectGeometry = [
+      rows,
+      g.h,
+      g.w,
+      g.c,
+      g.kernel,
+      g.stride,
+      g.padding,
+      g.ho,
+      g.wo,
+      out,
+      CLASSES,
+    ];
+    const [mean, variance] = [new Float64Array(out), new Float64Array(out)];
+    const goodness = new Float64Array(rows * CLASSES);
+    const sums = new Float64Array(3 * rows * out);
+    // The views are taken inside each call: an allocation in between may move the heap.
+    const params = () =>
+      [host(x), host(this.kernel), host(this.bias), host(this.gamma), host(this.beta)] as const;
+    const y = fromHost([rows, this.config.outDim], (view) =>
+      k.directForward!(...params(), BN_EPS, ...geometry, view, mean, variance, goodness, sums),
+    ) as tf.Tensor2D;
+    const { loss, dg } = softmaxLoss(goodness, labels, CLASSES, this.config.alpha);
+    if (share !== 1) for (let i = 0; i < dg.length; i++) dg[i]! *= share;
+    const dw = new Float32Array(this.kernel.size);
+    const [dgamma, dbeta, dbias] = [0, 1, 2].map(() => new Float32Array(out)) as [
+      Float32Array,
+      Float32Array,
+      Float32Array,
+    ];
+    k.directBackward!(
+      ...params(),
+      BN_EPS,
+      ...geometry,
+      mean,
+      variance,
+      dg,
+      sums,
+      dw,
+      dgamma,
+      dbeta,
+      dbias,
+    );
+    return {
+      y,
+      goodness,
+      loss: share === 1 ? loss : loss * share,
+      grads: {
+        kernel: tf.tensor(dw, this.kernel.shape),
+        bias: tf.tensor1d(dbias),
+        gamma: tf.tensor1d(dgamma),
+        beta: tf.tensor1d(dbeta),
+      },
+      mean,
+      variance,
+      count: rows * g.ho * g.wo,
     };
   }
 

@@ -391,6 +391,389 @@ static napi_value js_goodness(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// The direct layer's whole step with its product fused in: no pooling, no groups and a small
+// patch (a first layer's kernel^2 x channels values). Its product is a few multiply-adds a value,
+// so writing Z, m, arg and dZ out and reading them back (the general path: a dozen sweeps of
+// [B, ho, wo, out] floats) costs several times the product. Here the work goes image by image:
+// the image zero-padded and m = relu(P W + b) are computed into buffers that stay in cache, at
+// each of the three sweeps (statistics, Y, gradient), and only Y is written out. The math is the
+// general path's (moments, affine, goodness and backward above), in float, with sums in float
+// along a row of positions and in float64 from row to row: the BatchNorm variance as
+// E[m^2] - mean^2, the backward's per-channel sums from each image's, dW = P^T dZ row by row.
+// Channels go in blocks of 16 (the vectors below, zero past the last channel); every lane is the
+// same IEEE operation in every clone, so the clones agree bit for bit.
+typedef float v16f __attribute__((vector_size(64)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+#define LANES 16
+// The vectors only pass between always-inlined functions: no call ever uses the ABI GCC warns of.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define INLINE static inline __attribute__((always_inline))
+
+// acc[0..16) += v, in float64.
+INLINE void add64(double *restrict acc, v16f v) {
+  v8d *a = (v8d *)acc;
+  a[0] += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+  a[1] += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+}
+
+typedef struct {
+  int64_t rows, h, w, c, kernel, stride, padding, ho, wo, out, classes;
+  int64_t kk;     // patch length
+  int64_t blocks; // channel blocks of LANES
+  int64_t hp, wp; // the image padded
+} Direct;
+
+// Float64 accumulators of a direct step, each of blocks * LANES channels (dw: of kk of them).
+enum { S1, S2, IMG_Q, IMG_S, IMG_T, DB, DW };
+
+// The work arrays of a direct step, 64-byte aligned, per-channel ones padded with zeros to whole
+// blocks: the kernel [kk][blocks], the bias and BatchNorm's float coefficients [blocks]; one
+// image zero-padded, its m [ho wo][blocks] and a row's dZ [wo][blocks]; the float64 sums; where
+// each patch value lies in the padded image from its patch's corner.
+typedef struct {
+  v16f *w, *bias, *mu, *scale, *beta, *kb, *kc, *coef, *m, *dz;
+  double *acc;
+  int64_t *off;
+  float *xp;
+  void *all;
+} Work;
+
+static void work_free(Work *k) { free(k->all); }
+
+INLINE double *acc_of(const Work *k, const Direct *d, int which) {
+  return k->acc + which * d->blocks * LANES;
+}
+
+static int work_alloc(Work *k, const Direct *d, const float *w, const float *bias) {
+  const int64_t nb = d->blocks, per = d->ho * d->wo;
+  const int64_t vectors = d->kk * nb + 7 * nb + per * nb + d->wo * nb;
+  const int64_t doubles = (DW + d->kk) * nb * LANES;
+  const size_t xp = (size_t)((d->hp * d->wp * d->c * sizeof(float) + 63) / 64 * 64);
+  const size_t bytes = 64 * (size_t)vectors + 8 * (size_t)doubles + 8 * (size_t)d->kk + xp;
+  char *all = aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (!all) return 0;
+  memset(all, 0, bytes);
+  k->all = all;
+  v16f *v = (v16f *)all;
+  k->w = v, v += d->kk * nb;
+  v16f **small[] = {&k->bias, &k->mu, &k->scale, &k->beta, &k->kb, &k->kc, &k->coef};
+  for (size_t i = 0; i < sizeof small / sizeof *small; i++) *small[i] = v, v += nb;
+  k->m = v, v += per * nb;
+  k->dz = v, v += d->wo * nb;
+  k->acc = (double *)v;
+  k->off = (int64_t *)(k->acc + doubles);
+  k->xp = (float *)(k->off + d->kk);
+  float *wf = (float *)k->w, *bf = (float *)k->bias;
+  for (int64_t q = 0; q < d->kk; q++)
+    for (int64_t o = 0; o < d->out; o++) wf[q * nb * LANES + o] = w[q * d->out + o];
+  for (int64_t o = 0; o < d->out; o++) bf[o] = bias[o];
+  for (int64_t ky = 0, q = 0; ky < d->kernel; ky++)
+    for (int64_t kx = 0; kx < d->kernel; kx++)
+      for (int64_t ci = 0; ci < d->c; ci++) k->off[q++] = (ky * d->wp + kx) * d->c + ci;
+  return 1;
+}
+
+// Image b zero-padded (into k->xp), and m = relu(P W + b) (into k->m).
+INLINE void image_m(const float *restrict x, const Direct *d, int64_t b, Work *k) {
+  const int64_t nb = d->blocks, kk = d->kk, c = d->c, pad = d->padding, step = d->stride * c;
+  memset(k->xp, 0, d->hp * d->wp * c * sizeof(float));
+  for (int64_t iy = 0; iy < d->h; iy++)
+    memcpy(k->xp + ((iy + pad) * d->wp + pad) * c, x + (b * d->h + iy) * d->w * c,
+           d->w * c * sizeof(float));
+  const v16f zero = {0};
+  const int64_t *restrict off = k->off;
+  v16f *restrict m = k->m;
+  // Four positions at a time: four independent sums in flight, each weight loaded once.
+  for (int64_t oy = 0; oy < d->ho; oy++, m += d->wo * nb) {
+    const float *restrict row = k->xp + oy * d->stride * d->wp * c;
+    for (int64_t j = 0; j < nb; j++) {
+      const v16f bias = k->bias[j];
+      int64_t ox = 0;
+      for (; ox + 4 <= d->wo; ox += 4) {
+        const float *restrict pi = row + ox * step;
+        v16f a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+        for (int64_t q = 0; q < kk; q++) {
+          const v16f wq = k->w[q * nb + j];
+          const float *restrict pq = pi + off[q];
+          a0 += pq[0] * wq;
+          a1 += pq[step] * wq;
+          a2 += pq[2 * step] * wq;
+          a3 += pq[3 * step] * wq;
+        }
+        a0 += bias, a1 += bias, a2 += bias, a3 += bias;
+        m[ox * nb + j] = (v16f)((v16i)a0 & (a0 > zero));
+        m[(ox + 1) * nb + j] = (v16f)((v16i)a1 & (a1 > zero));
+        m[(ox + 2) * nb + j] = (v16f)((v16i)a2 & (a2 > zero));
+        m[(ox + 3) * nb + j] = (v16f)((v16i)a3 & (a3 > zero));
+      }
+      for (; ox < d->wo; ox++) {
+        const float *restrict pi = row + ox * step;
+        v16f acc = zero;
+        for (int64_t q = 0; q < kk; q++) acc += pi[off[q]] * k->w[q * nb + j];
+        acc += bias;
+        m[ox * nb + j] = (v16f)((v16i)acc & (acc > zero));
+      }
+    }
+  }
+}
+
+// Sweep 1: each channel's sum and sum of squares of m.
+HOT static void direct_stats(const float *restrict x, const Direct *d, Work *k) {
+  const int64_t nb = d->blocks, wo = d->wo;
+  double *s1 = acc_of(k, d, S1), *s2 = acc_of(k, d, S2);
+  for (int64_t b = 0; b < d->rows; b++) {
+    image_m(x, d, b, k);
+    for (int64_t oy = 0; oy < d->ho; oy++)
+      for (int64_t j = 0; j < nb; j++) {
+        const v16f *restrict m = k->m + oy * wo * nb + j;
+        v16f s = {0}, q = {0};
+        for (int64_t ox = 0; ox < wo; ox++) {
+          s += m[ox * nb];
+          q += m[ox * nb] * m[ox * nb];
+        }
+        add64(s1 + j * LANES, s);
+        add64(s2 + j * LANES, q);
+      }
+  }
+}
+
+// Sweep 2: Y = (m - mean) scale + beta written, and each image's sums per channel of Y^2, Y and
+// Y (m - mean) into sums [3, rows, out].
+HOT static void direct_y(const float *restrict x, const Direct *d, Work *k, float *restrict y,
+                         double *restrict sums) {
+  const int64_t nb = d->blocks, out = d->out, wo = d->wo, per = d->ho * wo;
+  double *q64 = acc_of(k, d, IMG_Q), *s64 = acc_of(k, d, IMG_S), *t64 = acc_of(k, d, IMG_T);
+  for (int64_t b = 0; b < d->rows; b++) {
+    image_m(x, d, b, k);
+    memset(q64, 0, 3 * nb * LANES * sizeof(double));
+    // A block past the last channel is stored whole all the same, its lanes beyond it landing on
+    // the first channels of the next position, which are stored after it (blocks go last to
+    // first; positions in order): all but the batch's last position, whose lanes would land
+    // past Y's end.
+    for (int64_t oy = 0; oy < d->ho; oy++)
+      for (int64_t j = nb - 1; j >= 0; j--) {
+        const int64_t lanes = out - j * LANES < LANES ? out - j * LANES : LANES;
+        const v16f mu = k->mu[j], sc = k->scale[j], be = k->beta[j];
+        const v16f *restrict m = k->m + oy * wo * nb + j;
+        float *restrict yr = y + (b * per + oy * wo) * out + j * LANES;
+        const int64_t whole = lanes == LANES || b < d->rows - 1 || oy < d->ho - 1 ? wo : wo - 1;
+        v16f q = {0}, s = {0}, t = {0};
+        for (int64_t ox = 0; ox < wo; ox++) {
+          const v16f xh = m[ox * nb] - mu;
+          const v16f v = xh * sc + be;
+          if (ox < whole)
+            memcpy(yr + ox * out, &v, sizeof v);
+          else
+            for (int64_t l = 0; l < lanes; l++) yr[ox * out + l] = v[l];
+          q += v * v;
+          s += v;
+          t += v * xh;
+        }
+        add64(q64 + j * LANES, q);
+        add64(s64 + j * LANES, s);
+        add64(t64 + j * LANES, t);
+      }
+    for (int64_t o = 0; o < out; o++) {
+      sums[b * out + o] = q64[o];
+      sums[(d->rows + b) * out + o] = s64[o];
+      sums[(2 * d->rows + b) * out + o] = t64[o];
+    }
+  }
+}
+
+// Sweep 3: dZ = dm where the ReLU is on (backward_dz's dm = ka coef Y - kb - kc (m - mean)), row
+// by row, summed into db and into dW = P^T dZ.
+HOT static void direct_dw(const float *restrict x, const Direct *d, Work *k,
+                          const double *restrict dg, const double *restrict ka64, double kscale) {
+  const int64_t nb = d->blocks, out = d->out, wo = d->wo, kk = d->kk;
+  const int64_t group = out / d->classes, step = d->stride * d->c;
+  double *db = acc_of(k, d, DB), *dw = acc_of(k, d, DW);
+  const v16f fzero = {0};
+  v16f *coef = k->coef;
+  float *cf = (float *)coef;
+  for (int64_t b = 0; b < d->rows; b++) {
+    for (int64_t o = 0; o < out; o++)
+      cf[o] = (float)(ka64[o] * (dg[b * d->classes + o / group] * kscale));
+    image_m(x, d, b, k);
+    for (int64_t oy = 0; oy < d->ho; oy++) {
+      for (int64_t j = 0; j < nb; j++) {
+        const v16f mu = k->mu[j], sc = k->scale[j], be = k->beta[j], kb = k->kb[j], kc = k->kc[j];
+        const v16f *restrict m = k->m + oy * wo * nb + j;
+        v16f dbs = fzero;
+        for (int64_t ox = 0; ox < wo; ox++) {
+          const v16f mv = m[ox * nb];
+          const v16f xh = mv - mu;
+          const v16f v = xh * sc + be;
+          const v16f dm = coef[j] * v - kb - kc * xh;
+          const v16f dz = (v16f)((v16i)dm & (mv > fzero));
+          k->dz[ox * nb + j] = dz;
+          dbs += dz;
+        }
+        add64(db + j * LANES, dbs);
+      }
+      const float *restrict row = k->xp + oy * d->stride * d->wp * d->c;
+      for (int64_t q = 0; q < kk; q++) {
+        const float *restrict xq = row + k->off[q];
+        for (int64_t j = 0; j < nb; j++) {
+          const v16f *restrict dz = k->dz + j;
+          v16f a0 = fzero, a1 = fzero, a2 = fzero, a3 = fzero;
+          int64_t ox = 0;
+          for (; ox + 4 <= wo; ox += 4) {
+            a0 += xq[ox * step] * dz[ox * nb];
+            a1 += xq[(ox + 1) * step] * dz[(ox + 1) * nb];
+            a2 += xq[(ox + 2) * step] * dz[(ox + 2) * nb];
+            a3 += xq[(ox + 3) * step] * dz[(ox + 3) * nb];
+          }
+          for (; ox < wo; ox++) a0 += xq[ox * step] * dz[ox * nb];
+          add64(dw + (q * nb + j) * LANES, (a0 + a1) + (a2 + a3));
+        }
+      }
+    }
+  }
+}
+
+// The geometry in a[from..from+11): rows, h, w, c, kernel, stride, padding, ho, wo, out, classes.
+static int direct_geometry(napi_env env, napi_value *args, Direct *d) {
+  int64_t g[11];
+  if (!ints(env, args, 11, g)) return 0;
+  *d = (Direct){g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], 0, 0, 0, 0};
+  if (d->rows < 1 || d->h < 1 || d->w < 1 || d->c < 1 || d->kernel < 1 || d->stride < 1 ||
+      d->ho < 1 || d->wo < 1 || d->classes < 1 || d->out < 1 || d->out % d->classes != 0 ||
+      d->kernel > 64 || d->c > 4096 || d->out > 65536 || d->h > 65536 || d->w > 65536)
+    return 0;
+  d->kk = d->kernel * d->kernel * d->c;
+  d->blocks = (d->out + LANES - 1) / LANES;
+  d->hp = d->h + 2 * d->padding, d->wp = d->w + 2 * d->padding;
+  // Every patch lies inside the padded image.
+  return (d->ho - 1) * d->stride + d->kernel <= d->hp &&
+         (d->wo - 1) * d->stride + d->kernel <= d->wp;
+}
+
+// BatchNorm's float coefficients from the batch's moments: mean, gamma / sqrt(var + eps), beta.
+static void direct_affine(Work *k, const float *gamma, const float *beta, const double *mean,
+                          const double *var, double eps, int64_t out) {
+  float *mu = (float *)k->mu, *scale = (float *)k->scale, *be = (float *)k->beta;
+  for (int64_t o = 0; o < out; o++) {
+    mu[o] = (float)mean[o];
+    scale[o] = (float)(gamma[o] / sqrt(var[o] + eps));
+    be[o] = beta[o];
+  }
+}
+
+// directForward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, ho, wo,
+//               out, classes, y, mean, variance, goodness, sums): Y, BatchNorm's batch moments,
+// the class goodness [rows, classes] and each image's sums [3, rows, out] (of Y^2, Y and
+// Y (m - mean)) that directBackward takes.
+static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
+  ARGS(22);
+  Direct d;
+  double eps;
+  if (!direct_geometry(env, a + 6, &d) || napi_get_value_double(env, a[5], &eps) != napi_ok)
+    return fail(env, "directForward: bad geometry");
+  const int64_t out = d.out, n = d.rows * d.ho * d.wo;
+  const float *x = arr(env, a[0], napi_float32_array, d.rows * d.h * d.w * d.c);
+  const float *w = arr(env, a[1], napi_float32_array, d.kk * out);
+  const float *bias = arr(env, a[2], napi_float32_array, out);
+  const float *gamma = arr(env, a[3], napi_float32_array, out);
+  const float *beta = arr(env, a[4], napi_float32_array, out);
+  float *y = arr(env, a[17], napi_float32_array, n * out);
+  double *mean = arr(env, a[18], napi_float64_array, out);
+  double *var = arr(env, a[19], napi_float64_array, out);
+  double *g = arr(env, a[20], napi_float64_array, d.rows * d.classes);
+  double *sums = arr(env, a[21], napi_float64_array, 3 * d.rows * out);
+  if (!x || !w || !bias || !gamma || !beta || !y || !mean || !var || !g || !sums)
+    return fail(env, "directForward: an array is too short");
+  Work k;
+  if (!work_alloc(&k, &d, w, bias)) return fail(env, "directForward: out of memory");
+  direct_stats(x, &d, &k);
+  const double *s1 = acc_of(&k, &d, S1), *s2 = acc_of(&k, &d, S2);
+  for (int64_t o = 0; o < out; o++) {
+    mean[o] = s1[o] / n;
+    const double v = s2[o] / n - mean[o] * mean[o];
+    var[o] = v > 0 ? v : 0;
+  }
+  direct_affine(&k, gamma, beta, mean, var, eps, out);
+  direct_y(x, &d, &k, y, sums);
+  const int64_t group = out / d.classes;
+  const double per = (double)(d.ho * d.wo) * group;
+  for (int64_t b = 0; b < d.rows; b++)
+    for (int64_t j = 0, o = 0; j < d.classes; j++) {
+      double sum = 0;
+      for (const int64_t end = o + group; o < end; o++) sum += sums[b * out + o];
+      g[b * d.classes + j] = sum / per;
+    }
+  work_free(&k);
+  return NULL;
+}
+
+// directBackward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, ho, wo,
+//                out, classes, mean, variance, dg, sums, dw, dgamma, dbeta, dbias): the gradient
+// from dL/dG (dg [rows, classes]) and directForward's moments and sums; dw [kk, out].
+static napi_value js_direct_backward(napi_env env, napi_callback_info info) {
+  ARGS(25);
+  Direct d;
+  double eps;
+  if (!direct_geometry(env, a + 6, &d) || napi_get_value_double(env, a[5], &eps) != napi_ok)
+    return fail(env, "directBackward: bad geometry");
+  const int64_t out = d.out, n = d.rows * d.ho * d.wo;
+  const float *x = arr(env, a[0], napi_float32_array, d.rows * d.h * d.w * d.c);
+  const float *w = arr(env, a[1], napi_float32_array, d.kk * out);
+  const float *bias = arr(env, a[2], napi_float32_array, out);
+  const float *gamma = arr(env, a[3], napi_float32_array, out);
+  const float *beta = arr(env, a[4], napi_float32_array, out);
+  const double *mean = arr(env, a[17], napi_float64_array, out);
+  const double *var = arr(env, a[18], napi_float64_array, out);
+  const double *dg = arr(env, a[19], napi_float64_array, d.rows * d.classes);
+  const double *sums = arr(env, a[20], napi_float64_array, 3 * d.rows * out);
+  float *dw = arr(env, a[21], napi_float32_array, d.kk * out);
+  float *dgamma = arr(env, a[22], napi_float32_array, out);
+  float *dbeta = arr(env, a[23], napi_float32_array, out);
+  float *dbias = arr(env, a[24], napi_float32_array, out);
+  if (!x || !w || !bias || !gamma || !beta || !mean || !var || !dg || !sums || !dw || !dgamma ||
+      !dbeta || !dbias)
+    return fail(env, "directBackward: an array is too short");
+  Work k;
+  double *work = calloc(3 * out, sizeof(double));
+  if (!work || !work_alloc(&k, &d, w, bias)) {
+    free(work);
+    return fail(env, "directBackward: out of memory");
+  }
+  direct_affine(&k, gamma, beta, mean, var, eps, out);
+  // The per-channel sums of dY and dY (m - mean), from each image's sums (backward_sums').
+  const int64_t group = out / d.classes;
+  const double ks = 2.0 / (double)(d.ho * d.wo * group);
+  const double *sy = sums + d.rows * out, *sx = sums + 2 * d.rows * out;
+  double *sdy = work, *sdx = work + out, *ka = work + 2 * out;
+  for (int64_t b = 0; b < d.rows; b++)
+    for (int64_t o = 0; o < out; o++) {
+      const double coef = dg[b * d.classes + o / group] * ks;
+      sdy[o] += coef * sy[b * out + o];
+      sdx[o] += coef * sx[b * out + o];
+    }
+  float *kb = (float *)k.kb, *kc = (float *)k.kc;
+  for (int64_t o = 0; o < out; o++) {
+    const double inv = 1 / sqrt(var[o] + eps);
+    sdx[o] *= inv;
+    ka[o] = gamma[o] * inv;
+    kb[o] = (float)(ka[o] * sdy[o] / n);
+    kc[o] = (float)(ka[o] * inv * sdx[o] / n);
+  }
+  direct_dw(x, &d, &k, dg, ka, ks);
+  const double *acc = acc_of(&k, &d, DW), *db = acc_of(&k, &d, DB);
+  const int64_t width = d.blocks * LANES;
+  for (int64_t q = 0; q < d.kk; q++)
+    for (int64_t o = 0; o < out; o++) dw[q * out + o] = (float)acc[q * width + o];
+  for (int64_t o = 0; o < out; o++) {
+    dgamma[o] = (float)sdx[o];
+    dbeta[o] = (float)sdy[o];
+    dbias[o] = (float)db[o];
+  }
+  free(work);
+  work_free(&k);
+  return NULL;
+}
+
 napi_status ffx_conv_define(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"im2col", NULL, js_im2col, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -399,6 +782,8 @@ napi_status ffx_conv_define(napi_env env, napi_value exports) {
       {"affine", NULL, js_affine, NULL, NULL, NULL, napi_enumerable, NULL},
       {"backward", NULL, js_backward, NULL, NULL, NULL, napi_enumerable, NULL},
       {"goodness", NULL, js_goodness, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"directForward", NULL, js_direct_forward, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"directBackward", NULL, js_direct_backward, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   return napi_define_properties(env, exports, sizeof props / sizeof *props, props);
 }
