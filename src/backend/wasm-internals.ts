@@ -140,7 +140,7 @@ export interface ConvKernels {
     dbias: Float32Array,
   ): void;
   /**
-   * A direct layer's (no pooling, no groups) forward sweeps with its product fused in, where
+   * A conv layer's forward sweeps with its product fused in (a small patch per group), where
    * ffx-blas has them (competitive-layer.ts: directStep).
    */
   directForward?(
@@ -174,7 +174,7 @@ export interface ConvKernels {
       variance: Float64Array,
       dg: Float64Array,
       sums: Float64Array,
-      /** [kernel^2 c, out], the kernel's layout. */
+      /** [groups, kernel^2 c / groups, out / groups], the kernel's layout. */
       dw: Float32Array,
       dgamma: Float32Array,
       dbeta: Float32Array,
@@ -184,8 +184,9 @@ export interface ConvKernels {
 }
 
 /**
- * A direct layer's geometry as the fused kernels take it: rows, input height, width and
- * channels, kernel, stride, padding, output height and width, channels, classes.
+ * A layer's geometry as the fused kernels take it: rows, input height, width and channels,
+ * kernel, stride, padding, groups, conv output height and width, pool, pooled height and width,
+ * channels, classes.
  */
 export type DirectGeometry = [
   rows: number,
@@ -195,8 +196,12 @@ export type DirectGeometry = [
   kernel: number,
   stride: number,
   padding: number,
+  groups: number,
   ho: number,
   wo: number,
+  pool: number,
+  hp: number,
+  wp: number,
   out: number,
   classes: number,
 ];

@@ -51,9 +51,9 @@ export const BN_MOMENTUM = 0.1;
 /** Images per forward pass when evaluating: bounds the patches' memory whatever the batch. */
 const FORWARD_CHUNK = 128;
 /**
- * The largest patch (kernel^2 x input channels) whose layer, unpooled and ungrouped, steps with
- * its product fused in (directStep): recomputing Z three times costs 3 DIRECT_PATCH
- * multiply-adds a value, still less than the memory traffic of storing it.
+ * The largest patch (kernel^2 x input channels / groups) whose conv layer steps with its product
+ * fused in (directStep): recomputing Z three times costs 3 DIRECT_PATCH multiply-adds a value,
+ * still less than the memory traffic of storing it.
  */
 export const DIRECT_PATCH = 32;
 
@@ -293,15 +293,13 @@ export class CompetitiveLayer implements ShardedLayer {
   }
 
   /**
-   * Whether this step runs as directStep: a conv layer without pooling or groups whose patch is
-   * at most DIRECT_PATCH values, where ffx-blas has the fused kernels.
+   * Whether this step runs as directStep: a conv layer whose patch (per group) is at most
+   * DIRECT_PATCH values, where ffx-blas has the fused kernels.
    */
   private direct(g: Geometry, k: ConvKernels): boolean {
     return (
       this.conv !== null &&
-      g.pool === 1 &&
-      g.groups === 1 &&
-      g.kernel * g.kernel * g.c <= DIRECT_PATCH &&
+      (g.kernel * g.kernel * g.c) / g.groups <= DIRECT_PATCH &&
       k.directForward !== undefined &&
       k.directBackward !== undefined
     );
@@ -309,9 +307,10 @@ export class CompetitiveLayer implements ShardedLayer {
 
   /**
    * shardStep with the product fused into the sweeps around it (ffx_conv.c: directForward and
-   * directBackward): Z is recomputed from x, which stays in cache, wherever it is needed, and
-   * only Y is written out. For a small patch (a first layer's: 9 values for a 3x3 kernel on grey
-   * images) Z costs a few multiply-adds a value, far less than writing it, m, arg and dZ out and
+   * directBackward): image by image, Z is recomputed from the padded image, which stays in
+   * cache, wherever it is needed, and only Y is written out. For a small patch (a first layer's:
+   * 9 values for a 3x3 kernel on grey images; a grouped layer's few channels a group) Z costs a
+   * few multiply-adds a value, far less than writing the patches, Z, m, arg and dZ out and
    * reading them back. The same math as the general path, its sums in an order of its own.
    */
   private directStep(
@@ -330,8 +329,12 @@ export class CompetitiveLayer implements ShardedLayer {
       g.kernel,
       g.stride,
       g.padding,
+      g.groups,
       g.ho,
       g.wo,
+      g.pool,
+      g.hp,
+      g.wp,
       out,
       CLASSES,
     ];
@@ -377,7 +380,7 @@ export class CompetitiveLayer implements ShardedLayer {
       },
       mean,
       variance,
-      count: rows * g.ho * g.wo,
+      count: rows * g.hp * g.wp,
     };
   }
 

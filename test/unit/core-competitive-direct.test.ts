@@ -1,5 +1,5 @@
 // CompetitiveLayer's fused step (directStep: ffx-blas recomputes the product inside its sweeps,
-// native/blas/src/ffx_conv.c) for unpooled, ungrouped conv layers with a small patch, on
+// native/blas/src/ffx_conv.c) for conv layers with a small patch per group, on
 // wasm+blas, against the tfjs autograd reference computed on the cpu backend from the same
 // saved weights; then the layer's next steps with shards. Where ffx-blas is built (CI requires
 // it).
@@ -27,12 +27,22 @@ function noise(n: number, seed: number): Float32Array {
   return Float32Array.from({ length: n }, () => rng.next() * 2 - 1);
 }
 
-// Patches of 9, 18, 25 and 27 values: grey 3x3, two channels, grey 5x5, colour strided.
+// Patches of 9 to 27 values: grey 3x3, two channels, grey 5x5, colour strided; grouped layers
+// with pooling (2 and 8 channels a group, as the conv config's second layer), odd sizes pooled,
+// a pool of 3.
 const CASES: [string, Shape, ConvSpec][] = [
   ['grey 3x3, padding 1', [6, 6, 1], { conv: 20, kernel: 3, padding: 1 }],
   ['two channels 3x3, padding 1', [5, 7, 2], { conv: 10, kernel: 3, padding: 1 }],
   ['grey 5x5, padding 2', [6, 6, 1], { conv: 30, kernel: 5, padding: 2 }],
   ['colour 3x3, stride 2, no padding', [7, 7, 3], { conv: 20, kernel: 3, stride: 2 }],
+  ['grouped, 2x2 pooling', [6, 6, 10], { conv: 20, kernel: 3, padding: 1, groups: 10, pool: 2 }],
+  [
+    'grouped, 8 channels a group, 2x2 pooling',
+    [6, 8, 20],
+    { conv: 80, kernel: 3, padding: 1, groups: 10, pool: 2 },
+  ],
+  ['odd size pooled', [7, 7, 3], { conv: 10, kernel: 3, pool: 2 }],
+  ['pool 3, grouped in 2', [9, 8, 2], { conv: 30, kernel: 3, padding: 1, groups: 2, pool: 3 }],
 ];
 
 describe(
@@ -46,7 +56,9 @@ describe(
     it('is what ffx-blas offers for these layers', () => {
       assert.equal(typeof convKernels().directForward, 'function');
       assert.equal(typeof convKernels().directBackward, 'function');
-      for (const [, [, , c], spec] of CASES) assert.ok(spec.kernel ** 2 * c <= DIRECT_PATCH);
+      for (const [, [, , c], spec] of CASES) {
+        assert.ok((spec.kernel ** 2 * c) / (spec.groups ?? 1) <= DIRECT_PATCH);
+      }
     });
 
     for (const [name, inShape, spec] of CASES) {

@@ -391,48 +391,65 @@ static napi_value js_goodness(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// The direct layer's whole step with its product fused in: no pooling, no groups and a small
-// patch (a first layer's kernel^2 x channels values). Its product is a few multiply-adds a value,
-// so writing Z, m, arg and dZ out and reading them back (the general path: a dozen sweeps of
-// [B, ho, wo, out] floats) costs several times the product. Here the work goes image by image:
-// the image zero-padded and m = relu(P W + b) are computed into buffers that stay in cache, at
-// each of the three sweeps (statistics, Y, gradient), and only Y is written out. The math is the
-// general path's (moments, affine, goodness and backward above), in float, with sums in float
-// along a row of positions and in float64 from row to row: the BatchNorm variance as
-// E[m^2] - mean^2, the backward's per-channel sums from each image's, dW = P^T dZ row by row.
-// Channels go in blocks of 16 (the vectors below, zero past the last channel); every lane is the
-// same IEEE operation in every clone, so the clones agree bit for bit.
-typedef float v16f __attribute__((vector_size(64)));
-typedef double v8d __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-#define LANES 16
+// A layer's whole step with its product fused in, for a small patch per group (a first layer's
+// kernel^2 x channels values; a grouped layer's kernel^2 x channels / groups): its product is a
+// few multiply-adds a value, so writing the patches, Z, m, arg and dZ out and reading them back
+// (the general path: a dozen sweeps of [B, ho, wo, out] floats, the patches many times that)
+// costs several times the product. Here the work goes image by image: the image zero-padded, Z
+// and m = maxpool(relu(Z + b)) are computed into buffers that stay in cache at each of the three
+// sweeps (statistics, Y, gradient), and only Y is written out. The math is the general path's
+// (reluPool, moments, affine, goodness and backward above: the pooled maximum the first of its
+// window's largest values above 0, none where all are 0), in float, with sums in float along a
+// row of positions and in float64 from row to row: the BatchNorm variance as E[m^2] - mean^2,
+// the backward's per-channel sums from each image's, dW = P^T dZ row by row.
+// Each group's channels go in blocks of LANES (the vectors below, zero past its last channel);
+// every lane is the same IEEE operation in every clone, so the clones agree bit for bit.
+#define LANES 8
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef double vd __attribute__((vector_size(8 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
 // The vectors only pass between always-inlined functions: no call ever uses the ABI GCC warns of.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #define INLINE static inline __attribute__((always_inline))
 
-// acc[0..16) += v, in float64.
-INLINE void add64(double *restrict acc, v16f v) {
-  v8d *a = (v8d *)acc;
-  a[0] += __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
-  a[1] += __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+// acc[0..LANES) += v, in float64.
+INLINE void add64(double *restrict acc, vf v) {
+  vd a;
+  memcpy(&a, acc, sizeof a);
+  a += __builtin_convertvector(v, vd);
+  memcpy(acc, &a, sizeof a);
 }
 
 typedef struct {
-  int64_t rows, h, w, c, kernel, stride, padding, ho, wo, out, classes;
-  int64_t kk;     // patch length
-  int64_t blocks; // channel blocks of LANES
-  int64_t hp, wp; // the image padded
+  int64_t rows, h, w, c, kernel, stride, padding, groups, ho, wo, pool, hp, wp, out, classes;
+  int64_t kk;     // patch length (one group's)
+  int64_t og;     // channels of a group
+  int64_t gb;     // blocks of a group
+  int64_t blocks; // all of them
+  int64_t hx, wx; // the image padded
 } Direct;
 
-// Float64 accumulators of a direct step, each of blocks * LANES channels (dw: of kk of them).
+// Block j's first channel (of `out`), and how many of its lanes are channels.
+INLINE int64_t block_channel(const Direct *d, int64_t j) {
+  return (j / d->gb) * d->og + (j % d->gb) * LANES;
+}
+INLINE int64_t block_lanes(const Direct *d, int64_t j) {
+  const int64_t left = d->og - (j % d->gb) * LANES;
+  return left < LANES ? left : LANES;
+}
+
+// Float64 accumulators of a step, each of blocks * LANES lanes (DW: kk of them).
 enum { S1, S2, IMG_Q, IMG_S, IMG_T, DB, DW };
 
-// The work arrays of a direct step, 64-byte aligned, per-channel ones padded with zeros to whole
-// blocks: the kernel [kk][blocks], the bias and BatchNorm's float coefficients [blocks]; one
-// image zero-padded, its m [ho wo][blocks] and a row's dZ [wo][blocks]; the float64 sums; where
-// each patch value lies in the padded image from its patch's corner.
+// The work arrays of a step, 64-byte aligned, per-channel ones in lanes, zero past each group's
+// channels: the kernel [blocks][kk]; the bias, BatchNorm's float coefficients and the backward's
+// [blocks]; a row's sums [3][blocks]; for one image: Z over the pooled region [ho wo][blocks] (m itself when unpooled), m
+// and arg (the window element each m came from, -1 for none) [hp wp][blocks], one pooled row's
+// dZ at each conv position [pool][wp pool][blocks]; the float64 sums; each patch value's place in
+// the padded image from its patch's corner, per group [groups][kk]; the padded image.
 typedef struct {
-  v16f *w, *bias, *mu, *scale, *beta, *kb, *kc, *coef, *m, *dz;
+  vf *w, *bias, *mu, *scale, *beta, *kb, *kc, *coef, *rowq, *z, *m, *dz;
+  vi *arg;
   double *acc;
   int64_t *off;
   float *xp;
@@ -445,92 +462,130 @@ INLINE double *acc_of(const Work *k, const Direct *d, int which) {
   return k->acc + which * d->blocks * LANES;
 }
 
+// Spreads per-channel values (out of them) into lanes.
+static void to_lanes(const Direct *d, vf *to, const float *from) {
+  float *t = (float *)to;
+  for (int64_t j = 0; j < d->blocks; j++)
+    for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) t[j * LANES + l] = from[o + l];
+}
+
 static int work_alloc(Work *k, const Direct *d, const float *w, const float *bias) {
-  const int64_t nb = d->blocks, per = d->ho * d->wo;
-  const int64_t vectors = d->kk * nb + 7 * nb + per * nb + d->wo * nb;
-  const int64_t doubles = (DW + d->kk) * nb * LANES;
-  const size_t xp = (size_t)((d->hp * d->wp * d->c * sizeof(float) + 63) / 64 * 64);
-  const size_t bytes = 64 * (size_t)vectors + 8 * (size_t)doubles + 8 * (size_t)d->kk + xp;
+  const int64_t nb = d->blocks, conv = d->hp * d->pool * d->wp * d->pool, per = d->hp * d->wp;
+  const int64_t vectors = d->kk * nb + 11 * nb + (d->pool > 1 ? conv : 0) * nb + 2 * per * nb +
+                          d->pool * d->wp * d->pool * nb;
+  const size_t head = (sizeof(vf) * (size_t)vectors + 63) / 64 * 64;
+  const size_t bytes = head + 8 * (size_t)((DW + d->kk) * nb * LANES) +
+                       8 * (size_t)(d->groups * d->kk) + sizeof(float) * (size_t)(d->hx * d->wx * d->c);
   char *all = aligned_alloc(64, (bytes + 63) / 64 * 64);
   if (!all) return 0;
   memset(all, 0, bytes);
   k->all = all;
-  v16f *v = (v16f *)all;
+  vf *v = (vf *)all;
   k->w = v, v += d->kk * nb;
-  v16f **small[] = {&k->bias, &k->mu, &k->scale, &k->beta, &k->kb, &k->kc, &k->coef};
+  vf **small[] = {&k->bias, &k->mu, &k->scale, &k->beta, &k->kb, &k->kc, &k->coef};
   for (size_t i = 0; i < sizeof small / sizeof *small; i++) *small[i] = v, v += nb;
+  k->rowq = v, v += 3 * nb;
+  v += nb; // unused: keeps the count above whole
   k->m = v, v += per * nb;
-  k->dz = v, v += d->wo * nb;
-  k->acc = (double *)v;
-  k->off = (int64_t *)(k->acc + doubles);
-  k->xp = (float *)(k->off + d->kk);
-  float *wf = (float *)k->w, *bf = (float *)k->bias;
-  for (int64_t q = 0; q < d->kk; q++)
-    for (int64_t o = 0; o < d->out; o++) wf[q * nb * LANES + o] = w[q * d->out + o];
-  for (int64_t o = 0; o < d->out; o++) bf[o] = bias[o];
-  for (int64_t ky = 0, q = 0; ky < d->kernel; ky++)
-    for (int64_t kx = 0; kx < d->kernel; kx++)
-      for (int64_t ci = 0; ci < d->c; ci++) k->off[q++] = (ky * d->wp + kx) * d->c + ci;
+  k->z = d->pool > 1 ? v : k->m, v += (d->pool > 1 ? conv : 0) * nb;
+  k->arg = (vi *)v, v += per * nb;
+  k->dz = v;
+  k->acc = (double *)(all + head);
+  k->off = (int64_t *)(k->acc + (DW + d->kk) * nb * LANES);
+  k->xp = (float *)(k->off + d->groups * d->kk);
+  // The kernel [groups][kk][og] in lanes, block by block.
+  float *wf = (float *)k->w;
+  for (int64_t j = 0; j < nb; j++) {
+    const int64_t g = j / d->gb, oc = (j % d->gb) * LANES;
+    for (int64_t q = 0; q < d->kk; q++)
+      for (int64_t l = 0; l < block_lanes(d, j); l++)
+        wf[(j * d->kk + q) * LANES + l] = w[(g * d->kk + q) * d->og + oc + l];
+  }
+  to_lanes(d, k->bias, bias);
+  const int64_t cg = d->c / d->groups;
+  for (int64_t g = 0; g < d->groups; g++)
+    for (int64_t ky = 0, q = 0; ky < d->kernel; ky++)
+      for (int64_t kx = 0; kx < d->kernel; kx++)
+        for (int64_t ci = 0; ci < cg; ci++)
+          k->off[g * d->kk + q++] = (ky * d->wx + kx) * d->c + g * cg + ci;
   return 1;
 }
 
-// Image b zero-padded (into k->xp), and m = relu(P W + b) (into k->m).
+// Image b zero-padded (into k->xp); relu(Z + b) over the pooled region (into k->z); and pooled,
+// m and arg (with no pooling m is k->z, and arg is not used: the ReLU's sign is).
 INLINE void image_m(const float *restrict x, const Direct *d, int64_t b, Work *k) {
-  const int64_t nb = d->blocks, kk = d->kk, c = d->c, pad = d->padding, step = d->stride * c;
-  memset(k->xp, 0, d->hp * d->wp * c * sizeof(float));
+  const int64_t nb = d->blocks, kk = d->kk, c = d->c, step = d->stride * c, pool = d->pool;
+  const int64_t wz = d->wp * pool; // columns of Z the pooling reads
+  memset(k->xp, 0, d->hx * d->wx * c * sizeof(float));
   for (int64_t iy = 0; iy < d->h; iy++)
-    memcpy(k->xp + ((iy + pad) * d->wp + pad) * c, x + (b * d->h + iy) * d->w * c,
+    memcpy(k->xp + ((iy + d->padding) * d->wx + d->padding) * c, x + (b * d->h + iy) * d->w * c,
            d->w * c * sizeof(float));
-  const v16f zero = {0};
-  const int64_t *restrict off = k->off;
-  v16f *restrict m = k->m;
+  const vf zero = {0};
   // Four positions at a time: four independent sums in flight, each weight loaded once.
-  for (int64_t oy = 0; oy < d->ho; oy++, m += d->wo * nb) {
-    const float *restrict row = k->xp + oy * d->stride * d->wp * c;
+  for (int64_t oy = 0; oy < d->hp * pool; oy++) {
+    const float *restrict row = k->xp + oy * d->stride * d->wx * c;
+    vf *restrict z = k->z + oy * wz * nb;
     for (int64_t j = 0; j < nb; j++) {
-      const v16f bias = k->bias[j];
+      const vf *restrict wj = k->w + j * kk, bias = k->bias[j];
+      const int64_t *restrict off = k->off + (j / d->gb) * kk;
       int64_t ox = 0;
-      for (; ox + 4 <= d->wo; ox += 4) {
+      for (; ox + 4 <= wz; ox += 4) {
         const float *restrict pi = row + ox * step;
-        v16f a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+        vf a0 = zero, a1 = zero, a2 = zero, a3 = zero;
         for (int64_t q = 0; q < kk; q++) {
-          const v16f wq = k->w[q * nb + j];
           const float *restrict pq = pi + off[q];
-          a0 += pq[0] * wq;
-          a1 += pq[step] * wq;
-          a2 += pq[2 * step] * wq;
-          a3 += pq[3 * step] * wq;
+          a0 += pq[0] * wj[q];
+          a1 += pq[step] * wj[q];
+          a2 += pq[2 * step] * wj[q];
+          a3 += pq[3 * step] * wj[q];
         }
         a0 += bias, a1 += bias, a2 += bias, a3 += bias;
-        m[ox * nb + j] = (v16f)((v16i)a0 & (a0 > zero));
-        m[(ox + 1) * nb + j] = (v16f)((v16i)a1 & (a1 > zero));
-        m[(ox + 2) * nb + j] = (v16f)((v16i)a2 & (a2 > zero));
-        m[(ox + 3) * nb + j] = (v16f)((v16i)a3 & (a3 > zero));
+        z[ox * nb + j] = (vf)((vi)a0 & (a0 > zero));
+        z[(ox + 1) * nb + j] = (vf)((vi)a1 & (a1 > zero));
+        z[(ox + 2) * nb + j] = (vf)((vi)a2 & (a2 > zero));
+        z[(ox + 3) * nb + j] = (vf)((vi)a3 & (a3 > zero));
       }
-      for (; ox < d->wo; ox++) {
+      for (; ox < wz; ox++) {
         const float *restrict pi = row + ox * step;
-        v16f acc = zero;
-        for (int64_t q = 0; q < kk; q++) acc += pi[off[q]] * k->w[q * nb + j];
+        vf acc = zero;
+        for (int64_t q = 0; q < kk; q++) acc += pi[off[q]] * wj[q];
         acc += bias;
-        m[ox * nb + j] = (v16f)((v16i)acc & (acc > zero));
+        z[ox * nb + j] = (vf)((vi)acc & (acc > zero));
       }
     }
   }
+  if (pool == 1) return;
+  const vi none = zero > zero; // all 0: "not taken"
+  for (int64_t py = 0; py < d->hp; py++)
+    for (int64_t px = 0; px < d->wp; px++)
+      for (int64_t j = 0; j < nb; j++) {
+        vf cur = zero;
+        vi arg = none - 1; // -1
+        for (int32_t dy = 0, e = 0; dy < pool; dy++)
+          for (int32_t dx = 0; dx < pool; dx++, e++) {
+            const vf v = k->z[((py * pool + dy) * wz + px * pool + dx) * nb + j];
+            const vi take = v > cur;
+            cur = (vf)(((vi)v & take) | ((vi)cur & ~take));
+            arg = ((int32_t)e & take) | (arg & ~take);
+          }
+        k->m[(py * d->wp + px) * nb + j] = cur;
+        k->arg[(py * d->wp + px) * nb + j] = arg;
+      }
 }
 
 // Sweep 1: each channel's sum and sum of squares of m.
 HOT static void direct_stats(const float *restrict x, const Direct *d, Work *k) {
-  const int64_t nb = d->blocks, wo = d->wo;
+  const int64_t nb = d->blocks, wp = d->wp;
   double *s1 = acc_of(k, d, S1), *s2 = acc_of(k, d, S2);
   for (int64_t b = 0; b < d->rows; b++) {
     image_m(x, d, b, k);
-    for (int64_t oy = 0; oy < d->ho; oy++)
+    for (int64_t py = 0; py < d->hp; py++)
       for (int64_t j = 0; j < nb; j++) {
-        const v16f *restrict m = k->m + oy * wo * nb + j;
-        v16f s = {0}, q = {0};
-        for (int64_t ox = 0; ox < wo; ox++) {
-          s += m[ox * nb];
-          q += m[ox * nb] * m[ox * nb];
+        const vf *restrict m = k->m + py * wp * nb + j;
+        vf s = {0}, q = {0};
+        for (int64_t px = 0; px < wp; px++) {
+          s += m[px * nb];
+          q += m[px * nb] * m[px * nb];
         }
         add64(s1 + j * LANES, s);
         add64(s2 + j * LANES, q);
@@ -542,161 +597,203 @@ HOT static void direct_stats(const float *restrict x, const Direct *d, Work *k) 
 // Y (m - mean) into sums [3, rows, out].
 HOT static void direct_y(const float *restrict x, const Direct *d, Work *k, float *restrict y,
                          double *restrict sums) {
-  const int64_t nb = d->blocks, out = d->out, wo = d->wo, per = d->ho * wo;
+  const int64_t nb = d->blocks, out = d->out, wp = d->wp, per = d->hp * wp;
   double *q64 = acc_of(k, d, IMG_Q), *s64 = acc_of(k, d, IMG_S), *t64 = acc_of(k, d, IMG_T);
+  vf *q = k->rowq, *s = q + nb, *t = s + nb;
+  const vf zero = {0};
   for (int64_t b = 0; b < d->rows; b++) {
     image_m(x, d, b, k);
     memset(q64, 0, 3 * nb * LANES * sizeof(double));
-    // A block past the last channel is stored whole all the same, its lanes beyond it landing on
-    // the first channels of the next position, which are stored after it (blocks go last to
-    // first; positions in order): all but the batch's last position, whose lanes would land
-    // past Y's end.
-    for (int64_t oy = 0; oy < d->ho; oy++)
-      for (int64_t j = nb - 1; j >= 0; j--) {
-        const int64_t lanes = out - j * LANES < LANES ? out - j * LANES : LANES;
-        const v16f mu = k->mu[j], sc = k->scale[j], be = k->beta[j];
-        const v16f *restrict m = k->m + oy * wo * nb + j;
-        float *restrict yr = y + (b * per + oy * wo) * out + j * LANES;
-        const int64_t whole = lanes == LANES || b < d->rows - 1 || oy < d->ho - 1 ? wo : wo - 1;
-        v16f q = {0}, s = {0}, t = {0};
-        for (int64_t ox = 0; ox < wo; ox++) {
-          const v16f xh = m[ox * nb] - mu;
-          const v16f v = xh * sc + be;
-          if (ox < whole)
-            memcpy(yr + ox * out, &v, sizeof v);
+    for (int64_t py = 0; py < d->hp; py++) {
+      for (int64_t j = 0; j < 3 * nb; j++) q[j] = zero;
+      // A block with lanes past its group's channels is stored whole all the same, those lanes
+      // landing on the channels after it, which are stored after it (positions in order, blocks
+      // in order): all but where they would land past Y's end.
+      for (int64_t px = 0; px < wp; px++) {
+        const vf *restrict m = k->m + (py * wp + px) * nb;
+        const int64_t at = (b * per + py * wp + px) * out;
+        float *restrict yp = y + at;
+        for (int64_t j = 0; j < nb; j++) {
+          const vf xh = m[j] - k->mu[j];
+          const vf v = xh * k->scale[j] + k->beta[j];
+          const int64_t o = block_channel(d, j);
+          if (at + o + LANES <= d->rows * per * out)
+            memcpy(yp + o, &v, sizeof v);
           else
-            for (int64_t l = 0; l < lanes; l++) yr[ox * out + l] = v[l];
-          q += v * v;
-          s += v;
-          t += v * xh;
+            for (int64_t l = 0; l < block_lanes(d, j); l++) yp[o + l] = v[l];
+          q[j] += v * v;
+          s[j] += v;
+          t[j] += v * xh;
         }
-        add64(q64 + j * LANES, q);
-        add64(s64 + j * LANES, s);
-        add64(t64 + j * LANES, t);
       }
-    for (int64_t o = 0; o < out; o++) {
-      sums[b * out + o] = q64[o];
-      sums[(d->rows + b) * out + o] = s64[o];
-      sums[(2 * d->rows + b) * out + o] = t64[o];
+      for (int64_t j = 0; j < nb; j++) {
+        add64(q64 + j * LANES, q[j]);
+        add64(s64 + j * LANES, s[j]);
+        add64(t64 + j * LANES, t[j]);
+      }
     }
+    for (int64_t j = 0; j < nb; j++)
+      for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) {
+        sums[b * out + o + l] = q64[j * LANES + l];
+        sums[(d->rows + b) * out + o + l] = s64[j * LANES + l];
+        sums[(2 * d->rows + b) * out + o + l] = t64[j * LANES + l];
+      }
   }
 }
 
-// Sweep 3: dZ = dm where the ReLU is on (backward_dz's dm = ka coef Y - kb - kc (m - mean)), row
-// by row, summed into db and into dW = P^T dZ.
+// Sweep 3: dm = ka coef Y - kb - kc (m - mean) (backward_dz's) where m came from a live value,
+// row of the pooling by row, summed into db; then into dZ at the conv position it came from, and
+// dW = P^T dZ over those positions.
 HOT static void direct_dw(const float *restrict x, const Direct *d, Work *k,
                           const double *restrict dg, const double *restrict ka64, double kscale) {
-  const int64_t nb = d->blocks, out = d->out, wo = d->wo, kk = d->kk;
-  const int64_t group = out / d->classes, step = d->stride * d->c;
+  const int64_t nb = d->blocks, out = d->out, wp = d->wp, kk = d->kk, pool = d->pool;
+  const int64_t group = out / d->classes, step = d->stride * d->c, wz = wp * pool;
   double *db = acc_of(k, d, DB), *dw = acc_of(k, d, DW);
-  const v16f fzero = {0};
-  v16f *coef = k->coef;
-  float *cf = (float *)coef;
+  const vf fzero = {0};
+  float coef[out];
   for (int64_t b = 0; b < d->rows; b++) {
     for (int64_t o = 0; o < out; o++)
-      cf[o] = (float)(ka64[o] * (dg[b * d->classes + o / group] * kscale));
+      coef[o] = (float)(ka64[o] * (dg[b * d->classes + o / group] * kscale));
+    to_lanes(d, k->coef, coef);
     image_m(x, d, b, k);
-    for (int64_t oy = 0; oy < d->ho; oy++) {
+    for (int64_t py = 0; py < d->hp; py++) {
       for (int64_t j = 0; j < nb; j++) {
-        const v16f mu = k->mu[j], sc = k->scale[j], be = k->beta[j], kb = k->kb[j], kc = k->kc[j];
-        const v16f *restrict m = k->m + oy * wo * nb + j;
-        v16f dbs = fzero;
-        for (int64_t ox = 0; ox < wo; ox++) {
-          const v16f mv = m[ox * nb];
-          const v16f xh = mv - mu;
-          const v16f v = xh * sc + be;
-          const v16f dm = coef[j] * v - kb - kc * xh;
-          const v16f dz = (v16f)((v16i)dm & (mv > fzero));
-          k->dz[ox * nb + j] = dz;
-          dbs += dz;
+        const vf mu = k->mu[j], sc = k->scale[j], be = k->beta[j], kb = k->kb[j], kc = k->kc[j];
+        const vf cj = k->coef[j];
+        vf dbs = fzero;
+        for (int64_t px = 0; px < wp; px++) {
+          const int64_t at = (py * wp + px) * nb + j;
+          const vf mv = k->m[at];
+          const vf xh = mv - mu;
+          const vf v = xh * sc + be;
+          const vf dm = cj * v - kb - kc * xh;
+          if (pool == 1) {
+            const vf dz = (vf)((vi)dm & (mv > fzero));
+            k->dz[px * nb + j] = dz;
+            dbs += dz;
+            continue;
+          }
+          const vi arg = k->arg[at];
+          dbs += (vf)((vi)dm & (arg >= 0));
+          for (int64_t dy = 0, e = 0; dy < pool; dy++)
+            for (int64_t dx = 0; dx < pool; dx++, e++)
+              k->dz[(dy * wz + px * pool + dx) * nb + j] = (vf)((vi)dm & (arg == (vi){0} + (int32_t)e));
         }
         add64(db + j * LANES, dbs);
       }
-      const float *restrict row = k->xp + oy * d->stride * d->wp * d->c;
-      for (int64_t q = 0; q < kk; q++) {
-        const float *restrict xq = row + k->off[q];
+      for (int64_t dy = 0; dy < pool; dy++) {
+        const float *restrict row = k->xp + (py * pool + dy) * d->stride * d->wx * d->c;
+        const vf *restrict dzr = k->dz + dy * wz * nb;
         for (int64_t j = 0; j < nb; j++) {
-          const v16f *restrict dz = k->dz + j;
-          v16f a0 = fzero, a1 = fzero, a2 = fzero, a3 = fzero;
-          int64_t ox = 0;
-          for (; ox + 4 <= wo; ox += 4) {
-            a0 += xq[ox * step] * dz[ox * nb];
-            a1 += xq[(ox + 1) * step] * dz[(ox + 1) * nb];
-            a2 += xq[(ox + 2) * step] * dz[(ox + 2) * nb];
-            a3 += xq[(ox + 3) * step] * dz[(ox + 3) * nb];
+          const int64_t *restrict off = k->off + (j / d->gb) * kk;
+          for (int64_t q = 0; q < kk; q++) {
+            const float *restrict xq = row + off[q];
+            const vf *restrict dz = dzr + j;
+            vf a0 = fzero, a1 = fzero, a2 = fzero, a3 = fzero;
+            int64_t ox = 0;
+            for (; ox + 4 <= wz; ox += 4) {
+              a0 += xq[ox * step] * dz[ox * nb];
+              a1 += xq[(ox + 1) * step] * dz[(ox + 1) * nb];
+              a2 += xq[(ox + 2) * step] * dz[(ox + 2) * nb];
+              a3 += xq[(ox + 3) * step] * dz[(ox + 3) * nb];
+            }
+            for (; ox < wz; ox++) a0 += xq[ox * step] * dz[ox * nb];
+            add64(dw + (j * kk + q) * LANES, (a0 + a1) + (a2 + a3));
           }
-          for (; ox < wo; ox++) a0 += xq[ox * step] * dz[ox * nb];
-          add64(dw + (q * nb + j) * LANES, (a0 + a1) + (a2 + a3));
         }
       }
     }
   }
 }
 
-// The geometry in a[from..from+11): rows, h, w, c, kernel, stride, padding, ho, wo, out, classes.
+// The geometry in args[0..15): rows, h, w, c, kernel, stride, padding, groups, ho, wo, pool, hp,
+// wp, out, classes.
 static int direct_geometry(napi_env env, napi_value *args, Direct *d) {
-  int64_t g[11];
-  if (!ints(env, args, 11, g)) return 0;
-  *d = (Direct){g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10], 0, 0, 0, 0};
+  int64_t g[15];
+  if (!ints(env, args, 15, g)) return 0;
+  *d = (Direct){g[0], g[1], g[2],  g[3],  g[4],  g[5], g[6], g[7], g[8], g[9],
+                g[10], g[11], g[12], g[13], g[14], 0,    0,    0,    0,    0, 0};
   if (d->rows < 1 || d->h < 1 || d->w < 1 || d->c < 1 || d->kernel < 1 || d->stride < 1 ||
-      d->ho < 1 || d->wo < 1 || d->classes < 1 || d->out < 1 || d->out % d->classes != 0 ||
-      d->kernel > 64 || d->c > 4096 || d->out > 65536 || d->h > 65536 || d->w > 65536)
+      d->groups < 1 || d->c % d->groups != 0 || d->out % d->groups != 0 || d->ho < 1 ||
+      d->wo < 1 || d->pool < 1 || d->hp < 1 || d->wp < 1 || d->hp * d->pool > d->ho ||
+      d->wp * d->pool > d->wo || d->classes < 1 || d->out < 1 || d->out % d->classes != 0 ||
+      d->kernel > 64 || d->c > 4096 || d->out > 65536 || d->h > 65536 || d->w > 65536 ||
+      d->pool > 64)
     return 0;
-  d->kk = d->kernel * d->kernel * d->c;
-  d->blocks = (d->out + LANES - 1) / LANES;
-  d->hp = d->h + 2 * d->padding, d->wp = d->w + 2 * d->padding;
+  d->kk = d->kernel * d->kernel * (d->c / d->groups);
+  d->og = d->out / d->groups;
+  d->gb = (d->og + LANES - 1) / LANES;
+  d->blocks = d->groups * d->gb;
+  d->hx = d->h + 2 * d->padding, d->wx = d->w + 2 * d->padding;
   // Every patch lies inside the padded image.
-  return (d->ho - 1) * d->stride + d->kernel <= d->hp &&
-         (d->wo - 1) * d->stride + d->kernel <= d->wp;
+  return (d->ho - 1) * d->stride + d->kernel <= d->hx &&
+         (d->wo - 1) * d->stride + d->kernel <= d->wx;
 }
 
-// BatchNorm's float coefficients from the batch's moments: mean, gamma / sqrt(var + eps), beta.
-static void direct_affine(Work *k, const float *gamma, const float *beta, const double *mean,
-                          const double *var, double eps, int64_t out) {
-  float *mu = (float *)k->mu, *scale = (float *)k->scale, *be = (float *)k->beta;
-  for (int64_t o = 0; o < out; o++) {
-    mu[o] = (float)mean[o];
-    scale[o] = (float)(gamma[o] / sqrt(var[o] + eps));
-    be[o] = beta[o];
+// BatchNorm's float coefficients in lanes from the batch's moments: mean, gamma / sqrt(var +
+// eps), beta.
+static int direct_affine(Work *k, const Direct *d, const float *gamma, const float *beta,
+                         const double *mean, const double *var, double eps) {
+  float *f = malloc(3 * d->out * sizeof(float));
+  if (!f) return 0;
+  for (int64_t o = 0; o < d->out; o++) {
+    f[o] = (float)mean[o];
+    f[d->out + o] = (float)(gamma[o] / sqrt(var[o] + eps));
+    f[2 * d->out + o] = beta[o];
   }
+  to_lanes(d, k->mu, f);
+  to_lanes(d, k->scale, f + d->out);
+  to_lanes(d, k->beta, f + 2 * d->out);
+  free(f);
+  return 1;
 }
 
-// directForward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, ho, wo,
-//               out, classes, y, mean, variance, goodness, sums): Y, BatchNorm's batch moments,
-// the class goodness [rows, classes] and each image's sums [3, rows, out] (of Y^2, Y and
-// Y (m - mean)) that directBackward takes.
+// Per-channel values out of lanes.
+static void from_lanes(const Direct *d, const double *from, double *to) {
+  for (int64_t j = 0; j < d->blocks; j++)
+    for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) to[o + l] = from[j * LANES + l];
+}
+
+// directForward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, groups, ho,
+//               wo, pool, hp, wp, out, classes, y, mean, variance, goodness, sums): Y,
+// BatchNorm's batch moments, the class goodness [rows, classes] and each image's sums
+// [3, rows, out] (of Y^2, Y and Y (m - mean)) that directBackward takes.
 static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
-  ARGS(22);
+  ARGS(26);
   Direct d;
   double eps;
   if (!direct_geometry(env, a + 6, &d) || napi_get_value_double(env, a[5], &eps) != napi_ok)
     return fail(env, "directForward: bad geometry");
-  const int64_t out = d.out, n = d.rows * d.ho * d.wo;
+  const int64_t out = d.out, n = d.rows * d.hp * d.wp;
   const float *x = arr(env, a[0], napi_float32_array, d.rows * d.h * d.w * d.c);
-  const float *w = arr(env, a[1], napi_float32_array, d.kk * out);
+  const float *w = arr(env, a[1], napi_float32_array, d.groups * d.kk * d.og);
   const float *bias = arr(env, a[2], napi_float32_array, out);
   const float *gamma = arr(env, a[3], napi_float32_array, out);
   const float *beta = arr(env, a[4], napi_float32_array, out);
-  float *y = arr(env, a[17], napi_float32_array, n * out);
-  double *mean = arr(env, a[18], napi_float64_array, out);
-  double *var = arr(env, a[19], napi_float64_array, out);
-  double *g = arr(env, a[20], napi_float64_array, d.rows * d.classes);
-  double *sums = arr(env, a[21], napi_float64_array, 3 * d.rows * out);
+  float *y = arr(env, a[21], napi_float32_array, n * out);
+  double *mean = arr(env, a[22], napi_float64_array, out);
+  double *var = arr(env, a[23], napi_float64_array, out);
+  double *g = arr(env, a[24], napi_float64_array, d.rows * d.classes);
+  double *sums = arr(env, a[25], napi_float64_array, 3 * d.rows * out);
   if (!x || !w || !bias || !gamma || !beta || !y || !mean || !var || !g || !sums)
     return fail(env, "directForward: an array is too short");
   Work k;
   if (!work_alloc(&k, &d, w, bias)) return fail(env, "directForward: out of memory");
   direct_stats(x, &d, &k);
-  const double *s1 = acc_of(&k, &d, S1), *s2 = acc_of(&k, &d, S2);
+  from_lanes(&d, acc_of(&k, &d, S1), mean);
+  from_lanes(&d, acc_of(&k, &d, S2), var);
   for (int64_t o = 0; o < out; o++) {
-    mean[o] = s1[o] / n;
-    const double v = s2[o] / n - mean[o] * mean[o];
+    mean[o] /= n;
+    const double v = var[o] / n - mean[o] * mean[o];
     var[o] = v > 0 ? v : 0;
   }
-  direct_affine(&k, gamma, beta, mean, var, eps, out);
+  if (!direct_affine(&k, &d, gamma, beta, mean, var, eps)) {
+    work_free(&k);
+    return fail(env, "directForward: out of memory");
+  }
   direct_y(x, &d, &k, y, sums);
   const int64_t group = out / d.classes;
-  const double per = (double)(d.ho * d.wo) * group;
+  const double per = (double)(d.hp * d.wp) * group;
   for (int64_t b = 0; b < d.rows; b++)
     for (int64_t j = 0, o = 0; j < d.classes; j++) {
       double sum = 0;
@@ -707,69 +804,83 @@ static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-// directBackward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, ho, wo,
-//                out, classes, mean, variance, dg, sums, dw, dgamma, dbeta, dbias): the gradient
-// from dL/dG (dg [rows, classes]) and directForward's moments and sums; dw [kk, out].
+// directBackward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, groups,
+//                ho, wo, pool, hp, wp, out, classes, mean, variance, dg, sums, dw, dgamma, dbeta,
+//                dbias): the gradient from dL/dG (dg [rows, classes]) and directForward's moments
+// and sums; dw in the kernel's layout [groups, kk, out / groups].
 static napi_value js_direct_backward(napi_env env, napi_callback_info info) {
-  ARGS(25);
+  ARGS(29);
   Direct d;
   double eps;
   if (!direct_geometry(env, a + 6, &d) || napi_get_value_double(env, a[5], &eps) != napi_ok)
     return fail(env, "directBackward: bad geometry");
-  const int64_t out = d.out, n = d.rows * d.ho * d.wo;
+  const int64_t out = d.out, n = d.rows * d.hp * d.wp;
   const float *x = arr(env, a[0], napi_float32_array, d.rows * d.h * d.w * d.c);
-  const float *w = arr(env, a[1], napi_float32_array, d.kk * out);
+  const float *w = arr(env, a[1], napi_float32_array, d.groups * d.kk * d.og);
   const float *bias = arr(env, a[2], napi_float32_array, out);
   const float *gamma = arr(env, a[3], napi_float32_array, out);
   const float *beta = arr(env, a[4], napi_float32_array, out);
-  const double *mean = arr(env, a[17], napi_float64_array, out);
-  const double *var = arr(env, a[18], napi_float64_array, out);
-  const double *dg = arr(env, a[19], napi_float64_array, d.rows * d.classes);
-  const double *sums = arr(env, a[20], napi_float64_array, 3 * d.rows * out);
-  float *dw = arr(env, a[21], napi_float32_array, d.kk * out);
-  float *dgamma = arr(env, a[22], napi_float32_array, out);
-  float *dbeta = arr(env, a[23], napi_float32_array, out);
-  float *dbias = arr(env, a[24], napi_float32_array, out);
+  const double *mean = arr(env, a[21], napi_float64_array, out);
+  const double *var = arr(env, a[22], napi_float64_array, out);
+  const double *dg = arr(env, a[23], napi_float64_array, d.rows * d.classes);
+  const double *sums = arr(env, a[24], napi_float64_array, 3 * d.rows * out);
+  float *dw = arr(env, a[25], napi_float32_array, d.groups * d.kk * d.og);
+  float *dgamma = arr(env, a[26], napi_float32_array, out);
+  float *dbeta = arr(env, a[27], napi_float32_array, out);
+  float *dbias = arr(env, a[28], napi_float32_array, out);
   if (!x || !w || !bias || !gamma || !beta || !mean || !var || !dg || !sums || !dw || !dgamma ||
       !dbeta || !dbias)
     return fail(env, "directBackward: an array is too short");
   Work k;
-  double *work = calloc(3 * out, sizeof(double));
-  if (!work || !work_alloc(&k, &d, w, bias)) {
+  double *work = calloc(4 * out, sizeof(double));
+  float *kbc = malloc(2 * out * sizeof(float));
+  if (!work || !kbc || !work_alloc(&k, &d, w, bias)) {
     free(work);
+    free(kbc);
     return fail(env, "directBackward: out of memory");
   }
-  direct_affine(&k, gamma, beta, mean, var, eps, out);
+  if (!direct_affine(&k, &d, gamma, beta, mean, var, eps)) {
+    free(work);
+    free(kbc);
+    work_free(&k);
+    return fail(env, "directBackward: out of memory");
+  }
   // The per-channel sums of dY and dY (m - mean), from each image's sums (backward_sums').
   const int64_t group = out / d.classes;
-  const double ks = 2.0 / (double)(d.ho * d.wo * group);
+  const double ks = 2.0 / (double)(d.hp * d.wp * group);
   const double *sy = sums + d.rows * out, *sx = sums + 2 * d.rows * out;
-  double *sdy = work, *sdx = work + out, *ka = work + 2 * out;
+  double *sdy = work, *sdx = work + out, *ka = work + 2 * out, *db = work + 3 * out;
   for (int64_t b = 0; b < d.rows; b++)
     for (int64_t o = 0; o < out; o++) {
       const double coef = dg[b * d.classes + o / group] * ks;
       sdy[o] += coef * sy[b * out + o];
       sdx[o] += coef * sx[b * out + o];
     }
-  float *kb = (float *)k.kb, *kc = (float *)k.kc;
   for (int64_t o = 0; o < out; o++) {
     const double inv = 1 / sqrt(var[o] + eps);
     sdx[o] *= inv;
     ka[o] = gamma[o] * inv;
-    kb[o] = (float)(ka[o] * sdy[o] / n);
-    kc[o] = (float)(ka[o] * inv * sdx[o] / n);
+    kbc[o] = (float)(ka[o] * sdy[o] / n);
+    kbc[out + o] = (float)(ka[o] * inv * sdx[o] / n);
   }
+  to_lanes(&d, k.kb, kbc);
+  to_lanes(&d, k.kc, kbc + out);
   direct_dw(x, &d, &k, dg, ka, ks);
-  const double *acc = acc_of(&k, &d, DW), *db = acc_of(&k, &d, DB);
-  const int64_t width = d.blocks * LANES;
-  for (int64_t q = 0; q < d.kk; q++)
-    for (int64_t o = 0; o < out; o++) dw[q * out + o] = (float)acc[q * width + o];
+  const double *acc = acc_of(&k, &d, DW);
+  for (int64_t j = 0; j < d.blocks; j++) {
+    const int64_t g = j / d.gb, oc = (j % d.gb) * LANES;
+    for (int64_t q = 0; q < d.kk; q++)
+      for (int64_t l = 0; l < block_lanes(&d, j); l++)
+        dw[(g * d.kk + q) * d.og + oc + l] = (float)acc[(j * d.kk + q) * LANES + l];
+  }
+  from_lanes(&d, acc_of(&k, &d, DB), db);
   for (int64_t o = 0; o < out; o++) {
     dgamma[o] = (float)sdx[o];
     dbeta[o] = (float)sdy[o];
     dbias[o] = (float)db[o];
   }
   free(work);
+  free(kbc);
   work_free(&k);
   return NULL;
 }
