@@ -158,6 +158,8 @@ export interface ConvKernels {
       goodness: Float64Array,
       /** Each image's sums per channel [3, rows, out]: of Y^2, Y and Y (m - mean). */
       sums: Float64Array,
+      /** Y with mean and variance as given (evaluation), not the batch's. */
+      given: boolean,
     ]
   ): void;
   /** Its gradient, from dL/dG and what directForward returned. */

@@ -321,23 +321,7 @@ export class CompetitiveLayer implements ShardedLayer {
     k: ConvKernels,
   ): ReturnType<CompetitiveLayer['shardStep']> {
     const { rows, out } = g;
-    const geometry: DirectGeometry = [
-      rows,
-      g.h,
-      g.w,
-      g.c,
-      g.kernel,
-      g.stride,
-      g.padding,
-      g.groups,
-      g.ho,
-      g.wo,
-      g.pool,
-      g.hp,
-      g.wp,
-      out,
-      CLASSES,
-    ];
+    const geometry = this.directGeometry(g);
     const [mean, variance] = [new Float64Array(out), new Float64Array(out)];
     const goodness = new Float64Array(rows * CLASSES);
     const sums = new Float64Array(3 * rows * out);
@@ -345,7 +329,17 @@ export class CompetitiveLayer implements ShardedLayer {
     const params = () =>
       [host(x), host(this.kernel), host(this.bias), host(this.gamma), host(this.beta)] as const;
     const y = fromHost([rows, this.config.outDim], (view) =>
-      k.directForward!(...params(), BN_EPS, ...geometry, view, mean, variance, goodness, sums),
+      k.directForward!(
+        ...params(),
+        BN_EPS,
+        ...geometry,
+        view,
+        mean,
+        variance,
+        goodness,
+        sums,
+        false,
+      ),
     ) as tf.Tensor2D;
     const { loss, dg } = softmaxLoss(goodness, labels, CLASSES, this.config.alpha);
     if (share !== 1) for (let i = 0; i < dg.length; i++) dg[i]! *= share;
@@ -382,6 +376,11 @@ export class CompetitiveLayer implements ShardedLayer {
       variance,
       count: rows * g.hp * g.wp,
     };
+  }
+
+  private directGeometry(g: Geometry): DirectGeometry {
+    const { rows, h, w, c, kernel, stride, padding, groups, ho, wo, pool, hp, wp, out } = g;
+    return [rows, h, w, c, kernel, stride, padding, groups, ho, wo, pool, hp, wp, out, CLASSES];
   }
 
   private gradientMap(grads: Record<string, tf.Tensor>): Map<tf.Variable, tf.Tensor> {
@@ -530,6 +529,8 @@ export class CompetitiveLayer implements ShardedLayer {
   forward(x: tf.Tensor2D): tf.Tensor2D {
     const rows = x.shape[0];
     const out = this.outShape[2];
+    const k = convKernels();
+    if (rows > 0 && this.direct(this.geometry(rows), k)) return this.directForward(x, k);
     const y = new Float32Array(rows * this.config.outDim);
     const scale = Float64Array.from(
       host(this.gamma),
@@ -544,13 +545,39 @@ export class CompetitiveLayer implements ShardedLayer {
       const { p, z } = this.product(chunk, g);
       const count = n * g.hp * g.wp;
       const m = this.scratch('m', Float32Array, count * out);
-      const k = convKernels();
       const arg = this.scratch('arg', Int32Array, count * out);
       this.reluPool(z, g, m, arg);
       tf.dispose([chunk, p, z]);
       k.affine(m, count, out, scale, shift, y.subarray(at * this.config.outDim));
     }
     return tf.tensor2d(y, [rows, this.config.outDim]);
+  }
+
+  /** forward() of a layer that steps as directStep: the fused sweep with the running moments. */
+  private directForward(x: tf.Tensor2D, k: ConvKernels): tf.Tensor2D {
+    const rows = x.shape[0];
+    const g = this.geometry(rows);
+    const mean = Float64Array.from(this.runningMean);
+    const variance = Float64Array.from(this.runningVar);
+    const goodness = new Float64Array(rows * CLASSES);
+    const sums = new Float64Array(3 * rows * g.out);
+    return fromHost([rows, this.config.outDim], (view) =>
+      k.directForward!(
+        host(x),
+        host(this.kernel),
+        host(this.bias),
+        host(this.gamma),
+        host(this.beta),
+        BN_EPS,
+        ...this.directGeometry(g),
+        view,
+        mean,
+        variance,
+        goodness,
+        sums,
+        true,
+      ),
+    ) as tf.Tensor2D;
   }
 
   /**

@@ -1,8 +1,8 @@
 // CompetitiveLayer's fused step (directStep: ffx-blas recomputes the product inside its sweeps,
-// native/blas/src/ffx_conv.c) for conv layers with a small patch per group, on
-// wasm+blas, against the tfjs autograd reference computed on the cpu backend from the same
-// saved weights; then the layer's next steps with shards. Where ffx-blas is built (CI requires
-// it).
+// native/blas/src/ffx_conv.c) for conv layers with a small patch per group, on wasm+blas,
+// against the tfjs autograd reference computed on the cpu backend from the same saved weights,
+// and its evaluation with the running statistics; then a step in shards. Where ffx-blas is
+// built (CI requires it).
 import assert from 'node:assert/strict';
 import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
@@ -17,7 +17,7 @@ import { DEFAULT_OPTIMIZER, type OptimizerConfig } from '../../src/core/optimize
 import type { ConvSpec, Shape } from '../../src/core/model-shape.js';
 import { Rng } from '../../src/data/rng.js';
 import { blasLoads } from '../helpers/backends.js';
-import { assertStepMatches, reference } from '../helpers/competitive-reference.js';
+import { assertClose, assertStepMatches, reference } from '../helpers/competitive-reference.js';
 
 const SGD: OptimizerConfig = { ...DEFAULT_OPTIMIZER, type: 'sgd', lr: 1, momentum: 0 };
 const LR = 1e-3;
@@ -72,19 +72,21 @@ describe(
         const stateBefore = layer.exportState('l', false);
         const { h, stats } = layer.trainStep(x, rows, LR, labels);
         const after = layer.exportState('l', false);
-        const [y, s] = [tf.tensor(h.dataSync(), h.shape), tf.tensor(stats.dataSync())];
-        tf.dispose([x, h, stats]);
+        // Evaluation: the same fused sweep with the running statistics.
+        const evalY = layer.forward(x);
+        const [y, s, ey] = [h, stats, evalY].map((t) => ({ v: t.dataSync(), shape: t.shape }));
+        tf.dispose([x, h, stats, evalY]);
         await tf.setBackend('cpu');
         try {
           const xc = tf.tensor2d(data, [rows, layer.config.inDim]);
           const ref = reference(cfg, stateBefore, xc, labels);
-          const [yc, sc] = [tf.tensor(y.dataSync(), y.shape), tf.tensor(s.dataSync())];
+          const [yc, sc] = [tf.tensor(y!.v, y!.shape), tf.tensor(s!.v)];
           assertStepMatches(ref, { y: yc, stats: sc, labels, before: stateBefore, after, lr: LR });
+          assertClose(ey!.v, reference(cfg, after, xc, labels, true).y, 'eval Y');
           tf.dispose([xc, yc, sc]);
         } finally {
           await tf.setBackend('wasm');
         }
-        tf.dispose([y, s]);
         layer.dispose();
       });
     }

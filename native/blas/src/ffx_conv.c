@@ -755,11 +755,15 @@ static void from_lanes(const Direct *d, const double *from, double *to) {
 }
 
 // directForward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, groups, ho,
-//               wo, pool, hp, wp, out, classes, y, mean, variance, goodness, sums): Y,
+//               wo, pool, hp, wp, out, classes, y, mean, variance, goodness, sums, given): Y,
 // BatchNorm's batch moments, the class goodness [rows, classes] and each image's sums
-// [3, rows, out] (of Y^2, Y and Y (m - mean)) that directBackward takes.
+// [3, rows, out] (of Y^2, Y and Y (m - mean)) that directBackward takes. With `given` true, Y
+// with the moments given (the running ones: evaluation).
 static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
-  ARGS(26);
+  ARGS(27);
+  bool given;
+  if (napi_get_value_bool(env, a[26], &given) != napi_ok)
+    return fail(env, "directForward: given must be a boolean");
   Direct d;
   double eps;
   if (!direct_geometry(env, a + 6, &d) || napi_get_value_double(env, a[5], &eps) != napi_ok)
@@ -779,13 +783,15 @@ static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
     return fail(env, "directForward: an array is too short");
   Work k;
   if (!work_alloc(&k, &d, w, bias)) return fail(env, "directForward: out of memory");
-  direct_stats(x, &d, &k);
-  from_lanes(&d, acc_of(&k, &d, S1), mean);
-  from_lanes(&d, acc_of(&k, &d, S2), var);
-  for (int64_t o = 0; o < out; o++) {
-    mean[o] /= n;
-    const double v = var[o] / n - mean[o] * mean[o];
-    var[o] = v > 0 ? v : 0;
+  if (!given) {
+    direct_stats(x, &d, &k);
+    from_lanes(&d, acc_of(&k, &d, S1), mean);
+    from_lanes(&d, acc_of(&k, &d, S2), var);
+    for (int64_t o = 0; o < out; o++) {
+      mean[o] /= n;
+      const double v = var[o] / n - mean[o] * mean[o];
+      var[o] = v > 0 ? v : 0;
+    }
   }
   if (!direct_affine(&k, &d, gamma, beta, mean, var, eps)) {
     work_free(&k);
