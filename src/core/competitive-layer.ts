@@ -28,7 +28,14 @@
 // channel) order). Activations are channels last ([rows, height, width, channels], flat per
 // row: model-shape.ts), so a dense layer after a conv one reads its input in (h, w, c) order.
 import * as tf from '@tensorflow/tfjs';
-import { fromHost, host, ownedVariable, readFloats } from './host-memory.js';
+import {
+  fromHost,
+  host,
+  hostView,
+  hostWritten,
+  ownedVariable,
+  readFloats,
+} from './host-memory.js';
 import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
 import type { NamedTensor } from './safetensors.js';
 import { convOutput, isConv, type ConvSpec, type Shape } from './model-shape.js';
@@ -531,7 +538,10 @@ export class CompetitiveLayer implements ShardedLayer {
     const out = this.outShape[2];
     const k = convKernels();
     if (rows > 0 && this.direct(this.geometry(rows), k)) return this.directForward(x, k);
-    const y = new Float32Array(rows * this.config.outDim);
+    // Y goes straight into the tensor's storage where the backend lets it (an evaluation batch's
+    // Y can be a hundred MB: a copy is one more sweep of fresh pages).
+    const y = tf.zeros([rows, this.config.outDim]) as tf.Tensor2D;
+    const values = hostView(y, true) ? null : new Float32Array(rows * this.config.outDim);
     const scale = Float64Array.from(
       host(this.gamma),
       (v, o) => v / Math.sqrt(this.runningVar[o]! + BN_EPS),
@@ -548,9 +558,15 @@ export class CompetitiveLayer implements ShardedLayer {
       const arg = this.scratch('arg', Int32Array, count * out);
       this.reluPool(z, g, m, arg);
       tf.dispose([chunk, p, z]);
-      k.affine(m, count, out, scale, shift, y.subarray(at * this.config.outDim));
+      const into = values ?? hostView(y, true)!; // the heap may have moved
+      k.affine(m, count, out, scale, shift, into.subarray(at * this.config.outDim));
     }
-    return tf.tensor2d(y, [rows, this.config.outDim]);
+    if (!values) {
+      hostWritten(y);
+      return y;
+    }
+    y.dispose();
+    return tf.tensor2d(values, [rows, this.config.outDim]);
   }
 
   /** forward() of a layer that steps as directStep: the fused sweep with the running moments. */
@@ -587,7 +603,7 @@ export class CompetitiveLayer implements ShardedLayer {
   goodness(h: tf.Tensor2D): tf.Tensor1D {
     const rows = h.shape[0];
     const g = new Float64Array(rows * CLASSES);
-    convKernels().goodness(readFloats(h), rows, this.outShape[2], CLASSES, g);
+    convKernels().goodness(host(h), rows, this.outShape[2], CLASSES, g);
     const out = new Float32Array(rows * CLASSES);
     for (let b = 0; b < rows; b++)
       for (let j = 0; j < CLASSES; j++) out[j * rows + b] = g[b * CLASSES + j]!;
