@@ -2,6 +2,7 @@
 // heap, and the heap itself. They are not API: core/host-memory.ts (the optimizer's in-place
 // update) and backend/blas.ts (the native matrix products) check them once by shape, and fall
 // back to tfjs's own ops where they differ.
+import type { TensorInfo } from '@tensorflow/tfjs';
 
 export interface WasmEntry {
   id: number;
@@ -10,6 +11,8 @@ export interface WasmEntry {
 }
 export interface WasmBackendInternals {
   dataIdMap: { get(id: object): WasmEntry | undefined };
+  /** A kernel's output: `shape` of `dtype` malloc'ed in the heap, not written. */
+  makeOutput(shape: number[], dtype: 'float32'): TensorInfo;
   wasm: {
     HEAPU8: Uint8Array;
     /** The heap: `wasmMemory` on the threaded build, `asm.memory` on the plain one. */
@@ -32,6 +35,7 @@ export function wasmInternalsProblem(b: unknown): string | null {
   }
   if (typeof w.tfjs?.registerTensor !== 'function') return 'no wasm.tfjs.registerTensor';
   if (typeof w.tfjs.disposeData !== 'function') return 'no wasm.tfjs.disposeData';
+  if (typeof x.makeOutput !== 'function') return 'no makeOutput';
   return null;
 }
 

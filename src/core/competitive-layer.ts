@@ -30,6 +30,7 @@
 import * as tf from '@tensorflow/tfjs';
 import {
   fromHost,
+  fromHostAll,
   host,
   hostView,
   hostWritten,
@@ -335,7 +336,7 @@ export class CompetitiveLayer implements ShardedLayer {
     // The views are taken inside each call: an allocation in between may move the heap.
     const params = () =>
       [host(x), host(this.kernel), host(this.bias), host(this.gamma), host(this.beta)] as const;
-    const y = fromHost([rows, this.config.outDim], (view) =>
+    const y = fromHostAll([rows, this.config.outDim], (view) =>
       k.directForward!(
         ...params(),
         BN_EPS,
@@ -577,7 +578,7 @@ export class CompetitiveLayer implements ShardedLayer {
     const variance = Float64Array.from(this.runningVar);
     const goodness = new Float64Array(rows * CLASSES);
     const sums = new Float64Array(3 * rows * g.out);
-    return fromHost([rows, this.config.outDim], (view) =>
+    return fromHostAll([rows, this.config.outDim], (view) =>
       k.directForward!(
         host(x),
         host(this.kernel),
@@ -618,7 +619,7 @@ export class CompetitiveLayer implements ShardedLayer {
   private product(x: tf.Tensor2D, g: Geometry): { p: tf.Tensor; z: tf.Tensor } {
     if (!this.conv) return { p: x, z: tf.matMul(x, this.kernel as tf.Tensor2D, false, true) };
     const k = (g.kernel * g.kernel * g.c) / g.groups;
-    const p = fromHost([g.groups, g.rows * g.ho * g.wo, k], (view) =>
+    const p = fromHostAll([g.groups, g.rows * g.ho * g.wo, k], (view) =>
       convKernels().im2col(
         host(x),
         view,

@@ -189,6 +189,26 @@ export function host(t: tf.Tensor): Float32Array {
 }
 
 /**
+ * fromHost for a `fill` that writes every value: on wasm the storage is taken unwritten, as a
+ * kernel's output is (a batch's patches can be a hundred MB: zeros first would be one more
+ * sweep of them).
+ */
+export function fromHostAll(shape: number[], fill: (out: Float32Array) => void): tf.Tensor {
+  const wasm = wasmBackend();
+  if (wasm) {
+    const t = tf.engine().makeTensorFromTensorInfo(wasm.makeOutput(shape, 'float32'));
+    const view = hostView(t, true);
+    if (view) {
+      fill(view);
+      hostWritten(t);
+      return t;
+    }
+    t.dispose();
+  }
+  return fromHost(shape, fill);
+}
+
+/**
  * A new float32 tensor of `shape` whose values `fill` writes: in place in the backend's storage
  * where it can (no copy; `fill` must not call tfjs), else into an array then copied.
  */

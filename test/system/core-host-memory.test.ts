@@ -166,10 +166,12 @@ describe('host memory internals of another shape', () => {
       wasmInternalsProblem({ dataIdMap, wasm: { ...heap(), tfjs: { registerTensor: () => {} } } }),
       'no wasm.tfjs.disposeData',
     );
-    assert.equal(wasmInternalsProblem({ dataIdMap, wasm: heap() }), null);
+    assert.equal(wasmInternalsProblem({ dataIdMap, wasm: heap() }), 'no makeOutput');
+    const makeOutput = () => ({});
+    assert.equal(wasmInternalsProblem({ dataIdMap, makeOutput, wasm: heap() }), null);
     // The plain (not threaded) build keeps its memory under asm.
     const plain = { ...heap(), wasmMemory: undefined, asm: { memory: heap().wasmMemory } };
-    assert.equal(wasmInternalsProblem({ dataIdMap, wasm: plain }), null);
+    assert.equal(wasmInternalsProblem({ dataIdMap, makeOutput, wasm: plain }), null);
   });
 
   it('cpu: needs data.get', () => {
