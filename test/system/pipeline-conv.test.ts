@@ -1,9 +1,11 @@
 // Conv stages (CwComp's channel-wise competitive layers) as a pipeline compute the same bits as
 // one process: three conv stages end with the weights, BatchNorm statistics and predictions of
-// `train --local` (the prediction rule's layer weights fitted on held-out training images); a
-// run resumed from its epoch-1 checkpoint ends where the uninterrupted one did; a stage on two replicas (train.shards=2) ends with `train --local`'s bits for those
-// shards; and a stage killed with SIGKILL mid-epoch is started again and rolled back to the same
-// result. On the shipped sample, a few seconds an epoch.
+// `train --local` (the prediction rule's layer weights fitted on held-out training images), on
+// wasm and on wasm+blas (where the small-patch layers step fused); a run resumed from its
+// epoch-1 checkpoint ends where the uninterrupted one did; a stage on two replicas
+// (train.shards=2) ends with `train --local`'s bits for those shards; and a stage killed with
+// SIGKILL mid-epoch is started again and rolled back to the same result. On the shipped sample,
+// a few seconds an epoch.
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -13,7 +15,8 @@ import type { EvalResult } from '../../src/core/predict.js';
 import { decodeSafetensors } from '../../src/core/safetensors.js';
 import { killAll, ROOT, runNode, startNode, waitForOutput } from '../helpers/spawn.js';
 import { maxWeightDiff } from '../helpers/weights.js';
-import { ON_WASM, referenceRun } from '../helpers/runs.js';
+import { blasLoads } from '../helpers/backends.js';
+import { ON_WASM, referenceRun, type OnBackend } from '../helpers/runs.js';
 import { tempDir } from '../helpers/temp-dir.js';
 
 const CLI = join(ROOT, 'dist', 'src', 'cli');
@@ -54,14 +57,14 @@ const RUN = [
   '2',
 ];
 
-function launch(out: string, extra: string[] = []) {
+function launch(out: string, extra: string[] = [], backend: OnBackend['backend'] = 'wasm') {
   return startNode(
     [
       join(CLI, 'ffx-launch.js'),
       '--transport',
       'tcp',
       '--backend',
-      'wasm',
+      backend,
       '--stage-threads',
       '1',
       ...RUN,
@@ -112,6 +115,22 @@ describe('conv stages (loss competitive) as a pipeline', () => {
     ]);
     for (const [name, acc] of Object.entries(sets)) assert.ok(acc > 0.15, `${name}: ${acc}`);
   });
+
+  it(
+    "on wasm+blas, its small-patch layers stepping fused (ffx-blas's directStep): the bits of --local",
+    { skip: !blasLoads().ok && blasLoads().why },
+    async () => {
+      const local = await referenceRun(RUN, { backend: 'wasm+blas', threads: 1 });
+      const r = await launch(tmp('blas'), [], 'wasm+blas').result;
+      assert.equal(r.code, 0, r.stderr.slice(-3000));
+      const weights = (dir: string) => join(dir, 'model.safetensors');
+      assert.equal(await maxWeightDiff(weights(local), weights(tmp('blas'))), 0);
+      assert.deepEqual(await evalOf(tmp('blas')), await evalOf(local));
+      // Not the wasm run's arithmetic: layers 1 and 2 took the fused step.
+      const wasm = await referenceRun(RUN, ON_WASM);
+      assert.ok((await maxWeightDiff(weights(local), weights(wasm))) > 0);
+    },
+  );
 
   it('resumed from its epoch-1 checkpoint: the same weights as the run straight through', async () => {
     const local = await referenceRun(RUN, ON_WASM);

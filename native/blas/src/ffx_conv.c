@@ -443,12 +443,12 @@ enum { S1, S2, IMG_Q, IMG_S, IMG_T, DB, DW };
 
 // The work arrays of a step, 64-byte aligned, per-channel ones in lanes, zero past each group's
 // channels: the kernel [blocks][kk]; the bias, BatchNorm's float coefficients and the backward's
-// [blocks]; a row's sums [3][blocks]; for one image: Z over the pooled region [ho wo][blocks] (m itself when unpooled), m
+// [blocks]; for one image: Z over the pooled region [ho wo][blocks] (m itself when unpooled), m
 // and arg (the window element each m came from, -1 for none) [hp wp][blocks], one pooled row's
-// dZ at each conv position [pool][wp pool][blocks]; the float64 sums; each patch value's place in
+// dZ at each conv position [pool][wp pool][blocks] (in sweep 2, its Y [wp][blocks]); the float64 sums; each patch value's place in
 // the padded image from its patch's corner, per group [groups][kk]; the padded image.
 typedef struct {
-  vf *w, *bias, *mu, *scale, *beta, *kb, *kc, *coef, *rowq, *z, *m, *dz;
+  vf *w, *bias, *mu, *scale, *beta, *kb, *kc, *coef, *z, *m, *dz;
   vi *arg;
   double *acc;
   int64_t *off;
@@ -471,7 +471,7 @@ static void to_lanes(const Direct *d, vf *to, const float *from) {
 
 static int work_alloc(Work *k, const Direct *d, const float *w, const float *bias) {
   const int64_t nb = d->blocks, conv = d->hp * d->pool * d->wp * d->pool, per = d->hp * d->wp;
-  const int64_t vectors = d->kk * nb + 11 * nb + (d->pool > 1 ? conv : 0) * nb + 2 * per * nb +
+  const int64_t vectors = d->kk * nb + 8 * nb + (d->pool > 1 ? conv : 0) * nb + 2 * per * nb +
                           d->pool * d->wp * d->pool * nb;
   const size_t head = (sizeof(vf) * (size_t)vectors + 63) / 64 * 64;
   const size_t bytes = head + 8 * (size_t)((DW + d->kk) * nb * LANES) +
@@ -484,7 +484,6 @@ static int work_alloc(Work *k, const Direct *d, const float *w, const float *bia
   k->w = v, v += d->kk * nb;
   vf **small[] = {&k->bias, &k->mu, &k->scale, &k->beta, &k->kb, &k->kc, &k->coef};
   for (size_t i = 0; i < sizeof small / sizeof *small; i++) *small[i] = v, v += nb;
-  k->rowq = v, v += 3 * nb;
   v += nb; // unused: keeps the count above whole
   k->m = v, v += per * nb;
   k->z = d->pool > 1 ? v : k->m, v += (d->pool > 1 ? conv : 0) * nb;
@@ -599,37 +598,42 @@ HOT static void direct_y(const float *restrict x, const Direct *d, Work *k, floa
                          double *restrict sums) {
   const int64_t nb = d->blocks, out = d->out, wp = d->wp, per = d->hp * wp;
   double *q64 = acc_of(k, d, IMG_Q), *s64 = acc_of(k, d, IMG_S), *t64 = acc_of(k, d, IMG_T);
-  vf *q = k->rowq, *s = q + nb, *t = s + nb;
   const vf zero = {0};
   for (int64_t b = 0; b < d->rows; b++) {
     image_m(x, d, b, k);
     memset(q64, 0, 3 * nb * LANES * sizeof(double));
     for (int64_t py = 0; py < d->hp; py++) {
-      for (int64_t j = 0; j < 3 * nb; j++) q[j] = zero;
-      // A block with lanes past its group's channels is stored whole all the same, those lanes
-      // landing on the channels after it, which are stored after it (positions in order, blocks
-      // in order): all but where they would land past Y's end.
-      for (int64_t px = 0; px < wp; px++) {
-        const vf *restrict m = k->m + (py * wp + px) * nb;
-        const int64_t at = (b * per + py * wp + px) * out;
-        float *restrict yp = y + at;
-        for (int64_t j = 0; j < nb; j++) {
-          const vf xh = m[j] - k->mu[j];
-          const vf v = xh * k->scale[j] + k->beta[j];
-          const int64_t o = block_channel(d, j);
-          if (at + o + LANES <= d->rows * per * out)
-            memcpy(yp + o, &v, sizeof v);
-          else
-            for (int64_t l = 0; l < block_lanes(d, j); l++) yp[o + l] = v[l];
-          q[j] += v * v;
-          s[j] += v;
-          t[j] += v * xh;
-        }
-      }
+      // The row's Y block by block (the sums in registers) into a buffer in cache...
+      const vf *restrict mr = k->m + py * wp * nb;
       for (int64_t j = 0; j < nb; j++) {
-        add64(q64 + j * LANES, q[j]);
-        add64(s64 + j * LANES, s[j]);
-        add64(t64 + j * LANES, t[j]);
+        const vf mu = k->mu[j], sc = k->scale[j], be = k->beta[j];
+        vf q = zero, s = zero, t = zero;
+        for (int64_t px = 0; px < wp; px++) {
+          const vf xh = mr[px * nb + j] - mu;
+          const vf v = xh * sc + be;
+          k->dz[px * nb + j] = v;
+          q += v * v;
+          s += v;
+          t += v * xh;
+        }
+        add64(q64 + j * LANES, q);
+        add64(s64 + j * LANES, s);
+        add64(t64 + j * LANES, t);
+      }
+      // ...then out to Y position by position. A block with lanes past its group's channels is
+      // stored whole all the same, those lanes landing on the channels after it, which are
+      // stored after it (positions in order, blocks in order): all but where they would land
+      // past Y's end.
+      for (int64_t px = 0; px < wp; px++) {
+        const int64_t at = (b * per + py * wp + px) * out;
+        for (int64_t j = 0; j < nb; j++) {
+          const int64_t o = block_channel(d, j);
+          const vf v = k->dz[px * nb + j];
+          if (at + o + LANES <= d->rows * per * out)
+            memcpy(y + at + o, &v, sizeof v);
+          else
+            for (int64_t l = 0; l < block_lanes(d, j); l++) y[at + o + l] = v[l];
+        }
       }
     }
     for (int64_t j = 0; j < nb; j++)
