@@ -2,7 +2,8 @@
 // backend: im2col, the forward product and the weight-gradient product, timed the same way
 // (what any conv layer trained by gradient does on a backend whose convs are products). The
 // step adds ReLU, pooling, BatchNorm, the class goodness and the loss, forward and back, and the
-// optimizer: its overhead is step / bare. The shapes are config/fashion-mnist-conv.json's layers.
+// optimizer: its overhead is step / bare. The shapes are config/fashion-mnist-conv.json's conv
+// layers.
 import * as tf from '@tensorflow/tfjs';
 import { CompetitiveLayer } from '../src/core/competitive-layer.js';
 import { convKernels } from '../src/core/conv-kernels.js';
@@ -19,7 +20,7 @@ export interface ConvRow {
   bareMs: number;
 }
 
-/** config/fashion-mnist-conv.json's layers. */
+/** config/fashion-mnist-conv.json's conv layers (its last, dense, layer is not a conv). */
 const LAYERS: LayerSpec[] = [
   [1, 28, 28],
   { conv: 20, kernel: 3, padding: 1 },

@@ -21,7 +21,9 @@
 //   dW   = P^T dZ                              (P: the im2col patches of X; no dX: FF is local)
 // The convolution is an im2col product, Z = P W, on whatever runs the backend's matrix products
 // (BLAS under wasm+blas), and everything around the two products is a pass or two over host
-// arrays (conv-kernels.ts). Grouped convolutions are a batch of G products, one per group.
+// arrays (conv-kernels.ts). Grouped convolutions are a batch of G products, one per group. A conv
+// layer with a small patch per group steps with its product fused into those loops where ffx-blas
+// has them (directStep).
 //
 // Weights are saved as PyTorch keeps them: conv [out, in/groups, k, k], dense [out, in]; the
 // layer computes with the conv kernel as [groups, k*k*in/groups, out/groups] (rows in (ky, kx,
