@@ -197,15 +197,19 @@ export function fromHostAll(shape: number[], fill: (out: Float32Array) => void):
   const wasm = wasmBackend();
   if (wasm) {
     const t = tf.engine().makeTensorFromTensorInfo(wasm.makeOutput(shape, 'float32'));
-    const view = hostView(t, true);
-    if (view) {
-      fill(view);
-      hostWritten(t);
-      return t;
-    }
+    if (filledInPlace(t, fill)) return t;
     t.dispose();
   }
   return fromHost(shape, fill);
+}
+
+/** Whether `fill` could write `t`'s storage in place (then done, and tfjs told of it). */
+function filledInPlace(t: tf.Tensor, fill: (out: Float32Array) => void): boolean {
+  const view = hostView(t, true);
+  if (!view) return false;
+  fill(view);
+  hostWritten(t);
+  return true;
 }
 
 /**
@@ -214,12 +218,7 @@ export function fromHostAll(shape: number[], fill: (out: Float32Array) => void):
  */
 export function fromHost(shape: number[], fill: (out: Float32Array) => void): tf.Tensor {
   const t = tf.fill(shape, 0); // a kernel: filled in the heap, not copied there
-  const view = hostView(t, true);
-  if (view) {
-    fill(view);
-    hostWritten(t);
-    return t;
-  }
+  if (filledInPlace(t, fill)) return t;
   t.dispose();
   const values = new Float32Array(shape.reduce((a, b) => a * b, 1));
   fill(values);

@@ -7,7 +7,6 @@ import { before, describe, it } from 'node:test';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../../src/backend/backend.js';
 import {
-  BN_MOMENTUM,
   CLASSES,
   CompetitiveLayer,
   type CompetitiveConfig,
@@ -15,7 +14,12 @@ import {
 import { DEFAULT_OPTIMIZER, type OptimizerConfig } from '../../src/core/optimizer.js';
 import type { ConvSpec, Shape } from '../../src/core/model-shape.js';
 import { Rng } from '../../src/data/rng.js';
-import { assertClose, assertStepMatches, reference } from '../helpers/competitive-reference.js';
+import {
+  assertClose,
+  assertRunningAfterOneStep,
+  assertStepMatches,
+  reference,
+} from '../helpers/competitive-reference.js';
 import { disposePart, ownShards, shardLabels, shardSizes } from '../../src/core/shards.js';
 
 const SGD: OptimizerConfig = {
@@ -134,17 +138,7 @@ describe('CompetitiveLayer', () => {
       2e-3,
     );
     // The running statistics pool the shards': the whole batch's mean and variance.
-    const unbiased = whole.count / (whole.count - 1);
-    assertClose(
-      after.get('l.bn.runningMean')!.data,
-      Float32Array.from(whole.mean, (m) => BN_MOMENTUM * m),
-      'running mean',
-    );
-    assertClose(
-      after.get('l.bn.runningVar')!.data,
-      Float32Array.from(whole.variance, (v) => 1 - BN_MOMENTUM + BN_MOMENTUM * v * unbiased),
-      'running var',
-    );
+    assertRunningAfterOneStep(after, whole);
     tf.dispose([x, h, stats]);
     layer.dispose();
   });

@@ -471,7 +471,7 @@ static void to_lanes(const Direct *d, vf *to, const float *from) {
 
 static int work_alloc(Work *k, const Direct *d, const float *w, const float *bias) {
   const int64_t nb = d->blocks, conv = d->hp * d->pool * d->wp * d->pool, per = d->hp * d->wp;
-  const int64_t vectors = d->kk * nb + 8 * nb + (d->pool > 1 ? conv : 0) * nb + 2 * per * nb +
+  const int64_t vectors = d->kk * nb + 7 * nb + (d->pool > 1 ? conv : 0) * nb + 2 * per * nb +
                           d->pool * d->wp * d->pool * nb;
   const size_t head = (sizeof(vf) * (size_t)vectors + 63) / 64 * 64;
   const size_t bytes = head + 8 * (size_t)((DW + d->kk) * nb * LANES) +
@@ -484,7 +484,6 @@ static int work_alloc(Work *k, const Direct *d, const float *w, const float *bia
   k->w = v, v += d->kk * nb;
   vf **small[] = {&k->bias, &k->mu, &k->scale, &k->beta, &k->kb, &k->kc, &k->coef};
   for (size_t i = 0; i < sizeof small / sizeof *small; i++) *small[i] = v, v += nb;
-  v += nb; // unused: keeps the count above whole
   k->m = v, v += per * nb;
   k->z = d->pool > 1 ? v : k->m, v += (d->pool > 1 ? conv : 0) * nb;
   k->arg = (vi *)v, v += per * nb;
@@ -758,6 +757,25 @@ static void from_lanes(const Direct *d, const double *from, double *to) {
     for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) to[o + l] = from[j * LANES + l];
 }
 
+// The arguments both direct calls open with: x, w, bias, gamma, beta, eps, then the geometry.
+typedef struct {
+  Direct d;
+  double eps;
+  const float *x, *w, *bias, *gamma, *beta;
+} DirectInputs;
+
+static int direct_inputs(napi_env env, napi_value *a, DirectInputs *in) {
+  Direct *d = &in->d;
+  if (!direct_geometry(env, a + 6, d) || napi_get_value_double(env, a[5], &in->eps) != napi_ok)
+    return 0;
+  in->x = arr(env, a[0], napi_float32_array, d->rows * d->h * d->w * d->c);
+  in->w = arr(env, a[1], napi_float32_array, d->groups * d->kk * d->og);
+  in->bias = arr(env, a[2], napi_float32_array, d->out);
+  in->gamma = arr(env, a[3], napi_float32_array, d->out);
+  in->beta = arr(env, a[4], napi_float32_array, d->out);
+  return 1;
+}
+
 // directForward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, groups, ho,
 //               wo, pool, hp, wp, out, classes, y, mean, variance, goodness, sums, given): Y,
 // BatchNorm's batch moments, the class goodness [rows, classes] and each image's sums
@@ -768,16 +786,12 @@ static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
   bool given;
   if (napi_get_value_bool(env, a[26], &given) != napi_ok)
     return fail(env, "directForward: given must be a boolean");
-  Direct d;
-  double eps;
-  if (!direct_geometry(env, a + 6, &d) || napi_get_value_double(env, a[5], &eps) != napi_ok)
-    return fail(env, "directForward: bad geometry");
+  DirectInputs in;
+  if (!direct_inputs(env, a, &in)) return fail(env, "directForward: bad geometry");
+  const Direct d = in.d;
+  const double eps = in.eps;
+  const float *x = in.x, *w = in.w, *bias = in.bias, *gamma = in.gamma, *beta = in.beta;
   const int64_t out = d.out, n = d.rows * d.hp * d.wp;
-  const float *x = arr(env, a[0], napi_float32_array, d.rows * d.h * d.w * d.c);
-  const float *w = arr(env, a[1], napi_float32_array, d.groups * d.kk * d.og);
-  const float *bias = arr(env, a[2], napi_float32_array, out);
-  const float *gamma = arr(env, a[3], napi_float32_array, out);
-  const float *beta = arr(env, a[4], napi_float32_array, out);
   float *y = arr(env, a[21], napi_float32_array, n * out);
   double *mean = arr(env, a[22], napi_float64_array, out);
   double *var = arr(env, a[23], napi_float64_array, out);
@@ -820,16 +834,12 @@ static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
 // and sums; dw in the kernel's layout [groups, kk, out / groups].
 static napi_value js_direct_backward(napi_env env, napi_callback_info info) {
   ARGS(29);
-  Direct d;
-  double eps;
-  if (!direct_geometry(env, a + 6, &d) || napi_get_value_double(env, a[5], &eps) != napi_ok)
-    return fail(env, "directBackward: bad geometry");
+  DirectInputs in;
+  if (!direct_inputs(env, a, &in)) return fail(env, "directBackward: bad geometry");
+  const Direct d = in.d;
+  const double eps = in.eps;
+  const float *x = in.x, *w = in.w, *bias = in.bias, *gamma = in.gamma, *beta = in.beta;
   const int64_t out = d.out, n = d.rows * d.hp * d.wp;
-  const float *x = arr(env, a[0], napi_float32_array, d.rows * d.h * d.w * d.c);
-  const float *w = arr(env, a[1], napi_float32_array, d.groups * d.kk * d.og);
-  const float *bias = arr(env, a[2], napi_float32_array, out);
-  const float *gamma = arr(env, a[3], napi_float32_array, out);
-  const float *beta = arr(env, a[4], napi_float32_array, out);
   const double *mean = arr(env, a[21], napi_float64_array, out);
   const double *var = arr(env, a[22], napi_float64_array, out);
   const double *dg = arr(env, a[23], napi_float64_array, d.rows * d.classes);
