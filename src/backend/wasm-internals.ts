@@ -144,8 +144,10 @@ export interface ConvKernels {
     dbias: Float32Array,
   ): void;
   /**
-   * A conv layer's forward sweeps with its product fused in (a small patch per group), where
-   * ffx-blas has them (competitive-layer.ts: directStep).
+   * A conv layer's forward sweep with its product fused in (a small patch per group), where
+   * ffx-blas has it (competitive-layer.ts: directStep). In a training step (`given` false) Y is
+   * not written (directBackward writes it; y may be null), and mean comes in holding a shift,
+   * the running mean, and goes out holding the batch's.
    */
   directForward?(
     x: Float32Array,
@@ -156,7 +158,7 @@ export interface ConvKernels {
     eps: number,
     ...geometryAndOutputs: [
       ...geometry: DirectGeometry,
-      y: Float32Array,
+      y: Float32Array | null,
       mean: Float64Array,
       variance: Float64Array,
       goodness: Float64Array,
@@ -166,7 +168,7 @@ export interface ConvKernels {
       given: boolean,
     ]
   ): void;
-  /** Its gradient, from dL/dG and what directForward returned. */
+  /** Its gradient, from dL/dG and what directForward returned, and Y, in one sweep. */
   directBackward?(
     x: Float32Array,
     w: Float32Array,
@@ -185,6 +187,7 @@ export interface ConvKernels {
       dgamma: Float32Array,
       dbeta: Float32Array,
       dbias: Float32Array,
+      y: Float32Array,
     ]
   ): void;
 }

@@ -62,8 +62,8 @@ export const BN_MOMENTUM = 0.1;
 const FORWARD_CHUNK = 128;
 /**
  * The largest patch (kernel^2 x input channels / groups) whose conv layer steps with its product
- * fused in (directStep): recomputing Z three times costs 3 DIRECT_PATCH multiply-adds a value,
- * still less than the memory traffic of storing it.
+ * fused in (directStep): recomputing Z twice costs 2 DIRECT_PATCH multiply-adds a value, still
+ * less than the memory traffic of storing it.
  */
 export const DIRECT_PATCH = 32;
 
@@ -316,12 +316,14 @@ export class CompetitiveLayer implements ShardedLayer {
   }
 
   /**
-   * shardStep with the product fused into the sweeps around it (ffx_conv.c: directForward and
-   * directBackward): image by image, Z is recomputed from the padded image, which stays in
-   * cache, wherever it is needed, and only Y is written out. For a small patch (a first layer's:
-   * 9 values for a 3x3 kernel on grey images; a grouped layer's few channels a group) Z costs a
-   * few multiply-adds a value, far less than writing the patches, Z, m, arg and dZ out and
-   * reading them back. The same math as the general path, its sums in an order of its own.
+   * shardStep with the product fused into the two sweeps around it (ffx_conv.c: directForward
+   * and directBackward): image by image, Z is recomputed from the padded image, which stays in
+   * cache, and only Y is written out. The first sweep takes each image's sums of m per channel,
+   * from which BatchNorm's moments, the sums of Y and so the goodness and loss follow; the second
+   * writes Y and the gradient. For a small patch (a first layer's: 9 values for a 3x3 kernel on
+   * grey images; a grouped layer's few channels a group) Z costs a few multiply-adds a value,
+   * far less than writing the patches, Z, m, arg and dZ out and reading them back. The same math
+   * as the general path, its sums in an order of its own.
    */
   private directStep(
     x: tf.Tensor2D,
@@ -332,25 +334,14 @@ export class CompetitiveLayer implements ShardedLayer {
   ): ReturnType<CompetitiveLayer['shardStep']> {
     const { rows, out } = g;
     const geometry = this.directGeometry(g);
-    const [mean, variance] = [new Float64Array(out), new Float64Array(out)];
+    // The running mean is the batch moments' shift (so that no sum cancels).
+    const [mean, variance] = [Float64Array.from(this.runningMean), new Float64Array(out)];
     const goodness = new Float64Array(rows * CLASSES);
     const sums = new Float64Array(3 * rows * out);
     // The views are taken inside each call: an allocation in between may move the heap.
     const params = () =>
       [host(x), host(this.kernel), host(this.bias), host(this.gamma), host(this.beta)] as const;
-    const y = fromHostAll([rows, this.config.outDim], (view) =>
-      k.directForward!(
-        ...params(),
-        BN_EPS,
-        ...geometry,
-        view,
-        mean,
-        variance,
-        goodness,
-        sums,
-        false,
-      ),
-    ) as tf.Tensor2D;
+    k.directForward!(...params(), BN_EPS, ...geometry, null, mean, variance, goodness, sums, false);
     const { loss, dg } = softmaxLoss(goodness, labels, CLASSES, this.config.alpha);
     if (share !== 1) for (let i = 0; i < dg.length; i++) dg[i]! *= share;
     const dw = new Float32Array(this.kernel.size);
@@ -359,19 +350,22 @@ export class CompetitiveLayer implements ShardedLayer {
       Float32Array,
       Float32Array,
     ];
-    k.directBackward!(
-      ...params(),
-      BN_EPS,
-      ...geometry,
-      mean,
-      variance,
-      dg,
-      sums,
-      dw,
-      dgamma,
-      dbeta,
-      dbias,
-    );
+    const y = fromHostAll([rows, this.config.outDim], (view) =>
+      k.directBackward!(
+        ...params(),
+        BN_EPS,
+        ...geometry,
+        mean,
+        variance,
+        dg,
+        sums,
+        dw,
+        dgamma,
+        dbeta,
+        dbias,
+        view,
+      ),
+    ) as tf.Tensor2D;
     return {
       y,
       goodness,

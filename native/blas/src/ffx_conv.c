@@ -439,19 +439,20 @@ INLINE int64_t block_lanes(const Direct *d, int64_t j) {
 }
 
 // Float64 accumulators of a step, each of blocks * LANES lanes (DW: kk of them).
-enum { S1, S2, IMG_Q, IMG_S, IMG_T, DB, DW };
+enum { IMG_Q, IMG_S, IMG_T, DB, DW };
 
 // The work arrays of a step, 64-byte aligned, per-channel ones in lanes, zero past each group's
 // channels: the kernel [blocks][kk]; the bias, BatchNorm's float coefficients and the backward's
 // [blocks]; for one image: Z over the pooled region [ho wo][blocks] (m itself when unpooled), m
-// and arg (the window element each m came from, -1 for none) [hp wp][blocks], one pooled row's
-// dZ at each conv position [pool][wp pool][blocks] (in sweep 2, its Y [wp][blocks]); the float64 sums; each patch value's place in
-// the padded image from its patch's corner, per group [groups][kk]; the padded image.
+// and arg (the window element each m came from, -1 for none) [hp wp][blocks]; one pooled row's
+// dZ at each conv position [pool][wp pool][blocks], and its Y [wp][blocks]; the float64 sums;
+// each patch value's place in the padded image from its patch's corner, per group [groups][kk];
+// the padded image.
 typedef struct {
-  vf *w, *bias, *mu, *scale, *beta, *kb, *kc, *coef, *z, *m, *dz;
+  vf *w, *bias, *mu, *scale, *beta, *kb, *kc, *coef, *z, *m, *dz, *yr;
   vi *arg;
   double *acc;
-  int64_t *off;
+  int64_t *off, *bo; // bo: each block's first channel (block_channel)
   float *xp;
   void *all;
 } Work;
@@ -469,13 +470,19 @@ static void to_lanes(const Direct *d, vf *to, const float *from) {
     for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) t[j * LANES + l] = from[o + l];
 }
 
+// Per-channel values out of lanes.
+static void from_lanes(const Direct *d, const double *from, double *to) {
+  for (int64_t j = 0; j < d->blocks; j++)
+    for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) to[o + l] = from[j * LANES + l];
+}
+
 static int work_alloc(Work *k, const Direct *d, const float *w, const float *bias) {
   const int64_t nb = d->blocks, conv = d->hp * d->pool * d->wp * d->pool, per = d->hp * d->wp;
   const int64_t vectors = d->kk * nb + 7 * nb + (d->pool > 1 ? conv : 0) * nb + 2 * per * nb +
-                          d->pool * d->wp * d->pool * nb;
+                          d->pool * d->wp * d->pool * nb + d->wp * nb;
   const size_t head = (sizeof(vf) * (size_t)vectors + 63) / 64 * 64;
   const size_t bytes = head + 8 * (size_t)((DW + d->kk) * nb * LANES) +
-                       8 * (size_t)(d->groups * d->kk) + sizeof(float) * (size_t)(d->hx * d->wx * d->c);
+                       8 * (size_t)(d->groups * d->kk + nb) + sizeof(float) * (size_t)(d->hx * d->wx * d->c);
   char *all = aligned_alloc(64, (bytes + 63) / 64 * 64);
   if (!all) return 0;
   memset(all, 0, bytes);
@@ -487,10 +494,13 @@ static int work_alloc(Work *k, const Direct *d, const float *w, const float *bia
   k->m = v, v += per * nb;
   k->z = d->pool > 1 ? v : k->m, v += (d->pool > 1 ? conv : 0) * nb;
   k->arg = (vi *)v, v += per * nb;
-  k->dz = v;
+  k->dz = v, v += d->pool * d->wp * d->pool * nb;
+  k->yr = v;
   k->acc = (double *)(all + head);
   k->off = (int64_t *)(k->acc + (DW + d->kk) * nb * LANES);
-  k->xp = (float *)(k->off + d->groups * d->kk);
+  k->bo = k->off + d->groups * d->kk;
+  k->xp = (float *)(k->bo + nb);
+  for (int64_t j = 0; j < nb; j++) k->bo[j] = block_channel(d, j);
   // The kernel [groups][kk][og] in lanes, block by block.
   float *wf = (float *)k->w;
   for (int64_t j = 0; j < nb; j++) {
@@ -571,38 +581,65 @@ INLINE void image_m(const float *restrict x, const Direct *d, int64_t b, Work *k
       }
 }
 
-// Sweep 1: each channel's sum and sum of squares of m.
-HOT static void direct_stats(const float *restrict x, const Direct *d, Work *k) {
-  const int64_t nb = d->blocks, wp = d->wp;
-  double *s1 = acc_of(k, d, S1), *s2 = acc_of(k, d, S2);
+// Sweep 1: each image's sums per channel of m - r and (m - r)^2 (shift r: a guess at the mean,
+// the running one, so that no sum cancels), into img [2, rows, out].
+HOT static void direct_stats(const float *restrict x, const Direct *d, Work *k,
+                             double *restrict img) {
+  const int64_t nb = d->blocks, wp = d->wp, out = d->out;
+  double *s1 = acc_of(k, d, IMG_S), *s2 = acc_of(k, d, IMG_Q);
   for (int64_t b = 0; b < d->rows; b++) {
     image_m(x, d, b, k);
+    memset(s1, 0, nb * LANES * sizeof(double));
+    memset(s2, 0, nb * LANES * sizeof(double));
     for (int64_t py = 0; py < d->hp; py++)
       for (int64_t j = 0; j < nb; j++) {
-        const vf *restrict m = k->m + py * wp * nb + j;
+        const vf *restrict m = k->m + py * wp * nb + j, r = k->mu[j];
         vf s = {0}, q = {0};
         for (int64_t px = 0; px < wp; px++) {
-          s += m[px * nb];
-          q += m[px * nb] * m[px * nb];
+          const vf v = m[px * nb] - r;
+          s += v;
+          q += v * v;
         }
         add64(s1 + j * LANES, s);
         add64(s2 + j * LANES, q);
       }
+    from_lanes(d, s1, img + b * out);
+    from_lanes(d, s2, img + (d->rows + b) * out);
   }
 }
 
-// Sweep 2: Y = (m - mean) scale + beta written, and each image's sums per channel of Y^2, Y and
-// Y (m - mean) into sums [3, rows, out].
+// One pooled row's Y, [wp][blocks] in k->yr, out to Y position by position. A block with lanes
+// past its group's channels is stored whole all the same, those lanes landing on the channels
+// after it, which are stored after it (positions in order, blocks in order): all but where they
+// would land past Y's end.
+INLINE void row_out(const Direct *d, const Work *k, int64_t b, int64_t py, float *restrict y) {
+  const int64_t nb = d->blocks, out = d->out, wp = d->wp;
+  const int64_t last = d->rows * d->hp * wp * out - LANES; // the last whole store's place
+  for (int64_t px = 0; px < wp; px++) {
+    const int64_t at = ((b * d->hp + py) * wp + px) * out;
+    for (int64_t j = 0; j < nb; j++) {
+      const int64_t o = k->bo[j];
+      const vf v = k->yr[px * nb + j];
+      if (at + o <= last)
+        memcpy(y + at + o, &v, sizeof v);
+      else
+        for (int64_t l = 0; l < block_lanes(d, j); l++) y[at + o + l] = v[l];
+    }
+  }
+}
+
+// Evaluation's one sweep: Y = (m - mean) scale + beta written with the moments given, and each
+// image's sums per channel of Y^2, Y and Y (m - mean) into sums [3, rows, out].
 HOT static void direct_y(const float *restrict x, const Direct *d, Work *k, float *restrict y,
                          double *restrict sums) {
-  const int64_t nb = d->blocks, out = d->out, wp = d->wp, per = d->hp * wp;
+  const int64_t nb = d->blocks, out = d->out, wp = d->wp;
   double *q64 = acc_of(k, d, IMG_Q), *s64 = acc_of(k, d, IMG_S), *t64 = acc_of(k, d, IMG_T);
   const vf zero = {0};
   for (int64_t b = 0; b < d->rows; b++) {
     image_m(x, d, b, k);
     memset(q64, 0, 3 * nb * LANES * sizeof(double));
     for (int64_t py = 0; py < d->hp; py++) {
-      // The row's Y block by block (the sums in registers) into a buffer in cache...
+      // The row's Y block by block (the sums in registers) into a buffer in cache, then out.
       const vf *restrict mr = k->m + py * wp * nb;
       for (int64_t j = 0; j < nb; j++) {
         const vf mu = k->mu[j], sc = k->scale[j], be = k->beta[j];
@@ -610,7 +647,7 @@ HOT static void direct_y(const float *restrict x, const Direct *d, Work *k, floa
         for (int64_t px = 0; px < wp; px++) {
           const vf xh = mr[px * nb + j] - mu;
           const vf v = xh * sc + be;
-          k->dz[px * nb + j] = v;
+          k->yr[px * nb + j] = v;
           q += v * v;
           s += v;
           t += v * xh;
@@ -619,21 +656,7 @@ HOT static void direct_y(const float *restrict x, const Direct *d, Work *k, floa
         add64(s64 + j * LANES, s);
         add64(t64 + j * LANES, t);
       }
-      // ...then out to Y position by position. A block with lanes past its group's channels is
-      // stored whole all the same, those lanes landing on the channels after it, which are
-      // stored after it (positions in order, blocks in order): all but where they would land
-      // past Y's end.
-      for (int64_t px = 0; px < wp; px++) {
-        const int64_t at = (b * per + py * wp + px) * out;
-        for (int64_t j = 0; j < nb; j++) {
-          const int64_t o = block_channel(d, j);
-          const vf v = k->dz[px * nb + j];
-          if (at + o + LANES <= d->rows * per * out)
-            memcpy(y + at + o, &v, sizeof v);
-          else
-            for (int64_t l = 0; l < block_lanes(d, j); l++) y[at + o + l] = v[l];
-        }
-      }
+      row_out(d, k, b, py, y);
     }
     for (int64_t j = 0; j < nb; j++)
       for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) {
@@ -644,11 +667,12 @@ HOT static void direct_y(const float *restrict x, const Direct *d, Work *k, floa
   }
 }
 
-// Sweep 3: dm = ka coef Y - kb - kc (m - mean) (backward_dz's) where m came from a live value,
-// row of the pooling by row, summed into db; then into dZ at the conv position it came from, and
-// dW = P^T dZ over those positions.
+// Sweep 2: Y = (m - mean) scale + beta written out and dm = ka coef Y - kb - kc (m - mean)
+// (backward_dz's) where m came from a live value, row of the pooling by row, summed into db; then
+// into dZ at the conv position it came from, and dW = P^T dZ over those positions.
 HOT static void direct_dw(const float *restrict x, const Direct *d, Work *k,
-                          const double *restrict dg, const double *restrict ka64, double kscale) {
+                          const double *restrict dg, const double *restrict ka64, double kscale,
+                          float *restrict y) {
   const int64_t nb = d->blocks, out = d->out, wp = d->wp, kk = d->kk, pool = d->pool;
   const int64_t group = out / d->classes, step = d->stride * d->c, wz = wp * pool;
   double *db = acc_of(k, d, DB), *dw = acc_of(k, d, DW);
@@ -670,6 +694,7 @@ HOT static void direct_dw(const float *restrict x, const Direct *d, Work *k,
           const vf xh = mv - mu;
           const vf v = xh * sc + be;
           const vf dm = cj * v - kb - kc * xh;
+          k->yr[px * nb + j] = v;
           if (pool == 1) {
             const vf dz = (vf)((vi)dm & (mv > fzero));
             k->dz[px * nb + j] = dz;
@@ -684,6 +709,7 @@ HOT static void direct_dw(const float *restrict x, const Direct *d, Work *k,
         }
         add64(db + j * LANES, dbs);
       }
+      row_out(d, k, b, py, y);
       for (int64_t dy = 0; dy < pool; dy++) {
         const float *restrict row = k->xp + (py * pool + dy) * d->stride * d->wx * d->c;
         const vf *restrict dzr = k->dz + dy * wz * nb;
@@ -751,12 +777,6 @@ static int direct_affine(Work *k, const Direct *d, const float *gamma, const flo
   return 1;
 }
 
-// Per-channel values out of lanes.
-static void from_lanes(const Direct *d, const double *from, double *to) {
-  for (int64_t j = 0; j < d->blocks; j++)
-    for (int64_t l = 0, o = block_channel(d, j); l < block_lanes(d, j); l++) to[o + l] = from[j * LANES + l];
-}
-
 // The arguments both direct calls open with: x, w, bias, gamma, beta, eps, then the geometry.
 typedef struct {
   Direct d;
@@ -776,11 +796,34 @@ static int direct_inputs(napi_env env, napi_value *a, DirectInputs *in) {
   return 1;
 }
 
+// Each image's sums [3, rows, out] of Y^2, Y and Y (m - mean) from its sums of m - r and
+// (m - r)^2 (img [2, rows, out], in place) and the float coefficients Y is computed with: with
+// u = m - mean = (m - r) - (mean - r), Y = u scale + beta.
+static void sums_of_y(const Direct *d, const Work *k, const double *restrict shift, double *sums) {
+  const int64_t out = d->out, rows = d->rows;
+  const double n = (double)(d->hp * d->wp);
+  for (int64_t j = 0; j < d->blocks; j++)
+    for (int64_t l = 0; l < block_lanes(d, j); l++) {
+      const int64_t o = block_channel(d, j) + l;
+      const double sc = k->scale[j][l], be = k->beta[j][l], delta = k->mu[j][l] - shift[o];
+      for (int64_t b = 0; b < rows; b++) {
+        double *q = sums + (b * out + o), *s = q + rows * out, *t = s + rows * out;
+        const double s1 = *q, s2 = *s;
+        const double su = s1 - n * delta, suu = s2 - 2 * delta * s1 + n * delta * delta;
+        *q = sc * sc * suu + 2 * sc * be * su + n * be * be;
+        *s = sc * su + n * be;
+        *t = sc * suu + be * su;
+      }
+    }
+}
+
 // directForward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, groups, ho,
-//               wo, pool, hp, wp, out, classes, y, mean, variance, goodness, sums, given): Y,
-// BatchNorm's batch moments, the class goodness [rows, classes] and each image's sums
-// [3, rows, out] (of Y^2, Y and Y (m - mean)) that directBackward takes. With `given` true, Y
-// with the moments given (the running ones: evaluation).
+//               wo, pool, hp, wp, out, classes, y, mean, variance, goodness, sums, given): the
+// class goodness [rows, classes] and each image's sums [3, rows, out] (of Y^2, Y and Y (m -
+// mean)) that directBackward takes. With `given` false (a training step), in one sweep: mean
+// comes in holding a shift (the running mean) and goes out holding the batch's, variance too,
+// and Y is not written (directBackward writes it: y may be null). With `given` true
+// (evaluation), Y written with the moments given.
 static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
   ARGS(27);
   bool given;
@@ -789,33 +832,47 @@ static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
   DirectInputs in;
   if (!direct_inputs(env, a, &in)) return fail(env, "directForward: bad geometry");
   const Direct d = in.d;
-  const double eps = in.eps;
-  const float *x = in.x, *w = in.w, *bias = in.bias, *gamma = in.gamma, *beta = in.beta;
   const int64_t out = d.out, n = d.rows * d.hp * d.wp;
-  float *y = arr(env, a[21], napi_float32_array, n * out);
+  float *y = given ? arr(env, a[21], napi_float32_array, n * out) : NULL;
   double *mean = arr(env, a[22], napi_float64_array, out);
   double *var = arr(env, a[23], napi_float64_array, out);
   double *g = arr(env, a[24], napi_float64_array, d.rows * d.classes);
   double *sums = arr(env, a[25], napi_float64_array, 3 * d.rows * out);
-  if (!x || !w || !bias || !gamma || !beta || !y || !mean || !var || !g || !sums)
-    return fail(env, "directForward: an array is too short");
+  double *shift = malloc(out * sizeof(double));
   Work k;
-  if (!work_alloc(&k, &d, w, bias)) return fail(env, "directForward: out of memory");
+  if (!in.x || !in.w || !in.bias || !in.gamma || !in.beta || (given && !y) || !mean || !var || !g ||
+      !sums) {
+    free(shift);
+    return fail(env, "directForward: an array is too short");
+  }
+  if (!shift || !work_alloc(&k, &d, in.w, in.bias)) {
+    free(shift);
+    return fail(env, "directForward: out of memory");
+  }
   if (!given) {
-    direct_stats(x, &d, &k);
-    from_lanes(&d, acc_of(&k, &d, S1), mean);
-    from_lanes(&d, acc_of(&k, &d, S2), var);
+    // The shift in k->mu, as direct_stats takes it (a float, as m is).
+    for (int64_t j = 0; j < d.blocks; j++)
+      for (int64_t l = 0, o = block_channel(&d, j); l < block_lanes(&d, j); l++)
+        k.mu[j][l] = (float)mean[o + l], shift[o + l] = k.mu[j][l];
+    direct_stats(in.x, &d, &k, sums);
     for (int64_t o = 0; o < out; o++) {
-      mean[o] /= n;
-      const double v = var[o] / n - mean[o] * mean[o];
+      double s1 = 0, s2 = 0;
+      for (int64_t b = 0; b < d.rows; b++)
+        s1 += sums[b * out + o], s2 += sums[(d.rows + b) * out + o];
+      const double u = s1 / n, v = s2 / n - u * u;
+      mean[o] = shift[o] + u;
       var[o] = v > 0 ? v : 0;
     }
   }
-  if (!direct_affine(&k, &d, gamma, beta, mean, var, eps)) {
+  if (!direct_affine(&k, &d, in.gamma, in.beta, mean, var, in.eps)) {
+    free(shift);
     work_free(&k);
     return fail(env, "directForward: out of memory");
   }
-  direct_y(x, &d, &k, y, sums);
+  if (given)
+    direct_y(in.x, &d, &k, y, sums);
+  else
+    sums_of_y(&d, &k, shift, sums);
   const int64_t group = out / d.classes;
   const double per = (double)(d.hp * d.wp) * group;
   for (int64_t b = 0; b < d.rows; b++)
@@ -824,16 +881,18 @@ static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
       for (const int64_t end = o + group; o < end; o++) sum += sums[b * out + o];
       g[b * d.classes + j] = sum / per;
     }
+  free(shift);
   work_free(&k);
   return NULL;
 }
 
 // directBackward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, groups,
 //                ho, wo, pool, hp, wp, out, classes, mean, variance, dg, sums, dw, dgamma, dbeta,
-//                dbias): the gradient from dL/dG (dg [rows, classes]) and directForward's moments
-// and sums; dw in the kernel's layout [groups, kk, out / groups].
+//                dbias, y): the gradient from dL/dG (dg [rows, classes]) and directForward's
+// moments and sums, dw in the kernel's layout [groups, kk, out / groups]; and Y, written in the
+// same sweep.
 static napi_value js_direct_backward(napi_env env, napi_callback_info info) {
-  ARGS(29);
+  ARGS(30);
   DirectInputs in;
   if (!direct_inputs(env, a, &in)) return fail(env, "directBackward: bad geometry");
   const Direct d = in.d;
@@ -848,8 +907,9 @@ static napi_value js_direct_backward(napi_env env, napi_callback_info info) {
   float *dgamma = arr(env, a[26], napi_float32_array, out);
   float *dbeta = arr(env, a[27], napi_float32_array, out);
   float *dbias = arr(env, a[28], napi_float32_array, out);
+  float *y = arr(env, a[29], napi_float32_array, n * out);
   if (!x || !w || !bias || !gamma || !beta || !mean || !var || !dg || !sums || !dw || !dgamma ||
-      !dbeta || !dbias)
+      !dbeta || !dbias || !y)
     return fail(env, "directBackward: an array is too short");
   Work k;
   double *work = calloc(4 * out, sizeof(double));
@@ -885,7 +945,7 @@ static napi_value js_direct_backward(napi_env env, napi_callback_info info) {
   }
   to_lanes(&d, k.kb, kbc);
   to_lanes(&d, k.kc, kbc + out);
-  direct_dw(x, &d, &k, dg, ka, ks);
+  direct_dw(x, &d, &k, dg, ka, ks, y);
   const double *acc = acc_of(&k, &d, DW);
   for (int64_t j = 0; j < d.blocks; j++) {
     const int64_t g = j / d.gb, oc = (j % d.gb) * LANES;
