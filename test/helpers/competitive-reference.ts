@@ -108,7 +108,7 @@ export function assertClose(
 /**
  * A layer's training step (plain SGD at `lr`: the step is -lr times the gradient) against the
  * reference's: Y, the loss, the true class's mean goodness, every gradient, and BatchNorm's
- * running statistics (assertRunningAfterOneStep).
+ * running statistics (assertRunningAfterStep).
  */
 export function assertStepMatches(
   ref: ReturnType<typeof reference>,
@@ -136,26 +136,34 @@ export function assertStepMatches(
   assertClose(grad('bias'), ref.dBias, 'db', 2e-3);
   assertClose(grad('bn.weight'), ref.dGamma, 'dgamma', 2e-3);
   assertClose(grad('bn.bias'), ref.dBeta, 'dbeta', 2e-3);
-  assertRunningAfterOneStep(after, ref);
+  assertRunningAfterStep(before, after, ref);
 }
 
 /**
- * BatchNorm's running statistics after one step from fresh ones (mean 0, variance 1), as
- * PyTorch keeps them: momentum BN_MOMENTUM, the batch's variance over `count` values unbiased.
+ * BatchNorm's running statistics after a step from those of `before`, as PyTorch keeps them:
+ * momentum BN_MOMENTUM, the batch's variance over `count` values unbiased.
  */
-export function assertRunningAfterOneStep(
+export function assertRunningAfterStep(
+  before: ReadonlyMap<string, NamedTensor>,
   after: ReadonlyMap<string, NamedTensor>,
   batch: { mean: ArrayLike<number>; variance: ArrayLike<number>; count: number },
 ): void {
   const unbiased = batch.count / (batch.count - 1);
+  const was = (name: string) => before.get(`l.bn.${name}`)!.data;
   assertClose(
     after.get('l.bn.runningMean')!.data,
-    Float32Array.from(batch.mean, (m) => BN_MOMENTUM * m),
+    Float32Array.from(
+      batch.mean,
+      (m, o) => (1 - BN_MOMENTUM) * was('runningMean')[o]! + BN_MOMENTUM * m,
+    ),
     'running mean',
   );
   assertClose(
     after.get('l.bn.runningVar')!.data,
-    Float32Array.from(batch.variance, (v) => 1 - BN_MOMENTUM + BN_MOMENTUM * v * unbiased),
+    Float32Array.from(
+      batch.variance,
+      (v, o) => (1 - BN_MOMENTUM) * was('runningVar')[o]! + BN_MOMENTUM * v * unbiased,
+    ),
     'running var',
   );
 }

@@ -61,34 +61,58 @@ describe(
       }
     });
 
+    // Fresh, and after a first step: the batch moments' sums are shifted by the running mean,
+    // zero in a fresh layer.
     for (const [name, inShape, spec] of CASES) {
-      it(`${name}: forward, loss, every gradient and the running statistics as autograd has them`, async () => {
-        const cfg: CompetitiveConfig = { inShape, spec, alpha: 2, seed: 7 };
-        const layer = new CompetitiveLayer(cfg, SGD);
-        const rows = 6;
-        const labels = [0, 3, 9, 3, 5, 1];
-        const data = noise(rows * layer.config.inDim, 3);
-        const x = tf.tensor2d(data, [rows, layer.config.inDim]);
-        const stateBefore = layer.exportState('l', false);
-        const { h, stats } = layer.trainStep(x, rows, LR, labels);
-        const after = layer.exportState('l', false);
-        // Evaluation: the same fused sweep with the running statistics.
-        const evalY = layer.forward(x);
-        const [y, s, ey] = [h, stats, evalY].map((t) => ({ v: t.dataSync(), shape: t.shape }));
-        tf.dispose([x, h, stats, evalY]);
-        await tf.setBackend('cpu');
-        try {
-          const xc = tf.tensor2d(data, [rows, layer.config.inDim]);
-          const ref = reference(cfg, stateBefore, xc, labels);
-          const [yc, sc] = [tf.tensor(y!.v, y!.shape), tf.tensor(s!.v)];
-          assertStepMatches(ref, { y: yc, stats: sc, labels, before: stateBefore, after, lr: LR });
-          assertClose(ey!.v, reference(cfg, after, xc, labels, true).y, 'eval Y');
-          tf.dispose([xc, yc, sc]);
-        } finally {
-          await tf.setBackend('wasm');
-        }
-        layer.dispose();
-      });
+      for (const warm of [false, true]) {
+        it(`${name}${warm ? ', after a first step' : ''}: forward, loss, every gradient and the running statistics as autograd has them`, async () => {
+          const cfg: CompetitiveConfig = { inShape, spec, alpha: 2, seed: 7 };
+          const layer = new CompetitiveLayer(cfg, SGD);
+          const rows = 6;
+          const labels = [0, 3, 9, 3, 5, 1];
+          if (warm) {
+            const first = tf.tensor2d(noise(rows * layer.config.inDim, 4), [
+              rows,
+              layer.config.inDim,
+            ]);
+            const { h, stats } = layer.trainStep(first, rows, LR, [2, 2, 7, 8, 0, 4]);
+            tf.dispose([first, h, stats]);
+          }
+          const data = noise(rows * layer.config.inDim, 3);
+          const x = tf.tensor2d(data, [rows, layer.config.inDim]);
+          const stateBefore = layer.exportState('l', false);
+          const shift = stateBefore.get('l.bn.runningMean')!.data;
+          assert.equal(
+            shift.some((v) => v !== 0),
+            warm,
+          );
+          const { h, stats } = layer.trainStep(x, rows, LR, labels);
+          const after = layer.exportState('l', false);
+          // Evaluation: the same fused sweep with the running statistics.
+          const evalY = layer.forward(x);
+          const [y, s, ey] = [h, stats, evalY].map((t) => ({ v: t.dataSync(), shape: t.shape }));
+          tf.dispose([x, h, stats, evalY]);
+          await tf.setBackend('cpu');
+          try {
+            const xc = tf.tensor2d(data, [rows, layer.config.inDim]);
+            const ref = reference(cfg, stateBefore, xc, labels);
+            const [yc, sc] = [tf.tensor(y!.v, y!.shape), tf.tensor(s!.v)];
+            assertStepMatches(ref, {
+              y: yc,
+              stats: sc,
+              labels,
+              before: stateBefore,
+              after,
+              lr: LR,
+            });
+            assertClose(ey!.v, reference(cfg, after, xc, labels, true).y, 'eval Y');
+            tf.dispose([xc, yc, sc]);
+          } finally {
+            await tf.setBackend('wasm');
+          }
+          layer.dispose();
+        });
+      }
     }
 
     it('in two shards: the parts combined are the step of the whole batch on its shards', () => {

@@ -16,7 +16,7 @@ import type { ConvSpec, Shape } from '../../src/core/model-shape.js';
 import { Rng } from '../../src/data/rng.js';
 import {
   assertClose,
-  assertRunningAfterOneStep,
+  assertRunningAfterStep,
   assertStepMatches,
   reference,
 } from '../helpers/competitive-reference.js';
@@ -138,7 +138,7 @@ describe('CompetitiveLayer', () => {
       2e-3,
     );
     // The running statistics pool the shards': the whole batch's mean and variance.
-    assertRunningAfterOneStep(after, whole);
+    assertRunningAfterStep(before, after, whole);
     tf.dispose([x, h, stats]);
     layer.dispose();
   });
