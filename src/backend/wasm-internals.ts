@@ -146,8 +146,7 @@ export interface ConvKernels {
   /**
    * A conv layer's forward sweep with its product fused in (a small patch per group), where
    * ffx-blas has it (competitive-layer.ts: directStep). In a training step (`given` false) Y is
-   * not written (directBackward writes it; y may be null), and mean comes in holding a shift,
-   * the running mean, and goes out holding the batch's.
+   * not written (directBackward writes it; y may be null).
    */
   directForward?(
     x: Float32Array,

@@ -334,8 +334,7 @@ export class CompetitiveLayer implements ShardedLayer {
   ): ReturnType<CompetitiveLayer['shardStep']> {
     const { rows, out } = g;
     const geometry = this.directGeometry(g);
-    // The running mean is the batch moments' shift (so that no sum cancels).
-    const [mean, variance] = [Float64Array.from(this.runningMean), new Float64Array(out)];
+    const [mean, variance] = [new Float64Array(out), new Float64Array(out)];
     const goodness = new Float64Array(rows * CLASSES);
     const sums = new Float64Array(3 * rows * out);
     // The views are taken inside each call: an allocation in between may move the heap.

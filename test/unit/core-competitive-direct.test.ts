@@ -61,8 +61,7 @@ describe(
       }
     });
 
-    // Fresh, and after a first step: the batch moments' sums are shifted by the running mean,
-    // zero in a fresh layer.
+    // Fresh, and after a first step (running statistics of its own, which a step must update).
     for (const [name, inShape, spec] of CASES) {
       for (const warm of [false, true]) {
         it(`${name}${warm ? ', after a first step' : ''}: forward, loss, every gradient and the running statistics as autograd has them`, async () => {

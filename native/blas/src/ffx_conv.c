@@ -581,14 +581,23 @@ INLINE void image_m(const float *restrict x, const Direct *d, int64_t b, Work *k
       }
 }
 
-// Sweep 1: each image's sums per channel of m - r and (m - r)^2 (shift r: a guess at the mean,
-// the running one, so that no sum cancels), into img [2, rows, out].
+// Sweep 1: each image's sums per channel of m - r and (m - r)^2 into img [2, rows, out], with r
+// the first image's mean (a shift from the data itself, so that no sum cancels), into shift.
 HOT static void direct_stats(const float *restrict x, const Direct *d, Work *k,
-                             double *restrict img) {
-  const int64_t nb = d->blocks, wp = d->wp, out = d->out;
+                             double *restrict img, double *restrict shift) {
+  const int64_t nb = d->blocks, wp = d->wp, out = d->out, per = d->hp * wp;
   double *s1 = acc_of(k, d, IMG_S), *s2 = acc_of(k, d, IMG_Q);
   for (int64_t b = 0; b < d->rows; b++) {
     image_m(x, d, b, k);
+    if (b == 0) {
+      memset(s1, 0, nb * LANES * sizeof(double));
+      for (int64_t i = 0; i < per; i++)
+        for (int64_t j = 0; j < nb; j++) add64(s1 + j * LANES, k->m[i * nb + j]);
+      float *r = (float *)k->mu;
+      for (int64_t i = 0; i < nb * LANES; i++) r[i] = (float)(s1[i] / per);
+      for (int64_t j = 0; j < nb; j++)
+        for (int64_t l = 0, o = k->bo[j]; l < block_lanes(d, j); l++) shift[o + l] = r[j * LANES + l];
+    }
     memset(s1, 0, nb * LANES * sizeof(double));
     memset(s2, 0, nb * LANES * sizeof(double));
     for (int64_t py = 0; py < d->hp; py++)
@@ -820,10 +829,9 @@ static void sums_of_y(const Direct *d, const Work *k, const double *restrict shi
 // directForward(x, w, bias, gamma, beta, eps, rows, h, w, c, kernel, stride, padding, groups, ho,
 //               wo, pool, hp, wp, out, classes, y, mean, variance, goodness, sums, given): the
 // class goodness [rows, classes] and each image's sums [3, rows, out] (of Y^2, Y and Y (m -
-// mean)) that directBackward takes. With `given` false (a training step), in one sweep: mean
-// comes in holding a shift (the running mean) and goes out holding the batch's, variance too,
-// and Y is not written (directBackward writes it: y may be null). With `given` true
-// (evaluation), Y written with the moments given.
+// mean)) that directBackward takes. With `given` false (a training step), in one sweep, with
+// the batch's moments (into mean and variance); Y is not written (directBackward writes it: y
+// may be null). With `given` true (evaluation), Y written with the moments given.
 static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
   ARGS(27);
   bool given;
@@ -838,23 +846,17 @@ static napi_value js_direct_forward(napi_env env, napi_callback_info info) {
   double *var = arr(env, a[23], napi_float64_array, out);
   double *g = arr(env, a[24], napi_float64_array, d.rows * d.classes);
   double *sums = arr(env, a[25], napi_float64_array, 3 * d.rows * out);
+  if (!in.x || !in.w || !in.bias || !in.gamma || !in.beta || (given && !y) || !mean || !var || !g ||
+      !sums)
+    return fail(env, "directForward: an array is too short");
   double *shift = malloc(out * sizeof(double));
   Work k;
-  if (!in.x || !in.w || !in.bias || !in.gamma || !in.beta || (given && !y) || !mean || !var || !g ||
-      !sums) {
-    free(shift);
-    return fail(env, "directForward: an array is too short");
-  }
   if (!shift || !work_alloc(&k, &d, in.w, in.bias)) {
     free(shift);
     return fail(env, "directForward: out of memory");
   }
   if (!given) {
-    // The shift in k->mu, as direct_stats takes it (a float, as m is).
-    for (int64_t j = 0; j < d.blocks; j++)
-      for (int64_t l = 0, o = block_channel(&d, j); l < block_lanes(&d, j); l++)
-        k.mu[j][l] = (float)mean[o + l], shift[o + l] = k.mu[j][l];
-    direct_stats(in.x, &d, &k, sums);
+    direct_stats(in.x, &d, &k, sums, shift);
     for (int64_t o = 0; o < out; o++) {
       double s1 = 0, s2 = 0;
       for (int64_t b = 0; b < d.rows; b++)
