@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from '../src/cli/yargs.js';
 import type { EpochRecord } from '../src/coordinator/epoch-record.js';
-import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
+import { PIPELINE_MALLOC_ENV, PIPELINE_NODE_FLAGS } from '../src/cli/pipeline-process.js';
 import { onePerLayer, parsePartition, partitionName } from '../src/config/partition.js';
 import { predict, type LayerCost } from '../src/coordinator/planner.js';
 
@@ -113,11 +113,15 @@ async function main(): Promise<void> {
         args: string[],
       ): Promise<{ record: EpochRecord; partition?: string }> => {
         const out = join(dir, `${name}-${batch}`);
-        // Both runs under the allocator settings ffx-launch gives its children.
-        const r = spawnSync(process.execPath, [...args, ...common, '--out', out], {
-          encoding: 'utf8',
-          env: { ...PIPELINE_MALLOC_ENV, ...process.env },
-        });
+        // Both runs under the allocator and heap settings ffx-launch gives its children.
+        const r = spawnSync(
+          process.execPath,
+          [...PIPELINE_NODE_FLAGS, ...args, ...common, '--out', out],
+          {
+            encoding: 'utf8',
+            env: { ...PIPELINE_MALLOC_ENV, ...process.env },
+          },
+        );
         if (r.status !== 0) throw new Error(`${name} run failed:\n${r.stderr.slice(-3000)}`);
         const lines = (await readFile(join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n');
         return {

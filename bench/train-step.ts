@@ -13,14 +13,15 @@
 // as the backend's bare matMuls on operands of the same shapes, timed the same way (the batch
 // operand repacked each call, as in a step), and the same two products as bare CBLAS sgemm calls
 // through ffx-blas on --threads threads (where it is built): what this machine can do at all.
-// The process runs with the allocator settings ffx-launch gives stages (cli/malloc-env.ts).
+// The process runs with the allocator and heap settings ffx-launch gives stages
+// (cli/pipeline-process.ts).
 import * as tf from '@tensorflow/tfjs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { hideBin, yargs } from '../src/cli/yargs.js';
 import { initBackend, type BackendChoice } from '../src/backend/backend.js';
 import { loadBlasAddon, type BlasAddon } from '../src/backend/blas.js';
-import { PIPELINE_MALLOC_ENV } from '../src/cli/malloc-env.js';
+import { PIPELINE_MALLOC_ENV, PIPELINE_NODE_FLAGS } from '../src/cli/pipeline-process.js';
 import { FFLayer } from '../src/core/ff-layer.js';
 import { hostWritten, readFloats } from '../src/core/host-memory.js';
 import { DEFAULT_OPTIMIZER } from '../src/core/optimizer.js';
@@ -189,13 +190,14 @@ async function main(): Promise<void> {
     .parse();
   if (!argv.backend || !stageAllocator()) {
     // One backend per process: run a child per backend, each printing JSON rows, with the
-    // allocator settings of a stage.
+    // allocator and heap settings of a stage.
     const all: Row[] = [];
     const conv: ConvRow[] = [];
     for (const b of argv.backend ? [argv.backend] : ['tensorflow', 'wasm+blas', 'wasm', 'cpu']) {
       // Pure JS is ~30x slower: keep its run short.
       const slow = b === 'cpu';
       const args = [
+        ...PIPELINE_NODE_FLAGS,
         fileURLToPath(import.meta.url),
         '--backend',
         b,
@@ -245,9 +247,12 @@ async function main(): Promise<void> {
   }
 }
 
-/** Whether this process runs with a stage's allocator settings. */
+/** Whether this process runs with a stage's allocator and heap settings. */
 function stageAllocator(): boolean {
-  return Object.keys(PIPELINE_MALLOC_ENV).every((k) => process.env[k] !== undefined);
+  return (
+    Object.keys(PIPELINE_MALLOC_ENV).every((k) => process.env[k] !== undefined) &&
+    PIPELINE_NODE_FLAGS.every((f) => process.execArgv.includes(f))
+  );
 }
 
 main().catch((err: unknown) => {

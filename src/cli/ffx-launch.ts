@@ -26,7 +26,7 @@ import {
   type CommonArgs,
 } from './run-options.js';
 import { FfxError, UsageError } from '../errors.js';
-import { PIPELINE_MALLOC_ENV } from './malloc-env.js';
+import { PIPELINE_MALLOC_ENV, PIPELINE_NODE_FLAGS } from './pipeline-process.js';
 import { PARENT_ENV } from './parent-watch.js';
 import { Terminal, relay } from './relay.js';
 import { PROGRESS_BAR_ENV } from '../coordinator/reporter.js';
@@ -90,6 +90,7 @@ async function launch(
   const supervisor = new Supervisor({
     maxRestarts: a['max-restarts'] as number,
     graceMs: (a.grace as number) * 1000,
+    nodeFlags: PIPELINE_NODE_FLAGS,
     log: (line) => terminal.line(`ffx-launch: ${line}`),
     started: ({ spec, proc }) => {
       // "[stage 2] ..." says who: the child's own "layer 2: " (or "coordinator: ") would

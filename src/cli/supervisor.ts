@@ -33,6 +33,8 @@ export interface SupervisorOptions {
   maxRestarts: number;
   /** How long the others may take to leave once the main process has exited 0. */
   graceMs: number;
+  /** Options of `node` itself that every process starts with (V8's heap settings). */
+  nodeFlags?: readonly string[];
   /** Called for each process started: relays its output. */
   started: (child: Child) => void;
   log: (line: string) => void;
@@ -164,7 +166,8 @@ export class Supervisor {
   }
 
   private spawn(spec: ChildSpec, restarts: number): Child {
-    const proc = spawn(process.execPath, [spec.script, ...spec.args(restarts > 0)], {
+    const argv = [...(this.opts.nodeFlags ?? []), spec.script, ...spec.args(restarts > 0)];
+    const proc = spawn(process.execPath, argv, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: spec.env,
     });

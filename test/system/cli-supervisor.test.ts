@@ -2,7 +2,7 @@
 // to the bound), the run is over when the main process exits 0, a failure or an interrupt ends
 // it, and nothing is left running either way.
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 import { Supervisor, describeExit, type Child, type ChildSpec } from '../../src/cli/supervisor.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -68,6 +68,28 @@ describe('Supervisor', () => {
     // The restarted worker had no run to leave: it was stopped, and that is no failure.
     assert.ok(lines.some((l) => l === 'worker was started again after the run ended; stopping it'));
     assert.ok(started.slice(first).every((c) => !alive(c)));
+  });
+
+  it('starts every process, a restart too, with the node options it was given', async () => {
+    const flags = ['--initial-heap-size=128', '--no-memory-reducer'];
+    const s = new Supervisor({
+      maxRestarts: 1,
+      graceMs: 2000,
+      nodeFlags: flags,
+      log: () => {},
+      started: (c) => started.push(c),
+    });
+    const out = tmp('execargv.json');
+    // Killed on its first start; started again, it writes what node was started with.
+    s.start(
+      spec('main', (restart) =>
+        restart
+          ? `require('node:fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify(process.execArgv))`
+          : 'process.kill(process.pid, "SIGKILL")',
+      ),
+    );
+    assert.equal(await s.run(), 'ok');
+    assert.deepEqual(JSON.parse(await readFile(out, 'utf8')), flags);
   });
 
   it('gives up on a process killed more often than the bound', async () => {

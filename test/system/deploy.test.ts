@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { checkExposure } from '../../src/cli/security-options.js';
+import { PIPELINE_MALLOC_ENV, PIPELINE_NODE_FLAGS } from '../../src/cli/pipeline-process.js';
 import { onePerLayer, parsePartition } from '../../src/config/partition.js';
 import { rangeName } from '../../src/transport/layer-range.js';
 import { METRIC_SERIES_NAMES } from '../../src/metrics/catalog.js';
@@ -407,6 +408,12 @@ describe('deploy/docker', () => {
       assert.ok(services.has(name), `compose.yaml lacks service ${name}`);
     }
     const coordinator = obj(services.get('coordinator'), 'coordinator');
+    // The image's stage entrypoint swapped for the coordinator, with the same node options.
+    assert.deepEqual(arr(coordinator.entrypoint, 'coordinator entrypoint').map(String), [
+      'node',
+      ...PIPELINE_NODE_FLAGS,
+      'dist/src/cli/ffx-coordinator.js',
+    ]);
     const command = arr(coordinator.command, 'coordinator command').map(String);
     assert.equal(command[0], 'train');
     assert.ok(command.includes('tcp://0.0.0.0:5555'));
@@ -526,7 +533,15 @@ describe('deploy/docker', () => {
       assert.ok(user && user !== 'root' && user !== '0', `${name}: runs as ${user ?? 'root'}`);
       assert.match(text, new RegExp(`install -d -o ${user} -g ${user} -m 0700 /keys`), name);
       assert.match(text, new RegExp(`install -d -o ${user} -g ${user} /app/runs`), name);
-      assert.match(text, /^ENTRYPOINT \["node", "dist\/src\/cli\/ffx-stage\.js"\]$/m, name);
+      // The settings ffx-launch gives its processes (src/cli/pipeline-process.ts).
+      const entry = ['node', ...PIPELINE_NODE_FLAGS, 'dist/src/cli/ffx-stage.js'];
+      assert.ok(
+        text.includes(`\nENTRYPOINT ${JSON.stringify(entry).replaceAll(',', ', ')}\n`),
+        name,
+      );
+      for (const [k, v] of Object.entries(PIPELINE_MALLOC_ENV)) {
+        assert.match(text, new RegExp(`^(ENV |  )${k}=${v}\\b`, 'm'), `${name}: ${k}`);
+      }
       for (const m of text.matchAll(/^COPY (?!--from)(.+) \S+$/gm)) {
         for (const src of (m[1] ?? '').split(/\s+/)) {
           assert.ok(existsSync(join(ROOT, src)), `${name}: COPY ${src}: not in the repo`);
@@ -627,7 +642,9 @@ describe('deploy/k8s: the Kustomize base and every overlay render as a working c
       const container = obj(arr(podSpec.containers, 'containers')[0], 'container');
       const command = arr(container.command, 'command').map(String).join(' ');
       assert.match(command, /FFX_LAYER=\$\(\( \$\{HOSTNAME##\*-\} \+ 1 \)\)/);
-      assert.match(command, /exec node dist\/src\/cli\/ffx-stage\.js/);
+      assert.ok(
+        command.includes(`exec node ${PIPELINE_NODE_FLAGS.join(' ')} dist/src/cli/ffx-stage.js`),
+      );
       // The command itself, run by sh for each pod: its layers and its key, stage by stage.
       const script = arr(container.command, 'command').map(String)[2]!;
       const podOf = (k: number, partition: string) =>
@@ -706,7 +723,12 @@ describe('deploy/k8s: the Kustomize base and every overlay render as a working c
       const jobPod = obj(obj(job.template, 'template').spec, 'pod spec');
       const c = obj(arr(jobPod.containers, 'containers')[0], 'container');
       const args = arr(c.command, 'command').map(String);
-      assert.deepEqual(args.slice(0, 3), ['node', 'dist/src/cli/ffx-coordinator.js', 'train']);
+      assert.deepEqual(args.slice(0, 3 + PIPELINE_NODE_FLAGS.length), [
+        'node',
+        ...PIPELINE_NODE_FLAGS,
+        'dist/src/cli/ffx-coordinator.js',
+        'train',
+      ]);
       assert.ok(args.includes('tcp://0.0.0.0:5555'));
       assert.equal(flagValue(args, '--resume'), 'latest');
       const volumes = arr(jobPod.volumes, 'volumes').map((v) => obj(v, 'volume'));
@@ -796,13 +818,16 @@ describe('deploy/systemd', () => {
       assert.equal(exec.length, 1, 'one ExecStart');
       assert.match(
         exec[0] ?? '',
-        new RegExp(`^/usr/bin/env node /opt/ffx/dist/src/cli/${cli}\\.js`),
+        new RegExp(
+          `^/usr/bin/env node ${PIPELINE_NODE_FLAGS.join(' ')} /opt/ffx/dist/src/cli/${cli}\\.js`,
+        ),
       );
       assert.ok(existsSync(join(ROOT, 'src', 'cli', `${cli}.ts`)));
       assert.deepEqual(service.get('Restart'), ['on-failure']);
       const environment = service.get('Environment') ?? [];
-      assert.ok(environment.includes('MALLOC_MMAP_THRESHOLD_=1073741824'));
-      assert.ok(environment.includes('MALLOC_TRIM_THRESHOLD_=4294967296'));
+      for (const [k, v] of Object.entries(PIPELINE_MALLOC_ENV)) {
+        assert.ok(environment.includes(`${k}=${v}`), `${file}: ${k}`);
+      }
       assert.ok(unit.get('Install')?.get('WantedBy')?.includes('multi-user.target'));
     });
   }
