@@ -33,7 +33,7 @@
 // of its own, and scaled by its share of the batch; the layer's gradient is their sum in shard
 // order, which replicas computing some of the shards sum the same way: the same bits.
 import * as tf from '@tensorflow/tfjs';
-import { ownedVariable } from './host-memory.js';
+import { gatherHost, ownedVariable } from './host-memory.js';
 import type { NamedTensor } from './safetensors.js';
 import { LayerOptimizer, type OptimizerConfig } from './optimizer.js';
 import { Readout } from './readout.js';
@@ -583,10 +583,9 @@ export class FFLayer implements ShardedLayer {
     const perRow = (n: number): [number, number] => (this.rowsFirst ? [n, 1] : [1, n]);
     const rows = active ?? Int32Array.from({ length: col.shape[0] }, (_, r) => r);
     if (active) {
-      const idx = tf.tensor1d(active, 'int32');
-      act = tf.gather(act, idx, rowAxis);
-      col = tf.gather(col, idx);
-      xn = tf.gather(xn, idx);
+      act = gatherHost(act, active, rowAxis);
+      col = gatherHost(col, active);
+      xn = gatherHost(xn, active);
     }
     if (this.rowsFirst && !peer) {
       // dZ = H col (per row), so dW = H^T (col Xn) and db = col^T H: two products and a pass

@@ -224,3 +224,37 @@ export function fromHost(shape: number[], fill: (out: Float32Array) => void): tf
   fill(values);
   return tf.tensor(values, shape);
 }
+
+/**
+ * tf.gather of a float32 matrix's rows (axis 0) or columns (axis 1), and of a vector's entries:
+ * the same values, copied over host memory where the backend allows. tfjs-wasm's Gather turns
+ * every output index into a location through a freshly allocated vector (a malloc and a free
+ * per value): the weight-gradient product's active rows took 15-20% of a dense layer's step on
+ * wasm+blas.
+ */
+export function gatherHost<T extends tf.Tensor1D | tf.Tensor2D>(
+  t: T,
+  idx: Int32Array,
+  axis: 0 | 1 = 0,
+): T {
+  if (!hostView(t)) return tf.gather(t, idx, axis);
+  const [r, c = 1] = t.shape;
+  const shape = t.rank === 1 ? [idx.length] : axis === 0 ? [idx.length, c] : [r, idx.length];
+  return fromHostAll(shape, (out) => {
+    const src = hostView(t)!; // taken after fromHostAll's allocation, which may move the heap
+    if (axis === 0) {
+      for (let i = 0; i < idx.length; i++) {
+        const from = idx[i]! * c;
+        if (c === 1) out[i] = src[from]!;
+        else out.set(src.subarray(from, from + c), i * c);
+      }
+      return;
+    }
+    const n = idx.length;
+    for (let row = 0; row < r; row++) {
+      const s = row * c;
+      const o = row * n;
+      for (let i = 0; i < n; i++) out[o + i] = src[s + idx[i]!]!;
+    }
+  }) as T;
+}

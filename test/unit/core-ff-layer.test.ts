@@ -18,7 +18,7 @@ import {
   LayerOptimizer,
   type OptimizerConfig,
 } from '../../src/core/optimizer.js';
-import { ownedVariable } from '../../src/core/host-memory.js';
+import { gatherHost, ownedVariable } from '../../src/core/host-memory.js';
 import type { NamedTensor } from '../../src/core/safetensors.js';
 import { overlayAllLabels } from '../../src/data/ff-data.js';
 import { Rng } from '../../src/data/rng.js';
@@ -1030,6 +1030,34 @@ describe('FFLayer hand-derived step', () => {
     } finally {
       x.dispose();
       layer.dispose();
+    }
+  });
+});
+
+// The active rows' gather (and the softmax loss's label columns) run through it.
+describe('gatherHost', () => {
+  it("gatherHost gives tf.gather's values: rows, columns (a label twice), entries", () => {
+    const rng = new Rng(5);
+    const m = tf.tensor2d(
+      Float32Array.from({ length: 6 * 7 }, () => rng.next() - 0.5),
+      [6, 7],
+    );
+    const v = tf.tensor1d(Float32Array.from({ length: 6 }, () => rng.next()));
+    try {
+      for (const [t, idx, axis] of [
+        [m, Int32Array.from([0, 2, 5]), 0],
+        [m, Int32Array.from([6, 1, 1, 3]), 1],
+        [v, Int32Array.from([4, 0]), 0],
+        [m, new Int32Array(0), 0],
+      ] as const) {
+        const want = tf.gather(t, idx, axis);
+        const got = gatherHost(t, idx, axis);
+        assert.deepEqual(got.shape, want.shape);
+        assert.deepEqual(Array.from(got.dataSync()), Array.from(want.dataSync()));
+        tf.dispose([want, got]);
+      }
+    } finally {
+      tf.dispose([m, v]);
     }
   });
 });

@@ -10,6 +10,7 @@
 // little more than the threshold loss; negative rows only pass on to the next layer. Peer
 // normalisation's term is on the positive rows, i.e. on z_y of each image.
 import * as tf from '@tensorflow/tfjs';
+import { gatherHost } from '../host-memory.js';
 import { READOUT_CLASSES } from '../readout.js';
 import type { LabelLoss } from './loss.js';
 
@@ -45,11 +46,10 @@ export const softmax: LabelLoss = ({ xn, zT, nPos, weight, alpha, dgScale, peer 
   const [out, inDim] = weight.shape;
   const xp = tf.slice(xn, [0, 0], [nPos, -1]);
   const { labels, value } = labelOverlay(tf.slice(xp, [0, 0], [-1, LABELS]).dataSync(), nPos);
-  const y = tf.tensor1d(labels, 'int32');
   const c = tf.tensor1d(value);
   const zpT = tf.slice(zT, [0, 0], [-1, nPos]);
   // A = Z_pos - c w_y: the pre-activation without the label; z_k = A + c w_k, [C, out, B].
-  const aT = tf.sub(zpT, tf.mul(tf.gather(weight, y, 1), tf.reshape(c, [1, nPos])));
+  const aT = tf.sub(zpT, tf.mul(gatherHost(weight, labels, 1), tf.reshape(c, [1, nPos])));
   const wLabels = tf.transpose(tf.slice(weight, [0, 0], [-1, LABELS])); // [C, out]
   const zAll = tf.add(
     tf.reshape(aT, [1, out, nPos]),
@@ -58,7 +58,7 @@ export const softmax: LabelLoss = ({ xn, zT, nPos, weight, alpha, dgScale, peer 
   const hAll = tf.relu(zAll);
   const gAll = tf.mul(tf.sum(tf.square(hAll), 1), dgScale / 2); // [C, B]
   const logP = tf.logSoftmax(tf.mul(tf.transpose(gAll), alpha)); // [B, C]
-  const onehot = tf.cast(tf.oneHot(y, LABELS), 'float32');
+  const onehot = tf.cast(tf.oneHot(tf.tensor1d(labels, 'int32'), LABELS), 'float32');
   const loss = tf.neg(tf.mean(tf.sum(tf.mul(onehot, logP), 1))) as tf.Scalar;
   const dG = tf.mul(tf.sub(tf.exp(logP), onehot), alpha / nPos); // dL/dg, [B, C]
   let dz = tf.mul(tf.reshape(tf.transpose(dG), [LABELS, 1, nPos]), tf.mul(hAll, dgScale));
