@@ -4,6 +4,7 @@ import { afterEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Dealer, Router, type Socket } from 'zeromq';
 import {
+  DATA_SOCKET_BUFFER_BYTES,
   SerialSender,
   bindAny,
   closeAll,
@@ -121,6 +122,13 @@ describe('setMaxMessageSizeForBind', () => {
 });
 
 describe('PUSH -> PULL over tcp', () => {
+  it('data sockets ask the kernel for MB-sized buffers on both ends', async () => {
+    const pull = track(dataPull());
+    const push = track(dataPush(await bindAny(pull)));
+    assert.equal(push.sendBufferSize, DATA_SOCKET_BUFFER_BYTES);
+    assert.equal(pull.receiveBufferSize, DATA_SOCKET_BUFFER_BYTES);
+  });
+
   it('100 multipart train messages arrive in order and decode', async () => {
     const pull = track(dataPull());
     const endpoint = await bindAny(pull);
