@@ -20,9 +20,9 @@ export const PIPELINE_MALLOC_ENV = {
  * the 2-stage pipeline of 784-1000-1000 at batch 100 made 30-50 of them a process an epoch,
  * about 3.5 s of CPU on the 2 cores that run the stages' steps. A first limit of 128 MB and no
  * memory reducer leave the collections that received messages ask for (zeromq hands each one
- * over as external memory, freed when collected: 10-16 an epoch in the last stage, 2-4 in
- * the others), and the pipeline 5-10% faster. V8 reads them at start-up only: they are
- * options of `node` itself (NODE_OPTIONS does not take them).
+ * over as external memory, freed when collected: 14-17 an epoch in the last stage, 2-4 in
+ * the others), and the pipeline 5-16% faster (3 pairs of runs). V8 reads them at start-up
+ * only, so they are options of `node` itself (NODE_OPTIONS does not take them).
  */
 export const PIPELINE_NODE_FLAGS: readonly string[] = [
   '--initial-heap-size=128',

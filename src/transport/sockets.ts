@@ -16,7 +16,7 @@ export const LINGER_MS = 400;
  * The kernel's buffer on each side of a data link. A message of activations is MBs; with the
  * usual 208 KiB default every one crosses in many reads and writes, each waking ZeroMQ's I/O
  * thread (measured, 784-1000-1000 at batch 100 on 2 cores, 3 pairs of runs: the 2-stage
- * pipeline 3-7% faster, 1-1.8 s less CPU an epoch). The kernel caps it at net.core.wmem_max and
+ * pipeline 4-7% faster, 1-1.8 s less CPU an epoch). The kernel caps it at net.core.wmem_max and
  * rmem_max (4 MiB on common distributions).
  */
 export const DATA_SOCKET_BUFFER_BYTES = 4 * 1024 ** 2;
