@@ -15,7 +15,23 @@ export function exitStatus(err: unknown): number {
   return 1;
 }
 
+/**
+ * Output to a reader that is gone is dropped, not fatal. ffx-launch's children write into its
+ * pipes: killed, it takes their read ends along, and the next line a child writes (say, that
+ * its launcher is gone) failed with EPIPE, an uncaught error that ended the process mid-way
+ * (the coordinator without aborting its run in band, a stage by SIGABRT as zeromq's heartbeat
+ * thread was torn down with its socket open). The same for `ffx-coordinator plan | head`.
+ */
+function dropOutputToClosedPipes(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
+    });
+  }
+}
+
 export function runMain(main: () => Promise<unknown>): void {
+  dropOutputToClosedPipes();
   // yargs with .fail() throws synchronously: start inside a promise so both paths land here.
   Promise.resolve()
     .then(main)

@@ -8,6 +8,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { PARENT_ENV } from '../../src/cli/parent-watch.js';
 import { freePort } from '../../src/transport/sockets.js';
 import { ROOT, runNode, startCommand, type RunResult } from '../helpers/spawn.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -85,6 +86,43 @@ describe('endpoints without a scheme are usage errors that show the right form',
       line,
       /--bind must be a ZeroMQ endpoint.*did you mean tcp:\/\/127\.0\.0\.1:5555\?/,
     );
+  });
+});
+
+describe('a launcher that is gone takes the output pipes along: its children still leave as they should', () => {
+  // As when ffx-launch is killed: the watched pid (LAUNCHER_PID_FOR_FFX) is not the parent, so
+  // the child sees its launcher gone within a second, and the read ends of its stdout and
+  // stderr are closed at once, so every line it writes fails with EPIPE.
+  const orphan = (args: string[]): Promise<RunResult> => {
+    const started = startCommand(process.execPath, args, {
+      timeoutMs: 30_000,
+      env: { [PARENT_ENV]: '1' },
+    });
+    started.child.stdout!.destroy();
+    started.child.stderr!.destroy();
+    return started.result;
+  };
+  const tmp = tempDir('orphans');
+
+  it('a stage closes and exits 0', async () => {
+    const nobody = `tcp://127.0.0.1:${await freePort()}`;
+    const r = await orphan([join(CLI, 'ffx-stage.js'), '--layer', '1', '--coordinator', nobody]);
+    assert.deepEqual([r.code, r.signal, r.timedOut], [0, null, false]);
+  });
+
+  it('a coordinator aborts its run as if hung up on (status 129)', async () => {
+    const bind = `tcp://127.0.0.1:${await freePort()}`;
+    const r = await orphan([
+      join(CLI, 'ffx-coordinator.js'),
+      'train',
+      '--config',
+      join(ROOT, 'config', 'demo.json'),
+      '--bind',
+      bind,
+      '--out',
+      tmp('run'),
+    ]);
+    assert.deepEqual([r.code, r.signal, r.timedOut], [129, null, false]);
   });
 });
 
