@@ -242,19 +242,15 @@ export function gatherHost<T extends tf.Tensor1D | tf.Tensor2D>(
   const shape = t.rank === 1 ? [idx.length] : axis === 0 ? [idx.length, c] : [r, idx.length];
   return fromHostAll(shape, (out) => {
     const src = hostView(t)!; // taken after fromHostAll's allocation, which may move the heap
-    if (axis === 0) {
-      for (let i = 0; i < idx.length; i++) {
-        const from = idx[i]! * c;
-        if (c === 1) out[i] = src[from]!;
-        else out.set(src.subarray(from, from + c), i * c);
-      }
-      return;
-    }
     const n = idx.length;
-    for (let row = 0; row < r; row++) {
-      const s = row * c;
-      const o = row * n;
-      for (let i = 0; i < n; i++) out[o + i] = src[s + idx[i]!]!;
+    if (axis === 0 && c === 1) {
+      for (let i = 0; i < n; i++) out[i] = src[idx[i]!]!;
+    } else if (axis === 0) {
+      for (let i = 0; i < n; i++) out.set(src.subarray(idx[i]! * c, (idx[i]! + 1) * c), i * c);
+    } else {
+      for (let row = 0; row < r; row++) {
+        for (let i = 0; i < n; i++) out[row * n + i] = src[row * c + idx[i]!]!;
+      }
     }
   }) as T;
 }
